@@ -1,0 +1,262 @@
+//! The kernel/user ABI of observer, defined once for both sides.
+//!
+//! ```text
+//!  TC ingress/egress ──┐                          ┌─▶ FLOWS (LRU hash FlowKey → FlowStats), read on demand
+//!  (observer-ebpf)     ├─ state changes only ───▶ EVENTS (ring buffer of Event)
+//!  tp_btf/kfree_skb ───┘                          └─▶ LOST (per-CPU u64 counters of failed reservations)
+//!  user space writes:  WATCHED_PORTS (array u8 per port), IGNORED_REASONS (array u8 per drop reason),
+//!                      globals (CONFIG_*: kernel struct offsets, all-ports mode)
+//! ```
+//!
+//! Every type is `#[repr(C)]` with explicit padding, fixed-width integers only, and a compile-time size
+//! assertion, so a layout change breaks both sides at build time. Addresses are stored as 16 bytes in network
+//! order; IPv4 uses the first four bytes and `family == FAMILY_V4`.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Program names (the Rust function names in `observer-ebpf`).
+pub mod program {
+    pub const TC_INGRESS: &str = "tc_ingress";
+    pub const TC_EGRESS: &str = "tc_egress";
+    pub const KFREE_SKB_BTF: &str = "kfree_skb_btf";
+    pub const KFREE_SKB_TRACEPOINT: &str = "kfree_skb_tracepoint";
+}
+
+/// Map names.
+pub mod map {
+    pub const EVENTS: &str = "EVENTS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
+    pub const IGNORED_REASONS: &str = "IGNORED_REASONS";
+    pub const DROPS_SEEN: &str = "DROPS_SEEN";
+    pub const LOST: &str = "LOST";
+}
+
+/// Names of the read-only globals user space sets at load time.
+pub mod global {
+    /// `u8`: 1 = every TCP port is watched, 0 = only `WATCHED_PORTS`.
+    pub const ALL_PORTS: &str = "CONFIG_ALL_PORTS";
+    /// [`crate::SkbOffsets`]: kernel struct offsets read from BTF.
+    pub const SKB_OFFSETS: &str = "CONFIG_SKB_OFFSETS";
+    /// `u64`: a drop of the same flow for the same reason is reported again after this many ns.
+    pub const DROP_REPEAT_NS: &str = "CONFIG_DROP_REPEAT_NS";
+}
+
+/// Capacity of the flow table (entries; LRU-evicted beyond).
+pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of the drop de-duplication table.
+pub const DROPS_SEEN_MAX_ENTRIES: u32 = 16_384;
+/// Size of the ring buffer in bytes (a power of two and a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Entries of `IGNORED_REASONS` (drop reasons above this are never ignored).
+pub const MAX_DROP_REASONS: u32 = 1024;
+/// Entries of `WATCHED_PORTS` (one per TCP port).
+pub const PORTS: u32 = 65_536;
+
+/// Index into `LOST` for events that could not be reserved in the ring buffer.
+pub const LOST_EVENTS: u32 = 0;
+/// Number of entries of `LOST`.
+pub const LOST_SLOTS: u32 = 1;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// TCP flag bits as they appear in the TCP header's flags byte.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// What happened. Stored as `u8` in [`Event::kind`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// First SYN of a connection attempt seen on this interface.
+    Opened = 1,
+    /// The same SYN (same initial sequence number) seen again on this interface.
+    SynRetransmit = 2,
+    /// SYN-ACK from the server.
+    Established = 3,
+    /// RST; [`Event::origin`] says from which side.
+    Reset = 4,
+    /// ICMP/ICMPv6 destination unreachable quoting the flow's TCP header.
+    Rejected = 5,
+    /// First FIN of the flow.
+    Closed = 6,
+    /// The kernel freed a packet of the flow with a drop reason ([`Event::reason`], [`Event::location`]).
+    Dropped = 7,
+}
+
+impl EventKind {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Opened,
+            2 => Self::SynRetransmit,
+            3 => Self::Established,
+            4 => Self::Reset,
+            5 => Self::Rejected,
+            6 => Self::Closed,
+            7 => Self::Dropped,
+            _ => return None,
+        })
+    }
+}
+
+/// Which side sent the packet that caused the event. Stored as `u8` in [`Event::origin`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Unknown = 0,
+    Client = 1,
+    Server = 2,
+    /// A third party (the node, a router) about the flow: ICMP errors.
+    Network = 3,
+}
+
+impl Origin {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Client,
+            2 => Self::Server,
+            3 => Self::Network,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// The TC hook that saw the packet. Stored as `u8` in [`Event::hook`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// kfree_skb: not a TC hook.
+    Drop = 0,
+    /// Packet entering the host through the interface (from the pod, for a pod veth's host end).
+    Ingress = 1,
+    /// Packet leaving the host through the interface (towards the pod).
+    Egress = 2,
+}
+
+impl Hook {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Ingress,
+            2 => Self::Egress,
+            _ => Self::Drop,
+        }
+    }
+}
+
+/// A TCP connection as seen on one interface, oriented client → server (the server owns the watched port,
+/// or received the first SYN). Key of `FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client_addr: [u8; 16],
+    pub server_addr: [u8; 16],
+    pub client_port: u16,
+    pub server_port: u16,
+    pub ifindex: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 44);
+
+/// Flow states stored in [`FlowStats::state`].
+pub mod flow_state {
+    /// Seen mid-stream (the observer started after the handshake).
+    pub const MIDSTREAM: u8 = 0;
+    pub const SYN_SENT: u8 = 1;
+    pub const ESTABLISHED: u8 = 2;
+    pub const RESET: u8 = 3;
+    pub const REJECTED: u8 = 4;
+    pub const CLOSED: u8 = 5;
+}
+
+/// Counters of one flow on one interface. Value of `FLOWS`. Index 0 of the arrays is client → server,
+/// index 1 server → client. Counters are updated without atomics: a flow's packets in one direction are
+/// processed on one CPU at a time in practice (RSS / per-queue), and an occasional lost increment is
+/// acceptable for accounting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowStats {
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Initial sequence number of the SYN that opened the flow (detects retransmissions vs new attempts).
+    pub isn: u32,
+    pub syn_count: u16,
+    /// OR of every TCP flag byte seen.
+    pub flags_seen: u8,
+    pub state: u8,
+}
+const _: () = assert!(size_of::<FlowStats>() == 56);
+
+/// One event from the kernel, the only record type of the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event was produced.
+    pub ts_ns: u64,
+    pub key: FlowKey,
+    /// [`EventKind`] as `u8`.
+    pub kind: u8,
+    /// [`Origin`] as `u8`.
+    pub origin: u8,
+    /// [`Hook`] as `u8`.
+    pub hook: u8,
+    /// TCP flags of the packet that caused the event.
+    pub tcp_flags: u8,
+    /// ICMP type and code for [`EventKind::Rejected`].
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub syn_count: u16,
+    /// Kernel `enum skb_drop_reason` value for [`EventKind::Dropped`] (numbers differ between kernels).
+    pub reason: u32,
+    /// Call site that freed the packet (kernel text address) for [`EventKind::Dropped`].
+    pub location: u64,
+    /// Snapshot of the flow's counters (zero for drops).
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+}
+const _: () = assert!(size_of::<Event>() == 104);
+
+/// Offsets (bytes) of the kernel struct members the drop program reads, resolved from the running kernel's
+/// BTF by user space, since Rust eBPF cannot emit CO-RE relocations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SkbOffsets {
+    /// `sk_buff.head` (pointer).
+    pub head: u32,
+    /// `sk_buff.network_header` (u16).
+    pub network_header: u32,
+    /// `sk_buff.protocol` (__be16).
+    pub protocol: u32,
+    /// `sk_buff.dev` (pointer).
+    pub dev: u32,
+    /// `net_device.ifindex` (int).
+    pub ifindex: u32,
+    /// Classic tracepoint `skb/kfree_skb` field offsets (only used by the fallback program).
+    pub tp_skbaddr: u32,
+    pub tp_location: u32,
+    pub tp_reason: u32,
+}
+const _: () = assert!(size_of::<SkbOffsets>() == 32);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: plain-old-data, repr(C), every bit pattern is valid, explicit padding.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SkbOffsets {}
+}

@@ -12,7 +12,9 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("workspace root")?
         .join("observer-ebpf");
-    let root_dir = metadata.to_str().context("non-UTF-8 path to observer-ebpf")?;
+    let root_dir = metadata
+        .to_str()
+        .context("non-UTF-8 path to observer-ebpf")?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "observer-ebpf",
@@ -23,9 +25,12 @@ fn main() -> anyhow::Result<()> {
     )?;
     // With AYA_BUILD_SKIP=1 (pure user-space work: policy engine, docs) there is no object: embed an empty
     // one, which the loader refuses at run time with a clear error.
-    let object = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("observer");
-    if !object.exists() {
-        std::fs::write(&object, []).with_context(|| format!("writing {}", object.display()))?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    for name in ["observer", "test-drop"] {
+        let object = out.join(name);
+        if !object.exists() {
+            std::fs::write(&object, []).with_context(|| format!("writing {}", object.display()))?;
+        }
     }
     Ok(())
 }

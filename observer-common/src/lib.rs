@@ -165,6 +165,15 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 44);
 
+/// Key of `DROPS_SEEN`: one drop report per flow and reason per repeat window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    pub flow: FlowKey,
+    pub reason: u32,
+}
+const _: () = assert!(size_of::<DropKey>() == 48);
+
 /// Flow states stored in [`FlowStats::state`].
 pub mod flow_state {
     /// Seen mid-stream (the observer started after the handshake).
@@ -259,4 +268,6 @@ mod user {
     unsafe impl aya::Pod for Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SkbOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DropKey {}
 }

@@ -1,11 +1,663 @@
+//! observer's kernel programs.
+//!
+//! - `tc_ingress` / `tc_egress`: TC (TCX where available) classifiers on pod veths and the uplink. They
+//!   parse Ethernet (one 802.1Q/802.1ad tag), IPv4 (with options), IPv6, TCP, and ICMP/ICMPv6 destination
+//!   unreachable messages quoting a TCP header; leave at once unless a watched port is involved; keep one
+//!   flow entry per (connection, interface); and send an [`Event`] only when a flow changes state.
+//! - `kfree_skb_btf` (`tp_btf/kfree_skb`), with `kfree_skb_tracepoint` as the fallback for kernels without
+//!   BTF-enabled tracepoints: report drops of watched-port TCP packets with the kernel's drop reason.
+//!
+//! The programs never change a packet's fate: every TC path returns `TC_ACT_UNSPEC` (`TCX_NEXT`), so
+//! programs and qdisc filters behind ours run as if we were not there.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use core::mem::size_of;
+
+use aya_ebpf::{
+    EbpfContext as _, Global,
+    bindings::{__sk_buff, TC_ACT_UNSPEC},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, classifier, map, tracepoint},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TcContext, TracePointContext},
+};
+use observer_common::{
+    DROPS_SEEN_MAX_ENTRIES, DropKey, EVENTS_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6,
+    FLOWS_MAX_ENTRIES, FlowKey, FlowStats, Hook, LOST_EVENTS, LOST_SLOTS, MAX_DROP_REASONS, Origin,
+    PORTS, SkbOffsets, flow_state, tcp_flags,
+};
+
+#[unsafe(no_mangle)]
+static CONFIG_ALL_PORTS: Global<u8> = Global::new(0);
+#[unsafe(no_mangle)]
+static CONFIG_SKB_OFFSETS: Global<SkbOffsets> = Global::new(SkbOffsets {
+    head: 0,
+    network_header: 0,
+    protocol: 0,
+    dev: 0,
+    ifindex: 0,
+    tp_skbaddr: 0,
+    tp_location: 0,
+    tp_reason: 0,
+});
+#[unsafe(no_mangle)]
+static CONFIG_DROP_REPEAT_NS: Global<u64> = Global::new(10_000_000_000);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+#[map]
+static WATCHED_PORTS: Array<u8> = Array::with_max_entries(PORTS, 0);
+#[map]
+static IGNORED_REASONS: Array<u8> = Array::with_max_entries(MAX_DROP_REASONS, 0);
+#[map]
+static DROPS_SEEN: LruHashMap<DropKey, u64> =
+    LruHashMap::with_max_entries(DROPS_SEEN_MAX_ENTRIES, 0);
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const IPV6_HLEN: usize = 40;
+/// The bytes of a TCP header the programs read: ports, sequence number, data offset, flags.
+const TCP_PREFIX: usize = 14;
 
 #[classifier]
-pub fn tc_ingress(_ctx: TcContext) -> i32 {
-    -1
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    let _ = try_tc(&ctx, Hook::Ingress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    let _ = try_tc(&ctx, Hook::Egress);
+    TC_ACT_UNSPEC
+}
+
+/// A pointer into the packet's linear data, checked against `data_end` for the verifier.
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn read_be16(ctx: &TcContext, offset: usize) -> Result<u16, ()> {
+    // SAFETY: bounds checked by ptr_at; unaligned read of plain bytes.
+    Ok(u16::from_be(unsafe {
+        ptr_at::<u16>(ctx, offset)?.read_unaligned()
+    }))
+}
+
+#[inline(always)]
+fn read_u8(ctx: &TcContext, offset: usize) -> Result<u8, ()> {
+    // SAFETY: bounds checked by ptr_at.
+    Ok(unsafe { *ptr_at::<u8>(ctx, offset)? })
+}
+
+#[inline(always)]
+fn read_array<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], ()> {
+    // SAFETY: bounds checked by ptr_at; [u8; N] has alignment 1.
+    Ok(unsafe { *ptr_at::<[u8; N]>(ctx, offset)? })
+}
+
+/// The interface the packet is on (`__sk_buff.ifindex`).
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is the program's `__sk_buff`, valid for the whole run.
+    unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex }
+}
+
+#[inline(always)]
+fn watched(port: u16) -> bool {
+    matches!(WATCHED_PORTS.get(u32::from(port)), Some(v) if *v != 0)
+}
+
+/// Addresses and L4 offset of an IP packet.
+struct Ip {
+    family: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    proto: u8,
+    l4: usize,
+    /// IPv4 options make the L4 offset variable, which the verifier cannot bound for direct packet
+    /// access: such (rare) packets are read with `bpf_skb_load_bytes` instead.
+    variable_l4: bool,
+}
+
+#[inline(always)]
+fn parse_ip(ctx: &TcContext, off: usize, ethertype: u16) -> Result<Ip, ()> {
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    match ethertype {
+        ETH_P_IP => {
+            let vihl = read_u8(ctx, off)?;
+            if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+                return Err(());
+            }
+            // A constant on the common path keeps later packet reads verifiable.
+            let (ihl, variable_l4) = if vihl & 0x0f == 5 {
+                (20, false)
+            } else {
+                (usize::from(vihl & 0x0f) * 4, true)
+            };
+            // Non-first fragments carry no L4 header.
+            if read_be16(ctx, off + 6)? & 0x1fff != 0 {
+                return Err(());
+            }
+            let proto = read_u8(ctx, off + 9)?;
+            let s: [u8; 4] = read_array(ctx, off + 12)?;
+            let d: [u8; 4] = read_array(ctx, off + 16)?;
+            src[..4].copy_from_slice(&s);
+            dst[..4].copy_from_slice(&d);
+            Ok(Ip {
+                family: FAMILY_V4,
+                src,
+                dst,
+                proto,
+                l4: off + ihl,
+                variable_l4,
+            })
+        }
+        ETH_P_IPV6 => {
+            let proto = read_u8(ctx, off + 6)?;
+            src = read_array(ctx, off + 8)?;
+            dst = read_array(ctx, off + 24)?;
+            Ok(Ip {
+                family: FAMILY_V6,
+                src,
+                dst,
+                proto,
+                l4: off + IPV6_HLEN,
+                variable_l4: false,
+            })
+        }
+        _ => Err(()),
+    }
+}
+
+#[inline(always)]
+fn try_tc(ctx: &TcContext, hook: Hook) -> Result<(), ()> {
+    let mut ethertype = read_be16(ctx, 12)?;
+    let mut off = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = read_be16(ctx, ETH_HLEN + 2)?;
+        off += 4;
+    }
+    if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
+        return Ok(());
+    }
+    let ip = parse_ip(ctx, off, ethertype)?;
+    match ip.proto {
+        IPPROTO_TCP => on_tcp(ctx, hook, &ip),
+        IPPROTO_ICMP if ip.family == FAMILY_V4 => on_icmp(ctx, hook, &ip, ICMP_DEST_UNREACH),
+        IPPROTO_ICMPV6 if ip.family == FAMILY_V6 => on_icmp(ctx, hook, &ip, ICMPV6_DEST_UNREACH),
+        _ => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn on_tcp(ctx: &TcContext, hook: Hook, ip: &Ip) -> Result<(), ()> {
+    let tcp: [u8; TCP_PREFIX] = if ip.variable_l4 {
+        ctx.load(ip.l4).map_err(|_| ())?
+    } else {
+        read_array(ctx, ip.l4)?
+    };
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let flags = tcp[13];
+    let syn = flags & tcp_flags::SYN != 0;
+    let ack = flags & tcp_flags::ACK != 0;
+
+    // Orientation: the server owns the watched port. This check is the fast exit: no map work before it
+    // other than the two (inlined) array reads.
+    let all_ports = CONFIG_ALL_PORTS.load() != 0;
+    let to_server = if syn {
+        // The handshake says who is who, whatever the ports.
+        if !all_ports && !watched(dport) && !watched(sport) {
+            return Ok(());
+        }
+        !ack
+    } else if !all_ports {
+        if watched(dport) {
+            true
+        } else if watched(sport) {
+            false
+        } else {
+            return Ok(());
+        }
+    } else {
+        // All ports: an existing entry decides; otherwise the lower port is taken as the server's.
+        let fwd = flow_key(ip, sport, dport, true, ifindex(ctx));
+        if FLOWS.get_ptr(&fwd).is_some() {
+            true
+        } else {
+            let rev = flow_key(ip, sport, dport, false, ifindex(ctx));
+            if FLOWS.get_ptr(&rev).is_some() {
+                false
+            } else {
+                dport <= sport
+            }
+        }
+    };
+
+    let key = flow_key(ip, sport, dport, to_server, ifindex(ctx));
+    let dir = if to_server { 0 } else { 1 };
+    let len = u64::from(ctx.len());
+    let origin = if to_server {
+        Origin::Client
+    } else {
+        Origin::Server
+    };
+    let rst = flags & tcp_flags::RST != 0;
+    let fin = flags & tcp_flags::FIN != 0;
+
+    if let Some(st) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: the pointer is a live map value for the duration of the program.
+        let st = unsafe { &mut *st };
+        // SAFETY: helper without preconditions.
+        st.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
+        st.packets[dir] += 1;
+        st.bytes[dir] += len;
+        st.flags_seen |= flags;
+        let kind = if rst {
+            (st.state != flow_state::RESET).then(|| {
+                st.state = flow_state::RESET;
+                EventKind::Reset
+            })
+        } else if syn && !ack && to_server {
+            if st.state == flow_state::SYN_SENT && st.isn == seq {
+                st.syn_count = st.syn_count.saturating_add(1);
+                Some(EventKind::SynRetransmit)
+            } else if st.isn != seq || is_final(st.state) {
+                // A new attempt on the same 4-tuple (the port was reused).
+                *st = new_flow(flow_state::SYN_SENT, seq, dir, len, flags);
+                Some(EventKind::Opened)
+            } else {
+                None
+            }
+        } else if syn && ack && !to_server {
+            (st.state == flow_state::SYN_SENT).then(|| {
+                st.state = flow_state::ESTABLISHED;
+                EventKind::Established
+            })
+        } else if fin {
+            (st.state == flow_state::ESTABLISHED || st.state == flow_state::MIDSTREAM).then(|| {
+                st.state = flow_state::CLOSED;
+                EventKind::Closed
+            })
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            emit(&key, kind, origin, hook, flags, st);
+        }
+        return Ok(());
+    }
+
+    let (state, kind) = if rst {
+        (flow_state::RESET, Some(EventKind::Reset))
+    } else if syn && !ack && to_server {
+        (flow_state::SYN_SENT, Some(EventKind::Opened))
+    } else if fin {
+        (flow_state::CLOSED, Some(EventKind::Closed))
+    } else {
+        (flow_state::MIDSTREAM, None)
+    };
+    let st = new_flow(state, seq, dir, len, flags);
+    let _ = FLOWS.insert(&key, &st, 0);
+    if let Some(kind) = kind {
+        emit(&key, kind, origin, hook, flags, &st);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn is_final(state: u8) -> bool {
+    state == flow_state::RESET || state == flow_state::REJECTED || state == flow_state::CLOSED
+}
+
+#[inline(always)]
+fn new_flow(state: u8, seq: u32, dir: usize, len: u64, flags: u8) -> FlowStats {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut st = FlowStats {
+        first_seen_ns: now,
+        last_seen_ns: now,
+        packets: [0; 2],
+        bytes: [0; 2],
+        isn: seq,
+        syn_count: u16::from(state == flow_state::SYN_SENT),
+        flags_seen: flags,
+        state,
+    };
+    st.packets[dir] = 1;
+    st.bytes[dir] = len;
+    st
+}
+
+#[inline(always)]
+fn flow_key(ip: &Ip, sport: u16, dport: u16, to_server: bool, ifindex: u32) -> FlowKey {
+    if to_server {
+        FlowKey {
+            client_addr: ip.src,
+            server_addr: ip.dst,
+            client_port: sport,
+            server_port: dport,
+            ifindex,
+            family: ip.family,
+            _pad: [0; 3],
+        }
+    } else {
+        FlowKey {
+            client_addr: ip.dst,
+            server_addr: ip.src,
+            client_port: dport,
+            server_port: sport,
+            ifindex,
+            family: ip.family,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// ICMP / ICMPv6 destination unreachable quoting a TCP header: the flow was rejected by the network
+/// (`reject with icmp admin-prohibited` and friends). The quoted packet is the client's SYN.
+#[inline(always)]
+fn on_icmp(ctx: &TcContext, hook: Hook, ip: &Ip, unreach: u8) -> Result<(), ()> {
+    // Rare path: every read goes through bpf_skb_load_bytes, which needs no verifier-visible bounds.
+    let icmp: [u8; 2] = ctx.load(ip.l4).map_err(|_| ())?;
+    if icmp[0] != unreach {
+        return Ok(());
+    }
+    let (icmp_type, icmp_code) = (icmp[0], icmp[1]);
+    let quoted = ip.l4 + 8;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    let tcp_off = if ip.family == FAMILY_V4 {
+        let hdr: [u8; 20] = ctx.load(quoted).map_err(|_| ())?;
+        if hdr[9] != IPPROTO_TCP || hdr[0] & 0x0f < 5 {
+            return Ok(());
+        }
+        src[..4].copy_from_slice(&hdr[12..16]);
+        dst[..4].copy_from_slice(&hdr[16..20]);
+        quoted + usize::from(hdr[0] & 0x0f) * 4
+    } else {
+        let hdr: [u8; 40] = ctx.load(quoted).map_err(|_| ())?;
+        if hdr[6] != IPPROTO_TCP {
+            return Ok(());
+        }
+        src.copy_from_slice(&hdr[8..24]);
+        dst.copy_from_slice(&hdr[24..40]);
+        quoted + IPV6_HLEN
+    };
+    let inner = Ip {
+        family: ip.family,
+        src,
+        dst,
+        proto: IPPROTO_TCP,
+        l4: tcp_off,
+        variable_l4: true,
+    };
+    // ICMP quotes at least 8 bytes of the TCP header: the ports and the sequence number.
+    let tcp: [u8; 4] = ctx.load(tcp_off).map_err(|_| ())?;
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    if CONFIG_ALL_PORTS.load() == 0 && !watched(dport) {
+        return Ok(());
+    }
+    let key = flow_key(&inner, sport, dport, true, ifindex(ctx));
+    let snapshot = match FLOWS.get_ptr_mut(&key) {
+        Some(st) => {
+            // SAFETY: live map value.
+            let st = unsafe { &mut *st };
+            if st.state == flow_state::REJECTED {
+                return Ok(());
+            }
+            st.state = flow_state::REJECTED;
+            *st
+        }
+        None => FlowStats::default(),
+    };
+    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        fill(
+            entry.as_mut_ptr(),
+            &key,
+            EventKind::Rejected,
+            Origin::Network,
+            hook,
+            0,
+            &snapshot,
+        );
+        // SAFETY: fill wrote every field.
+        unsafe {
+            (*entry.as_mut_ptr()).icmp_type = icmp_type;
+            (*entry.as_mut_ptr()).icmp_code = icmp_code;
+        }
+        entry.submit(0);
+    } else {
+        count_lost();
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn emit(key: &FlowKey, kind: EventKind, origin: Origin, hook: Hook, flags: u8, st: &FlowStats) {
+    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        fill(entry.as_mut_ptr(), key, kind, origin, hook, flags, st);
+        entry.submit(0);
+    } else {
+        count_lost();
+    }
+}
+
+#[inline(always)]
+fn fill(
+    ev: *mut Event,
+    key: &FlowKey,
+    kind: EventKind,
+    origin: Origin,
+    hook: Hook,
+    flags: u8,
+    st: &FlowStats,
+) {
+    // SAFETY: `ev` points to a reserved ring-buffer slot of the right size; every field is written.
+    unsafe {
+        ev.write(Event {
+            ts_ns: bpf_ktime_get_ns(),
+            key: *key,
+            kind: kind as u8,
+            origin: origin as u8,
+            hook: hook as u8,
+            tcp_flags: flags,
+            icmp_type: 0,
+            icmp_code: 0,
+            syn_count: st.syn_count,
+            reason: 0,
+            location: 0,
+            packets: st.packets,
+            bytes: st.bytes,
+        });
+    }
+}
+
+#[inline(always)]
+fn count_lost() {
+    if let Some(n) = LOST.get_ptr_mut(LOST_EVENTS) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *n += 1 };
+    }
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u64 = ctx.arg(2);
+    let _ = on_drop(skb, location, reason as u32);
+    0
+}
+
+#[tracepoint]
+pub fn kfree_skb_tracepoint(ctx: TracePointContext) -> u32 {
+    let off = CONFIG_SKB_OFFSETS.load();
+    // SAFETY: offsets come from the tracepoint's format file, read by user space at load time.
+    let fields = unsafe {
+        (
+            ctx.read_at::<u64>(off.tp_skbaddr as usize),
+            ctx.read_at::<u64>(off.tp_location as usize),
+            ctx.read_at::<u32>(off.tp_reason as usize),
+        )
+    };
+    if let (Ok(skb), Ok(location), Ok(reason)) = fields {
+        let _ = on_drop(skb as *const u8, location, reason);
+    }
+    0
+}
+
+#[inline(always)]
+fn kread<T>(base: *const u8, offset: u32) -> Result<T, ()> {
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses (returns an error).
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.map_err(|_| ())
+}
+
+fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
+    if skb.is_null() {
+        return Err(());
+    }
+    if let Some(ignored) = IGNORED_REASONS.get(reason)
+        && *ignored != 0
+    {
+        return Ok(());
+    }
+    let off = CONFIG_SKB_OFFSETS.load();
+    let head: *const u8 = kread(skb, off.head)?;
+    let network_header: u16 = kread(skb, off.network_header)?;
+    if head.is_null() || network_header == u16::MAX {
+        return Err(());
+    }
+    let protocol = u16::from_be(kread::<u16>(skb, off.protocol)?);
+    let ip_hdr = head.wrapping_add(usize::from(network_header));
+
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    let (family, tcp_hdr) = match protocol {
+        ETH_P_IP => {
+            let hdr: [u8; 20] = kread(ip_hdr, 0)?;
+            if hdr[0] >> 4 != 4 || hdr[9] != IPPROTO_TCP || (hdr[6] & 0x1f != 0 || hdr[7] != 0) {
+                return Ok(());
+            }
+            src[..4].copy_from_slice(&hdr[12..16]);
+            dst[..4].copy_from_slice(&hdr[16..20]);
+            (
+                FAMILY_V4,
+                ip_hdr.wrapping_add(usize::from(hdr[0] & 0x0f) * 4),
+            )
+        }
+        ETH_P_IPV6 => {
+            let hdr: [u8; 40] = kread(ip_hdr, 0)?;
+            if hdr[6] != IPPROTO_TCP {
+                return Ok(());
+            }
+            src.copy_from_slice(&hdr[8..24]);
+            dst.copy_from_slice(&hdr[24..40]);
+            (FAMILY_V6, ip_hdr.wrapping_add(IPV6_HLEN))
+        }
+        _ => return Ok(()),
+    };
+    let tcp: [u8; TCP_PREFIX] = kread(tcp_hdr, 0)?;
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let flags = tcp[13];
+    let to_server = if CONFIG_ALL_PORTS.load() != 0 {
+        if flags & tcp_flags::SYN != 0 {
+            flags & tcp_flags::ACK == 0
+        } else {
+            dport <= sport
+        }
+    } else if watched(dport) {
+        true
+    } else if watched(sport) {
+        false
+    } else {
+        return Ok(());
+    };
+
+    let dev: *const u8 = kread(skb, off.dev)?;
+    let ifindex: u32 = if dev.is_null() {
+        0
+    } else {
+        kread(dev, off.ifindex).unwrap_or(0)
+    };
+    let ip = Ip {
+        family,
+        src,
+        dst,
+        proto: IPPROTO_TCP,
+        l4: 0,
+        variable_l4: false,
+    };
+    let key = flow_key(&ip, sport, dport, to_server, ifindex);
+
+    // One report per (flow, reason) per repeat window: retransmissions of a dropped SYN are counted by
+    // the TC programs, not reported again here.
+    let seen = DropKey { flow: key, reason };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(last) = DROPS_SEEN.get_ptr_mut(&seen) {
+        // SAFETY: live map value.
+        let last = unsafe { &mut *last };
+        if now.wrapping_sub(*last) < CONFIG_DROP_REPEAT_NS.load() {
+            return Ok(());
+        }
+        *last = now;
+    } else {
+        let _ = DROPS_SEEN.insert(&seen, &now, 0);
+    }
+
+    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        // SAFETY: every field is written.
+        unsafe {
+            entry.as_mut_ptr().write(Event {
+                ts_ns: now,
+                key,
+                kind: EventKind::Dropped as u8,
+                origin: if to_server {
+                    Origin::Client as u8
+                } else {
+                    Origin::Server as u8
+                },
+                hook: Hook::Drop as u8,
+                tcp_flags: flags,
+                icmp_type: 0,
+                icmp_code: 0,
+                syn_count: 0,
+                reason,
+                location,
+                packets: [0; 2],
+                bytes: [0; 2],
+            });
+        }
+        entry.submit(0);
+    } else {
+        count_lost();
+    }
+    Ok(())
 }
 
 #[cfg(not(test))]

@@ -5,3 +5,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`bpf`] | loading and attaching the kernel programs, following interfaces, decoding events |
+//! | [`cli`] | the command line: one module per subcommand |
+
+pub mod bpf;
+pub mod cli;

@@ -1,1 +1,367 @@
+//! The network-namespace lab for privileged tests (rules: `shared/LAB.md`).
+//!
+//! ```text
+//!   pod ns "obst-<pid>-<n>-a"        node ns "obst-<pid>-<n>-node"           pod ns "…-b"
+//!   eth0 198.18.x.2/24 ──veth── lxca 198.18.x.1   (forwarding, nft)  lxcb ──veth── eth0 198.18.y.2
+//!        2001:2:0:x::2/64               2001:2:0:x::1                     …
+//! ```
+//!
+//! Every test builds its own namespaces with unique names; [`Lab`] removes them on drop, also when the
+//! test panics, and leftovers of a crashed run (namespaces whose pid is gone) are removed at first use.
+//! Addresses come only from 198.18.0.0/15 and 2001:2::/48, a fresh /24 (and /64) per pod per process, so
+//! that global observations (kfree_skb sees every namespace) never mix tests up.
 
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    process::Command,
+    sync::{
+        Once,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+pub mod grpc;
+pub mod observe;
+
+/// Prefix of every namespace this harness creates.
+pub const PREFIX: &str = "obst-";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static SUBNET: AtomicU32 = AtomicU32::new(0);
+static CLEAN: Once = Once::new();
+
+/// Runs a command and panics with its output if it fails.
+#[track_caller]
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Panics unless running as root (privileged tests are `#[ignore]`d and run by `./x test`).
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "privileged test: run as root through `./x test`"
+    );
+}
+
+/// Removes namespaces left by earlier runs whose process is gone.
+pub fn clean_leftovers() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
+        if let Some(pid) = pid
+            && pid as u32 != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn create(name: String) -> Self {
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        // No duplicate address detection on lab links: a tentative link-local address delays neighbour
+        // discovery by seconds, which would show up as lost SYNs.
+        for conf in ["default", "all"] {
+            ns.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{conf}.accept_dad=0"),
+            ]);
+        }
+        ns
+    }
+
+    /// `ip -n <ns> …`
+    #[track_caller]
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    /// `ip netns exec <ns> …`
+    #[track_caller]
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+    }
+
+    /// Runs `f` in this namespace and waits for it.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        match self.spawn(f).join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// Moves the calling thread into the namespace at `path`.
+pub fn enter(path: &str) {
+    let f = File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    setns(f, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A pod: its namespace and addresses; its host-side veth lives in the node namespace.
+#[derive(Debug)]
+pub struct Pod {
+    pub ns: Netns,
+    /// Host-side interface name (in the node namespace).
+    pub host_if: String,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+impl Pod {
+    pub fn addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => IpAddr::V4(self.v4),
+            Family::V6 => IpAddr::V6(self.v6),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// A node namespace routing between pod namespaces.
+#[derive(Debug)]
+pub struct Lab {
+    pub pods: Vec<Pod>,
+    pub node: Netns,
+    /// `obst-<pid>-<n>`
+    pub prefix: String,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        require_root();
+        CLEAN.call_once(clean_leftovers);
+        let prefix = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let node = Netns::create(format!("{prefix}-node"));
+        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        node.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        Self {
+            pods: Vec::new(),
+            node,
+            prefix,
+        }
+    }
+
+    /// Adds a pod with host-side interface `host_if` (≤ 15 bytes) and fresh addresses.
+    pub fn add_pod(&mut self, name: &str, host_if: &str) -> &Pod {
+        let net = SUBNET.fetch_add(1, Ordering::Relaxed);
+        assert!(net < 510, "lab address space exhausted");
+        // 198.18.0.0/15 = 512 /24s; 2001:2::/48 = 65536 /64s.
+        let (hi, lo) = (18 + (net / 256) as u8, (net % 256) as u8);
+        let v4 = Ipv4Addr::new(198, hi, lo, 2);
+        let gw4 = Ipv4Addr::new(198, hi, lo, 1);
+        let v6: Ipv6Addr = format!("2001:2:0:{net:x}::2").parse().expect("v6 literal");
+        let gw6: Ipv6Addr = format!("2001:2:0:{net:x}::1").parse().expect("v6 literal");
+        let ns = Netns::create(format!("{}-{name}", self.prefix));
+        self.node.ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        self.node
+            .ip(&["addr", "add", &format!("{gw4}/24"), "dev", host_if]);
+        self.node
+            .ip(&["addr", "add", &format!("{gw6}/64"), "dev", host_if, "nodad"]);
+        self.node.ip(&["link", "set", host_if, "up"]);
+        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
+        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", &gw4.to_string()]);
+        ns.ip(&["-6", "route", "add", "default", "via", &gw6.to_string()]);
+        self.pods.push(Pod {
+            ns,
+            host_if: host_if.to_owned(),
+            v4,
+            v6,
+        });
+        self.pods.last().expect("just pushed")
+    }
+
+    pub fn pod(&self, i: usize) -> &Pod {
+        &self.pods[i]
+    }
+
+    /// Loads an nft ruleset into the node namespace (replacing the previous one).
+    pub fn nft(&self, ruleset: &str) {
+        self.node.exec(&["nft", "flush", "ruleset"]);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.node.name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawning nft");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(ruleset.as_bytes())
+            .expect("writing the ruleset");
+        let out = child.wait_with_output().expect("nft");
+        assert!(
+            out.status.success(),
+            "nft -f failed: {}\n{ruleset}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A forward-chain rule set with one rule (`tcp dport 50051 drop`, …).
+    pub fn forward_rule(&self, rule: &str) {
+        self.nft(&format!(
+            "table inet lab {{\n chain forward {{ type filter hook forward priority 0; policy accept;\n  {rule}\n }}\n}}\n"
+        ));
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Pods first: deleting a pod namespace deletes its veth pair, then the node.
+        self.pods.clear();
+    }
+}
+
+/// Polls `f` until it returns `Some` or `deadline` passes.
+pub fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A plain TCP connect from `pod` with a timeout; `Ok` when the handshake completed.
+pub fn tcp_connect(pod: &Pod, to: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    pod.ns
+        .run(move || std::net::TcpStream::connect_timeout(&to, timeout).map(drop))
+}
+
+/// A second TC program, behind the observer's, that drops IPv4 TCP to port 50051 on `dev`'s egress.
+/// Detached (in the node namespace) on drop.
+pub struct DropProgram {
+    ebpf: Option<aya::Ebpf>,
+    node: String,
+}
+
+impl DropProgram {
+    pub fn attach(node: &Netns, dev: &str, netlink: bool) -> Self {
+        let dev = std::ffi::CString::new(dev).expect("interface name");
+        let ebpf = node.run(move || {
+            let mut ebpf =
+                aya::Ebpf::load(observer::bpf::testing::DROP_OBJECT).expect("loading test-drop");
+            let prog: &mut aya::programs::SchedClassifier = ebpf
+                .program_mut("test_drop")
+                .expect("test_drop program")
+                .try_into()
+                .expect("a classifier");
+            prog.load().expect("verifier accepts test_drop");
+            let how = if netlink {
+                aya::programs::TcAttach::Netlink {
+                    parent: aya::programs::TcAttachType::Egress.into(),
+                    // After the observer's filter (lower numbers run first).
+                    options: aya::programs::tc::NlOptions {
+                        priority: 65000,
+                        ..Default::default()
+                    },
+                }
+            } else {
+                aya::programs::TcAttach::Tcx {
+                    attach_type: aya::programs::TcAttachType::Egress,
+                    order: aya::programs::LinkOrder::last(),
+                }
+            };
+            prog.attach(dev.as_c_str(), how)
+                .expect("attaching test_drop");
+            ebpf
+        });
+        Self {
+            ebpf: Some(ebpf),
+            node: node.name.clone(),
+        }
+    }
+}
+
+impl Drop for DropProgram {
+    fn drop(&mut self) {
+        if let Some(ebpf) = self.ebpf.take() {
+            let path = format!("/run/netns/{}", self.node);
+            // Netlink detachment resolves the interface in the calling thread's namespace.
+            let _ = std::thread::spawn(move || {
+                enter(&path);
+                drop(ebpf);
+            })
+            .join();
+        }
+    }
+}

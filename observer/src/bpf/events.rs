@@ -1,0 +1,386 @@
+//! Decoding kernel events into typed values, and the async ring-buffer reader.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use observer_common::{Event, EventKind, FAMILY_V4, FAMILY_V6, FlowKey, Hook, Origin};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+use super::reasons::{DropReasons, Symbols};
+
+/// Why a ring-buffer record could not be decoded. Counted, never fatal.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes, expected {expected}")]
+    Size { len: usize, expected: usize },
+    #[error("unknown event kind {kind}")]
+    Kind { kind: u8 },
+    #[error("unknown address family {family}")]
+    Family { family: u8 },
+}
+
+/// A decoded kernel event.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KernelEvent {
+    /// Wall-clock time of the event (converted from the kernel's monotonic clock).
+    #[serde(serialize_with = "serialize_time")]
+    pub time: SystemTime,
+    /// The kernel's CLOCK_MONOTONIC timestamp in ns.
+    pub monotonic_ns: u64,
+    pub kind: Kind,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub ifindex: u32,
+    /// Interface name when known to the loader.
+    pub interface: Option<Arc<str>>,
+    pub hook: HookPoint,
+    pub origin: Side,
+    pub tcp_flags: u8,
+    pub syn_count: u16,
+    /// ICMP type/code of a rejection.
+    pub icmp: Option<(u8, u8)>,
+    pub drop: Option<DropInfo>,
+    /// Packets and bytes client → server, server → client (at the interface, when the event fired).
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
+/// What happened to the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Opened,
+    SynRetransmit,
+    Established,
+    Reset,
+    Rejected,
+    Closed,
+    Dropped,
+}
+
+impl From<EventKind> for Kind {
+    fn from(k: EventKind) -> Self {
+        match k {
+            EventKind::Opened => Self::Opened,
+            EventKind::SynRetransmit => Self::SynRetransmit,
+            EventKind::Established => Self::Established,
+            EventKind::Reset => Self::Reset,
+            EventKind::Rejected => Self::Rejected,
+            EventKind::Closed => Self::Closed,
+            EventKind::Dropped => Self::Dropped,
+        }
+    }
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::SynRetransmit => "syn_retransmit",
+            Self::Established => "established",
+            Self::Reset => "reset",
+            Self::Rejected => "rejected",
+            Self::Closed => "closed",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+/// Where the packet was seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookPoint {
+    Ingress,
+    Egress,
+    /// Freed by the kernel (`kfree_skb`).
+    Drop,
+}
+
+/// Which side sent the packet behind the event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Unknown,
+    Client,
+    Server,
+    Network,
+}
+
+/// A drop's reason and call site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DropInfo {
+    pub reason: u32,
+    /// The kernel's name, e.g. `NETFILTER_DROP`.
+    pub reason_name: Arc<str>,
+    pub location: u64,
+    /// `symbol+0xoff` when kernel symbols are readable.
+    pub call_site: String,
+}
+
+fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Turns raw records into [`KernelEvent`]s.
+pub struct Decoder {
+    reasons: Arc<DropReasons>,
+    symbols: std::sync::OnceLock<Symbols>,
+    /// realtime − monotonic, sampled at start.
+    clock_offset_ns: i128,
+    interfaces: Arc<std::sync::RwLock<std::collections::HashMap<u32, Arc<str>>>>,
+}
+
+impl Decoder {
+    pub fn new(reasons: Arc<DropReasons>) -> Self {
+        Self {
+            reasons,
+            symbols: std::sync::OnceLock::new(),
+            clock_offset_ns: clock_offset_ns(),
+            interfaces: Arc::default(),
+        }
+    }
+
+    /// Shares the loader's ifindex → name table so events carry interface names.
+    pub fn with_interfaces(
+        mut self,
+        interfaces: Arc<std::sync::RwLock<std::collections::HashMap<u32, Arc<str>>>>,
+    ) -> Self {
+        self.interfaces = interfaces;
+        self
+    }
+
+    pub fn decode(&self, bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+        let raw = parse(bytes)?;
+        let kind = EventKind::from_u8(raw.kind).ok_or(DecodeError::Kind { kind: raw.kind })?;
+        let (client, server) = endpoints(&raw.key)?;
+        let drop = (kind == EventKind::Dropped).then(|| DropInfo {
+            reason: raw.reason,
+            reason_name: self.reasons.name(raw.reason),
+            location: raw.location,
+            call_site: self
+                .symbols
+                .get_or_init(Symbols::kallsyms)
+                .name(raw.location),
+        });
+        let wall_ns = i128::from(raw.ts_ns) + self.clock_offset_ns;
+        let time = SystemTime::UNIX_EPOCH
+            + Duration::from_nanos(u64::try_from(wall_ns.max(0)).unwrap_or(u64::MAX));
+        let interface = self
+            .interfaces
+            .read()
+            .ok()
+            .and_then(|m| m.get(&raw.key.ifindex).cloned());
+        Ok(KernelEvent {
+            time,
+            monotonic_ns: raw.ts_ns,
+            kind: kind.into(),
+            client,
+            server,
+            ifindex: raw.key.ifindex,
+            interface,
+            hook: match Hook::from_u8(raw.hook) {
+                Hook::Ingress => HookPoint::Ingress,
+                Hook::Egress => HookPoint::Egress,
+                Hook::Drop => HookPoint::Drop,
+            },
+            origin: match Origin::from_u8(raw.origin) {
+                Origin::Unknown => Side::Unknown,
+                Origin::Client => Side::Client,
+                Origin::Server => Side::Server,
+                Origin::Network => Side::Network,
+            },
+            tcp_flags: raw.tcp_flags,
+            syn_count: raw.syn_count,
+            icmp: (kind == EventKind::Rejected).then_some((raw.icmp_type, raw.icmp_code)),
+            drop,
+            packets: raw.packets,
+            bytes: raw.bytes,
+        })
+    }
+}
+
+/// Copies a record into an [`Event`] after checking its size (ring-buffer records are 8-byte aligned,
+/// but a copy keeps this independent of that).
+pub fn parse(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let expected = size_of::<Event>();
+    if bytes.len() != expected {
+        return Err(DecodeError::Size {
+            len: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: the length is checked; Event is plain old data, valid for any bit pattern.
+    Ok(unsafe { bytes.as_ptr().cast::<Event>().read_unaligned() })
+}
+
+/// The flow key's client and server socket addresses.
+pub fn endpoints(key: &FlowKey) -> Result<(SocketAddr, SocketAddr), DecodeError> {
+    let ip = |a: &[u8; 16]| -> Result<IpAddr, DecodeError> {
+        match key.family {
+            FAMILY_V4 => Ok(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+            FAMILY_V6 => Ok(IpAddr::V6(Ipv6Addr::from(*a))),
+            family => Err(DecodeError::Family { family }),
+        }
+    };
+    Ok((
+        SocketAddr::new(ip(&key.client_addr)?, key.client_port),
+        SocketAddr::new(ip(&key.server_addr)?, key.server_port),
+    ))
+}
+
+fn clock_offset_ns() -> i128 {
+    use nix::time::{ClockId, clock_gettime};
+    let ns = |c| {
+        clock_gettime(c)
+            .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+            .unwrap_or(0)
+    };
+    ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC)
+}
+
+/// Reads the `EVENTS` ring buffer asynchronously.
+pub struct EventReader {
+    fd: AsyncFd<RingBuf<MapData>>,
+    decoder: Decoder,
+    malformed: u64,
+}
+
+impl EventReader {
+    pub fn new(ring: RingBuf<MapData>, decoder: Decoder) -> std::io::Result<Self> {
+        Ok(Self {
+            // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd holds it.
+            fd: unsafe { AsyncFd::register(ring) }.map_err(|e| {
+                std::io::Error::other(format!("registering the ring buffer: {e:?}"))
+            })?,
+            decoder,
+            malformed: 0,
+        })
+    }
+
+    /// Waits for events and appends every available one to `out` (at least one unless only malformed
+    /// records arrived).
+    pub async fn next_batch(&mut self, out: &mut Vec<KernelEvent>) -> std::io::Result<()> {
+        loop {
+            let mut guard = self.fd.readable_mut().await?;
+            let ring = guard.get_inner_mut();
+            let before = out.len();
+            while let Some(item) = ring.next() {
+                match self.decoder.decode(&item) {
+                    Ok(ev) => out.push(ev),
+                    Err(err) => {
+                        self.malformed += 1;
+                        tracing::debug!(%err, "malformed kernel event");
+                    }
+                }
+            }
+            guard.clear_ready();
+            if out.len() > before {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Records that could not be decoded so far.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use observer_common::tcp_flags;
+
+    fn raw(kind: u8, family: u8) -> Event {
+        let mut client_addr = [0u8; 16];
+        let mut server_addr = [0u8; 16];
+        client_addr[..4].copy_from_slice(&[198, 18, 0, 2]);
+        server_addr[..4].copy_from_slice(&[198, 18, 0, 3]);
+        Event {
+            ts_ns: 5,
+            key: FlowKey {
+                client_addr,
+                server_addr,
+                client_port: 40000,
+                server_port: 50051,
+                ifindex: 7,
+                family,
+                _pad: [0; 3],
+            },
+            kind,
+            origin: Origin::Client as u8,
+            hook: Hook::Ingress as u8,
+            tcp_flags: tcp_flags::SYN,
+            icmp_type: 0,
+            icmp_code: 0,
+            syn_count: 1,
+            reason: 77,
+            location: 0,
+            packets: [1, 0],
+            bytes: [74, 0],
+        }
+    }
+
+    fn bytes(ev: &Event) -> Vec<u8> {
+        // SAFETY: Event is plain old data.
+        unsafe { std::slice::from_raw_parts((ev as *const Event).cast::<u8>(), size_of::<Event>()) }
+            .to_vec()
+    }
+
+    fn decoder() -> Decoder {
+        Decoder::new(Arc::new(DropReasons::from_pairs([(77, "NETFILTER_DROP")])))
+    }
+
+    #[test]
+    fn decodes_an_opened_ipv4_flow() {
+        let ev = decoder()
+            .decode(&bytes(&raw(EventKind::Opened as u8, FAMILY_V4)))
+            .expect("valid");
+        assert_eq!(ev.kind, Kind::Opened);
+        assert_eq!(ev.client, "198.18.0.2:40000".parse().expect("addr"));
+        assert_eq!(ev.server, "198.18.0.3:50051".parse().expect("addr"));
+        assert_eq!(ev.hook, HookPoint::Ingress);
+        assert_eq!(ev.origin, Side::Client);
+        assert!(ev.drop.is_none());
+    }
+
+    #[test]
+    fn decodes_a_drop_with_its_reason_name() {
+        let ev = decoder()
+            .decode(&bytes(&raw(EventKind::Dropped as u8, FAMILY_V4)))
+            .expect("valid");
+        let drop = ev.drop.expect("drop info");
+        assert_eq!(&*drop.reason_name, "NETFILTER_DROP");
+    }
+
+    #[test]
+    fn decodes_ipv6() {
+        let mut e = raw(EventKind::Reset as u8, FAMILY_V6);
+        e.key.server_addr = "2001:2::3".parse::<Ipv6Addr>().expect("v6").octets();
+        let ev = decoder().decode(&bytes(&e)).expect("valid");
+        assert_eq!(ev.server, "[2001:2::3]:50051".parse().expect("addr"));
+    }
+
+    #[test]
+    fn malformed_records_are_errors_not_panics() {
+        let d = decoder();
+        assert!(matches!(d.decode(&[0u8; 3]), Err(DecodeError::Size { .. })));
+        assert_eq!(
+            d.decode(&bytes(&raw(99, FAMILY_V4))),
+            Err(DecodeError::Kind { kind: 99 })
+        );
+        assert_eq!(
+            d.decode(&bytes(&raw(1, 5))),
+            Err(DecodeError::Family { family: 5 })
+        );
+        let mut long = bytes(&raw(1, FAMILY_V4));
+        long.push(0);
+        assert!(d.decode(&long).is_err());
+    }
+}

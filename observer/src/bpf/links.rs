@@ -1,0 +1,120 @@
+//! Following interfaces as they come and go (rtnetlink link events).
+//!
+//! Subscribes to link notifications first, then dumps the existing links, so that an interface created in
+//! between is not missed (a duplicate notification is harmless: attaching is idempotent).
+
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkAttribute, LinkMessage},
+};
+use rtnetlink::MulticastGroup;
+
+use super::loader::Datapath;
+
+/// Errors of the link follower.
+#[derive(Debug, thiserror::Error)]
+pub enum LinksError {
+    #[error("opening a NETLINK_ROUTE socket for link events: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("dumping links: {0}")]
+    Dump(#[source] rtnetlink::Error),
+}
+
+/// What the follower did with a link; reported to the caller for logs and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    Attached {
+        ifindex: u32,
+        name: String,
+    },
+    Detached {
+        ifindex: u32,
+        name: String,
+    },
+    Failed {
+        ifindex: u32,
+        name: String,
+        error: String,
+    },
+}
+
+fn name_of(msg: &LinkMessage) -> Option<String> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+fn on_new(datapath: &Mutex<Datapath>, msg: &LinkMessage) -> Option<LinkChange> {
+    let ifindex = msg.header.index;
+    let name = name_of(msg)?;
+    let mut dp = datapath.lock().ok()?;
+    if dp.attached().iter().any(|(i, _)| *i == ifindex) || !dp.matches(&name) {
+        return None;
+    }
+    Some(match dp.attach(ifindex, &name) {
+        Ok(true) => LinkChange::Attached { ifindex, name },
+        Ok(false) => return None,
+        Err(e) => LinkChange::Failed {
+            ifindex,
+            name,
+            error: e.to_string(),
+        },
+    })
+}
+
+fn on_del(datapath: &Mutex<Datapath>, msg: &LinkMessage) -> Option<LinkChange> {
+    let ifindex = msg.header.index;
+    let mut dp = datapath.lock().ok()?;
+    let name = dp
+        .attached()
+        .into_iter()
+        .find(|(i, _)| *i == ifindex)
+        .map(|(_, n)| n.to_string())?;
+    dp.detach(ifindex);
+    Some(LinkChange::Detached { ifindex, name })
+}
+
+/// Attaches to every matching interface now and then follows link events until the returned future is
+/// dropped. Every change is passed to `report`. Must run on a thread in the namespace whose interfaces
+/// are followed (sockets and ifindexes are per network namespace).
+pub async fn follow(
+    datapath: Arc<Mutex<Datapath>>,
+    mut report: impl FnMut(LinkChange),
+) -> Result<(), LinksError> {
+    let (conn, handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(LinksError::Socket)?;
+    let conn = tokio::spawn(conn);
+    let _abort = AbortOnDrop(conn);
+
+    let mut dump = handle.link().get().execute();
+    while let Some(msg) = dump.try_next().await.map_err(LinksError::Dump)? {
+        if let Some(change) = on_new(&datapath, &msg) {
+            report(change);
+        }
+    }
+
+    while let Some((msg, _)) = messages.next().await {
+        let change = match msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => on_new(&datapath, &m),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => on_del(&datapath, &m),
+            _ => None,
+        };
+        if let Some(change) = change {
+            report(change);
+        }
+    }
+    Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,440 @@
+//! The kernel datapath on the real kernel: real packets between network namespaces, nftables enforcing,
+//! the observer attached in the node namespace. Root only: run through `./x test`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use observer::bpf::{
+    AttachMode, DatapathConfig, KernelEvent, Kind,
+    events::{HookPoint, Side},
+};
+use observer_tests::{
+    DropProgram, Family, Lab, Netns, grpc, observe::Observer, sh, tcp_connect, wait_for,
+};
+
+const PORT: u16 = 50051;
+const WAIT: Duration = Duration::from_secs(5);
+
+fn config(interfaces: &[&str], attach_mode: AttachMode) -> DatapathConfig {
+    DatapathConfig {
+        interfaces: interfaces.iter().map(|s| (*s).to_owned()).collect(),
+        ports: vec![PORT],
+        all_ports: false,
+        attach_mode,
+        drop_repeat: Duration::from_secs(10),
+    }
+}
+
+/// A client pod `a` (lxca) and a server pod `b` (lxcb), observer attached to both host ends.
+fn two_pods(mode: AttachMode) -> (Lab, Observer) {
+    let mut lab = Lab::new();
+    lab.add_pod("a", "lxca");
+    lab.add_pod("b", "lxcb");
+    let obs = Observer::start(&lab.node, config(&["lxc*"], mode), &["lxca", "lxcb"]);
+    (lab, obs)
+}
+
+fn server_addr(lab: &Lab, family: Family, port: u16) -> SocketAddr {
+    SocketAddr::new(lab.pod(1).addr(family), port)
+}
+
+fn of_flow(e: &KernelEvent, server: SocketAddr, kind: Kind) -> bool {
+    e.server == server && e.kind == kind
+}
+
+fn allowed_call_gives_opened_established_and_counters(family: Family) {
+    let (lab, obs) = two_pods(AttachMode::Auto);
+    let to = server_addr(&lab, family, PORT);
+    let _server = grpc::Server::start(&lab.pod(1).ns, to);
+    grpc::call(&lab.pod(0).ns, to, WAIT).expect("allowed gRPC call succeeds");
+
+    let opened = obs
+        .wait_event(WAIT, |e| {
+            of_flow(e, to, Kind::Opened) && e.hook == HookPoint::Ingress
+        })
+        .expect("opened event at the client's veth");
+    assert_eq!(opened.client.ip(), lab.pod(0).addr(family));
+    assert_eq!(opened.origin, Side::Client);
+    assert_eq!(opened.interface.as_deref(), Some("lxca"));
+    obs.wait_event(WAIT, |e| of_flow(e, to, Kind::Established))
+        .expect("established event");
+
+    // Counters in both directions, on both interfaces the connection crossed.
+    let found = wait_for(WAIT, || {
+        let flows = obs.with_datapath(|d| d.flows());
+        let f: Vec<_> = flows
+            .iter()
+            .filter(|(k, _)| {
+                k.server_port == PORT
+                    && observer::bpf::events::endpoints(k).ok().map(|(_, s)| s) == Some(to)
+            })
+            .collect();
+        (f.len() == 2
+            && f.iter()
+                .all(|(_, s)| s.packets[0] >= 3 && s.packets[1] >= 2 && s.bytes[1] > 0))
+        .then_some(f.len())
+    });
+    assert!(
+        found.is_some(),
+        "flow counters: {:?}",
+        obs.with_datapath(|d| d.flows())
+    );
+    assert!(
+        !obs.events()
+            .iter()
+            .any(|e| e.server == to
+                && matches!(e.kind, Kind::Dropped | Kind::Reset | Kind::Rejected)),
+        "no failure events for an allowed call: {:?}",
+        obs.events()
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn ipv4_allowed_call_gives_opened_established_and_counters() {
+    allowed_call_gives_opened_established_and_counters(Family::V4);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn ipv6_allowed_call_gives_opened_established_and_counters() {
+    allowed_call_gives_opened_established_and_counters(Family::V6);
+}
+
+fn nft_drop_gives_retransmits_and_netfilter_drop(family: Family) {
+    let (lab, obs) = two_pods(AttachMode::Auto);
+    let to = server_addr(&lab, family, PORT);
+    let _server = grpc::Server::start(&lab.pod(1).ns, to);
+    lab.forward_rule(&format!("tcp dport {PORT} drop"));
+    let err = grpc::call(&lab.pod(0).ns, to, Duration::from_millis(2500))
+        .expect_err("dropped call fails");
+    assert!(
+        err.contains("connect") || err.contains("DeadlineExceeded") || err.contains("Cancelled"),
+        "{err}"
+    );
+
+    let drop = obs
+        .wait_event(WAIT, |e| of_flow(e, to, Kind::Dropped))
+        .expect("kfree_skb drop event");
+    let info = drop.drop.expect("drop info");
+    assert_eq!(&*info.reason_name, "NETFILTER_DROP");
+    assert!(
+        info.call_site.starts_with("nft_do_chain"),
+        "{}",
+        info.call_site
+    );
+    obs.wait_event(WAIT, |e| {
+        of_flow(e, to, Kind::SynRetransmit) && e.syn_count >= 2
+    })
+    .expect("SYN retransmission seen");
+    // One drop report per flow and reason, not one per retransmitted SYN.
+    let drops = obs
+        .events()
+        .iter()
+        .filter(|e| of_flow(e, to, Kind::Dropped) && e.client == drop.client)
+        .count();
+    assert_eq!(drops, 1, "{:?}", obs.events());
+    assert!(
+        !obs.events()
+            .iter()
+            .any(|e| of_flow(e, to, Kind::Established))
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn ipv4_nft_drop_gives_retransmits_and_netfilter_drop() {
+    nft_drop_gives_retransmits_and_netfilter_drop(Family::V4);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn ipv6_nft_drop_gives_retransmits_and_netfilter_drop() {
+    nft_drop_gives_retransmits_and_netfilter_drop(Family::V6);
+}
+
+fn nft_reject_with_tcp_reset_gives_reset(family: Family) {
+    let (lab, obs) = two_pods(AttachMode::Auto);
+    let to = server_addr(&lab, family, PORT);
+    let _server = grpc::Server::start(&lab.pod(1).ns, to);
+    lab.forward_rule(&format!("tcp dport {PORT} reject with tcp reset"));
+    assert!(grpc::call(&lab.pod(0).ns, to, WAIT).is_err());
+    let reset = obs
+        .wait_event(WAIT, |e| of_flow(e, to, Kind::Reset))
+        .expect("reset event");
+    assert_eq!(
+        reset.origin,
+        Side::Server,
+        "the forged RST comes from the server's address"
+    );
+    assert_eq!(reset.interface.as_deref(), Some("lxca"));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn ipv4_nft_reject_with_tcp_reset_gives_reset() {
+    nft_reject_with_tcp_reset_gives_reset(Family::V4);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn ipv6_nft_reject_with_tcp_reset_gives_reset() {
+    nft_reject_with_tcp_reset_gives_reset(Family::V6);
+}
+
+fn nft_reject_admin_prohibited_gives_rejected(family: Family) {
+    let (lab, obs) = two_pods(AttachMode::Auto);
+    let to = server_addr(&lab, family, PORT);
+    let _server = grpc::Server::start(&lab.pod(1).ns, to);
+    let rule = match family {
+        Family::V4 => {
+            format!("meta nfproto ipv4 tcp dport {PORT} reject with icmp type admin-prohibited")
+        }
+        Family::V6 => {
+            format!("meta nfproto ipv6 tcp dport {PORT} reject with icmpv6 type admin-prohibited")
+        }
+    };
+    lab.forward_rule(&rule);
+    assert!(grpc::call(&lab.pod(0).ns, to, WAIT).is_err());
+    let rejected = obs
+        .wait_event(WAIT, |e| of_flow(e, to, Kind::Rejected))
+        .expect("rejected event");
+    let expected = match family {
+        Family::V4 => (3, 13),
+        Family::V6 => (1, 1),
+    };
+    assert_eq!(rejected.icmp, Some(expected));
+    assert_eq!(rejected.origin, Side::Network);
+    assert_eq!(rejected.client.ip(), lab.pod(0).addr(family));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn ipv4_nft_reject_admin_prohibited_gives_rejected() {
+    nft_reject_admin_prohibited_gives_rejected(Family::V4);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn ipv6_nft_reject_admin_prohibited_gives_rejected() {
+    nft_reject_admin_prohibited_gives_rejected(Family::V6);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn non_watched_port_gives_no_events() {
+    let (lab, obs) = two_pods(AttachMode::Auto);
+    let other = server_addr(&lab, Family::V4, 50052);
+    let _server = grpc::Server::start(&lab.pod(1).ns, other);
+    grpc::call(&lab.pod(0).ns, other, WAIT).expect("call on a non-watched port");
+    // A dropped non-watched connection gives no drop event either.
+    lab.forward_rule("tcp dport 50052 drop");
+    assert!(tcp_connect(lab.pod(0), other, Duration::from_millis(1500)).is_err());
+    // Then a watched call, as a marker that events did flow meanwhile.
+    let watched = server_addr(&lab, Family::V4, PORT);
+    let _s2 = grpc::Server::start(&lab.pod(1).ns, watched);
+    grpc::call(&lab.pod(0).ns, watched, WAIT).expect("watched call");
+    obs.wait_event(WAIT, |e| of_flow(e, watched, Kind::Established))
+        .expect("marker event");
+    let leaked: Vec<_> = obs
+        .events()
+        .into_iter()
+        .filter(|e| e.server == other)
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "events for a non-watched port: {leaked:?}"
+    );
+    assert!(
+        obs.with_datapath(|d| d.flows())
+            .iter()
+            .all(|(k, _)| k.server_port != 50052)
+    );
+}
+
+fn fate_unchanged(mode: AttachMode) {
+    let (lab, obs) = two_pods(mode);
+    let to = server_addr(&lab, Family::V4, PORT);
+    let _server = grpc::Server::start(&lab.pod(1).ns, to);
+    // Allowed traffic still flows with us attached.
+    grpc::call(&lab.pod(0).ns, to, WAIT).expect("allowed call with the observer attached");
+    // A dropping nft rule still drops.
+    lab.forward_rule(&format!("tcp dport {PORT} drop"));
+    assert!(
+        tcp_connect(lab.pod(0), to, Duration::from_millis(1500)).is_err(),
+        "nft drop still drops"
+    );
+    lab.nft("");
+    grpc::call(&lab.pod(0).ns, to, WAIT).expect("allowed again without the rule");
+    // A second, dropping TC program behind ours still drops: ours returns TC_ACT_UNSPEC / TCX_NEXT and
+    // never cuts the chain.
+    let dropper = DropProgram::attach(&lab.node, "lxcb", mode == AttachMode::Netlink);
+    assert!(
+        tcp_connect(lab.pod(0), to, Duration::from_millis(1500)).is_err(),
+        "a dropping program behind ours still drops"
+    );
+    drop(dropper);
+    grpc::call(&lab.pod(0).ns, to, WAIT).expect("allowed again after removing the drop program");
+    drop(obs);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn tcx_observer_never_changes_a_packets_fate() {
+    fate_unchanged(AttachMode::Tcx);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn netlink_observer_never_changes_a_packets_fate() {
+    // In netlink mode ours is a cls_bpf filter on the same clsact qdisc, ahead of the dropping one.
+    let (lab, obs) = two_pods(AttachMode::Netlink);
+    let to = server_addr(&lab, Family::V4, PORT);
+    let _server = grpc::Server::start(&lab.pod(1).ns, to);
+    grpc::call(&lab.pod(0).ns, to, WAIT).expect("allowed call with netlink attachment");
+    obs.wait_event(WAIT, |e| of_flow(e, to, Kind::Established))
+        .expect("events in netlink mode");
+    let dropper = DropProgram::attach(&lab.node, "lxcb", true);
+    assert!(tcp_connect(lab.pod(0), to, Duration::from_millis(1500)).is_err());
+    drop(dropper);
+    grpc::call(&lab.pod(0).ns, to, WAIT).expect("allowed again");
+    obs.stop();
+    // Our filters and the clsact qdisc we created are gone.
+    for dev in ["lxca", "lxcb"] {
+        let q = lab.node.exec(&["tc", "qdisc", "show", "dev", dev]);
+        assert!(!q.contains("clsact"), "{dev}: clsact left behind: {q}");
+    }
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn interface_created_after_start_is_attached_and_vanished_one_forgotten() {
+    let mut lab = Lab::new();
+    lab.add_pod("a", "lxca");
+    let obs = Observer::start(&lab.node, config(&["lxc*"], AttachMode::Auto), &["lxca"]);
+    lab.add_pod("b", "lxcb");
+    obs.wait_attached("lxcb", WAIT);
+    let to = server_addr(&lab, Family::V4, PORT);
+    let _server = grpc::Server::start(&lab.pod(1).ns, to);
+    grpc::call(&lab.pod(0).ns, to, WAIT).expect("call to the late pod");
+    obs.wait_event(WAIT, |e| {
+        of_flow(e, to, Kind::Opened) && e.interface.as_deref() == Some("lxcb")
+    })
+    .expect("events on the late interface");
+    // Removing the pod removes its veth: the observer forgets it.
+    drop(_server);
+    let b = lab.pods.pop().expect("pod b");
+    drop(b);
+    let gone = wait_for(WAIT, || {
+        obs.link_changes()
+            .iter()
+            .any(|c| matches!(c, observer::bpf::links::LinkChange::Detached { name, .. } if name == "lxcb"))
+            .then_some(())
+    });
+    assert!(gone.is_some(), "{:?}", obs.link_changes());
+    assert_eq!(
+        obs.with_datapath(|d| d
+            .attached()
+            .into_iter()
+            .map(|(_, n)| n.to_string())
+            .collect::<Vec<_>>()),
+        vec!["lxca".to_owned()]
+    );
+}
+
+/// The daemon binary (`observer run`) in a node namespace: SIGTERM leaves no program, link or qdisc.
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn daemon_shutdown_leaves_nothing_behind() {
+    let bin = std::env::var("OBSERVER_BIN")
+        .expect("OBSERVER_BIN (set by ./x test) points to the observer binary");
+    for mode in ["tcx", "netlink"] {
+        let mut lab = Lab::new();
+        lab.add_pod("a", "lxca");
+        lab.add_pod("b", "lxcb");
+        let before = tc_state(&lab.node);
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.node.name,
+                &bin,
+                "run",
+                "--interfaces",
+                "lxc*",
+                "--ports",
+                "50051",
+                "--attach-mode",
+                mode,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawning observer run");
+        let attached = wait_for(Duration::from_secs(15), || {
+            let s = tc_state(&lab.node);
+            (s.matches("tc_ingress").count() >= 2 && s.matches("tc_egress").count() >= 2)
+                .then_some(s)
+        });
+        assert!(
+            attached.is_some(),
+            "{mode}: observer never attached: {}",
+            tc_state(&lab.node)
+        );
+        // A real connection while attached, printed as decoded events.
+        let to = server_addr(&lab, Family::V4, PORT);
+        let _server = grpc::Server::start(&lab.pod(1).ns, to);
+        grpc::call(&lab.pod(0).ns, to, WAIT).expect("call");
+        std::thread::sleep(Duration::from_millis(300));
+        sh(&["kill", "-TERM", &child.id().to_string()]);
+        let status = wait_for(Duration::from_secs(10), || child.try_wait().expect("wait"))
+            .expect("observer exits after SIGTERM");
+        let out = child.wait_with_output().expect("output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            status.success(),
+            "{mode}: exit {status}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("established"),
+            "{mode}: decoded events printed: {stdout}"
+        );
+        assert_eq!(
+            tc_state(&lab.node),
+            before,
+            "{mode}: TC state restored after shutdown"
+        );
+    }
+}
+
+/// TC programs, filters and qdiscs on the lab's host-side interfaces.
+fn tc_state(node: &Netns) -> String {
+    let mut s = String::new();
+    for dev in ["lxca", "lxcb"] {
+        for dir in ["ingress", "egress"] {
+            s += &node.exec(&["tc", "filter", "show", "dev", dev, dir]);
+        }
+        s += &node.exec(&["tc", "qdisc", "show", "dev", dev]);
+        // TCX links are listed by `ip link` as "tcx" entries on recent iproute2; query the kernel via aya.
+        s += &tcx_programs(node, dev);
+    }
+    s
+}
+
+fn tcx_programs(node: &Netns, dev: &'static str) -> String {
+    node.run(move || {
+        let mut out = String::new();
+        let name = std::ffi::CString::new(dev).expect("name");
+        for t in [
+            aya::programs::TcAttachType::Ingress,
+            aya::programs::TcAttachType::Egress,
+        ] {
+            if let Ok((_, progs)) = aya::programs::SchedClassifier::query_tcx(name.as_c_str(), t) {
+                for p in progs {
+                    out += &format!("{dev} {t:?} tcx {}\n", p.name_as_str().unwrap_or("?"));
+                }
+            }
+        }
+        out
+    })
+}

@@ -69,8 +69,6 @@ const IPPROTO_ICMPV6: u8 = 58;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const IPV6_HLEN: usize = 40;
-/// The bytes of a TCP header the programs read: ports, sequence number, data offset, flags.
-const TCP_PREFIX: usize = 14;
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
@@ -139,55 +137,73 @@ struct Ip {
     variable_l4: bool,
 }
 
+/// The network header without its addresses: enough for the watched-port check. Addresses are copied
+/// only for packets that pass it.
+struct L3 {
+    family: u8,
+    proto: u8,
+    /// Offset of the network header.
+    off: usize,
+    l4: usize,
+    variable_l4: bool,
+}
+
 #[inline(always)]
-fn parse_ip(ctx: &TcContext, off: usize, ethertype: u16) -> Result<Ip, ()> {
+fn parse_l3(ctx: &TcContext, off: usize, ethertype: u16) -> Result<L3, ()> {
+    if ethertype == ETH_P_IP {
+        let vihl = read_u8(ctx, off)?;
+        if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+            return Err(());
+        }
+        // Non-first fragments carry no L4 header.
+        if read_be16(ctx, off + 6)? & 0x1fff != 0 {
+            return Err(());
+        }
+        // A constant on the common path keeps later packet reads verifiable.
+        let (ihl, variable_l4) = if vihl & 0x0f == 5 {
+            (20, false)
+        } else {
+            (usize::from(vihl & 0x0f) * 4, true)
+        };
+        Ok(L3 {
+            family: FAMILY_V4,
+            proto: read_u8(ctx, off + 9)?,
+            off,
+            l4: off + ihl,
+            variable_l4,
+        })
+    } else {
+        Ok(L3 {
+            family: FAMILY_V6,
+            proto: read_u8(ctx, off + 6)?,
+            off,
+            l4: off + IPV6_HLEN,
+            variable_l4: false,
+        })
+    }
+}
+
+#[inline(always)]
+fn addresses(ctx: &TcContext, l3: &L3) -> Result<Ip, ()> {
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
-    match ethertype {
-        ETH_P_IP => {
-            let vihl = read_u8(ctx, off)?;
-            if vihl >> 4 != 4 || vihl & 0x0f < 5 {
-                return Err(());
-            }
-            // A constant on the common path keeps later packet reads verifiable.
-            let (ihl, variable_l4) = if vihl & 0x0f == 5 {
-                (20, false)
-            } else {
-                (usize::from(vihl & 0x0f) * 4, true)
-            };
-            // Non-first fragments carry no L4 header.
-            if read_be16(ctx, off + 6)? & 0x1fff != 0 {
-                return Err(());
-            }
-            let proto = read_u8(ctx, off + 9)?;
-            let s: [u8; 4] = read_array(ctx, off + 12)?;
-            let d: [u8; 4] = read_array(ctx, off + 16)?;
-            src[..4].copy_from_slice(&s);
-            dst[..4].copy_from_slice(&d);
-            Ok(Ip {
-                family: FAMILY_V4,
-                src,
-                dst,
-                proto,
-                l4: off + ihl,
-                variable_l4,
-            })
-        }
-        ETH_P_IPV6 => {
-            let proto = read_u8(ctx, off + 6)?;
-            src = read_array(ctx, off + 8)?;
-            dst = read_array(ctx, off + 24)?;
-            Ok(Ip {
-                family: FAMILY_V6,
-                src,
-                dst,
-                proto,
-                l4: off + IPV6_HLEN,
-                variable_l4: false,
-            })
-        }
-        _ => Err(()),
+    if l3.family == FAMILY_V4 {
+        let s: [u8; 4] = read_array(ctx, l3.off + 12)?;
+        let d: [u8; 4] = read_array(ctx, l3.off + 16)?;
+        src[..4].copy_from_slice(&s);
+        dst[..4].copy_from_slice(&d);
+    } else {
+        src = read_array(ctx, l3.off + 8)?;
+        dst = read_array(ctx, l3.off + 24)?;
     }
+    Ok(Ip {
+        family: l3.family,
+        src,
+        dst,
+        proto: l3.proto,
+        l4: l3.l4,
+        variable_l4: l3.variable_l4,
+    })
 }
 
 #[inline(always)]
@@ -201,46 +217,53 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> Result<(), ()> {
     if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
         return Ok(());
     }
-    let ip = parse_ip(ctx, off, ethertype)?;
-    match ip.proto {
-        IPPROTO_TCP => on_tcp(ctx, hook, &ip),
-        IPPROTO_ICMP if ip.family == FAMILY_V4 => on_icmp(ctx, hook, &ip, ICMP_DEST_UNREACH),
-        IPPROTO_ICMPV6 if ip.family == FAMILY_V6 => on_icmp(ctx, hook, &ip, ICMPV6_DEST_UNREACH),
+    let l3 = parse_l3(ctx, off, ethertype)?;
+    match l3.proto {
+        IPPROTO_TCP => on_tcp(ctx, hook, &l3),
+        IPPROTO_ICMP if l3.family == FAMILY_V4 => {
+            on_icmp(ctx, hook, &addresses(ctx, &l3)?, ICMP_DEST_UNREACH)
+        }
+        IPPROTO_ICMPV6 if l3.family == FAMILY_V6 => {
+            on_icmp(ctx, hook, &addresses(ctx, &l3)?, ICMPV6_DEST_UNREACH)
+        }
         _ => Ok(()),
     }
 }
 
 #[inline(always)]
-fn on_tcp(ctx: &TcContext, hook: Hook, ip: &Ip) -> Result<(), ()> {
-    let tcp: [u8; TCP_PREFIX] = if ip.variable_l4 {
-        ctx.load(ip.l4).map_err(|_| ())?
+fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
+    let (ports, flags): ([u8; 4], u8) = if l3.variable_l4 {
+        (
+            ctx.load(l3.l4).map_err(|_| ())?,
+            ctx.load(l3.l4 + 13).map_err(|_| ())?,
+        )
     } else {
-        read_array(ctx, ip.l4)?
+        (read_array(ctx, l3.l4)?, read_u8(ctx, l3.l4 + 13)?)
     };
-    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-    let flags = tcp[13];
+    let sport = u16::from_be_bytes([ports[0], ports[1]]);
+    let dport = u16::from_be_bytes([ports[2], ports[3]]);
+
+    // The fast exit: nothing but two inlined array reads before it. The server owns the watched port.
+    let all_ports = CONFIG_ALL_PORTS.load() != 0;
+    let dport_watched = all_ports || watched(dport);
+    if !dport_watched && !watched(sport) {
+        return Ok(());
+    }
+
+    let seq_bytes: [u8; 4] = if l3.variable_l4 {
+        ctx.load(l3.l4 + 4).map_err(|_| ())?
+    } else {
+        read_array(ctx, l3.l4 + 4)?
+    };
+    let seq = u32::from_be_bytes(seq_bytes);
     let syn = flags & tcp_flags::SYN != 0;
     let ack = flags & tcp_flags::ACK != 0;
-
-    // Orientation: the server owns the watched port. This check is the fast exit: no map work before it
-    // other than the two (inlined) array reads.
-    let all_ports = CONFIG_ALL_PORTS.load() != 0;
+    let ip = &addresses(ctx, l3)?;
     let to_server = if syn {
         // The handshake says who is who, whatever the ports.
-        if !all_ports && !watched(dport) && !watched(sport) {
-            return Ok(());
-        }
         !ack
     } else if !all_ports {
-        if watched(dport) {
-            true
-        } else if watched(sport) {
-            false
-        } else {
-            return Ok(());
-        }
+        dport_watched
     } else {
         // All ports: an existing entry decides; otherwise the lower port is taken as the server's.
         let fwd = flow_key(ip, sport, dport, true, ifindex(ctx));
@@ -580,7 +603,7 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
         }
         _ => return Ok(()),
     };
-    let tcp: [u8; TCP_PREFIX] = kread(tcp_hdr, 0)?;
+    let tcp: [u8; 14] = kread(tcp_hdr, 0)?;
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
     let flags = tcp[13];

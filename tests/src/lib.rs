@@ -318,8 +318,8 @@ impl DropProgram {
     pub fn attach(node: &Netns, dev: &str, netlink: bool) -> Self {
         let dev = std::ffi::CString::new(dev).expect("interface name");
         let ebpf = node.run(move || {
-            let mut ebpf =
-                aya::Ebpf::load(observer::bpf::testing::DROP_OBJECT).expect("loading test-drop");
+            let mut ebpf = aya::Ebpf::load(observer::bpf::testing::FIXTURES_OBJECT)
+                .expect("loading test-drop");
             let prog: &mut aya::programs::SchedClassifier = ebpf
                 .program_mut("test_drop")
                 .expect("test_drop program")

@@ -286,6 +286,16 @@ impl EventReader {
         }
     }
 
+    /// Consumes every pending record without waiting; returns how many there were.
+    pub fn drain(&mut self) -> usize {
+        let ring = self.fd.get_mut();
+        let mut n = 0;
+        while ring.next().is_some() {
+            n += 1;
+        }
+        n
+    }
+
     /// Records that could not be decoded so far.
     pub fn malformed(&self) -> u64 {
         self.malformed

@@ -438,6 +438,39 @@ impl Datapath {
         h.iter().filter_map(Result::ok).collect()
     }
 
+    /// Runs a loaded TC program on `packet` `repeat` times in the kernel (BPF_PROG_TEST_RUN) and returns
+    /// the kernel's average time per run. For benchmarks; works without attaching anything.
+    pub fn test_run(
+        &self,
+        program: &'static str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<Duration, LoadError> {
+        use aya::programs::TestRun as _;
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(program)
+            .ok_or(LoadError::ProgramNotFound { name: program })?
+            .try_into()
+            .map_err(|source| LoadError::Program {
+                action: "typing",
+                name: program,
+                source,
+            })?;
+        let opts = aya::programs::TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..Default::default()
+        };
+        p.test_run(opts)
+            .map(|r| r.duration)
+            .map_err(|source| LoadError::Program {
+                action: "test-running",
+                name: program,
+                source,
+            })
+    }
+
     /// Detaches every interface and removes the qdiscs this process created.
     pub fn shutdown(mut self) {
         let ifindexes: Vec<u32> = self.attached.keys().copied().collect();

@@ -18,10 +18,10 @@ pub mod reasons;
 pub use events::{KernelEvent, Kind};
 pub use loader::{AttachMode, Datapath, DatapathConfig, LoadError};
 
-/// Test fixtures for the privileged tests; not used by the daemon.
+/// Fixtures for the privileged tests and benchmarks; never loaded by the daemon.
 #[doc(hidden)]
 pub mod testing {
-    /// A TC program (`test_drop`) that drops IPv4 TCP packets to port 50051.
-    pub static DROP_OBJECT: &[u8] =
-        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test-drop"));
+    /// TC programs `test_drop` (drops IPv4 TCP to port 50051) and `test_pass` (does nothing).
+    pub static FIXTURES_OBJECT: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixtures"));
 }

@@ -1,4 +1,5 @@
-//! Test fixture (never loaded by the daemon): drops IPv4 TCP packets to port 50051.
+//! Test and benchmark fixtures, never loaded by the daemon: `test_drop` drops IPv4 TCP packets to port
+//! 50051 (a dropping program behind ours); `test_pass` does nothing (the floor of BPF_PROG_TEST_RUN).
 #![no_std]
 #![no_main]
 
@@ -29,6 +30,11 @@ pub fn test_drop(ctx: TcContext) -> i32 {
     } else {
         TC_ACT_UNSPEC
     }
+}
+
+#[classifier]
+pub fn test_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }
 
 #[cfg(not(test))]

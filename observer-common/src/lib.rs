@@ -231,8 +231,12 @@ pub struct Event {
     /// Snapshot of the flow's counters (zero for drops).
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
+    /// Network namespace inode of the interface, for drops (kfree_skb sees every namespace: an ifindex
+    /// means nothing without it); 0 for TC events, which are in the observer's namespace.
+    pub netns: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Event>() == 104);
+const _: () = assert!(size_of::<Event>() == 112);
 
 /// Offsets (bytes) of the kernel struct members the drop program reads, resolved from the running kernel's
 /// BTF by user space, since Rust eBPF cannot emit CO-RE relocations.
@@ -249,12 +253,19 @@ pub struct SkbOffsets {
     pub dev: u32,
     /// `net_device.ifindex` (int).
     pub ifindex: u32,
+    /// `net_device.nd_net` (pointer to `struct net`), and `net.ns.inum` (the namespace inode);
+    /// [`OFFSET_UNKNOWN`] when this kernel's BTF lacks them.
+    pub nd_net: u32,
+    pub net_inum: u32,
     /// Classic tracepoint `skb/kfree_skb` field offsets (only used by the fallback program).
     pub tp_skbaddr: u32,
     pub tp_location: u32,
     pub tp_reason: u32,
 }
-const _: () = assert!(size_of::<SkbOffsets>() == 32);
+const _: () = assert!(size_of::<SkbOffsets>() == 40);
+
+/// An offset the running kernel's BTF did not have.
+pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 
 #[cfg(feature = "user")]
 mod user {

@@ -24,8 +24,8 @@ use aya_ebpf::{
 };
 use observer_common::{
     DROPS_SEEN_MAX_ENTRIES, DropKey, EVENTS_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6,
-    FLOWS_MAX_ENTRIES, FlowKey, FlowStats, Hook, LOST_EVENTS, LOST_SLOTS, MAX_DROP_REASONS, Origin,
-    PORTS, SkbOffsets, flow_state, tcp_flags,
+    FLOWS_MAX_ENTRIES, FlowKey, FlowStats, Hook, LOST_EVENTS, LOST_SLOTS, MAX_DROP_REASONS,
+    OFFSET_UNKNOWN, Origin, PORTS, SkbOffsets, flow_state, tcp_flags,
 };
 
 #[unsafe(no_mangle)]
@@ -37,6 +37,8 @@ static CONFIG_SKB_OFFSETS: Global<SkbOffsets> = Global::new(SkbOffsets {
     protocol: 0,
     dev: 0,
     ifindex: 0,
+    nd_net: 0,
+    net_inum: 0,
     tp_skbaddr: 0,
     tp_location: 0,
     tp_reason: 0,
@@ -515,6 +517,8 @@ fn fill(
             location: 0,
             packets: st.packets,
             bytes: st.bytes,
+            netns: 0,
+            _pad: 0,
         });
     }
 }
@@ -622,10 +626,18 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
     };
 
     let dev: *const u8 = kread(skb, off.dev)?;
-    let ifindex: u32 = if dev.is_null() {
-        0
+    let (ifindex, netns): (u32, u32) = if dev.is_null() {
+        (0, 0)
     } else {
-        kread(dev, off.ifindex).unwrap_or(0)
+        let netns = if off.nd_net == OFFSET_UNKNOWN || off.net_inum == OFFSET_UNKNOWN {
+            0
+        } else {
+            match kread::<*const u8>(dev, off.nd_net) {
+                Ok(net) if !net.is_null() => kread(net, off.net_inum).unwrap_or(0),
+                _ => 0,
+            }
+        };
+        (kread(dev, off.ifindex).unwrap_or(0), netns)
     };
     let ip = Ip {
         family,
@@ -674,6 +686,8 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
                 location,
                 packets: [0; 2],
                 bytes: [0; 2],
+                netns,
+                _pad: 0,
             });
         }
         entry.submit(0);

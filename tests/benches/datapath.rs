@@ -177,13 +177,11 @@ fn iperf(client: &Netns, server: &str, port: u16, secs: u32) -> f64 {
         .find("\"sum_received\"")
         .expect("iperf3 JSON has sum_received");
     let rest = &text[at..];
-    let bps = rest
-        .split("\"bits_per_second\":")
+    rest.split("\"bits_per_second\":")
         .nth(1)
         .and_then(|s| s.split([',', '\n', '}']).next())
         .and_then(|s| s.trim().parse::<f64>().ok())
-        .expect("bits_per_second");
-    bps
+        .expect("bits_per_second")
 }
 
 fn throughput() {

@@ -438,3 +438,28 @@ fn tcx_programs(node: &Netns, dev: &'static str) -> String {
         out
     })
 }
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn no_listener_gives_server_reset_and_a_drop_named_in_the_pods_namespace() {
+    let (lab, obs) = two_pods(AttachMode::Auto);
+    let to = server_addr(&lab, Family::V4, PORT);
+    assert!(tcp_connect(lab.pod(0), to, Duration::from_secs(2)).is_err());
+    let reset = obs
+        .wait_event(WAIT, |e| {
+            of_flow(e, to, Kind::Reset) && e.interface.as_deref() == Some("lxcb")
+        })
+        .expect("reset from the server side");
+    assert_eq!(reset.origin, Side::Server);
+    assert_eq!(reset.hook, HookPoint::Ingress);
+    let drop = obs
+        .wait_event(WAIT, |e| of_flow(e, to, Kind::Dropped))
+        .expect("NO_SOCKET drop in the server pod");
+    assert_eq!(
+        &*drop.drop.as_ref().expect("drop info").reason_name,
+        "NO_SOCKET"
+    );
+    // The SYN was freed inside the pod's namespace: its ifindex is not one of the node's interfaces.
+    assert_ne!(drop.netns, 0);
+    assert_eq!(drop.interface, None, "{drop:?}");
+}

@@ -48,6 +48,8 @@ pub struct KernelEvent {
     /// Packets and bytes client → server, server → client (at the interface, when the event fired).
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
+    /// Network namespace inode of a drop's interface (0 when unknown or for TC events).
+    pub netns: u32,
 }
 
 /// What happened to the flow.
@@ -134,6 +136,8 @@ pub struct Decoder {
     /// realtime − monotonic, sampled at start.
     clock_offset_ns: i128,
     interfaces: Arc<std::sync::RwLock<std::collections::HashMap<u32, Arc<str>>>>,
+    /// The namespace the interface names belong to.
+    netns: u32,
 }
 
 impl Decoder {
@@ -143,15 +147,18 @@ impl Decoder {
             symbols: std::sync::OnceLock::new(),
             clock_offset_ns: clock_offset_ns(),
             interfaces: Arc::default(),
+            netns: 0,
         }
     }
 
-    /// Shares the loader's ifindex → name table so events carry interface names.
+    /// Shares the loader's ifindex → name table (for namespace `netns`) so events carry interface names.
     pub fn with_interfaces(
         mut self,
         interfaces: Arc<std::sync::RwLock<std::collections::HashMap<u32, Arc<str>>>>,
+        netns: u32,
     ) -> Self {
         self.interfaces = interfaces;
+        self.netns = netns;
         self
     }
 
@@ -171,11 +178,16 @@ impl Decoder {
         let wall_ns = i128::from(raw.ts_ns) + self.clock_offset_ns;
         let time = SystemTime::UNIX_EPOCH
             + Duration::from_nanos(u64::try_from(wall_ns.max(0)).unwrap_or(u64::MAX));
-        let interface = self
-            .interfaces
-            .read()
-            .ok()
-            .and_then(|m| m.get(&raw.key.ifindex).cloned());
+        // A drop in another namespace has an ifindex from that namespace: never name it after ours.
+        let foreign = raw.netns != 0 && self.netns != 0 && raw.netns != self.netns;
+        let interface = if foreign {
+            None
+        } else {
+            self.interfaces
+                .read()
+                .ok()
+                .and_then(|m| m.get(&raw.key.ifindex).cloned())
+        };
         Ok(KernelEvent {
             time,
             monotonic_ns: raw.ts_ns,
@@ -201,6 +213,7 @@ impl Decoder {
             drop,
             packets: raw.packets,
             bytes: raw.bytes,
+            netns: raw.netns,
         })
     }
 }
@@ -334,6 +347,8 @@ mod tests {
             location: 0,
             packets: [1, 0],
             bytes: [74, 0],
+            netns: 0,
+            _pad: 0,
         }
     }
 

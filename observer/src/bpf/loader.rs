@@ -16,7 +16,9 @@ use aya::{
         tc::{NlOptions, SchedClassifierLinkId, TcError},
     },
 };
-use observer_common::{FlowKey, FlowStats, LOST_EVENTS, SkbOffsets, global, map, program};
+use observer_common::{
+    FlowKey, FlowStats, LOST_EVENTS, OFFSET_UNKNOWN, SkbOffsets, global, map, program,
+};
 
 use super::{
     btf::{Btf, BtfError},
@@ -149,6 +151,8 @@ pub struct Datapath {
     names: Arc<RwLock<HashMap<u32, Arc<str>>>>,
     reasons: Arc<DropReasons>,
     drop_program: &'static str,
+    /// Inode of the network namespace the interfaces are attached in.
+    netns: u32,
 }
 
 impl Datapath {
@@ -176,6 +180,17 @@ impl Datapath {
             protocol: btf.member_offset("sk_buff", "protocol")?,
             dev: btf.member_offset("sk_buff", "dev")?,
             ifindex: btf.member_offset("net_device", "ifindex")?,
+            // Optional: without them drops carry no namespace and are not matched to interface names.
+            nd_net: btf
+                .member_offset("net_device", "nd_net")
+                .unwrap_or(OFFSET_UNKNOWN),
+            net_inum: match (
+                btf.member_offset("net", "ns"),
+                btf.member_offset("ns_common", "inum"),
+            ) {
+                (Ok(ns), Ok(inum)) => ns + inum,
+                _ => OFFSET_UNKNOWN,
+            },
             ..SkbOffsets::default()
         };
         let tp_format = tracepoint_format();
@@ -263,6 +278,7 @@ impl Datapath {
             names: Arc::default(),
             reasons,
             drop_program,
+            netns: current_netns(),
         })
     }
 
@@ -285,7 +301,8 @@ impl Datapath {
             name: map::EVENTS,
             source,
         })?;
-        let decoder = Decoder::new(self.reasons.clone()).with_interfaces(self.names.clone());
+        let decoder =
+            Decoder::new(self.reasons.clone()).with_interfaces(self.names.clone(), self.netns);
         EventReader::new(ring, decoder).map_err(|e| LoadError::Map {
             name: map::EVENTS,
             source: aya::maps::MapError::IoError(e),
@@ -585,4 +602,12 @@ pub fn interface_name(ifindex: u32) -> Option<String> {
     nix::net::if_::if_indextoname(ifindex)
         .ok()
         .and_then(|c: CString| c.into_string().ok())
+}
+
+/// Inode of the calling thread's network namespace (0 when unreadable).
+pub fn current_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| u32::try_from(m.ino()).unwrap_or(0))
+        .unwrap_or(0)
 }

@@ -5,7 +5,9 @@
 //! | module | holds |
 //! |---|---|
 //! | [`bpf`] | loading and attaching the kernel programs, following interfaces, decoding events |
+//! | [`export`] | Prometheus metrics, the JSON forensics log, the HTTP API |
 //! | [`cli`] | the command line: one module per subcommand |
 
 pub mod bpf;
 pub mod cli;
+pub mod export;

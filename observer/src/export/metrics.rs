@@ -1,0 +1,263 @@
+//! Prometheus metrics (prefix `observer_`), with bounded labels: no pod or IP labels, and policy labels
+//! limited to [`Metrics::POLICY_LABELS_MAX`] distinct policies, the rest folded into `policy_name="other"`.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
+use prometheus::{
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    core::Collector,
+};
+
+/// Errors building or encoding metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("registering metric {name}: {source}")]
+    Register {
+        name: &'static str,
+        #[source]
+        source: prometheus::Error,
+    },
+    #[error("encoding metrics: {0}")]
+    Encode(#[source] prometheus::Error),
+}
+
+/// Every metric the daemon exports. Dashboards and alerts must use only these (a test checks).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    names: Arc<Vec<String>>,
+    /// `{cause, direction, policy_namespace, policy_name}`
+    pub blocked_channels: IntCounterVec,
+    /// `{reason}` — the kernel's drop reason name.
+    pub kernel_drops: IntCounterVec,
+    /// `{state}` — opened, established, blocked, reset, rejected, closed.
+    pub flows: IntCounterVec,
+    /// Ring-buffer reservations that failed in the kernel.
+    pub events_lost: IntCounter,
+    /// Ring-buffer records that could not be decoded.
+    pub events_malformed: IntCounter,
+    /// Channels forgotten before they resolved (SYN storms beyond the tracker's capacity).
+    pub channels_evicted: IntCounter,
+    pub attached_interfaces: IntGauge,
+    pub policy_evaluations: IntCounter,
+    /// `{kind}` — pod, namespace, node, networkpolicy.
+    pub inventory_objects: IntGaugeVec,
+    /// 1 once the initial list of every kind is in.
+    pub cluster_synced: IntGauge,
+    /// `{kind}` — forensics records written.
+    pub records: IntCounterVec,
+    admitted: Arc<Mutex<HashSet<(String, String)>>>,
+}
+
+impl Metrics {
+    /// Distinct policies that get their own `policy_namespace`/`policy_name` labels.
+    pub const POLICY_LABELS_MAX: usize = 50;
+
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let mut names = Vec::new();
+        let mut reg = |c: Box<dyn Collector>, name: &'static str| -> Result<(), MetricsError> {
+            for d in c.desc() {
+                names.push(d.fq_name.clone());
+            }
+            registry
+                .register(c)
+                .map_err(|source| MetricsError::Register { name, source })
+        };
+        macro_rules! counter_vec {
+            ($name:literal, $help:literal, $labels:expr) => {{
+                let m = IntCounterVec::new(Opts::new($name, $help), $labels)
+                    .map_err(|source| MetricsError::Register { name: $name, source })?;
+                reg(Box::new(m.clone()), $name)?;
+                m
+            }};
+        }
+        macro_rules! counter {
+            ($name:literal, $help:literal) => {{
+                let m = IntCounter::new($name, $help)
+                    .map_err(|source| MetricsError::Register { name: $name, source })?;
+                reg(Box::new(m.clone()), $name)?;
+                m
+            }};
+        }
+        macro_rules! gauge {
+            ($name:literal, $help:literal) => {{
+                let m = IntGauge::new($name, $help)
+                    .map_err(|source| MetricsError::Register { name: $name, source })?;
+                reg(Box::new(m.clone()), $name)?;
+                m
+            }};
+        }
+        let blocked_channels = counter_vec!(
+            "observer_blocked_channels_total",
+            "Blocked connection attempts, by cause, direction and responsible policy (top policies; the rest as policy_name=\"other\").",
+            &["cause", "direction", "policy_namespace", "policy_name"]
+        );
+        let kernel_drops = counter_vec!(
+            "observer_kernel_drops_total",
+            "Packets of watched flows freed by the kernel with a drop reason, by the kernel's reason name.",
+            &["reason"]
+        );
+        let flows = counter_vec!(
+            "observer_flows_total",
+            "Connection attempts on watched ports, by the state they reached.",
+            &["state"]
+        );
+        let events_lost = counter!(
+            "observer_events_lost_total",
+            "Kernel events lost because the ring buffer was full."
+        );
+        let events_malformed = counter!(
+            "observer_events_malformed_total",
+            "Kernel events that could not be decoded."
+        );
+        let channels_evicted = counter!(
+            "observer_channels_evicted_total",
+            "Connection attempts forgotten before they resolved (tracker full)."
+        );
+        let attached_interfaces = gauge!(
+            "observer_attached_interfaces",
+            "Interfaces the TC programs are attached to."
+        );
+        let policy_evaluations = counter!(
+            "observer_policy_evaluations_total",
+            "NetworkPolicy verdicts computed for attribution."
+        );
+        let inventory_objects = {
+            let m = IntGaugeVec::new(
+                Opts::new("observer_inventory_objects", "Objects in the cluster inventory, by kind."),
+                &["kind"],
+            )
+            .map_err(|source| MetricsError::Register {
+                name: "observer_inventory_objects",
+                source,
+            })?;
+            reg(Box::new(m.clone()), "observer_inventory_objects")?;
+            m
+        };
+        let cluster_synced = gauge!(
+            "observer_cluster_synced",
+            "1 when the inventory has the initial list of every kind, else 0."
+        );
+        let records = counter_vec!(
+            "observer_records_total",
+            "Forensics records written, by kind.",
+            &["kind"]
+        );
+        Ok(Self {
+            registry,
+            names: Arc::new(names),
+            blocked_channels,
+            kernel_drops,
+            flows,
+            events_lost,
+            events_malformed,
+            channels_evicted,
+            attached_interfaces,
+            policy_evaluations,
+            inventory_objects,
+            cluster_synced,
+            records,
+            admitted: Arc::default(),
+        })
+    }
+
+    /// Names of every registered metric family.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Counts one blocked channel for each responsible policy (or once without policy labels).
+    pub fn blocked(&self, cause: &str, direction: &str, policies: &[(String, String)]) {
+        if policies.is_empty() {
+            self.blocked_channels
+                .with_label_values(&[cause, direction, "", ""])
+                .inc();
+            return;
+        }
+        for (ns, name) in policies {
+            let (ns, name) = self.policy_label(ns, name);
+            self.blocked_channels
+                .with_label_values(&[cause, direction, &ns, &name])
+                .inc();
+        }
+    }
+
+    /// The labels for a policy: its own while fewer than `POLICY_LABELS_MAX` policies have been admitted
+    /// (a series, once created, keeps its labels so counters stay monotonic), else `("", "other")`.
+    fn policy_label(&self, ns: &str, name: &str) -> (String, String) {
+        let Ok(mut admitted) = self.admitted.lock() else {
+            return (String::new(), "other".into());
+        };
+        let key = (ns.to_owned(), name.to_owned());
+        if admitted.contains(&key) || admitted.len() < Self::POLICY_LABELS_MAX {
+            admitted.insert(key.clone());
+            key
+        } else {
+            (String::new(), "other".into())
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> Result<String, MetricsError> {
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .map_err(MetricsError::Encode)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_architecture_metric_is_registered() {
+        let m = Metrics::new().expect("metrics");
+        for name in [
+            "observer_blocked_channels_total",
+            "observer_kernel_drops_total",
+            "observer_flows_total",
+            "observer_events_lost_total",
+            "observer_attached_interfaces",
+            "observer_policy_evaluations_total",
+            "observer_inventory_objects",
+            "observer_cluster_synced",
+        ] {
+            assert!(m.names().iter().any(|n| n == name), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn policy_labels_are_bounded_and_the_rest_is_other() {
+        let m = Metrics::new().expect("metrics");
+        for i in 0..Metrics::POLICY_LABELS_MAX + 10 {
+            m.blocked("policy", "ingress", &[("ns".into(), format!("p{i}"))]);
+        }
+        // An admitted policy keeps its labels.
+        m.blocked("policy", "ingress", &[("ns".into(), "p0".into())]);
+        let text = m.encode().expect("encode");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("observer_blocked_channels_total{"))
+            .count();
+        assert_eq!(series, Metrics::POLICY_LABELS_MAX + 1);
+        assert!(
+            text.contains(r#"{cause="policy",direction="ingress",policy_name="other",policy_namespace=""} 10"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"policy_name="p0",policy_namespace="ns"} 2"#), "{text}");
+    }
+
+    #[test]
+    fn no_policy_causes_have_empty_policy_labels() {
+        let m = Metrics::new().expect("metrics");
+        m.blocked("no_listener", "", &[]);
+        let text = m.encode().expect("encode");
+        assert!(text.contains(r#"observer_blocked_channels_total{cause="no_listener",direction="",policy_name="",policy_namespace=""} 1"#), "{text}");
+    }
+}

@@ -5,3 +5,10 @@
 //! | module | holds |
 //! |---|---|
 //! | [`bpf`] | loading and attaching the kernel programs, following interfaces, decoding events |
+//! | [`policy`] | the pure NetworkPolicy engine: compile, index, evaluate, explain |
+//! | [`manifest`] | loading Namespaces, Pods, Nodes and NetworkPolicies from YAML/JSON files |
+//! | [`cli`] | the command line (one module per subcommand) |
+
+pub mod cli;
+pub mod manifest;
+pub mod policy;

@@ -126,7 +126,11 @@ impl Index {
         }
     }
 
-    pub(crate) fn evaluate_uncached(
+    /// Like [`Index::evaluate`] but bypassing the verdict cache (benchmarks, one-off checks).
+    ///
+    /// # Errors
+    /// [`IndexError::StaleEndpoint`] when an endpoint refers to a pod or node that is gone.
+    pub fn evaluate_uncached(
         &self,
         src: Endpoint,
         dst: Endpoint,

@@ -5,9 +5,13 @@
 //! | module | holds |
 //! |---|---|
 //! | [`bpf`] | loading and attaching the kernel programs, following interfaces, decoding events |
+//! | [`policy`] | the pure NetworkPolicy engine: compile, index, evaluate, explain |
+//! | [`manifest`] | loading Namespaces, Pods, Nodes and NetworkPolicies from YAML/JSON files |
 //! | [`export`] | Prometheus metrics, the JSON forensics log, the HTTP API |
 //! | [`cli`] | the command line: one module per subcommand |
 
 pub mod bpf;
 pub mod cli;
 pub mod export;
+pub mod manifest;
+pub mod policy;

@@ -1,7 +1,10 @@
+//! `observer` binary: parse the command line, hand over to [`observer::cli`].
+
+use std::process::ExitCode;
+
 use clap::Parser as _;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = observer::cli::Cli::parse();
-    let code = observer::cli::dispatch(cli)?;
-    std::process::exit(code);
+    Ok(observer::cli::dispatch(cli))
 }

@@ -1,26 +1,44 @@
-//! The command line (clap). Every flag can also be set through an `OBSERVER_*` environment variable.
+//! The command line: one clap enum of subcommands, one module per subcommand. Every flag can also come
+//! from an `OBSERVER_*` environment variable.
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
+pub mod explain;
 pub mod run;
 
-/// observer: which NetworkPolicy blocked this gRPC channel?
-#[derive(Debug, Parser)]
-#[command(version, about, propagate_version = true)]
+/// `observer`: which NetworkPolicy blocked this gRPC channel?
+#[derive(Debug, clap::Parser)]
+#[command(name = "observer", version, about, propagate_version = true)]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Run the node daemon: attach the kernel programs and report what happens on watched ports.
     Run(run::RunArgs),
+    /// Offline simulation from manifests: would this connection be allowed, and which policies decide?
+    Explain(explain::ExplainArgs),
 }
 
-/// Runs the parsed command line; returns the process exit code.
-pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+/// Runs the chosen subcommand; the exit code is the subcommand's contract (see each module).
+#[must_use]
+pub fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Run(args) => run::main(args),
+        Command::Run(args) => match run::main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("observer run: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Explain(args) => explain::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
     }
 }

@@ -46,7 +46,7 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn main(args: RunArgs) -> anyhow::Result<i32> {
+pub fn main(args: RunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -62,7 +62,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     rt.block_on(run(args))
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<i32> {
+async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = DatapathConfig {
         interfaces: args.interfaces.clone(),
         ports: args.ports.clone(),
@@ -126,7 +126,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             "detached"
         );
     }
-    result.map(|()| 0)
+    result
 }
 
 fn print_event(

@@ -7,8 +7,7 @@ use std::{
 };
 
 use prometheus::{
-    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    core::Collector,
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, core::Collector,
 };
 
 /// Errors building or encoding metrics.
@@ -69,24 +68,32 @@ impl Metrics {
         };
         macro_rules! counter_vec {
             ($name:literal, $help:literal, $labels:expr) => {{
-                let m = IntCounterVec::new(Opts::new($name, $help), $labels)
-                    .map_err(|source| MetricsError::Register { name: $name, source })?;
+                let m = IntCounterVec::new(Opts::new($name, $help), $labels).map_err(|source| {
+                    MetricsError::Register {
+                        name: $name,
+                        source,
+                    }
+                })?;
                 reg(Box::new(m.clone()), $name)?;
                 m
             }};
         }
         macro_rules! counter {
             ($name:literal, $help:literal) => {{
-                let m = IntCounter::new($name, $help)
-                    .map_err(|source| MetricsError::Register { name: $name, source })?;
+                let m = IntCounter::new($name, $help).map_err(|source| MetricsError::Register {
+                    name: $name,
+                    source,
+                })?;
                 reg(Box::new(m.clone()), $name)?;
                 m
             }};
         }
         macro_rules! gauge {
             ($name:literal, $help:literal) => {{
-                let m = IntGauge::new($name, $help)
-                    .map_err(|source| MetricsError::Register { name: $name, source })?;
+                let m = IntGauge::new($name, $help).map_err(|source| MetricsError::Register {
+                    name: $name,
+                    source,
+                })?;
                 reg(Box::new(m.clone()), $name)?;
                 m
             }};
@@ -128,7 +135,10 @@ impl Metrics {
         );
         let inventory_objects = {
             let m = IntGaugeVec::new(
-                Opts::new("observer_inventory_objects", "Objects in the cluster inventory, by kind."),
+                Opts::new(
+                    "observer_inventory_objects",
+                    "Objects in the cluster inventory, by kind.",
+                ),
                 &["kind"],
             )
             .map_err(|source| MetricsError::Register {
@@ -247,10 +257,15 @@ mod tests {
             .count();
         assert_eq!(series, Metrics::POLICY_LABELS_MAX + 1);
         assert!(
-            text.contains(r#"{cause="policy",direction="ingress",policy_name="other",policy_namespace=""} 10"#),
+            text.contains(
+                r#"{cause="policy",direction="ingress",policy_name="other",policy_namespace=""} 10"#
+            ),
             "{text}"
         );
-        assert!(text.contains(r#"policy_name="p0",policy_namespace="ns"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"policy_name="p0",policy_namespace="ns"} 2"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,0 +1,123 @@
+//! The cluster inventory: who is behind an IP at a given time, and which policies (at which revision) exist.
+//!
+//! ```text
+//!  Inventory
+//!  ├── pods        namespace/name ─▶ PodEntry { uid, labels, ips, node, hostNetwork, ports, workload }
+//!  ├── ips         IpAddr ─▶ IpTimeline [ Holding { pod, from, to } … last N ]   (IP reuse, deleted pods)
+//!  ├── namespaces  name ─▶ NamespaceEntry { labels }
+//!  ├── nodes       name ─▶ NodeEntry { internal IPs, labels }        (+ node IP ─▶ name)
+//!  ├── policies    namespace/name ─▶ PolicyEntry { revision in force }
+//!  ├── histories   namespace/name ─▶ PolicyHistory [ PolicyRevision { uid, rv, generation, hash, seen } … ]
+//!  └── synced      per kind; ready when all four kinds were listed
+//! ```
+//!
+//! The sources ([`kube`]: API server watches, [`files`]: manifests reloaded on change) are the only writers;
+//! attribution and `explain` read, through [`SharedInventory`].
+//!
+//! The index itself ([`Inventory`]) is a pure data structure: no I/O, no async, no clock. It keeps compact
+//! entries only, never Kubernetes objects.
+
+pub mod files;
+mod index;
+pub mod kube;
+mod model;
+mod timeline;
+
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub use index::{Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry};
+pub use model::{
+    ContainerPort, Interner, Labels, NamespaceEntry, NodeEntry, ObjectRef, PodEntry,
+    PolicyRevision, Protocol, Workload, WorkloadKind,
+};
+pub use timeline::{Holding, IpTimeline, PolicyHistory};
+
+/// `Result` with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The kinds the inventory holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `v1/Pod`.
+    Pod,
+    /// `v1/Namespace`.
+    Namespace,
+    /// `v1/Node`.
+    Node,
+    /// `networking.k8s.io/v1/NetworkPolicy`.
+    NetworkPolicy,
+}
+
+impl Kind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Self; 4] = [Self::Pod, Self::Namespace, Self::Node, Self::NetworkPolicy];
+
+    /// The Kubernetes kind name (also the `kind` metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "Pod",
+            Self::Namespace => "Namespace",
+            Self::Node => "Node",
+            Self::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An object the inventory cannot take: it is skipped, the rest of the cluster is still used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field the inventory cannot do without is absent.
+    #[error("{kind} {object:?}: missing {field}")]
+    MissingField {
+        /// Kind of the object.
+        kind: Kind,
+        /// What is known of its identity (`namespace/name`, or less).
+        object: String,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// A field has a value the inventory cannot interpret.
+    #[error("{kind} {object}: invalid {field} {value:?}")]
+    InvalidField {
+        /// Kind of the object.
+        kind: Kind,
+        /// `namespace/name` of the object.
+        object: String,
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// The inventory shared between its writers (sources) and readers. Locks are held for one update or one
+/// lookup, never across an `await`.
+#[derive(Clone, Debug, Default)]
+pub struct SharedInventory(Arc<RwLock<Inventory>>);
+
+impl SharedInventory {
+    /// Shares `inventory`.
+    pub fn new(inventory: Inventory) -> Self {
+        Self(Arc::new(RwLock::new(inventory)))
+    }
+
+    /// Read access. A writer that panicked left the index consistent per call, so poisoning is ignored.
+    pub fn read(&self) -> RwLockReadGuard<'_, Inventory> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Write access (sources only).
+    pub fn write(&self) -> RwLockWriteGuard<'_, Inventory> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}

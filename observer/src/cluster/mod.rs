@@ -23,7 +23,8 @@ pub mod kube;
 mod model;
 mod timeline;
 
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use index::{Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry};
 pub use model::{
@@ -120,4 +121,84 @@ impl SharedInventory {
     pub fn write(&self) -> RwLockWriteGuard<'_, Inventory> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// What a source has had to put up with: objects skipped, errors recovered from, relists. For metrics and
+/// logs; a source never stops over any of these.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    malformed: [AtomicU64; Kind::ALL.len()],
+    errors: AtomicU64,
+    relists: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SourceStats {
+    /// Objects of `kind` skipped because they could not be decoded or converted.
+    pub fn malformed(&self, kind: Kind) -> u64 {
+        self.malformed[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// Objects skipped, all kinds together.
+    pub fn malformed_total(&self) -> u64 {
+        Kind::ALL.iter().map(|k| self.malformed(*k)).sum()
+    }
+
+    /// Errors recovered from: failed lists and watches (API server), failed reloads (files).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Full (re)lists started, per kind and per reload together.
+    pub fn relists(&self) -> u64 {
+        self.relists.load(Ordering::Relaxed)
+    }
+
+    /// The text of the last error or skipped object, for logs and status pages.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn record_malformed(&self, kind: Kind, error: &dyn std::error::Error) {
+        self.malformed[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.remember(error);
+    }
+
+    pub(crate) fn record_error(&self, error: &dyn std::error::Error) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.remember(error);
+    }
+
+    pub(crate) fn record_relist(&self) {
+        self.relists.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn clear_error(&self) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn remember(&self, error: &dyn std::error::Error) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error_chain(error));
+    }
+}
+
+/// `error: cause: cause`, so one log field carries the whole story.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -12,7 +12,9 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("workspace root")?
         .join("observer-ebpf");
-    let root_dir = metadata.to_str().context("non-UTF-8 path to observer-ebpf")?;
+    let root_dir = metadata
+        .to_str()
+        .context("non-UTF-8 path to observer-ebpf")?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "observer-ebpf",

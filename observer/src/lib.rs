@@ -5,5 +5,12 @@
 //! | module | holds |
 //! |---|---|
 //! | [`bpf`] | loading and attaching the kernel programs, following interfaces, decoding events |
+//! | [`cluster`] | the inventory: IP → pod/node at time T, namespaces, policies and their revisions |
+//! | [`policy`] | the pure NetworkPolicy engine: compile, index, evaluate, explain |
+//! | [`manifest`] | loading Namespaces, Pods, Nodes and NetworkPolicies from YAML/JSON files |
+//! | [`cli`] | the command line (one module per subcommand) |
 
+pub mod cli;
 pub mod cluster;
+pub mod manifest;
+pub mod policy;

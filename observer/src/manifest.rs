@@ -1,0 +1,1 @@
+//! Loading cluster objects from manifest files (YAML or JSON).

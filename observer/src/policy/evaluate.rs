@@ -1,0 +1,562 @@
+//! Evaluation: one connection (initiator → responder) against the index, with reasons.
+//!
+//! A connection passes when egress at the source AND ingress at the destination allow it. Each side is
+//! judged by the policies of the pod on that side; replies ride on the connection and are not evaluated.
+
+use std::net::IpAddr;
+
+use super::explain::{
+    DecidedBy, DirectionVerdict, EndpointInfo, EndpointKind, Explanation, NearestMiss,
+    PolicyOutcome, Verdict,
+};
+use super::index::{Endpoint, Index, IndexError};
+use super::model::{
+    Direction, NamespaceScope, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule,
+};
+
+/// One end of the connection with what evaluation needs from the index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Side<'a> {
+    kind: EndpointKind,
+    pod: Option<&'a Pod>,
+    /// Policy slots selecting the pod (both directions).
+    policies: &'a [u32],
+    /// The node this endpoint *is* (a node, or a hostNetwork pod speaking with its node's addresses).
+    as_node: Option<&'a str>,
+    ip: Option<IpAddr>,
+    node_name_for_info: Option<&'a str>,
+}
+
+impl<'a> Side<'a> {
+    pub(crate) fn external(ip: IpAddr) -> Self {
+        Self {
+            kind: EndpointKind::External,
+            pod: None,
+            policies: &[],
+            as_node: None,
+            ip: Some(ip),
+            node_name_for_info: None,
+        }
+    }
+
+    fn info(&self) -> EndpointInfo {
+        match (self.kind, self.pod) {
+            (EndpointKind::Pod, Some(p)) => EndpointInfo {
+                kind: EndpointKind::Pod,
+                namespace: Some(p.namespace.clone()),
+                name: Some(p.name.clone()),
+                ip: self.ip,
+            },
+            _ => EndpointInfo {
+                kind: self.kind,
+                namespace: None,
+                name: self.node_name_for_info.map(std::sync::Arc::from),
+                ip: self.ip,
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (self.kind, self.pod) {
+            (EndpointKind::Pod, Some(p)) if p.host_network => {
+                format!("hostNetwork pod {}/{}", p.namespace, p.name)
+            }
+            (EndpointKind::Pod, Some(p)) => format!("pod {}/{}", p.namespace, p.name),
+            (EndpointKind::Node, _) => format!(
+                "node {}{}",
+                self.node_name_for_info.unwrap_or("?"),
+                self.ip.map(|ip| format!(" ({ip})")).unwrap_or_default()
+            ),
+            _ => match self.ip {
+                Some(ip) => format!("external {ip}"),
+                None => "unknown endpoint".into(),
+            },
+        }
+    }
+}
+
+/// A rule's score for nearest-miss ranking, its index, and its peer and port misses.
+type Candidate = ((u8, bool), usize, Option<Miss>, Option<Miss>);
+
+/// Why one clause of a rule did not match, and how close it came.
+struct Miss {
+    clause: String,
+    reason: String,
+    expected: String,
+    actual: String,
+    /// Part of the clause matched (e.g. the namespace but not the pod labels): breaks nearest-miss ties.
+    partial: bool,
+}
+
+impl Index {
+    pub(crate) fn resolve(&self, e: Endpoint) -> Result<Side<'_>, IndexError> {
+        match e {
+            Endpoint::External { ip } => Ok(Side::external(ip)),
+            Endpoint::Pod { id, ip } => {
+                let entry = self
+                    .pod_entry(id)
+                    .ok_or(IndexError::StaleEndpoint { endpoint: e })?;
+                let pod = &entry.pod;
+                Ok(Side {
+                    kind: EndpointKind::Pod,
+                    pod: Some(pod),
+                    policies: &entry.policies,
+                    as_node: if pod.host_network {
+                        pod.node_name.as_deref()
+                    } else {
+                        None
+                    },
+                    ip,
+                    node_name_for_info: None,
+                })
+            }
+            Endpoint::Node { id, ip } => {
+                let node = self
+                    .node(id)
+                    .ok_or(IndexError::StaleEndpoint { endpoint: e })?;
+                Ok(Side {
+                    kind: EndpointKind::Node,
+                    pod: None,
+                    policies: &[],
+                    as_node: Some(&node.name),
+                    ip,
+                    node_name_for_info: Some(&node.name),
+                })
+            }
+        }
+    }
+
+    pub(crate) fn evaluate_uncached(
+        &self,
+        src: Endpoint,
+        dst: Endpoint,
+        port: u16,
+        protocol: Protocol,
+    ) -> Result<Verdict, IndexError> {
+        let (s, d) = (self.resolve(src)?, self.resolve(dst)?);
+        Ok(self.verdict(&s, &d, port, protocol))
+    }
+
+    pub(crate) fn verdict(
+        &self,
+        src: &Side<'_>,
+        dst: &Side<'_>,
+        port: u16,
+        protocol: Protocol,
+    ) -> Verdict {
+        let egress = self.direction(Direction::Egress, src, dst, dst.pod, port, protocol);
+        let ingress = self.direction(Direction::Ingress, dst, src, dst.pod, port, protocol);
+        Verdict {
+            allowed: egress.allowed && ingress.allowed,
+            from: src.info(),
+            to: dst.info(),
+            port,
+            protocol,
+            egress,
+            ingress,
+        }
+    }
+
+    fn direction(
+        &self,
+        dir: Direction,
+        subject: &Side<'_>,
+        peer: &Side<'_>,
+        dest: Option<&Pod>,
+        port: u16,
+        protocol: Protocol,
+    ) -> DirectionVerdict {
+        let Some(pod) = subject.pod.filter(|p| !p.host_network) else {
+            return DirectionVerdict::unrestricted(DecidedBy::NotSubject, false, false);
+        };
+        let mut selecting: Vec<&Policy> = subject
+            .policies
+            .iter()
+            .filter_map(|&s| self.policies.get(s).map(|e| &e.policy))
+            .filter(|p| p.rules(dir).is_some())
+            .collect();
+        let isolated = !selecting.is_empty();
+        if peer.as_node.is_some() && peer.as_node == pod.node_name.as_deref() {
+            return DirectionVerdict::unrestricted(DecidedBy::OwnNode, true, isolated);
+        }
+        if !isolated {
+            return DirectionVerdict::unrestricted(DecidedBy::NotIsolated, true, false);
+        }
+        selecting.sort_by(|a, b| {
+            (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
+        });
+
+        let mut outcomes = Vec::with_capacity(selecting.len());
+        for policy in &selecting {
+            let rules = policy.rules(dir).unwrap_or_default();
+            let allowed_by_rule = rules.iter().position(|r| {
+                self.rule_allows(r, &policy.meta.namespace, peer, dest, port, protocol)
+            });
+            outcomes.push(PolicyOutcome {
+                policy: policy.meta.clone(),
+                allowed_by_rule,
+                nearest_miss: None,
+            });
+        }
+        let allowed = outcomes.iter().any(|o| o.allowed_by_rule.is_some());
+        let mut explanation = Vec::new();
+        if allowed {
+            for o in outcomes.iter().filter(|o| o.allowed_by_rule.is_some()) {
+                explanation.push(Explanation {
+                    policy: o.policy.key(),
+                    rule: o.allowed_by_rule,
+                    reason: format!(
+                        "rule {} allows {} on {protocol} {port}",
+                        o.allowed_by_rule.unwrap_or_default(),
+                        peer.describe()
+                    ),
+                    clause: None,
+                    expected: None,
+                    actual: None,
+                    nearest_miss: false,
+                });
+            }
+        } else {
+            for (policy, outcome) in selecting.iter().zip(outcomes.iter_mut()) {
+                let rules = policy.rules(dir).unwrap_or_default();
+                outcome.nearest_miss = Some(self.explain_misses(
+                    dir,
+                    policy,
+                    rules,
+                    peer,
+                    dest,
+                    port,
+                    protocol,
+                    &mut explanation,
+                ));
+            }
+        }
+        let keys = |pred: &dyn Fn(&PolicyOutcome) -> bool| -> Vec<String> {
+            let mut v: Vec<String> = outcomes
+                .iter()
+                .filter(|o| pred(o))
+                .map(|o| o.policy.key())
+                .collect();
+            v.sort();
+            v
+        };
+        let allowed_by = keys(&|o| o.allowed_by_rule.is_some());
+        let denied_by = if allowed { Vec::new() } else { keys(&|_| true) };
+        DirectionVerdict {
+            applies: true,
+            isolated: true,
+            allowed,
+            denied_by,
+            allowed_by,
+            explanation,
+            decided_by: DecidedBy::Policies,
+            policies: outcomes,
+        }
+    }
+
+    fn rule_allows(
+        &self,
+        rule: &Rule,
+        policy_ns: &str,
+        peer: &Side<'_>,
+        dest: Option<&Pod>,
+        port: u16,
+        protocol: Protocol,
+    ) -> bool {
+        let port_ok = rule
+            .ports
+            .as_deref()
+            .is_none_or(|ps| ps.iter().any(|p| port_matches(p, port, protocol, dest)));
+        port_ok
+            && rule
+                .peers
+                .as_deref()
+                .is_none_or(|ps| ps.iter().any(|p| self.peer_matches(p, policy_ns, peer)))
+    }
+
+    fn peer_matches(&self, p: &Peer, policy_ns: &str, other: &Side<'_>) -> bool {
+        match p {
+            Peer::IpBlock(b) => other.ip.is_some_and(|ip| b.contains(ip)),
+            Peer::Pods { namespaces, pods } => {
+                let Some(pod) = other.pod.filter(|p| !p.host_network) else {
+                    return false;
+                };
+                let ns_ok = match namespaces {
+                    NamespaceScope::Own => &*pod.namespace == policy_ns,
+                    NamespaceScope::Matching(sel) => self
+                        .namespace_labels(&pod.namespace)
+                        .is_some_and(|l| sel.matches(l)),
+                };
+                ns_ok && pods.matches(&pod.labels)
+            }
+        }
+    }
+
+    /// Appends the reasons every rule of `policy` missed and returns the nearest miss.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one private call site; a struct would only rename them"
+    )]
+    fn explain_misses(
+        &self,
+        dir: Direction,
+        policy: &Policy,
+        rules: &[Rule],
+        peer: &Side<'_>,
+        dest: Option<&Pod>,
+        port: u16,
+        protocol: Protocol,
+        out: &mut Vec<Explanation>,
+    ) -> NearestMiss {
+        let key = policy.meta.key();
+        if rules.is_empty() {
+            out.push(Explanation {
+                policy: key,
+                rule: None,
+                reason: format!("policy has no {dir} rules"),
+                clause: None,
+                expected: None,
+                actual: None,
+                nearest_miss: true,
+            });
+            return NearestMiss {
+                rule: None,
+                summary: "no rules".into(),
+            };
+        }
+        let peer_key = match dir {
+            Direction::Ingress => "from",
+            Direction::Egress => "to",
+        };
+        let first = out.len();
+        let mut best: Option<Candidate> = None;
+        let mut spans = Vec::with_capacity(rules.len());
+        for (i, rule) in rules.iter().enumerate() {
+            let peer_miss = self.peer_miss(rule, peer_key, &policy.meta.namespace, peer);
+            let port_miss = port_miss(rule, port, protocol, dest, peer);
+            let score = (
+                u8::from(peer_miss.is_none()) + u8::from(port_miss.is_none()),
+                peer_miss.as_ref().is_some_and(|m| m.partial),
+            );
+            let start = out.len();
+            for m in peer_miss.iter().chain(port_miss.iter()) {
+                out.push(Explanation {
+                    policy: key.clone(),
+                    rule: Some(i),
+                    reason: m.reason.clone(),
+                    clause: Some(m.clause.clone()),
+                    expected: Some(m.expected.clone()),
+                    actual: Some(m.actual.clone()),
+                    nearest_miss: false,
+                });
+            }
+            spans.push(start..out.len());
+            if best.as_ref().is_none_or(|b| score > b.0) {
+                best = Some((score, i, peer_miss, port_miss));
+            }
+        }
+        let Some((_, rule, peer_miss, port_miss)) = best else {
+            return NearestMiss {
+                rule: None,
+                summary: "no rules".into(),
+            };
+        };
+        if let Some(span) = spans.get(rule) {
+            for e in out.get_mut(span.clone()).into_iter().flatten() {
+                e.nearest_miss = true;
+            }
+        }
+        debug_assert!(out.len() >= first);
+        let summary = match (peer_miss, port_miss) {
+            (None, Some(p)) => format!("rule {rule} allows {}, not {}", p.expected, p.actual),
+            (Some(m), None) => format!(
+                "rule {rule}: {} (wants {}, got {})",
+                m.reason, m.expected, m.actual
+            ),
+            (Some(m), Some(p)) => format!(
+                "rule {rule}: {} (wants {}, got {}), and allows {}, not {}",
+                m.reason, m.expected, m.actual, p.expected, p.actual
+            ),
+            // Unreachable for a denied direction; kept total rather than panicking.
+            (None, None) => format!("rule {rule} matches"),
+        };
+        NearestMiss {
+            rule: Some(rule),
+            summary,
+        }
+    }
+
+    fn peer_miss(
+        &self,
+        rule: &Rule,
+        peer_key: &str,
+        policy_ns: &str,
+        other: &Side<'_>,
+    ) -> Option<Miss> {
+        let peers = rule.peers.as_deref()?;
+        let mut best: Option<Miss> = None;
+        for (i, p) in peers.iter().enumerate() {
+            let m = self.one_peer_miss(p, policy_ns, other, &format!("{peer_key}[{i}]"))?;
+            if best.as_ref().is_none_or(|b| m.partial && !b.partial) {
+                best = Some(m);
+            }
+        }
+        best
+    }
+
+    fn one_peer_miss(
+        &self,
+        p: &Peer,
+        policy_ns: &str,
+        other: &Side<'_>,
+        clause: &str,
+    ) -> Option<Miss> {
+        match p {
+            Peer::IpBlock(b) => {
+                let Some(ip) = other.ip else {
+                    return Some(Miss {
+                        clause: format!("{clause}.ipBlock"),
+                        reason: "peer has no IP address".into(),
+                        expected: b.cidr.to_string(),
+                        actual: other.describe(),
+                        partial: false,
+                    });
+                };
+                if !b.cidr.contains(&ip) {
+                    return Some(Miss {
+                        clause: format!("{clause}.ipBlock.cidr"),
+                        reason: "IP outside the CIDR".into(),
+                        expected: b.cidr.to_string(),
+                        actual: ip.to_string(),
+                        partial: false,
+                    });
+                }
+                b.except.iter().find(|e| e.contains(&ip)).map(|e| Miss {
+                    clause: format!("{clause}.ipBlock.except"),
+                    reason: "IP inside an except".into(),
+                    expected: format!("{} except {e}", b.cidr),
+                    actual: ip.to_string(),
+                    partial: true,
+                })
+            }
+            Peer::Pods { namespaces, pods } => {
+                let want = || match namespaces {
+                    NamespaceScope::Own => format!("pods {pods} in namespace {policy_ns}"),
+                    NamespaceScope::Matching(ns) => format!("pods {pods} in namespaces {ns}"),
+                };
+                let Some(pod) = other.pod else {
+                    return Some(Miss {
+                        clause: clause.to_owned(),
+                        reason: "peer is not a pod".into(),
+                        expected: want(),
+                        actual: other.describe(),
+                        partial: false,
+                    });
+                };
+                if pod.host_network {
+                    return Some(Miss {
+                        clause: clause.to_owned(),
+                        reason:
+                            "peer is a hostNetwork pod; pod and namespace selectors do not match it"
+                                .into(),
+                        expected: want(),
+                        actual: other.describe(),
+                        partial: false,
+                    });
+                }
+                let ns_miss = match namespaces {
+                    NamespaceScope::Own => (&*pod.namespace != policy_ns).then(|| Miss {
+                        clause: format!("{clause}.podSelector"),
+                        reason: "peer pod is not in the policy's namespace".into(),
+                        expected: format!("namespace {policy_ns}"),
+                        actual: format!("namespace {}", pod.namespace),
+                        partial: false,
+                    }),
+                    NamespaceScope::Matching(sel) => {
+                        let labels = self.namespace_labels(&pod.namespace);
+                        (!labels.is_some_and(|l| sel.matches(l))).then(|| Miss {
+                            clause: format!("{clause}.namespaceSelector"),
+                            reason: "namespace labels do not match namespaceSelector".into(),
+                            expected: sel.to_string(),
+                            actual: format!(
+                                "namespace {}: {}",
+                                pod.namespace,
+                                labels.map(ToString::to_string).unwrap_or_default()
+                            ),
+                            partial: false,
+                        })
+                    }
+                };
+                if let Some(m) = ns_miss {
+                    return Some(m);
+                }
+                (!pods.matches(&pod.labels)).then(|| Miss {
+                    clause: format!("{clause}.podSelector"),
+                    reason: "pod labels do not match podSelector".into(),
+                    expected: pods.to_string(),
+                    actual: format!("{}/{}: {}", pod.namespace, pod.name, pod.labels),
+                    partial: true,
+                })
+            }
+        }
+    }
+}
+
+fn port_matches(p: &PortMatch, port: u16, protocol: Protocol, dest: Option<&Pod>) -> bool {
+    p.protocol == protocol
+        && match &p.port {
+            PortSpec::All => true,
+            PortSpec::Range { start, end } => (*start..=*end).contains(&port),
+            PortSpec::Named(name) => dest.and_then(|d| d.named_port(name, protocol)) == Some(port),
+        }
+}
+
+fn port_miss(
+    rule: &Rule,
+    port: u16,
+    protocol: Protocol,
+    dest: Option<&Pod>,
+    _peer: &Side<'_>,
+) -> Option<Miss> {
+    let ports = rule.ports.as_deref()?;
+    if ports.iter().any(|p| port_matches(p, port, protocol, dest)) {
+        return None;
+    }
+    // Named ports are shown with what they resolve to on this destination, since that differs per pod.
+    let shown: Vec<String> = ports
+        .iter()
+        .map(|p| match (&p.port, dest) {
+            (PortSpec::Named(n), Some(d)) => match d.named_port(n, p.protocol) {
+                Some(num) => format!("{} {n} (= {num} on {}/{})", p.protocol, d.namespace, d.name),
+                None => format!(
+                    "{} {n} (not declared on {}/{})",
+                    p.protocol, d.namespace, d.name
+                ),
+            },
+            (PortSpec::Named(n), None) => format!("{} {n} (destination is not a pod)", p.protocol),
+            _ => p.to_string(),
+        })
+        .collect();
+    let same_protocol: Vec<&PortMatch> = ports.iter().filter(|p| p.protocol == protocol).collect();
+    let reason = if same_protocol.is_empty() {
+        "protocol not allowed".to_owned()
+    } else if same_protocol
+        .iter()
+        .all(|p| matches!(p.port, PortSpec::Named(_)))
+        && same_protocol.iter().any(|p| match &p.port {
+            PortSpec::Named(n) => dest.and_then(|d| d.named_port(n, protocol)).is_none(),
+            _ => false,
+        })
+    {
+        "named port not declared on this pod".to_owned()
+    } else {
+        "port not listed".to_owned()
+    };
+    Some(Miss {
+        clause: "ports".into(),
+        reason,
+        expected: shown.join(", "),
+        actual: format!("{protocol} {port}"),
+        partial: !same_protocol.is_empty(),
+    })
+}

@@ -1,1 +1,575 @@
-//! Loading cluster objects from manifest files (YAML or JSON).
+//! Loading cluster objects from manifest files: YAML (multi-document) or JSON, single objects or lists as
+//! `kubectl get ns,pods,nodes,netpol -A -o yaml` prints them.
+//!
+//! Bad input never aborts the load: every problem becomes a [`ManifestError`] naming the file, the object
+//! (`Kind namespace/name`, or its document and item position when it has no name) and the field, and every
+//! other object is still used. Kinds other than Namespace, Pod, Node and NetworkPolicy are listed in
+//! [`Manifests::skipped`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use serde_json::Value;
+
+use crate::policy::compile::CompileError;
+use crate::policy::{Index, Namespace, Node, Pod, Policy};
+
+/// Why (part of) a manifest could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file or directory could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// Path.
+        file: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A document is neither YAML nor JSON.
+    #[error("{file}: {location}: not valid YAML or JSON: {message}")]
+    Syntax {
+        /// Path.
+        file: PathBuf,
+        /// `document N` (1-based).
+        location: String,
+        /// Parser message (with line and column).
+        message: String,
+    },
+    /// A document or list item that is not a Kubernetes object (no `kind`/`apiVersion`, not a mapping).
+    #[error("{file}: {object}: {field}: {message}")]
+    NotAnObject {
+        /// Path.
+        file: PathBuf,
+        /// Where it is (`document 2, items[3]`).
+        object: String,
+        /// The missing or wrong field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A known kind whose fields do not have the types Kubernetes defines.
+    #[error("{file}: {object}: {field}: {message}")]
+    Decode {
+        /// Path.
+        file: PathBuf,
+        /// `Kind namespace/name` (or its position, if unnamed).
+        object: String,
+        /// JSON path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A well-typed object that Kubernetes validation would reject.
+    #[error("{file}: {error}")]
+    Invalid {
+        /// Path.
+        file: PathBuf,
+        /// The validation error (names object and field).
+        #[source]
+        error: CompileError,
+    },
+    /// The same object twice; the first one is kept.
+    #[error("{file}: {object}: duplicate object (first defined in {first}); keeping the first")]
+    Duplicate {
+        /// Path of the second definition.
+        file: PathBuf,
+        /// `Kind namespace/name`.
+        object: String,
+        /// Where the first definition is.
+        first: String,
+    },
+}
+
+impl ManifestError {
+    /// The file at fault.
+    #[must_use]
+    pub fn file(&self) -> &Path {
+        match self {
+            Self::Read { file, .. }
+            | Self::Syntax { file, .. }
+            | Self::NotAnObject { file, .. }
+            | Self::Decode { file, .. }
+            | Self::Invalid { file, .. }
+            | Self::Duplicate { file, .. } => file,
+        }
+    }
+
+    /// The object at fault (`Kind namespace/name` or a position), if the error is about one object.
+    #[must_use]
+    pub fn object(&self) -> Option<&str> {
+        match self {
+            Self::Read { .. } | Self::Syntax { .. } => None,
+            Self::NotAnObject { object, .. }
+            | Self::Decode { object, .. }
+            | Self::Duplicate { object, .. } => Some(object),
+            Self::Invalid { error, .. } => Some(error.object()),
+        }
+    }
+
+    /// The field at fault, if the error is about one field.
+    #[must_use]
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::Read { .. } | Self::Syntax { .. } | Self::Duplicate { .. } => None,
+            Self::NotAnObject { field, .. } | Self::Decode { field, .. } => Some(field),
+            Self::Invalid { error, .. } => Some(error.field()),
+        }
+    }
+}
+
+/// An object of a kind `observer` does not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Path.
+    pub file: PathBuf,
+    /// `apiVersion` / `kind`, e.g. `apps/v1 Deployment`.
+    pub kind: String,
+    /// `namespace/name` or position.
+    pub object: String,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: skipped {} {} (kind not used)",
+            self.file.display(),
+            self.kind,
+            self.object
+        )
+    }
+}
+
+/// What a set of manifests holds: the usable objects, the skipped ones, and the problems.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    /// Namespaces.
+    pub namespaces: Vec<Namespace>,
+    /// Nodes.
+    pub nodes: Vec<Node>,
+    /// Pods.
+    pub pods: Vec<Pod>,
+    /// Compiled NetworkPolicies.
+    pub policies: Vec<Policy>,
+    /// Objects of other kinds.
+    pub skipped: Vec<Skipped>,
+    /// Everything that could not be used, in input order.
+    pub errors: Vec<ManifestError>,
+    /// Where each accepted object came from, for duplicate reports: `(kind, ns, name)` → `file, document`.
+    seen: HashMap<(&'static str, String, String), String>,
+}
+
+impl Manifests {
+    /// Number of accepted objects.
+    #[must_use]
+    pub fn object_count(&self) -> usize {
+        self.namespaces.len() + self.nodes.len() + self.pods.len() + self.policies.len()
+    }
+
+    /// A policy index holding every accepted object.
+    #[must_use]
+    pub fn to_index(&self) -> Index {
+        let mut index = Index::new();
+        index.reset(
+            self.namespaces.clone(),
+            self.nodes.clone(),
+            self.pods.clone(),
+            self.policies.clone(),
+        );
+        index
+    }
+
+    /// Loads files and directories (recursively: `*.yaml`, `*.yml`, `*.json`, in path order). Never fails:
+    /// unreadable paths become errors like everything else.
+    #[must_use]
+    pub fn load<P: AsRef<Path>>(paths: &[P]) -> Self {
+        let mut out = Self::default();
+        for p in paths {
+            out.load_path(p.as_ref(), true);
+        }
+        out
+    }
+
+    fn load_path(&mut self, path: &Path, explicit: bool) {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(source) => {
+                self.errors.push(ManifestError::Read {
+                    file: path.to_owned(),
+                    source,
+                });
+                return;
+            }
+        };
+        if meta.is_dir() {
+            let entries = match std::fs::read_dir(path) {
+                Ok(e) => e,
+                Err(source) => {
+                    self.errors.push(ManifestError::Read {
+                        file: path.to_owned(),
+                        source,
+                    });
+                    return;
+                }
+            };
+            let mut children: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            children.sort();
+            for child in children {
+                let hidden = child
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'));
+                if !hidden {
+                    self.load_path(&child, false);
+                }
+            }
+            return;
+        }
+        let is_manifest = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+        // A file named on the command line is read whatever its name; in directories only manifests are.
+        if !explicit && !is_manifest {
+            return;
+        }
+        match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => self.add_str(path, &text),
+                Err(e) => self.errors.push(ManifestError::Syntax {
+                    file: path.to_owned(),
+                    location: "file".into(),
+                    message: format!("not UTF-8 text ({e})"),
+                }),
+            },
+            Err(source) => self.errors.push(ManifestError::Read {
+                file: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses manifest text as if read from `file` (no I/O: for tests, stdin and fuzzing).
+    pub fn add_str(&mut self, file: &Path, text: &str) {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('{') || trimmed.starts_with('[') {
+            self.add_json(file, text);
+        } else {
+            self.add_yaml(file, text);
+        }
+    }
+
+    fn add_json(&mut self, file: &Path, text: &str) {
+        let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+        for (i, doc) in stream.enumerate() {
+            match doc {
+                Ok(v) => self.add_value(file, i + 1, v),
+                Err(e) => {
+                    self.errors.push(ManifestError::Syntax {
+                        file: file.to_owned(),
+                        location: format!("document {}", i + 1),
+                        message: e.to_string(),
+                    });
+                    // The JSON stream cannot resynchronise after an error.
+                    break;
+                }
+            }
+        }
+    }
+
+    fn add_yaml(&mut self, file: &Path, text: &str) {
+        // Documents are parsed one by one so a broken one does not hide the others. A line starting with
+        // `---` at column 0 is always a document marker: block scalars cannot start at column 0.
+        let mut docs: Vec<(usize, String)> = Vec::new();
+        let mut current = String::new();
+        let mut start_line = 1;
+        for (n, line) in text.lines().enumerate() {
+            if line == "---" || line.starts_with("--- ") || line.starts_with("---\t") {
+                docs.push((start_line, std::mem::take(&mut current)));
+                start_line = n + 1;
+                current.push_str(line.get(3..).unwrap_or_default());
+                current.push('\n');
+            } else if line == "..." {
+                docs.push((start_line, std::mem::take(&mut current)));
+                start_line = n + 2;
+            } else {
+                current.push_str(line);
+                current.push('\n');
+            }
+        }
+        docs.push((start_line, current));
+        let mut index = 0;
+        for (line, doc) in docs {
+            if doc.lines().all(|l| {
+                let l = l.trim();
+                l.is_empty() || l.starts_with('#') || l.starts_with('%')
+            }) {
+                continue;
+            }
+            index += 1;
+            match serde_saphyr::from_str_with_options::<Value>(&doc, yaml_options()) {
+                Ok(Value::Null) => {}
+                Ok(v) => self.add_value(file, index, v),
+                Err(e) => self.errors.push(ManifestError::Syntax {
+                    file: file.to_owned(),
+                    location: format!("document {index} (starting at line {line})"),
+                    message: one_line(&e.to_string()),
+                }),
+            }
+        }
+    }
+
+    fn add_value(&mut self, file: &Path, document: usize, v: Value) {
+        let position = format!("document {document}");
+        let kind = v
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let api_version = v
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(items) = v
+            .get("items")
+            .filter(|_| kind == "List" || kind.ends_with("List"))
+        {
+            let Some(items) = items.as_array() else {
+                self.errors.push(ManifestError::NotAnObject {
+                    file: file.to_owned(),
+                    object: position,
+                    field: "items".into(),
+                    message: "must be a list".into(),
+                });
+                return;
+            };
+            // Typed lists (`PodList` from the API) leave kind and apiVersion out of their items.
+            let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+            for (i, item) in items.iter().enumerate() {
+                let mut item = item.clone();
+                if let (Some(k), Some(obj)) = (item_kind, item.as_object_mut()) {
+                    obj.entry("kind").or_insert_with(|| Value::from(k));
+                    obj.entry("apiVersion")
+                        .or_insert_with(|| Value::from(api_version.as_str()));
+                }
+                self.add_object(file, format!("{position}, items[{i}]"), item);
+            }
+            return;
+        }
+        self.add_object(file, position, v);
+    }
+
+    fn add_object(&mut self, file: &Path, position: String, v: Value) {
+        if !v.is_object() {
+            self.errors.push(ManifestError::NotAnObject {
+                file: file.to_owned(),
+                object: position,
+                field: "(document)".into(),
+                message: "not a mapping".into(),
+            });
+            return;
+        }
+        let kind = v.get("kind").and_then(Value::as_str).map(str::to_owned);
+        let api_version = v
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let (Some(kind), Some(api_version)) = (kind, api_version) else {
+            let field = if v.get("kind").and_then(Value::as_str).is_none() {
+                "kind"
+            } else {
+                "apiVersion"
+            };
+            self.errors.push(ManifestError::NotAnObject {
+                file: file.to_owned(),
+                object: position,
+                field: field.into(),
+                message: "missing or not a string; not a Kubernetes object".into(),
+            });
+            return;
+        };
+        let meta = v.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
+        let ns = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
+        let (name, ns) = (name.as_deref(), ns.as_deref());
+        let named = |namespaced: bool| match (name, namespaced) {
+            (Some(n), true) => format!("{kind} {}/{n}", ns.unwrap_or("default")),
+            (Some(n), false) => format!("{kind} {n}"),
+            (None, _) => format!("{kind} ({position})"),
+        };
+        let file_doc = format!("{}, {position}", file.display());
+        match (api_version.as_str(), kind.as_str()) {
+            ("v1", "Namespace") => {
+                if let Some(o) = self.decode::<core::Namespace>(file, named(false), v) {
+                    self.accept(
+                        file,
+                        "Namespace",
+                        "",
+                        name,
+                        file_doc,
+                        Namespace::from_k8s(&o),
+                        |m, x| {
+                            m.namespaces.push(x);
+                        },
+                    );
+                }
+            }
+            ("v1", "Node") => {
+                if let Some(o) = self.decode::<core::Node>(file, named(false), v) {
+                    self.accept(
+                        file,
+                        "Node",
+                        "",
+                        name,
+                        file_doc,
+                        Node::from_k8s(&o),
+                        |m, x| m.nodes.push(x),
+                    );
+                }
+            }
+            ("v1", "Pod") => {
+                if let Some(o) = self.decode::<core::Pod>(file, named(true), v) {
+                    let ns = ns.unwrap_or("default");
+                    self.accept(
+                        file,
+                        "Pod",
+                        ns,
+                        name,
+                        file_doc,
+                        Pod::from_k8s(&o),
+                        |m, x| m.pods.push(x),
+                    );
+                }
+            }
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                if let Some(o) = self.decode::<net::NetworkPolicy>(file, named(true), v) {
+                    let ns = ns.unwrap_or("default");
+                    self.accept(
+                        file,
+                        "NetworkPolicy",
+                        ns,
+                        name,
+                        file_doc,
+                        Policy::compile(&o),
+                        |m, x| {
+                            m.policies.push(x);
+                        },
+                    );
+                }
+            }
+            _ => {
+                let object = match (ns, name) {
+                    (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                    (None, Some(n)) => n.to_owned(),
+                    _ => format!("({position})"),
+                };
+                self.skipped.push(Skipped {
+                    file: file.to_owned(),
+                    kind: format!("{api_version} {kind}"),
+                    object,
+                });
+            }
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &mut self,
+        file: &Path,
+        object: String,
+        v: Value,
+    ) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(v) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                let field = e.path().to_string();
+                self.errors.push(ManifestError::Decode {
+                    file: file.to_owned(),
+                    object,
+                    field: if field == "." {
+                        "(object)".into()
+                    } else {
+                        field
+                    },
+                    message: e.into_inner().to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "private; one call per kind")]
+    fn accept<T>(
+        &mut self,
+        file: &Path,
+        kind: &'static str,
+        ns: &str,
+        name: Option<&str>,
+        file_doc: String,
+        compiled: crate::policy::compile::Result<T>,
+        push: impl FnOnce(&mut Self, T),
+    ) {
+        match compiled {
+            Err(errors) => {
+                self.errors
+                    .extend(errors.into_iter().map(|error| ManifestError::Invalid {
+                        file: file.to_owned(),
+                        error,
+                    }))
+            }
+            Ok(x) => {
+                // A compiled object always has a name (compile rejects a missing one).
+                let name = name.unwrap_or_default().to_owned();
+                let key = (kind, ns.to_owned(), name);
+                if let Some(first) = self.seen.get(&key) {
+                    let object = if ns.is_empty() {
+                        format!("{kind} {}", key.2)
+                    } else {
+                        format!("{kind} {ns}/{}", key.2)
+                    };
+                    self.errors.push(ManifestError::Duplicate {
+                        file: file.to_owned(),
+                        object,
+                        first: first.clone(),
+                    });
+                    return;
+                }
+                self.seen.insert(key, file_doc);
+                push(self, x);
+            }
+        }
+    }
+}
+
+/// Limits sized for a whole-cluster `kubectl get -o yaml` (tens of thousands of objects in one document),
+/// keeping the alias and depth limits that stop "billion laughs" input.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    o.budget = serde_saphyr::budget! {
+        max_events: 200_000_000,
+        max_nodes: 100_000_000,
+        max_documents: 1_000_000,
+        max_total_scalar_bytes: 1 << 30,
+        max_reader_input_bytes: Some(1 << 30),
+    };
+    o.with_snippet = false;
+    o
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,1 +1,34 @@
-//! The command line: one module per subcommand.
+//! The command line: one clap enum of subcommands, one module per subcommand. Every flag can also come
+//! from an `OBSERVER_*` environment variable.
+
+use std::process::ExitCode;
+
+pub mod explain;
+
+/// `observer`: which NetworkPolicy blocked this gRPC channel?
+#[derive(Debug, clap::Parser)]
+#[command(name = "observer", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Offline simulation from manifests: would this connection be allowed, and which policies decide?
+    Explain(explain::ExplainArgs),
+}
+
+/// Runs the chosen subcommand; the exit code is the subcommand's contract (see each module).
+#[must_use]
+pub fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Explain(args) => explain::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
+    }
+}

@@ -141,7 +141,7 @@ impl Fixture {
         self.inventory
             .read()
             .pod_at(ip, at)
-            .map(|h| h.pod.key.to_string())
+            .map(|h| h.pod.to_string())
     }
 }
 
@@ -172,7 +172,7 @@ async fn ready_only_after_every_kind_is_listed() {
     let pod = inv
         .pod("shop", "checkout-7d9f5c-aaaaa")
         .expect("listed pod");
-    assert_eq!(pod.labels.get("app"), Some("checkout"));
+    assert_eq!(pod.labels().get("app"), Some("checkout"));
     assert_eq!(
         pod.workload.as_ref().map(ToString::to_string).as_deref(),
         Some("Deployment/checkout")
@@ -208,7 +208,7 @@ async fn updates_and_deletes_follow_the_watch() {
     fixture
         .wait("label update", |inv| {
             inv.pod("shop", "checkout-7d9f5c-aaaaa")
-                .and_then(|p| p.labels.get("app").map(str::to_owned))
+                .and_then(|p| p.labels().get("app").map(str::to_owned))
                 == Some("checkout-v2".to_owned())
         })
         .await;

@@ -1,5 +1,6 @@
-//! The inventory: compact entries per kind, IP timelines and policy histories. No I/O, no async, no clock:
-//! every mutation and time-based lookup takes the time as an argument.
+//! The inventory: compact entries per kind, IP timelines and policy histories, and the policy engine's
+//! [`Index`](policy::Index) kept in step. No I/O, no async, no clock: every mutation and time-based lookup
+//! takes the time as an argument.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -10,10 +11,12 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::model::{
-    Interner, NamespaceEntry, NodeEntry, ObjectRef, PodEntry, PolicyRevision, object_ref,
+    Interner, ObjectRef, PodEntry, PolicyRevision, namespace_from_k8s, node_from_k8s,
+    policy_from_k8s, share_namespace, share_node, share_policy,
 };
 use super::timeline::{Holding, IpTimeline, PolicyHistory, Reach};
 use super::{Error, Kind};
+use crate::policy;
 
 /// Bounds and windows of the time-aware parts of the inventory.
 #[derive(Clone, Copy, Debug)]
@@ -47,13 +50,13 @@ impl Default for InventoryConfig {
 pub enum Endpoint<'a> {
     /// A pod held it (check [`Holding::to`] to tell a deleted pod).
     Pod(&'a Holding),
-    /// A node's internal address (host-network pods included).
-    Node(&'a Arc<NodeEntry>),
+    /// A node's address (host-network pods included).
+    Node(&'a Arc<policy::Node>),
     /// Nothing the inventory knows.
     External,
 }
 
-/// A NetworkPolicy currently in the cluster.
+/// A NetworkPolicy currently in the cluster (its rules live compiled in the engine).
 #[derive(Clone, Debug)]
 pub struct PolicyEntry {
     /// `namespace/name`.
@@ -88,15 +91,15 @@ enum Staging {
     },
     Namespaces {
         seen: HashSet<Arc<str>>,
-        changed: Vec<NamespaceEntry>,
+        changed: Vec<policy::Namespace>,
     },
     Nodes {
         seen: HashSet<Arc<str>>,
-        changed: Vec<NodeEntry>,
+        changed: Vec<policy::Node>,
     },
     Policies {
         seen: HashSet<ObjectRef>,
-        changed: Vec<PolicyEntry>,
+        changed: Vec<(PolicyEntry, policy::Policy)>,
     },
 }
 
@@ -124,18 +127,19 @@ impl Staging {
 }
 
 /// The cluster as attribution needs it: who is behind an IP at a time, which namespaces, nodes and
-/// policies exist, and which revision of a policy was in force.
+/// policies exist, which revision of a policy was in force, and the policy engine fed with all of it.
 #[derive(Debug, Default)]
 pub struct Inventory {
     config: InventoryConfig,
     interner: Interner,
     pods: HashMap<ObjectRef, Arc<PodEntry>>,
-    namespaces: HashMap<Arc<str>, Arc<NamespaceEntry>>,
-    nodes: HashMap<Arc<str>, Arc<NodeEntry>>,
+    namespaces: HashMap<Arc<str>, policy::Namespace>,
+    nodes: HashMap<Arc<str>, Arc<policy::Node>>,
     node_ips: HashMap<IpAddr, Arc<str>>,
     policies: HashMap<ObjectRef, PolicyEntry>,
     histories: HashMap<ObjectRef, PolicyHistory>,
     ips: HashMap<IpAddr, IpTimeline>,
+    engine: policy::Index,
     staging: [Option<Staging>; Kind::ALL.len()],
     synced: [bool; Kind::ALL.len()],
     generation: u64,
@@ -155,6 +159,11 @@ impl Inventory {
         &self.config
     }
 
+    /// The policy engine's index, holding the same objects (for verdicts).
+    pub fn engine(&self) -> &policy::Index {
+        &self.engine
+    }
+
     /// Bumped by every change; readers cache derived results against it.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -168,11 +177,6 @@ impl Inventory {
     /// Whether every kind has been listed: before that, "no policy selects this pod" may just be ignorance.
     pub fn is_ready(&self) -> bool {
         self.synced.iter().all(|s| *s)
-    }
-
-    /// Marks `kind` as listed (sources whose initial state is complete without a relist).
-    pub fn mark_synced(&mut self, kind: Kind) {
-        self.synced[kind.index()] = true;
     }
 
     /// Object counts.
@@ -201,6 +205,7 @@ impl Inventory {
             return false;
         };
         self.release_ips(&old, &[], now);
+        self.engine.delete_pod(namespace, name);
         self.generation += 1;
         true
     }
@@ -216,23 +221,25 @@ impl Inventory {
     }
 
     fn put_pod(&mut self, entry: PodEntry, now: SystemTime) {
-        if self.pods.get(&entry.key).is_some_and(|old| **old == entry) {
+        let key = entry.key();
+        if self.pods.get(&key).is_some_and(|old| **old == entry) {
             return;
         }
+        self.engine.apply_pod(entry.pod.clone());
         let entry = Arc::new(entry);
-        let old = self.pods.insert(entry.key.clone(), Arc::clone(&entry));
+        let old = self.pods.insert(key, Arc::clone(&entry));
         let held = holds_ips(&entry);
         if let Some(old) = old {
             // A re-created pod (same name, new uid) or a finished one gives up all its IPs.
-            let keep: &[IpAddr] = if old.uid == entry.uid && held {
-                &entry.ips
+            let keep: &[IpAddr] = if old.same_object(&entry) && held {
+                entry.ips()
             } else {
                 &[]
             };
             self.release_ips(&old, keep, now);
         }
         if held {
-            for ip in entry.ips.iter() {
+            for ip in entry.ips() {
                 self.ips
                     .entry(*ip)
                     .or_default()
@@ -243,7 +250,7 @@ impl Inventory {
     }
 
     fn release_ips(&mut self, old: &PodEntry, keep: &[IpAddr], now: SystemTime) {
-        for ip in old.ips.iter().filter(|ip| !keep.contains(ip)) {
+        for ip in old.ips().iter().filter(|ip| !keep.contains(ip)) {
             if let Some(timeline) = self.ips.get_mut(ip) {
                 timeline.release(old, now);
             }
@@ -254,33 +261,32 @@ impl Inventory {
 
     /// Adds or updates a namespace.
     pub fn apply_namespace(&mut self, ns: &Namespace) -> Result<(), Error> {
-        let entry = NamespaceEntry::from_k8s(ns, &mut self.interner)?;
-        self.put_namespace(entry);
+        let compact = namespace_from_k8s(ns, &mut self.interner)?;
+        self.put_namespace(compact);
         Ok(())
     }
 
-    fn put_namespace(&mut self, entry: NamespaceEntry) {
-        if self
-            .namespaces
-            .get(&entry.name)
-            .is_some_and(|old| **old == entry)
-        {
+    fn put_namespace(&mut self, ns: policy::Namespace) {
+        if self.namespaces.get(&ns.name).is_some_and(|old| *old == ns) {
             return;
         }
-        self.namespaces
-            .insert(Arc::clone(&entry.name), Arc::new(entry));
+        self.engine.apply_namespace(ns.clone());
+        self.namespaces.insert(Arc::clone(&ns.name), ns);
         self.generation += 1;
     }
 
     /// Removes a namespace.
     pub fn delete_namespace(&mut self, name: &str) -> bool {
-        let removed = self.namespaces.remove(name).is_some();
-        self.generation += u64::from(removed);
-        removed
+        if self.namespaces.remove(name).is_none() {
+            return false;
+        }
+        self.engine.delete_namespace(name);
+        self.generation += 1;
+        true
     }
 
-    /// The namespace `name`.
-    pub fn namespace(&self, name: &str) -> Option<&Arc<NamespaceEntry>> {
+    /// The namespace `name` (its labels are what namespace selectors match).
+    pub fn namespace(&self, name: &str) -> Option<&policy::Namespace> {
         self.namespaces.get(name)
     }
 
@@ -288,30 +294,27 @@ impl Inventory {
 
     /// Adds or updates a node.
     pub fn apply_node(&mut self, node: &Node) -> Result<(), Error> {
-        let entry = NodeEntry::from_k8s(node, &mut self.interner)?;
-        self.put_node(entry);
+        let compact = node_from_k8s(node, &mut self.interner)?;
+        self.put_node(compact);
         Ok(())
     }
 
-    fn put_node(&mut self, entry: NodeEntry) {
-        if self
-            .nodes
-            .get(&entry.name)
-            .is_some_and(|old| **old == entry)
-        {
+    fn put_node(&mut self, node: policy::Node) {
+        if self.nodes.get(&node.name).is_some_and(|old| **old == node) {
             return;
         }
-        self.forget_node_ips(&entry.name);
-        for ip in entry.addresses.iter() {
-            self.node_ips.insert(*ip, Arc::clone(&entry.name));
+        self.forget_node_ips(&node.name);
+        for ip in node.ips.iter() {
+            self.node_ips.insert(*ip, Arc::clone(&node.name));
         }
-        self.nodes.insert(Arc::clone(&entry.name), Arc::new(entry));
+        self.engine.apply_node(node.clone());
+        self.nodes.insert(Arc::clone(&node.name), Arc::new(node));
         self.generation += 1;
     }
 
     fn forget_node_ips(&mut self, name: &str) {
         if let Some(old) = self.nodes.get(name) {
-            for ip in old.addresses.iter() {
+            for ip in old.ips.iter() {
                 if self.node_ips.get(ip).is_some_and(|n| **n == *name) {
                     self.node_ips.remove(ip);
                 }
@@ -322,67 +325,69 @@ impl Inventory {
     /// Removes a node.
     pub fn delete_node(&mut self, name: &str) -> bool {
         self.forget_node_ips(name);
-        let removed = self.nodes.remove(name).is_some();
-        self.generation += u64::from(removed);
-        removed
+        if self.nodes.remove(name).is_none() {
+            return false;
+        }
+        self.engine.delete_node(name);
+        self.generation += 1;
+        true
     }
 
     /// The node `name`.
-    pub fn node(&self, name: &str) -> Option<&Arc<NodeEntry>> {
+    pub fn node(&self, name: &str) -> Option<&Arc<policy::Node>> {
         self.nodes.get(name)
     }
 
     // ---- policies ----
 
     /// Adds or updates a NetworkPolicy, recording a new revision when its resourceVersion changed.
-    pub fn apply_policy(&mut self, policy: &NetworkPolicy, now: SystemTime) -> Result<(), Error> {
-        let entry = self.policy_entry(policy, now)?;
-        self.put_policy(entry);
+    pub fn apply_policy(&mut self, np: &NetworkPolicy, now: SystemTime) -> Result<(), Error> {
+        let (compiled, revision) = policy_from_k8s(np, now, &mut self.interner)?;
+        self.put_policy(compiled, revision);
         Ok(())
     }
 
-    fn policy_entry(
-        &mut self,
-        policy: &NetworkPolicy,
-        now: SystemTime,
-    ) -> Result<PolicyEntry, Error> {
-        let key = object_ref(Kind::NetworkPolicy, &policy.metadata, &mut self.interner)?;
-        Ok(PolicyEntry {
-            key,
-            revision: PolicyRevision::of(policy, now),
+    fn policy_key(compiled: &policy::Policy) -> ObjectRef {
+        ObjectRef {
+            namespace: Arc::clone(&compiled.meta.namespace),
+            name: Arc::clone(&compiled.meta.name),
+        }
+    }
+
+    /// Whether `revision` is the one already in force (a relist re-sends every object).
+    fn is_current_policy(&self, key: &ObjectRef, revision: &PolicyRevision) -> bool {
+        self.policies.get(key).is_some_and(|old| {
+            old.revision.uid == revision.uid
+                && old.revision.resource_version == revision.resource_version
+                && old.revision.spec_hash == revision.spec_hash
         })
     }
 
-    /// Whether `entry` is the revision already in force (a relist re-sends every object).
-    fn is_current_policy(&self, entry: &PolicyEntry) -> bool {
-        self.policies.get(&entry.key).is_some_and(|old| {
-            old.revision.uid == entry.revision.uid
-                && old.revision.resource_version == entry.revision.resource_version
-                && old.revision.spec_hash == entry.revision.spec_hash
-        })
-    }
-
-    fn put_policy(&mut self, entry: PolicyEntry) {
-        if self.is_current_policy(&entry) {
+    fn put_policy(&mut self, compiled: policy::Policy, revision: PolicyRevision) {
+        let key = Self::policy_key(&compiled);
+        if self.is_current_policy(&key, &revision) {
             return;
         }
         self.histories
-            .entry(entry.key.clone())
+            .entry(key.clone())
             .or_default()
-            .record(entry.revision.clone(), self.config.policy_revisions);
-        self.policies.insert(entry.key.clone(), entry);
+            .record(revision.clone(), self.config.policy_revisions);
+        self.engine.apply_policy(compiled);
+        self.policies
+            .insert(key.clone(), PolicyEntry { key, revision });
         self.generation += 1;
     }
 
     /// Removes a NetworkPolicy; its history says until when it was in force.
     pub fn delete_policy(&mut self, namespace: &str, name: &str, now: SystemTime) -> bool {
         let key = ObjectRef::new(namespace, name);
-        let Some(_) = self.policies.remove(&key) else {
+        if self.policies.remove(&key).is_none() {
             return false;
-        };
+        }
         if let Some(history) = self.histories.get_mut(&key) {
             history.mark_deleted(now);
         }
+        self.engine.delete_policy(namespace, name);
         self.generation += 1;
         true
     }
@@ -456,70 +461,80 @@ impl Inventory {
     /// Stages a listed pod. Without a [`Inventory::begin`] it is applied at once.
     pub fn stage_pod(&mut self, pod: &Pod, now: SystemTime) -> Result<(), Error> {
         let entry = PodEntry::from_k8s(pod, &mut self.interner)?;
+        self.stage_pod_entry(entry, now);
+        Ok(())
+    }
+
+    fn stage_pod_entry(&mut self, entry: PodEntry, now: SystemTime) {
         match &mut self.staging[Kind::Pod.index()] {
             Some(Staging::Pods { seen, changed }) => {
-                if !self.pods.get(&entry.key).is_some_and(|old| **old == entry) {
-                    changed.push(entry.clone());
+                let key = entry.key();
+                if !self.pods.get(&key).is_some_and(|old| **old == entry) {
+                    changed.push(entry);
                 }
-                seen.insert(entry.key);
+                seen.insert(key);
             }
             _ => self.put_pod(entry, now),
         }
-        Ok(())
     }
 
     /// Stages a listed namespace. Without a [`Inventory::begin`] it is applied at once.
     pub fn stage_namespace(&mut self, ns: &Namespace) -> Result<(), Error> {
-        let entry = NamespaceEntry::from_k8s(ns, &mut self.interner)?;
+        let compact = namespace_from_k8s(ns, &mut self.interner)?;
+        self.stage_namespace_compact(compact);
+        Ok(())
+    }
+
+    fn stage_namespace_compact(&mut self, ns: policy::Namespace) {
         match &mut self.staging[Kind::Namespace.index()] {
             Some(Staging::Namespaces { seen, changed }) => {
-                seen.insert(Arc::clone(&entry.name));
-                if !self
-                    .namespaces
-                    .get(&entry.name)
-                    .is_some_and(|old| **old == entry)
-                {
-                    changed.push(entry);
+                seen.insert(Arc::clone(&ns.name));
+                if !self.namespaces.get(&ns.name).is_some_and(|old| *old == ns) {
+                    changed.push(ns);
                 }
             }
-            _ => self.put_namespace(entry),
+            _ => self.put_namespace(ns),
         }
-        Ok(())
     }
 
     /// Stages a listed node. Without a [`Inventory::begin`] it is applied at once.
     pub fn stage_node(&mut self, node: &Node) -> Result<(), Error> {
-        let entry = NodeEntry::from_k8s(node, &mut self.interner)?;
-        match &mut self.staging[Kind::Node.index()] {
-            Some(Staging::Nodes { seen, changed }) => {
-                seen.insert(Arc::clone(&entry.name));
-                if !self
-                    .nodes
-                    .get(&entry.name)
-                    .is_some_and(|old| **old == entry)
-                {
-                    changed.push(entry);
-                }
-            }
-            _ => self.put_node(entry),
-        }
+        let compact = node_from_k8s(node, &mut self.interner)?;
+        self.stage_node_compact(compact);
         Ok(())
     }
 
-    /// Stages a listed policy. Without a [`Inventory::begin`] it is applied at once.
-    pub fn stage_policy(&mut self, policy: &NetworkPolicy, now: SystemTime) -> Result<(), Error> {
-        let entry = self.policy_entry(policy, now)?;
-        let current = self.is_current_policy(&entry);
-        match &mut self.staging[Kind::NetworkPolicy.index()] {
-            Some(Staging::Policies { seen, changed }) => {
-                seen.insert(entry.key.clone());
-                if !current {
-                    changed.push(entry);
+    fn stage_node_compact(&mut self, node: policy::Node) {
+        match &mut self.staging[Kind::Node.index()] {
+            Some(Staging::Nodes { seen, changed }) => {
+                seen.insert(Arc::clone(&node.name));
+                if !self.nodes.get(&node.name).is_some_and(|old| **old == node) {
+                    changed.push(node);
                 }
             }
-            _ => self.put_policy(entry),
+            _ => self.put_node(node),
         }
+    }
+
+    /// Stages a listed policy. Without a [`Inventory::begin`] it is applied at once.
+    pub fn stage_policy(&mut self, np: &NetworkPolicy, now: SystemTime) -> Result<(), Error> {
+        let (compiled, revision) = policy_from_k8s(np, now, &mut self.interner)?;
+        self.stage_policy_compiled(compiled, revision);
         Ok(())
+    }
+
+    fn stage_policy_compiled(&mut self, compiled: policy::Policy, revision: PolicyRevision) {
+        let key = Self::policy_key(&compiled);
+        let current = self.is_current_policy(&key, &revision);
+        match &mut self.staging[Kind::NetworkPolicy.index()] {
+            Some(Staging::Policies { seen, changed }) => {
+                seen.insert(key.clone());
+                if !current {
+                    changed.push((PolicyEntry { key, revision }, compiled));
+                }
+            }
+            _ => self.put_policy(compiled, revision),
+        }
     }
 
     /// Ends the relist of `kind`: staged objects replace the current ones, objects not listed are deleted
@@ -542,9 +557,17 @@ impl Inventory {
                 }
             }
             Some(Staging::Namespaces { seen, changed }) => {
-                self.namespaces.retain(|k, _| seen.contains(k));
-                for entry in changed {
-                    self.put_namespace(entry);
+                let gone: Vec<Arc<str>> = self
+                    .namespaces
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    self.delete_namespace(&name);
+                }
+                for ns in changed {
+                    self.put_namespace(ns);
                 }
             }
             Some(Staging::Nodes { seen, changed }) => {
@@ -557,8 +580,8 @@ impl Inventory {
                 for name in gone {
                     self.delete_node(&name);
                 }
-                for entry in changed {
-                    self.put_node(entry);
+                for node in changed {
+                    self.put_node(node);
                 }
             }
             Some(Staging::Policies { seen, changed }) => {
@@ -571,8 +594,8 @@ impl Inventory {
                 for key in gone {
                     self.delete_policy(&key.namespace, &key.name, now);
                 }
-                for entry in changed {
-                    self.put_policy(entry);
+                for (entry, compiled) in changed {
+                    self.put_policy(compiled, entry.revision);
                 }
             }
             None => {}
@@ -580,6 +603,42 @@ impl Inventory {
         self.generation += 1;
         self.synced[kind.index()] = true;
         self.interner.sweep();
+    }
+
+    /// Replaces every kind at once with objects already in the engine's compact form (manifest files),
+    /// as one relist of each kind: unchanged objects keep their tenures and revisions.
+    pub fn replace_compact(
+        &mut self,
+        namespaces: Vec<policy::Namespace>,
+        nodes: Vec<policy::Node>,
+        pods: Vec<policy::Pod>,
+        policies: Vec<policy::Policy>,
+        now: SystemTime,
+    ) {
+        for kind in Kind::ALL {
+            self.begin(kind);
+        }
+        for ns in namespaces {
+            let ns = share_namespace(ns, &mut self.interner);
+            self.stage_namespace_compact(ns);
+        }
+        for node in nodes {
+            let node = share_node(node, &mut self.interner);
+            self.stage_node_compact(node);
+        }
+        for compiled in policies {
+            let compiled = share_policy(compiled, &mut self.interner);
+            let revision = PolicyRevision::of_compiled(&compiled, now);
+            self.stage_policy_compiled(compiled, revision);
+        }
+        for pod in pods {
+            let entry = PodEntry::from_compact(pod, &mut self.interner);
+            self.stage_pod_entry(entry, now);
+        }
+        // Namespaces and policies first: each pod then finds its selecting policies once.
+        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Pod] {
+            self.commit(kind, now);
+        }
     }
 
     /// Forgets everything (timelines and histories included) and every kind's synced flag.
@@ -590,7 +649,7 @@ impl Inventory {
 
 /// Whether a pod's IPs are its own: host-network pods use the node's, finished pods have released theirs.
 fn holds_ips(pod: &PodEntry) -> bool {
-    !pod.host_network && !pod.terminated
+    !pod.host_network() && !pod.terminated
 }
 
 #[cfg(test)]
@@ -705,7 +764,7 @@ mod tests {
     }
 
     fn pod_name_at(inv: &Inventory, addr: &str, at: SystemTime) -> Option<String> {
-        inv.pod_at(ip(addr), at).map(|h| h.pod.key.to_string())
+        inv.pod_at(ip(addr), at).map(|h| h.pod.to_string())
     }
 
     #[test]
@@ -724,11 +783,11 @@ mod tests {
         );
         inv.apply_pod(&pod, t(0)).expect("valid pod");
         let entry = inv.pod("shop", "checkout-7d9f5c-abcde").expect("applied");
-        assert_eq!(entry.labels.get("app"), Some("checkout"));
-        assert_eq!(entry.ips.as_ref(), &[ip("10.0.0.1")]);
-        assert_eq!(entry.node.as_deref(), Some("n1"));
+        assert_eq!(entry.labels().get("app"), Some("checkout"));
+        assert_eq!(entry.ips(), &[ip("10.0.0.1")]);
+        assert_eq!(entry.node(), Some("n1"));
         assert_eq!(
-            entry.named_port("grpc", crate::cluster::Protocol::Tcp),
+            entry.named_port("grpc", crate::policy::Protocol::Tcp),
             Some(50051)
         );
         let workload = entry.workload.as_ref().expect("owner reference");
@@ -783,7 +842,7 @@ mod tests {
         );
         // Between deletion and reuse, within lookup_after: stale clients still dial the deleted pod.
         let holding = inv.pod_at(ip("10.0.0.9"), t(130)).expect("lingering");
-        assert_eq!(holding.pod.key.to_string(), "a/old");
+        assert_eq!(holding.pod.to_string(), "a/old");
         assert_eq!(holding.to, Some(t(100)));
         // Shortly before the inventory heard of the new pod (watch lag): the new pod.
         assert_eq!(
@@ -853,7 +912,7 @@ mod tests {
         assert_eq!(timeline.holders().count(), 1);
         let holding = timeline.current().expect("open");
         assert_eq!(holding.from, t(0));
-        assert_eq!(holding.pod.labels.get("v"), Some("2"));
+        assert_eq!(holding.pod.labels().get("v"), Some("2"));
     }
 
     #[test]
@@ -1051,7 +1110,7 @@ mod tests {
         let timeline = inv.ip_timeline(ip("10.0.0.1")).expect("held");
         let names: Vec<_> = timeline
             .holders()
-            .map(|h| h.pod.key.name.to_string())
+            .map(|h| h.pod.pod.name.to_string())
             .collect();
         assert_eq!(names, ["p3", "p4"]);
     }
@@ -1066,5 +1125,46 @@ mod tests {
         assert_eq!(inv.generation(), g);
         inv.delete_pod("a", "p", t(2));
         assert!(inv.generation() > g);
+    }
+
+    #[test]
+    fn engine_follows_applies_deletes_and_relists() {
+        let mut inv = Inventory::default();
+        inv.apply_pod(
+            &mk_pod("x", "client", "u1", "10.0.0.1", &[("app", "client")]),
+            t(0),
+        )
+        .expect("valid");
+        inv.apply_pod(
+            &mk_pod("x", "server", "u2", "10.0.0.2", &[("app", "payments")]),
+            t(0),
+        )
+        .expect("valid");
+        let verdict = |inv: &Inventory| {
+            inv.engine()
+                .evaluate_ips(ip("10.0.0.1"), ip("10.0.0.2"), 50051, policy::Protocol::Tcp)
+        };
+        assert!(verdict(&inv).allowed, "no policy: allowed");
+
+        // A policy selecting the server with no ingress rules isolates it.
+        let mut deny = mk_policy("x", "deny", "p1", "1", "payments");
+        if let Some(spec) = deny.spec.as_mut() {
+            spec.policy_types = Some(vec!["Ingress".to_owned()]);
+        }
+        inv.apply_policy(&deny, t(1)).expect("valid");
+        let denied = verdict(&inv);
+        assert!(!denied.allowed);
+        assert_eq!(denied.ingress.denied_by, ["x/deny"]);
+
+        // A relist without the policy removes it from the engine too.
+        inv.begin(Kind::NetworkPolicy);
+        inv.commit(Kind::NetworkPolicy, t(2));
+        assert!(verdict(&inv).allowed);
+
+        inv.delete_pod("x", "server", t(3));
+        assert!(matches!(
+            inv.engine().lookup_ip(ip("10.0.0.2")),
+            policy::Endpoint::External { .. }
+        ));
     }
 }

@@ -2,12 +2,13 @@
 //!
 //! ```text
 //!  Inventory
-//!  ├── pods        namespace/name ─▶ PodEntry { uid, labels, ips, node, hostNetwork, ports, workload }
+//!  ├── pods        namespace/name ─▶ PodEntry { policy::Pod, uid, ports, workload }
 //!  ├── ips         IpAddr ─▶ IpTimeline [ Holding { pod, from, to } … last N ]   (IP reuse, deleted pods)
-//!  ├── namespaces  name ─▶ NamespaceEntry { labels }
-//!  ├── nodes       name ─▶ NodeEntry { internal IPs, labels }        (+ node IP ─▶ name)
+//!  ├── namespaces  name ─▶ policy::Namespace { labels }
+//!  ├── nodes       name ─▶ policy::Node { IPs }                      (+ node IP ─▶ name)
 //!  ├── policies    namespace/name ─▶ PolicyEntry { revision in force }
 //!  ├── histories   namespace/name ─▶ PolicyHistory [ PolicyRevision { uid, rv, generation, hash, seen } … ]
+//!  ├── engine      policy::Index, fed the same applies and deletes (verdicts)
 //!  └── synced      per kind; ready when all four kinds were listed
 //! ```
 //!
@@ -28,8 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 
 pub use index::{Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry};
 pub use model::{
-    ContainerPort, Interner, Labels, NamespaceEntry, NodeEntry, ObjectRef, PodEntry,
-    PolicyRevision, Protocol, Workload, WorkloadKind,
+    ContainerPort, Interner, ObjectRef, PodEntry, PolicyRevision, Workload, WorkloadKind,
 };
 pub use timeline::{Holding, IpTimeline, PolicyHistory};
 
@@ -77,17 +77,15 @@ impl std::fmt::Display for Kind {
 /// An object the inventory cannot take: it is skipped, the rest of the cluster is still used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A field the inventory cannot do without is absent.
-    #[error("{kind} {object:?}: missing {field}")]
-    MissingField {
+    /// The policy engine's conversion rejected it (every problem, each naming object and field).
+    #[error("invalid {kind}: {}", join(errors))]
+    Invalid {
         /// Kind of the object.
         kind: Kind,
-        /// What is known of its identity (`namespace/name`, or less).
-        object: String,
-        /// The missing field.
-        field: &'static str,
+        /// What is wrong, field by field.
+        errors: Vec<crate::policy::CompileError>,
     },
-    /// A field has a value the inventory cannot interpret.
+    /// A field only the inventory reads has a value it cannot interpret.
     #[error("{kind} {object}: invalid {field} {value:?}")]
     InvalidField {
         /// Kind of the object.
@@ -99,6 +97,11 @@ pub enum Error {
         /// Its value.
         value: String,
     },
+}
+
+fn join(errors: &[crate::policy::CompileError]) -> String {
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    texts.join("; ")
 }
 
 /// The inventory shared between its writers (sources) and readers. Locks are held for one update or one

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+
+use crate::policy::{self, Labels, Protocol};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -72,80 +74,6 @@ impl ObjectRef {
 impl std::fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// Labels, sorted by key, with shared strings.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Labels(Box<[(Arc<str>, Arc<str>)]>);
-
-impl Labels {
-    fn from_meta(meta: &ObjectMeta, interner: &mut Interner) -> Self {
-        let Some(labels) = &meta.labels else {
-            return Self::default();
-        };
-        // BTreeMap iteration is already sorted by key, which `get` relies on.
-        Self(
-            labels
-                .iter()
-                .map(|(k, v)| (interner.intern(k), interner.intern(v)))
-                .collect(),
-        )
-    }
-
-    /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|(k, _)| k.as_ref().cmp(key))
-            .ok()
-            .map(|i| self.0[i].1.as_ref())
-    }
-
-    /// All pairs, sorted by key.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
-    }
-
-    /// Number of labels.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are no labels.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// L4 protocol of a port, as Kubernetes spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    /// TCP (the default when a manifest omits it).
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl Protocol {
-    /// Parses the Kubernetes spelling; `None` (absent) means TCP.
-    pub fn parse(value: Option<&str>) -> Option<Self> {
-        match value {
-            None | Some("TCP") => Some(Self::Tcp),
-            Some("UDP") => Some(Self::Udp),
-            Some("SCTP") => Some(Self::Sctp),
-            Some(_) => None,
-        }
-    }
-
-    /// The Kubernetes spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "TCP",
-            Self::Udp => "UDP",
-            Self::Sctp => "SCTP",
-        }
     }
 }
 
@@ -251,51 +179,32 @@ impl Workload {
     }
 }
 
-/// What the inventory keeps of a Pod.
+/// What the inventory keeps of a Pod: the engine's compact pod plus what attribution adds to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodEntry {
-    /// `namespace/name`.
-    pub key: ObjectRef,
+    /// Namespace, name, labels, IPs, node, hostNetwork and named ports, as the policy engine sees them.
+    pub pod: policy::Pod,
     /// `metadata.uid` (empty when the source gave none, as hand-written manifests often do).
     pub uid: Box<str>,
-    /// Labels.
-    pub labels: Labels,
-    /// Pod IPs (v4 and v6), primary first. Empty until the pod is scheduled and networked.
-    pub ips: Box<[IpAddr]>,
-    /// The node it runs on, once scheduled.
-    pub node: Option<Arc<str>>,
-    /// Whether it shares the node's network namespace (then its IPs are the node's).
-    pub host_network: bool,
     /// Whether it finished (`Succeeded`/`Failed`): its IPs are released and may be reused while it lingers.
     pub terminated: bool,
-    /// Ports declared by its containers (init containers included: sidecars listen too).
+    /// Every port its containers declare, named or not (init containers included: sidecars listen too).
     pub ports: Box<[ContainerPort]>,
     /// The owning workload, when owner references show one.
     pub workload: Option<Workload>,
 }
 
 impl PodEntry {
-    /// Converts a Pod, sharing strings through `interner`.
+    /// Converts a Pod (validated by the policy engine's conversion), sharing strings through `interner`.
     pub fn from_k8s(pod: &Pod, interner: &mut Interner) -> Result<Self, Error> {
-        let key = object_ref(Kind::Pod, &pod.metadata, interner)?;
-        let spec = pod.spec.as_ref();
-        let status = pod.status.as_ref();
-        let mut ips = Vec::new();
-        let listed = status
-            .and_then(|s| s.pod_ips.as_deref())
-            .unwrap_or_default();
-        let texts = listed
-            .iter()
-            .map(|p| p.ip.as_str())
-            .chain(status.and_then(|s| s.pod_ip.as_deref()));
-        for text in texts {
-            let ip = parse_ip(Kind::Pod, &key, "status.podIPs", text)?;
-            if !ips.contains(&ip) {
-                ips.push(ip);
-            }
-        }
+        let compact = policy::Pod::from_k8s(pod).map_err(|errors| Error::Invalid {
+            kind: Kind::Pod,
+            errors,
+        })?;
         let mut ports = Vec::new();
-        let containers = spec
+        let containers = pod
+            .spec
+            .as_ref()
             .map(|s| {
                 s.containers
                     .iter()
@@ -305,114 +214,194 @@ impl PodEntry {
             .flatten();
         for container in containers {
             for p in container.ports.iter().flatten() {
+                let invalid = |field: &'static str, value: String| Error::InvalidField {
+                    kind: Kind::Pod,
+                    object: format!("{}/{}", compact.namespace, compact.name),
+                    field,
+                    value,
+                };
+                // Regular containers were validated by the engine; init containers' ports only here.
                 let port = u16::try_from(p.container_port)
                     .ok()
                     .filter(|p| *p != 0)
-                    .ok_or_else(|| Error::InvalidField {
-                        kind: Kind::Pod,
-                        object: key.to_string(),
-                        field: "spec.containers[].ports[].containerPort",
-                        value: p.container_port.to_string(),
+                    .ok_or_else(|| {
+                        invalid(
+                            "spec.initContainers[].ports[].containerPort",
+                            p.container_port.to_string(),
+                        )
                     })?;
-                let protocol =
-                    Protocol::parse(p.protocol.as_deref()).ok_or_else(|| Error::InvalidField {
-                        kind: Kind::Pod,
-                        object: key.to_string(),
-                        field: "spec.containers[].ports[].protocol",
-                        value: p.protocol.clone().unwrap_or_default(),
-                    })?;
+                let protocol = match p.protocol.as_deref() {
+                    None => Protocol::Tcp,
+                    Some(text) => text.parse().map_err(|_| {
+                        invalid("spec.initContainers[].ports[].protocol", text.to_owned())
+                    })?,
+                };
                 ports.push(ContainerPort {
-                    name: p.name.as_deref().map(|n| interner.intern(n)),
+                    name: p
+                        .name
+                        .as_deref()
+                        .filter(|n| !n.is_empty())
+                        .map(|n| interner.intern(n)),
                     port,
                     protocol,
                 });
             }
         }
+        let status = pod.status.as_ref();
         Ok(Self {
             uid: pod.metadata.uid.as_deref().unwrap_or_default().into(),
-            labels: Labels::from_meta(&pod.metadata, interner),
-            ips: ips.into_boxed_slice(),
-            node: spec
-                .and_then(|s| s.node_name.as_deref())
-                .filter(|n| !n.is_empty())
-                .map(|n| interner.intern(n)),
-            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             terminated: matches!(
                 status.and_then(|s| s.phase.as_deref()),
                 Some("Succeeded" | "Failed")
             ),
             ports: ports.into_boxed_slice(),
             workload: Workload::of_pod(&pod.metadata, interner),
-            key,
+            pod: share_pod(compact, interner),
         })
+    }
+
+    /// An entry for a pod known only in the engine's compact form (manifest files): no uid, no workload.
+    pub fn from_compact(pod: policy::Pod, interner: &mut Interner) -> Self {
+        let pod = share_pod(pod, interner);
+        let ports = pod
+            .named_ports
+            .iter()
+            .map(|p| ContainerPort {
+                name: Some(Arc::clone(&p.name)),
+                port: p.port,
+                protocol: p.protocol,
+            })
+            .collect();
+        Self {
+            uid: Box::from(""),
+            terminated: false,
+            ports,
+            workload: None,
+            pod,
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> ObjectRef {
+        ObjectRef {
+            namespace: Arc::clone(&self.pod.namespace),
+            name: Arc::clone(&self.pod.name),
+        }
+    }
+
+    /// Labels.
+    pub fn labels(&self) -> &Labels {
+        &self.pod.labels
+    }
+
+    /// Pod IPs, primary first (none for a finished pod: the engine drops them).
+    pub fn ips(&self) -> &[IpAddr] {
+        &self.pod.ips
+    }
+
+    /// The node it runs on, once scheduled.
+    pub fn node(&self) -> Option<&str> {
+        self.pod.node_name.as_deref()
+    }
+
+    /// Whether it shares its node's network namespace (then its IPs are the node's).
+    pub fn host_network(&self) -> bool {
+        self.pod.host_network
     }
 
     /// The port named `name` with `protocol`, as a policy's named port resolves against this pod.
     pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
-        self.ports
-            .iter()
-            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
-            .map(|p| p.port)
+        self.pod.named_port(name, protocol)
+    }
+
+    /// Whether `other` is the same pod object, not just the same name: a re-created pod is another one.
+    pub fn same_object(&self, other: &Self) -> bool {
+        self.uid == other.uid
+            && self.pod.name == other.pod.name
+            && self.pod.namespace == other.pod.namespace
     }
 }
 
-/// What the inventory keeps of a Namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NamespaceEntry {
-    /// Name.
-    pub name: Arc<str>,
-    /// Labels (including `kubernetes.io/metadata.name`, which the API server sets).
-    pub labels: Labels,
-}
-
-impl NamespaceEntry {
-    /// Converts a Namespace.
-    pub fn from_k8s(ns: &Namespace, interner: &mut Interner) -> Result<Self, Error> {
-        let name = required_name(Kind::Namespace, &ns.metadata)?;
-        Ok(Self {
-            name: interner.intern(name),
-            labels: Labels::from_meta(&ns.metadata, interner),
-        })
+impl std::fmt::Display for PodEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.pod.namespace, self.pod.name)
     }
 }
 
-/// What the inventory keeps of a Node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeEntry {
-    /// Name.
-    pub name: Arc<str>,
-    /// `InternalIP` addresses (what host-network pods and kubelet probes come from).
-    pub addresses: Box<[IpAddr]>,
-    /// Labels.
-    pub labels: Labels,
+/// Swaps a compact pod's repeated strings for shared copies.
+fn share_pod(mut pod: policy::Pod, interner: &mut Interner) -> policy::Pod {
+    pod.namespace = interner.intern(&pod.namespace);
+    pod.node_name = pod.node_name.map(|n| interner.intern(&n));
+    share_labels(&mut pod.labels, interner);
+    for port in pod.named_ports.iter_mut() {
+        port.name = interner.intern(&port.name);
+    }
+    pod
 }
 
-impl NodeEntry {
-    /// Converts a Node. Addresses that are not IPs (hostnames) or not internal are not kept.
-    pub fn from_k8s(node: &Node, interner: &mut Interner) -> Result<Self, Error> {
-        let name = interner.intern(required_name(Kind::Node, &node.metadata)?);
-        let mut addresses = Vec::new();
-        let listed = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_deref())
-            .unwrap_or_default();
-        for a in listed.iter().filter(|a| a.type_ == "InternalIP") {
-            let key = ObjectRef {
-                namespace: Arc::from(""),
-                name: Arc::clone(&name),
-            };
-            let ip = parse_ip(Kind::Node, &key, "status.addresses[].address", &a.address)?;
-            if !addresses.contains(&ip) {
-                addresses.push(ip);
-            }
-        }
-        Ok(Self {
-            labels: Labels::from_meta(&node.metadata, interner),
-            addresses: addresses.into_boxed_slice(),
-            name,
-        })
+fn share_labels(labels: &mut Labels, interner: &mut Interner) {
+    for (k, v) in labels.pairs_mut() {
+        *k = interner.intern(k);
+        *v = interner.intern(v);
     }
+}
+
+/// Converts a Namespace (adding `kubernetes.io/metadata.name` if a manifest lacks it).
+pub fn namespace_from_k8s(
+    ns: &Namespace,
+    interner: &mut Interner,
+) -> Result<policy::Namespace, Error> {
+    let compact = policy::Namespace::from_k8s(ns).map_err(|errors| Error::Invalid {
+        kind: Kind::Namespace,
+        errors,
+    })?;
+    Ok(share_namespace(compact, interner))
+}
+
+/// Swaps a compact namespace's strings for shared copies.
+pub fn share_namespace(mut ns: policy::Namespace, interner: &mut Interner) -> policy::Namespace {
+    ns.name = interner.intern(&ns.name);
+    share_labels(&mut ns.labels, interner);
+    ns
+}
+
+/// Converts a Node (its InternalIP and ExternalIP addresses).
+pub fn node_from_k8s(node: &Node, interner: &mut Interner) -> Result<policy::Node, Error> {
+    let compact = policy::Node::from_k8s(node).map_err(|errors| Error::Invalid {
+        kind: Kind::Node,
+        errors,
+    })?;
+    Ok(share_node(compact, interner))
+}
+
+/// Swaps a compact node's name for the shared copy.
+pub fn share_node(mut node: policy::Node, interner: &mut Interner) -> policy::Node {
+    node.name = interner.intern(&node.name);
+    node
+}
+
+/// Compiles a NetworkPolicy for the engine and notes its revision, seen at `now`.
+pub fn policy_from_k8s(
+    np: &NetworkPolicy,
+    now: SystemTime,
+    interner: &mut Interner,
+) -> Result<(policy::Policy, PolicyRevision), Error> {
+    let compiled = policy::Policy::compile(np).map_err(|errors| Error::Invalid {
+        kind: Kind::NetworkPolicy,
+        errors,
+    })?;
+    Ok((
+        share_policy(compiled, interner),
+        PolicyRevision::of(np, now),
+    ))
+}
+
+/// Swaps a compiled policy's namespace for the shared copy.
+pub fn share_policy(mut compiled: policy::Policy, interner: &mut Interner) -> policy::Policy {
+    let mut meta = (*compiled.meta).clone();
+    meta.namespace = interner.intern(&meta.namespace);
+    compiled.meta = Arc::new(meta);
+    compiled
 }
 
 /// Identity of one revision of a NetworkPolicy: enough for a forensics record to name what was in force.
@@ -455,9 +444,12 @@ impl PolicyRevision {
 /// FNV-1a over the spec's JSON: deterministic across runs and builds (unlike `DefaultHasher`), and serde
 /// writes struct fields in declaration order and maps sorted, so equal specs hash equal.
 fn spec_hash(policy: &NetworkPolicy) -> u64 {
+    fnv1a(&serde_json::to_vec(&policy.spec).unwrap_or_default())
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0100_0000_01b3;
-    let bytes = serde_json::to_vec(&policy.spec).unwrap_or_default();
     bytes
         .iter()
         .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
@@ -481,46 +473,22 @@ fn last_spec_write(meta: &ObjectMeta) -> Option<SystemTime> {
     })
 }
 
-fn required_name(kind: Kind, meta: &ObjectMeta) -> Result<&str, Error> {
-    meta.name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .ok_or(Error::MissingField {
-            kind,
-            object: meta.namespace.clone().unwrap_or_default(),
-            field: "metadata.name",
-        })
-}
-
-/// The `namespace/name` of a namespaced object. A missing namespace is an error rather than `default`: the
-/// API server always sets it, and a manifest without one is ambiguous.
-pub(crate) fn object_ref(
-    kind: Kind,
-    meta: &ObjectMeta,
-    interner: &mut Interner,
-) -> Result<ObjectRef, Error> {
-    let name = required_name(kind, meta)?;
-    let namespace = meta
-        .namespace
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| Error::MissingField {
-            kind,
-            object: name.to_owned(),
-            field: "metadata.namespace",
-        })?;
-    Ok(ObjectRef {
-        namespace: interner.intern(namespace),
-        // Names are unique per namespace: sharing them would only cost an interner slot.
-        name: Arc::from(name),
-    })
-}
-
-fn parse_ip(kind: Kind, key: &ObjectRef, field: &'static str, text: &str) -> Result<IpAddr, Error> {
-    text.parse().map_err(|_| Error::InvalidField {
-        kind,
-        object: key.to_string(),
-        field,
-        value: text.to_owned(),
-    })
+impl PolicyRevision {
+    /// The revision of a policy known only compiled (manifest files): its metadata, and a hash of the
+    /// compiled rules (equal rules, equal hash, within one build).
+    pub fn of_compiled(compiled: &policy::Policy, now: SystemTime) -> Self {
+        let meta = &compiled.meta;
+        let text = format!(
+            "{:?}{:?}{:?}",
+            compiled.pod_selector, compiled.ingress, compiled.egress
+        );
+        Self {
+            uid: meta.uid.as_deref().unwrap_or_default().into(),
+            resource_version: meta.resource_version.as_deref().unwrap_or_default().into(),
+            generation: meta.generation,
+            spec_hash: fnv1a(text.as_bytes()),
+            modified: None,
+            seen: now,
+        }
+    }
 }

@@ -27,7 +27,7 @@ impl Holding {
     }
 
     fn is_pod(&self, pod: &PodEntry) -> bool {
-        self.pod.key == pod.key && self.pod.uid == pod.uid
+        self.pod.same_object(pod)
     }
 }
 

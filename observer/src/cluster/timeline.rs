@@ -41,9 +41,12 @@ pub(crate) struct Reach {
 }
 
 /// The last holders of one IP, oldest first; at most one is open (`to == None`).
+///
+/// A `Vec` grown one slot at a time rather than a `VecDeque`: almost every IP has a single holder, and a
+/// deque's minimum allocation of four slots would triple the per-pod cost of the timeline.
 #[derive(Clone, Debug, Default)]
 pub struct IpTimeline {
-    holders: VecDeque<Holding>,
+    holders: Vec<Holding>,
 }
 
 impl IpTimeline {
@@ -54,34 +57,34 @@ impl IpTimeline {
 
     /// The pod holding the IP now, if any.
     pub fn current(&self) -> Option<&Holding> {
-        self.holders.back().filter(|h| h.to.is_none())
+        self.holders.last().filter(|h| h.to.is_none())
     }
 
     /// Records that `pod` holds the IP from `now`: refreshes the entry if it already does, else ends the
     /// previous tenure (a missed delete or a finished pod) and starts a new one.
     pub(crate) fn hold(&mut self, pod: &Arc<PodEntry>, now: SystemTime, capacity: usize) {
-        if let Some(open) = self.holders.back_mut().filter(|h| h.to.is_none()) {
+        if let Some(open) = self.holders.last_mut().filter(|h| h.to.is_none()) {
             if open.is_pod(pod) {
                 open.pod = Arc::clone(pod);
                 return;
             }
             open.to = Some(now.max(open.from));
         }
-        self.holders.push_back(Holding {
+        let excess = (self.holders.len() + 1).saturating_sub(capacity.max(1));
+        self.holders.drain(..excess);
+        self.holders.reserve_exact(1);
+        self.holders.push(Holding {
             pod: Arc::clone(pod),
             from: now,
             to: None,
         });
-        while self.holders.len() > capacity.max(1) {
-            self.holders.pop_front();
-        }
     }
 
     /// Ends `pod`'s tenure at `now`, if it has an open one.
     pub(crate) fn release(&mut self, pod: &PodEntry, now: SystemTime) {
         if let Some(open) = self
             .holders
-            .back_mut()
+            .last_mut()
             .filter(|h| h.to.is_none() && h.is_pod(pod))
         {
             open.to = Some(now.max(open.from));
@@ -109,6 +112,7 @@ impl IpTimeline {
     /// Forgets tenures that ended before `horizon`; true when nothing is left.
     pub(crate) fn prune(&mut self, horizon: SystemTime) -> bool {
         self.holders.retain(|h| h.to.is_none_or(|to| to >= horizon));
+        self.holders.shrink_to_fit();
         self.holders.is_empty()
     }
 }

@@ -573,3 +573,197 @@ fn yaml_options() -> serde_saphyr::Options {
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(name: &str, text: &str) -> Manifests {
+        let mut m = Manifests::default();
+        m.add_str(Path::new(name), text);
+        m
+    }
+
+    const GOOD_POLICY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: good, namespace: x}
+spec: {podSelector: {}}
+";
+
+    fn only_error(m: &Manifests) -> &ManifestError {
+        assert_eq!(m.errors.len(), 1, "{:#?}", m.errors);
+        &m.errors[0]
+    }
+
+    #[test]
+    fn kubectl_list_fixture_loads_every_kind() {
+        let text = include_str!("../tests/fixtures/cluster.yaml");
+        let m = load("cluster.yaml", text);
+        assert!(m.errors.is_empty(), "{:#?}", m.errors);
+        assert_eq!(
+            (
+                m.namespaces.len(),
+                m.nodes.len(),
+                m.pods.len(),
+                m.policies.len()
+            ),
+            (4, 2, 5, 4)
+        );
+        let p = m
+            .policies
+            .iter()
+            .find(|p| &*p.meta.name == "allow-frontend")
+            .expect("policy");
+        assert_eq!(p.meta.resource_version.as_deref(), Some("81233"));
+        assert_eq!(p.meta.generation, Some(3));
+    }
+
+    #[test]
+    fn multi_document_yaml_with_a_broken_document_keeps_the_others() {
+        let text = format!(
+            "{GOOD_POLICY}---\nkind: [unclosed\n---\n{}",
+            GOOD_POLICY.replace("good", "good2")
+        );
+        let m = load("multi.yaml", &text);
+        assert_eq!(m.policies.len(), 2);
+        let e = only_error(&m);
+        assert!(
+            matches!(e, ManifestError::Syntax { location, .. } if location.starts_with("document 2"))
+        );
+        assert_eq!(e.file(), Path::new("multi.yaml"));
+    }
+
+    #[test]
+    fn invalid_cidr_names_file_object_and_field_and_others_still_load() {
+        let bad = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+  - from:
+    - ipBlock: {cidr: 10.0.0.0/33}
+";
+        let m = load("p.yaml", &format!("{bad}---\n{GOOD_POLICY}"));
+        assert_eq!(m.policies.len(), 1);
+        let e = only_error(&m);
+        assert_eq!(e.file(), Path::new("p.yaml"));
+        assert_eq!(e.object(), Some("NetworkPolicy x/bad"));
+        assert_eq!(e.field(), Some("spec.ingress[0].from[0].ipBlock.cidr"));
+        assert!(e.to_string().contains("p.yaml"), "{e}");
+    }
+
+    #[test]
+    fn unknown_operator_protocol_and_port_are_reported_per_field() {
+        let bad = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad, namespace: x}
+spec:
+  podSelector:
+    matchExpressions: [{key: app, operator: Like, values: [a]}]
+  ingress:
+  - ports: [{port: 70000}, {port: 80, protocol: ICMP}]
+";
+        let m = load("p.yaml", bad);
+        assert!(m.policies.is_empty());
+        let fields: Vec<_> = m.errors.iter().filter_map(ManifestError::field).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.podSelector.matchExpressions[0].operator",
+                "spec.ingress[0].ports[0].port",
+                "spec.ingress[0].ports[1].protocol"
+            ]
+        );
+        assert!(
+            m.errors
+                .iter()
+                .all(|e| e.object() == Some("NetworkPolicy x/bad"))
+        );
+    }
+
+    #[test]
+    fn wrong_field_type_names_the_json_path() {
+        let bad = "apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: x}
+spec:
+  containers:
+  - name: c
+    ports: [{containerPort: not-a-number}]
+";
+        let m = load("pod.yaml", bad);
+        let e = only_error(&m);
+        assert!(matches!(e, ManifestError::Decode { .. }));
+        assert_eq!(e.object(), Some("Pod x/p"));
+        assert_eq!(e.field(), Some("spec.containers[0].ports[0].containerPort"));
+    }
+
+    #[test]
+    fn duplicate_object_is_reported_and_first_kept() {
+        let m = load("d.yaml", &format!("{GOOD_POLICY}---\n{GOOD_POLICY}"));
+        assert_eq!(m.policies.len(), 1);
+        let e = only_error(&m);
+        assert!(
+            matches!(e, ManifestError::Duplicate { first, .. } if first.contains("document 1"))
+        );
+        assert_eq!(e.object(), Some("NetworkPolicy x/good"));
+    }
+
+    #[test]
+    fn not_yaml_nor_json_is_a_syntax_error() {
+        let m = load("junk.yaml", "\u{0}\u{1}: : : [");
+        assert!(matches!(only_error(&m), ManifestError::Syntax { .. }));
+        let m = load("junk.json", "{\"kind\": ");
+        assert!(matches!(only_error(&m), ManifestError::Syntax { .. }));
+        let m = load("scalar.yaml", "just a string");
+        assert!(matches!(only_error(&m), ManifestError::NotAnObject { .. }));
+    }
+
+    #[test]
+    fn json_list_and_concatenated_objects_load() {
+        let text = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "x"}}]}
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}"#;
+        let m = load("l.json", text);
+        assert!(m.errors.is_empty(), "{:#?}", m.errors);
+        assert_eq!((m.namespaces.len(), m.nodes.len()), (1, 1));
+        assert_eq!(m.skipped.len(), 1);
+        assert_eq!(m.skipped[0].kind, "v1 ConfigMap");
+        assert_eq!(m.skipped[0].object, "x/c");
+    }
+
+    #[test]
+    fn typed_list_items_inherit_kind() {
+        let text = "apiVersion: v1\nkind: PodList\nitems:\n- metadata: {name: a, namespace: x}\n";
+        let m = load("pods.yaml", text);
+        assert!(m.errors.is_empty(), "{:#?}", m.errors);
+        assert_eq!(m.pods.len(), 1);
+    }
+
+    #[test]
+    fn unnamed_object_is_named_by_position() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {namespace: x}\n";
+        let m = load("u.yaml", text);
+        let e = only_error(&m);
+        assert_eq!(e.field(), Some("metadata.name"));
+        assert!(e.object().is_some_and(|o| o.starts_with("Pod ")), "{e}");
+        let m = load("k.yaml", "apiVersion: v1\nmetadata: {name: x}\n");
+        let e = only_error(&m);
+        assert_eq!(e.object(), Some("document 1"));
+        assert_eq!(e.field(), Some("kind"));
+    }
+
+    #[test]
+    fn unreadable_path_is_an_error_not_a_panic() {
+        let m = Manifests::load(&["/nonexistent/observer-manifest.yaml"]);
+        assert!(matches!(only_error(&m), ManifestError::Read { .. }));
+    }
+
+    #[test]
+    fn directories_are_read_recursively_for_manifests_only() {
+        let m = Manifests::load(&[concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")]);
+        assert!(m.pods.len() >= 5, "{:#?}", m.errors);
+    }
+}

@@ -75,9 +75,6 @@ impl<'a> Side<'a> {
     }
 }
 
-/// A rule's score for nearest-miss ranking, its index, and its peer and port misses.
-type Candidate = ((u8, bool), usize, Option<Miss>, Option<Miss>);
-
 /// Why one clause of a rule did not match, and how close it came.
 struct Miss {
     clause: String,
@@ -126,7 +123,11 @@ impl Index {
         }
     }
 
-    pub(crate) fn evaluate_uncached(
+    /// Like [`Index::evaluate`] but bypassing the verdict cache (benchmarks, one-off checks).
+    ///
+    /// # Errors
+    /// [`IndexError::StaleEndpoint`] when an endpoint refers to a pod or node that is gone.
+    pub fn evaluate_uncached(
         &self,
         src: Endpoint,
         dst: Endpoint,
@@ -328,55 +329,60 @@ impl Index {
             Direction::Ingress => "from",
             Direction::Egress => "to",
         };
-        let first = out.len();
-        let mut best: Option<Candidate> = None;
-        let mut spans = Vec::with_capacity(rules.len());
+        let mut best: Option<((u8, bool), usize, std::ops::Range<usize>)> = None;
         for (i, rule) in rules.iter().enumerate() {
             let peer_miss = self.peer_miss(rule, peer_key, &policy.meta.namespace, peer);
-            let port_miss = port_miss(rule, port, protocol, dest, peer);
+            let port_miss = port_miss(rule, port, protocol, dest);
             let score = (
                 u8::from(peer_miss.is_none()) + u8::from(port_miss.is_none()),
                 peer_miss.as_ref().is_some_and(|m| m.partial),
             );
             let start = out.len();
-            for m in peer_miss.iter().chain(port_miss.iter()) {
+            for m in peer_miss.into_iter().chain(port_miss) {
                 out.push(Explanation {
                     policy: key.clone(),
                     rule: Some(i),
-                    reason: m.reason.clone(),
-                    clause: Some(m.clause.clone()),
-                    expected: Some(m.expected.clone()),
-                    actual: Some(m.actual.clone()),
+                    reason: m.reason,
+                    clause: Some(m.clause),
+                    expected: Some(m.expected),
+                    actual: Some(m.actual),
                     nearest_miss: false,
                 });
             }
-            spans.push(start..out.len());
             if best.as_ref().is_none_or(|b| score > b.0) {
-                best = Some((score, i, peer_miss, port_miss));
+                best = Some((score, i, start..out.len()));
             }
         }
-        let Some((_, rule, peer_miss, port_miss)) = best else {
+        let Some((_, rule, span)) = best else {
             return NearestMiss {
                 rule: None,
                 summary: "no rules".into(),
             };
         };
-        if let Some(span) = spans.get(rule) {
-            for e in out.get_mut(span.clone()).into_iter().flatten() {
-                e.nearest_miss = true;
-            }
+        let entries = out.get_mut(span).unwrap_or_default();
+        for e in entries.iter_mut() {
+            e.nearest_miss = true;
         }
-        debug_assert!(out.len() >= first);
-        let summary = match (peer_miss, port_miss) {
-            (None, Some(p)) => format!("rule {rule} allows {}, not {}", p.expected, p.actual),
-            (Some(m), None) => format!(
-                "rule {rule}: {} (wants {}, got {})",
-                m.reason, m.expected, m.actual
-            ),
-            (Some(m), Some(p)) => format!(
-                "rule {rule}: {} (wants {}, got {}), and allows {}, not {}",
-                m.reason, m.expected, m.actual, p.expected, p.actual
-            ),
+        fn text(e: &Explanation) -> (&str, &str, &str) {
+            (
+                e.reason.as_str(),
+                e.expected.as_deref().unwrap_or_default(),
+                e.actual.as_deref().unwrap_or_default(),
+            )
+        }
+        let is_port = |e: &&Explanation| e.clause.as_deref() == Some("ports");
+        let port_entry = entries.iter().find(is_port).map(text);
+        let peer_entry = entries.iter().find(|e| !is_port(e)).map(text);
+        let summary = match (peer_entry, port_entry) {
+            (None, Some((_, want, got))) => format!("rule {rule} allows {want}, not {got}"),
+            (Some((why, want, got)), None) => {
+                format!("rule {rule}: {why} (wants {want}, got {got})")
+            }
+            (Some((why, want, got)), Some((_, pwant, pgot))) => {
+                format!(
+                    "rule {rule}: {why} (wants {want}, got {got}), and allows {pwant}, not {pgot}"
+                )
+            }
             // Unreachable for a denied direction; kept total rather than panicking.
             (None, None) => format!("rule {rule} matches"),
         };
@@ -394,14 +400,38 @@ impl Index {
         other: &Side<'_>,
     ) -> Option<Miss> {
         let peers = rule.peers.as_deref()?;
-        let mut best: Option<Miss> = None;
+        // Classify cheaply first and format only the peer that is reported: formatting dominates cost.
+        let mut best: Option<(usize, bool)> = None;
         for (i, p) in peers.iter().enumerate() {
-            let m = self.one_peer_miss(p, policy_ns, other, &format!("{peer_key}[{i}]"))?;
-            if best.as_ref().is_none_or(|b| m.partial && !b.partial) {
-                best = Some(m);
+            if self.peer_matches(p, policy_ns, other) {
+                return None;
+            }
+            let partial = self.peer_partial(p, policy_ns, other);
+            if best.is_none_or(|(_, b)| partial && !b) {
+                best = Some((i, partial));
             }
         }
-        best
+        let (i, _) = best?;
+        self.one_peer_miss(peers.get(i)?, policy_ns, other, &format!("{peer_key}[{i}]"))
+    }
+
+    /// Whether part of a non-matching peer matched (the CIDR but not the excepts, the namespace but not
+    /// the pod labels).
+    fn peer_partial(&self, p: &Peer, policy_ns: &str, other: &Side<'_>) -> bool {
+        match p {
+            Peer::IpBlock(b) => other.ip.is_some_and(|ip| b.cidr.contains(&ip)),
+            Peer::Pods { namespaces, .. } => {
+                other
+                    .pod
+                    .filter(|p| !p.host_network)
+                    .is_some_and(|pod| match namespaces {
+                        NamespaceScope::Own => &*pod.namespace == policy_ns,
+                        NamespaceScope::Matching(sel) => self
+                            .namespace_labels(&pod.namespace)
+                            .is_some_and(|l| sel.matches(l)),
+                    })
+            }
+        }
     }
 
     fn one_peer_miss(
@@ -511,13 +541,7 @@ fn port_matches(p: &PortMatch, port: u16, protocol: Protocol, dest: Option<&Pod>
         }
 }
 
-fn port_miss(
-    rule: &Rule,
-    port: u16,
-    protocol: Protocol,
-    dest: Option<&Pod>,
-    _peer: &Side<'_>,
-) -> Option<Miss> {
+fn port_miss(rule: &Rule, port: u16, protocol: Protocol, dest: Option<&Pod>) -> Option<Miss> {
     let ports = rule.ports.as_deref()?;
     if ports.iter().any(|p| port_matches(p, port, protocol, dest)) {
         return None;

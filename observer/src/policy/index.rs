@@ -185,7 +185,8 @@ pub struct Index {
     by_ip: HashMap<IpAddr, IpOwner>,
     /// Every ipBlock CIDR → the policies that mention it, for "which policies talk about this address".
     ip_blocks: PrefixMap<u32>,
-    /// Shared copies of label keys/values and names: thousands of pods carry the same `app=…`.
+    /// Shared copies of label keys/values and names: thousands of pods carry the same `app=…`. Never
+    /// shrunk except by [`Index::reset`]: label vocabularies are small next to the objects carrying them.
     strings: HashSet<Arc<str>>,
     next_stamp: u32,
     generation: u64,
@@ -322,7 +323,6 @@ impl Index {
     /// When two pods claim one IP (a stale pod and its successor), the last applied wins.
     pub fn apply_pod(&mut self, mut pod: Pod) {
         pod.namespace = self.intern(&pod.namespace);
-        pod.name = Arc::from(&*pod.name);
         if let Some(n) = &pod.node_name {
             pod.node_name = Some(self.intern(n));
         }

@@ -36,6 +36,9 @@ pub mod model;
 pub mod prefix;
 pub mod selector;
 
+#[cfg(test)]
+mod tests;
+
 pub use compile::CompileError;
 pub use explain::{
     DecidedBy, DirectionVerdict, EndpointInfo, EndpointKind, Explanation, NearestMiss,

@@ -1,0 +1,266 @@
+//! `observer explain` end to end: the built binary against `kubectl get -A -o yaml`-shaped fixtures.
+
+use std::process::{Command, Output};
+
+const CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cluster.yaml");
+const BAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bad/mixed.yaml");
+
+fn explain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_observer"))
+        .arg("explain")
+        .args(args)
+        .env_remove("OBSERVER_CLUSTER")
+        .output()
+        .expect("run observer")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn denied_grpc_names_every_responsible_policy_with_nearest_miss() {
+    let o = explain(&[
+        "--cluster",
+        CLUSTER,
+        "--from",
+        "shop/checkout-7d9f5c6b8-x2x9q",
+        "--to",
+        "payments/payments-0",
+        "--port",
+        "50051",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("DENIED: shop/checkout-7d9f5c6b8-x2x9q (198.18.1.2) → payments/payments-0"),
+        "{out}"
+    );
+    assert!(out.contains("ingress at payments/payments-0: DENIED by payments/allow-frontend, payments/allow-monitoring, payments/default-deny"), "{out}");
+    assert!(out.contains("payments/allow-frontend (rv 81233): nearest miss: rule 0 allows TCP 8080, not TCP 50051"), "{out}");
+    assert!(
+        out.contains("payments/default-deny (rv 5120): nearest miss: no rules"),
+        "{out}"
+    );
+    assert!(
+        out.contains("egress at shop/checkout-7d9f5c6b8-x2x9q: allowed by shop/checkout-egress"),
+        "{out}"
+    );
+}
+
+#[test]
+fn json_output_follows_the_contract() {
+    let o = explain(&[
+        "--cluster",
+        CLUSTER,
+        "--from",
+        "198.18.1.2",
+        "--to",
+        "payments/payments-0",
+        "--port",
+        "50051",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    assert_eq!(v["allowed"], false);
+    assert_eq!(
+        v["from"],
+        serde_json::json!({"kind": "pod", "namespace": "shop", "name": "checkout-7d9f5c6b8-x2x9q", "ip": "198.18.1.2"})
+    );
+    assert_eq!(v["to"]["kind"], "pod");
+    assert_eq!(v["port"], 50051);
+    assert_eq!(v["protocol"], "TCP");
+    assert_eq!(
+        v["ingress"]["denied_by"],
+        serde_json::json!([
+            "payments/allow-frontend",
+            "payments/allow-monitoring",
+            "payments/default-deny"
+        ])
+    );
+    assert_eq!(
+        v["egress"]["allowed_by"],
+        serde_json::json!(["shop/checkout-egress"])
+    );
+    let ex = v["ingress"]["explanation"]
+        .as_array()
+        .expect("explanation list");
+    assert!(ex.iter().any(|e| e["policy"] == "payments/allow-frontend"
+        && e["expected"] == "TCP 8080"
+        && e["actual"] == "TCP 50051"));
+}
+
+#[test]
+fn allowed_by_named_port_on_destination() {
+    let o = explain(&[
+        "--cluster",
+        CLUSTER,
+        "--from",
+        "monitoring/prometheus-0",
+        "--to",
+        "payments/payments-0",
+        "--port",
+        "9090",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    assert!(out.starts_with("ALLOWED"), "{out}");
+    assert!(
+        out.contains("allowed by payments/allow-monitoring"),
+        "{out}"
+    );
+}
+
+#[test]
+fn node_and_external_addresses_resolve() {
+    let o = explain(&[
+        "--cluster",
+        CLUSTER,
+        "--from",
+        "192.0.2.12",
+        "--to",
+        "payments/payments-0",
+        "--port",
+        "50051",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["from"]["kind"], "node");
+    assert_eq!(v["allowed"], true, "own node may always reach its pods");
+    let o = explain(&[
+        "--cluster",
+        CLUSTER,
+        "--from",
+        "shop/checkout-7d9f5c6b8-x2x9q",
+        "--to",
+        "203.0.113.7",
+        "--port",
+        "443",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(
+        v["to"],
+        serde_json::json!({"kind": "external", "ip": "203.0.113.7"})
+    );
+    assert_eq!(v["allowed"], true);
+}
+
+#[test]
+fn matrix_prints_a_truth_table() {
+    let o = explain(&["--cluster", CLUSTER, "--matrix", "--port", "50051"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("shop/frontend"))
+        .expect("frontend row");
+    // Columns: kube-proxy, prometheus, payments-0, checkout, frontend.
+    assert_eq!(
+        row.split('\t').skip(1).collect::<Vec<_>>(),
+        [".", ".", "X", ".", "."]
+    );
+}
+
+#[test]
+fn bad_objects_are_listed_and_evaluation_continues() {
+    let cluster = format!("{CLUSTER},{BAD}");
+    let o = explain(&[
+        "--cluster",
+        &cluster,
+        "--from",
+        "shop/checkout-7d9f5c6b8-x2x9q",
+        "--to",
+        "payments/payments-0",
+        "--port",
+        "50051",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "mixed.yaml: NetworkPolicy payments/broken-cidr: spec.egress[0].to[0].ipBlock.except[0]"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("skipped apps/v1 Deployment shop/checkout"),
+        "{err}"
+    );
+    assert!(err.contains("document 4"), "{err}");
+    assert!(
+        stdout(&o).starts_with("ALLOWED"),
+        "the valid policy from the bad file is used: {}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn unusable_input_exits_2() {
+    let o = explain(&[
+        "--cluster",
+        "/nonexistent/dir",
+        "--from",
+        "a/b",
+        "--to",
+        "c/d",
+        "--port",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nonexistent/dir"));
+    let o = explain(&[
+        "--cluster",
+        CLUSTER,
+        "--from",
+        "shop/nope",
+        "--to",
+        "payments/payments-0",
+        "--port",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--from \"shop/nope\": no such pod"),
+        "{}",
+        stderr(&o)
+    );
+    let o = explain(&[
+        "--cluster",
+        CLUSTER,
+        "--from",
+        "not-an-endpoint",
+        "--to",
+        "payments/payments-0",
+        "--port",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn flags_come_from_environment_too() {
+    let o = Command::new(env!("CARGO_BIN_EXE_observer"))
+        .args(["explain", "--from", "shop/frontend-5b6c7d8e9-abcde"])
+        .env("OBSERVER_CLUSTER", CLUSTER)
+        .env("OBSERVER_TO", "payments/payments-0")
+        .env("OBSERVER_PORT", "8080")
+        .env("OBSERVER_OUTPUT", "json")
+        .output()
+        .expect("run observer");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["allowed"], true);
+    assert_eq!(
+        v["ingress"]["allowed_by"],
+        serde_json::json!(["payments/allow-frontend"])
+    );
+}

@@ -5,6 +5,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`bpf`] | loading and attaching the kernel programs, following interfaces, decoding events |
+//! | [`cluster`] | the inventory: IP → pod/node at time T, namespaces, policies and their revisions |
 //! | [`policy`] | the pure NetworkPolicy engine: compile, index, evaluate, explain |
 //! | [`manifest`] | loading Namespaces, Pods, Nodes and NetworkPolicies from YAML/JSON files |
 //! | [`export`] | Prometheus metrics, the JSON forensics log, the HTTP API |
@@ -12,6 +13,7 @@
 
 pub mod bpf;
 pub mod cli;
+pub mod cluster;
 pub mod export;
 pub mod manifest;
 pub mod policy;

@@ -1,0 +1,1170 @@
+//! The inventory: compact entries per kind, IP timelines and policy histories, and the policy engine's
+//! [`Index`](policy::Index) kept in step. No I/O, no async, no clock: every mutation and time-based lookup
+//! takes the time as an argument.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use super::model::{
+    Interner, ObjectRef, PodEntry, PolicyRevision, namespace_from_k8s, node_from_k8s,
+    policy_from_k8s, share_namespace, share_node, share_policy,
+};
+use super::timeline::{Holding, IpTimeline, PolicyHistory, Reach};
+use super::{Error, Kind};
+use crate::policy;
+
+/// Bounds and windows of the time-aware parts of the inventory.
+#[derive(Clone, Copy, Debug)]
+pub struct InventoryConfig {
+    /// Holders kept per IP (the current one included).
+    pub ip_history: usize,
+    /// Revisions kept per policy.
+    pub policy_revisions: usize,
+    /// How long ended tenures and deleted policies' histories are kept for lookups at past times.
+    pub retention: Duration,
+    /// A lookup this long before the inventory heard of a pod still finds it (watch events lag the datapath).
+    pub lookup_before: Duration,
+    /// A lookup this long after a pod's deletion still finds it, if no one took its IP (stale clients).
+    pub lookup_after: Duration,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        Self {
+            ip_history: 4,
+            policy_revisions: 8,
+            retention: Duration::from_secs(10 * 60),
+            lookup_before: Duration::from_secs(5),
+            lookup_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What an IP was at some time.
+#[derive(Clone, Copy, Debug)]
+pub enum Endpoint<'a> {
+    /// A pod held it (check [`Holding::to`] to tell a deleted pod).
+    Pod(&'a Holding),
+    /// A node's address (host-network pods included).
+    Node(&'a Arc<policy::Node>),
+    /// Nothing the inventory knows.
+    External,
+}
+
+/// A NetworkPolicy currently in the cluster (its rules live compiled in the engine).
+#[derive(Clone, Debug)]
+pub struct PolicyEntry {
+    /// `namespace/name`.
+    pub key: ObjectRef,
+    /// The revision in force.
+    pub revision: PolicyRevision,
+}
+
+/// Object counts, for `observer_inventory_objects{kind}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Pods.
+    pub pods: usize,
+    /// Namespaces.
+    pub namespaces: usize,
+    /// Nodes.
+    pub nodes: usize,
+    /// NetworkPolicies.
+    pub policies: usize,
+    /// IPs with a timeline (current or recently ended holders).
+    pub ips: usize,
+}
+
+/// Entries converted during a relist, kept out of sight until [`Inventory::commit`] swaps them in: readers
+/// see the old state or the new one, never half of each. Unchanged objects are only remembered by key, so a
+/// relist of an unchanged cluster costs little more than its keys.
+#[derive(Debug)]
+enum Staging {
+    Pods {
+        seen: HashSet<ObjectRef>,
+        changed: Vec<PodEntry>,
+    },
+    Namespaces {
+        seen: HashSet<Arc<str>>,
+        changed: Vec<policy::Namespace>,
+    },
+    Nodes {
+        seen: HashSet<Arc<str>>,
+        changed: Vec<policy::Node>,
+    },
+    Policies {
+        seen: HashSet<ObjectRef>,
+        changed: Vec<(PolicyEntry, policy::Policy)>,
+    },
+}
+
+impl Staging {
+    fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Pod => Self::Pods {
+                seen: HashSet::new(),
+                changed: Vec::new(),
+            },
+            Kind::Namespace => Self::Namespaces {
+                seen: HashSet::new(),
+                changed: Vec::new(),
+            },
+            Kind::Node => Self::Nodes {
+                seen: HashSet::new(),
+                changed: Vec::new(),
+            },
+            Kind::NetworkPolicy => Self::Policies {
+                seen: HashSet::new(),
+                changed: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The cluster as attribution needs it: who is behind an IP at a time, which namespaces, nodes and
+/// policies exist, which revision of a policy was in force, and the policy engine fed with all of it.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    config: InventoryConfig,
+    interner: Interner,
+    pods: HashMap<ObjectRef, Arc<PodEntry>>,
+    namespaces: HashMap<Arc<str>, policy::Namespace>,
+    nodes: HashMap<Arc<str>, Arc<policy::Node>>,
+    node_ips: HashMap<IpAddr, Arc<str>>,
+    policies: HashMap<ObjectRef, PolicyEntry>,
+    histories: HashMap<ObjectRef, PolicyHistory>,
+    ips: HashMap<IpAddr, IpTimeline>,
+    engine: policy::Index,
+    staging: [Option<Staging>; Kind::ALL.len()],
+    synced: [bool; Kind::ALL.len()],
+    generation: u64,
+}
+
+impl Inventory {
+    /// An empty inventory, synced for no kind.
+    pub fn new(config: InventoryConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// The bounds in use.
+    pub fn config(&self) -> &InventoryConfig {
+        &self.config
+    }
+
+    /// The policy engine's index, holding the same objects (for verdicts).
+    pub fn engine(&self) -> &policy::Index {
+        &self.engine
+    }
+
+    /// Bumped by every change; readers cache derived results against it.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the initial list of `kind` has been applied.
+    pub fn is_synced(&self, kind: Kind) -> bool {
+        self.synced[kind.index()]
+    }
+
+    /// Whether every kind has been listed: before that, "no policy selects this pod" may just be ignorance.
+    pub fn is_ready(&self) -> bool {
+        self.synced.iter().all(|s| *s)
+    }
+
+    /// Object counts.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            pods: self.pods.len(),
+            namespaces: self.namespaces.len(),
+            nodes: self.nodes.len(),
+            policies: self.policies.len(),
+            ips: self.ips.len(),
+        }
+    }
+
+    // ---- pods ----
+
+    /// Adds or updates a pod. On error (a malformed object) the inventory is unchanged.
+    pub fn apply_pod(&mut self, pod: &Pod, now: SystemTime) -> Result<(), Error> {
+        let entry = PodEntry::from_k8s(pod, &mut self.interner)?;
+        self.put_pod(entry, now);
+        Ok(())
+    }
+
+    /// Removes a pod; its IPs keep resolving to it for lookups at times before `now`.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str, now: SystemTime) -> bool {
+        let Some(old) = self.pods.remove(&ObjectRef::new(namespace, name)) else {
+            return false;
+        };
+        self.release_ips(&old, &[], now);
+        self.engine.delete_pod(namespace, name);
+        self.generation += 1;
+        true
+    }
+
+    /// The pod `namespace/name`, if it exists now.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Arc<PodEntry>> {
+        self.pods.get(&ObjectRef::new(namespace, name))
+    }
+
+    /// All current pods, in no particular order.
+    pub fn pods(&self) -> impl Iterator<Item = &Arc<PodEntry>> {
+        self.pods.values()
+    }
+
+    fn put_pod(&mut self, entry: PodEntry, now: SystemTime) {
+        let key = entry.key();
+        if self.pods.get(&key).is_some_and(|old| **old == entry) {
+            return;
+        }
+        self.engine.apply_pod(entry.pod.clone());
+        let entry = Arc::new(entry);
+        let old = self.pods.insert(key, Arc::clone(&entry));
+        let held = holds_ips(&entry);
+        if let Some(old) = old {
+            // A re-created pod (same name, new uid) or a finished one gives up all its IPs.
+            let keep: &[IpAddr] = if old.same_object(&entry) && held {
+                entry.ips()
+            } else {
+                &[]
+            };
+            self.release_ips(&old, keep, now);
+        }
+        if held {
+            for ip in entry.ips() {
+                self.ips
+                    .entry(*ip)
+                    .or_default()
+                    .hold(&entry, now, self.config.ip_history);
+            }
+        }
+        self.generation += 1;
+    }
+
+    fn release_ips(&mut self, old: &PodEntry, keep: &[IpAddr], now: SystemTime) {
+        for ip in old.ips().iter().filter(|ip| !keep.contains(ip)) {
+            if let Some(timeline) = self.ips.get_mut(ip) {
+                timeline.release(old, now);
+            }
+        }
+    }
+
+    // ---- namespaces ----
+
+    /// Adds or updates a namespace.
+    pub fn apply_namespace(&mut self, ns: &Namespace) -> Result<(), Error> {
+        let compact = namespace_from_k8s(ns, &mut self.interner)?;
+        self.put_namespace(compact);
+        Ok(())
+    }
+
+    fn put_namespace(&mut self, ns: policy::Namespace) {
+        if self.namespaces.get(&ns.name).is_some_and(|old| *old == ns) {
+            return;
+        }
+        self.engine.apply_namespace(ns.clone());
+        self.namespaces.insert(Arc::clone(&ns.name), ns);
+        self.generation += 1;
+    }
+
+    /// Removes a namespace.
+    pub fn delete_namespace(&mut self, name: &str) -> bool {
+        if self.namespaces.remove(name).is_none() {
+            return false;
+        }
+        self.engine.delete_namespace(name);
+        self.generation += 1;
+        true
+    }
+
+    /// The namespace `name` (its labels are what namespace selectors match).
+    pub fn namespace(&self, name: &str) -> Option<&policy::Namespace> {
+        self.namespaces.get(name)
+    }
+
+    // ---- nodes ----
+
+    /// Adds or updates a node.
+    pub fn apply_node(&mut self, node: &Node) -> Result<(), Error> {
+        let compact = node_from_k8s(node, &mut self.interner)?;
+        self.put_node(compact);
+        Ok(())
+    }
+
+    fn put_node(&mut self, node: policy::Node) {
+        if self.nodes.get(&node.name).is_some_and(|old| **old == node) {
+            return;
+        }
+        self.forget_node_ips(&node.name);
+        for ip in node.ips.iter() {
+            self.node_ips.insert(*ip, Arc::clone(&node.name));
+        }
+        self.engine.apply_node(node.clone());
+        self.nodes.insert(Arc::clone(&node.name), Arc::new(node));
+        self.generation += 1;
+    }
+
+    fn forget_node_ips(&mut self, name: &str) {
+        if let Some(old) = self.nodes.get(name) {
+            for ip in old.ips.iter() {
+                if self.node_ips.get(ip).is_some_and(|n| **n == *name) {
+                    self.node_ips.remove(ip);
+                }
+            }
+        }
+    }
+
+    /// Removes a node.
+    pub fn delete_node(&mut self, name: &str) -> bool {
+        self.forget_node_ips(name);
+        if self.nodes.remove(name).is_none() {
+            return false;
+        }
+        self.engine.delete_node(name);
+        self.generation += 1;
+        true
+    }
+
+    /// The node `name`.
+    pub fn node(&self, name: &str) -> Option<&Arc<policy::Node>> {
+        self.nodes.get(name)
+    }
+
+    // ---- policies ----
+
+    /// Adds or updates a NetworkPolicy, recording a new revision when its resourceVersion changed.
+    pub fn apply_policy(&mut self, np: &NetworkPolicy, now: SystemTime) -> Result<(), Error> {
+        let (compiled, revision) = policy_from_k8s(np, now, &mut self.interner)?;
+        self.put_policy(compiled, revision);
+        Ok(())
+    }
+
+    fn policy_key(compiled: &policy::Policy) -> ObjectRef {
+        ObjectRef {
+            namespace: Arc::clone(&compiled.meta.namespace),
+            name: Arc::clone(&compiled.meta.name),
+        }
+    }
+
+    /// Whether `revision` is the one already in force (a relist re-sends every object).
+    fn is_current_policy(&self, key: &ObjectRef, revision: &PolicyRevision) -> bool {
+        self.policies.get(key).is_some_and(|old| {
+            old.revision.uid == revision.uid
+                && old.revision.resource_version == revision.resource_version
+                && old.revision.spec_hash == revision.spec_hash
+        })
+    }
+
+    fn put_policy(&mut self, compiled: policy::Policy, revision: PolicyRevision) {
+        let key = Self::policy_key(&compiled);
+        if self.is_current_policy(&key, &revision) {
+            return;
+        }
+        self.histories
+            .entry(key.clone())
+            .or_default()
+            .record(revision.clone(), self.config.policy_revisions);
+        self.engine.apply_policy(compiled);
+        self.policies
+            .insert(key.clone(), PolicyEntry { key, revision });
+        self.generation += 1;
+    }
+
+    /// Removes a NetworkPolicy; its history says until when it was in force.
+    pub fn delete_policy(&mut self, namespace: &str, name: &str, now: SystemTime) -> bool {
+        let key = ObjectRef::new(namespace, name);
+        if self.policies.remove(&key).is_none() {
+            return false;
+        }
+        if let Some(history) = self.histories.get_mut(&key) {
+            history.mark_deleted(now);
+        }
+        self.engine.delete_policy(namespace, name);
+        self.generation += 1;
+        true
+    }
+
+    /// The policy `namespace/name`, if it exists now.
+    pub fn policy(&self, namespace: &str, name: &str) -> Option<&PolicyEntry> {
+        self.policies.get(&ObjectRef::new(namespace, name))
+    }
+
+    /// The kept revisions of `namespace/name` (also for a recently deleted policy).
+    pub fn policy_history(&self, namespace: &str, name: &str) -> Option<&PolicyHistory> {
+        self.histories.get(&ObjectRef::new(namespace, name))
+    }
+
+    /// The revision of `namespace/name` in force at `at`, and when its rules took effect.
+    pub fn policy_at(
+        &self,
+        namespace: &str,
+        name: &str,
+        at: SystemTime,
+    ) -> Option<(&PolicyRevision, SystemTime)> {
+        let history = self.policy_history(namespace, name)?;
+        Some((history.at(at)?, history.changed_at(at)?))
+    }
+
+    // ---- lookups ----
+
+    /// What `ip` was at `at`: a pod (possibly deleted since), a node, or nothing known.
+    pub fn endpoint_at(&self, ip: IpAddr, at: SystemTime) -> Endpoint<'_> {
+        if let Some(holding) = self.pod_at(ip, at) {
+            return Endpoint::Pod(holding);
+        }
+        match self.node_ips.get(&ip).and_then(|n| self.nodes.get(n)) {
+            Some(node) => Endpoint::Node(node),
+            None => Endpoint::External,
+        }
+    }
+
+    /// The pod that held `ip` at `at`.
+    pub fn pod_at(&self, ip: IpAddr, at: SystemTime) -> Option<&Holding> {
+        let reach = Reach {
+            before: self.config.lookup_before,
+            after: self.config.lookup_after,
+        };
+        self.ips.get(&ip)?.at(at, reach)
+    }
+
+    /// Every kept tenure of `ip`, oldest first.
+    pub fn ip_timeline(&self, ip: IpAddr) -> Option<&IpTimeline> {
+        self.ips.get(&ip)
+    }
+
+    /// Forgets tenures and deleted policies that ended before `now - retention`. Call it periodically.
+    pub fn prune(&mut self, now: SystemTime) {
+        let horizon = now
+            .checked_sub(self.config.retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.ips.retain(|_, timeline| !timeline.prune(horizon));
+        self.histories
+            .retain(|_, history| !history.expired(horizon));
+    }
+
+    // ---- relists ----
+
+    /// Starts a relist of `kind` (the watch restarted): until [`Inventory::commit`], staged objects are
+    /// invisible and the current state stays as it was.
+    pub fn begin(&mut self, kind: Kind) {
+        self.staging[kind.index()] = Some(Staging::new(kind));
+    }
+
+    /// Stages a listed pod. Without a [`Inventory::begin`] it is applied at once.
+    pub fn stage_pod(&mut self, pod: &Pod, now: SystemTime) -> Result<(), Error> {
+        let entry = PodEntry::from_k8s(pod, &mut self.interner)?;
+        self.stage_pod_entry(entry, now);
+        Ok(())
+    }
+
+    fn stage_pod_entry(&mut self, entry: PodEntry, now: SystemTime) {
+        match &mut self.staging[Kind::Pod.index()] {
+            Some(Staging::Pods { seen, changed }) => {
+                let key = entry.key();
+                if !self.pods.get(&key).is_some_and(|old| **old == entry) {
+                    changed.push(entry);
+                }
+                seen.insert(key);
+            }
+            _ => self.put_pod(entry, now),
+        }
+    }
+
+    /// Stages a listed namespace. Without a [`Inventory::begin`] it is applied at once.
+    pub fn stage_namespace(&mut self, ns: &Namespace) -> Result<(), Error> {
+        let compact = namespace_from_k8s(ns, &mut self.interner)?;
+        self.stage_namespace_compact(compact);
+        Ok(())
+    }
+
+    fn stage_namespace_compact(&mut self, ns: policy::Namespace) {
+        match &mut self.staging[Kind::Namespace.index()] {
+            Some(Staging::Namespaces { seen, changed }) => {
+                seen.insert(Arc::clone(&ns.name));
+                if !self.namespaces.get(&ns.name).is_some_and(|old| *old == ns) {
+                    changed.push(ns);
+                }
+            }
+            _ => self.put_namespace(ns),
+        }
+    }
+
+    /// Stages a listed node. Without a [`Inventory::begin`] it is applied at once.
+    pub fn stage_node(&mut self, node: &Node) -> Result<(), Error> {
+        let compact = node_from_k8s(node, &mut self.interner)?;
+        self.stage_node_compact(compact);
+        Ok(())
+    }
+
+    fn stage_node_compact(&mut self, node: policy::Node) {
+        match &mut self.staging[Kind::Node.index()] {
+            Some(Staging::Nodes { seen, changed }) => {
+                seen.insert(Arc::clone(&node.name));
+                if !self.nodes.get(&node.name).is_some_and(|old| **old == node) {
+                    changed.push(node);
+                }
+            }
+            _ => self.put_node(node),
+        }
+    }
+
+    /// Stages a listed policy. Without a [`Inventory::begin`] it is applied at once.
+    pub fn stage_policy(&mut self, np: &NetworkPolicy, now: SystemTime) -> Result<(), Error> {
+        let (compiled, revision) = policy_from_k8s(np, now, &mut self.interner)?;
+        self.stage_policy_compiled(compiled, revision);
+        Ok(())
+    }
+
+    fn stage_policy_compiled(&mut self, compiled: policy::Policy, revision: PolicyRevision) {
+        let key = Self::policy_key(&compiled);
+        let current = self.is_current_policy(&key, &revision);
+        match &mut self.staging[Kind::NetworkPolicy.index()] {
+            Some(Staging::Policies { seen, changed }) => {
+                seen.insert(key.clone());
+                if !current {
+                    changed.push((PolicyEntry { key, revision }, compiled));
+                }
+            }
+            _ => self.put_policy(compiled, revision),
+        }
+    }
+
+    /// Ends the relist of `kind`: staged objects replace the current ones, objects not listed are deleted
+    /// (at `now`), and the kind counts as synced. Without a pending relist this only marks it synced.
+    pub fn commit(&mut self, kind: Kind, now: SystemTime) {
+        let staged = self.staging[kind.index()].take();
+        match staged {
+            Some(Staging::Pods { seen, changed }) => {
+                let gone: Vec<ObjectRef> = self
+                    .pods
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.delete_pod(&key.namespace, &key.name, now);
+                }
+                for entry in changed {
+                    self.put_pod(entry, now);
+                }
+            }
+            Some(Staging::Namespaces { seen, changed }) => {
+                let gone: Vec<Arc<str>> = self
+                    .namespaces
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    self.delete_namespace(&name);
+                }
+                for ns in changed {
+                    self.put_namespace(ns);
+                }
+            }
+            Some(Staging::Nodes { seen, changed }) => {
+                let gone: Vec<Arc<str>> = self
+                    .nodes
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    self.delete_node(&name);
+                }
+                for node in changed {
+                    self.put_node(node);
+                }
+            }
+            Some(Staging::Policies { seen, changed }) => {
+                let gone: Vec<ObjectRef> = self
+                    .policies
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.delete_policy(&key.namespace, &key.name, now);
+                }
+                for (entry, compiled) in changed {
+                    self.put_policy(compiled, entry.revision);
+                }
+            }
+            None => {}
+        }
+        self.generation += 1;
+        self.synced[kind.index()] = true;
+        self.interner.sweep();
+    }
+
+    /// Replaces every kind at once with objects already in the engine's compact form (manifest files),
+    /// as one relist of each kind: unchanged objects keep their tenures and revisions.
+    pub fn replace_compact(
+        &mut self,
+        namespaces: Vec<policy::Namespace>,
+        nodes: Vec<policy::Node>,
+        pods: Vec<policy::Pod>,
+        policies: Vec<policy::Policy>,
+        now: SystemTime,
+    ) {
+        for kind in Kind::ALL {
+            self.begin(kind);
+        }
+        for ns in namespaces {
+            let ns = share_namespace(ns, &mut self.interner);
+            self.stage_namespace_compact(ns);
+        }
+        for node in nodes {
+            let node = share_node(node, &mut self.interner);
+            self.stage_node_compact(node);
+        }
+        for compiled in policies {
+            let compiled = share_policy(compiled, &mut self.interner);
+            let revision = PolicyRevision::of_compiled(&compiled, now);
+            self.stage_policy_compiled(compiled, revision);
+        }
+        for pod in pods {
+            let entry = PodEntry::from_compact(pod, &mut self.interner);
+            self.stage_pod_entry(entry, now);
+        }
+        // Namespaces and policies first: each pod then finds its selecting policies once.
+        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Pod] {
+            self.commit(kind, now);
+        }
+    }
+
+    /// Forgets everything (timelines and histories included) and every kind's synced flag.
+    pub fn reset(&mut self) {
+        *self = Self::new(self.config);
+    }
+}
+
+/// Whether a pod's IPs are its own: host-network pods use the node's, finished pods have released theirs.
+fn holds_ips(pod: &PodEntry) -> bool {
+    !pod.host_network() && !pod.terminated
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerPort as K8sPort, NodeAddress, NodeStatus, PodIP, PodSpec, PodStatus,
+    };
+    use k8s_openapi::api::networking::v1::NetworkPolicySpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        LabelSelector, ObjectMeta, OwnerReference,
+    };
+
+    use super::*;
+    use crate::cluster::WorkloadKind;
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn meta(ns: Option<&str>, name: &str, uid: &str) -> ObjectMeta {
+        ObjectMeta {
+            namespace: ns.map(str::to_owned),
+            name: Some(name.to_owned()),
+            uid: Some(uid.to_owned()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn mk_pod(ns: &str, name: &str, uid: &str, ip: &str, labels: &[(&str, &str)]) -> Pod {
+        let mut metadata = meta(Some(ns), name, uid);
+        metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        Pod {
+            metadata,
+            spec: Some(PodSpec {
+                node_name: Some("n1".to_owned()),
+                containers: vec![Container {
+                    name: "app".to_owned(),
+                    ports: Some(vec![K8sPort {
+                        name: Some("grpc".to_owned()),
+                        container_port: 50051,
+                        ..K8sPort::default()
+                    }]),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                pod_ip: Some(ip.to_owned()),
+                pod_ips: Some(vec![PodIP { ip: ip.to_owned() }]),
+                phase: Some("Running".to_owned()),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    fn owned_by(mut pod: Pod, kind: &str, name: &str) -> Pod {
+        pod.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "apps/v1".to_owned(),
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            uid: "owner".to_owned(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }]);
+        pod
+    }
+
+    fn mk_node(name: &str, ip: &str) -> Node {
+        Node {
+            metadata: meta(None, name, name),
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    NodeAddress {
+                        type_: "InternalIP".to_owned(),
+                        address: ip.to_owned(),
+                    },
+                    NodeAddress {
+                        type_: "Hostname".to_owned(),
+                        address: name.to_owned(),
+                    },
+                ]),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        }
+    }
+
+    fn mk_policy(ns: &str, name: &str, uid: &str, rv: &str, app: &str) -> NetworkPolicy {
+        let mut metadata = meta(Some(ns), name, uid);
+        metadata.resource_version = Some(rv.to_owned());
+        NetworkPolicy {
+            metadata,
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some([("app".to_owned(), app.to_owned())].into()),
+                    ..LabelSelector::default()
+                }),
+                ..NetworkPolicySpec::default()
+            }),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test IP literal")
+    }
+
+    fn pod_name_at(inv: &Inventory, addr: &str, at: SystemTime) -> Option<String> {
+        inv.pod_at(ip(addr), at).map(|h| h.pod.to_string())
+    }
+
+    #[test]
+    fn pod_entry_keeps_what_attribution_needs() {
+        let mut inv = Inventory::default();
+        let pod = owned_by(
+            mk_pod(
+                "shop",
+                "checkout-7d9f5c-abcde",
+                "u1",
+                "10.0.0.1",
+                &[("app", "checkout"), ("pod-template-hash", "7d9f5c")],
+            ),
+            "ReplicaSet",
+            "checkout-7d9f5c",
+        );
+        inv.apply_pod(&pod, t(0)).expect("valid pod");
+        let entry = inv.pod("shop", "checkout-7d9f5c-abcde").expect("applied");
+        assert_eq!(entry.labels().get("app"), Some("checkout"));
+        assert_eq!(entry.ips(), &[ip("10.0.0.1")]);
+        assert_eq!(entry.node(), Some("n1"));
+        assert_eq!(
+            entry.named_port("grpc", crate::policy::Protocol::Tcp),
+            Some(50051)
+        );
+        let workload = entry.workload.as_ref().expect("owner reference");
+        assert_eq!(workload.to_string(), "Deployment/checkout");
+    }
+
+    #[test]
+    fn workloads_resolve_by_owner_kind() {
+        let mut inv = Inventory::default();
+        let cases = [
+            ("StatefulSet", "payments", "StatefulSet/payments"),
+            ("DaemonSet", "agent", "DaemonSet/agent"),
+            ("Job", "migrate", "Job/migrate"),
+            // A ReplicaSet whose pods lack the pod-template-hash label was not made by a Deployment.
+            ("ReplicaSet", "legacy-rs", "ReplicaSet/legacy-rs"),
+        ];
+        for (i, (kind, owner, expected)) in cases.into_iter().enumerate() {
+            let name = format!("p{i}");
+            let pod = owned_by(
+                mk_pod("ns", &name, &name, &format!("10.0.1.{i}"), &[]),
+                kind,
+                owner,
+            );
+            inv.apply_pod(&pod, t(0)).expect("valid pod");
+            let workload = inv.pod("ns", &name).and_then(|p| p.workload.clone());
+            assert_eq!(workload.map(|w| w.to_string()).as_deref(), Some(expected));
+        }
+        assert_eq!(
+            inv.pod("ns", "p0")
+                .and_then(|p| p.workload.as_ref())
+                .map(|w| w.kind),
+            Some(WorkloadKind::StatefulSet)
+        );
+    }
+
+    #[test]
+    fn ip_reuse_resolves_by_time() {
+        let mut inv = Inventory::default();
+        inv.apply_pod(&mk_pod("a", "old", "u1", "10.0.0.9", &[]), t(0))
+            .expect("valid");
+        assert!(inv.delete_pod("a", "old", t(100)));
+        inv.apply_pod(&mk_pod("b", "new", "u2", "10.0.0.9", &[]), t(200))
+            .expect("valid");
+
+        assert_eq!(
+            pod_name_at(&inv, "10.0.0.9", t(50)).as_deref(),
+            Some("a/old")
+        );
+        assert_eq!(
+            pod_name_at(&inv, "10.0.0.9", t(250)).as_deref(),
+            Some("b/new")
+        );
+        // Between deletion and reuse, within lookup_after: stale clients still dial the deleted pod.
+        let holding = inv.pod_at(ip("10.0.0.9"), t(130)).expect("lingering");
+        assert_eq!(holding.pod.to_string(), "a/old");
+        assert_eq!(holding.to, Some(t(100)));
+        // Shortly before the inventory heard of the new pod (watch lag): the new pod.
+        assert_eq!(
+            pod_name_at(&inv, "10.0.0.9", t(198)).as_deref(),
+            Some("b/new")
+        );
+    }
+
+    #[test]
+    fn deleted_pod_is_forgotten_after_retention() {
+        let config = InventoryConfig {
+            retention: Duration::from_secs(60),
+            lookup_after: Duration::from_secs(10),
+            ..InventoryConfig::default()
+        };
+        let mut inv = Inventory::new(config);
+        inv.apply_pod(&mk_pod("a", "p", "u1", "10.0.0.1", &[]), t(0))
+            .expect("valid");
+        inv.delete_pod("a", "p", t(10));
+        assert_eq!(pod_name_at(&inv, "10.0.0.1", t(15)).as_deref(), Some("a/p"));
+        assert_eq!(
+            pod_name_at(&inv, "10.0.0.1", t(30)),
+            None,
+            "beyond lookup_after"
+        );
+        assert_eq!(pod_name_at(&inv, "10.0.0.1", t(5)).as_deref(), Some("a/p"));
+        inv.prune(t(60));
+        assert_eq!(
+            pod_name_at(&inv, "10.0.0.1", t(5)).as_deref(),
+            Some("a/p"),
+            "within retention"
+        );
+        inv.prune(t(100));
+        assert_eq!(pod_name_at(&inv, "10.0.0.1", t(5)), None);
+        assert_eq!(inv.counts().ips, 0);
+    }
+
+    #[test]
+    fn recreated_pod_with_same_name_is_a_new_tenure() {
+        let mut inv = Inventory::default();
+        inv.apply_pod(
+            &mk_pod("p", "payments-0", "u1", "10.0.0.1", &[("v", "1")]),
+            t(0),
+        )
+        .expect("valid");
+        // The delete was missed (watch gap): the same name with a new uid and IP arrives.
+        inv.apply_pod(
+            &mk_pod("p", "payments-0", "u2", "10.0.0.2", &[("v", "2")]),
+            t(10),
+        )
+        .expect("valid");
+        let old = inv.pod_at(ip("10.0.0.1"), t(5)).expect("old tenure");
+        assert_eq!(old.pod.uid.as_ref(), "u1");
+        assert_eq!(old.to, Some(t(10)));
+        let new = inv.pod_at(ip("10.0.0.2"), t(11)).expect("new tenure");
+        assert_eq!(new.pod.uid.as_ref(), "u2");
+    }
+
+    #[test]
+    fn label_update_refreshes_the_current_tenure() {
+        let mut inv = Inventory::default();
+        inv.apply_pod(&mk_pod("a", "p", "u1", "10.0.0.1", &[("v", "1")]), t(0))
+            .expect("valid");
+        inv.apply_pod(&mk_pod("a", "p", "u1", "10.0.0.1", &[("v", "2")]), t(10))
+            .expect("valid");
+        let timeline = inv.ip_timeline(ip("10.0.0.1")).expect("held");
+        assert_eq!(timeline.holders().count(), 1);
+        let holding = timeline.current().expect("open");
+        assert_eq!(holding.from, t(0));
+        assert_eq!(holding.pod.labels().get("v"), Some("2"));
+    }
+
+    #[test]
+    fn finished_and_host_network_pods_hold_no_ip() {
+        let mut inv = Inventory::default();
+        inv.apply_node(&mk_node("n1", "192.168.0.10"))
+            .expect("valid node");
+        let mut host = mk_pod("kube-system", "proxy", "u1", "192.168.0.10", &[]);
+        if let Some(spec) = host.spec.as_mut() {
+            spec.host_network = Some(true);
+        }
+        inv.apply_pod(&host, t(0)).expect("valid");
+        assert!(
+            matches!(inv.endpoint_at(ip("192.168.0.10"), t(1)), Endpoint::Node(n) if &*n.name == "n1")
+        );
+
+        inv.apply_pod(&mk_pod("a", "job", "u2", "10.0.0.7", &[]), t(0))
+            .expect("valid");
+        let mut done = mk_pod("a", "job", "u2", "10.0.0.7", &[]);
+        if let Some(status) = done.status.as_mut() {
+            status.phase = Some("Succeeded".to_owned());
+        }
+        inv.apply_pod(&done, t(10)).expect("valid");
+        inv.apply_pod(&mk_pod("a", "next", "u3", "10.0.0.7", &[]), t(20))
+            .expect("valid");
+        assert_eq!(
+            pod_name_at(&inv, "10.0.0.7", t(5)).as_deref(),
+            Some("a/job")
+        );
+        assert_eq!(
+            pod_name_at(&inv, "10.0.0.7", t(25)).as_deref(),
+            Some("a/next")
+        );
+        assert!(matches!(
+            inv.endpoint_at(ip("203.0.113.1"), t(25)),
+            Endpoint::External
+        ));
+    }
+
+    #[test]
+    fn malformed_pod_is_rejected_and_changes_nothing() {
+        let mut inv = Inventory::default();
+        let bad = mk_pod("a", "p", "u1", "not-an-ip", &[]);
+        let err = inv.apply_pod(&bad, t(0)).expect_err("bad IP");
+        assert!(err.to_string().contains("not-an-ip"), "{err}");
+        let mut nameless = mk_pod("a", "p", "u1", "10.0.0.1", &[]);
+        nameless.metadata.name = None;
+        assert!(inv.apply_pod(&nameless, t(0)).is_err());
+        assert_eq!(inv.counts(), Counts::default());
+        assert_eq!(inv.generation(), 0);
+    }
+
+    #[test]
+    fn relist_replaces_a_kind_atomically() {
+        let mut inv = Inventory::default();
+        inv.apply_pod(&mk_pod("a", "stays", "u1", "10.0.0.1", &[]), t(0))
+            .expect("valid");
+        inv.apply_pod(&mk_pod("a", "goes", "u2", "10.0.0.2", &[]), t(0))
+            .expect("valid");
+        assert!(!inv.is_synced(Kind::Pod));
+
+        inv.begin(Kind::Pod);
+        inv.stage_pod(&mk_pod("a", "stays", "u1", "10.0.0.1", &[]), t(50))
+            .expect("valid");
+        inv.stage_pod(&mk_pod("a", "added", "u3", "10.0.0.3", &[]), t(50))
+            .expect("valid");
+        // Until commit, readers see the old state.
+        assert!(inv.pod("a", "goes").is_some());
+        assert!(inv.pod("a", "added").is_none());
+        inv.commit(Kind::Pod, t(60));
+
+        assert!(inv.is_synced(Kind::Pod));
+        assert!(!inv.is_ready(), "other kinds not listed yet");
+        assert!(inv.pod("a", "goes").is_none());
+        assert!(inv.pod("a", "added").is_some());
+        // The unchanged pod keeps its tenure; the vanished one is deleted at commit time.
+        assert_eq!(inv.pod_at(ip("10.0.0.1"), t(1)).map(|h| h.from), Some(t(0)));
+        assert_eq!(
+            inv.pod_at(ip("10.0.0.2"), t(30)).and_then(|h| h.to),
+            Some(t(60))
+        );
+
+        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy] {
+            inv.begin(kind);
+            inv.commit(kind, t(60));
+        }
+        assert!(inv.is_ready());
+    }
+
+    #[test]
+    fn relist_of_nodes_namespaces_and_policies_drops_the_missing() {
+        let mut inv = Inventory::default();
+        inv.apply_node(&mk_node("n1", "192.168.0.1"))
+            .expect("valid");
+        inv.apply_node(&mk_node("n2", "192.168.0.2"))
+            .expect("valid");
+        inv.apply_namespace(&Namespace {
+            metadata: meta(None, "x", "x"),
+            ..Namespace::default()
+        })
+        .expect("valid");
+        inv.apply_policy(&mk_policy("x", "deny", "p1", "1", "a"), t(0))
+            .expect("valid");
+
+        inv.begin(Kind::Node);
+        inv.stage_node(&mk_node("n1", "192.168.0.1"))
+            .expect("valid");
+        inv.commit(Kind::Node, t(10));
+        inv.begin(Kind::Namespace);
+        inv.commit(Kind::Namespace, t(10));
+        inv.begin(Kind::NetworkPolicy);
+        inv.commit(Kind::NetworkPolicy, t(10));
+
+        assert!(matches!(
+            inv.endpoint_at(ip("192.168.0.2"), t(11)),
+            Endpoint::External
+        ));
+        assert!(matches!(
+            inv.endpoint_at(ip("192.168.0.1"), t(11)),
+            Endpoint::Node(_)
+        ));
+        assert!(inv.namespace("x").is_none());
+        assert!(inv.policy("x", "deny").is_none());
+        assert!(
+            inv.policy_at("x", "deny", t(5)).is_some(),
+            "in force before the relist"
+        );
+        assert!(inv.policy_at("x", "deny", t(11)).is_none());
+    }
+
+    #[test]
+    fn policy_revisions_say_what_was_in_force() {
+        let mut inv = Inventory::new(InventoryConfig {
+            policy_revisions: 3,
+            ..InventoryConfig::default()
+        });
+        inv.apply_policy(&mk_policy("x", "allow", "p1", "10", "a"), t(0))
+            .expect("valid");
+        // Same rules, new resourceVersion (a label edit): a revision, but the rules did not change.
+        inv.apply_policy(&mk_policy("x", "allow", "p1", "11", "a"), t(10))
+            .expect("valid");
+        inv.apply_policy(&mk_policy("x", "allow", "p1", "12", "b"), t(20))
+            .expect("valid");
+        // A relist re-sends the revision in force: nothing new.
+        inv.apply_policy(&mk_policy("x", "allow", "p1", "12", "b"), t(25))
+            .expect("valid");
+
+        let (rev, changed) = inv.policy_at("x", "allow", t(15)).expect("in force");
+        assert_eq!(rev.resource_version.as_ref(), "11");
+        assert_eq!(changed, t(0));
+        let (rev, changed) = inv.policy_at("x", "allow", t(30)).expect("in force");
+        assert_eq!(rev.resource_version.as_ref(), "12");
+        assert_eq!(changed, t(20));
+        let history = inv.policy_history("x", "allow").expect("history");
+        assert_eq!(history.revisions().count(), 3);
+
+        inv.apply_policy(&mk_policy("x", "allow", "p1", "13", "c"), t(40))
+            .expect("valid");
+        let kept: Vec<_> = history_rvs(&inv);
+        assert_eq!(kept, ["11", "12", "13"], "bounded to the last 3");
+
+        assert!(inv.delete_policy("x", "allow", t(50)));
+        assert!(inv.policy_at("x", "allow", t(45)).is_some());
+        assert!(inv.policy_at("x", "allow", t(55)).is_none());
+        // Re-created under the same name: a new uid, a new revision line.
+        inv.apply_policy(&mk_policy("x", "allow", "p2", "20", "c"), t(60))
+            .expect("valid");
+        let (rev, changed) = inv.policy_at("x", "allow", t(61)).expect("in force");
+        assert_eq!(rev.uid.as_ref(), "p2");
+        assert_eq!(changed, t(60));
+    }
+
+    fn history_rvs(inv: &Inventory) -> Vec<String> {
+        inv.policy_history("x", "allow")
+            .map(|h| {
+                h.revisions()
+                    .map(|r| r.resource_version.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn timeline_is_bounded() {
+        let mut inv = Inventory::new(InventoryConfig {
+            ip_history: 2,
+            ..InventoryConfig::default()
+        });
+        for i in 0..5_u64 {
+            let name = format!("p{i}");
+            inv.apply_pod(&mk_pod("a", &name, &name, "10.0.0.1", &[]), t(i * 10))
+                .expect("valid");
+            inv.delete_pod("a", &name, t(i * 10 + 5));
+        }
+        let timeline = inv.ip_timeline(ip("10.0.0.1")).expect("held");
+        let names: Vec<_> = timeline
+            .holders()
+            .map(|h| h.pod.pod.name.to_string())
+            .collect();
+        assert_eq!(names, ["p3", "p4"]);
+    }
+
+    #[test]
+    fn generation_moves_only_on_change() {
+        let mut inv = Inventory::default();
+        let pod = mk_pod("a", "p", "u1", "10.0.0.1", &[]);
+        inv.apply_pod(&pod, t(0)).expect("valid");
+        let g = inv.generation();
+        inv.apply_pod(&pod, t(1)).expect("valid");
+        assert_eq!(inv.generation(), g);
+        inv.delete_pod("a", "p", t(2));
+        assert!(inv.generation() > g);
+    }
+
+    #[test]
+    fn engine_follows_applies_deletes_and_relists() {
+        let mut inv = Inventory::default();
+        inv.apply_pod(
+            &mk_pod("x", "client", "u1", "10.0.0.1", &[("app", "client")]),
+            t(0),
+        )
+        .expect("valid");
+        inv.apply_pod(
+            &mk_pod("x", "server", "u2", "10.0.0.2", &[("app", "payments")]),
+            t(0),
+        )
+        .expect("valid");
+        let verdict = |inv: &Inventory| {
+            inv.engine()
+                .evaluate_ips(ip("10.0.0.1"), ip("10.0.0.2"), 50051, policy::Protocol::Tcp)
+        };
+        assert!(verdict(&inv).allowed, "no policy: allowed");
+
+        // A policy selecting the server with no ingress rules isolates it.
+        let mut deny = mk_policy("x", "deny", "p1", "1", "payments");
+        if let Some(spec) = deny.spec.as_mut() {
+            spec.policy_types = Some(vec!["Ingress".to_owned()]);
+        }
+        inv.apply_policy(&deny, t(1)).expect("valid");
+        let denied = verdict(&inv);
+        assert!(!denied.allowed);
+        assert_eq!(denied.ingress.denied_by, ["x/deny"]);
+
+        // A relist without the policy removes it from the engine too.
+        inv.begin(Kind::NetworkPolicy);
+        inv.commit(Kind::NetworkPolicy, t(2));
+        assert!(verdict(&inv).allowed);
+
+        inv.delete_pod("x", "server", t(3));
+        assert!(matches!(
+            inv.engine().lookup_ip(ip("10.0.0.2")),
+            policy::Endpoint::External { .. }
+        ));
+    }
+}

@@ -1,0 +1,166 @@
+//! The manifest-file source: loads, reloads on change, and keeps the last good state on a broken edit.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use observer::cluster::files::FileSource;
+use observer::cluster::{Inventory, SharedInventory, SourceStats};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+const BASE: &str = "\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: shop}
+- apiVersion: v1
+  kind: Node
+  metadata: {name: n1}
+  status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {namespace: shop, name: deny}
+  spec: {podSelector: {}, policyTypes: [Ingress]}
+";
+
+fn pod(name: &str, ip: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{namespace: shop, name: {name}, labels: {{app: {name}}}}}\n\
+         spec: {{nodeName: n1, containers: [{{name: app, ports: [{{name: grpc, containerPort: 50051}}]}}]}}\n\
+         status: {{podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n"
+    )
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let dir =
+            std::env::temp_dir().join(format!("observer-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        // Write then rename, as editors do, so the source never reads half a file by our doing.
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write manifest");
+        std::fs::rename(&tmp, self.0.join(name)).expect("rename manifest");
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn wait(
+    inventory: &SharedInventory,
+    stats: &SourceStats,
+    what: &str,
+    condition: impl Fn(&Inventory, &SourceStats) -> bool,
+) {
+    let start = Instant::now();
+    while !condition(&inventory.read(), stats) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}; last error: {:?}",
+            stats.last_error()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn reload_applies_a_good_set_and_rejects_a_broken_one() {
+    let dir = TempDir::new("files-sync");
+    dir.write("cluster.yaml", &format!("{BASE}{}", pod("a", "10.0.0.1")));
+    let inventory = SharedInventory::default();
+    let source = FileSource::new([dir.0.clone()], inventory.clone());
+    source.reload().expect("valid manifests");
+    assert!(inventory.read().is_ready());
+    assert!(inventory.read().pod("shop", "a").is_some());
+    assert!(inventory.read().policy("shop", "deny").is_some());
+
+    dir.write("cluster.yaml", &format!("{BASE}{}", pod("a", "not-an-ip")));
+    let error = source.reload().expect_err("broken pod");
+    assert!(error.to_string().contains("not-an-ip"), "{error}");
+    assert_eq!(source.stats().errors(), 1);
+    let inv = inventory.read();
+    let kept = inv.pod("shop", "a").expect("last good state kept");
+    assert_eq!(
+        kept.ips(),
+        ["10.0.0.1".parse::<std::net::IpAddr>().expect("IP")]
+    );
+}
+
+#[tokio::test]
+async fn watches_and_reloads_on_change_keeping_the_last_good_state() {
+    let dir = TempDir::new("files-watch");
+    dir.write("base.yaml", BASE);
+    dir.write("pods.yaml", &pod("a", "10.0.0.1"));
+    let inventory = SharedInventory::default();
+    let source = FileSource::new([dir.0.clone()], inventory.clone())
+        .with_debounce(Duration::from_millis(50));
+    let stats = source.stats();
+    let task = tokio::spawn(source.run());
+
+    wait(&inventory, &stats, "initial load", |inv, _| {
+        inv.is_ready() && inv.pod("shop", "a").is_some()
+    })
+    .await;
+
+    // An edit: a pod added, another file gains a policy.
+    dir.write(
+        "pods.yaml",
+        &format!("{}{}", pod("a", "10.0.0.1"), pod("b", "10.0.0.2")),
+    );
+    wait(&inventory, &stats, "added pod", |inv, _| {
+        inv.pod("shop", "b").is_some()
+    })
+    .await;
+
+    // A broken edit: YAML that does not parse. The last good state stays.
+    dir.write(
+        "pods.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: [unclosed\n",
+    );
+    wait(&inventory, &stats, "error reported", |_, stats| {
+        stats.errors() >= 1
+    })
+    .await;
+    let text = stats.last_error().expect("error text kept");
+    assert!(text.contains("pods.yaml"), "{text}");
+    {
+        let inv = inventory.read();
+        assert!(
+            inv.pod("shop", "a").is_some() && inv.pod("shop", "b").is_some(),
+            "last good state kept"
+        );
+    }
+
+    // Fixed: reloads, the deleted pod goes, the error clears.
+    dir.write("pods.yaml", &pod("b", "10.0.0.2"));
+    wait(&inventory, &stats, "fixed edit", |inv, stats| {
+        inv.pod("shop", "a").is_none()
+            && inv.pod("shop", "b").is_some()
+            && stats.last_error().is_none()
+    })
+    .await;
+    let ip = "10.0.0.1".parse().expect("IP");
+    assert!(
+        inventory
+            .read()
+            .pod_at(ip, SystemTime::now())
+            .is_some_and(|h| h.to.is_some()),
+        "the removed pod still resolves, as deleted"
+    );
+    task.abort();
+}

@@ -2,3 +2,6 @@
 //! types.
 
 pub mod metrics;
+pub mod record;
+
+pub use record::Record;

@@ -1,0 +1,230 @@
+//! The forensics record (schema 1): one JSON object per line in the log, the items of `/api/v1/blocked`,
+//! and what `observer tail` prints. Stable contract: see ARCHITECTURE.md. Consumers filter on `kind` and
+//! ignore unknown fields.
+
+use std::{net::IpAddr, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// The schema version written in every record.
+pub const SCHEMA: u32 = 1;
+
+/// One forensics record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub schema: u32,
+    #[serde(with = "rfc3339")]
+    pub time: SystemTime,
+    pub kind: RecordKind,
+    pub node: String,
+    /// The interface the channel was seen on first (the client's side when it is on this node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    pub protocol: String,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    /// `egress`, `ingress`, `both`, or null.
+    pub direction: Option<Direction>,
+    /// The kernel's drop reason (`NETFILTER_DROP`), when a drop was seen.
+    pub kernel_reason: Option<String>,
+    /// Where the kernel dropped it (`nft_do_chain+0x3e8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_site: Option<String>,
+    /// SYNs sent for this connection attempt when the record was written.
+    pub attempts: u32,
+    pub policies: Vec<PolicyRef>,
+    /// What the observer could not know, said plainly (inventory not synced, an end on another node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Blocked,
+    Established,
+    PolicyChanged,
+    LostEvents,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Blocked => "blocked",
+            Self::Established => "established",
+            Self::PolicyChanged => "policy_changed",
+            Self::LostEvents => "lost_events",
+        }
+    }
+}
+
+/// Why a channel was blocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// Policies deny it.
+    Policy,
+    /// Policies allow it: dropped elsewhere (see `kernel_reason`).
+    NoPolicy,
+    /// Reset by the destination, and no policy denies it.
+    NoListener,
+    /// Not enough information (inventory not synced, ends unknown).
+    Unknown,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Policy => "policy",
+            Self::NoPolicy => "no_policy",
+            Self::NoListener => "no_listener",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Egress,
+    Ingress,
+    Both,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+            Self::Both => "both",
+        }
+    }
+}
+
+/// One end of the channel. Endpoints outside the cluster carry only `ip`, `port` and `kind: external`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// `pod`, `node` or `external`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `Deployment/checkout`, `StatefulSet/payments`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+}
+
+/// A policy responsible for a blocked channel, at the revision in force when it happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    pub namespace: String,
+    pub name: String,
+    pub direction: Direction,
+    pub uid: String,
+    pub resource_version: String,
+    /// The rule that came closest and why it missed (`rule 0 allows port 8080, not 50051`).
+    pub nearest_miss: String,
+    /// When this revision was written (or first seen), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<String>,
+}
+
+/// RFC 3339 with milliseconds, UTC (`2026-11-26T14:02:03.123Z`).
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn format(t: SystemTime) -> String {
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            schema: SCHEMA,
+            time: humantime::parse_rfc3339("2026-11-26T14:02:03.123Z").expect("time"),
+            kind: RecordKind::Blocked,
+            node: "n1".into(),
+            interface: Some("veth12ab".into()),
+            protocol: "TCP".into(),
+            src: Endpoint {
+                ip: "198.18.1.2".parse().expect("ip"),
+                port: 40312,
+                kind: "pod".into(),
+                namespace: Some("shop".into()),
+                pod: Some("checkout-7d9f".into()),
+                node: Some("n1".into()),
+                workload: Some("Deployment/checkout".into()),
+            },
+            dst: Endpoint {
+                ip: "203.0.113.9".parse().expect("ip"),
+                port: 50051,
+                kind: "external".into(),
+                namespace: None,
+                pod: None,
+                node: None,
+                workload: None,
+            },
+            cause: Some(Cause::Policy),
+            direction: Some(Direction::Egress),
+            kernel_reason: Some("NETFILTER_DROP".into()),
+            call_site: None,
+            attempts: 4,
+            policies: vec![PolicyRef {
+                namespace: "shop".into(),
+                name: "default-deny".into(),
+                direction: Direction::Egress,
+                uid: "u1".into(),
+                resource_version: "81233".into(),
+                nearest_miss: "no rules".into(),
+                changed_at: None,
+            }],
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn serializes_as_the_contract_says() {
+        let v = serde_json::to_value(sample()).expect("json");
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["time"], "2026-11-26T14:02:03.123Z");
+        assert_eq!(v["kind"], "blocked");
+        assert_eq!(v["cause"], "policy");
+        assert_eq!(v["direction"], "egress");
+        assert_eq!(v["src"]["workload"], "Deployment/checkout");
+        assert_eq!(v["policies"][0]["resource_version"], "81233");
+        // External endpoints carry only ip, port and kind.
+        let dst = v["dst"].as_object().expect("object");
+        let mut keys: Vec<_> = dst.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["ip", "kind", "port"]);
+    }
+
+    #[test]
+    fn round_trips() {
+        let r = sample();
+        let text = serde_json::to_string(&r).expect("json");
+        assert_eq!(serde_json::from_str::<Record>(&text).expect("parse"), r);
+    }
+}

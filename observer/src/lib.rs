@@ -5,6 +5,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`bpf`] | loading and attaching the kernel programs, following interfaces, decoding events |
+//! | [`channel`] | connection attempts from kernel events: established or blocked, with the evidence |
 //! | [`cluster`] | the inventory: IP → pod/node at time T, namespaces, policies and their revisions |
 //! | [`policy`] | the pure NetworkPolicy engine: compile, index, evaluate, explain |
 //! | [`manifest`] | loading Namespaces, Pods, Nodes and NetworkPolicies from YAML/JSON files |
@@ -12,6 +13,7 @@
 //! | [`cli`] | the command line: one module per subcommand |
 
 pub mod bpf;
+pub mod channel;
 pub mod cli;
 pub mod cluster;
 pub mod export;

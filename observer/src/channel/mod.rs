@@ -1,0 +1,354 @@
+//! Channels: from kernel events to connection attempts and their outcome. Pure (no I/O, no clock: the
+//! caller passes the kernel's monotonic time).
+//!
+//! ```text
+//!  KernelEvent ──▶ Tracker ── Outcome::Established ──▶ metrics
+//!   (opened, retransmit,        Outcome::Blocked ──▶ attribution ──▶ record
+//!    established, reset,
+//!    rejected, dropped)
+//! ```
+//!
+//! One channel is one connection attempt: client ip:port → server ip:port, from its first SYN. The same
+//! packet is seen on several interfaces (the client's veth, then the server's): events of one attempt merge
+//! into one channel, which remembers where its SYN was seen. A channel is **blocked** when a kernel drop
+//! hits its SYN, when the network rejects it (ICMP unreachable), when the server side resets it before any
+//! SYN-ACK, or when its SYN is retransmitted with no SYN-ACK for `blocked_window`. Evidence that arrives
+//! within `settle` of the first (a drop right after the reset it caused) is merged before the channel is
+//! reported — exactly once. Memory is bounded: beyond `max_channels` the oldest channel is evicted and
+//! counted.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use crate::bpf::{
+    KernelEvent, Kind,
+    events::{HookPoint, Side},
+};
+
+/// Tracker settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A SYN retransmitted with no SYN-ACK for this long makes the channel blocked.
+    pub blocked_window: Duration,
+    /// Evidence arriving this soon after the first is merged into the same report.
+    pub settle: Duration,
+    /// How long a reported channel is remembered (absorbing duplicate events of the same attempt).
+    pub linger: Duration,
+    /// Channels tracked at once; beyond, the oldest is evicted.
+    pub max_channels: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            blocked_window: Duration::from_secs(3),
+            settle: Duration::from_millis(10),
+            linger: Duration::from_secs(30),
+            max_channels: 65_536,
+        }
+    }
+}
+
+/// The kernel's evidence of a drop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropEvidence {
+    /// The kernel's reason name (`NETFILTER_DROP`).
+    pub reason: Arc<str>,
+    pub call_site: String,
+    /// The interface, when the drop happened in the observer's namespace on a known interface.
+    pub interface: Option<Arc<str>>,
+}
+
+/// A blocked connection attempt, with what the kernel showed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blocked {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// Wall-clock time of the first SYN.
+    pub first_seen: SystemTime,
+    /// Wall-clock time of the evidence that made it blocked.
+    pub blocked_at: SystemTime,
+    /// Kernel monotonic time of that evidence (for latency measurements).
+    pub blocked_at_ns: u64,
+    /// SYNs seen so far (1 + retransmissions).
+    pub attempts: u32,
+    /// Interfaces the SYN was seen on, in order (client side first when it is on this node).
+    pub seen_on: Vec<(Arc<str>, HookPoint)>,
+    pub drop: Option<DropEvidence>,
+    /// A reset before any SYN-ACK, and which side sent it.
+    pub reset_by: Option<Side>,
+    /// ICMP type/code of a rejection.
+    pub rejected: Option<(u8, u8)>,
+    /// Blocked because the window passed without an answer.
+    pub timed_out: bool,
+}
+
+/// What the tracker concluded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Established {
+        client: SocketAddr,
+        server: SocketAddr,
+        /// SYNs it took.
+        attempts: u32,
+    },
+    Blocked(Box<Blocked>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    client: SocketAddr,
+    server: SocketAddr,
+}
+
+#[derive(Debug)]
+enum State {
+    /// SYN seen, no answer yet.
+    Pending,
+    /// Evidence seen at this monotonic time; reported once `settle` has passed.
+    Settling(u64),
+    /// Reported (or established); kept to absorb late duplicates.
+    Done,
+}
+
+#[derive(Debug)]
+struct Channel {
+    id: u64,
+    state: State,
+    first_ns: u64,
+    last_ns: u64,
+    blocked: Blocked,
+}
+
+/// Tracks connection attempts. Feed every event to [`Tracker::on_event`] and call [`Tracker::tick`]
+/// regularly (every few ms) with the current monotonic time.
+pub struct Tracker {
+    config: Config,
+    channels: HashMap<Key, Channel>,
+    /// Insertion order, for eviction (entries whose id no longer matches are stale).
+    order: VecDeque<(Key, u64)>,
+    next_id: u64,
+    evicted: u64,
+}
+
+impl Tracker {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            channels: HashMap::new(),
+            order: VecDeque::new(),
+            next_id: 0,
+            evicted: 0,
+        }
+    }
+
+    /// Channels evicted before they resolved, so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Channels tracked now.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    fn open(&mut self, key: Key, ev: &KernelEvent) -> &mut Channel {
+        if self.channels.len() >= self.config.max_channels {
+            self.evict_one();
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.order.push_back((key, id));
+        let ch = Channel {
+            id,
+            state: State::Pending,
+            first_ns: ev.monotonic_ns,
+            last_ns: ev.monotonic_ns,
+            blocked: Blocked {
+                client: key.client,
+                server: key.server,
+                first_seen: ev.time,
+                blocked_at: ev.time,
+                blocked_at_ns: ev.monotonic_ns,
+                attempts: u32::from(ev.syn_count.max(1)),
+                seen_on: Vec::new(),
+                drop: None,
+                reset_by: None,
+                rejected: None,
+                timed_out: false,
+            },
+        };
+        self.channels.insert(key, ch);
+        self.channels.get_mut(&key).expect("just inserted")
+    }
+
+    fn evict_one(&mut self) {
+        while let Some((key, id)) = self.order.pop_front() {
+            if self.channels.get(&key).is_some_and(|c| c.id == id) {
+                let ch = self.channels.remove(&key);
+                if matches!(ch.map(|c| c.state), Some(State::Pending | State::Settling(_))) {
+                    self.evicted += 1;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Takes in one kernel event; conclusions go to `out`.
+    pub fn on_event(&mut self, ev: &KernelEvent, out: &mut Vec<Outcome>) {
+        let key = Key {
+            client: ev.client,
+            server: ev.server,
+        };
+        match ev.kind {
+            Kind::Opened => {
+                let new_attempt = match self.channels.get(&key) {
+                    None => true,
+                    // The same SYN on another interface belongs to this attempt; seen again on an
+                    // interface that already saw it, it is a new attempt reusing the 4-tuple.
+                    Some(ch) => ch
+                        .blocked
+                        .seen_on
+                        .iter()
+                        .any(|(i, h)| Some(i) == ev.interface.as_ref() && *h == ev.hook),
+                };
+                let ch = if new_attempt {
+                    // A previous attempt still settling is reported before the new one replaces it.
+                    if let Some(old) = self.channels.get(&key)
+                        && matches!(old.state, State::Settling(_))
+                    {
+                        out.push(Outcome::Blocked(Box::new(old.blocked.clone())));
+                    }
+                    self.open(key, ev)
+                } else {
+                    self.channels.get_mut(&key).expect("checked above")
+                };
+                ch.last_ns = ev.monotonic_ns;
+                if let Some(i) = &ev.interface {
+                    ch.blocked.seen_on.push((i.clone(), ev.hook));
+                }
+            }
+            Kind::SynRetransmit => {
+                if let Some(ch) = self.channels.get_mut(&key) {
+                    ch.last_ns = ev.monotonic_ns;
+                    ch.blocked.attempts = ch.blocked.attempts.max(u32::from(ev.syn_count));
+                }
+            }
+            Kind::Established => {
+                if let Some(ch) = self.channels.get_mut(&key)
+                    && matches!(ch.state, State::Pending | State::Settling(_))
+                {
+                    ch.state = State::Done;
+                    ch.last_ns = ev.monotonic_ns;
+                    out.push(Outcome::Established {
+                        client: key.client,
+                        server: key.server,
+                        attempts: ch.blocked.attempts,
+                    });
+                }
+            }
+            Kind::Reset if ev.origin == Side::Server => {
+                self.evidence(key, ev, |b| b.reset_by = Some(Side::Server));
+            }
+            Kind::Rejected => {
+                let icmp = ev.icmp;
+                self.evidence(key, ev, |b| b.rejected = icmp);
+            }
+            Kind::Dropped => {
+                // Only drops of the client's SYN block a channel; other drops are counted by the caller.
+                let syn_only = ev.tcp_flags & 0x12 == 0x02;
+                if let (true, Some(d)) = (syn_only, &ev.drop) {
+                    let evidence = DropEvidence {
+                        reason: d.reason_name.clone(),
+                        call_site: d.call_site.clone(),
+                        interface: ev.interface.clone(),
+                    };
+                    // A SYN queued behind neighbour resolution is transient: let the window decide.
+                    let transient = d.reason_name.starts_with("NEIGH_");
+                    self.evidence(key, ev, |b| {
+                        if b.drop.is_none() {
+                            b.drop = Some(evidence);
+                        }
+                    });
+                    if transient
+                        && let Some(ch) = self.channels.get_mut(&key)
+                        && matches!(ch.state, State::Settling(_))
+                        && ch.blocked.reset_by.is_none()
+                        && ch.blocked.rejected.is_none()
+                    {
+                        ch.state = State::Pending;
+                    }
+                }
+            }
+            Kind::Reset | Kind::Closed => {}
+        }
+    }
+
+    /// Records evidence on the attempt (opening it if the SYN was not seen here) and starts settling.
+    fn evidence(&mut self, key: Key, ev: &KernelEvent, add: impl FnOnce(&mut Blocked)) {
+        if !self.channels.contains_key(&key) {
+            self.open(key, ev);
+        }
+        let ch = self.channels.get_mut(&key).expect("present");
+        ch.last_ns = ev.monotonic_ns;
+        match ch.state {
+            State::Pending => {
+                add(&mut ch.blocked);
+                ch.blocked.blocked_at = ev.time;
+                ch.blocked.blocked_at_ns = ev.monotonic_ns;
+                ch.state = State::Settling(ev.monotonic_ns);
+            }
+            State::Settling(_) => add(&mut ch.blocked),
+            State::Done => {}
+        }
+    }
+
+    /// Reports channels whose evidence has settled or whose window passed, and forgets old ones.
+    /// `now_ns` is CLOCK_MONOTONIC in ns (the kernel events' clock); `now` is the wall clock.
+    pub fn tick(&mut self, now_ns: u64, now: SystemTime, out: &mut Vec<Outcome>) {
+        let settle = ns(self.config.settle);
+        let window = ns(self.config.blocked_window);
+        let linger = ns(self.config.linger);
+        self.channels.retain(|_, ch| {
+            match ch.state {
+                State::Settling(at) if now_ns.saturating_sub(at) >= settle => {
+                    ch.state = State::Done;
+                    out.push(Outcome::Blocked(Box::new(ch.blocked.clone())));
+                }
+                State::Pending
+                    if ch.blocked.attempts >= 2
+                        && now_ns.saturating_sub(ch.first_ns) >= window =>
+                {
+                    ch.state = State::Done;
+                    ch.blocked.timed_out = true;
+                    ch.blocked.blocked_at = now;
+                    ch.blocked.blocked_at_ns = now_ns;
+                    out.push(Outcome::Blocked(Box::new(ch.blocked.clone())));
+                }
+                _ => {}
+            }
+            // Pending attempts that never retransmit (the client gave up) and done ones are forgotten.
+            now_ns.saturating_sub(ch.last_ns) < linger.max(window)
+        });
+        if self.order.len() > 2 * self.channels.len() + 1024 {
+            let channels = &self.channels;
+            self.order
+                .retain(|(k, id)| channels.get(k).is_some_and(|c| c.id == *id));
+        }
+    }
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+//! The tracker, event by event, as the kernel reports real connection attempts.
+
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+
+use super::*;
+use crate::bpf::events::DropInfo;
+
+const MS: u64 = 1_000_000;
+
+fn client() -> SocketAddr {
+    "198.18.0.2:40000".parse().expect("addr")
+}
+fn server() -> SocketAddr {
+    "198.18.1.2:50051".parse().expect("addr")
+}
+
+fn ev(kind: Kind, at_ms: u64, iface: &str, hook: HookPoint) -> KernelEvent {
+    KernelEvent {
+        time: SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms),
+        monotonic_ns: at_ms * MS,
+        kind,
+        client: client(),
+        server: server(),
+        ifindex: 1,
+        interface: Some(Arc::from(iface)),
+        hook,
+        origin: Side::Client,
+        tcp_flags: 0x02,
+        syn_count: 1,
+        icmp: None,
+        drop: None,
+        packets: [1, 0],
+        bytes: [74, 0],
+        netns: 0,
+    }
+}
+
+fn syn(at_ms: u64, iface: &str, hook: HookPoint) -> KernelEvent {
+    ev(Kind::Opened, at_ms, iface, hook)
+}
+
+fn retransmit(at_ms: u64, n: u16) -> KernelEvent {
+    KernelEvent {
+        syn_count: n,
+        ..ev(Kind::SynRetransmit, at_ms, "lxca", HookPoint::Ingress)
+    }
+}
+
+fn drop_(at_ms: u64, reason: &str) -> KernelEvent {
+    KernelEvent {
+        drop: Some(DropInfo {
+            reason: 7,
+            reason_name: Arc::from(reason),
+            location: 0,
+            call_site: "nft_do_chain+0x3e8".into(),
+        }),
+        hook: HookPoint::Drop,
+        ..ev(Kind::Dropped, at_ms, "lxca", HookPoint::Drop)
+    }
+}
+
+fn reset_from_server(at_ms: u64) -> KernelEvent {
+    KernelEvent {
+        origin: Side::Server,
+        tcp_flags: 0x14,
+        ..ev(Kind::Reset, at_ms, "lxca", HookPoint::Egress)
+    }
+}
+
+fn run(t: &mut Tracker, events: &[KernelEvent], until_ms: u64) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for e in events {
+        t.on_event(e, &mut out);
+        t.tick(e.monotonic_ns, e.time, &mut out);
+    }
+    t.tick(
+        until_ms * MS,
+        SystemTime::UNIX_EPOCH + Duration::from_millis(until_ms),
+        &mut out,
+    );
+    out
+}
+
+fn blocked(out: &[Outcome]) -> Vec<&Blocked> {
+    out.iter()
+        .filter_map(|o| match o {
+            Outcome::Blocked(b) => Some(&**b),
+            Outcome::Established { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_answered_syn_is_established_not_blocked() {
+    let mut t = Tracker::new(Config::default());
+    let out = run(
+        &mut t,
+        &[
+            syn(0, "lxca", HookPoint::Ingress),
+            syn(0, "lxcb", HookPoint::Egress),
+            ev(Kind::Established, 1, "lxcb", HookPoint::Ingress),
+            ev(Kind::Established, 1, "lxca", HookPoint::Egress),
+        ],
+        10_000,
+    );
+    assert_eq!(
+        out,
+        vec![Outcome::Established {
+            client: client(),
+            server: server(),
+            attempts: 1
+        }]
+    );
+}
+
+#[test]
+fn a_dropped_syn_is_one_blocked_record_with_its_reason() {
+    let mut t = Tracker::new(Config::default());
+    let out = run(
+        &mut t,
+        &[
+            syn(0, "lxca", HookPoint::Ingress),
+            drop_(0, "NETFILTER_DROP"),
+            retransmit(1000, 2),
+            drop_(1000, "NETFILTER_DROP"),
+            retransmit(2000, 3),
+        ],
+        10_000,
+    );
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1, "{out:?}");
+    let d = b[0].drop.as_ref().expect("drop evidence");
+    assert_eq!(&*d.reason, "NETFILTER_DROP");
+    assert_eq!(b[0].seen_on, vec![(Arc::from("lxca"), HookPoint::Ingress)]);
+}
+
+#[test]
+fn the_record_comes_within_the_settle_time_of_the_drop() {
+    let mut t = Tracker::new(Config::default());
+    let mut out = Vec::new();
+    t.on_event(&syn(0, "lxca", HookPoint::Ingress), &mut out);
+    t.on_event(&drop_(0, "NETFILTER_DROP"), &mut out);
+    t.tick(5 * MS, SystemTime::UNIX_EPOCH, &mut out);
+    assert!(out.is_empty(), "still settling");
+    t.tick(10 * MS, SystemTime::UNIX_EPOCH, &mut out);
+    assert_eq!(blocked(&out).len(), 1);
+}
+
+#[test]
+fn a_reset_and_the_drop_behind_it_merge_into_one_record() {
+    // nft `reject with tcp reset`: the forged RST reaches the client and the SYN is dropped.
+    let mut t = Tracker::new(Config::default());
+    let out = run(
+        &mut t,
+        &[
+            syn(0, "lxca", HookPoint::Ingress),
+            reset_from_server(0),
+            drop_(0, "NETFILTER_DROP"),
+        ],
+        1_000,
+    );
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].reset_by, Some(Side::Server));
+    assert!(b[0].drop.is_some());
+}
+
+#[test]
+fn icmp_rejection_blocks() {
+    let mut t = Tracker::new(Config::default());
+    let rejected = KernelEvent {
+        icmp: Some((3, 13)),
+        origin: Side::Network,
+        ..ev(Kind::Rejected, 0, "lxca", HookPoint::Egress)
+    };
+    let out = run(&mut t, &[syn(0, "lxca", HookPoint::Ingress), rejected], 1_000);
+    assert_eq!(blocked(&out)[0].rejected, Some((3, 13)));
+}
+
+#[test]
+fn retransmissions_without_answer_block_after_the_window() {
+    let mut t = Tracker::new(Config::default());
+    let mut out = run(
+        &mut t,
+        &[syn(0, "lxca", HookPoint::Ingress), retransmit(1000, 2)],
+        2_000,
+    );
+    assert!(out.is_empty(), "inside the window");
+    t.tick(3_100 * MS, SystemTime::UNIX_EPOCH, &mut out);
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1);
+    assert!(b[0].timed_out);
+    assert_eq!(b[0].attempts, 2);
+}
+
+#[test]
+fn a_single_unanswered_syn_is_not_blocked_by_the_window() {
+    // The client gave up (or the answer went another way): no retransmission, no verdict.
+    let mut t = Tracker::new(Config::default());
+    let out = run(&mut t, &[syn(0, "lxca", HookPoint::Ingress)], 10_000);
+    assert!(blocked(&out).is_empty());
+}
+
+#[test]
+fn a_client_reset_does_not_block() {
+    let mut t = Tracker::new(Config::default());
+    let rst = KernelEvent {
+        origin: Side::Client,
+        ..ev(Kind::Reset, 1, "lxca", HookPoint::Ingress)
+    };
+    let out = run(&mut t, &[syn(0, "lxca", HookPoint::Ingress), rst], 1_000);
+    assert!(blocked(&out).is_empty());
+}
+
+#[test]
+fn a_neighbour_queue_drop_waits_for_the_window() {
+    let mut t = Tracker::new(Config::default());
+    let out = run(
+        &mut t,
+        &[
+            syn(0, "lxca", HookPoint::Ingress),
+            drop_(0, "NEIGH_QUEUEFULL"),
+            ev(Kind::Established, 1000, "lxca", HookPoint::Egress),
+        ],
+        10_000,
+    );
+    assert!(blocked(&out).is_empty(), "{out:?}");
+}
+
+#[test]
+fn the_same_syn_on_two_interfaces_is_one_attempt_and_a_reused_tuple_is_another() {
+    let mut t = Tracker::new(Config::default());
+    let out = run(
+        &mut t,
+        &[
+            syn(0, "lxca", HookPoint::Ingress),
+            syn(0, "lxcb", HookPoint::Egress),
+            reset_from_server(0),
+            // A new connect() from the same source port later.
+            syn(5_000, "lxca", HookPoint::Ingress),
+            drop_(5_000, "NETFILTER_DROP"),
+        ],
+        6_000,
+    );
+    let b = blocked(&out);
+    assert_eq!(b.len(), 2, "{out:?}");
+    assert_eq!(b[0].seen_on.len(), 2);
+    assert_eq!(b[1].seen_on.len(), 1);
+}
+
+#[test]
+fn a_syn_storm_is_bounded_and_evictions_are_counted() {
+    let mut t = Tracker::new(Config {
+        max_channels: 100,
+        ..Config::default()
+    });
+    let mut out = Vec::new();
+    for i in 0..1_000u16 {
+        let e = KernelEvent {
+            client: SocketAddr::new(client().ip(), 10_000 + i),
+            ..syn(u64::from(i), "lxca", HookPoint::Ingress)
+        };
+        t.on_event(&e, &mut out);
+    }
+    assert!(t.len() <= 100);
+    assert_eq!(t.evicted(), 900);
+}
+
+#[test]
+fn forgotten_after_linger() {
+    let mut t = Tracker::new(Config::default());
+    let _ = run(
+        &mut t,
+        &[syn(0, "lxca", HookPoint::Ingress), drop_(0, "NETFILTER_DROP")],
+        100,
+    );
+    assert_eq!(t.len(), 1);
+    let mut out = Vec::new();
+    t.tick(60_000 * MS, SystemTime::UNIX_EPOCH, &mut out);
+    assert!(t.is_empty());
+}

@@ -9,9 +9,11 @@
 //! | [`cluster`] | the inventory: IP → pod/node at time T, namespaces, policies and their revisions |
 //! | [`policy`] | the pure NetworkPolicy engine: compile, index, evaluate, explain |
 //! | [`manifest`] | loading Namespaces, Pods, Nodes and NetworkPolicies from YAML/JSON files |
+//! | [`attribution`] | blocked channel + inventory + verdict → forensics record (cause, direction, policies) |
 //! | [`export`] | Prometheus metrics, the JSON forensics log, the HTTP API |
 //! | [`cli`] | the command line: one module per subcommand |
 
+pub mod attribution;
 pub mod bpf;
 pub mod channel;
 pub mod cli;

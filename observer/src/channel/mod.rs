@@ -194,7 +194,10 @@ impl Tracker {
         while let Some((key, id)) = self.order.pop_front() {
             if self.channels.get(&key).is_some_and(|c| c.id == id) {
                 let ch = self.channels.remove(&key);
-                if matches!(ch.map(|c| c.state), Some(State::Pending | State::Settling(_))) {
+                if matches!(
+                    ch.map(|c| c.state),
+                    Some(State::Pending | State::Settling(_))
+                ) {
                     self.evicted += 1;
                 }
                 return;
@@ -324,8 +327,7 @@ impl Tracker {
                     out.push(Outcome::Blocked(Box::new(ch.blocked.clone())));
                 }
                 State::Pending
-                    if ch.blocked.attempts >= 2
-                        && now_ns.saturating_sub(ch.first_ns) >= window =>
+                    if ch.blocked.attempts >= 2 && now_ns.saturating_sub(ch.first_ns) >= window =>
                 {
                     ch.state = State::Done;
                     ch.blocked.timed_out = true;

@@ -173,7 +173,11 @@ fn icmp_rejection_blocks() {
         origin: Side::Network,
         ..ev(Kind::Rejected, 0, "lxca", HookPoint::Egress)
     };
-    let out = run(&mut t, &[syn(0, "lxca", HookPoint::Ingress), rejected], 1_000);
+    let out = run(
+        &mut t,
+        &[syn(0, "lxca", HookPoint::Ingress), rejected],
+        1_000,
+    );
     assert_eq!(blocked(&out)[0].rejected, Some((3, 13)));
 }
 
@@ -271,7 +275,10 @@ fn forgotten_after_linger() {
     let mut t = Tracker::new(Config::default());
     let _ = run(
         &mut t,
-        &[syn(0, "lxca", HookPoint::Ingress), drop_(0, "NETFILTER_DROP")],
+        &[
+            syn(0, "lxca", HookPoint::Ingress),
+            drop_(0, "NETFILTER_DROP"),
+        ],
         100,
     );
     assert_eq!(t.len(), 1);

@@ -10,6 +10,7 @@
 //! | [`policy`] | the pure NetworkPolicy engine: compile, index, evaluate, explain |
 //! | [`manifest`] | loading Namespaces, Pods, Nodes and NetworkPolicies from YAML/JSON files |
 //! | [`attribution`] | blocked channel + inventory + verdict → forensics record (cause, direction, policies) |
+//! | [`pipeline`] | the daemon's core, one direction: events → channels → attribution → records + metrics |
 //! | [`export`] | Prometheus metrics, the JSON forensics log, the HTTP API |
 //! | [`cli`] | the command line: one module per subcommand |
 
@@ -20,4 +21,5 @@ pub mod cli;
 pub mod cluster;
 pub mod export;
 pub mod manifest;
+pub mod pipeline;
 pub mod policy;

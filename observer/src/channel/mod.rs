@@ -129,8 +129,14 @@ struct Channel {
 pub struct Tracker {
     config: Config,
     channels: HashMap<Key, Channel>,
-    /// Insertion order, for eviction (entries whose id no longer matches are stale).
-    order: VecDeque<(Key, u64)>,
+    /// Insertion order with first-SYN time: eviction, the blocked window and forgetting all walk it from
+    /// the front, so `tick` costs what expires, not what is tracked. Entries whose id no longer matches
+    /// the map's are stale and skipped.
+    order: VecDeque<(Key, u64, u64)>,
+    /// Channels waiting for their evidence to settle, in time order.
+    settling: VecDeque<(Key, u64, u64)>,
+    /// Position in `order` up to which the blocked window has been checked.
+    window_checked: usize,
     next_id: u64,
     evicted: u64,
 }
@@ -141,9 +147,16 @@ impl Tracker {
             config,
             channels: HashMap::new(),
             order: VecDeque::new(),
+            settling: VecDeque::new(),
+            window_checked: 0,
             next_id: 0,
             evicted: 0,
         }
+    }
+
+    /// Connection attempts seen so far.
+    pub fn opened(&self) -> u64 {
+        self.next_id
     }
 
     /// Channels evicted before they resolved, so far.
@@ -166,7 +179,7 @@ impl Tracker {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.order.push_back((key, id));
+        self.order.push_back((key, id, ev.monotonic_ns));
         let ch = Channel {
             id,
             state: State::Pending,
@@ -191,7 +204,8 @@ impl Tracker {
     }
 
     fn evict_one(&mut self) {
-        while let Some((key, id)) = self.order.pop_front() {
+        while let Some((key, id, _)) = self.order.pop_front() {
+            self.window_checked = self.window_checked.saturating_sub(1);
             if self.channels.get(&key).is_some_and(|c| c.id == id) {
                 let ch = self.channels.remove(&key);
                 if matches!(
@@ -308,6 +322,7 @@ impl Tracker {
                 ch.blocked.blocked_at = ev.time;
                 ch.blocked.blocked_at_ns = ev.monotonic_ns;
                 ch.state = State::Settling(ev.monotonic_ns);
+                self.settling.push_back((key, ch.id, ev.monotonic_ns));
             }
             State::Settling(_) => add(&mut ch.blocked),
             State::Done => {}
@@ -319,31 +334,59 @@ impl Tracker {
     pub fn tick(&mut self, now_ns: u64, now: SystemTime, out: &mut Vec<Outcome>) {
         let settle = ns(self.config.settle);
         let window = ns(self.config.blocked_window);
-        let linger = ns(self.config.linger);
-        self.channels.retain(|_, ch| {
-            match ch.state {
-                State::Settling(at) if now_ns.saturating_sub(at) >= settle => {
-                    ch.state = State::Done;
-                    out.push(Outcome::Blocked(Box::new(ch.blocked.clone())));
-                }
-                State::Pending
-                    if ch.blocked.attempts >= 2 && now_ns.saturating_sub(ch.first_ns) >= window =>
-                {
-                    ch.state = State::Done;
-                    ch.blocked.timed_out = true;
-                    ch.blocked.blocked_at = now;
-                    ch.blocked.blocked_at_ns = now_ns;
-                    out.push(Outcome::Blocked(Box::new(ch.blocked.clone())));
+        let linger = ns(self.config.linger).max(window);
+
+        while let Some(&(key, id, at)) = self.settling.front() {
+            if now_ns.saturating_sub(at) < settle {
+                break;
+            }
+            self.settling.pop_front();
+            if let Some(ch) = self.channels.get_mut(&key)
+                && ch.id == id
+                && matches!(ch.state, State::Settling(_))
+            {
+                ch.state = State::Done;
+                out.push(Outcome::Blocked(Box::new(ch.blocked.clone())));
+            }
+        }
+
+        // The window: each attempt is checked once, when its window has passed since its first SYN.
+        while let Some(&(key, id, first)) = self.order.get(self.window_checked) {
+            if now_ns.saturating_sub(first) < window {
+                break;
+            }
+            self.window_checked += 1;
+            if let Some(ch) = self.channels.get_mut(&key)
+                && ch.id == id
+                && matches!(ch.state, State::Pending)
+                && ch.blocked.attempts >= 2
+            {
+                ch.state = State::Done;
+                ch.blocked.timed_out = true;
+                ch.blocked.blocked_at = now;
+                ch.blocked.blocked_at_ns = now_ns;
+                out.push(Outcome::Blocked(Box::new(ch.blocked.clone())));
+            }
+        }
+
+        // Forget attempts idle for `linger` (done ones, and pending ones whose client gave up), oldest
+        // first; an old attempt still active stops the walk until it goes quiet.
+        while self.window_checked > 0
+            && let Some(&(key, id, _)) = self.order.front()
+        {
+            match self.channels.get(&key) {
+                Some(ch) if ch.id == id => {
+                    if now_ns.saturating_sub(ch.last_ns) < linger
+                        || matches!(ch.state, State::Settling(_))
+                    {
+                        break;
+                    }
+                    self.channels.remove(&key);
                 }
                 _ => {}
             }
-            // Pending attempts that never retransmit (the client gave up) and done ones are forgotten.
-            now_ns.saturating_sub(ch.last_ns) < linger.max(window)
-        });
-        if self.order.len() > 2 * self.channels.len() + 1024 {
-            let channels = &self.channels;
-            self.order
-                .retain(|(k, id)| channels.get(k).is_some_and(|c| c.id == *id));
+            self.order.pop_front();
+            self.window_checked -= 1;
         }
     }
 }

@@ -29,7 +29,12 @@ const CHANNELS: usize = 400_000;
 const BATCH: usize = 256;
 
 fn pod_ip(i: usize) -> [u8; 4] {
-    [198, 18 + (i / 65_536) as u8 % 2, (i / 256 % 256) as u8, (i % 256) as u8]
+    [
+        198,
+        18 + (i / 65_536) as u8 % 2,
+        (i / 256 % 256) as u8,
+        (i % 256) as u8,
+    ]
 }
 
 fn inventory() -> SharedInventory {
@@ -93,7 +98,11 @@ fn record(kind: EventKind, i: usize, ts_ns: u64) -> Vec<u8> {
         },
         kind: kind as u8,
         origin: Origin::Client as u8,
-        hook: if kind == EventKind::Dropped { Hook::Drop } else { Hook::Ingress } as u8,
+        hook: if kind == EventKind::Dropped {
+            Hook::Drop
+        } else {
+            Hook::Ingress
+        } as u8,
         tcp_flags: 0x02,
         icmp_type: 0,
         icmp_code: 0,
@@ -106,19 +115,34 @@ fn record(kind: EventKind, i: usize, ts_ns: u64) -> Vec<u8> {
         _pad: 0,
     };
     // SAFETY: Event is plain old data.
-    unsafe { std::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), size_of::<Event>()) }.to_vec()
+    unsafe { std::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), size_of::<Event>()) }
+        .to_vec()
 }
 
 fn main() {
     let inventory = inventory();
     let metrics = Metrics::new().expect("metrics");
-    let mut pipeline = Pipeline::new(channel::Config::default(), metrics.clone(), inventory, "n1".into());
+    let mut pipeline = Pipeline::new(
+        channel::Config::default(),
+        metrics.clone(),
+        inventory,
+        "n1".into(),
+    );
     let decoder = Decoder::new(Arc::new(DropReasons::from_pairs([(77, "NETFILTER_DROP")])));
     // Raw records, as the ring buffer would deliver them: an opened SYN and its drop per channel.
+    // Kernel timestamps from now on (CLOCK_MONOTONIC), so that the inventory (built just now) resolves the
+    // pods: a record before the pods existed would rightly call both ends external.
+    let mono_now = {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    };
     let raw: Vec<Vec<u8>> = (0..CHANNELS)
         .flat_map(|i| {
-            let t = 1_000_000_000 + i as u64 * 1_000;
-            [record(EventKind::Opened, i, t), record(EventKind::Dropped, i, t + 100)]
+            let t = mono_now + i as u64 * 1_000;
+            [
+                record(EventKind::Opened, i, t),
+                record(EventKind::Dropped, i, t + 100),
+            ]
         })
         .collect();
     let _ = decoder.decode(&raw[1]); // loads kernel symbols once, outside the timing
@@ -162,4 +186,9 @@ fn main() {
         metrics.channels_evicted.get()
     );
     assert_eq!(written, CHANNELS, "zero loss");
+    let policy = metrics
+        .blocked_channels
+        .with_label_values(&["policy", "ingress", "ns0", "default-deny"])
+        .get();
+    assert!(policy > 0, "records are attributed to policies");
 }

@@ -23,8 +23,12 @@ use crate::{
 /// Builds the record for a blocked channel seen on `node`.
 pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record {
     let at = blocked.first_seen;
-    let src = endpoint(blocked.client, inventory, at);
-    let dst = endpoint(blocked.server, inventory, at);
+    let (src_inv, dst_inv) = (
+        inventory.endpoint_at(blocked.client.ip(), at),
+        inventory.endpoint_at(blocked.server.ip(), at),
+    );
+    let src = endpoint(blocked.client, &src_inv);
+    let dst = endpoint(blocked.server, &dst_inv);
     let mut notes = Vec::new();
     let kernel_reason = blocked.drop.as_ref().map(|d| d.reason.to_string());
     let call_site = blocked.drop.as_ref().map(|d| d.call_site.clone());
@@ -54,7 +58,11 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         notes.push("inventory not synced yet: no policy verdict".into());
         (Cause::Unknown, None, Vec::new())
     } else {
-        let verdict = evaluate(inventory, blocked.client, blocked.server, at);
+        let verdict = evaluate(
+            inventory,
+            (blocked.client, &src_inv),
+            (blocked.server, &dst_inv),
+        );
         if !verdict.allowed {
             let mut policies = Vec::new();
             let egress = !verdict.egress.allowed;
@@ -116,12 +124,14 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
 /// then (a pod deleted since still counts while the engine has it).
 fn evaluate(
     inventory: &Inventory,
-    client: SocketAddr,
-    server: SocketAddr,
-    at: SystemTime,
+    (client, client_then): (SocketAddr, &InvEndpoint<'_>),
+    (server, server_then): (SocketAddr, &InvEndpoint<'_>),
 ) -> std::sync::Arc<policy::explain::Verdict> {
     let engine = inventory.engine();
-    let resolve = |addr: SocketAddr| match inventory.endpoint_at(addr.ip(), at) {
+    let resolve = |addr: SocketAddr, then: &InvEndpoint<'_>| match then {
+        // Still holding the address: the engine's IP index finds it in one lookup.
+        InvEndpoint::Pod(h) if h.to.is_none() => Some(engine.lookup_ip(addr.ip())),
+        // Deleted or moved since: by name, while the engine still has it.
         InvEndpoint::Pod(h) => engine
             .pod_endpoint(&h.pod.pod.namespace, &h.pod.pod.name)
             .map(|e| match e {
@@ -133,7 +143,7 @@ fn evaluate(
             }),
         _ => None,
     };
-    match (resolve(client), resolve(server)) {
+    match (resolve(client, client_then), resolve(server, server_then)) {
         (Some(s), Some(d)) => engine.evaluate(s, d, server.port(), Protocol::Tcp).ok(),
         (s, d) => engine
             .evaluate(
@@ -189,8 +199,8 @@ fn responsible(
     }
 }
 
-/// One end as the inventory knew it at `at`.
-fn endpoint(addr: SocketAddr, inventory: &Inventory, at: SystemTime) -> Endpoint {
+/// One end as the inventory knew it.
+fn endpoint(addr: SocketAddr, then: &InvEndpoint<'_>) -> Endpoint {
     let bare = |kind: &str| Endpoint {
         ip: addr.ip(),
         port: addr.port(),
@@ -200,7 +210,7 @@ fn endpoint(addr: SocketAddr, inventory: &Inventory, at: SystemTime) -> Endpoint
         node: None,
         workload: None,
     };
-    match inventory.endpoint_at(addr.ip(), at) {
+    match then {
         InvEndpoint::Pod(h) => Endpoint {
             namespace: Some(h.pod.pod.namespace.to_string()),
             pod: Some(h.pod.pod.name.to_string()),

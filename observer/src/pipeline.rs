@@ -88,10 +88,7 @@ impl Pipeline {
         for outcome in self.outcomes.drain(..) {
             match outcome {
                 Outcome::Established { .. } => {
-                    self.metrics
-                        .flows
-                        .with_label_values(&["established"])
-                        .inc();
+                    self.metrics.flows.with_label_values(&["established"]).inc();
                 }
                 Outcome::Blocked(blocked) => {
                     self.metrics.flows.with_label_values(&["blocked"]).inc();

@@ -121,14 +121,16 @@ struct Channel {
     state: State,
     first_ns: u64,
     last_ns: u64,
-    blocked: Blocked,
+    /// Boxed: keeps map entries small (the map moves them when it grows).
+    blocked: Box<Blocked>,
 }
 
 /// Tracks connection attempts. Feed every event to [`Tracker::on_event`] and call [`Tracker::tick`]
 /// regularly (every few ms) with the current monotonic time.
 pub struct Tracker {
     config: Config,
-    channels: HashMap<Key, Channel>,
+    /// foldhash: fast, and seeded per process (keys come from the network).
+    channels: HashMap<Key, Channel, foldhash::fast::RandomState>,
     /// Insertion order with first-SYN time: eviction, the blocked window and forgetting all walk it from
     /// the front, so `tick` costs what expires, not what is tracked. Entries whose id no longer matches
     /// the map's are stale and skipped.
@@ -145,7 +147,7 @@ impl Tracker {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            channels: HashMap::new(),
+            channels: HashMap::default(),
             order: VecDeque::new(),
             settling: VecDeque::new(),
             window_checked: 0,
@@ -185,7 +187,7 @@ impl Tracker {
             state: State::Pending,
             first_ns: ev.monotonic_ns,
             last_ns: ev.monotonic_ns,
-            blocked: Blocked {
+            blocked: Box::new(Blocked {
                 client: key.client,
                 server: key.server,
                 first_seen: ev.time,
@@ -197,7 +199,7 @@ impl Tracker {
                 reset_by: None,
                 rejected: None,
                 timed_out: false,
-            },
+            }),
         };
         self.channels.insert(key, ch);
         self.channels.get_mut(&key).expect("just inserted")
@@ -242,7 +244,7 @@ impl Tracker {
                     if let Some(old) = self.channels.get(&key)
                         && matches!(old.state, State::Settling(_))
                     {
-                        out.push(Outcome::Blocked(Box::new(old.blocked.clone())));
+                        out.push(Outcome::Blocked(old.blocked.clone()));
                     }
                     self.open(key, ev)
                 } else {
@@ -346,7 +348,7 @@ impl Tracker {
                 && matches!(ch.state, State::Settling(_))
             {
                 ch.state = State::Done;
-                out.push(Outcome::Blocked(Box::new(ch.blocked.clone())));
+                out.push(Outcome::Blocked(ch.blocked.clone()));
             }
         }
 
@@ -365,7 +367,7 @@ impl Tracker {
                 ch.blocked.timed_out = true;
                 ch.blocked.blocked_at = now;
                 ch.blocked.blocked_at_ns = now_ns;
-                out.push(Outcome::Blocked(Box::new(ch.blocked.clone())));
+                out.push(Outcome::Blocked(ch.blocked.clone()));
             }
         }
 

@@ -48,7 +48,8 @@ pub struct Metrics {
     pub cluster_synced: IntGauge,
     /// `{kind}` — forensics records written.
     pub records: IntCounterVec,
-    admitted: Arc<Mutex<HashSet<(String, String)>>>,
+    /// `namespace/name` of the policies with their own labels.
+    admitted: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Metrics {
@@ -189,26 +190,33 @@ impl Metrics {
             return;
         }
         for (ns, name) in policies {
-            let (ns, name) = self.policy_label(ns, name);
+            let (ns, name) = if self.admit(ns, name) {
+                (ns.as_str(), name.as_str())
+            } else {
+                ("", "other")
+            };
             self.blocked_channels
-                .with_label_values(&[cause, direction, &ns, &name])
+                .with_label_values(&[cause, direction, ns, name])
                 .inc();
         }
     }
 
-    /// The labels for a policy: its own while fewer than `POLICY_LABELS_MAX` policies have been admitted
-    /// (a series, once created, keeps its labels so counters stay monotonic), else `("", "other")`.
-    fn policy_label(&self, ns: &str, name: &str) -> (String, String) {
+    /// Whether a policy gets its own labels: yes while fewer than `POLICY_LABELS_MAX` policies have
+    /// been admitted (a series, once created, keeps its labels so counters stay monotonic), else it is
+    /// folded into `("", "other")`.
+    fn admit(&self, ns: &str, name: &str) -> bool {
         let Ok(mut admitted) = self.admitted.lock() else {
-            return (String::new(), "other".into());
+            return false;
         };
-        let key = (ns.to_owned(), name.to_owned());
-        if admitted.contains(&key) || admitted.len() < Self::POLICY_LABELS_MAX {
-            admitted.insert(key.clone());
-            key
-        } else {
-            (String::new(), "other".into())
+        let key = format!("{ns}/{name}");
+        if admitted.contains(&key) {
+            return true;
         }
+        if admitted.len() < Self::POLICY_LABELS_MAX {
+            admitted.insert(key);
+            return true;
+        }
+        false
     }
 
     /// The text exposition format.

@@ -1,7 +1,11 @@
-//! Exports: Prometheus metrics, the JSON forensics log, the HTTP API. Depends on records, never on kernel
+//! Exports: Prometheus metrics, the JSON forensics log, the recent records and the HTTP API that serves
+//! them. `observer run` feeds them; `observer tail` reads the API. Depends on records, never on kernel
 //! types.
 
+pub mod log;
 pub mod metrics;
 pub mod record;
 
+pub use log::{LogWriter, Rotation};
+pub use metrics::Metrics;
 pub use record::Record;

@@ -4,8 +4,10 @@
 
 pub mod log;
 pub mod metrics;
+pub mod recent;
 pub mod record;
 
 pub use log::{LogWriter, Rotation};
 pub use metrics::Metrics;
+pub use recent::Recent;
 pub use record::Record;

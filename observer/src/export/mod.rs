@@ -2,11 +2,13 @@
 //! them. `observer run` feeds them; `observer tail` reads the API. Depends on records, never on kernel
 //! types.
 
+pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod recent;
 pub mod record;
 
+pub use http::{ApiState, Readiness, serve};
 pub use log::{LogWriter, Rotation};
 pub use metrics::Metrics;
 pub use recent::Recent;

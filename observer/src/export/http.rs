@@ -62,6 +62,17 @@ pub const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";
 /// How often an idle stream sends an empty line.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
+/// The API flags of `observer run`: `#[command(flatten)]` them into its arguments.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ApiArgs {
+    /// Address of the HTTP API (metrics, health, recent records).
+    #[arg(long, env = "OBSERVER_LISTEN", default_value = "0.0.0.0:9990")]
+    pub listen: std::net::SocketAddr,
+    /// Recent records kept in memory for `/api/v1/blocked` and `observer tail`.
+    #[arg(long, env = "OBSERVER_RECENT_RECORDS", default_value_t = Recent::DEFAULT_CAPACITY)]
+    pub recent_records: usize,
+}
+
 /// What `/readyz` reports: the daemon sets each part as it happens (and clears it if it is lost).
 #[derive(Debug, Default)]
 pub struct Readiness {
@@ -700,6 +711,23 @@ mod tests {
         assert!(parse_kinds("all").expect("all").is_empty());
         let e = parse_kinds("blocked,nope").expect_err("bad");
         assert!(e.starts_with("kind: ") && e.contains("\"nope\""), "{e}");
+    }
+
+    #[test]
+    fn api_flags_flatten_with_their_defaults() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            api: ApiArgs,
+        }
+        let run = Run::try_parse_from(["run"]).expect("parse");
+        assert_eq!(run.api.listen.to_string(), "0.0.0.0:9990");
+        assert_eq!(run.api.recent_records, Recent::DEFAULT_CAPACITY);
+        let run = Run::try_parse_from(["run", "--listen", "[::1]:0", "--recent-records", "5"])
+            .expect("parse");
+        assert_eq!(run.api.listen.to_string(), "[::1]:0");
+        assert_eq!(run.api.recent_records, 5);
     }
 
     #[test]

@@ -80,6 +80,60 @@ impl Default for Rotation {
     }
 }
 
+/// The forensics log flags of `observer run`: `#[command(flatten)]` them into its arguments.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LogArgs {
+    /// Forensics log format: `json` (one schema-1 record per line, the stable contract) or `text`.
+    #[arg(long, env = "OBSERVER_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: Format,
+    /// Write the forensics log to this file, rotated by size, instead of stdout.
+    #[arg(long, env = "OBSERVER_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Rotate the log file before a record would take it past this size (bytes, or with a K/M/G suffix;
+    /// 0 never rotates).
+    #[arg(long, env = "OBSERVER_LOG_MAX_BYTES", default_value = "100M", value_parser = parse_size)]
+    pub log_max_bytes: u64,
+    /// Rotated log files kept (`observer.log.1` … `.N`, the oldest dropped; 0 truncates instead).
+    #[arg(long, env = "OBSERVER_LOG_KEEP", default_value_t = Rotation::DEFAULT_KEEP)]
+    pub log_keep: usize,
+}
+
+impl LogArgs {
+    /// The writer these flags ask for: the file when `--log-file` is given, else stdout.
+    pub fn open(&self) -> Result<LogWriter> {
+        match &self.log_file {
+            Some(path) => LogWriter::file(
+                self.log_format,
+                path,
+                Rotation {
+                    max_bytes: self.log_max_bytes,
+                    keep: self.log_keep,
+                },
+            ),
+            None => Ok(LogWriter::stdout(self.log_format)),
+        }
+    }
+}
+
+/// `1048576`, `512K`, `100M`, `1G` (powers of 1024; `KiB`, `MB`… and lower case accepted).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("expected a size such as 1048576, 512K or 100M, got {s:?}"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("unknown size unit in {s:?} (expected K, M or G)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
 /// Writes records, one per line, and flushes after each call (a record is on disk or on the pipe when
 /// `write` returns).
 pub struct LogWriter {
@@ -181,11 +235,16 @@ impl LogWriter {
     /// before it are written).
     pub fn write_all<'a>(&mut self, records: impl IntoIterator<Item = &'a Record>) -> Result<()> {
         for record in records {
-            self.line.clear();
-            encode(self.format, record, &mut self.line)?;
-            self.sink.write_line(&self.line)?;
+            self.write_unflushed(record)?;
         }
         self.flush()
+    }
+
+    /// Writes one record as one line without flushing: call [`flush`](Self::flush) after the batch.
+    pub fn write_unflushed(&mut self, record: &Record) -> Result<()> {
+        self.line.clear();
+        encode(self.format, record, &mut self.line)?;
+        self.sink.write_line(&self.line)
     }
 
     /// Flushes what the sink buffers (call on shutdown; `write` already flushes).
@@ -466,6 +525,58 @@ mod tests {
         text.lines()
             .map(|l| serde_json::from_str(l).expect("every line is a whole record"))
             .collect()
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("100MiB"), Ok(100 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("12X").expect_err("unit").contains("\"12X\""));
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999999999G").is_err());
+    }
+
+    #[test]
+    fn log_flags_flatten_into_a_command_and_open_the_right_sink() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            log: LogArgs,
+        }
+        let dir = Scratch::new("args");
+        let path = dir.0.join("observer.log");
+        let run = Run::try_parse_from([
+            "run".as_ref(),
+            "--log-format".as_ref(),
+            "text".as_ref(),
+            "--log-file".as_ref(),
+            path.as_os_str(),
+            "--log-max-bytes".as_ref(),
+            "10M".as_ref(),
+            "--log-keep".as_ref(),
+            "3".as_ref(),
+        ])
+        .expect("parse");
+        assert_eq!(run.log.log_format, Format::Text);
+        assert_eq!(run.log.log_max_bytes, 10 << 20);
+        assert_eq!(run.log.log_keep, 3);
+        let mut w = run.log.open().expect("open");
+        assert_eq!(w.target(), path.display().to_string());
+        w.write(&record(1)).expect("write");
+        assert!(
+            fs::read_to_string(&path)
+                .expect("read")
+                .contains("shop/checkout-7d9f:40001")
+        );
+
+        let defaults = Run::try_parse_from(["run"]).expect("parse");
+        assert_eq!(defaults.log.log_format, Format::Json);
+        assert_eq!(defaults.log.log_max_bytes, Rotation::DEFAULT_MAX_BYTES);
+        assert_eq!(defaults.log.open().expect("stdout").target(), "stdout");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 pub mod explain;
 pub mod run;
+pub mod tail;
 
 /// `observer`: which NetworkPolicy blocked this gRPC channel?
 #[derive(Debug, clap::Parser)]
@@ -22,6 +23,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Offline simulation from manifests: would this connection be allowed, and which policies decide?
     Explain(explain::ExplainArgs),
+    /// Print the blocked channels a running daemon reports (its HTTP API), and follow new ones.
+    Tail(tail::TailArgs),
 }
 
 /// Runs the chosen subcommand; the exit code is the subcommand's contract (see each module).
@@ -40,5 +43,6 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
+        Command::Tail(args) => tail::run(&args),
     }
 }

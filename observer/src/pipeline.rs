@@ -106,10 +106,6 @@ impl Pipeline {
                         record.direction.map_or("", |d| d.as_str()),
                         &policies,
                     );
-                    self.metrics
-                        .records
-                        .with_label_values(&[record.kind.as_str()])
-                        .inc();
                     records.push(record);
                 }
             }

@@ -109,8 +109,8 @@ struct Key {
 enum State {
     /// SYN seen, no answer yet.
     Pending,
-    /// Evidence seen at this monotonic time; reported once `settle` has passed.
-    Settling(u64),
+    /// Evidence seen; reported once `settle` has passed (see `Tracker::settling`).
+    Settling,
     /// Reported (or established); kept to absorb late duplicates.
     Done,
 }
@@ -119,7 +119,6 @@ enum State {
 struct Channel {
     id: u64,
     state: State,
-    first_ns: u64,
     last_ns: u64,
     /// Boxed: keeps map entries small (the map moves them when it grows).
     blocked: Box<Blocked>,
@@ -185,7 +184,6 @@ impl Tracker {
         let ch = Channel {
             id,
             state: State::Pending,
-            first_ns: ev.monotonic_ns,
             last_ns: ev.monotonic_ns,
             blocked: Box::new(Blocked {
                 client: key.client,
@@ -212,7 +210,7 @@ impl Tracker {
                 let ch = self.channels.remove(&key);
                 if matches!(
                     ch.map(|c| c.state),
-                    Some(State::Pending | State::Settling(_))
+                    Some(State::Pending | State::Settling)
                 ) {
                     self.evicted += 1;
                 }
@@ -242,7 +240,7 @@ impl Tracker {
                 let ch = if new_attempt {
                     // A previous attempt still settling is reported before the new one replaces it.
                     if let Some(old) = self.channels.get(&key)
-                        && matches!(old.state, State::Settling(_))
+                        && matches!(old.state, State::Settling)
                     {
                         out.push(Outcome::Blocked(old.blocked.clone()));
                     }
@@ -263,7 +261,7 @@ impl Tracker {
             }
             Kind::Established => {
                 if let Some(ch) = self.channels.get_mut(&key)
-                    && matches!(ch.state, State::Pending | State::Settling(_))
+                    && matches!(ch.state, State::Pending | State::Settling)
                 {
                     ch.state = State::Done;
                     ch.last_ns = ev.monotonic_ns;
@@ -299,7 +297,7 @@ impl Tracker {
                     });
                     if transient
                         && let Some(ch) = self.channels.get_mut(&key)
-                        && matches!(ch.state, State::Settling(_))
+                        && matches!(ch.state, State::Settling)
                         && ch.blocked.reset_by.is_none()
                         && ch.blocked.rejected.is_none()
                     {
@@ -323,10 +321,10 @@ impl Tracker {
                 add(&mut ch.blocked);
                 ch.blocked.blocked_at = ev.time;
                 ch.blocked.blocked_at_ns = ev.monotonic_ns;
-                ch.state = State::Settling(ev.monotonic_ns);
+                ch.state = State::Settling;
                 self.settling.push_back((key, ch.id, ev.monotonic_ns));
             }
-            State::Settling(_) => add(&mut ch.blocked),
+            State::Settling => add(&mut ch.blocked),
             State::Done => {}
         }
     }
@@ -345,7 +343,7 @@ impl Tracker {
             self.settling.pop_front();
             if let Some(ch) = self.channels.get_mut(&key)
                 && ch.id == id
-                && matches!(ch.state, State::Settling(_))
+                && matches!(ch.state, State::Settling)
             {
                 ch.state = State::Done;
                 out.push(Outcome::Blocked(ch.blocked.clone()));
@@ -379,7 +377,7 @@ impl Tracker {
             match self.channels.get(&key) {
                 Some(ch) if ch.id == id => {
                     if now_ns.saturating_sub(ch.last_ns) < linger
-                        || matches!(ch.state, State::Settling(_))
+                        || matches!(ch.state, State::Settling)
                     {
                         break;
                     }

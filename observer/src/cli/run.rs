@@ -1,22 +1,42 @@
 //! `observer run`: the node daemon.
+//!
+//! ```text
+//!  ring buffer ─▶ Pipeline (channel → attribution) ─▶ Exports (log, recent, metrics) ─▶ HTTP API
+//!  rtnetlink ───▶ Datapath attach/detach                 ▲
+//!  cluster source (kube watch | manifest files) ─▶ Inventory
+//! ```
+//!
+//! One thread: the programs are attached in this process's network namespace, and the work per event
+//! is small. Clean shutdown on SIGINT/SIGTERM: link follower stopped, programs detached, API closed, log
+//! flushed.
 
 use std::{
-    io::Write as _,
+    path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-use crate::bpf::{
-    AttachMode, Datapath, DatapathConfig, KernelEvent,
-    links::{self, LinkChange},
-    loader::{DEFAULT_INTERFACES, DEFAULT_PORTS},
+use crate::{
+    bpf::{
+        AttachMode, Datapath, DatapathConfig, KernelEvent,
+        links::{self, LinkChange},
+        loader::{DEFAULT_INTERFACES, DEFAULT_PORTS},
+    },
+    channel,
+    cluster::{Inventory, InventoryConfig, Kind, SharedInventory, files::FileSource, kube::KubeSource},
+    export::{ApiArgs, ApiState, Exports, LogArgs, Metrics, Readiness, Recent},
+    pipeline::Pipeline,
 };
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Cluster from manifest files or directories (reloaded on change) instead of the Kubernetes API
+    /// (in-cluster config or kubeconfig).
+    #[arg(long, env = "OBSERVER_CLUSTER", value_delimiter = ',', num_args = 1..)]
+    pub cluster: Vec<PathBuf>,
     /// Interface name globs to attach to (comma-separated); interfaces that appear later are attached too.
     #[arg(long, env = "OBSERVER_INTERFACES", value_delimiter = ',', default_values_t = DEFAULT_INTERFACES.iter().map(|s| (*s).to_owned()))]
     pub interfaces: Vec<String>,
@@ -29,32 +49,33 @@ pub struct RunArgs {
     /// How TC programs are attached.
     #[arg(long, env = "OBSERVER_ATTACH_MODE", value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
-    /// Output format of the event log on stdout.
-    #[arg(long, env = "OBSERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
     /// This node's name (from the downward API in a DaemonSet).
     #[arg(long, env = "OBSERVER_NODE_NAME", default_value = "")]
     pub node_name: String,
-    /// A drop of the same flow for the same reason is reported again after this long.
+    /// A SYN retransmitted with no SYN-ACK for this long makes the channel blocked (when no drop, reset
+    /// or rejection said so earlier).
+    #[arg(long, env = "OBSERVER_BLOCKED_WINDOW", value_parser = humantime::parse_duration, default_value = "3s")]
+    pub blocked_window: Duration,
+    /// A drop of the same flow for the same reason is reported again by the kernel after this long.
     #[arg(long, env = "OBSERVER_DROP_REPEAT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub drop_repeat: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
+    /// Also print every decoded kernel event (one line each) to stderr.
+    #[arg(long, env = "OBSERVER_PRINT_EVENTS")]
+    pub print_events: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    // One thread: the programs are attached in this process's network namespace, and a multi-threaded
-    // runtime would not change anything for a daemon this size.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -62,7 +83,46 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
+/// CLOCK_MONOTONIC in ns: the kernel events' clock.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new()?;
+    let readiness = Arc::new(Readiness::new());
+    let recent = Arc::new(Recent::new(args.api.recent_records));
+    let log = args.log.open()?;
+    let mut exports = Exports::new(log, recent.clone(), metrics.clone());
+
+    // Cluster inventory and its source.
+    let inventory = SharedInventory::new(Inventory::new(InventoryConfig::default()));
+    let source = if args.cluster.is_empty() {
+        let source = KubeSource::try_default(inventory.clone())
+            .await
+            .context("connecting to the Kubernetes API (or pass --cluster FILES)")?;
+        tracing::info!("cluster: watching the Kubernetes API (pods, namespaces, nodes, networkpolicies)");
+        tokio::spawn(source.run())
+    } else {
+        let source = FileSource::new(args.cluster.clone(), inventory.clone());
+        if let Err(e) = source.reload() {
+            tracing::warn!(error = %e, "cluster manifests: first load failed; watching for a good edit");
+        }
+        tracing::info!(paths = ?args.cluster, "cluster: manifest files, reloaded on change");
+        tokio::spawn(async move {
+            if let Err(e) = source.run().await {
+                tracing::error!(error = %e, "cluster manifests: cannot watch the paths");
+            }
+        })
+    };
+    let _source = AbortOnDrop(source);
+
+    // Kernel side.
     let config = DatapathConfig {
         interfaces: args.interfaces.clone(),
         ports: args.ports.clone(),
@@ -77,10 +137,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         drop_reasons = datapath.reasons().len(),
         ports = ?if args.all_ports { None } else { Some(&args.ports) },
         interfaces = ?args.interfaces,
-        "loaded"
+        "programs loaded"
     );
     let datapath = Arc::new(Mutex::new(datapath));
-
     // Boxed so that it can be dropped (releasing its handle on the datapath) before shutdown.
     let mut follower = Box::pin(links::follow(datapath.clone(), |change| match change {
         LinkChange::Attached { ifindex, name } => {
@@ -96,79 +155,147 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         } => tracing::warn!(interface = %name, ifindex, %error, "attach failed"),
     }));
 
+    // HTTP API.
+    let listener = tokio::net::TcpListener::bind(args.api.listen)
+        .await
+        .with_context(|| format!("binding the API on {}", args.api.listen))?;
+    tracing::info!(listen = %args.api.listen, "serving /metrics /healthz /readyz /api/v1/blocked");
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(crate::export::serve(
+        listener,
+        ApiState::new(metrics.clone(), recent.clone(), readiness.clone()),
+        async {
+            let _ = api_stopped.await;
+        },
+    ));
+
+    let mut pipeline = Pipeline::new(
+        channel::Config {
+            blocked_window: args.blocked_window,
+            ..channel::Config::default()
+        },
+        metrics.clone(),
+        inventory.clone(),
+        args.node_name.clone(),
+    );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let mut batch = Vec::new();
-    let mut out = std::io::stdout().lock();
-    let result = loop {
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    let mut batch: Vec<KernelEvent> = Vec::new();
+    let mut records = Vec::new();
+    let mut lost_seen = 0u64;
+    let mut malformed_seen = 0u64;
+    let mut stderr = std::io::stderr();
+
+    let result: anyhow::Result<()> = loop {
         tokio::select! {
             r = &mut follower => break r.map_err(anyhow::Error::from),
             r = events.next_batch(&mut batch) => {
                 r.context("reading kernel events")?;
-                for ev in batch.drain(..) {
-                    print_event(&mut out, &ev, args.log_format, &args.node_name)?;
+                if args.print_events {
+                    for ev in &batch {
+                        let _ = print_event(&mut stderr, ev);
+                    }
                 }
-                out.flush()?;
+                pipeline.on_events(&batch, &mut records);
+                batch.clear();
+                pipeline.tick(monotonic_ns(), SystemTime::now(), &mut records);
+                emit(&mut exports, &mut records);
+            }
+            _ = tick.tick() => {
+                pipeline.tick(monotonic_ns(), SystemTime::now(), &mut records);
+                emit(&mut exports, &mut records);
+            }
+            _ = housekeeping.tick() => {
+                let (lost, attached) = match datapath.lock() {
+                    Ok(d) => (d.lost_events(), d.attached().len()),
+                    Err(_) => (lost_seen, 0),
+                };
+                metrics.events_lost.inc_by(lost.saturating_sub(lost_seen));
+                lost_seen = lost.max(lost_seen);
+                metrics.events_malformed.inc_by(events.malformed().saturating_sub(malformed_seen));
+                malformed_seen = events.malformed().max(malformed_seen);
+                metrics.attached_interfaces.set(i64::try_from(attached).unwrap_or(i64::MAX));
+                readiness.set_attached(attached > 0);
+                let (ready, counts) = {
+                    let inv = inventory.read();
+                    (inv.is_ready(), inv.counts())
+                };
+                for (kind, n) in [
+                    (Kind::Pod, counts.pods),
+                    (Kind::Namespace, counts.namespaces),
+                    (Kind::Node, counts.nodes),
+                    (Kind::NetworkPolicy, counts.policies),
+                ] {
+                    metrics.inventory_objects.with_label_values(&[kind.as_str()]).set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                metrics.cluster_synced.set(i64::from(ready));
+                readiness.set_synced(ready);
             }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break Ok(()) }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break Ok(()) }
         }
     };
+
     drop(follower);
-    let lost = datapath.lock().map(|d| d.lost_events()).unwrap_or(0);
+    let _ = stop_api.send(());
+    let _ = api.await;
+    if let Err(e) = exports.log.flush() {
+        tracing::warn!(error = %e, "flushing the forensics log");
+    }
     if let Some(dp) = Arc::into_inner(datapath).and_then(|m| m.into_inner().ok()) {
         let n = dp.attached().len();
+        let lost = dp.lost_events();
         dp.shutdown();
-        tracing::info!(
-            interfaces = n,
-            lost_events = lost,
-            malformed = events.malformed(),
-            "detached"
-        );
+        tracing::info!(interfaces = n, lost_events = lost, malformed = events.malformed(), "detached");
     }
     result
 }
 
-fn print_event(
-    out: &mut impl std::io::Write,
-    ev: &KernelEvent,
-    format: LogFormat,
-    node: &str,
-) -> std::io::Result<()> {
-    match format {
-        LogFormat::Json => {
-            let mut v = serde_json::to_value(ev).map_err(std::io::Error::other)?;
-            if let Some(o) = v.as_object_mut() {
-                o.insert("node".into(), node.into());
-            }
-            writeln!(out, "{v}")
-        }
-        LogFormat::Text => {
-            let time = humantime::format_rfc3339_millis(ev.time);
-            let iface = ev.interface.as_deref().unwrap_or("?");
-            write!(
-                out,
-                "{time} {:<14} {} → {} on {iface}({}) {:?}",
-                ev.kind.as_str(),
-                ev.client,
-                ev.server,
-                ev.ifindex,
-                ev.hook,
-            )?;
-            if let Some(d) = &ev.drop {
-                write!(out, " reason={} at {}", d.reason_name, d.call_site)?;
-            }
-            if let Some((t, c)) = ev.icmp {
-                write!(out, " icmp={t}/{c}")?;
-            }
-            if ev.syn_count > 1 {
-                write!(out, " syns={}", ev.syn_count)?;
-            }
-            writeln!(
-                out,
-                " pkts={}/{} bytes={}/{}",
-                ev.packets[0], ev.packets[1], ev.bytes[0], ev.bytes[1]
-            )
-        }
+fn emit(exports: &mut Exports, records: &mut Vec<crate::export::Record>) {
+    if records.is_empty() {
+        return;
     }
+    if let Err(e) = exports.emit_all(records.drain(..)) {
+        tracing::warn!(error = %e, "writing the forensics log");
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One decoded kernel event as a text line (`--print-events`).
+pub fn print_event(out: &mut impl std::io::Write, ev: &KernelEvent) -> std::io::Result<()> {
+    let time = humantime::format_rfc3339_millis(ev.time);
+    let iface = ev.interface.as_deref().unwrap_or("?");
+    write!(
+        out,
+        "{time} {:<14} {} → {} on {iface}({}) {:?}",
+        ev.kind.as_str(),
+        ev.client,
+        ev.server,
+        ev.ifindex,
+        ev.hook,
+    )?;
+    if let Some(d) = &ev.drop {
+        write!(out, " reason={} at {}", d.reason_name, d.call_site)?;
+    }
+    if let Some((t, c)) = ev.icmp {
+        write!(out, " icmp={t}/{c}")?;
+    }
+    if ev.syn_count > 1 {
+        write!(out, " syns={}", ev.syn_count)?;
+    }
+    writeln!(
+        out,
+        " pkts={}/{} bytes={}/{}",
+        ev.packets[0], ev.packets[1], ev.bytes[0], ev.bytes[1]
+    )
 }

@@ -10,6 +10,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io::Write as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -58,10 +59,7 @@ fn yaml_files() -> Vec<PathBuf> {
                 if path != deploy().join("demo") {
                     walk(&path, out);
                 }
-            } else if path
-                .extension()
-                .is_some_and(|e| e == "yaml" || e == "yml")
-            {
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 out.push(path);
             }
         }
@@ -119,12 +117,8 @@ fn lost(expected: &Value, actual: &Value, path: &str, out: &mut Vec<String>) {
 }
 
 fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value, origin: &str) -> T {
-    let value: T = serde_path_to_error::deserialize(doc).unwrap_or_else(|e| {
-        panic!(
-            "{origin}: not a valid {}: {e}",
-            std::any::type_name::<T>()
-        )
-    });
+    let value: T = serde_path_to_error::deserialize(doc)
+        .unwrap_or_else(|e| panic!("{origin}: not a valid {}: {e}", std::any::type_name::<T>()));
     let back = serde_json::to_value(&value).expect("a k8s-openapi value serializes");
     let mut out = Vec::new();
     lost(doc, &back, "", &mut out);
@@ -177,7 +171,10 @@ impl Objects {
             self.namespaces.push(typed(doc, origin));
         } else if (api, kind) == ("monitoring.coreos.com/v1", "PodMonitor") {
             str_at(doc, "/metadata/name", origin);
-            assert!(doc.pointer("/spec/selector").is_some(), "{origin}: no selector");
+            assert!(
+                doc.pointer("/spec/selector").is_some(),
+                "{origin}: no selector"
+            );
             self.pod_monitors.push(doc.clone());
         } else if (api, kind) == ("monitoring.coreos.com/v1", "PrometheusRule") {
             str_at(doc, "/metadata/name", origin);
@@ -265,7 +262,9 @@ fn documented(prefix: &str) -> Documented {
                 .or_default()
                 .insert(item);
         } else {
-            panic!("CAPABILITIES.md: {item}: second cell must be `required` or ``optional: `components/NAME` ``, not {used:?}");
+            panic!(
+                "CAPABILITIES.md: {item}: second cell must be `required` or ``optional: `components/NAME` ``, not {used:?}"
+            );
         }
     }
     assert!(
@@ -321,7 +320,10 @@ fn run_env_vars() -> BTreeSet<String> {
 fn the_container<'a>(ds: &'a DaemonSet, origin: &str) -> &'a Container {
     let pod = ds_pod(ds, origin);
     assert!(
-        pod.init_containers.as_deref().unwrap_or_default().is_empty(),
+        pod.init_containers
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty(),
         "{origin}: init containers would need the same review"
     );
     assert_eq!(pod.containers.len(), 1, "{origin}: one container expected");
@@ -337,25 +339,34 @@ fn ds_pod<'a>(ds: &'a DaemonSet, origin: &str) -> &'a k8s_openapi::api::core::v1
 }
 
 /// The container port a probe or Service port names, as a number.
-fn container_port(c: &Container, port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString) -> i32 {
+fn container_port(
+    c: &Container,
+    port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+) -> i32 {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     match port {
         IntOrString::Int(n) => *n,
-        IntOrString::String(name) => c
-            .ports
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .find(|p| p.name.as_deref() == Some(name))
-            .unwrap_or_else(|| panic!("no container port named {name}"))
-            .container_port,
+        IntOrString::String(name) => {
+            c.ports
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("no container port named {name}"))
+                .container_port
+        }
     }
 }
 
 const METRICS_PORT: i32 = 9990;
 
 /// The invariants of every rendering of the DaemonSet. `components`: the optional components included.
-fn check_daemonset(ds: &DaemonSet, components: &[&str], config: &BTreeMap<String, String>, origin: &str) {
+fn check_daemonset(
+    ds: &DaemonSet,
+    components: &[&str],
+    config: &BTreeMap<String, String>,
+    origin: &str,
+) {
     let pod = ds_pod(ds, origin);
     assert_eq!(pod.host_network, Some(true), "{origin}: hostNetwork");
     assert_eq!(
@@ -365,11 +376,16 @@ fn check_daemonset(ds: &DaemonSet, components: &[&str], config: &BTreeMap<String
     );
     assert_ne!(pod.host_pid, Some(true), "{origin}: hostPID is not needed");
     assert_ne!(pod.host_ipc, Some(true), "{origin}: hostIPC is not needed");
-    assert_eq!(pod.service_account_name.as_deref(), Some("observer"), "{origin}");
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("observer"),
+        "{origin}"
+    );
     let tolerations = pod.tolerations.as_deref().unwrap_or_default();
     let tolerates = |key: &str| {
         tolerations.iter().any(|t| {
-            (t.key.as_deref() == Some(key) || (t.key.is_none() && t.operator.as_deref() == Some("Exists")))
+            (t.key.as_deref() == Some(key)
+                || (t.key.is_none() && t.operator.as_deref() == Some("Exists")))
                 && t.effect.as_deref().is_none_or(|e| e == "NoSchedule")
         })
     };
@@ -384,9 +400,21 @@ fn check_daemonset(ds: &DaemonSet, components: &[&str], config: &BTreeMap<String
         .as_ref()
         .unwrap_or_else(|| panic!("{origin}: no securityContext"));
     assert_ne!(sc.privileged, Some(true), "{origin}: privileged");
-    assert_eq!(sc.allow_privilege_escalation, Some(false), "{origin}: allowPrivilegeEscalation");
-    assert_eq!(sc.read_only_root_filesystem, Some(true), "{origin}: readOnlyRootFilesystem");
-    assert_eq!(sc.run_as_user, Some(0), "{origin}: runAsUser (CAPABILITIES.md: why uid 0)");
+    assert_eq!(
+        sc.allow_privilege_escalation,
+        Some(false),
+        "{origin}: allowPrivilegeEscalation"
+    );
+    assert_eq!(
+        sc.read_only_root_filesystem,
+        Some(true),
+        "{origin}: readOnlyRootFilesystem"
+    );
+    assert_eq!(
+        sc.run_as_user,
+        Some(0),
+        "{origin}: runAsUser (CAPABILITIES.md: why uid 0)"
+    );
     let caps = sc
         .capabilities
         .as_ref()
@@ -432,17 +460,50 @@ fn check_daemonset(ds: &DaemonSet, components: &[&str], config: &BTreeMap<String
             .iter()
             .find(|m| m.name == v.name)
             .unwrap_or_else(|| panic!("{origin}: volume {} is not mounted", v.name));
-        assert_eq!(m.read_only, Some(true), "{origin}: {} must be read-only", hp.path);
-        assert_eq!(m.mount_path, hp.path, "{origin}: {} mounted elsewhere", hp.path);
-        assert_eq!(hp.type_.as_deref(), Some("Directory"), "{origin}: {}", hp.path);
+        assert_eq!(
+            m.read_only,
+            Some(true),
+            "{origin}: {} must be read-only",
+            hp.path
+        );
+        assert_eq!(
+            m.mount_path, hp.path,
+            "{origin}: {} mounted elsewhere",
+            hp.path
+        );
+        assert_eq!(
+            hp.type_.as_deref(),
+            Some("Directory"),
+            "{origin}: {}",
+            hp.path
+        );
         host_paths.insert(hp.path.clone());
     }
-    assert_eq!(mounts.len(), volumes.len(), "{origin}: mounts without volumes");
+    assert_eq!(
+        mounts.len(),
+        volumes.len(),
+        "{origin}: mounts without volumes"
+    );
     assert_eq!(
         host_paths,
         documented_host_paths().expected(components),
         "{origin}: host paths differ from CAPABILITIES.md"
     );
+
+    // Resources (README.md#resources): requests for scheduling, a memory limit (the BPF maps count against
+    // it), no CPU limit (throttling delays draining the ring buffer).
+    let resources = c
+        .resources
+        .as_ref()
+        .unwrap_or_else(|| panic!("{origin}: no resources"));
+    let requests = resources.requests.clone().unwrap_or_default();
+    let limits = resources.limits.clone().unwrap_or_default();
+    assert!(
+        requests.contains_key("cpu") && requests.contains_key("memory"),
+        "{origin}: requests {requests:?}"
+    );
+    assert!(limits.contains_key("memory"), "{origin}: no memory limit");
+    assert!(!limits.contains_key("cpu"), "{origin}: a CPU limit");
 
     // Probes and the metrics port.
     let probe = |p: Option<&k8s_openapi::api::core::v1::Probe>, what: &str| -> (String, i32) {
@@ -486,9 +547,9 @@ fn check_daemonset(ds: &DaemonSet, components: &[&str], config: &BTreeMap<String
             "{origin}: {name} is not an environment variable of `observer run` ({known:?})"
         );
     }
-    let listen = config
-        .get("OBSERVER_LISTEN")
-        .unwrap_or_else(|| panic!("{origin}: OBSERVER_LISTEN not set (the probes depend on its port)"));
+    let listen = config.get("OBSERVER_LISTEN").unwrap_or_else(|| {
+        panic!("{origin}: OBSERVER_LISTEN not set (the probes depend on its port)")
+    });
     assert_eq!(
         listen.rsplit(':').next(),
         Some(METRICS_PORT.to_string().as_str()),
@@ -514,7 +575,9 @@ fn config_of(objects: &Objects, origin: &str) -> BTreeMap<String, String> {
             .config_maps
             .iter()
             .find(|cm| cm.metadata.name.as_deref() == Some(name))
-            .unwrap_or_else(|| panic!("{origin}: envFrom names ConfigMap {name}, which is not there"));
+            .unwrap_or_else(|| {
+                panic!("{origin}: envFrom names ConfigMap {name}, which is not there")
+            });
         out.extend(cm.data.clone().unwrap_or_default());
     }
     out
@@ -526,7 +589,10 @@ fn check_rbac(objects: &Objects, origin: &str) {
     let mut granted = BTreeSet::new();
     for rule in role.rules.as_deref().unwrap_or_default() {
         assert!(rule.resource_names.is_none(), "{origin}: resourceNames");
-        assert!(rule.non_resource_urls.is_none(), "{origin}: nonResourceURLs");
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "{origin}: nonResourceURLs"
+        );
         let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
         assert_eq!(
             verbs,
@@ -553,7 +619,11 @@ fn check_rbac(objects: &Objects, origin: &str) {
     .collect();
     assert_eq!(granted, expected, "{origin}: exactly the four resources");
 
-    assert_eq!(objects.cluster_role_bindings.len(), 1, "{origin}: one ClusterRoleBinding");
+    assert_eq!(
+        objects.cluster_role_bindings.len(),
+        1,
+        "{origin}: one ClusterRoleBinding"
+    );
     let binding = &objects.cluster_role_bindings[0];
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
@@ -562,7 +632,11 @@ fn check_rbac(objects: &Objects, origin: &str) {
     let subjects = binding.subjects.as_deref().unwrap_or_default();
     assert_eq!(subjects.len(), 1, "{origin}: one subject");
     assert_eq!(subjects[0].kind, "ServiceAccount");
-    assert_eq!(Some(&subjects[0].name), sa.as_ref(), "{origin}: binds the DaemonSet's account");
+    assert_eq!(
+        Some(&subjects[0].name),
+        sa.as_ref(),
+        "{origin}: binds the DaemonSet's account"
+    );
     assert_eq!(
         subjects[0].namespace, ds.metadata.namespace,
         "{origin}: the account's namespace is the DaemonSet's"
@@ -589,13 +663,21 @@ fn check_service(objects: &Objects, origin: &str) {
     assert_eq!(objects.services.len(), 1, "{origin}: one Service");
     let spec = objects.services[0].spec.as_ref().expect("Service spec");
     for (k, v) in spec.selector.as_ref().expect("Service selector") {
-        assert_eq!(pod_labels.get(k), Some(v), "{origin}: the Service selects no observer pod");
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "{origin}: the Service selects no observer pod"
+        );
     }
     let ports = spec.ports.as_deref().unwrap_or_default();
     assert_eq!(ports.len(), 1, "{origin}");
     assert_eq!(ports[0].port, METRICS_PORT);
     let target = ports[0].target_port.as_ref().expect("targetPort");
-    assert_eq!(container_port(c, target), METRICS_PORT, "{origin}: targetPort");
+    assert_eq!(
+        container_port(c, target),
+        METRICS_PORT,
+        "{origin}: targetPort"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -713,7 +795,11 @@ fn observer_identifiers(text: &str) -> BTreeSet<String> {
 
 /// Parses one expression and checks that it selects only metrics the daemon registers (or `up`). Returns
 /// the metric families it uses.
-fn check_promql(expr: &str, origin: &str, registered: &BTreeSet<String>) -> (Expr, BTreeSet<String>) {
+fn check_promql(
+    expr: &str,
+    origin: &str,
+    registered: &BTreeSet<String>,
+) -> (Expr, BTreeSet<String>) {
     let ast = promql::parse(expr)
         .unwrap_or_else(|e| panic!("{origin}: PromQL does not parse: {e}\n{expr}"));
     let mut names = Vec::new();
@@ -744,7 +830,12 @@ fn kustomize(dir: &Path) -> Option<String> {
                 std::env::var_os("OBSERVER_REQUIRE_KUBECTL").is_none(),
                 "kubectl not found and OBSERVER_REQUIRE_KUBECTL is set"
             );
-            eprintln!("SKIPPED rendering {}: kubectl is not installed", rel(dir));
+            // Straight to the stderr handle: libtest would swallow an eprintln! of a passing test.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED rendering {}: kubectl is not installed",
+                rel(dir)
+            );
             return None;
         }
         Err(e) => panic!("running kubectl: {e}"),
@@ -779,7 +870,10 @@ fn check_rendering(dir: &Path, components: &[&str]) {
     let Some(text) = kustomize(dir) else {
         return;
     };
-    assert!(!text.contains("privileged: true"), "{origin}: privileged: true");
+    assert!(
+        !text.contains("privileged: true"),
+        "{origin}: privileged: true"
+    );
     let objects = Objects::from_stream(&text, origin);
     let ds = objects.the_daemonset(origin);
     let config = config_of(&objects, origin);
@@ -794,7 +888,11 @@ fn check_rendering(dir: &Path, components: &[&str]) {
         "{origin}: the image tag is the crate's version"
     );
     let with_prometheus = components.contains(&"prometheus");
-    assert_eq!(objects.pod_monitors.len(), usize::from(with_prometheus), "{origin}: PodMonitor");
+    assert_eq!(
+        objects.pod_monitors.len(),
+        usize::from(with_prometheus),
+        "{origin}: PodMonitor"
+    );
     assert_eq!(
         objects.prometheus_rules.len(),
         usize::from(with_prometheus),
@@ -825,7 +923,11 @@ fn every_manifest_parses_into_its_type() {
                 kinds.insert(kind);
             }
         }
-        assert!(!text.contains("privileged: true"), "{}: privileged: true", rel(file));
+        assert!(
+            !text.contains("privileged: true"),
+            "{}: privileged: true",
+            rel(file)
+        );
     }
     assert_eq!(kinds.len(), 8, "{kinds:?}");
 }
@@ -875,7 +977,10 @@ fn kustomizations_are_well_formed_and_every_manifest_is_used() {
     }
     // `kubectl apply -k deploy/` is the base.
     let top = read(&deploy().join("kustomization.yaml"));
-    assert!(top.contains("kind: Kustomization"), "deploy/kustomization.yaml");
+    assert!(
+        top.contains("kind: Kustomization"),
+        "deploy/kustomization.yaml"
+    );
 }
 
 #[test]
@@ -914,14 +1019,39 @@ fn capabilities_md_lists_the_expected_capabilities() {
     let caps = documented_capabilities();
     assert_eq!(
         caps.required,
-        BTreeSet::from(["BPF".to_owned(), "NET_ADMIN".to_owned(), "PERFMON".to_owned()])
+        BTreeSet::from([
+            "BPF".to_owned(),
+            "NET_ADMIN".to_owned(),
+            "PERFMON".to_owned()
+        ])
     );
-    for (component, _) in caps.optional.iter().chain(&documented_host_paths().optional) {
-        let k = deploy().join("components").join(component).join("kustomization.yaml");
-        assert!(k.exists(), "CAPABILITIES.md names components/{component}, which does not exist");
+    for (component, _) in caps
+        .optional
+        .iter()
+        .chain(&documented_host_paths().optional)
+    {
+        let k = deploy()
+            .join("components")
+            .join(component)
+            .join("kustomization.yaml");
+        assert!(
+            k.exists(),
+            "CAPABILITIES.md names components/{component}, which does not exist"
+        );
     }
-    for forbidden in ["SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "NET_RAW", "DAC_OVERRIDE"] {
-        assert!(!caps.expected(&["call-sites", "tracefs"]).contains(forbidden), "{forbidden}");
+    for forbidden in [
+        "SYS_ADMIN",
+        "SYS_PTRACE",
+        "SYS_MODULE",
+        "NET_RAW",
+        "DAC_OVERRIDE",
+    ] {
+        assert!(
+            !caps
+                .expected(&["call-sites", "tracefs"])
+                .contains(forbidden),
+            "{forbidden}"
+        );
     }
 }
 
@@ -953,7 +1083,12 @@ fn base_and_overlays_render() {
 fn every_component_renders_on_the_base() {
     let components: Vec<String> = std::fs::read_dir(deploy().join("components"))
         .expect("deploy/components")
-        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     assert!(components.len() >= 3, "{components:?}");
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deploy-components");
@@ -1019,7 +1154,10 @@ fn alert_rules_parse_and_use_only_registered_metrics() {
                 "{origin}: severity {severity:?}"
             );
             for a in ["summary", "description"] {
-                assert!(rule["annotations"][a].is_string(), "{origin}: annotation {a}");
+                assert!(
+                    rule["annotations"][a].is_string(),
+                    "{origin}: annotation {a}"
+                );
             }
         }
     }
@@ -1049,8 +1187,15 @@ fn alert_rules_parse_and_use_only_registered_metrics() {
         .get(job_label)
         .unwrap_or_else(|| panic!("the pods have no {job_label} label"));
     assert_eq!(jobs, BTreeSet::from([job.clone()]), "job in the rules");
-    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().expect("matchLabels") {
-        assert_eq!(pod_labels.get(k).map(String::as_str), v.as_str(), "PodMonitor selector");
+    for (k, v) in pm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels")
+    {
+        assert_eq!(
+            pod_labels.get(k).map(String::as_str),
+            v.as_str(),
+            "PodMonitor selector"
+        );
     }
     let port = str_at(pm, "/spec/podMetricsEndpoints/0/port", "podmonitor.yaml");
     let c = the_container(ds, "deploy/base");
@@ -1073,7 +1218,12 @@ fn panels(d: &Value) -> Vec<&Value> {
     let mut out = Vec::new();
     for p in d["panels"].as_array().expect("panels") {
         out.push(p);
-        out.extend(p.get("panels").and_then(Value::as_array).into_iter().flatten());
+        out.extend(
+            p.get("panels")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        );
     }
     out
 }
@@ -1086,7 +1236,9 @@ fn grafana_expr(expr: &str, variables: &BTreeSet<String>, origin: &str) -> Strin
         out.push_str(&rest[..i]);
         let tail = &rest[i + 1..];
         let (name, len) = if let Some(braced) = tail.strip_prefix('{') {
-            let end = braced.find('}').unwrap_or_else(|| panic!("{origin}: unclosed ${{"));
+            let end = braced
+                .find('}')
+                .unwrap_or_else(|| panic!("{origin}: unclosed ${{"));
             (&braced[..end], end + 2)
         } else {
             let end = tail
@@ -1124,13 +1276,24 @@ fn dashboard_is_import_ready_and_uses_only_registered_metrics() {
         .filter_map(|v| v["name"].as_str().map(str::to_owned))
         .collect();
     for v in templating.iter().filter(|v| v["type"] == "query") {
-        let q = v["query"]["query"].as_str().expect("a query variable's query");
+        let q = v["query"]["query"]
+            .as_str()
+            .expect("a query variable's query");
         let metric = q
             .strip_prefix("label_values(")
             .and_then(|q| q.split(',').next())
             .expect("label_values(metric, label)");
-        assert!(registered.contains(metric.trim()), "variable {}: {metric}", v["name"]);
-        assert_eq!(v["datasource"]["uid"], ds_ref.as_str(), "variable {}", v["name"]);
+        assert!(
+            registered.contains(metric.trim()),
+            "variable {}: {metric}",
+            v["name"]
+        );
+        assert_eq!(
+            v["datasource"]["uid"],
+            ds_ref.as_str(),
+            "variable {}",
+            v["name"]
+        );
     }
 
     let mut ids = BTreeSet::new();
@@ -1138,24 +1301,42 @@ fn dashboard_is_import_ready_and_uses_only_registered_metrics() {
     let mut workloads_note = false;
     for p in panels(&d) {
         let title = p["title"].as_str().unwrap_or_default();
-        assert!(ids.insert(p["id"].as_i64().expect("panel id")), "{title}: duplicate id");
+        assert!(
+            ids.insert(p["id"].as_i64().expect("panel id")),
+            "{title}: duplicate id"
+        );
         if p["type"] == "text" {
             let content = p["options"]["content"].as_str().unwrap_or_default();
-            workloads_note |= content.contains("/api/v1/blocked") && content.contains("\"blocked\"");
+            workloads_note |=
+                content.contains("/api/v1/blocked") && content.contains("\"blocked\"");
         }
         let targets = p.get("targets").and_then(Value::as_array);
         if p["type"] == "row" || p["type"] == "text" {
             assert!(targets.is_none_or(Vec::is_empty), "{title}");
             continue;
         }
-        assert_eq!(p["datasource"]["uid"], ds_ref.as_str(), "{title}: hard-coded data source");
+        assert_eq!(
+            p["datasource"]["uid"],
+            ds_ref.as_str(),
+            "{title}: hard-coded data source"
+        );
         let targets = targets.unwrap_or_else(|| panic!("{title}: no targets"));
         assert!(!targets.is_empty(), "{title}: no targets");
         for t in targets {
-            assert_eq!(t["datasource"]["uid"], ds_ref.as_str(), "{title}: hard-coded data source");
+            assert_eq!(
+                t["datasource"]["uid"],
+                ds_ref.as_str(),
+                "{title}: hard-coded data source"
+            );
             let origin = format!("dashboard panel {title:?} {}", t["refId"]);
-            let expr = t["expr"].as_str().unwrap_or_else(|| panic!("{origin}: no expr"));
-            let (_, families) = check_promql(&grafana_expr(expr, &variables, &origin), &origin, &registered);
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{origin}: no expr"));
+            let (_, families) = check_promql(
+                &grafana_expr(expr, &variables, &origin),
+                &origin,
+                &registered,
+            );
             used.extend(families);
         }
     }
@@ -1181,19 +1362,37 @@ fn dashboard_is_import_ready_and_uses_only_registered_metrics() {
 fn promql_checks_reject_what_they_should() {
     let registered = registered_metrics();
     let parses = |e: &str| std::panic::catch_unwind(|| check_promql(e, "t", &registered)).is_ok();
-    assert!(parses("sum by (reason) (rate(observer_kernel_drops_total[5m]))"));
+    assert!(parses(
+        "sum by (reason) (rate(observer_kernel_drops_total[5m]))"
+    ));
     assert!(parses("up{job=\"observer\"} == 0"));
-    assert!(!parses("rate(observer_kernel_drops_total[5m]"), "syntax error");
-    assert!(!parses("rate(observer_kernel_drop_total[5m])"), "unregistered metric");
-    assert!(!parses("rate({__name__=\"observer_nope_total\"}[5m])"), "unregistered by __name__");
-    assert!(!parses("rate(node_cpu_seconds_total[5m])"), "not the daemon's");
+    assert!(
+        !parses("rate(observer_kernel_drops_total[5m]"),
+        "syntax error"
+    );
+    assert!(
+        !parses("rate(observer_kernel_drop_total[5m])"),
+        "unregistered metric"
+    );
+    assert!(
+        !parses("rate({__name__=\"observer_nope_total\"}[5m])"),
+        "unregistered by __name__"
+    );
+    assert!(
+        !parses("rate(node_cpu_seconds_total[5m])"),
+        "not the daemon's"
+    );
     assert_eq!(
         observer_identifiers("a{x=\"observer_foo\"} + my_observer_bar"),
         BTreeSet::from(["observer_foo".to_owned()])
     );
     let vars = BTreeSet::from(["node".to_owned()]);
     assert_eq!(
-        grafana_expr("rate(x{node=~\"$node\"}[$__rate_interval]) ${node}", &vars, "t"),
+        grafana_expr(
+            "rate(x{node=~\"$node\"}[$__rate_interval]) ${node}",
+            &vars,
+            "t"
+        ),
         "rate(x{node=~\".*\"}[5m]) .*"
     );
 }
@@ -1227,14 +1426,22 @@ fn dockerfile_toolchain_matches_x_and_rust_toolchain() {
         "Dockerfile vs rust-toolchain.toml"
     );
     assert_eq!(
-        assignment(&build_rs, "const EBPF_TOOLCHAIN: &str =", "build.rs").trim_end_matches(';').trim_matches('"'),
+        assignment(&build_rs, "const EBPF_TOOLCHAIN: &str =", "build.rs")
+            .trim_end_matches(';')
+            .trim_matches('"'),
         channel,
         "observer/build.rs vs rust-toolchain.toml"
     );
     let linker = assignment(&x, "BPF_LINKER_VERSION=", "./x");
-    assert_eq!(assignment(&dockerfile, "ARG BPF_LINKER_VERSION=", "Dockerfile"), linker);
+    assert_eq!(
+        assignment(&dockerfile, "ARG BPF_LINKER_VERSION=", "Dockerfile"),
+        linker
+    );
     let llvm = assignment(&x, "LLVM_MAJOR=", "./x");
-    assert_eq!(assignment(&dockerfile, "ARG LLVM_MAJOR=", "Dockerfile"), llvm);
+    assert_eq!(
+        assignment(&dockerfile, "ARG LLVM_MAJOR=", "Dockerfile"),
+        llvm
+    );
 
     // The packages ./x installs that a build needs are in the builder; the lab-only ones need not be.
     const LAB_ONLY: &[&str] = &["nftables", "iproute2", "iperf3", "kmod"];
@@ -1242,7 +1449,10 @@ fn dockerfile_toolchain_matches_x_and_rust_toolchain() {
         .trim_end_matches(')')
         .replace("${LLVM_MAJOR}", llvm);
     let installed = dockerfile.replace("${LLVM_MAJOR}", llvm);
-    for p in packages.split_whitespace().filter(|p| !LAB_ONLY.contains(p)) {
+    for p in packages
+        .split_whitespace()
+        .filter(|p| !LAB_ONLY.contains(p))
+    {
         assert!(
             installed.split_whitespace().any(|w| w == p),
             "./x installs {p} and the Dockerfile does not (or add it to LAB_ONLY here if a build does not need it)"

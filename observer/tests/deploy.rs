@@ -299,10 +299,8 @@ fn documented_host_paths() -> Documented {
 // ---------------------------------------------------------------------------------------------------------
 // The DaemonSet
 
-/// What `observer run` reads from the environment. `OBSERVER_LISTEN` (`--listen`, the HTTP server the probes
-/// use) is being added to the daemon in parallel: remove it from here once `observer run --help` has it.
+/// What `observer run` reads from the environment (from the CLI definition itself).
 fn run_env_vars() -> BTreeSet<String> {
-    const PENDING: &[&str] = &["OBSERVER_LISTEN"];
     let cli = observer::cli::Cli::command();
     let run = cli
         .find_subcommand("run")
@@ -313,7 +311,7 @@ fn run_env_vars() -> BTreeSet<String> {
         .map(|e| e.to_string_lossy().into_owned())
         .collect();
     assert!(vars.contains("OBSERVER_NODE_NAME"), "{vars:?}");
-    vars.extend(PENDING.iter().map(|s| (*s).to_owned()));
+    assert!(vars.contains("OBSERVER_LISTEN"), "{vars:?}");
     vars
 }
 

@@ -164,3 +164,36 @@ async fn watches_and_reloads_on_change_keeping_the_last_good_state() {
     );
     task.abort();
 }
+
+/// Reading the manifests (the source's own reads included) must not count as a change: otherwise the
+/// source reloads in a loop.
+#[test]
+fn reading_the_files_does_not_trigger_a_reload() {
+    let dir = std::env::temp_dir().join(format!("observer-read-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("ns.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n",
+    )
+    .expect("write");
+    let inventory = observer::cluster::SharedInventory::new(observer::cluster::Inventory::new(
+        observer::cluster::InventoryConfig::default(),
+    ));
+    let source = observer::cluster::files::FileSource::new([dir.clone()], inventory)
+        .with_debounce(std::time::Duration::from_millis(50));
+    let stats = source.stats();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let task = tokio::spawn(source.run());
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        // Someone reads the file: not a change.
+        let _ = std::fs::read_to_string(dir.join("ns.yaml"));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        task.abort();
+    });
+    assert_eq!(stats.relists(), 1, "loaded once, never again");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -24,6 +24,7 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
+pub mod daemon;
 pub mod grpc;
 pub mod observe;
 
@@ -122,19 +123,32 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            enter(&path);
-            f()
-        })
+        spawn_in(&self.name, f)
     }
 
     /// Runs `f` in this namespace and waits for it.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        match self.spawn(f).join() {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        run_in(&self.name, f)
+    }
+}
+
+/// Runs `f` on a new thread inside the named namespace (not owned: nothing is deleted).
+pub fn spawn_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        enter(&path);
+        f()
+    })
+}
+
+/// Runs `f` inside the named namespace and waits for it.
+pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    match spawn_in(name, f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 

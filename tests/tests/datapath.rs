@@ -1,7 +1,7 @@
 //! The kernel datapath on the real kernel: real packets between network namespaces, nftables enforcing,
 //! the observer attached in the node namespace. Root only: run through `./x test`.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{io::Read as _, net::SocketAddr, time::Duration};
 
 use observer::bpf::{
     AttachMode, DatapathConfig, KernelEvent, Kind,
@@ -352,6 +352,9 @@ fn daemon_shutdown_leaves_nothing_behind() {
         lab.add_pod("a", "lxca");
         lab.add_pod("b", "lxcb");
         let before = tc_state(&lab.node);
+        let manifests = observer_tests::daemon::ManifestDir::new(&lab);
+        manifests.write("empty.yaml", "");
+        let dir = manifests.dir.to_str().expect("UTF-8").to_owned();
         let mut child = std::process::Command::new("ip")
             .args([
                 "netns",
@@ -359,27 +362,44 @@ fn daemon_shutdown_leaves_nothing_behind() {
                 &lab.node.name,
                 &bin,
                 "run",
+                "--cluster",
+                &dir,
                 "--interfaces",
                 "lxc*",
                 "--ports",
                 "50051",
                 "--attach-mode",
                 mode,
+                "--listen",
+                "127.0.0.1:9990",
+                "--print-events",
             ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawning observer run");
+        // Drain both pipes as the daemon writes (a full pipe would stall it).
+        let drain = |pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::BufReader::new(pipe).read_to_string(&mut text);
+                text
+            })
+        };
+        let out_reader = drain(Box::new(child.stdout.take().expect("stdout")));
+        let err_reader = drain(Box::new(child.stderr.take().expect("stderr")));
         let attached = wait_for(Duration::from_secs(15), || {
             let s = tc_state(&lab.node);
             (s.matches("tc_ingress").count() >= 2 && s.matches("tc_egress").count() >= 2)
                 .then_some(s)
         });
-        assert!(
-            attached.is_some(),
-            "{mode}: observer never attached: {}",
-            tc_state(&lab.node)
-        );
+        if attached.is_none() {
+            let state = tc_state(&lab.node);
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = err_reader.join().unwrap_or_default();
+            panic!("{mode}: observer never attached: {state}\nstderr:\n{err}");
+        }
         // A real connection while attached, printed as decoded events.
         let to = server_addr(&lab, Family::V4, PORT);
         let _server = grpc::Server::start(&lab.pod(1).ns, to);
@@ -388,16 +408,12 @@ fn daemon_shutdown_leaves_nothing_behind() {
         sh(&["kill", "-TERM", &child.id().to_string()]);
         let status = wait_for(Duration::from_secs(10), || child.try_wait().expect("wait"))
             .expect("observer exits after SIGTERM");
-        let out = child.wait_with_output().expect("output");
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let _ = out_reader.join();
+        let stderr = err_reader.join().expect("stderr reader");
+        assert!(status.success(), "{mode}: exit {status}: {stderr}");
         assert!(
-            status.success(),
-            "{mode}: exit {status}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains("established"),
-            "{mode}: decoded events printed: {stdout}"
+            stderr.contains("established"),
+            "{mode}: decoded events printed: {stderr}"
         );
         assert_eq!(
             tc_state(&lab.node),

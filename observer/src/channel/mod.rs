@@ -208,10 +208,7 @@ impl Tracker {
             self.window_checked = self.window_checked.saturating_sub(1);
             if self.channels.get(&key).is_some_and(|c| c.id == id) {
                 let ch = self.channels.remove(&key);
-                if matches!(
-                    ch.map(|c| c.state),
-                    Some(State::Pending | State::Settling)
-                ) {
+                if matches!(ch.map(|c| c.state), Some(State::Pending | State::Settling)) {
                     self.evicted += 1;
                 }
                 return;
@@ -288,6 +285,11 @@ impl Tracker {
                         call_site: d.call_site.clone(),
                         interface: ev.interface.clone(),
                     };
+                    // kfree_skb sees every namespace of the machine: a drop only opens an attempt when it
+                    // happened on one of our interfaces; elsewhere it is evidence for attempts we saw.
+                    if ev.interface.is_none() && !self.channels.contains_key(&key) {
+                        return;
+                    }
                     // A SYN queued behind neighbour resolution is transient: let the window decide.
                     let transient = d.reason_name.starts_with("NEIGH_");
                     self.evidence(key, ev, |b| {

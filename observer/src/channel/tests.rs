@@ -286,3 +286,18 @@ fn forgotten_after_linger() {
     t.tick(60_000 * MS, SystemTime::UNIX_EPOCH, &mut out);
     assert!(t.is_empty());
 }
+
+#[test]
+fn a_drop_elsewhere_on_the_machine_opens_nothing() {
+    // kfree_skb sees every namespace: a drop of a flow never seen on our interfaces, in another
+    // namespace, is not ours to report.
+    let mut t = Tracker::new(Config::default());
+    let foreign = KernelEvent {
+        interface: None,
+        netns: 4026532000,
+        ..drop_(0, "NETFILTER_DROP")
+    };
+    let out = run(&mut t, &[foreign], 1_000);
+    assert!(out.is_empty());
+    assert!(t.is_empty());
+}

@@ -26,7 +26,9 @@ use crate::{
         loader::{DEFAULT_INTERFACES, DEFAULT_PORTS},
     },
     channel,
-    cluster::{Inventory, InventoryConfig, Kind, SharedInventory, files::FileSource, kube::KubeSource},
+    cluster::{
+        Inventory, InventoryConfig, Kind, SharedInventory, files::FileSource, kube::KubeSource,
+    },
     export::{ApiArgs, ApiState, Exports, LogArgs, Metrics, Readiness, Recent},
     pipeline::Pipeline,
 };
@@ -72,8 +74,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -106,13 +107,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let source = KubeSource::try_default(inventory.clone())
             .await
             .context("connecting to the Kubernetes API (or pass --cluster FILES)")?;
-        tracing::info!("cluster: watching the Kubernetes API (pods, namespaces, nodes, networkpolicies)");
+        tracing::info!(
+            "cluster: watching the Kubernetes API (pods, namespaces, nodes, networkpolicies)"
+        );
         tokio::spawn(source.run())
     } else {
+        // `run` loads first, then reloads on change; a broken load keeps the last good state.
         let source = FileSource::new(args.cluster.clone(), inventory.clone());
-        if let Err(e) = source.reload() {
-            tracing::warn!(error = %e, "cluster manifests: first load failed; watching for a good edit");
-        }
         tracing::info!(paths = ?args.cluster, "cluster: manifest files, reloaded on change");
         tokio::spawn(async move {
             if let Err(e) = source.run().await {
@@ -249,7 +250,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let n = dp.attached().len();
         let lost = dp.lost_events();
         dp.shutdown();
-        tracing::info!(interfaces = n, lost_events = lost, malformed = events.malformed(), "detached");
+        tracing::info!(
+            interfaces = n,
+            lost_events = lost,
+            malformed = events.malformed(),
+            "detached"
+        );
     }
     result
 }

@@ -118,6 +118,9 @@ impl FileSource {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let touches = match &event {
+                    // Reading the files (ours included) is not a change: only writes, creations,
+                    // renames and removals are.
+                    Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => false,
                     Ok(event) => event
                         .paths
                         .iter()

@@ -1,0 +1,253 @@
+//! The real `observer run` binary in a lab's node namespace, with the lab's manifests as its cluster:
+//! its forensics log (stdout, JSON lines) and its HTTP API, as an operator would see them.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use crate::{Lab, Pod, run_in, wait_for};
+
+/// The API address inside the node namespace (each lab has its own namespace, so no port clashes).
+pub const API: &str = "127.0.0.1:9990";
+/// The node name the lab's pods run on.
+pub const NODE: &str = "lab-node";
+
+/// A running daemon; SIGTERM on drop.
+pub struct Daemon {
+    child: Child,
+    node: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts `observer run` in the lab's node namespace with `cluster` as its manifests, and waits
+    /// until `/readyz` says programs are attached and the inventory is synced.
+    pub fn start(lab: &Lab, cluster: &Path, extra: &[&str]) -> Self {
+        let bin = std::env::var("OBSERVER_BIN")
+            .expect("OBSERVER_BIN (set by ./x test) points to the observer binary");
+        let cluster = cluster.to_str().expect("UTF-8 path");
+        let mut args = vec![
+            "netns",
+            "exec",
+            &lab.node.name,
+            &bin,
+            "run",
+            "--cluster",
+            cluster,
+            "--interfaces",
+            "lxc*",
+            "--ports",
+            "50051",
+            "--node-name",
+            NODE,
+            "--listen",
+            API,
+            "--log-format",
+            "json",
+            "--blocked-window",
+            "2s",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning observer run");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        for (pipe, sink) in [
+            (
+                Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+                stdout.clone(),
+            ),
+            (
+                Box::new(child.stderr.take().expect("stderr")),
+                stderr.clone(),
+            ),
+        ] {
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().expect("lock").push(line);
+                }
+            });
+        }
+        let d = Self {
+            child,
+            node: lab.node.name.clone(),
+            stdout,
+            stderr,
+        };
+        let ready = wait_for(Duration::from_secs(30), || {
+            (d.get("/readyz").is_some_and(|(code, _)| code == 200)).then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "daemon not ready; stderr:\n{}",
+            d.stderr().join("\n")
+        );
+        d
+    }
+
+    /// `GET path` on the daemon's API: (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let path = path.to_owned();
+        run_in(&self.node, move || -> Option<(u16, String)> {
+            let mut s =
+                std::net::TcpStream::connect_timeout(&API.parse().ok()?, Duration::from_secs(2))
+                    .ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: observer\r\n\r\n").ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            let code = text.split_whitespace().nth(1)?.parse().ok()?;
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+            Some((code, body))
+        })
+    }
+
+    /// `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+
+    /// The value of one metric series (exact label set as the exposition prints it), or 0.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Forensics records written so far (stdout, one JSON object per line).
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for a record satisfying `pred`.
+    pub fn wait_record(
+        &self,
+        deadline: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        wait_for(deadline, || self.records().into_iter().find(|r| pred(r)))
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// Runs another `observer` subcommand in the node namespace and returns its stdout.
+    pub fn observer(&self, args: &[&str]) -> String {
+        let bin = std::env::var("OBSERVER_BIN").expect("OBSERVER_BIN");
+        let mut v = vec!["netns", "exec", &self.node, &bin];
+        v.extend_from_slice(args);
+        let out = Command::new("ip").args(&v).output().expect("observer");
+        assert!(
+            out.status.success(),
+            "observer {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGTERM, then waits; returns whether it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let done = wait_for(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        });
+        match done {
+            Some(status) => status.success(),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}
+
+/// A Pod manifest for a lab pod: its IPs (v4 and v6), on the lab's node.
+pub fn pod_yaml(
+    pod: &Pod,
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ports: &[(&str, u16)],
+) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|(n, p)| format!("{{name: {n}, containerPort: {p}, protocol: TCP}}"))
+        .collect();
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, uid: uid-{name}, labels: {{{}}}}}\nspec: {{nodeName: {NODE}, containers: [{{name: main, image: lab, ports: [{}]}}]}}\nstatus: {{phase: Running, podIP: {}, podIPs: [{{ip: {}}}, {{ip: \"{}\"}}]}}\n",
+        labels.join(", "),
+        ports.join(", "),
+        pod.v4,
+        pod.v4,
+        pod.v6
+    )
+}
+
+/// A Namespace manifest.
+pub fn namespace_yaml(name: &str, labels: &[(&str, &str)]) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!(
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{}}}}}\n",
+        labels.join(", ")
+    )
+}
+
+/// A directory for a test's manifests, removed on drop.
+pub struct ManifestDir {
+    pub dir: PathBuf,
+}
+
+impl ManifestDir {
+    pub fn new(lab: &Lab) -> Self {
+        let dir = std::env::temp_dir().join(format!("{}-manifests", lab.prefix));
+        std::fs::create_dir_all(&dir).expect("manifest dir");
+        Self { dir }
+    }
+
+    /// Writes (or atomically replaces) `name` in the directory.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("writing manifest");
+        std::fs::rename(&tmp, &path).expect("replacing manifest");
+        path
+    }
+}
+
+impl Drop for ManifestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

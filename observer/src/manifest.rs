@@ -5,6 +5,11 @@
 //! (`Kind namespace/name`, or its document and item position when it has no name) and the field, and every
 //! other object is still used. Kinds other than Namespace, Pod, Node and NetworkPolicy are listed in
 //! [`Manifests::skipped`].
+//!
+//! Accepted objects are kept as the typed Kubernetes objects, validated with the policy engine's
+//! conversion: `observer explain` compiles them into a [`policy::Index`](Index), and the daemon's file source
+//! feeds them to the cluster inventory through the same conversions as objects from the API server (uids,
+//! owner workloads, policy revisions).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -148,13 +153,13 @@ impl fmt::Display for Skipped {
 #[derive(Debug, Default)]
 pub struct Manifests {
     /// Namespaces.
-    pub namespaces: Vec<Namespace>,
+    pub namespaces: Vec<core::Namespace>,
     /// Nodes.
-    pub nodes: Vec<Node>,
+    pub nodes: Vec<core::Node>,
     /// Pods.
-    pub pods: Vec<Pod>,
-    /// Compiled NetworkPolicies.
-    pub policies: Vec<Policy>,
+    pub pods: Vec<core::Pod>,
+    /// NetworkPolicies (each compiles: the loader checked).
+    pub policies: Vec<net::NetworkPolicy>,
     /// Objects of other kinds.
     pub skipped: Vec<Skipped>,
     /// Everything that could not be used, in input order.
@@ -173,12 +178,25 @@ impl Manifests {
     /// A policy index holding every accepted object.
     #[must_use]
     pub fn to_index(&self) -> Index {
+        // Every accepted object converted when it was loaded, so nothing is dropped here.
         let mut index = Index::new();
         index.reset(
-            self.namespaces.clone(),
-            self.nodes.clone(),
-            self.pods.clone(),
-            self.policies.clone(),
+            self.namespaces
+                .iter()
+                .filter_map(|o| Namespace::from_k8s(o).ok())
+                .collect(),
+            self.nodes
+                .iter()
+                .filter_map(|o| Node::from_k8s(o).ok())
+                .collect(),
+            self.pods
+                .iter()
+                .filter_map(|o| Pod::from_k8s(o).ok())
+                .collect(),
+            self.policies
+                .iter()
+                .filter_map(|o| Policy::compile(o).ok())
+                .collect(),
         );
         index
     }
@@ -416,60 +434,36 @@ impl Manifests {
         match (api_version.as_str(), kind.as_str()) {
             ("v1", "Namespace") => {
                 if let Some(o) = self.decode::<core::Namespace>(file, named(false), v) {
-                    self.accept(
-                        file,
-                        "Namespace",
-                        "",
-                        name,
-                        file_doc,
-                        Namespace::from_k8s(&o),
-                        |m, x| {
-                            m.namespaces.push(x);
-                        },
-                    );
+                    let checked = Namespace::from_k8s(&o).map(drop);
+                    self.accept(file, "Namespace", "", name, file_doc, checked, |m| {
+                        m.namespaces.push(o);
+                    });
                 }
             }
             ("v1", "Node") => {
                 if let Some(o) = self.decode::<core::Node>(file, named(false), v) {
-                    self.accept(
-                        file,
-                        "Node",
-                        "",
-                        name,
-                        file_doc,
-                        Node::from_k8s(&o),
-                        |m, x| m.nodes.push(x),
-                    );
+                    let checked = Node::from_k8s(&o).map(drop);
+                    self.accept(file, "Node", "", name, file_doc, checked, |m| {
+                        m.nodes.push(o);
+                    });
                 }
             }
             ("v1", "Pod") => {
                 if let Some(o) = self.decode::<core::Pod>(file, named(true), v) {
                     let ns = ns.unwrap_or("default");
-                    self.accept(
-                        file,
-                        "Pod",
-                        ns,
-                        name,
-                        file_doc,
-                        Pod::from_k8s(&o),
-                        |m, x| m.pods.push(x),
-                    );
+                    let checked = Pod::from_k8s(&o).map(drop);
+                    self.accept(file, "Pod", ns, name, file_doc, checked, |m| {
+                        m.pods.push(o);
+                    });
                 }
             }
             ("networking.k8s.io/v1", "NetworkPolicy") => {
                 if let Some(o) = self.decode::<net::NetworkPolicy>(file, named(true), v) {
                     let ns = ns.unwrap_or("default");
-                    self.accept(
-                        file,
-                        "NetworkPolicy",
-                        ns,
-                        name,
-                        file_doc,
-                        Policy::compile(&o),
-                        |m, x| {
-                            m.policies.push(x);
-                        },
-                    );
+                    let checked = Policy::compile(&o).map(drop);
+                    self.accept(file, "NetworkPolicy", ns, name, file_doc, checked, |m| {
+                        m.policies.push(o);
+                    });
                 }
             }
             _ => {
@@ -512,18 +506,19 @@ impl Manifests {
         }
     }
 
+    /// Keeps an object that passed the engine's conversion (`checked`) unless it is a duplicate.
     #[expect(clippy::too_many_arguments, reason = "private; one call per kind")]
-    fn accept<T>(
+    fn accept(
         &mut self,
         file: &Path,
         kind: &'static str,
         ns: &str,
         name: Option<&str>,
         file_doc: String,
-        compiled: crate::policy::compile::Result<T>,
-        push: impl FnOnce(&mut Self, T),
+        checked: crate::policy::compile::Result<()>,
+        push: impl FnOnce(&mut Self),
     ) {
-        match compiled {
+        match checked {
             Err(errors) => {
                 self.errors
                     .extend(errors.into_iter().map(|error| ManifestError::Invalid {
@@ -531,7 +526,7 @@ impl Manifests {
                         error,
                     }))
             }
-            Ok(x) => {
+            Ok(()) => {
                 // A compiled object always has a name (compile rejects a missing one).
                 let name = name.unwrap_or_default().to_owned();
                 let key = (kind, ns.to_owned(), name);
@@ -549,7 +544,7 @@ impl Manifests {
                     return;
                 }
                 self.seen.insert(key, file_doc);
-                push(self, x);
+                push(self);
             }
         }
     }
@@ -612,10 +607,10 @@ spec: {podSelector: {}}
         let p = m
             .policies
             .iter()
-            .find(|p| &*p.meta.name == "allow-frontend")
+            .find(|p| p.metadata.name.as_deref() == Some("allow-frontend"))
             .expect("policy");
-        assert_eq!(p.meta.resource_version.as_deref(), Some("81233"));
-        assert_eq!(p.meta.generation, Some(3));
+        assert_eq!(p.metadata.resource_version.as_deref(), Some("81233"));
+        assert_eq!(p.metadata.generation, Some(3));
     }
 
     #[test]

@@ -165,6 +165,116 @@ async fn watches_and_reloads_on_change_keeping_the_last_good_state() {
     task.abort();
 }
 
+const OWNED_POD: &str = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  namespace: shop
+  name: checkout-7d9f5c-abcde
+  uid: 0b5f3c2e-8d1a-4c3e-9f7a-2e4b6d8f0a1c
+  labels: {app: checkout, pod-template-hash: 7d9f5c}
+  ownerReferences:
+  - {apiVersion: apps/v1, kind: ReplicaSet, name: checkout-7d9f5c, uid: rs-1, controller: true}
+spec: {nodeName: n1, containers: [{name: app, ports: [{name: grpc, containerPort: 50051}]}]}
+status: {podIP: 10.0.0.3}
+";
+
+#[test]
+fn file_mode_pods_know_their_workload_and_uid() {
+    let dir = TempDir::new("files-workload");
+    dir.write("cluster.yaml", &format!("{BASE}---\n{OWNED_POD}"));
+    let inventory = SharedInventory::default();
+    FileSource::new([dir.0.clone()], inventory.clone())
+        .reload()
+        .expect("valid manifests");
+    let inv = inventory.read();
+    let entry = inv.pod("shop", "checkout-7d9f5c-abcde").expect("loaded");
+    assert_eq!(
+        entry.workload.as_ref().map(ToString::to_string).as_deref(),
+        Some("Deployment/checkout")
+    );
+    assert_eq!(entry.uid, "0b5f3c2e-8d1a-4c3e-9f7a-2e4b6d8f0a1c");
+    assert_eq!(
+        entry.uid.to_string(),
+        "0b5f3c2e-8d1a-4c3e-9f7a-2e4b6d8f0a1c"
+    );
+}
+
+fn policy_file(rv: &str, port: u16) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {{namespace: shop, name: allow, uid: p-1, resourceVersion: \"{rv}\", generation: 2}}\n\
+         spec: {{podSelector: {{}}, ingress: [{{ports: [{{port: {port}}}]}}]}}\n"
+    )
+}
+
+#[test]
+fn file_mode_policies_carry_metadata_and_a_spec_revision() {
+    let dir = TempDir::new("files-revision");
+    dir.write("policy.yaml", &policy_file("81233", 50051));
+    let inventory = SharedInventory::default();
+    let source = FileSource::new([dir.0.clone()], inventory.clone());
+    source.reload().expect("valid manifests");
+    let first = {
+        let inv = inventory.read();
+        let entry = inv.policy("shop", "allow").expect("loaded");
+        assert_eq!(entry.revision.uid.as_ref(), "p-1");
+        assert_eq!(entry.revision.resource_version.as_ref(), "81233");
+        assert_eq!(entry.revision.generation, Some(2));
+        entry.revision.clone()
+    };
+
+    // Reloading the same file is no new revision.
+    source.reload().expect("valid manifests");
+    let inv = inventory.read();
+    assert_eq!(
+        inv.policy_history("shop", "allow")
+            .map(|h| h.revisions().count()),
+        Some(1)
+    );
+    drop(inv);
+
+    // A hand edit of the spec that leaves the metadata alone is still a new revision of the rules.
+    dir.write("policy.yaml", &policy_file("81233", 50052));
+    source.reload().expect("valid manifests");
+    let inv = inventory.read();
+    let second = &inv.policy("shop", "allow").expect("loaded").revision;
+    assert_ne!(second.spec_hash, first.spec_hash);
+    assert!(!second.same_rules(&first));
+    assert_eq!(
+        inv.policy_history("shop", "allow")
+            .map(|h| h.revisions().count()),
+        Some(2)
+    );
+}
+
+#[test]
+fn an_object_the_inventory_rejects_keeps_the_last_good_state() {
+    let dir = TempDir::new("files-rejected");
+    dir.write("cluster.yaml", &format!("{BASE}{}", pod("a", "10.0.0.1")));
+    let inventory = SharedInventory::default();
+    let source = FileSource::new([dir.0.clone()], inventory.clone());
+    source.reload().expect("valid manifests");
+
+    // Init containers' ports are checked by the inventory only (the policy engine ignores them).
+    let bad = "---\napiVersion: v1\nkind: Pod\nmetadata: {namespace: shop, name: b}\n\
+               spec: {initContainers: [{name: init, ports: [{containerPort: 70000}]}], containers: []}\n";
+    dir.write(
+        "cluster.yaml",
+        &format!("{BASE}{}{bad}", pod("a", "10.0.0.9")),
+    );
+    let error = source
+        .reload()
+        .expect_err("init container port out of range");
+    assert!(error.to_string().contains("70000"), "{error}");
+    let inv = inventory.read();
+    assert!(inv.pod("shop", "b").is_none());
+    assert_eq!(
+        inv.pod("shop", "a").map(|p| p.ips().to_vec()),
+        Some(vec!["10.0.0.1".parse::<std::net::IpAddr>().expect("IP")])
+    );
+}
+
 /// Reading the manifests (the source's own reads included) must not count as a change: otherwise the
 /// source reloads in a loop.
 #[test]

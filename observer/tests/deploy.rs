@@ -305,7 +305,7 @@ fn run_env_vars() -> BTreeSet<String> {
     let run = cli
         .find_subcommand("run")
         .expect("observer has a run subcommand");
-    let mut vars: BTreeSet<String> = run
+    let vars: BTreeSet<String> = run
         .get_arguments()
         .filter_map(|a| a.get_env())
         .map(|e| e.to_string_lossy().into_owned())

@@ -35,9 +35,15 @@ pub enum Error {
         /// Every problem, each naming file, object and field.
         errors: Vec<ManifestError>,
     },
+    /// Objects the manifests hold that the inventory cannot take; the last good state is kept.
+    #[error("{} object(s) not usable by the inventory, keeping the last good state; first: {}", errors.len(), first(errors))]
+    Rejected {
+        /// Every problem, each naming the object.
+        errors: Vec<super::Error>,
+    },
 }
 
-fn first(errors: &[ManifestError]) -> String {
+fn first<E: ToString>(errors: &[E]) -> String {
     errors.first().map(ToString::to_string).unwrap_or_default()
 }
 
@@ -95,15 +101,21 @@ impl FileSource {
             self.stats.record_error(&error);
             return Err(error);
         }
-        let Manifests {
-            namespaces,
-            nodes,
-            pods,
-            policies,
-            ..
-        } = manifests;
         let mut inventory = self.inventory.write();
-        inventory.replace_compact(namespaces, nodes, pods, policies, SystemTime::now());
+        let replaced = inventory.replace(
+            &manifests.namespaces,
+            &manifests.nodes,
+            &manifests.pods,
+            &manifests.policies,
+            SystemTime::now(),
+        );
+        if let Err(errors) = replaced {
+            drop(inventory);
+            let error = Error::Rejected { errors };
+            tracing::warn!(error = %error, "manifests not reloaded");
+            self.stats.record_error(&error);
+            return Err(error);
+        }
         tracing::info!(counts = ?inventory.counts(), "manifests loaded");
         self.stats.clear_error();
         Ok(())

@@ -12,7 +12,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::model::{
     Interner, ObjectRef, PodEntry, PolicyRevision, namespace_from_k8s, node_from_k8s,
-    policy_from_k8s, share_namespace, share_node, share_policy,
+    policy_from_k8s,
 };
 use super::timeline::{Holding, IpTimeline, PolicyHistory, Reach};
 use super::{Error, Kind};
@@ -225,7 +225,7 @@ impl Inventory {
         if self.pods.get(&key).is_some_and(|old| **old == entry) {
             return;
         }
-        self.engine.apply_pod(entry.pod.clone());
+        self.engine.apply_pod(Arc::clone(&entry.pod));
         let entry = Arc::new(entry);
         let old = self.pods.insert(key, Arc::clone(&entry));
         let held = holds_ips(&entry);
@@ -356,11 +356,9 @@ impl Inventory {
 
     /// Whether `revision` is the one already in force (a relist re-sends every object).
     fn is_current_policy(&self, key: &ObjectRef, revision: &PolicyRevision) -> bool {
-        self.policies.get(key).is_some_and(|old| {
-            old.revision.uid == revision.uid
-                && old.revision.resource_version == revision.resource_version
-                && old.revision.spec_hash == revision.spec_hash
-        })
+        self.policies
+            .get(key)
+            .is_some_and(|old| old.revision.same_revision(revision))
     }
 
     fn put_policy(&mut self, compiled: policy::Policy, revision: PolicyRevision) {
@@ -605,40 +603,46 @@ impl Inventory {
         self.interner.sweep();
     }
 
-    /// Replaces every kind at once with objects already in the engine's compact form (manifest files),
-    /// as one relist of each kind: unchanged objects keep their tenures and revisions.
-    pub fn replace_compact(
+    /// Replaces every kind at once (manifest files), as one relist of each kind: unchanged objects keep
+    /// their tenures and revisions. Objects go through the same conversions as the API server's.
+    ///
+    /// # Errors
+    /// All or nothing: when any object is unusable, the inventory is left as it was and every problem is
+    /// returned.
+    pub fn replace(
         &mut self,
-        namespaces: Vec<policy::Namespace>,
-        nodes: Vec<policy::Node>,
-        pods: Vec<policy::Pod>,
-        policies: Vec<policy::Policy>,
+        namespaces: &[Namespace],
+        nodes: &[Node],
+        pods: &[Pod],
+        policies: &[NetworkPolicy],
         now: SystemTime,
-    ) {
+    ) -> Result<(), Vec<Error>> {
         for kind in Kind::ALL {
             self.begin(kind);
         }
+        let mut errors = Vec::new();
         for ns in namespaces {
-            let ns = share_namespace(ns, &mut self.interner);
-            self.stage_namespace_compact(ns);
+            errors.extend(self.stage_namespace(ns).err());
         }
         for node in nodes {
-            let node = share_node(node, &mut self.interner);
-            self.stage_node_compact(node);
+            errors.extend(self.stage_node(node).err());
         }
-        for compiled in policies {
-            let compiled = share_policy(compiled, &mut self.interner);
-            let revision = PolicyRevision::of_compiled(&compiled, now);
-            self.stage_policy_compiled(compiled, revision);
+        for np in policies {
+            errors.extend(self.stage_policy(np, now).err());
         }
         for pod in pods {
-            let entry = PodEntry::from_compact(pod, &mut self.interner);
-            self.stage_pod_entry(entry, now);
+            errors.extend(self.stage_pod(pod, now).err());
+        }
+        if !errors.is_empty() {
+            self.staging = Default::default();
+            self.interner.sweep();
+            return Err(errors);
         }
         // Namespaces and policies first: each pod then finds its selecting policies once.
         for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Pod] {
             self.commit(kind, now);
         }
+        Ok(())
     }
 
     /// Forgets everything (timelines and histories included) and every kind's synced flag.
@@ -795,6 +799,19 @@ mod tests {
     }
 
     #[test]
+    fn the_engine_holds_the_inventorys_pod_not_a_copy() {
+        let mut inv = Inventory::default();
+        inv.apply_pod(&mk_pod("a", "p", "u1", "10.0.0.1", &[("app", "x")]), t(0))
+            .expect("valid");
+        let entry = inv.pod("a", "p").expect("applied");
+        let policy::Endpoint::Pod { id, .. } = inv.engine().lookup_ip(ip("10.0.0.1")) else {
+            panic!("the engine knows the pod's IP");
+        };
+        let engine_pod = inv.engine().pod(id).expect("in the engine");
+        assert!(std::ptr::eq(engine_pod, &*entry.pod), "one allocation");
+    }
+
+    #[test]
     fn workloads_resolve_by_owner_kind() {
         let mut inv = Inventory::default();
         let cases = [
@@ -895,10 +912,10 @@ mod tests {
         )
         .expect("valid");
         let old = inv.pod_at(ip("10.0.0.1"), t(5)).expect("old tenure");
-        assert_eq!(old.pod.uid.as_ref(), "u1");
+        assert_eq!(old.pod.uid, "u1");
         assert_eq!(old.to, Some(t(10)));
         let new = inv.pod_at(ip("10.0.0.2"), t(11)).expect("new tenure");
-        assert_eq!(new.pod.uid.as_ref(), "u2");
+        assert_eq!(new.pod.uid, "u2");
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //!
 //! ```text
 //!  Inventory
-//!  ├── pods        namespace/name ─▶ PodEntry { policy::Pod, uid, ports, workload }
+//!  ├── pods        namespace/name ─▶ PodEntry { Arc<policy::Pod>, uid (UUID as 16 bytes), workload }
 //!  ├── ips         IpAddr ─▶ IpTimeline [ Holding { pod, from, to } … last N ]   (IP reuse, deleted pods)
 //!  ├── namespaces  name ─▶ policy::Namespace { labels }
 //!  ├── nodes       name ─▶ policy::Node { IPs }                      (+ node IP ─▶ name)
 //!  ├── policies    namespace/name ─▶ PolicyEntry { revision in force }
 //!  ├── histories   namespace/name ─▶ PolicyHistory [ PolicyRevision { uid, rv, generation, hash, seen } … ]
-//!  ├── engine      policy::Index, fed the same applies and deletes (verdicts)
+//!  ├── engine      policy::Index, fed the same applies and deletes (verdicts); holds the pods'
+//!  │               Arc<policy::Pod>, not copies
 //!  └── synced      per kind; ready when all four kinds were listed
 //! ```
 //!
@@ -29,7 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 
 pub use index::{Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry};
 pub use model::{
-    ContainerPort, Interner, ObjectRef, PodEntry, PolicyRevision, Workload, WorkloadKind,
+    ContainerPort, Interner, ObjectRef, PodEntry, PolicyRevision, Uid, Workload, WorkloadKind,
 };
 pub use timeline::{Holding, IpTimeline, PolicyHistory};
 

@@ -179,105 +179,205 @@ impl Workload {
     }
 }
 
-/// What the inventory keeps of a Pod: the engine's compact pod plus what attribution adds to it.
+/// A Kubernetes `metadata.uid`, kept compactly: the API server's UUIDs as 16 bytes, anything else (a
+/// hand-written manifest's made-up uid, or none at all) as text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Uid {
+    /// A UUID in its canonical form (lowercase, hyphenated), which is how it is printed back.
+    Uuid([u8; 16]),
+    /// Any other text; empty when the object had no uid.
+    Text(Box<str>),
+}
+
+impl Uid {
+    /// Parses `text`, storing it as 16 bytes when it is a canonical UUID (so it prints back identically).
+    pub fn new(text: &str) -> Self {
+        parse_uuid(text).map_or_else(|| Self::Text(text.into()), |u| Self::Uuid(u.to_be_bytes()))
+    }
+
+    /// The UUID as a number, when it is one.
+    pub fn as_u128(&self) -> Option<u128> {
+        match self {
+            Self::Uuid(bytes) => Some(u128::from_be_bytes(*bytes)),
+            Self::Text(_) => None,
+        }
+    }
+
+    /// Whether the object had no uid.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Self::Text(t) if t.is_empty())
+    }
+}
+
+impl Default for Uid {
+    fn default() -> Self {
+        Self::Text(Box::default())
+    }
+}
+
+impl std::fmt::Display for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uuid(bytes) => {
+                let hex = format!("{:032x}", u128::from_be_bytes(*bytes));
+                let part = |r: std::ops::Range<usize>| hex.get(r).unwrap_or_default();
+                write!(
+                    f,
+                    "{}-{}-{}-{}-{}",
+                    part(0..8),
+                    part(8..12),
+                    part(12..16),
+                    part(16..20),
+                    part(20..32)
+                )
+            }
+            Self::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+impl PartialEq<str> for Uid {
+    fn eq(&self, other: &str) -> bool {
+        match self {
+            Self::Text(text) => **text == *other,
+            Self::Uuid(_) => parse_uuid(other) == self.as_u128(),
+        }
+    }
+}
+
+impl PartialEq<&str> for Uid {
+    fn eq(&self, other: &&str) -> bool {
+        *self == **other
+    }
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in lowercase hex, the only form the API server writes.
+fn parse_uuid(text: &str) -> Option<u128> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 36 {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if *b != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        value = (value << 4) | u128::from(digit);
+    }
+    Some(value)
+}
+
+/// What the inventory keeps of a Pod: the engine's compact pod (the same allocation the engine's index
+/// holds) plus what attribution adds to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodEntry {
-    /// Namespace, name, labels, IPs, node, hostNetwork and named ports, as the policy engine sees them.
-    pub pod: policy::Pod,
-    /// `metadata.uid` (empty when the source gave none, as hand-written manifests often do).
-    pub uid: Box<str>,
+    /// Namespace, name, labels, IPs, node, hostNetwork and named ports, as the policy engine sees them;
+    /// shared with [`policy::Index`].
+    pub pod: Arc<policy::Pod>,
+    /// `metadata.uid`.
+    pub uid: Uid,
     /// Whether it finished (`Succeeded`/`Failed`): its IPs are released and may be reused while it lingers.
     pub terminated: bool,
-    /// Every port its containers declare, named or not (init containers included: sidecars listen too).
-    pub ports: Box<[ContainerPort]>,
+    /// The ports [`policy::Pod::named_ports`] does not hold: unnamed ones and init containers' ones.
+    other_ports: Box<[ContainerPort]>,
     /// The owning workload, when owner references show one.
     pub workload: Option<Workload>,
 }
 
 impl PodEntry {
     /// Converts a Pod (validated by the policy engine's conversion), sharing strings through `interner`.
+    ///
+    /// This is the one conversion of pods for every source (API server watches and manifest files).
     pub fn from_k8s(pod: &Pod, interner: &mut Interner) -> Result<Self, Error> {
         let compact = policy::Pod::from_k8s(pod).map_err(|errors| Error::Invalid {
             kind: Kind::Pod,
             errors,
         })?;
-        let mut ports = Vec::new();
-        let containers = pod
-            .spec
-            .as_ref()
-            .map(|s| {
-                s.containers
-                    .iter()
-                    .chain(s.init_containers.iter().flatten())
-            })
-            .into_iter()
-            .flatten();
-        for container in containers {
-            for p in container.ports.iter().flatten() {
-                let invalid = |field: &'static str, value: String| Error::InvalidField {
-                    kind: Kind::Pod,
-                    object: format!("{}/{}", compact.namespace, compact.name),
-                    field,
-                    value,
-                };
-                // Regular containers were validated by the engine; init containers' ports only here.
-                let port = u16::try_from(p.container_port)
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| {
-                        invalid(
-                            "spec.initContainers[].ports[].containerPort",
-                            p.container_port.to_string(),
-                        )
-                    })?;
-                let protocol = match p.protocol.as_deref() {
-                    None => Protocol::Tcp,
-                    Some(text) => text.parse().map_err(|_| {
-                        invalid("spec.initContainers[].ports[].protocol", text.to_owned())
-                    })?,
-                };
-                ports.push(ContainerPort {
-                    name: p
-                        .name
-                        .as_deref()
-                        .filter(|n| !n.is_empty())
-                        .map(|n| interner.intern(n)),
+        let mut other_ports = Vec::new();
+        let Some(spec) = pod.spec.as_ref() else {
+            return Ok(Self::assemble(pod, compact, other_ports, interner));
+        };
+        // Named ports of regular containers are in the engine's pod already.
+        let regular = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter(|p| p.name.as_deref().is_none_or(str::is_empty));
+        for p in regular {
+            // Validated by the engine's conversion, which checked every regular container's port.
+            if let Ok(port) = u16::try_from(p.container_port) {
+                let protocol = p.protocol.as_deref().and_then(|t| t.parse().ok());
+                other_ports.push(ContainerPort {
+                    name: None,
                     port,
-                    protocol,
+                    protocol: protocol.unwrap_or(Protocol::Tcp),
                 });
             }
         }
+        let init = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .flat_map(|c| c.ports.iter().flatten());
+        for p in init {
+            let invalid = |field: &'static str, value: String| Error::InvalidField {
+                kind: Kind::Pod,
+                object: format!("{}/{}", compact.namespace, compact.name),
+                field,
+                value,
+            };
+            let port = u16::try_from(p.container_port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "spec.initContainers[].ports[].containerPort",
+                        p.container_port.to_string(),
+                    )
+                })?;
+            let protocol = match p.protocol.as_deref() {
+                None => Protocol::Tcp,
+                Some(text) => text.parse().map_err(|_| {
+                    invalid("spec.initContainers[].ports[].protocol", text.to_owned())
+                })?,
+            };
+            other_ports.push(ContainerPort {
+                name: p
+                    .name
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .map(|n| interner.intern(n)),
+                port,
+                protocol,
+            });
+        }
+        Ok(Self::assemble(pod, compact, other_ports, interner))
+    }
+
+    fn assemble(
+        pod: &Pod,
+        compact: policy::Pod,
+        other_ports: Vec<ContainerPort>,
+        interner: &mut Interner,
+    ) -> Self {
         let status = pod.status.as_ref();
-        Ok(Self {
-            uid: pod.metadata.uid.as_deref().unwrap_or_default().into(),
+        Self {
+            uid: Uid::new(pod.metadata.uid.as_deref().unwrap_or_default()),
             terminated: matches!(
                 status.and_then(|s| s.phase.as_deref()),
                 Some("Succeeded" | "Failed")
             ),
-            ports: ports.into_boxed_slice(),
+            other_ports: other_ports.into_boxed_slice(),
             workload: Workload::of_pod(&pod.metadata, interner),
-            pod: share_pod(compact, interner),
-        })
-    }
-
-    /// An entry for a pod known only in the engine's compact form (manifest files): no uid, no workload.
-    pub fn from_compact(pod: policy::Pod, interner: &mut Interner) -> Self {
-        let pod = share_pod(pod, interner);
-        let ports = pod
-            .named_ports
-            .iter()
-            .map(|p| ContainerPort {
-                name: Some(Arc::clone(&p.name)),
-                port: p.port,
-                protocol: p.protocol,
-            })
-            .collect();
-        Self {
-            uid: Box::from(""),
-            terminated: false,
-            ports,
-            workload: None,
-            pod,
+            pod: Arc::new(share_pod(compact, interner)),
         }
     }
 
@@ -312,6 +412,17 @@ impl PodEntry {
     /// The port named `name` with `protocol`, as a policy's named port resolves against this pod.
     pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
         self.pod.named_port(name, protocol)
+    }
+
+    /// Every port its containers declare, named or not (init containers included: sidecars listen too):
+    /// regular containers' named ports first, then the others.
+    pub fn ports(&self) -> impl Iterator<Item = ContainerPort> + '_ {
+        let named = self.pod.named_ports.iter().map(|p| ContainerPort {
+            name: Some(Arc::clone(&p.name)),
+            port: p.port,
+            protocol: p.protocol,
+        });
+        named.chain(self.other_ports.iter().cloned())
     }
 
     /// Whether `other` is the same pod object, not just the same name: a re-created pod is another one.
@@ -359,7 +470,7 @@ pub fn namespace_from_k8s(
 }
 
 /// Swaps a compact namespace's strings for shared copies.
-pub fn share_namespace(mut ns: policy::Namespace, interner: &mut Interner) -> policy::Namespace {
+fn share_namespace(mut ns: policy::Namespace, interner: &mut Interner) -> policy::Namespace {
     ns.name = interner.intern(&ns.name);
     share_labels(&mut ns.labels, interner);
     ns
@@ -375,7 +486,7 @@ pub fn node_from_k8s(node: &Node, interner: &mut Interner) -> Result<policy::Nod
 }
 
 /// Swaps a compact node's name for the shared copy.
-pub fn share_node(mut node: policy::Node, interner: &mut Interner) -> policy::Node {
+fn share_node(mut node: policy::Node, interner: &mut Interner) -> policy::Node {
     node.name = interner.intern(&node.name);
     node
 }
@@ -397,7 +508,7 @@ pub fn policy_from_k8s(
 }
 
 /// Swaps a compiled policy's namespace for the shared copy.
-pub fn share_policy(mut compiled: policy::Policy, interner: &mut Interner) -> policy::Policy {
+fn share_policy(mut compiled: policy::Policy, interner: &mut Interner) -> policy::Policy {
     let mut meta = (*compiled.meta).clone();
     meta.namespace = interner.intern(&meta.namespace);
     compiled.meta = Arc::new(meta);
@@ -433,6 +544,14 @@ impl PolicyRevision {
             modified: last_spec_write(meta),
             seen: now,
         }
+    }
+
+    /// Whether `other` is this very revision: same object, resourceVersion and rules. Manifest files often
+    /// carry no resourceVersion (or keep a stale one through hand edits), so the rules count too.
+    pub fn same_revision(&self, other: &Self) -> bool {
+        self.uid == other.uid
+            && self.resource_version == other.resource_version
+            && self.spec_hash == other.spec_hash
     }
 
     /// Whether `other` is the same policy object with the same rules.
@@ -473,22 +592,65 @@ fn last_spec_write(meta: &ObjectMeta) -> Option<SystemTime> {
     })
 }
 
-impl PolicyRevision {
-    /// The revision of a policy known only compiled (manifest files): its metadata, and a hash of the
-    /// compiled rules (equal rules, equal hash, within one build).
-    pub fn of_compiled(compiled: &policy::Policy, now: SystemTime) -> Self {
-        let meta = &compiled.meta;
-        let text = format!(
-            "{:?}{:?}{:?}",
-            compiled.pod_selector, compiled.ingress, compiled.egress
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_kept_as_numbers_and_print_back_identically() {
+        let text = "0b5f3c2e-8d1a-4c3e-9f7a-2e4b6d8f0a1c";
+        let uid = Uid::new(text);
+        assert_eq!(
+            uid.as_u128(),
+            Some(0x0b5f_3c2e_8d1a_4c3e_9f7a_2e4b_6d8f_0a1c)
         );
-        Self {
-            uid: meta.uid.as_deref().unwrap_or_default().into(),
-            resource_version: meta.resource_version.as_deref().unwrap_or_default().into(),
-            generation: meta.generation,
-            spec_hash: fnv1a(text.as_bytes()),
-            modified: None,
-            seen: now,
+        assert_eq!(uid.to_string(), text);
+        assert_eq!(uid, text);
+        assert_ne!(uid, "0b5f3c2e-8d1a-4c3e-9f7a-2e4b6d8f0a1d");
+    }
+
+    #[test]
+    fn other_uids_stay_text() {
+        // Uppercase would not print back as written; made-up uids are common in manifests.
+        for text in [
+            "0B5F3C2E-8D1A-4C3E-9F7A-2E4B6D8F0A1C",
+            "u1",
+            "",
+            "0b5f3c2e8d1a4c3e9f7a2e4b6d8f0a1c00ff",
+        ] {
+            let uid = Uid::new(text);
+            assert_eq!(uid.as_u128(), None, "{text}");
+            assert_eq!(uid.to_string(), text);
+            assert_eq!(uid, text);
         }
+        assert!(Uid::new("").is_empty());
+        assert_eq!(Uid::default(), "");
+    }
+
+    #[test]
+    fn ports_lists_named_unnamed_and_init_container_ports_once() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "p"},
+            "spec": {
+                "initContainers": [{"name": "sidecar", "ports": [{"name": "admin", "containerPort": 9901}]}],
+                "containers": [{"name": "app", "ports": [
+                    {"name": "grpc", "containerPort": 50051},
+                    {"containerPort": 8080, "protocol": "UDP"}]}]
+            }
+        }))
+        .expect("pod");
+        let entry = PodEntry::from_k8s(&pod, &mut Interner::default()).expect("valid");
+        let ports: Vec<String> = entry
+            .ports()
+            .map(|p| {
+                format!(
+                    "{}:{}/{}",
+                    p.name.as_deref().unwrap_or("-"),
+                    p.port,
+                    p.protocol
+                )
+            })
+            .collect();
+        assert_eq!(ports, ["grpc:50051/TCP", "-:8080/UDP", "admin:9901/TCP"]);
     }
 }

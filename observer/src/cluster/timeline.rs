@@ -143,9 +143,11 @@ impl PolicyHistory {
     /// Records `revision` unless it is the one already in force (a relist re-sends every object).
     pub(crate) fn record(&mut self, revision: PolicyRevision, capacity: usize) {
         self.deleted = None;
-        if self.revisions.back().is_some_and(|r| {
-            r.uid == revision.uid && r.resource_version == revision.resource_version
-        }) {
+        if self
+            .revisions
+            .back()
+            .is_some_and(|r| r.same_revision(&revision))
+        {
             return;
         }
         self.revisions.push_back(revision);

@@ -82,7 +82,8 @@ enum IpOwner {
 
 #[derive(Debug)]
 pub(crate) struct PodEntry {
-    pub(crate) pod: Pod,
+    /// Shared with whoever applied it (the cluster inventory keeps the same allocation).
+    pub(crate) pod: Arc<Pod>,
     pub(crate) stamp: u32,
     /// Slots of the policies in the pod's namespace whose podSelector matches it, ascending.
     pub(crate) policies: Vec<u32>,
@@ -230,6 +231,17 @@ impl Index {
         }
     }
 
+    fn intern_pod(&mut self, pod: &mut Pod) {
+        pod.namespace = self.intern(&pod.namespace);
+        if let Some(n) = &pod.node_name {
+            pod.node_name = Some(self.intern(n));
+        }
+        self.intern_labels(&mut pod.labels);
+        for p in pod.named_ports.iter_mut() {
+            p.name = self.intern(&p.name);
+        }
+    }
+
     fn namespace_entry(&mut self, name: &Arc<str>) -> &mut NamespaceEntry {
         if !self.namespaces.contains_key(name) {
             let name = self.intern(name);
@@ -320,15 +332,15 @@ impl Index {
 
     /// Adds or replaces a pod (matched by namespace/name) and recomputes which policies select it.
     ///
+    /// Takes a [`Pod`] or an `Arc<Pod>`. A pod the index alone holds has its strings swapped for the
+    /// index's shared copies; an `Arc` the caller also holds is kept as it is, so both share one
+    /// allocation (the cluster inventory does this, and shares the strings itself).
+    ///
     /// When two pods claim one IP (a stale pod and its successor), the last applied wins.
-    pub fn apply_pod(&mut self, mut pod: Pod) {
-        pod.namespace = self.intern(&pod.namespace);
-        if let Some(n) = &pod.node_name {
-            pod.node_name = Some(self.intern(n));
-        }
-        self.intern_labels(&mut pod.labels);
-        for p in pod.named_ports.iter_mut() {
-            p.name = self.intern(&p.name);
+    pub fn apply_pod(&mut self, pod: impl Into<Arc<Pod>>) {
+        let mut pod: Arc<Pod> = pod.into();
+        if let Some(own) = Arc::get_mut(&mut pod) {
+            self.intern_pod(own);
         }
 
         let existing = self
@@ -585,7 +597,7 @@ impl Index {
     /// The pod behind a pod id, if it is still there.
     #[must_use]
     pub fn pod(&self, id: PodId) -> Option<&Pod> {
-        self.pod_entry(id).map(|e| &e.pod)
+        self.pod_entry(id).map(|e| &*e.pod)
     }
 
     pub(crate) fn pod_entry(&self, id: PodId) -> Option<&PodEntry> {
@@ -630,7 +642,7 @@ impl Index {
                     slot,
                     stamp: e.stamp,
                 },
-                &e.pod,
+                &*e.pod,
             )
         })
     }

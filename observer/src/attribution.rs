@@ -30,7 +30,7 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
     let src = endpoint(blocked.client, &src_inv);
     let dst = endpoint(blocked.server, &dst_inv);
     let mut notes = Vec::new();
-    let kernel_reason = blocked.drop.as_ref().map(|d| d.reason.to_string());
+    let kernel_reason = blocked.drop.as_ref().map(|d| d.reason.clone());
     let call_site = blocked.drop.as_ref().map(|d| d.call_site.clone());
     if let Some((t, c)) = blocked.rejected {
         notes.push(format!(
@@ -46,7 +46,7 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
     for (side, e) in [("source", &src), ("destination", &dst)] {
         if let Some(n) = &e.node
             && !node.is_empty()
-            && n != node
+            && &**n != node
         {
             notes.push(format!(
                 "{side} runs on node {n}: its side of the verdict is evaluated from the inventory, its packets are not seen here"
@@ -185,8 +185,8 @@ fn responsible(
             ),
         };
         out.push(PolicyRef {
-            namespace: meta.namespace.to_string(),
-            name: meta.name.to_string(),
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
             direction,
             uid,
             resource_version,
@@ -212,14 +212,14 @@ fn endpoint(addr: SocketAddr, then: &InvEndpoint<'_>) -> Endpoint {
     };
     match then {
         InvEndpoint::Pod(h) => Endpoint {
-            namespace: Some(h.pod.pod.namespace.to_string()),
-            pod: Some(h.pod.pod.name.to_string()),
-            node: h.pod.pod.node_name.as_deref().map(str::to_owned),
+            namespace: Some(h.pod.pod.namespace.clone()),
+            pod: Some(h.pod.pod.name.clone()),
+            node: h.pod.pod.node_name.clone(),
             workload: h.pod.workload.as_ref().map(ToString::to_string),
             ..bare("pod")
         },
         InvEndpoint::Node(n) => Endpoint {
-            node: Some(n.name.to_string()),
+            node: Some(n.name.clone()),
             ..bare("node")
         },
         InvEndpoint::External => bare("external"),
@@ -351,7 +351,7 @@ mod tests {
         let r = attribute(&blocked(), &inventory(&[DENY_EGRESS]), "n1");
         assert_eq!(r.direction, Some(Direction::Egress));
         assert_eq!(r.policies.len(), 1);
-        assert_eq!(r.policies[0].name, "no-egress");
+        assert_eq!(&*r.policies[0].name, "no-egress");
         assert_eq!(r.policies[0].direction, Direction::Egress);
     }
 

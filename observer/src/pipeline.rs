@@ -96,15 +96,10 @@ impl Pipeline {
                         self.metrics.policy_evaluations.inc();
                     }
                     let record = attribution::attribute(&blocked, &inventory, &self.node);
-                    let policies: Vec<(String, String)> = record
-                        .policies
-                        .iter()
-                        .map(|p| (p.namespace.clone(), p.name.clone()))
-                        .collect();
                     self.metrics.blocked(
                         record.cause.map_or("unknown", |c| c.as_str()),
                         record.direction.map_or("", |d| d.as_str()),
-                        &policies,
+                        record.policies.iter().map(|p| (&*p.namespace, &*p.name)),
                     );
                     records.push(record);
                 }

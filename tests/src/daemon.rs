@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use crate::{Lab, Pod, run_in, wait_for};
@@ -20,8 +20,9 @@ pub const NODE: &str = "lab-node";
 pub struct Daemon {
     child: Child,
     node: String,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
+    /// Lines with the time they were read.
+    stdout: Arc<Mutex<Vec<(SystemTime, String)>>>,
+    stderr: Arc<Mutex<Vec<(SystemTime, String)>>>,
 }
 
 impl Daemon {
@@ -73,7 +74,7 @@ impl Daemon {
         ] {
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    sink.lock().expect("lock").push(line);
+                    sink.lock().expect("lock").push((SystemTime::now(), line));
                 }
             });
         }
@@ -126,11 +127,16 @@ impl Daemon {
 
     /// Forensics records written so far (stdout, one JSON object per line).
     pub fn records(&self) -> Vec<serde_json::Value> {
+        self.records_read_at().into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Forensics records with the time this process read each line.
+    pub fn records_read_at(&self) -> Vec<(SystemTime, serde_json::Value)> {
         self.stdout
             .lock()
             .expect("lock")
             .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter_map(|(t, l)| Some((*t, serde_json::from_str(l).ok()?)))
             .collect()
     }
 
@@ -144,7 +150,12 @@ impl Daemon {
     }
 
     pub fn stderr(&self) -> Vec<String> {
-        self.stderr.lock().expect("lock").clone()
+        self.stderr
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
     }
 
     /// Runs another `observer` subcommand in the node namespace and returns its stdout.

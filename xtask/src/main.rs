@@ -125,8 +125,10 @@ fn main() -> anyhow::Result<()> {
                 if !is_root() {
                     bail!("the datapath benchmarks load eBPF programs: run `sudo ./x bench`");
                 }
+                let bin = build_observer(true)?;
                 let mut c = cargo();
-                c.args(["bench", "-p", "observer-tests", "--bench", "datapath"]);
+                c.args(["bench", "-p", "observer-tests", "--bench", "datapath"])
+                    .env("OBSERVER_BIN", &bin);
                 run(c)?;
             }
             for bench in ["policy", "inventory", "pipeline"] {

@@ -121,7 +121,7 @@ pub struct DropInfo {
     pub reason_name: Arc<str>,
     pub location: u64,
     /// `symbol+0xoff` when kernel symbols are readable.
-    pub call_site: String,
+    pub call_site: Arc<str>,
 }
 
 fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -133,6 +133,8 @@ fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S
 pub struct Decoder {
     reasons: Arc<DropReasons>,
     symbols: std::sync::OnceLock<Symbols>,
+    /// Named call sites: drops come from a handful of places, named once each.
+    call_sites: std::sync::Mutex<std::collections::HashMap<u64, Arc<str>>>,
     /// realtime − monotonic, sampled at start.
     clock_offset_ns: i128,
     interfaces: Arc<std::sync::RwLock<std::collections::HashMap<u32, Arc<str>>>>,
@@ -145,6 +147,7 @@ impl Decoder {
         Self {
             reasons,
             symbols: std::sync::OnceLock::new(),
+            call_sites: std::sync::Mutex::default(),
             clock_offset_ns: clock_offset_ns(),
             interfaces: Arc::default(),
             netns: 0,
@@ -162,6 +165,19 @@ impl Decoder {
         self
     }
 
+    fn call_site(&self, location: u64) -> Arc<str> {
+        let name = || Arc::from(self.symbols.get_or_init(Symbols::kallsyms).name(location));
+        match self.call_sites.lock() {
+            Ok(mut cache) => {
+                if cache.len() > 4096 {
+                    cache.clear();
+                }
+                cache.entry(location).or_insert_with(name).clone()
+            }
+            Err(_) => name(),
+        }
+    }
+
     pub fn decode(&self, bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         let raw = parse(bytes)?;
         let kind = EventKind::from_u8(raw.kind).ok_or(DecodeError::Kind { kind: raw.kind })?;
@@ -170,10 +186,7 @@ impl Decoder {
             reason: raw.reason,
             reason_name: self.reasons.name(raw.reason),
             location: raw.location,
-            call_site: self
-                .symbols
-                .get_or_init(Symbols::kallsyms)
-                .name(raw.location),
+            call_site: self.call_site(raw.location),
         });
         let wall_ns = i128::from(raw.ts_ns) + self.clock_offset_ns;
         let time = SystemTime::UNIX_EPOCH

@@ -58,7 +58,7 @@ impl Default for Config {
 pub struct DropEvidence {
     /// The kernel's reason name (`NETFILTER_DROP`).
     pub reason: Arc<str>,
-    pub call_site: String,
+    pub call_site: Arc<str>,
     /// The interface, when the drop happened in the observer's namespace on a known interface.
     pub interface: Option<Arc<str>>,
 }
@@ -199,8 +199,13 @@ impl Tracker {
                 timed_out: false,
             }),
         };
-        self.channels.insert(key, ch);
-        self.channels.get_mut(&key).expect("just inserted")
+        match self.channels.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                o.insert(ch);
+                o.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(ch),
+        }
     }
 
     fn evict_one(&mut self) {

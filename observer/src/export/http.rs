@@ -504,7 +504,7 @@ mod tests {
         server
             .state
             .metrics
-            .blocked("policy", "ingress", &[("ns".into(), "deny".into())]);
+            .blocked("policy", "ingress", [("ns", "deny")]);
         let (status, head, body) = server.get("/metrics").await;
         assert_eq!(status, 200);
         assert!(

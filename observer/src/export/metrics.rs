@@ -182,21 +182,27 @@ impl Metrics {
     }
 
     /// Counts one blocked channel for each responsible policy (or once without policy labels).
-    pub fn blocked(&self, cause: &str, direction: &str, policies: &[(String, String)]) {
-        if policies.is_empty() {
-            self.blocked_channels
-                .with_label_values(&[cause, direction, "", ""])
-                .inc();
-            return;
-        }
+    pub fn blocked<'a>(
+        &self,
+        cause: &str,
+        direction: &str,
+        policies: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
+        let mut any = false;
         for (ns, name) in policies {
+            any = true;
             let (ns, name) = if self.admit(ns, name) {
-                (ns.as_str(), name.as_str())
+                (ns, name)
             } else {
                 ("", "other")
             };
             self.blocked_channels
                 .with_label_values(&[cause, direction, ns, name])
+                .inc();
+        }
+        if !any {
+            self.blocked_channels
+                .with_label_values(&[cause, direction, "", ""])
                 .inc();
         }
     }
@@ -254,10 +260,10 @@ mod tests {
     fn policy_labels_are_bounded_and_the_rest_is_other() {
         let m = Metrics::new().expect("metrics");
         for i in 0..Metrics::POLICY_LABELS_MAX + 10 {
-            m.blocked("policy", "ingress", &[("ns".into(), format!("p{i}"))]);
+            m.blocked("policy", "ingress", [("ns", format!("p{i}").as_str())]);
         }
         // An admitted policy keeps its labels.
-        m.blocked("policy", "ingress", &[("ns".into(), "p0".into())]);
+        m.blocked("policy", "ingress", [("ns", "p0")]);
         let text = m.encode().expect("encode");
         let series = text
             .lines()
@@ -279,7 +285,7 @@ mod tests {
     #[test]
     fn no_policy_causes_have_empty_policy_labels() {
         let m = Metrics::new().expect("metrics");
-        m.blocked("no_listener", "", &[]);
+        m.blocked("no_listener", "", []);
         let text = m.encode().expect("encode");
         assert!(text.contains(r#"observer_blocked_channels_total{cause="no_listener",direction="",policy_name="",policy_namespace=""} 1"#), "{text}");
     }

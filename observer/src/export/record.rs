@@ -2,7 +2,7 @@
 //! and what `observer tail` prints. Stable contract: see ARCHITECTURE.md. Consumers filter on `kind` and
 //! ignore unknown fields.
 
-use std::{net::IpAddr, time::SystemTime};
+use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,10 +28,10 @@ pub struct Record {
     /// `egress`, `ingress`, `both`, or null.
     pub direction: Option<Direction>,
     /// The kernel's drop reason (`NETFILTER_DROP`), when a drop was seen.
-    pub kernel_reason: Option<String>,
+    pub kernel_reason: Option<Arc<str>>,
     /// Where the kernel dropped it (`nft_do_chain+0x3e8`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub call_site: Option<String>,
+    pub call_site: Option<Arc<str>>,
     /// SYNs sent for this connection attempt when the record was written.
     pub attempts: u32,
     pub policies: Vec<PolicyRef>,
@@ -111,11 +111,11 @@ pub struct Endpoint {
     /// `pod`, `node` or `external`.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
+    pub pod: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
     /// `Deployment/checkout`, `StatefulSet/payments`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
@@ -124,8 +124,8 @@ pub struct Endpoint {
 /// A policy responsible for a blocked channel, at the revision in force when it happened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRef {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub direction: Direction,
     pub uid: String,
     pub resource_version: String,

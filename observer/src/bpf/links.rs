@@ -111,7 +111,8 @@ pub async fn follow(
     Ok(())
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Aborts a spawned task when dropped (the link follower's netlink connection, the daemon's sources).
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

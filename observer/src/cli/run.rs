@@ -22,7 +22,7 @@ use clap::Args;
 use crate::{
     bpf::{
         AttachMode, Datapath, DatapathConfig, KernelEvent,
-        links::{self, LinkChange},
+        links::{self, AbortOnDrop, LinkChange},
         loader::{DEFAULT_INTERFACES, DEFAULT_PORTS},
     },
     channel,
@@ -266,14 +266,6 @@ fn emit(exports: &mut Exports, records: &mut Vec<crate::export::Record>) {
     }
     if let Err(e) = exports.emit_all(records.drain(..)) {
         tracing::warn!(error = %e, "writing the forensics log");
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

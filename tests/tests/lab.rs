@@ -148,3 +148,183 @@ fn interrupt_while_holding_removes_every_namespace() {
         namespaces_with(pid)
     );
 }
+
+mod random {
+    //! Random small clusters (≤ 4 pods, ≤ 3 policies) through `observer lab`: the nftables compiler and
+    //! the policy engine must agree on every probe.
+
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    const APPS: [&str; 3] = ["web", "api", "db"];
+
+    fn app() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(&APPS[..])
+    }
+
+    fn pod_selector() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("{}".to_owned()),
+            app().prop_map(|a| format!("{{matchLabels: {{app: {a}}}}}")),
+            Just("{matchExpressions: [{key: app, operator: NotIn, values: [db]}]}".to_owned()),
+        ]
+    }
+
+    fn peer() -> impl Strategy<Value = String> {
+        prop_oneof![
+            pod_selector().prop_map(|s| format!("{{podSelector: {s}}}")),
+            (prop::sample::select(&["x", "y"][..]), pod_selector()).prop_map(|(t, s)| format!(
+                "{{namespaceSelector: {{matchLabels: {{tier: {t}}}}}, podSelector: {s}}}"
+            )),
+            Just("{namespaceSelector: {}}".to_owned()),
+            Just("{ipBlock: {cidr: 198.18.9.0/29}}".to_owned()),
+            Just("{ipBlock: {cidr: 198.18.9.0/24, except: [198.18.9.12/31]}}".to_owned()),
+        ]
+    }
+
+    fn port() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("{port: 50051}".to_owned()),
+            Just("{port: 8080}".to_owned()),
+            Just("{port: 8000, endPort: 9000}".to_owned()),
+            Just("{port: grpc}".to_owned()),
+            Just("{port: http}".to_owned()),
+            Just("{protocol: TCP}".to_owned()),
+            Just("{protocol: UDP, port: 50051}".to_owned()),
+        ]
+    }
+
+    fn rule(peer_key: &'static str) -> impl Strategy<Value = String> {
+        (
+            prop::option::of(prop::collection::vec(peer(), 1..=2)),
+            prop::option::of(prop::collection::vec(port(), 1..=2)),
+        )
+            .prop_map(move |(peers, ports)| {
+                let mut parts = Vec::new();
+                if let Some(p) = peers {
+                    parts.push(format!("{peer_key}: [{}]", p.join(", ")));
+                }
+                if let Some(p) = ports {
+                    parts.push(format!("ports: [{}]", p.join(", ")));
+                }
+                format!("{{{}}}", parts.join(", "))
+            })
+    }
+
+    fn policy() -> impl Strategy<Value = (String, String, Option<Vec<String>>, Option<Vec<String>>)>
+    {
+        (
+            prop::sample::select(&["a", "b"][..]),
+            pod_selector(),
+            prop::option::of(prop::collection::vec(rule("from"), 0..=2)),
+            prop::option::of(prop::collection::vec(rule("to"), 0..=2)),
+        )
+            .prop_map(|(ns, sel, ing, eg)| (ns.to_owned(), sel, ing, eg))
+    }
+
+    /// Port declarations: the named ports `grpc`/`http` resolve to different numbers on different pods.
+    const PORTS: [&str; 3] = [
+        "[{name: grpc, containerPort: 50051}]",
+        "[{name: grpc, containerPort: 50051}, {name: http, containerPort: 8080}]",
+        "[{name: http, containerPort: 50051}, {name: grpc, containerPort: 8080}]",
+    ];
+
+    fn cluster() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(&["x", "y"][..]),
+            prop::sample::select(&["x", "y"][..]),
+            prop::collection::vec(
+                (prop::sample::select(&["a", "b"][..]), app(), 0..PORTS.len()),
+                2..=4,
+            ),
+            prop::collection::vec(policy(), 0..=3),
+        )
+            .prop_map(|(ta, tb, pods, policies)| {
+                let mut y = format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata: {{name: a, labels: {{tier: {ta}}}}}\n---\n\
+                     apiVersion: v1\nkind: Namespace\nmetadata: {{name: b, labels: {{tier: {tb}}}}}\n"
+                );
+                for (i, (ns, app, ports)) in pods.iter().enumerate() {
+                    y.push_str(&format!(
+                        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: {ns}, labels: {{app: {app}}}}}\n\
+                         spec: {{containers: [{{name: c, ports: {}}}]}}\nstatus: {{podIP: 198.18.9.{}}}\n",
+                        PORTS[*ports],
+                        10 + i
+                    ));
+                }
+                for (i, (ns, sel, ing, eg)) in policies.iter().enumerate() {
+                    let mut types = Vec::new();
+                    let mut spec = format!("podSelector: {sel}");
+                    if let Some(r) = ing {
+                        types.push("Ingress");
+                        spec.push_str(&format!(", ingress: [{}]", r.join(", ")));
+                    }
+                    if let Some(r) = eg {
+                        types.push("Egress");
+                        spec.push_str(&format!(", egress: [{}]", r.join(", ")));
+                    }
+                    if types.is_empty() {
+                        types.push("Ingress");
+                    }
+                    y.push_str(&format!(
+                        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{i}, namespace: {ns}}}\n\
+                         spec: {{{spec}, policyTypes: [{}]}}\n",
+                        types.join(", ")
+                    ));
+                }
+                y
+            })
+    }
+
+    #[test]
+    #[ignore = "needs root and network namespaces: run through ./x test"]
+    fn random_clusters_kernel_and_engine_agree() {
+        let dir = std::env::temp_dir().join(format!("obslab-prop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut runner = TestRunner::new(Config {
+            // Bounded for ./x test; raise with OBSERVER_LAB_CASES for a longer hunt.
+            cases: std::env::var("OBSERVER_LAB_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5),
+            max_shrink_iters: 16,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let probes = std::cell::Cell::new(0);
+        let result = runner.run(&cluster(), |yaml| {
+            let file = dir.join("cluster.yaml");
+            std::fs::write(&file, &yaml).expect("writing the cluster");
+            let (code, report, stderr) = super::lab_json(&file);
+            prop_assert_eq!(
+                code,
+                0,
+                "kernel and engine disagree:\n{}\n{}\n{:#}",
+                yaml,
+                stderr,
+                report["probes"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter(|p| p["agree"] == false)
+                        .cloned()
+                        .collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect::<serde_json::Value>()
+            );
+            let n = report["probes"].as_array().map_or(0, Vec::len);
+            prop_assert!(n > 0, "no probes ran:\n{}\n{}", yaml, stderr);
+            probes.set(probes.get() + n);
+            Ok(())
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!(
+            "{} probes over random clusters, kernel and engine agreeing",
+            probes.get()
+        );
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
+}

@@ -106,12 +106,22 @@ fn demo_matrix_matches_the_policies_and_the_engine() {
         too_narrow["engine"]["egress_denied_by"],
         serde_json::json!(["payments/allow-fraud-check", "payments/default-deny"])
     );
+    // The attached observer attributes it to the same policies, from the kernel's drop.
+    assert_eq!(report["observer_attached"], true, "{stderr}");
+    let a = &too_narrow["attribution"];
+    assert_eq!(a["cause"], "policy", "{a:#}");
+    assert_eq!(a["direction"], "egress", "{a:#}");
+    assert_eq!(
+        a["policies"],
+        serde_json::json!(["payments/allow-fraud-check", "payments/default-deny"])
+    );
+    assert_eq!(a["kernel_reason"], "NETFILTER_DROP", "{a:#}");
 }
 
 #[test]
 #[ignore = "needs root and network namespaces: run through ./x test"]
 fn interrupt_while_holding_removes_every_namespace() {
-    let child = Command::new(bin())
+    let mut child = Command::new(bin())
         .args(["lab", "--hold", "--port", "8080", "--cluster"])
         .arg(demo())
         .stdout(Stdio::null())
@@ -119,18 +129,36 @@ fn interrupt_while_holding_removes_every_namespace() {
         .spawn()
         .expect("running observer lab --hold");
     let pid = child.id();
-    let mut held = Vec::new();
-    for _ in 0..100 {
-        held = namespaces_with(pid);
-        // Four pods and the node, and the holding message on stderr comes after the probes.
-        if held.len() == 5 {
+    // The holding message comes after the probes (and the observer's attributions).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        let holding = line.contains("holding the lab");
+        seen.push(line);
+        if holding {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(held.len(), 5, "lab namespaces while holding: {held:?}");
-    // Give the probes time to finish so the interrupt lands on --hold.
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        seen.iter().any(|l| l.contains("holding the lab")),
+        "never held: {seen:?}"
+    );
+    let held = namespaces_with(pid);
+    assert_eq!(
+        held.len(),
+        5,
+        "four pods and the node while holding: {held:?}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
         nix::sys::signal::Signal::SIGINT,

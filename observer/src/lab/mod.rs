@@ -19,6 +19,7 @@
 pub mod addr;
 pub mod netns;
 pub mod nft;
+pub mod observe;
 pub mod probe;
 
 use std::collections::BTreeSet;
@@ -69,6 +70,9 @@ pub struct LabArgs {
     /// Keep the lab (namespaces, servers, rules) after the probes until Ctrl-C.
     #[arg(long, env = "OBSERVER_HOLD")]
     pub hold: bool,
+    /// Do not attach `observer run` in the node namespace (no attributions, no attribution check).
+    #[arg(long, env = "OBSERVER_NO_OBSERVER")]
+    pub no_observer: bool,
 }
 
 /// Why the lab could not run.
@@ -309,8 +313,14 @@ pub struct ProbeResult {
     pub kernel: KernelOutcome,
     /// By the policy engine.
     pub engine: EngineOutcome,
-    /// Kernel and engine agree.
+    /// The attached observer's record for a blocked probe (null when allowed or not observed).
+    pub attribution: Option<observe::Attribution>,
+    /// Kernel and engine agree, and for a blocked probe the observer names exactly the engine's
+    /// `denied_by` (egress ∪ ingress).
     pub agree: bool,
+    /// What disagrees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disagreement: Option<String>,
 }
 
 /// Pod as reported.
@@ -339,6 +349,8 @@ pub struct Report {
     pub mapping: Vec<Mapping>,
     /// Things to know.
     pub warnings: Vec<String>,
+    /// `observer run` was attached and its attributions are checked.
+    pub observer_attached: bool,
     /// Every probe.
     pub probes: Vec<ProbeResult>,
     /// Number of probes where kernel and engine disagree.
@@ -401,7 +413,7 @@ pub fn run(args: LabArgs) -> ExitCode {
             teardown(&shared);
             return ExitCode::FAILURE;
         }
-        Some(Ok(Ok((report, servers)))) => {
+        Some(Ok(Ok((report, running)))) => {
             print_report(&report, args.output);
             if args.hold {
                 eprintln!(
@@ -410,7 +422,7 @@ pub fn run(args: LabArgs) -> ExitCode {
                 );
                 let _ = rt.block_on(tokio::signal::ctrl_c());
             }
-            drop(servers);
+            drop(running);
             if report.disagreements == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -431,10 +443,7 @@ fn teardown(shared: &Mutex<Topology>) {
 }
 
 /// Builds the lab, probes, and returns the report with the still-running servers.
-fn execute(
-    args: &LabArgs,
-    shared: &Mutex<Topology>,
-) -> Result<(Report, Vec<probe::Servers>), LabError> {
+fn execute(args: &LabArgs, shared: &Mutex<Topology>) -> Result<(Report, Running), LabError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(LabError::Unusable(
             "needs root (network namespaces, veths, nftables)".into(),
@@ -477,6 +486,17 @@ fn execute(
         }
     }
 
+    let mut observer = None;
+    if !args.no_observer {
+        let mut ports: Vec<u16> = specs.iter().map(|s| s.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        match observe::Observer::start(&manifests, &plan, &node, &ports) {
+            Ok(o) => observer = Some(o),
+            Err(e) => eprintln!("warning: observer not attached, attributions not checked: {e}"),
+        }
+    }
+
     let index = plan.index();
     let mut probes = Vec::with_capacity(specs.len());
     for chunk in specs.chunks(PARALLEL_PROBES) {
@@ -495,6 +515,9 @@ fn execute(
             probes.push(judge(&plan, &index, *s, kernel));
         }
     }
+    if let Some(o) = &observer {
+        attribute(o, &mut probes);
+    }
     let disagreements = probes.iter().filter(|p| !p.agree).count();
     let report = Report {
         node_netns: node,
@@ -512,10 +535,63 @@ fn execute(
             .collect(),
         mapping: plan.mappings.clone(),
         warnings: plan.warnings.clone(),
+        observer_attached: observer.is_some(),
         probes,
         disagreements,
     };
-    Ok((report, servers))
+    Ok((report, Running { observer, servers }))
+}
+
+/// What keeps running while the report is printed (and held): stopped before the namespaces go,
+/// the observer first (fields drop in order).
+#[expect(dead_code, reason = "held only for their Drop")]
+struct Running {
+    observer: Option<observe::Observer>,
+    servers: Vec<probe::Servers>,
+}
+
+/// Waits for the observer's records of the blocked probes and checks them against the engine.
+fn attribute(o: &observe::Observer, probes: &mut [ProbeResult]) {
+    let key = |p: &ProbeResult| (p.src_ip, p.dst_ip, p.port);
+    // A record is written once a SYN has gone unanswered for the blocked window.
+    let end = std::time::Instant::now() + observe::BLOCKED_WINDOW + Duration::from_secs(4);
+    let mut blocked = o.blocked();
+    while std::time::Instant::now() < end
+        && probes
+            .iter()
+            .any(|p| !p.kernel.allowed && !blocked.contains_key(&key(p)))
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        blocked = o.blocked();
+    }
+    for p in probes.iter_mut().filter(|p| !p.kernel.allowed) {
+        let mut expected: Vec<String> = p
+            .engine
+            .egress_denied_by
+            .iter()
+            .chain(&p.engine.ingress_denied_by)
+            .cloned()
+            .collect();
+        expected.sort();
+        expected.dedup();
+        let a = blocked.get(&key(p)).cloned();
+        let problem = match &a {
+            None => Some("the observer reported no blocked channel".to_owned()),
+            Some(a) if a.policies != expected => Some(format!(
+                "the observer names [{}], the engine denied_by [{}]",
+                a.policies.join(", "),
+                expected.join(", ")
+            )),
+            Some(_) => None,
+        };
+        p.attribution = a;
+        if let Some(problem) = problem {
+            p.agree = false;
+            p.disagreement
+                .get_or_insert_with(String::new)
+                .push_str(&problem);
+        }
+    }
 }
 
 fn sh_node(node: &str, ruleset: &str) -> Result<(), LabError> {
@@ -625,6 +701,7 @@ fn judge(plan: &Plan, index: &Index, s: ProbeSpec, kernel: Result<(), String>) -
         allowed: kernel.is_ok(),
         error: kernel.err(),
     };
+    let agree = kernel.allowed == engine.allowed;
     ProbeResult {
         from: src.key(),
         to: dst.key(),
@@ -632,9 +709,17 @@ fn judge(plan: &Plan, index: &Index, s: ProbeSpec, kernel: Result<(), String>) -
         dst_ip: s.dst_ip,
         port: s.port,
         protocol: Protocol::Tcp,
-        agree: kernel.allowed == engine.allowed,
+        disagreement: (!agree).then(|| {
+            format!(
+                "kernel {}, engine {}",
+                if kernel.allowed { "allowed" } else { "denied" },
+                if engine.allowed { "allowed" } else { "denied" }
+            )
+        }),
+        agree,
         kernel,
         engine,
+        attribution: None,
     }
 }
 
@@ -766,38 +851,141 @@ pub fn render_text(report: &Report, colour: bool) -> String {
                 format!(" ({})", why.join("; "))
             }
         );
+        if let Some(a) = &p.attribution {
+            let by = if a.policies.is_empty() {
+                String::new()
+            } else {
+                format!(", by {}", a.policies.join(", "))
+            };
+            let _ = writeln!(
+                o,
+                "      observer: blocked, cause {}{}{by}{}",
+                a.cause,
+                a.direction
+                    .as_deref()
+                    .map(|d| format!(", {d}"))
+                    .unwrap_or_default(),
+                a.kernel_reason
+                    .as_deref()
+                    .map(|r| format!("; kernel: {r}"))
+                    .unwrap_or_default(),
+            );
+        }
     }
     let _ = writeln!(
         o,
-        "\ndifferential check (kernel nftables vs policy engine): {} probes, {} disagreements",
+        "\ndifferential check (kernel nftables vs policy engine{}): {} probes, {} disagreements",
+        if report.observer_attached {
+            ", observer attributions vs engine denied_by"
+        } else {
+            "; observer not attached"
+        },
         report.probes.len(),
         report.disagreements
     );
     for p in report.probes.iter().filter(|p| !p.agree) {
         let _ = writeln!(
             o,
-            "  DISAGREE {} ({}) → {} ({}) :{}: kernel {}{}, engine {}",
+            "  DISAGREE {} ({}) → {} ({}) :{}: {}{}",
             p.from,
             p.src_ip,
             p.to,
             p.dst_ip,
             p.port,
-            if p.kernel.allowed {
-                "allowed"
-            } else {
-                "denied"
-            },
+            p.disagreement.as_deref().unwrap_or("?"),
             p.kernel
                 .error
                 .as_deref()
-                .map(|e| format!(" ({e})"))
+                .map(|e| format!(" (kernel: {e})"))
                 .unwrap_or_default(),
-            if p.engine.allowed {
-                "allowed"
-            } else {
-                "denied"
-            },
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo_plan() -> Plan {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo");
+        let m = Manifests::load(&[dir]);
+        assert!(m.errors.is_empty(), "{:?}", m.errors);
+        Plan::new(&m)
+    }
+
+    fn args(from: Option<&str>, port: Option<u16>) -> LabArgs {
+        LabArgs {
+            cluster: Vec::new(),
+            port,
+            from: from.map(str::to_owned),
+            to: None,
+            output: Output::Json,
+            hold: false,
+            no_observer: true,
+        }
+    }
+
+    #[test]
+    fn demo_plan_keeps_lab_addresses_and_probes_every_served_port() {
+        let plan = demo_plan();
+        assert_eq!(plan.pods.len(), 4);
+        assert!(plan.mappings.is_empty(), "{:?}", plan.mappings);
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        // 3 sources × (frontend:8080, checkout, payments, fraud-check on 50051).
+        assert_eq!(plan.probes(&args(None, None)).expect("probes").len(), 12);
+        let from_checkout = plan
+            .probes(&args(Some("shop/checkout-7d9f8b6c5-m4wzt"), Some(50051)))
+            .expect("probes");
+        assert_eq!(from_checkout.len(), 2);
+        assert!(matches!(
+            plan.probes(&args(Some("shop/nope"), None)),
+            Err(LabError::Unusable(_))
+        ));
+        assert!(plan.ruleset().contains("table inet observer_lab {"));
+    }
+
+    #[test]
+    fn text_report_marks_and_lists_disagreements_without_colour_off_a_terminal() {
+        let probe = |allowed_kernel: bool, allowed_engine: bool| ProbeResult {
+            from: "a/x".into(),
+            to: "b/y".into(),
+            src_ip: "198.18.0.2".parse().expect("ip"),
+            dst_ip: "198.18.0.3".parse().expect("ip"),
+            port: 50051,
+            protocol: Protocol::Tcp,
+            kernel: KernelOutcome {
+                allowed: allowed_kernel,
+                error: None,
+            },
+            engine: EngineOutcome {
+                allowed: allowed_engine,
+                egress_denied_by: Vec::new(),
+                ingress_denied_by: Vec::new(),
+            },
+            attribution: None,
+            agree: allowed_kernel == allowed_engine,
+            disagreement: (allowed_kernel != allowed_engine)
+                .then(|| "kernel denied, engine allowed".into()),
+        };
+        let report = Report {
+            node_netns: "obslab-1-node".into(),
+            pods: Vec::new(),
+            mapping: Vec::new(),
+            warnings: Vec::new(),
+            observer_attached: false,
+            probes: vec![probe(false, true)],
+            disagreements: 1,
+        };
+        let t = render_text(&report, false);
+        assert!(t.contains("denied!"), "{t}");
+        assert!(
+            t.contains(
+                "DISAGREE a/x (198.18.0.2) → b/y (198.18.0.3) :50051: kernel denied, engine allowed"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains('\x1b'), "no colour off a terminal");
+        assert!(render_text(&report, true).contains("\x1b[31mdenied!\x1b[0m"));
+    }
 }

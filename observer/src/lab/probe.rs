@@ -113,6 +113,18 @@ impl Drop for Servers {
     }
 }
 
+/// An error with its sources, `a: b: c` (tonic's own Display says only "transport error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// One `grpc.health.v1.Health/Check` from inside `netns` to `target`; `deadline` bounds connect and call.
 /// `Ok` when the server answered SERVING, otherwise what went wrong.
 pub fn check(netns: &str, target: SocketAddr, deadline: Duration) -> Result<(), String> {
@@ -129,7 +141,7 @@ pub fn check(netns: &str, target: SocketAddr, deadline: Duration) -> Result<(), 
                     .timeout(deadline)
                     .connect()
                     .await
-                    .map_err(|e| format!("connect: {e}"))?;
+                    .map_err(|e| format!("connect: {}", chain(&e)))?;
                 let resp = HealthClient::new(channel)
                     .check(HealthCheckRequest {
                         service: String::new(),

@@ -462,13 +462,16 @@ fn execute(args: &LabArgs, shared: &Mutex<Topology>) -> Result<(Report, Running)
         eprintln!("warning: {w}");
     }
     for m in &plan.mappings {
-        let from = m
-            .original
-            .map_or_else(|| "(no IP)".to_owned(), |o| o.to_string());
-        eprintln!(
-            "address: {}/{} {from} → {} (outside the lab ranges)",
-            m.namespace, m.pod, m.lab
-        );
+        match m.original {
+            Some(o) => eprintln!(
+                "address: {}/{} {o} → {} ({o} is outside the lab ranges)",
+                m.namespace, m.pod, m.lab
+            ),
+            None => eprintln!(
+                "address: {}/{} has no IP in the manifests (not scheduled?) → {}",
+                m.namespace, m.pod, m.lab
+            ),
+        }
     }
     for name in netns::clean_leftovers() {
         eprintln!("removed leftover namespace {name} of an earlier run");

@@ -138,7 +138,7 @@ pub fn clean_leftovers() -> Vec<String> {
             continue;
         };
         if pid != std::process::id()
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !alive(pid)
             && Command::new("ip")
                 .args(["netns", "del", &name])
                 .status()
@@ -149,6 +149,16 @@ pub fn clean_leftovers() -> Vec<String> {
     }
     removed.sort();
     removed
+}
+
+/// Whether process `pid` still runs (a zombie, killed but not reaped yet, does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // `pid (comm) S …`: the state follows the last parenthesis (comm may contain any byte).
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 /// Runs `f` on a new thread that entered the named namespace (sockets it creates live there).

@@ -320,3 +320,23 @@ fn several_policies_add_up_in_one_chain() {
     assert!(c.contains("comment \"pay/allow ingress[0]\""), "{c}");
     assert!(chain(&t, "eg_2").trim_end().ends_with("drop"));
 }
+
+#[test]
+fn udp_named_ports_and_sctp_ranges_use_their_protocol() {
+    let t = ruleset(&policy(
+        "shop",
+        "dns",
+        "{podSelector: {matchLabels: {app: front}}, policyTypes: [Egress], egress: [{ports: [{port: dns, protocol: UDP}, {port: 9000, protocol: SCTP}]}]}",
+    ));
+    let c = chain(&t, "eg_0");
+    // Only payments declares dns (UDP 53); no peer list: every pod is a candidate destination.
+    assert!(
+        set(&t, "eg_0_p0_r0_n0_v4").contains("198.18.0.4 . 53"),
+        "{t}"
+    );
+    assert!(
+        c.contains("ip daddr . udp dport @eg_0_p0_r0_n0_v4 accept"),
+        "{c}"
+    );
+    assert!(c.contains("meta l4proto sctp th dport 9000 accept"), "{c}");
+}

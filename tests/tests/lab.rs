@@ -129,6 +129,19 @@ fn interrupt_while_holding_removes_every_namespace() {
         .spawn()
         .expect("running observer lab --hold");
     let pid = child.id();
+    // Killed if the test fails before the lab exits by itself (its namespaces then go at the next start).
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Ok(pid) = i32::try_from(self.0) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let _kill = KillOnDrop(pid);
     // The holding message comes after the probes (and the observer's attributions).
     let (tx, rx) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().expect("stderr");
@@ -353,6 +366,69 @@ mod random {
         );
         if let Err(e) = result {
             panic!("{e}");
+        }
+    }
+}
+
+/// IPv6 first: probes go to the v6 addresses, through per-family sets and a v6 ipBlock with an except.
+const DUAL_STACK: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {containers: [{name: c, ports: [{name: grpc, containerPort: 50051}]}]}
+status: {podIPs: [{ip: "2001:2:0:77::a"}, {ip: 198.18.77.10}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {containers: [{name: c, ports: [{name: grpc, containerPort: 50051}]}]}
+status: {podIPs: [{ip: "2001:2:0:77::b"}, {ip: 198.18.77.11}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {app: c}}
+spec: {containers: [{name: c, ports: [{name: grpc, containerPort: 50051}]}]}
+status: {podIPs: [{ip: "2001:2:0:77::c"}, {ip: 198.18.77.12}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-only-from-a, namespace: x}
+spec: {podSelector: {matchLabels: {app: b}}, ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{port: grpc}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: c-egress, namespace: x}
+spec: {podSelector: {matchLabels: {app: c}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: "2001:2:0:77::/120", except: ["2001:2:0:77::b/128"]}}]}]}
+"#;
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn ipv6_probes_follow_per_family_sets_and_a_v6_ip_block_except() {
+    let dir = std::env::temp_dir().join(format!("obslab-v6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("cluster.yaml");
+    std::fs::write(&file, DUAL_STACK).expect("writing the cluster");
+    let (code, report, stderr) = lab_json(&file);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    let probes = report["probes"].as_array().expect("probes");
+    assert_eq!(probes.len(), 6);
+    for p in probes {
+        assert!(
+            p["dst_ip"]
+                .as_str()
+                .expect("ip")
+                .starts_with("2001:2:0:77::"),
+            "{p:#}"
+        );
+        let denied = p["from"] == "x/c" && p["to"] == "x/b";
+        assert_eq!(p["kernel"]["allowed"], !denied, "{p:#}");
+        if denied {
+            assert_eq!(p["attribution"]["direction"], "both", "{p:#}");
+            assert_eq!(
+                p["attribution"]["policies"],
+                serde_json::json!(["x/b-only-from-a", "x/c-egress"])
+            );
         }
     }
 }

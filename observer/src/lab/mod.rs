@@ -379,6 +379,16 @@ pub fn run(args: LabArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Listening from the start: a signal that arrives between two waits is kept, not lost.
+    let _entered = rt.enter();
+    let signals = (
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+    );
+    let (Ok(mut sigint), Ok(mut sigterm)) = signals else {
+        eprintln!("observer lab: cannot listen for SIGINT/SIGTERM");
+        return ExitCode::FAILURE;
+    };
     let shared = Arc::new(Mutex::new(Topology::default()));
     let work = {
         let shared = shared.clone();
@@ -388,7 +398,8 @@ pub fn run(args: LabArgs) -> ExitCode {
     let outcome = rt.block_on(async {
         tokio::select! {
             r = tokio::task::spawn_blocking(work) => Some(r),
-            _ = tokio::signal::ctrl_c() => None,
+            _ = sigint.recv() => None,
+            _ = sigterm.recv() => None,
         }
     });
     let code = match outcome {
@@ -417,10 +428,15 @@ pub fn run(args: LabArgs) -> ExitCode {
             print_report(&report, args.output);
             if args.hold {
                 eprintln!(
-                    "observer lab: holding the lab (node namespace {}); Ctrl-C removes it",
+                    "observer lab: holding the lab (node namespace {}); Ctrl-C (or SIGTERM) removes it",
                     report.node_netns
                 );
-                let _ = rt.block_on(tokio::signal::ctrl_c());
+                rt.block_on(async {
+                    tokio::select! {
+                        _ = sigint.recv() => {}
+                        _ = sigterm.recv() => {}
+                    }
+                });
             }
             drop(running);
             if report.disagreements == 0 {

@@ -20,6 +20,7 @@ pub mod channel;
 pub mod cli;
 pub mod cluster;
 pub mod export;
+pub mod lab;
 pub mod manifest;
 pub mod pipeline;
 pub mod policy;

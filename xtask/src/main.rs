@@ -1,7 +1,8 @@
 //! Developer tasks. Run through `./x` (which installs the toolchain, Debian packages and bpf-linker first):
 //!
 //! - `test`: formatting, clippy, unit and pure tests, then the privileged lab tests (root).
-//! - `demo`: the observer attached in a small network-namespace lab, printing decoded events.
+//! - `demo`: `observer lab` on the demo cluster (deploy/demo): policies enforced on the real kernel, gRPC probes,
+//!   the observer's attributions; `demo --daemon`: the daemon's forensics log through a scripted incident.
 //! - `bench`: the benchmarks recorded in BENCHMARKS.md.
 //! - `lab-clean`: removes namespaces left by crashed lab runs.
 //!
@@ -31,8 +32,12 @@ enum Task {
         /// Extra arguments for the privileged test binary (a test name filter, `--nocapture`).
         rest: Vec<String>,
     },
-    /// The demo: the observer attached in a network-namespace lab (needs root).
-    Demo,
+    /// The demo: `observer lab --cluster deploy/demo` (needs root).
+    Demo {
+        /// Instead: `observer run` through a scripted incident (allowed, policy deny, stray drop, no listener).
+        #[arg(long)]
+        daemon: bool,
+    },
     /// Benchmarks (needs root for the datapath ones).
     Bench {
         /// Only benchmarks whose name contains this.
@@ -109,15 +114,22 @@ fn main() -> anyhow::Result<()> {
                 .env("OBSERVER_BIN", &bin);
             run(c)?;
         }
-        Task::Demo => {
+        Task::Demo { daemon } => {
             if !is_root() {
                 bail!("the demo builds network namespaces: run `sudo ./x demo`");
             }
             let bin = build_observer(false)?;
-            let mut c = cargo();
-            c.args(["run", "--quiet", "-p", "observer-tests", "--bin", "demo"])
-                .env("OBSERVER_BIN", &bin);
-            run(c)?;
+            if daemon {
+                let mut c = cargo();
+                c.args(["run", "--quiet", "-p", "observer-tests", "--bin", "demo"])
+                    .env("OBSERVER_BIN", &bin);
+                run(c)?;
+            } else {
+                let mut c = Command::new(&bin);
+                c.current_dir(root())
+                    .args(["lab", "--cluster", "deploy/demo"]);
+                run(c)?;
+            }
         }
         Task::Bench { filter } => {
             let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));

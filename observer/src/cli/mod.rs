@@ -7,6 +7,8 @@ pub mod explain;
 pub mod run;
 pub mod tail;
 
+use crate::lab;
+
 /// `observer`: which NetworkPolicy blocked this gRPC channel?
 #[derive(Debug, clap::Parser)]
 #[command(name = "observer", version, about, propagate_version = true)]
@@ -25,6 +27,9 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Print the blocked channels a running daemon reports (its HTTP API), and follow new ones.
     Tail(tail::TailArgs),
+    /// Real-kernel policy lab (root): pods as network namespaces, policies as nftables, gRPC probes, and a
+    /// differential check against the policy engine.
+    Lab(lab::LabArgs),
 }
 
 /// Runs the chosen subcommand; the exit code is the subcommand's contract (see each module).
@@ -44,5 +49,6 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             &mut std::io::stderr().lock(),
         ),
         Command::Tail(args) => tail::run(&args),
+        Command::Lab(args) => lab::run(args),
     }
 }

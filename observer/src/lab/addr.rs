@@ -159,7 +159,7 @@ mod tests {
     fn lab_addresses_stay_others_are_mapped_in_order() {
         let mut pods = vec![
             pod("a", &["198.18.0.2", "2001:2::2"]),
-            pod("b", &["10.0.0.7", "fd00::7"]),
+            pod("b", &["203.0.113.7", "2001:db8::7"]),
             pod("c", &[]),
             pod("d", &["198.18.0.2"]),
             pod("e", &["198.19.255.254"]),
@@ -178,10 +178,10 @@ mod tests {
         assert_eq!(ips(3), ["198.19.128.3"], "duplicate of a's address");
         assert_eq!(ips(4), ["198.19.128.4"], "the gateway is reserved");
         assert_eq!(m.len(), 5);
-        assert_eq!(m[0].original, Some("10.0.0.7".parse().expect("ip")));
+        assert_eq!(m[0].original, Some("203.0.113.7".parse().expect("ip")));
         assert_eq!(m[2].original, None);
         // Deterministic.
-        let mut again = vec![pod("b", &["10.0.0.7", "fd00::7"])];
+        let mut again = vec![pod("b", &["203.0.113.7", "2001:db8::7"])];
         assign(&mut again);
         assert_eq!(again[0].ips[0].to_string(), "198.19.128.1");
     }
@@ -192,17 +192,17 @@ mod tests {
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: p, namespace: ns}
-spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}}]}]}
+spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 203.0.113.0/24}}]}]}
 ";
         let np: k8s_openapi::api::networking::v1::NetworkPolicy =
             serde_saphyr::from_str(policy_yaml).expect("policy fixture");
         let policies = [Policy::compile(&np).expect("compiles")];
-        let mut pods = vec![pod("b", &["10.0.0.7"])];
+        let mut pods = vec![pod("b", &["203.0.113.7"])];
         let m = assign(&mut pods);
         let w = ip_block_warnings(&policies, &m);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
-            w[0].contains("ns/p: ipBlock 10.0.0.0/8 matched ns/b"),
+            w[0].contains("ns/p: ipBlock 203.0.113.0/24 matched ns/b"),
             "{}",
             w[0]
         );

@@ -127,16 +127,11 @@ fn watched(port: u16) -> bool {
     matches!(WATCHED_PORTS.get(u32::from(port)), Some(v) if *v != 0)
 }
 
-/// Addresses and L4 offset of an IP packet.
+/// The addresses of an IP packet (IPv4 in the first four bytes).
 struct Ip {
     family: u8,
     src: [u8; 16],
     dst: [u8; 16],
-    proto: u8,
-    l4: usize,
-    /// IPv4 options make the L4 offset variable, which the verifier cannot bound for direct packet
-    /// access: such (rare) packets are read with `bpf_skb_load_bytes` instead.
-    variable_l4: bool,
 }
 
 /// The network header without its addresses: enough for the watched-port check. Addresses are copied
@@ -147,6 +142,8 @@ struct L3 {
     /// Offset of the network header.
     off: usize,
     l4: usize,
+    /// IPv4 options make the L4 offset variable, which the verifier cannot bound for direct packet
+    /// access: such (rare) packets are read with `bpf_skb_load_bytes` instead.
     variable_l4: bool,
 }
 
@@ -202,9 +199,6 @@ fn addresses(ctx: &TcContext, l3: &L3) -> Result<Ip, ()> {
         family: l3.family,
         src,
         dst,
-        proto: l3.proto,
-        l4: l3.l4,
-        variable_l4: l3.variable_l4,
     })
 }
 
@@ -222,12 +216,8 @@ fn try_tc(ctx: &TcContext, hook: Hook) -> Result<(), ()> {
     let l3 = parse_l3(ctx, off, ethertype)?;
     match l3.proto {
         IPPROTO_TCP => on_tcp(ctx, hook, &l3),
-        IPPROTO_ICMP if l3.family == FAMILY_V4 => {
-            on_icmp(ctx, hook, &addresses(ctx, &l3)?, ICMP_DEST_UNREACH)
-        }
-        IPPROTO_ICMPV6 if l3.family == FAMILY_V6 => {
-            on_icmp(ctx, hook, &addresses(ctx, &l3)?, ICMPV6_DEST_UNREACH)
-        }
+        IPPROTO_ICMP if l3.family == FAMILY_V4 => on_icmp(ctx, hook, &l3, ICMP_DEST_UNREACH),
+        IPPROTO_ICMPV6 if l3.family == FAMILY_V6 => on_icmp(ctx, hook, &l3, ICMPV6_DEST_UNREACH),
         _ => Ok(()),
     }
 }
@@ -404,17 +394,17 @@ fn flow_key(ip: &Ip, sport: u16, dport: u16, to_server: bool, ifindex: u32) -> F
 /// ICMP / ICMPv6 destination unreachable quoting a TCP header: the flow was rejected by the network
 /// (`reject with icmp admin-prohibited` and friends). The quoted packet is the client's SYN.
 #[inline(always)]
-fn on_icmp(ctx: &TcContext, hook: Hook, ip: &Ip, unreach: u8) -> Result<(), ()> {
+fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> {
     // Rare path: every read goes through bpf_skb_load_bytes, which needs no verifier-visible bounds.
-    let icmp: [u8; 2] = ctx.load(ip.l4).map_err(|_| ())?;
+    let icmp: [u8; 2] = ctx.load(l3.l4).map_err(|_| ())?;
     if icmp[0] != unreach {
         return Ok(());
     }
     let (icmp_type, icmp_code) = (icmp[0], icmp[1]);
-    let quoted = ip.l4 + 8;
+    let quoted = l3.l4 + 8;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
-    let tcp_off = if ip.family == FAMILY_V4 {
+    let tcp_off = if l3.family == FAMILY_V4 {
         let hdr: [u8; 20] = ctx.load(quoted).map_err(|_| ())?;
         if hdr[9] != IPPROTO_TCP || hdr[0] & 0x0f < 5 {
             return Ok(());
@@ -432,12 +422,9 @@ fn on_icmp(ctx: &TcContext, hook: Hook, ip: &Ip, unreach: u8) -> Result<(), ()> 
         quoted + IPV6_HLEN
     };
     let inner = Ip {
-        family: ip.family,
+        family: l3.family,
         src,
         dst,
-        proto: IPPROTO_TCP,
-        l4: tcp_off,
-        variable_l4: true,
     };
     // ICMP quotes at least 8 bytes of the TCP header: the ports and the sequence number.
     let tcp: [u8; 4] = ctx.load(tcp_off).map_err(|_| ())?;
@@ -639,14 +626,7 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
         };
         (kread(dev, off.ifindex).unwrap_or(0), netns)
     };
-    let ip = Ip {
-        family,
-        src,
-        dst,
-        proto: IPPROTO_TCP,
-        l4: 0,
-        variable_l4: false,
-    };
+    let ip = Ip { family, src, dst };
     let key = flow_key(&ip, sport, dport, to_server, ifindex);
 
     // One report per (flow, reason) per repeat window: retransmissions of a dropped SYN are counted by

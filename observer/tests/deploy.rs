@@ -2,8 +2,9 @@
 //! type does not know), the DaemonSet matches `deploy/CAPABILITIES.md` (capabilities, host paths), RBAC is
 //! read-only on exactly four resources, every metric the dashboard and the alerts use is one the daemon
 //! registers, every PromQL expression parses, the Dockerfile's toolchain cannot drift from `./x`, and the
-//! kustomizations render with `kubectl kustomize` (skipped, loudly, where kubectl is not installed; set
-//! `OBSERVER_REQUIRE_KUBECTL=1` to make that a failure).
+//! kustomizations render with `kubectl kustomize`. `./x test` sets `OBSERVER_REQUIRE_KUBECTL=1` (and `./x
+//! setup` installs kubectl where it is missing), so there a missing kubectl fails; a plain `cargo test`
+//! without kubectl skips the rendering with a note.
 //!
 //! `deploy/demo/` (the demo cluster) belongs to another issue and is not applied by these kustomizations:
 //! it is left out here.

@@ -558,6 +558,23 @@ fn check_daemonset(
         listen.starts_with("0.0.0.0:") || listen.starts_with("[::]:"),
         "{origin}: {listen}: the kubelet probes the pod IP (the node's), port-forward uses localhost"
     );
+    // The records (pod names, IPs, policies) stay on the node's loopback: these manifests grant no
+    // tokenreviews/subjectaccessreviews, which an exposed API needs (deploy/README.md, "The records API").
+    let api = config
+        .get("OBSERVER_API_LISTEN")
+        .unwrap_or_else(|| panic!("{origin}: OBSERVER_API_LISTEN not set (say where /api/* is)"));
+    let api: std::net::SocketAddr = api
+        .parse()
+        .unwrap_or_else(|e| panic!("{origin}: OBSERVER_API_LISTEN {api:?}: {e}"));
+    assert!(
+        api.ip().is_loopback(),
+        "{origin}: OBSERVER_API_LISTEN {api} exposes /api/* beyond the node without the RBAC it needs"
+    );
+    assert_ne!(
+        api.port(),
+        u16::try_from(METRICS_PORT).expect("port"),
+        "{origin}: the API and the public listener share a port"
+    );
 }
 
 /// The OBSERVER_* settings a DaemonSet reads through `envFrom` ConfigMaps, from the same manifest stream.

@@ -1460,7 +1460,7 @@ fn dockerfile_toolchain_matches_x_and_rust_toolchain() {
     );
 
     // The packages ./x installs that a build needs are in the builder; the lab-only ones need not be.
-    const LAB_ONLY: &[&str] = &["nftables", "iproute2", "iperf3", "kmod"];
+    const LAB_ONLY: &[&str] = &["nftables", "iproute2", "iperf3", "kmod", "podman", "runc"];
     let packages = assignment(&x, "DEB_PACKAGES=(", "./x")
         .trim_end_matches(')')
         .replace("${LLVM_MAJOR}", llvm);
@@ -1486,5 +1486,62 @@ fn dockerfile_toolchain_matches_x_and_rust_toolchain() {
     assert!(
         !dockerfile.contains("AYA_BUILD_SKIP"),
         "the image must embed the eBPF programs"
+    );
+}
+
+/// The instructions of a Dockerfile/Containerfile (comments and blank lines dropped, continuations joined).
+fn instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('\\') {
+            current.push_str(head.trim_end());
+            current.push(' ');
+            continue;
+        }
+        current.push_str(line);
+        out.push(std::mem::take(&mut current));
+    }
+    out
+}
+
+#[test]
+fn the_dockerfile_builds_what_x_image_builds() {
+    let dockerfile = instructions(&read(&deploy().join("Dockerfile")));
+    let containerfile = instructions(&read(&deploy().join("image/Containerfile")));
+    // Both assemble the root filesystem with the same script.
+    assert!(
+        dockerfile
+            .iter()
+            .any(|i| i.starts_with("RUN deploy/image/rootfs.sh /out/observer /image/rootfs")),
+        "Dockerfile: the runtime tree must come from deploy/image/rootfs.sh: {dockerfile:#?}"
+    );
+    let xtask = read(&repo().join("xtask/src/main.rs"));
+    assert!(
+        xtask.contains("deploy/image/rootfs.sh") && xtask.contains("deploy/image/Containerfile"),
+        "./x image no longer uses deploy/image/rootfs.sh and deploy/image/Containerfile"
+    );
+    // The Dockerfile's last stage is the Containerfile, reading the tree from the build stage.
+    let last = dockerfile
+        .iter()
+        .rposition(|i| i.starts_with("FROM "))
+        .expect("a FROM");
+    let runtime: Vec<String> = dockerfile[last..]
+        .iter()
+        .map(|i| {
+            i.replace(" AS runtime", "")
+                .replace("COPY --from=build /image/rootfs/ /", "COPY rootfs/ /")
+        })
+        .collect();
+    assert_eq!(
+        runtime, containerfile,
+        "Dockerfile's runtime stage vs deploy/image/Containerfile"
+    );
+    assert_eq!(
+        containerfile[0], "FROM scratch",
+        "no base image from a registry"
     );
 }

@@ -1,5 +1,7 @@
 //! The real `observer run` binary in a lab's node namespace, with the lab's manifests as its cluster:
-//! its forensics log (stdout, JSON lines) and its HTTP API, as an operator would see them.
+//! its forensics log (stdout, JSON lines) and its HTTP API, as an operator would see them. Either the
+//! binary itself ([`Daemon::start`]) or the DaemonSet's container image run by podman with the DaemonSet's
+//! securityContext ([`Daemon::start_image`]).
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -20,6 +22,8 @@ pub const NODE: &str = "lab-node";
 pub struct Daemon {
     child: Child,
     node: String,
+    /// The podman container, removed on drop (with its scratch directory).
+    container: Option<(String, PathBuf)>,
     /// Lines with the time they were read.
     stdout: Arc<Mutex<Vec<(SystemTime, String)>>>,
     stderr: Arc<Mutex<Vec<(SystemTime, String)>>>,
@@ -32,30 +36,63 @@ impl Daemon {
         let bin = std::env::var("OBSERVER_BIN")
             .expect("OBSERVER_BIN (set by ./x test) points to the observer binary");
         let cluster = cluster.to_str().expect("UTF-8 path");
-        let mut args = vec![
-            "netns",
-            "exec",
-            &lab.node.name,
-            &bin,
-            "run",
-            "--cluster",
-            cluster,
-            "--interfaces",
-            "lxc*",
-            "--ports",
-            "50051",
-            "--node-name",
-            NODE,
-            "--listen",
-            API,
-            "--log-format",
-            "json",
-            "--blocked-window",
-            "2s",
-        ];
-        args.extend_from_slice(extra);
-        let mut child = Command::new("ip")
-            .args(&args)
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &lab.node.name, &bin]);
+        command.args(run_args(cluster, extra));
+        Self::spawn(lab, command, None)
+    }
+
+    /// Starts the image `image` (`./x image`) with podman in the lab's node namespace, as the DaemonSet
+    /// runs it: uid 0, every capability dropped but BPF, NET_ADMIN and PERFMON, no privilege escalation, a
+    /// read-only root filesystem with no tmpfs added, `/sys/kernel/btf` mounted read-only, the host's
+    /// network (here: the node namespace) — and the manifests in `cluster` mounted read-only for
+    /// `--cluster`. `security_opts` are added (`seccomp=unconfined`, the seccomp-unconfined component).
+    pub fn start_image(
+        lab: &Lab,
+        cluster: &Path,
+        image: &str,
+        security_opts: &[&str],
+        extra: &[&str],
+    ) -> Self {
+        let name = format!("{}-observer", lab.prefix);
+        let scratch = std::env::temp_dir().join(format!("{}-podman", lab.prefix));
+        std::fs::create_dir_all(&scratch).expect("podman scratch dir");
+        // Raising RLIMIT_NPROC/NOFILE (podman's default ulimits) is not permitted on these machines.
+        let conf = scratch.join("containers.conf");
+        std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").expect("containers.conf");
+        let mut command = Command::new("podman");
+        command
+            .env("CONTAINERS_CONF", &conf)
+            // crun refuses the hybrid cgroup layout of these machines; runc and cgroupfs work.
+            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
+            .args(["--events-backend", "file", "run", "--rm", "--name", &name])
+            .arg(format!("--network=ns:/run/netns/{}", lab.node.name))
+            .args([
+                "--user",
+                "0:0",
+                "--cap-drop",
+                "all",
+                "--cap-add",
+                "BPF,NET_ADMIN,PERFMON",
+            ])
+            .args(["--security-opt", "no-new-privileges"])
+            .args(["--read-only", "--read-only-tmpfs=false"])
+            .args(["-v", "/sys/kernel/btf:/sys/kernel/btf:ro"])
+            .arg("-v")
+            .arg(format!(
+                "{}:/etc/observer/cluster:ro",
+                cluster.to_str().expect("UTF-8 path")
+            ));
+        for opt in security_opts {
+            command.args(["--security-opt", opt]);
+        }
+        command.arg(image);
+        command.args(run_args("/etc/observer/cluster", extra));
+        Self::spawn(lab, command, Some((name, scratch)))
+    }
+
+    fn spawn(lab: &Lab, mut command: Command, container: Option<(String, PathBuf)>) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -81,6 +118,7 @@ impl Daemon {
         let d = Self {
             child,
             node: lab.node.name.clone(),
+            container,
             stdout,
             stderr,
         };
@@ -200,7 +238,48 @@ impl Drop for Daemon {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.terminate();
         }
+        if let Some((name, scratch)) = self.container.take() {
+            // `--rm` removes it when it exits; this covers a podman client killed before that.
+            let _ = Command::new("podman")
+                .env("CONTAINERS_CONF", scratch.join("containers.conf"))
+                .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
+                .args([
+                    "--events-backend",
+                    "file",
+                    "rm",
+                    "--force",
+                    "--ignore",
+                    &name,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(scratch);
+        }
     }
+}
+
+/// The arguments of `observer run` every lab daemon gets, then `extra`.
+fn run_args<'a>(cluster: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--cluster",
+        cluster,
+        "--interfaces",
+        "lxc*",
+        "--ports",
+        "50051",
+        "--node-name",
+        NODE,
+        "--listen",
+        API,
+        "--log-format",
+        "json",
+        "--blocked-window",
+        "2s",
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// A Pod manifest for a lab pod: its IPs (v4 and v6), on the lab's node.

@@ -4,6 +4,8 @@
 //! - `demo`: `observer lab` on the demo cluster (deploy/demo): policies enforced on the real kernel, gRPC probes,
 //!   the observer's attributions; `demo --daemon`: the daemon's forensics log through a scripted incident.
 //! - `bench`: the benchmarks recorded in BENCHMARKS.md.
+//! - `image`: the container image the DaemonSet names, with podman: `FROM scratch` + the release binary and
+//!   the shared libraries it loads (deploy/image/), no base image from a registry.
 //! - `lab-clean`: removes namespaces left by crashed lab runs.
 //!
 //! The eBPF object is not built here: `observer/build.rs` builds it through aya-build.
@@ -43,6 +45,8 @@ enum Task {
         /// Only benchmarks whose name contains this.
         filter: Option<String>,
     },
+    /// The image the DaemonSet names (`observer:TAG`), built with podman from a release build.
+    Image,
     /// Removes namespaces and links left by crashed lab runs.
     LabClean,
 }
@@ -188,6 +192,39 @@ fn build_observer(release: bool) -> anyhow::Result<PathBuf> {
         .join("observer"))
 }
 
+/// The image the DaemonSet names: `observer` at the tag deploy/base/kustomization.yaml sets.
+fn image_name() -> anyhow::Result<String> {
+    let path = root().join("deploy/base/kustomization.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let tag = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("newTag:"))
+        .map(|t| t.trim().trim_matches('"').to_owned())
+        .with_context(|| format!("{}: no images[].newTag", path.display()))?;
+    Ok(format!("localhost/observer:{tag}"))
+}
+
+/// Builds the image with podman: the release binary and the shared libraries it loads
+/// (deploy/image/rootfs.sh) on an empty base (deploy/image/Containerfile). Returns its name.
+fn build_image() -> anyhow::Result<String> {
+    let bin = build_observer(true)?;
+    let context = root().join("target/image");
+    let mut c = Command::new("sh");
+    c.arg(root().join("deploy/image/rootfs.sh"))
+        .arg(&bin)
+        .arg(context.join("rootfs"));
+    run(c)?;
+    let name = image_name()?;
+    let mut c = Command::new("podman");
+    c.args(["build", "--quiet", "-t", &name, "-f"])
+        .arg(root().join("deploy/image/Containerfile"))
+        .arg(&context);
+    run(c).context("building the image (podman is installed by ./x setup)")?;
+    eprintln!("\x1b[1m[xtask]\x1b[0m built {name}");
+    Ok(name)
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test { no_lint, rest } => {
@@ -223,6 +260,11 @@ fn main() -> anyhow::Result<()> {
                 "--ignored",
             ]);
             let mut tier2 = run_tests(c)?;
+            // The image test runs the DaemonSet's image: build it (a release build) first. If that fails,
+            // the image test fails (no OBSERVER_IMAGE) and the other tests still run and are counted.
+            let image = build_image()
+                .inspect_err(|e| eprintln!("\x1b[1m[xtask]\x1b[0m ./x image failed: {e:#}"))
+                .unwrap_or_default();
             let mut c = cargo();
             c.args([
                 "test",
@@ -233,7 +275,8 @@ fn main() -> anyhow::Result<()> {
                 "--ignored",
             ])
             .args(&rest)
-            .env("OBSERVER_BIN", &bin);
+            .env("OBSERVER_BIN", &bin)
+            .env("OBSERVER_IMAGE", &image);
             tier2.add(&run_tests(c)?);
             // CI's last word: one plain line for every test binary of both tiers.
             println!("{}", summary(&tier1, Some(&tier2)));
@@ -277,6 +320,10 @@ fn main() -> anyhow::Result<()> {
                     run(c)?;
                 }
             }
+        }
+        Task::Image => {
+            let name = build_image()?;
+            println!("{name}");
         }
         Task::LabClean => {
             let mut c = cargo();

@@ -45,21 +45,16 @@ impl Daemon {
     /// Starts the image `image` (`./x image`) with podman in the lab's node namespace, as the DaemonSet
     /// runs it: uid 0, every capability dropped but BPF, NET_ADMIN and PERFMON, no privilege escalation, a
     /// read-only root filesystem with no tmpfs added, `/sys/kernel/btf` mounted read-only, the host's
-    /// network (here: the node namespace) — and the manifests in `cluster` mounted read-only for
-    /// `--cluster`. `security_opts` are added (`seccomp=unconfined`, the seccomp-unconfined component).
-    pub fn start_image(
-        lab: &Lab,
-        cluster: &Path,
-        image: &str,
-        security_opts: &[&str],
-        extra: &[&str],
-    ) -> Self {
+    /// network (here: the node namespace), the `RuntimeDefault` seccomp profile (see
+    /// [`runtime_default_seccomp`]) — and the manifests in `cluster` mounted read-only for `--cluster`.
+    pub fn start_image(lab: &Lab, cluster: &Path, image: &str, extra: &[&str]) -> Self {
         let name = format!("{}-observer", lab.prefix);
         let scratch = std::env::temp_dir().join(format!("{}-podman", lab.prefix));
         std::fs::create_dir_all(&scratch).expect("podman scratch dir");
         // Raising RLIMIT_NPROC/NOFILE (podman's default ulimits) is not permitted on these machines.
         let conf = scratch.join("containers.conf");
         std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").expect("containers.conf");
+        let seccomp = runtime_default_seccomp(&scratch);
         let mut command = Command::new("podman");
         command
             .env("CONTAINERS_CONF", &conf)
@@ -83,9 +78,9 @@ impl Daemon {
                 "{}:/etc/observer/cluster:ro",
                 cluster.to_str().expect("UTF-8 path")
             ));
-        for opt in security_opts {
-            command.args(["--security-opt", opt]);
-        }
+        command
+            .arg("--security-opt")
+            .arg(format!("seccomp={}", seccomp.display()));
         command.arg(image);
         command.args(run_args("/etc/observer/cluster", extra));
         Self::spawn(lab, command, Some((name, scratch)))
@@ -122,9 +117,20 @@ impl Daemon {
             stdout,
             stderr,
         };
+        let exited = std::cell::Cell::new(false);
+        let child = std::cell::RefCell::new(d);
         let ready = wait_for(Duration::from_secs(30), || {
-            (d.get("/readyz").is_some_and(|(code, _)| code == 200)).then_some(())
+            let mut d = child.borrow_mut();
+            if matches!(d.child.try_wait(), Ok(Some(_))) {
+                // It exited: no point in waiting (give the readers a moment to drain its output).
+                exited.set(true);
+                std::thread::sleep(Duration::from_millis(200));
+                return Some(false);
+            }
+            (d.get("/readyz").is_some_and(|(code, _)| code == 200)).then_some(true)
         });
+        let d = child.into_inner();
+        let ready = ready.filter(|ok| *ok);
         assert!(
             ready.is_some(),
             "daemon not ready; stderr:\n{}",
@@ -257,6 +263,36 @@ impl Drop for Daemon {
             let _ = std::fs::remove_dir_all(scratch);
         }
     }
+}
+
+/// The `RuntimeDefault` seccomp profile as containerd ≥ 1.7 and Docker ≥ 23 define it, which the
+/// DaemonSet's `seccompProfile: RuntimeDefault` gets there: podman's default profile, except that `bpf` is
+/// allowed with CAP_BPF and `perf_event_open` with CAP_PERFMON (podman 4.3's allows them only with
+/// CAP_SYS_ADMIN, which the DaemonSet does not have). Written to `dir`; returns its path.
+pub fn runtime_default_seccomp(dir: &Path) -> PathBuf {
+    const PODMAN: &str = "/usr/share/containers/seccomp.json";
+    let text = std::fs::read_to_string(PODMAN).expect("podman's default seccomp profile");
+    let mut profile: serde_json::Value = serde_json::from_str(&text).expect("seccomp JSON");
+    let syscalls = profile["syscalls"]
+        .as_array_mut()
+        .expect("seccomp profile: syscalls");
+    let sys_admin = serde_json::json!(["CAP_SYS_ADMIN"]);
+    for rule in syscalls.iter_mut() {
+        let about_sys_admin =
+            rule["includes"]["caps"] == sys_admin || rule["excludes"]["caps"] == sys_admin;
+        if about_sys_admin && let Some(names) = rule["names"].as_array_mut() {
+            names.retain(|n| n != "bpf" && n != "perf_event_open");
+        }
+    }
+    syscalls.retain(|r| r["names"].as_array().is_some_and(|n| !n.is_empty()));
+    for (name, cap) in [("bpf", "CAP_BPF"), ("perf_event_open", "CAP_PERFMON")] {
+        syscalls.push(serde_json::json!({
+            "names": [name], "action": "SCMP_ACT_ALLOW", "includes": {"caps": [cap]},
+        }));
+    }
+    let path = dir.join("seccomp-runtime-default.json");
+    std::fs::write(&path, profile.to_string()).expect("writing the seccomp profile");
+    path
 }
 
 /// The arguments of `observer run` every lab daemon gets, then `extra`.

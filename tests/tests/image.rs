@@ -78,8 +78,8 @@ fn the_image_attaches_and_writes_a_record() {
     let payments = SocketAddr::new(lab.pod(1).addr(Family::V4), PORT);
     let _server = grpc::Server::start(&lab.pod(1).ns, payments);
 
-    // The DaemonSet's RuntimeDefault seccomp profile first; /readyz (attached + synced) gates the start.
-    let daemon = Daemon::start_image(&lab, &manifests.dir, &image, &[], &[]);
+    // /readyz (attached + synced) gates the start.
+    let daemon = Daemon::start_image(&lab, &manifests.dir, &image, &[]);
     lab.forward_rule(&format!("tcp dport {PORT} drop"));
     assert!(
         grpc::call(&lab.pod(0).ns, payments, Duration::from_secs(2)).is_err(),

@@ -1,6 +1,8 @@
 //! observer: which NetworkPolicy blocked this gRPC channel?
 //!
-//! Data flows one way: `kernel event → channel → verdict → attribution → export`.
+//! Data flows one way: `kernel event → channel → verdict → attribution → export` (the picture, the layout
+//! and who writes what: `docs/ARCHITECTURE.md`; what users rely on — records, explain JSON, HTTP API,
+//! metrics, CLI: `docs/CONTRACT.md`).
 //!
 //! | module | holds |
 //! |---|---|

@@ -2,8 +2,9 @@
 //! type does not know), the DaemonSet matches `deploy/CAPABILITIES.md` (capabilities, host paths), RBAC is
 //! read-only on exactly four resources, every metric the dashboard and the alerts use is one the daemon
 //! registers, every PromQL expression parses, the Dockerfile's toolchain cannot drift from `./x`, and the
-//! kustomizations render with `kubectl kustomize` (skipped, loudly, where kubectl is not installed; set
-//! `OBSERVER_REQUIRE_KUBECTL=1` to make that a failure).
+//! kustomizations render with `kubectl kustomize`. `./x test` sets `OBSERVER_REQUIRE_KUBECTL=1` (and `./x
+//! setup` installs kubectl where it is missing), so there a missing kubectl fails; a plain `cargo test`
+//! without kubectl skips the rendering with a note.
 //!
 //! `deploy/demo/` (the demo cluster) belongs to another issue and is not applied by these kustomizations:
 //! it is left out here.
@@ -556,6 +557,23 @@ fn check_daemonset(
     assert!(
         listen.starts_with("0.0.0.0:") || listen.starts_with("[::]:"),
         "{origin}: {listen}: the kubelet probes the pod IP (the node's), port-forward uses localhost"
+    );
+    // The records (pod names, IPs, policies) stay on the node's loopback: these manifests grant no
+    // tokenreviews/subjectaccessreviews, which an exposed API needs (deploy/README.md, "The records API").
+    let api = config
+        .get("OBSERVER_API_LISTEN")
+        .unwrap_or_else(|| panic!("{origin}: OBSERVER_API_LISTEN not set (say where /api/* is)"));
+    let api: std::net::SocketAddr = api
+        .parse()
+        .unwrap_or_else(|e| panic!("{origin}: OBSERVER_API_LISTEN {api:?}: {e}"));
+    assert!(
+        api.ip().is_loopback(),
+        "{origin}: OBSERVER_API_LISTEN {api} exposes /api/* beyond the node without the RBAC it needs"
+    );
+    assert_ne!(
+        api.port(),
+        u16::try_from(METRICS_PORT).expect("port"),
+        "{origin}: the API and the public listener share a port"
     );
 }
 
@@ -1442,7 +1460,7 @@ fn dockerfile_toolchain_matches_x_and_rust_toolchain() {
     );
 
     // The packages ./x installs that a build needs are in the builder; the lab-only ones need not be.
-    const LAB_ONLY: &[&str] = &["nftables", "iproute2", "iperf3", "kmod"];
+    const LAB_ONLY: &[&str] = &["nftables", "iproute2", "iperf3", "kmod", "podman", "runc"];
     let packages = assignment(&x, "DEB_PACKAGES=(", "./x")
         .trim_end_matches(')')
         .replace("${LLVM_MAJOR}", llvm);
@@ -1468,5 +1486,62 @@ fn dockerfile_toolchain_matches_x_and_rust_toolchain() {
     assert!(
         !dockerfile.contains("AYA_BUILD_SKIP"),
         "the image must embed the eBPF programs"
+    );
+}
+
+/// The instructions of a Dockerfile/Containerfile (comments and blank lines dropped, continuations joined).
+fn instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('\\') {
+            current.push_str(head.trim_end());
+            current.push(' ');
+            continue;
+        }
+        current.push_str(line);
+        out.push(std::mem::take(&mut current));
+    }
+    out
+}
+
+#[test]
+fn the_dockerfile_builds_what_x_image_builds() {
+    let dockerfile = instructions(&read(&deploy().join("Dockerfile")));
+    let containerfile = instructions(&read(&deploy().join("image/Containerfile")));
+    // Both assemble the root filesystem with the same script.
+    assert!(
+        dockerfile
+            .iter()
+            .any(|i| i.starts_with("RUN deploy/image/rootfs.sh /out/observer /image/rootfs")),
+        "Dockerfile: the runtime tree must come from deploy/image/rootfs.sh: {dockerfile:#?}"
+    );
+    let xtask = read(&repo().join("xtask/src/main.rs"));
+    assert!(
+        xtask.contains("deploy/image/rootfs.sh") && xtask.contains("deploy/image/Containerfile"),
+        "./x image no longer uses deploy/image/rootfs.sh and deploy/image/Containerfile"
+    );
+    // The Dockerfile's last stage is the Containerfile, reading the tree from the build stage.
+    let last = dockerfile
+        .iter()
+        .rposition(|i| i.starts_with("FROM "))
+        .expect("a FROM");
+    let runtime: Vec<String> = dockerfile[last..]
+        .iter()
+        .map(|i| {
+            i.replace(" AS runtime", "")
+                .replace("COPY --from=build /image/rootfs/ /", "COPY rootfs/ /")
+        })
+        .collect();
+    assert_eq!(
+        runtime, containerfile,
+        "Dockerfile's runtime stage vs deploy/image/Containerfile"
+    );
+    assert_eq!(
+        containerfile[0], "FROM scratch",
+        "no base image from a registry"
     );
 }

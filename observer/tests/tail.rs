@@ -9,7 +9,8 @@ use std::{
 };
 
 use observer::export::{
-    ApiState, Metrics, Readiness, Recent, Record, http::serve, log::Text, record::RecordKind,
+    ApiState, Metrics, Readiness, Recent, Record, Surface, http::serve, log::Text,
+    record::RecordKind,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -41,7 +42,7 @@ impl Daemon {
                 .expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                serve(listener, state, async move {
+                serve(listener, state, Surface::Api { auth: None }, async move {
                     let _ = stopped.await;
                 })
                 .await

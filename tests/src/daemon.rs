@@ -1,5 +1,7 @@
 //! The real `observer run` binary in a lab's node namespace, with the lab's manifests as its cluster:
-//! its forensics log (stdout, JSON lines) and its HTTP API, as an operator would see them.
+//! its forensics log (stdout, JSON lines) and its HTTP API, as an operator would see them. Either the
+//! binary itself ([`Daemon::start`]) or the DaemonSet's container image run by podman with the DaemonSet's
+//! securityContext ([`Daemon::start_image`]).
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -20,6 +22,8 @@ pub const NODE: &str = "lab-node";
 pub struct Daemon {
     child: Child,
     node: String,
+    /// The podman container, removed on drop (with its scratch directory).
+    container: Option<(String, PathBuf)>,
     /// Lines with the time they were read.
     stdout: Arc<Mutex<Vec<(SystemTime, String)>>>,
     stderr: Arc<Mutex<Vec<(SystemTime, String)>>>,
@@ -32,30 +36,58 @@ impl Daemon {
         let bin = std::env::var("OBSERVER_BIN")
             .expect("OBSERVER_BIN (set by ./x test) points to the observer binary");
         let cluster = cluster.to_str().expect("UTF-8 path");
-        let mut args = vec![
-            "netns",
-            "exec",
-            &lab.node.name,
-            &bin,
-            "run",
-            "--cluster",
-            cluster,
-            "--interfaces",
-            "lxc*",
-            "--ports",
-            "50051",
-            "--node-name",
-            NODE,
-            "--listen",
-            API,
-            "--log-format",
-            "json",
-            "--blocked-window",
-            "2s",
-        ];
-        args.extend_from_slice(extra);
-        let mut child = Command::new("ip")
-            .args(&args)
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &lab.node.name, &bin]);
+        command.args(run_args(cluster, extra));
+        Self::spawn(lab, command, None)
+    }
+
+    /// Starts the image `image` (`./x image`) with podman in the lab's node namespace, as the DaemonSet
+    /// runs it: uid 0, every capability dropped but BPF, NET_ADMIN and PERFMON, no privilege escalation, a
+    /// read-only root filesystem with no tmpfs added, `/sys/kernel/btf` mounted read-only, the host's
+    /// network (here: the node namespace), the `RuntimeDefault` seccomp profile (see
+    /// [`runtime_default_seccomp`]) — and the manifests in `cluster` mounted read-only for `--cluster`.
+    pub fn start_image(lab: &Lab, cluster: &Path, image: &str, extra: &[&str]) -> Self {
+        let name = format!("{}-observer", lab.prefix);
+        let scratch = std::env::temp_dir().join(format!("{}-podman", lab.prefix));
+        std::fs::create_dir_all(&scratch).expect("podman scratch dir");
+        // Raising RLIMIT_NPROC/NOFILE (podman's default ulimits) is not permitted on these machines.
+        let conf = scratch.join("containers.conf");
+        std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").expect("containers.conf");
+        let seccomp = runtime_default_seccomp(&scratch);
+        let mut command = Command::new("podman");
+        command
+            .env("CONTAINERS_CONF", &conf)
+            // crun refuses the hybrid cgroup layout of these machines; runc and cgroupfs work.
+            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
+            .args(["--events-backend", "file", "run", "--rm", "--name", &name])
+            .arg(format!("--network=ns:/run/netns/{}", lab.node.name))
+            .args([
+                "--user",
+                "0:0",
+                "--cap-drop",
+                "all",
+                "--cap-add",
+                "BPF,NET_ADMIN,PERFMON",
+            ])
+            .args(["--security-opt", "no-new-privileges"])
+            .args(["--read-only", "--read-only-tmpfs=false"])
+            .args(["-v", "/sys/kernel/btf:/sys/kernel/btf:ro"])
+            .arg("-v")
+            .arg(format!(
+                "{}:/etc/observer/cluster:ro",
+                cluster.to_str().expect("UTF-8 path")
+            ));
+        command
+            .arg("--security-opt")
+            .arg(format!("seccomp={}", seccomp.display()));
+        command.arg(image);
+        command.args(run_args("/etc/observer/cluster", extra));
+        Self::spawn(lab, command, Some((name, scratch)))
+    }
+
+    fn spawn(lab: &Lab, mut command: Command, container: Option<(String, PathBuf)>) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -81,12 +113,24 @@ impl Daemon {
         let d = Self {
             child,
             node: lab.node.name.clone(),
+            container,
             stdout,
             stderr,
         };
+        let exited = std::cell::Cell::new(false);
+        let child = std::cell::RefCell::new(d);
         let ready = wait_for(Duration::from_secs(30), || {
-            (d.get("/readyz").is_some_and(|(code, _)| code == 200)).then_some(())
+            let mut d = child.borrow_mut();
+            if matches!(d.child.try_wait(), Ok(Some(_))) {
+                // It exited: no point in waiting (give the readers a moment to drain its output).
+                exited.set(true);
+                std::thread::sleep(Duration::from_millis(200));
+                return Some(false);
+            }
+            (d.get("/readyz").is_some_and(|(code, _)| code == 200)).then_some(true)
         });
+        let d = child.into_inner();
+        let ready = ready.filter(|ok| *ok);
         assert!(
             ready.is_some(),
             "daemon not ready; stderr:\n{}",
@@ -200,7 +244,78 @@ impl Drop for Daemon {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.terminate();
         }
+        if let Some((name, scratch)) = self.container.take() {
+            // `--rm` removes it when it exits; this covers a podman client killed before that.
+            let _ = Command::new("podman")
+                .env("CONTAINERS_CONF", scratch.join("containers.conf"))
+                .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
+                .args([
+                    "--events-backend",
+                    "file",
+                    "rm",
+                    "--force",
+                    "--ignore",
+                    &name,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(scratch);
+        }
     }
+}
+
+/// The `RuntimeDefault` seccomp profile as containerd ≥ 1.7 and Docker ≥ 23 define it, which the
+/// DaemonSet's `seccompProfile: RuntimeDefault` gets there: podman's default profile, except that `bpf` is
+/// allowed with CAP_BPF and `perf_event_open` with CAP_PERFMON (podman 4.3's allows them only with
+/// CAP_SYS_ADMIN, which the DaemonSet does not have). Written to `dir`; returns its path.
+pub fn runtime_default_seccomp(dir: &Path) -> PathBuf {
+    const PODMAN: &str = "/usr/share/containers/seccomp.json";
+    let text = std::fs::read_to_string(PODMAN).expect("podman's default seccomp profile");
+    let mut profile: serde_json::Value = serde_json::from_str(&text).expect("seccomp JSON");
+    let syscalls = profile["syscalls"]
+        .as_array_mut()
+        .expect("seccomp profile: syscalls");
+    let sys_admin = serde_json::json!(["CAP_SYS_ADMIN"]);
+    for rule in syscalls.iter_mut() {
+        let about_sys_admin =
+            rule["includes"]["caps"] == sys_admin || rule["excludes"]["caps"] == sys_admin;
+        if about_sys_admin && let Some(names) = rule["names"].as_array_mut() {
+            names.retain(|n| n != "bpf" && n != "perf_event_open");
+        }
+    }
+    syscalls.retain(|r| r["names"].as_array().is_some_and(|n| !n.is_empty()));
+    for (name, cap) in [("bpf", "CAP_BPF"), ("perf_event_open", "CAP_PERFMON")] {
+        syscalls.push(serde_json::json!({
+            "names": [name], "action": "SCMP_ACT_ALLOW", "includes": {"caps": [cap]},
+        }));
+    }
+    let path = dir.join("seccomp-runtime-default.json");
+    std::fs::write(&path, profile.to_string()).expect("writing the seccomp profile");
+    path
+}
+
+/// The arguments of `observer run` every lab daemon gets, then `extra`.
+fn run_args<'a>(cluster: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--cluster",
+        cluster,
+        "--interfaces",
+        "lxc*",
+        "--ports",
+        "50051",
+        "--node-name",
+        NODE,
+        "--listen",
+        API,
+        "--log-format",
+        "json",
+        "--blocked-window",
+        "2s",
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// A Pod manifest for a lab pod: its IPs (v4 and v6), on the lab's node.

@@ -297,24 +297,10 @@ fn a_port_without_listener_is_no_listener() {
         .wait_record(WAIT, |r| blocked_to(r, shop.payments(Family::V4)))
         .expect("blocked record");
     assert_eq!(r["cause"], "no_listener");
-    // `observer tail` prints it from the running daemon.
-    let tail = daemon.observer(&[
-        "tail",
-        "--server",
-        "http://127.0.0.1:9990",
-        "--no-follow",
-        "-o",
-        "json",
-    ]);
+    // `observer tail` prints it from the running daemon (its default server: the loopback API listener).
+    let tail = daemon.observer(&["tail", "--no-follow", "-o", "json"]);
     assert!(tail.contains("\"cause\":\"no_listener\""), "{tail}");
-    let text = daemon.observer(&[
-        "tail",
-        "--server",
-        "http://127.0.0.1:9990",
-        "--no-follow",
-        "-o",
-        "text",
-    ]);
+    let text = daemon.observer(&["tail", "--no-follow", "-o", "text"]);
     assert!(text.contains("no_listener"), "{text}");
 }
 

@@ -20,7 +20,7 @@ pub const EXIT_UNUSABLE: u8 = 2;
 pub enum Output {
     /// For a person in an incident.
     Text,
-    /// The stable JSON contract (ARCHITECTURE.md).
+    /// The stable JSON contract (docs/CONTRACT.md).
     Json,
 }
 

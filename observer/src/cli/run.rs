@@ -29,7 +29,7 @@ use crate::{
     cluster::{
         Inventory, InventoryConfig, Kind, SharedInventory, files::FileSource, kube::KubeSource,
     },
-    export::{ApiArgs, ApiState, Exports, LogArgs, Metrics, Readiness, Recent},
+    export::{ApiArgs, ApiState, Exports, KubeAuth, LogArgs, Metrics, Readiness, Recent, Surface},
     pipeline::Pipeline,
 };
 
@@ -156,19 +156,52 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         } => tracing::warn!(interface = %name, ifindex, %error, "attach failed"),
     }));
 
-    // HTTP API.
-    let listener = tokio::net::TcpListener::bind(args.api.listen)
-        .await
-        .with_context(|| format!("binding the API on {}", args.api.listen))?;
-    tracing::info!(listen = %args.api.listen, "serving /metrics /healthz /readyz /api/v1/blocked");
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(crate::export::serve(
-        listener,
-        ApiState::new(metrics.clone(), recent.clone(), readiness.clone()),
-        async {
-            let _ = api_stopped.await;
-        },
-    ));
+    // HTTP: the public listener (metrics, health), and the records API, behind Kubernetes authentication
+    // when it leaves loopback.
+    let state = ApiState::new(metrics.clone(), recent.clone(), readiness.clone());
+    let auth = if args.api.api_needs_auth() {
+        let client = ::kube::Client::try_default().await.with_context(|| {
+            format!(
+                "--api-listen {} is not a loopback address, so /api/* needs Kubernetes authentication:                  connecting to the Kubernetes API",
+                args.api.api_listen
+            )
+        })?;
+        Some(KubeAuth::new(client))
+    } else {
+        None
+    };
+    let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for (addr, surface, what) in [
+        (
+            args.api.listen,
+            Surface::Public,
+            "/metrics /healthz /readyz",
+        ),
+        (
+            args.api.api_listen,
+            Surface::Api { auth: auth.clone() },
+            if auth.is_some() {
+                "/api/v1/blocked (bearer token: TokenReview + SubjectAccessReview)"
+            } else {
+                "/api/v1/blocked (loopback, no authentication)"
+            },
+        ),
+    ] {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener on {addr} ({what})"))?;
+        tracing::info!(listen = %addr, "serving {what}");
+        let mut stopped = api_stopped.clone();
+        servers.push(tokio::spawn(crate::export::serve(
+            listener,
+            state.clone(),
+            surface,
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        )));
+    }
 
     let mut pipeline = Pipeline::new(
         channel::Config {
@@ -241,8 +274,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     drop(follower);
-    let _ = stop_api.send(());
-    let _ = api.await;
+    let _ = stop_api.send(true);
+    for server in servers {
+        if let Ok(Err(e)) = server.await {
+            tracing::warn!(error = %e, "HTTP listener");
+        }
+    }
     if let Err(e) = exports.log.flush() {
         tracing::warn!(error = %e, "flushing the forensics log");
     }

@@ -30,9 +30,14 @@ const SILENCE: Duration = Duration::from_secs(4 * crate::export::http::HEARTBEAT
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
-    /// The daemon's HTTP API (`kubectl -n observer port-forward pod/observer-xxxxx 9990` makes it local).
-    #[arg(long, env = "OBSERVER_SERVER", default_value = "http://127.0.0.1:9990")]
+    /// The daemon's records API, `observer run --api-listen` (`kubectl -n observer port-forward
+    /// pod/observer-xxxxx 9991` makes a node's local).
+    #[arg(long, env = "OBSERVER_SERVER", default_value = "http://127.0.0.1:9991")]
     pub server: String,
+    /// Bearer token for an API exposed beyond loopback (`kubectl create token NAME`); it must be allowed
+    /// `get` on `/api/v1/blocked` and `/api/v1/blocked/stream`.
+    #[arg(long, env = "OBSERVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Records from this long ago (`5m`, `2h`) or since this RFC 3339 time (`2026-11-26T14:00:00Z`).
     #[arg(long, env = "OBSERVER_SINCE", default_value = "5m", value_parser = check_since)]
     pub since: String,
@@ -141,7 +146,8 @@ pub async fn tail(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), TailError> {
-    let server = Server::parse(&args.server)?;
+    let mut server = Server::parse(&args.server)?;
+    server.token.clone_from(&args.token);
     let query = format!(
         "since={}&kind={}",
         percent_encode(&args.since),
@@ -236,6 +242,8 @@ fn print_line(
 /// The daemon's address, from `--server`.
 struct Server {
     url: String,
+    /// `Authorization: Bearer` value, when given.
+    token: Option<String>,
     host: String,
     port: u16,
     /// `Host` header value.
@@ -272,6 +280,7 @@ impl Server {
             .to_owned();
         Ok(Self {
             url: url.to_owned(),
+            token: None,
             host,
             port: authority.port_u16().unwrap_or(80),
             authority: authority.as_str().to_owned(),
@@ -300,12 +309,16 @@ impl Server {
                 tracing::debug!(error = %e, "observer tail: connection ended");
             }
         });
-        let request = Request::get(format!("{}{path_and_query}", self.prefix))
+        let mut request = Request::get(format!("{}{path_and_query}", self.prefix))
             .header(header::HOST, &self.authority)
             .header(
                 header::USER_AGENT,
                 concat!("observer-tail/", env!("CARGO_PKG_VERSION")),
-            )
+            );
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {}", token.trim()));
+        }
+        let request = request
             .body(Empty::<Bytes>::new())
             .map_err(|e| TailError::BadServer {
                 url: self.url.clone(),
@@ -398,7 +411,8 @@ mod tests {
     #[test]
     fn defaults() {
         let a = parse(&[]);
-        assert_eq!(a.server, "http://127.0.0.1:9990");
+        assert_eq!(a.server, "http://127.0.0.1:9991");
+        assert_eq!(a.token, None);
         assert_eq!(a.since, "5m");
         assert_eq!(a.output, Format::Text);
         assert_eq!(parse(&["-o", "json"]).output, Format::Json);

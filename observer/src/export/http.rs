@@ -1,18 +1,25 @@
-//! The HTTP API on `--listen` (default `0.0.0.0:9990`). `observer run` binds the listener and calls
-//! [`serve`]; `observer tail` is the client of the two `blocked` endpoints.
+//! The HTTP API. `observer run` binds two listeners and calls [`serve`] on each:
 //!
-//! | endpoint | answer |
-//! |---|---|
-//! | `GET /metrics` | Prometheus text format ([`Metrics::encode`]) |
-//! | `GET /healthz` | 200 while the process lives |
-//! | `GET /readyz` | 200 once programs are attached and the inventory synced, else 503 saying which is missing |
-//! | `GET /api/v1/blocked?since=&limit=&kind=` | JSON array of recent records, newest last |
-//! | `GET /api/v1/blocked/stream?since=&kind=` | newline-delimited records as they arrive (after a replay from `since`) |
+//! - `--listen` (default `0.0.0.0:9990`, [`Surface::Public`]): what the kubelet's probes and Prometheus need,
+//!   and nothing that names a pod, an IP or a policy;
+//! - `--api-listen` (default `127.0.0.1:9991`, [`Surface::Api`]): the records. On a loopback address it is
+//!   open (reach it with `kubectl port-forward`); on any other address every request needs a bearer token
+//!   that the Kubernetes API authenticates (TokenReview) and authorises (SubjectAccessReview for `get` on
+//!   the request's path as a non-resource URL): see [`super::auth`].
+//!
+//! | listener | endpoint | answer |
+//! |---|---|---|
+//! | public | `GET /metrics` | Prometheus text format ([`Metrics::encode`]) |
+//! | public | `GET /healthz` | 200 while the process lives |
+//! | public | `GET /readyz` | 200 once programs are attached and the inventory synced, else 503 saying which is missing |
+//! | api | `GET /api/v1/blocked?since=&limit=&kind=` | JSON array of recent records, newest last |
+//! | api | `GET /api/v1/blocked/stream?since=&kind=` | newline-delimited records as they arrive (after a replay from `since`) |
 //!
 //! `since` is an RFC 3339 time or a duration back from the server's clock (`5m`), so a client with a skewed
 //! clock still gets what it asked for. `kind` is a comma-separated list of record kinds (default: all).
 //! The stream also carries `{"kind":"missed","missed":N}` when the client fell N records behind, and an empty
 //! line every [`HEARTBEAT`] so that idle proxies keep the connection and dead clients are noticed.
+//! `observer tail` is the client of the two `blocked` endpoints. The contract: `docs/CONTRACT.md`.
 
 use std::{
     convert::Infallible,
@@ -28,8 +35,9 @@ use std::{
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{Query, State},
+    extract::{Query, Request, State},
     http::{StatusCode, header},
+    middleware::{self, from_fn_with_state},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -37,6 +45,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::{
+    auth::{Decision, KubeAuth},
     metrics::Metrics,
     recent::{Next, Recent},
     record::{Record, RecordKind},
@@ -65,9 +74,14 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// The API flags of `observer run`: `#[command(flatten)]` them into its arguments.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ApiArgs {
-    /// Address of the HTTP API (metrics, health, recent records).
+    /// Address of the public listener: `/metrics`, `/healthz`, `/readyz` only.
     #[arg(long, env = "OBSERVER_LISTEN", default_value = "0.0.0.0:9990")]
     pub listen: std::net::SocketAddr,
+    /// Address of the records API (`/api/*`: pod names, IPs, policies). Open on a loopback address; on any
+    /// other, every request needs a Kubernetes bearer token allowed `get` on the path (TokenReview +
+    /// SubjectAccessReview).
+    #[arg(long, env = "OBSERVER_API_LISTEN", default_value = "127.0.0.1:9991")]
+    pub api_listen: std::net::SocketAddr,
     /// Recent records kept in memory for `/api/v1/blocked` and `observer tail`.
     #[arg(long, env = "OBSERVER_RECENT_RECORDS", default_value_t = Recent::DEFAULT_CAPACITY)]
     pub recent_records: usize,
@@ -126,6 +140,23 @@ impl ApiState {
     }
 }
 
+/// What a listener serves.
+#[derive(Clone)]
+pub enum Surface {
+    /// `/metrics`, `/healthz`, `/readyz`: for the kubelet and Prometheus; names no pod, IP or policy.
+    Public,
+    /// `/api/*`: the records. `auth: None` serves anyone who can connect (loopback only, by
+    /// [`ApiArgs::api_needs_auth`]); `Some` requires a token the Kubernetes API allows.
+    Api { auth: Option<KubeAuth> },
+}
+
+impl ApiArgs {
+    /// `/api/*` leaves this host's loopback: it must be behind Kubernetes authentication.
+    pub fn api_needs_auth(&self) -> bool {
+        !self.api_listen.ip().is_loopback()
+    }
+}
+
 #[derive(Clone)]
 struct Shared {
     api: ApiState,
@@ -138,13 +169,14 @@ struct Shared {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
+    surface: Surface,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr = listener
         .local_addr()
         .map_or_else(|_| "an unknown address".to_owned(), |a| a.to_string());
     let (stop_tx, stop) = watch::channel(false);
-    let app = router(Shared { api: state, stop });
+    let app = router(Shared { api: state, stop }, surface);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -154,14 +186,72 @@ pub async fn serve(
         .map_err(|source| HttpError::Serve { addr, source })
 }
 
-fn router(shared: Shared) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/blocked", get(blocked))
-        .route("/api/v1/blocked/stream", get(stream))
-        .with_state(shared)
+fn router(shared: Shared, surface: Surface) -> Router {
+    match surface {
+        Surface::Public => Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .with_state(shared),
+        Surface::Api { auth } => {
+            let api = Router::new()
+                .route("/api/v1/blocked", get(blocked))
+                .route("/api/v1/blocked/stream", get(stream))
+                .with_state(shared);
+            match auth {
+                // A route layer: unknown paths stay 404 without asking the API server.
+                Some(auth) => api.route_layer(from_fn_with_state(auth, require_token)),
+                None => api,
+            }
+        }
+    }
+}
+
+/// The kube-rbac-proxy check in front of `/api/*`: 401 without a valid bearer token, 403 for a user
+/// without `get` on the path, 503 when the Kubernetes API cannot be asked (denied, never let through).
+async fn require_token(
+    State(auth): State<KubeAuth>,
+    request: Request,
+    next: middleware::Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return unauthorized("a bearer token is required (Authorization: Bearer <token>)".into());
+    };
+    let verb = request.method().as_str().to_ascii_lowercase();
+    let path = request.uri().path().to_owned();
+    match auth.check(token, &path, &verb).await {
+        Ok(Decision::Allowed { .. }) => next.run(request).await,
+        Ok(Decision::Unauthenticated { reason }) => unauthorized(reason),
+        Ok(Decision::Forbidden { user, reason }) => error(
+            StatusCode::FORBIDDEN,
+            format!("user {user:?} may not {verb} {path}: {reason}"),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check an API token");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot check the token with the Kubernetes API: {e}"),
+            )
+        }
+    }
+}
+
+fn unauthorized(message: String) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
@@ -413,39 +503,76 @@ mod tests {
 
     const DEADLINE: Duration = Duration::from_secs(10);
 
+    /// The two listeners as `observer run` has them; requests go to the one that serves the path.
     struct Server {
-        addr: SocketAddr,
+        public: SocketAddr,
+        api: SocketAddr,
         state: ApiState,
         stop: Option<oneshot::Sender<()>>,
         task: JoinHandle<Result<()>>,
+        api_task: JoinHandle<Result<()>>,
     }
 
     impl Server {
         async fn start() -> Self {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
+            let bind = || async {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let a = l.local_addr().expect("addr");
+                (l, a)
+            };
+            let ((listener, public), (api_listener, api)) = (bind().await, bind().await);
             let state = ApiState::new(
                 Metrics::new().expect("metrics"),
                 Arc::new(Recent::new(100)),
                 Arc::new(Readiness::new()),
             );
             let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(serve(listener, state.clone(), async move {
-                let _ = stopped.await;
-            }));
+            let (api_stop, api_stopped) = watch::channel(false);
+            let task = tokio::spawn(serve(
+                listener,
+                state.clone(),
+                Surface::Public,
+                async move {
+                    let _ = stopped.await;
+                    let _ = api_stop.send(true);
+                },
+            ));
+            let mut api_stopped = api_stopped;
+            let api_task = tokio::spawn(serve(
+                api_listener,
+                state.clone(),
+                Surface::Api { auth: None },
+                async move {
+                    let _ = api_stopped.wait_for(|s| *s).await;
+                },
+            ));
             Self {
-                addr,
+                public,
+                api,
                 state,
                 stop: Some(stop),
                 task,
+                api_task,
+            }
+        }
+
+        fn addr_for(&self, path: &str) -> SocketAddr {
+            if path.starts_with("/api/") {
+                self.api
+            } else {
+                self.public
             }
         }
 
         /// One HTTP/1.0 request (the connection closes after the answer): status, headers, body.
         async fn get(&self, path: &str) -> (u16, String, String) {
-            let mut conn = self.send(path).await;
+            self.get_from(self.addr_for(path), path).await
+        }
+
+        async fn get_from(&self, addr: SocketAddr, path: &str) -> (u16, String, String) {
+            let mut conn = self.send_to(addr, path).await;
             let mut raw = String::new();
             tokio::time::timeout(DEADLINE, conn.read_to_string(&mut raw))
                 .await
@@ -461,7 +588,11 @@ mod tests {
         }
 
         async fn send(&self, path: &str) -> TcpStream {
-            let mut conn = TcpStream::connect(self.addr).await.expect("connect");
+            self.send_to(self.addr_for(path), path).await
+        }
+
+        async fn send_to(&self, addr: SocketAddr, path: &str) -> TcpStream {
+            let mut conn = TcpStream::connect(addr).await.expect("connect");
             conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
                 .await
                 .expect("request");
@@ -472,12 +603,50 @@ mod tests {
             if let Some(stop) = self.stop.take() {
                 let _ = stop.send(());
             }
-            tokio::time::timeout(DEADLINE, self.task)
-                .await
-                .expect("shuts down in time")
-                .expect("join")
-                .expect("serve");
+            for task in [self.task, self.api_task] {
+                tokio::time::timeout(DEADLINE, task)
+                    .await
+                    .expect("shuts down in time")
+                    .expect("join")
+                    .expect("serve");
+            }
         }
+    }
+
+    #[tokio::test]
+    async fn the_public_listener_serves_no_records_and_the_api_listener_nothing_else() {
+        let server = Server::start().await;
+        server.state.recent.push(record(1));
+        for path in ["/api/v1/blocked", "/api/v1/blocked/stream?since=5m"] {
+            assert_eq!(server.get_from(server.public, path).await.0, 404, "{path}");
+        }
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            assert_eq!(server.get_from(server.api, path).await.0, 404, "{path}");
+        }
+        assert_eq!(server.get_from(server.api, "/api/v1/blocked").await.0, 200);
+        assert_eq!(server.get_from(server.public, "/healthz").await.0, 200);
+        server.stop().await;
+    }
+
+    #[test]
+    fn the_api_needs_auth_off_loopback_only() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            api: ApiArgs,
+        }
+        let needs = |addr: &str| {
+            Run::try_parse_from(["run", "--api-listen", addr])
+                .expect("parse")
+                .api
+                .api_needs_auth()
+        };
+        assert!(!needs("127.0.0.1:9991"));
+        assert!(!needs("[::1]:9991"));
+        assert!(needs("0.0.0.0:9991"));
+        assert!(needs("[::]:9991"));
+        assert!(needs("198.18.0.1:9991"));
     }
 
     fn record(n: u32) -> Record {
@@ -723,6 +892,7 @@ mod tests {
         }
         let run = Run::try_parse_from(["run"]).expect("parse");
         assert_eq!(run.api.listen.to_string(), "0.0.0.0:9990");
+        assert_eq!(run.api.api_listen.to_string(), "127.0.0.1:9991");
         assert_eq!(run.api.recent_records, Recent::DEFAULT_CAPACITY);
         let run = Run::try_parse_from(["run", "--listen", "[::1]:0", "--recent-records", "5"])
             .expect("parse");

@@ -28,11 +28,13 @@ pub enum MetricsError {
 pub struct Metrics {
     registry: Registry,
     names: Arc<Vec<String>>,
+    /// `(name, variable labels)` of every registered family, in registration order.
+    families: Arc<Vec<(String, Vec<String>)>>,
     /// `{cause, direction, policy_namespace, policy_name}`
     pub blocked_channels: IntCounterVec,
     /// `{reason}` — the kernel's drop reason name.
     pub kernel_drops: IntCounterVec,
-    /// `{state}` — opened, established, blocked, reset, rejected, closed.
+    /// `{state}` — opened, established, blocked.
     pub flows: IntCounterVec,
     /// Ring-buffer reservations that failed in the kernel.
     pub events_lost: IntCounter,
@@ -42,7 +44,7 @@ pub struct Metrics {
     pub channels_evicted: IntCounter,
     pub attached_interfaces: IntGauge,
     pub policy_evaluations: IntCounter,
-    /// `{kind}` — pod, namespace, node, networkpolicy.
+    /// `{kind}` — Pod, Namespace, Node, NetworkPolicy.
     pub inventory_objects: IntGaugeVec,
     /// 1 once the initial list of every kind is in.
     pub cluster_synced: IntGauge,
@@ -58,10 +60,10 @@ impl Metrics {
 
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let mut names = Vec::new();
+        let mut families = Vec::new();
         let mut reg = |c: Box<dyn Collector>, name: &'static str| -> Result<(), MetricsError> {
             for d in c.desc() {
-                names.push(d.fq_name.clone());
+                families.push((d.fq_name.clone(), d.variable_labels.clone()));
             }
             registry
                 .register(c)
@@ -158,9 +160,11 @@ impl Metrics {
             "Forensics records written, by kind.",
             &["kind"]
         );
+        let names = families.iter().map(|(n, _)| n.clone()).collect();
         Ok(Self {
             registry,
             names: Arc::new(names),
+            families: Arc::new(families),
             blocked_channels,
             kernel_drops,
             flows,
@@ -179,6 +183,11 @@ impl Metrics {
     /// Names of every registered metric family.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Every registered family with its variable label names (docs/CONTRACT.md lists them; a test checks).
+    pub fn families(&self) -> &[(String, Vec<String>)] {
+        &self.families
     }
 
     /// Counts one blocked channel for each responsible policy (or once without policy labels).

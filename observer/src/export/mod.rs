@@ -1,7 +1,8 @@
 //! Exports: Prometheus metrics, the JSON forensics log, the recent records and the HTTP API that serves
-//! them. `observer run` feeds them; `observer tail` reads the API. Depends on records, never on kernel
+//! them (with [`auth`] in front of `/api/*` when it is exposed). `observer run` feeds them; `observer tail` reads the API. Depends on records, never on kernel
 //! types.
 
+pub mod auth;
 pub mod http;
 pub mod log;
 pub mod metrics;
@@ -10,7 +11,8 @@ pub mod record;
 
 use std::sync::Arc;
 
-pub use http::{ApiArgs, ApiState, Readiness, serve};
+pub use auth::KubeAuth;
+pub use http::{ApiArgs, ApiState, Readiness, Surface, serve};
 pub use log::{LogArgs, LogError, LogWriter, Rotation};
 pub use metrics::Metrics;
 pub use recent::Recent;

@@ -1,6 +1,6 @@
 //! The forensics record (schema 1): one JSON object per line in the log, the items of `/api/v1/blocked`,
-//! and what `observer tail` prints. Stable contract: see ARCHITECTURE.md. Consumers filter on `kind` and
-//! ignore unknown fields.
+//! and what `observer tail` prints. Stable contract: `docs/CONTRACT.md` ("Forensics record"), kept in step
+//! by `observer/tests/contract.rs`. Consumers filter on `kind` and ignore unknown fields.
 
 use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
@@ -50,6 +50,16 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
+    /// Every kind, in declaration order (docs/CONTRACT.md documents each; `observer/tests/contract.rs`
+    /// checks both ways). A new variant breaks the exhaustive match in this module's tests until it is
+    /// listed here.
+    pub const ALL: [Self; 4] = [
+        Self::Blocked,
+        Self::Established,
+        Self::PolicyChanged,
+        Self::LostEvents,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Blocked => "blocked",
@@ -219,6 +229,24 @@ mod tests {
         let mut keys: Vec<_> = dst.keys().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(keys, ["ip", "kind", "port"]);
+    }
+
+    #[test]
+    fn all_lists_every_kind_once_and_as_str_is_the_serde_name() {
+        // Exhaustive: adding a variant fails to compile here until ALL (and this position) know it.
+        let position = |k: RecordKind| match k {
+            RecordKind::Blocked => 0,
+            RecordKind::Established => 1,
+            RecordKind::PolicyChanged => 2,
+            RecordKind::LostEvents => 3,
+        };
+        for (i, k) in RecordKind::ALL.into_iter().enumerate() {
+            assert_eq!(position(k), i, "{k:?}");
+            assert_eq!(
+                serde_json::to_value(k).expect("json"),
+                serde_json::Value::String(k.as_str().to_owned())
+            );
+        }
     }
 
     #[test]

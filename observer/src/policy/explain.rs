@@ -1,8 +1,8 @@
 //! Verdicts with reasons: what `observer explain -o json` prints and what the daemon logs.
 //!
-//! Serialisation follows the stable contract in `ARCHITECTURE.md` field for field; the fields marked
-//! `#[serde(skip)]` are for in-process consumers (the forensics log wants uid, resourceVersion and the
-//! nearest miss of each responsible policy).
+//! Serialisation follows the stable contract in `docs/CONTRACT.md` ("`observer explain -o json`") field
+//! for field; the fields marked `#[serde(skip)]` are for in-process consumers (the forensics log wants uid,
+//! resourceVersion and the nearest miss of each responsible policy).
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -1,9 +1,11 @@
 //! An in-process API server that speaks the real list/watch protocol over HTTP, for driving kube-rs
 //! clients in tests: list responses with `metadata.resourceVersion`, newline-delimited watch streams with
 //! ADDED/MODIFIED/DELETED/BOOKMARK events, `ERROR` events with a 410 `Status` for compacted resource
-//! versions, and connections dropped mid-stream on demand.
+//! versions, and connections dropped mid-stream on demand. It also answers `POST`s of TokenReviews (tokens
+//! registered with [`FakeApiServer::add_token`]) and SubjectAccessReviews (non-resource grants registered
+//! with [`FakeApiServer::grant`]), as the authentication and authorisation APIs do.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,7 +14,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::SinkExt as _;
 use serde_json::{Value, json};
@@ -73,6 +75,12 @@ struct Store {
     held: HashMap<Resource, bool>,
     lists: HashMap<Resource, usize>,
     watches: HashMap<Resource, usize>,
+    /// token → (username, groups)
+    tokens: HashMap<String, (String, Vec<String>)>,
+    /// (username, non-resource path, verb) allowed
+    grants: HashSet<(String, String, String)>,
+    token_reviews: usize,
+    access_reviews: usize,
 }
 
 struct Shared {
@@ -135,6 +143,31 @@ impl FakeApiServer {
                 .expect("fake API server runs");
         });
         Self { addr, shared, task }
+    }
+
+    /// Makes `token` authenticate as `user` in `groups` (TokenReview).
+    pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
+        self.shared.store().tokens.insert(
+            token.to_owned(),
+            (
+                user.to_owned(),
+                groups.iter().map(|g| (*g).to_owned()).collect(),
+            ),
+        );
+    }
+
+    /// Allows `user` to `verb` the non-resource URL `path` (SubjectAccessReview).
+    pub fn grant(&self, user: &str, path: &str, verb: &str) {
+        self.shared
+            .store()
+            .grants
+            .insert((user.to_owned(), path.to_owned(), verb.to_owned()));
+    }
+
+    /// TokenReviews and SubjectAccessReviews created so far.
+    pub fn reviews(&self) -> (usize, usize) {
+        let store = self.shared.store();
+        (store.token_reviews, store.access_reviews)
     }
 
     /// A kube-rs configuration pointing at this server (plain HTTP, no auth).
@@ -264,9 +297,14 @@ impl FakeApiServer {
 
 async fn serve(
     State(shared): State<Arc<Shared>>,
+    method: Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
+    if method == Method::POST {
+        return review(&shared, uri.path(), &body);
+    }
     let Some(resource) = Resource::from_path(uri.path()) else {
         return (StatusCode::NOT_FOUND, "no such collection").into_response();
     };
@@ -280,6 +318,50 @@ async fn serve(
     } else {
         list_response(&shared, resource).await
     }
+}
+
+/// `POST` of a TokenReview or a SubjectAccessReview: the object back with its `status`.
+fn review(shared: &Shared, path: &str, body: &[u8]) -> Response {
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+        return (StatusCode::BAD_REQUEST, "not JSON").into_response();
+    };
+    let mut store = shared.store();
+    let status = match path {
+        "/apis/authentication.k8s.io/v1/tokenreviews" => {
+            store.token_reviews += 1;
+            let token = object["spec"]["token"].as_str().unwrap_or_default();
+            match store.tokens.get(token) {
+                Some((user, groups)) => json!({
+                    "authenticated": true,
+                    "user": {"username": user, "uid": format!("uid-{user}"), "groups": groups},
+                }),
+                None => json!({"authenticated": false, "error": "invalid bearer token"}),
+            }
+        }
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews" => {
+            store.access_reviews += 1;
+            let spec = &object["spec"];
+            let attrs = &spec["nonResourceAttributes"];
+            let key = (
+                spec["user"].as_str().unwrap_or_default().to_owned(),
+                attrs["path"].as_str().unwrap_or_default().to_owned(),
+                attrs["verb"].as_str().unwrap_or_default().to_owned(),
+            );
+            if store.grants.contains(&key) {
+                json!({"allowed": true, "reason": "granted in the test"})
+            } else {
+                json!({"allowed": false})
+            }
+        }
+        _ => return (StatusCode::NOT_FOUND, "no such collection").into_response(),
+    };
+    object["status"] = status;
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        object.to_string(),
+    )
+        .into_response()
 }
 
 async fn list_response(shared: &Shared, resource: Resource) -> Response {

@@ -1,5 +1,7 @@
-//! The generated text for each rule kind, and `nft -c` accepting every generated ruleset.
+//! The generated text for each rule kind (plain tests), and `nft -c` accepting every generated ruleset
+//! (the same tests again in [`nft_c`], `#[ignore]`d because they need root: `./x test` runs them as root).
 
+use std::cell::Cell;
 use std::path::Path;
 
 use super::{Cluster, compile};
@@ -88,13 +90,22 @@ fn set<'t>(text: &'t str, name: &str) -> &'t str {
     &rest[..end]
 }
 
-/// Validates with `nft -c` (check only: nothing is committed) in a throwaway network namespace.
+thread_local! {
+    /// Set by the [`nft_c`] variants: [`ruleset`] then validates what it compiled with `nft -c`.
+    static NFT_CHECK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Validates with `nft -c` (check only: nothing is committed) in a throwaway network namespace, when the
+/// running test is one of the [`nft_c`] variants. Those need root and fail without it: no quiet pass.
 fn nft_check(text: &str) {
     use std::io::Write as _;
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("not root: skipping `nft -c` (./x test runs it)");
+    if !NFT_CHECK.with(Cell::get) {
         return;
     }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "`nft -c` needs root: run `sudo ./x test` (or `cargo test -p observer --lib -- --ignored lab::nft` as root)"
+    );
     let mut child = std::process::Command::new("unshare")
         .args(["--net", "nft", "-c", "-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -339,4 +350,55 @@ fn udp_named_ports_and_sctp_ranges_use_their_protocol() {
         "{c}"
     );
     assert!(c.contains("meta l4proto sctp th dport 9000 accept"), "{c}");
+}
+
+/// Every test above again, with `nft -c` validating each ruleset it compiles. Privileged (root, a throwaway
+/// network namespace per check): `./x test` runs them in its privileged tier.
+mod nft_c {
+    macro_rules! checked_by_nft {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[test]
+                #[ignore = "needs root: nft -c in a throwaway network namespace (sudo ./x test runs it)"]
+                fn $name() {
+                    super::NFT_CHECK.with(|c| c.set(true));
+                    super::$name();
+                }
+            )*
+            /// The tests listed here.
+            pub(super) const NAMES: &[&str] = &[$(stringify!($name)),*];
+        };
+    }
+
+    checked_by_nft!(
+        no_policies_accept_everything_with_no_jumps,
+        default_deny_ingress_jumps_by_daddr_per_family_and_drops,
+        egress_isolation_jumps_by_saddr,
+        pod_selector_peer_is_a_set_per_family_of_own_namespace_pods,
+        namespace_selector_peer_selects_pods_of_matching_namespaces,
+        empty_selection_leaves_the_rule_out_but_keeps_the_drop,
+        ip_block_with_except_uses_interval_sets_and_a_negated_lookup,
+        ports_numbers_ranges_protocol_only_and_all,
+        named_port_on_ingress_resolves_on_the_destination_pod,
+        named_port_on_egress_resolves_per_destination_in_a_concatenated_set,
+        several_policies_add_up_in_one_chain,
+        udp_named_ports_and_sctp_ranges_use_their_protocol,
+    );
+}
+
+#[test]
+fn every_ruleset_test_is_also_run_through_nft() {
+    let source = include_str!("tests.rs");
+    let tests: Vec<&str> = source
+        .split("#[test]\nfn ")
+        .skip(1)
+        .filter_map(|rest| rest.split("()").next())
+        .filter(|name| *name != "every_ruleset_test_is_also_run_through_nft")
+        .collect();
+    assert!(tests.len() >= 12, "found only {tests:?}");
+    let missing: Vec<_> = tests.iter().filter(|t| !nft_c::NAMES.contains(t)).collect();
+    assert!(
+        missing.is_empty(),
+        "add these to nft_c's checked_by_nft! list so that `nft -c` validates their rulesets: {missing:?}"
+    );
 }

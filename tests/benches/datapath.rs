@@ -137,11 +137,11 @@ fn per_packet() {
         all_ports: false,
         attach_mode: AttachMode::Auto,
         drop_repeat: Duration::from_secs(10),
+        ..DatapathConfig::default()
     })
     .expect("loading the datapath");
     let mut events = dp.events().expect("ring buffer");
-    let mut fixtures =
-        aya::Ebpf::load(observer::bpf::testing::FIXTURES_OBJECT).expect("loading fixtures");
+    let mut fixtures = aya::Ebpf::load(observer_tests::FIXTURES_OBJECT).expect("loading fixtures");
     let empty: &mut aya::programs::SchedClassifier = fixtures
         .program_mut("test_pass")
         .expect("test_pass")
@@ -281,6 +281,7 @@ fn throughput() {
             all_ports: false,
             attach_mode: AttachMode::Auto,
             drop_repeat: Duration::from_secs(10),
+            ..DatapathConfig::default()
         })
         .expect("loading the datapath");
         let ifs: Vec<(u32, String)> = ["lxca", "lxcb"]

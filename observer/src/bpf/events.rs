@@ -307,6 +307,20 @@ impl EventReader {
         }
     }
 
+    /// Decodes every pending record into `out` without waiting (tests and benchmarks that run programs
+    /// with BPF_PROG_TEST_RUN); returns how many were appended.
+    pub fn read_available(&mut self, out: &mut Vec<KernelEvent>) -> usize {
+        let before = out.len();
+        let ring = self.fd.get_mut();
+        while let Some(item) = ring.next() {
+            match self.decoder.decode(&item) {
+                Ok(ev) => out.push(ev),
+                Err(_) => self.malformed += 1,
+            }
+        }
+        out.len() - before
+    }
+
     /// Consumes every pending record without waiting; returns how many there were.
     pub fn drain(&mut self) -> usize {
         let ring = self.fd.get_mut();

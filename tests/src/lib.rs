@@ -27,6 +27,7 @@ use nix::sched::{CloneFlags, setns};
 pub mod daemon;
 pub mod grpc;
 pub mod observe;
+pub mod storm;
 
 /// Prefix of every namespace this harness creates.
 pub const PREFIX: &str = "obst-";

@@ -11,6 +11,7 @@
 //! Kernel struct offsets and drop-reason names come from the running kernel's BTF ([`btf`], [`reasons`]).
 
 pub mod btf;
+pub mod cni;
 pub mod events;
 pub mod links;
 pub mod loader;

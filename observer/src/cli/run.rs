@@ -21,7 +21,7 @@ use clap::Args;
 
 use crate::{
     bpf::{
-        AttachMode, Datapath, DatapathConfig, KernelEvent,
+        AttachMode, Datapath, DatapathConfig, KernelEvent, cni,
         links::{self, AbortOnDrop, LinkChange},
         loader::{DEFAULT_INTERFACES, DEFAULT_PORTS},
     },
@@ -39,8 +39,10 @@ pub struct RunArgs {
     /// (in-cluster config or kubeconfig).
     #[arg(long, env = "OBSERVER_CLUSTER", value_delimiter = ',', num_args = 1..)]
     pub cluster: Vec<PathBuf>,
-    /// Interface name globs to attach to (comma-separated); interfaces that appear later are attached too.
-    #[arg(long, env = "OBSERVER_INTERFACES", value_delimiter = ',', default_values_t = DEFAULT_INTERFACES.iter().map(|s| (*s).to_owned()))]
+    /// Interface name globs to attach to (comma-separated); interfaces that appear later are attached
+    /// too. Default: derived from the CNI detected from the node's interfaces at startup (printed; see
+    /// docs/CNI.md), or a generic list when none is recognised.
+    #[arg(long, env = "OBSERVER_INTERFACES", value_delimiter = ',')]
     pub interfaces: Vec<String>,
     /// Watched TCP (gRPC) ports, comma-separated.
     #[arg(long, env = "OBSERVER_PORTS", value_delimiter = ',', default_values_t = DEFAULT_PORTS.to_vec())]
@@ -129,8 +131,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _source = AbortOnDrop(source);
 
     // Kernel side.
+    let interfaces = if args.interfaces.is_empty() {
+        let names = cni::node_interfaces().context("listing the node's interfaces")?;
+        let detected = cni::detect(&names, DEFAULT_INTERFACES);
+        tracing::info!(
+            cni = %detected,
+            evidence = ?detected.evidence.iter().map(|(i, c)| format!("{i}: {c}")).collect::<Vec<_>>(),
+            "interfaces: detected from the node"
+        );
+        detected.globs
+    } else {
+        args.interfaces.clone()
+    };
     let config = DatapathConfig {
-        interfaces: args.interfaces.clone(),
+        interfaces: interfaces.clone(),
         ports: args.ports.clone(),
         all_ports: args.all_ports,
         attach_mode: args.attach_mode,
@@ -144,7 +158,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         drop_program = datapath.drop_program(),
         drop_reasons = datapath.reasons().len(),
         ports = ?if args.all_ports { None } else { Some(&args.ports) },
-        interfaces = ?args.interfaces,
+        interfaces = ?interfaces,
         "programs loaded"
     );
     let datapath = Arc::new(Mutex::new(datapath));

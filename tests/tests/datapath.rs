@@ -488,6 +488,9 @@ fn no_listener_gives_server_reset_and_a_drop_named_in_the_pods_namespace() {
     assert_eq!(drop.interface, None, "{drop:?}");
 }
 
+/// IPv6 extension headers: (next-header value naming the header, its bytes).
+type ExtChain = Vec<(u8, Vec<u8>)>;
+
 /// An Ethernet + IPv6 frame to `[2001:2::2]:50051` from `[2001:2::1]:40000` carrying a TCP SYN behind
 /// `ext`, a chain of extension headers given as (next-header value of the header, its bytes).
 fn ipv6_syn(ext: &[(u8, Vec<u8>)]) -> Vec<u8> {
@@ -547,7 +550,7 @@ fn ipv6_extension_headers_are_walked_up_to_the_bound() {
         let o = off.to_be_bytes();
         vec![0, 0, o[0], o[1], 0, 0, 0, 1]
     };
-    let cases: Vec<(&str, Vec<(u8, Vec<u8>)>, bool)> = vec![
+    let cases: Vec<(&str, ExtChain, bool)> = vec![
         ("no extension header", vec![], true),
         ("hop-by-hop", vec![(0, opts(0))], true),
         (

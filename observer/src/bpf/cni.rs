@@ -145,7 +145,7 @@ pub fn detect(interfaces: &[String], fallback: &[&str]) -> Detected {
     let mut evidence = Vec::new();
     let mut globs: Vec<String> = Vec::new();
     let mut encapsulated = false;
-    let mut add = |g: &str, globs: &mut Vec<String>| {
+    let add = |g: &str, globs: &mut Vec<String>| {
         if !globs.iter().any(|x| x == g) {
             globs.push(g.to_owned());
         }

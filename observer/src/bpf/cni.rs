@@ -150,8 +150,10 @@ pub fn detect(interfaces: &[String], fallback: &[&str]) -> Detected {
             globs.push(g.to_owned());
         }
     };
+    // Signs seen, then globs in the table's order (stable whatever order the interfaces come in).
+    let mut seen = [false; SIGNS.len()];
     for name in interfaces {
-        for s in SIGNS {
+        for (i, s) in SIGNS.iter().enumerate() {
             let Ok(p) = glob::Pattern::new(s.pattern) else {
                 continue;
             };
@@ -160,13 +162,14 @@ pub fn detect(interfaces: &[String], fallback: &[&str]) -> Detected {
                     cnis.push(s.cni);
                 }
                 evidence.push((name.clone(), s.cni));
-                if s.attach {
-                    add(s.pattern, &mut globs);
-                }
+                seen[i] = true;
                 encapsulated |= s.tunnel;
                 break;
             }
         }
+    }
+    for (s, _) in SIGNS.iter().zip(seen).filter(|(s, seen)| *seen && s.attach) {
+        add(s.pattern, &mut globs);
     }
     if cnis.is_empty() {
         return Detected {

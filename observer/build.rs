@@ -26,11 +26,9 @@ fn main() -> anyhow::Result<()> {
     // With AYA_BUILD_SKIP=1 (pure user-space work: policy engine, docs) there is no object: embed an empty
     // one, which the loader refuses at run time with a clear error.
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    for name in ["observer", "fixtures"] {
-        let object = out.join(name);
-        if !object.exists() {
-            std::fs::write(&object, []).with_context(|| format!("writing {}", object.display()))?;
-        }
+    let object = out.join("observer");
+    if !object.exists() {
+        std::fs::write(&object, []).with_context(|| format!("writing {}", object.display()))?;
     }
     Ok(())
 }

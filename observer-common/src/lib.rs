@@ -3,9 +3,11 @@
 //! ```text
 //!  TC ingress/egress ──┐                          ┌─▶ FLOWS (LRU hash FlowKey → FlowStats), read on demand
 //!  (observer-ebpf)     ├─ state changes only ───▶ EVENTS (ring buffer of Event)
-//!  tp_btf/kfree_skb ───┘                          └─▶ LOST (per-CPU u64 counters of failed reservations)
+//!  tp_btf/kfree_skb ───┘   (new flows through     └─▶ LOST (per-CPU u64 counters: failed reservations,
+//!                           a per-source, per-CPU       events suppressed by the new-flow token bucket)
+//!                           token bucket: BUCKETS)
 //!  user space writes:  WATCHED_PORTS (array u8 per port), IGNORED_REASONS (array u8 per drop reason),
-//!                      globals (CONFIG_*: kernel struct offsets, all-ports mode)
+//!                      globals (CONFIG_*: kernel struct offsets, all-ports mode, new-flow rate)
 //! ```
 //!
 //! Every type is `#[repr(C)]` with explicit padding, fixed-width integers only, and a compile-time size
@@ -19,6 +21,14 @@ use core::mem::size_of;
 pub mod program {
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";
+    /// Second copies of the TC programs. TCX cannot attach one program twice on a hook, so moving ours
+    /// back to the front (after another program was attached ahead of it) attaches the other copy first
+    /// and only then drops the old link: no packet passes unobserved in between.
+    pub const TC_INGRESS_ALT: &str = "tc_ingress_alt";
+    pub const TC_EGRESS_ALT: &str = "tc_egress_alt";
+    /// Every TC program name of ours (kernel program names, also the cls_bpf filter names in netlink
+    /// mode: how a crashed run's leftover filters are recognised).
+    pub const TC_ALL: [&str; 4] = [TC_INGRESS, TC_EGRESS, TC_INGRESS_ALT, TC_EGRESS_ALT];
     pub const KFREE_SKB_BTF: &str = "kfree_skb_btf";
     pub const KFREE_SKB_TRACEPOINT: &str = "kfree_skb_tracepoint";
 }
@@ -31,6 +41,7 @@ pub mod map {
     pub const IGNORED_REASONS: &str = "IGNORED_REASONS";
     pub const DROPS_SEEN: &str = "DROPS_SEEN";
     pub const LOST: &str = "LOST";
+    pub const BUCKETS: &str = "BUCKETS";
 }
 
 /// Names of the read-only globals user space sets at load time.
@@ -41,6 +52,9 @@ pub mod global {
     pub const SKB_OFFSETS: &str = "CONFIG_SKB_OFFSETS";
     /// `u64`: a drop of the same flow for the same reason is reported again after this many ns.
     pub const DROP_REPEAT_NS: &str = "CONFIG_DROP_REPEAT_NS";
+    /// [`crate::RateConfig`]: the new-flow token bucket (events per second and burst, per source
+    /// bucket and CPU).
+    pub const NEW_FLOW_RATE: &str = "CONFIG_NEW_FLOW_RATE";
 }
 
 /// Capacity of the flow table (entries; LRU-evicted beyond).
@@ -56,8 +70,23 @@ pub const PORTS: u32 = 65_536;
 
 /// Index into `LOST` for events that could not be reserved in the ring buffer.
 pub const LOST_EVENTS: u32 = 0;
+/// Index into `LOST` for events of new flows (and drops) not sent up because their source's token
+/// bucket was empty: a flood is counted here instead of being sent event by event.
+pub const SUPPRESSED_EVENTS: u32 = 1;
 /// Number of entries of `LOST`.
-pub const LOST_SLOTS: u32 = 1;
+pub const LOST_SLOTS: u32 = 2;
+
+/// Token buckets per CPU (`BUCKETS` is a per-CPU array of this many [`Bucket`]s); a source address
+/// hashes to one. Sources sharing a bucket share its rate.
+pub const BUCKET_SLOTS: u32 = 256;
+/// Default new-flow events per second per bucket and CPU, and the burst.
+pub const DEFAULT_NEW_FLOW_RATE: u32 = 1_000;
+pub const DEFAULT_NEW_FLOW_BURST: u32 = 1_000;
+/// Retransmitted SYNs of one attempt are sent up while the count is below this, then only at powers of
+/// two: a flow hammering one SYN is counted (`syn_count`), not reported per packet.
+pub const SYN_REPORT_ALL_BELOW: u16 = 8;
+/// IPv6 extension headers walked before giving up on finding the TCP header.
+pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -185,25 +214,46 @@ pub mod flow_state {
     pub const CLOSED: u8 = 5;
 }
 
-/// Counters of one flow on one interface. Value of `FLOWS`. Index 0 of the arrays is client → server,
-/// index 1 server → client. Counters are updated without atomics: a flow's packets in one direction are
-/// processed on one CPU at a time in practice (RSS / per-queue), and an occasional lost increment is
-/// acceptable for accounting.
+/// The handshake state of one flow on one interface. Value of `FLOWS`. Written only by packets carrying
+/// SYN, FIN or RST (and ICMP errors about the flow): a plain data or ACK packet leaves the map alone, so
+/// an established connection costs no map write (nothing in user space reads per-packet counters).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowStats {
+    /// When the flow's first SYN/FIN/RST was seen (CLOCK_MONOTONIC ns).
     pub first_seen_ns: u64,
-    pub last_seen_ns: u64,
-    pub packets: [u64; 2],
-    pub bytes: [u64; 2],
     /// Initial sequence number of the SYN that opened the flow (detects retransmissions vs new attempts).
     pub isn: u32,
+    /// SYNs of the current attempt seen (the first one included).
     pub syn_count: u16,
-    /// OR of every TCP flag byte seen.
+    /// OR of the TCP flag bytes of the packets that updated the entry.
     pub flags_seen: u8,
     pub state: u8,
 }
-const _: () = assert!(size_of::<FlowStats>() == 56);
+const _: () = assert!(size_of::<FlowStats>() == 16);
+
+/// A token bucket of new-flow events (value type of the per-CPU `BUCKETS` array, [`BUCKET_SLOTS`]
+/// of them per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Bucket {
+    /// Last refill (CLOCK_MONOTONIC ns).
+    pub last_ns: u64,
+    /// Tokens left, in thousandths of an event.
+    pub milli_tokens: u64,
+}
+const _: () = assert!(size_of::<Bucket>() == 16);
+
+/// The new-flow token bucket's settings (a read-only global).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateConfig {
+    /// Events per second per bucket and CPU; 0 disables the limit.
+    pub per_second: u32,
+    /// Bucket size in events.
+    pub burst: u32,
+}
+const _: () = assert!(size_of::<RateConfig>() == 8);
 
 /// One event from the kernel, the only record type of the `EVENTS` ring buffer.
 #[repr(C)]
@@ -228,15 +278,12 @@ pub struct Event {
     pub reason: u32,
     /// Call site that freed the packet (kernel text address) for [`EventKind::Dropped`].
     pub location: u64,
-    /// Snapshot of the flow's counters (zero for drops).
-    pub packets: [u64; 2],
-    pub bytes: [u64; 2],
     /// Network namespace inode of the interface, for drops (kfree_skb sees every namespace: an ifindex
     /// means nothing without it); 0 for TC events, which are in the observer's namespace.
     pub netns: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<Event>() == 112);
+const _: () = assert!(size_of::<Event>() == 80);
 
 /// Offsets (bytes) of the kernel struct members the drop program reads, resolved from the running kernel's
 /// BTF by user space, since Rust eBPF cannot emit CO-RE relocations.
@@ -281,4 +328,8 @@ mod user {
     unsafe impl aya::Pod for SkbOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DropKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Bucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RateConfig {}
 }

@@ -1,11 +1,19 @@
 //! observer's kernel programs.
 //!
-//! - `tc_ingress` / `tc_egress`: TC (TCX where available) classifiers on pod veths and the uplink. They
-//!   parse Ethernet (one 802.1Q/802.1ad tag), IPv4 (with options), IPv6, TCP, and ICMP/ICMPv6 destination
-//!   unreachable messages quoting a TCP header; leave at once unless a watched port is involved; keep one
-//!   flow entry per (connection, interface); and send an [`Event`] only when a flow changes state.
+//! - `tc_ingress` / `tc_egress` (and their second copies `tc_ingress_alt` / `tc_egress_alt`, used to move
+//!   ours back in front of a program attached ahead of it, see `observer::bpf::loader`): TC (TCX where
+//!   available) classifiers on pod veths and the uplink. They parse Ethernet (one 802.1Q/802.1ad tag),
+//!   IPv4 (with options), IPv6 (with up to [`MAX_IPV6_EXT_HEADERS`] extension headers), TCP, and
+//!   ICMP/ICMPv6 destination unreachable messages quoting a TCP header; leave at once unless a watched
+//!   port is involved and the packet carries SYN, FIN or RST; keep one flow entry per (connection,
+//!   interface); and send an [`Event`] only when a flow changes state.
 //! - `kfree_skb_btf` (`tp_btf/kfree_skb`), with `kfree_skb_tracepoint` as the fallback for kernels without
 //!   BTF-enabled tracepoints: report drops of watched-port TCP packets with the kernel's drop reason.
+//!
+//! Floods are bounded: events of new flows (and drops) pass a per-CPU token bucket chosen by the
+//! client's address ([`admit`]); what it holds back is counted in `LOST[SUPPRESSED_EVENTS]`, and flows
+//! it held back take no flow-table entry. Retransmitted SYNs of one attempt are counted in the entry and
+//! reported only while few, then at powers of two.
 //!
 //! The programs never change a packet's fate: every TC path returns `TC_ACT_UNSPEC` (`TCX_NEXT`), so
 //! programs and qdisc filters behind ours run as if we were not there.
@@ -16,16 +24,18 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::{__sk_buff, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    bindings::{__sk_buff, BPF_F_NO_COMMON_LRU, TC_ACT_UNSPEC},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, classifier, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TcContext, TracePointContext},
 };
 use observer_common::{
-    DROPS_SEEN_MAX_ENTRIES, DropKey, EVENTS_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6,
-    FLOWS_MAX_ENTRIES, FlowKey, FlowStats, Hook, LOST_EVENTS, LOST_SLOTS, MAX_DROP_REASONS,
-    OFFSET_UNKNOWN, Origin, PORTS, SkbOffsets, flow_state, tcp_flags,
+    BUCKET_SLOTS, Bucket, DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, DROPS_SEEN_MAX_ENTRIES,
+    DropKey, EVENTS_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6, FLOWS_MAX_ENTRIES, FlowKey,
+    FlowStats, Hook, LOST_EVENTS, LOST_SLOTS, MAX_DROP_REASONS, MAX_IPV6_EXT_HEADERS,
+    OFFSET_UNKNOWN, Origin, PORTS, RateConfig, SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW, SkbOffsets,
+    flow_state, tcp_flags,
 };
 
 #[unsafe(no_mangle)]
@@ -45,11 +55,19 @@ static CONFIG_SKB_OFFSETS: Global<SkbOffsets> = Global::new(SkbOffsets {
 });
 #[unsafe(no_mangle)]
 static CONFIG_DROP_REPEAT_NS: Global<u64> = Global::new(10_000_000_000);
+#[unsafe(no_mangle)]
+static CONFIG_NEW_FLOW_RATE: Global<RateConfig> = Global::new(RateConfig {
+    per_second: DEFAULT_NEW_FLOW_RATE,
+    burst: DEFAULT_NEW_FLOW_BURST,
+});
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
-static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+/// Per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): inserting a new flow takes no lock shared by every CPU, which
+/// is what a SYN storm does on every packet. Lookups still see every CPU's entries.
+static FLOWS: LruHashMap<FlowKey, FlowStats> =
+    LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, BPF_F_NO_COMMON_LRU);
 #[map]
 static WATCHED_PORTS: Array<u8> = Array::with_max_entries(PORTS, 0);
 #[map]
@@ -59,6 +77,8 @@ static DROPS_SEEN: LruHashMap<DropKey, u64> =
     LruHashMap::with_max_entries(DROPS_SEEN_MAX_ENTRIES, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+#[map]
+static BUCKETS: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(BUCKET_SLOTS, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -71,6 +91,12 @@ const IPPROTO_ICMPV6: u8 = 58;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const IPV6_HLEN: usize = 40;
+/// IPv6 extension headers walked to find the TCP header (RFC 8200 §4).
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
@@ -80,6 +106,18 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
+    let _ = try_tc(&ctx, Hook::Egress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tc_ingress_alt(ctx: TcContext) -> i32 {
+    let _ = try_tc(&ctx, Hook::Ingress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tc_egress_alt(ctx: TcContext) -> i32 {
     let _ = try_tc(&ctx, Hook::Egress);
     TC_ACT_UNSPEC
 }
@@ -172,12 +210,43 @@ fn parse_l3(ctx: &TcContext, off: usize, ethertype: u16) -> Result<L3, ()> {
             variable_l4,
         })
     } else {
+        let mut proto = read_u8(ctx, off + 6)?;
+        let mut l4 = off + IPV6_HLEN;
+        let mut variable_l4 = false;
+        // Extension headers, up to a bound: their lengths make the L4 offset variable, so they (and the
+        // TCP header behind them) are read with bpf_skb_load_bytes. The common case leaves at once.
+        for _ in 0..MAX_IPV6_EXT_HEADERS {
+            let len = match proto {
+                NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                    let h: [u8; 2] = ctx.load(l4).map_err(|_| ())?;
+                    proto = h[0];
+                    (usize::from(h[1]) + 1) * 8
+                }
+                NEXTHDR_FRAGMENT => {
+                    let h: [u8; 4] = ctx.load(l4).map_err(|_| ())?;
+                    // Non-first fragments carry no L4 header.
+                    if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                        return Err(());
+                    }
+                    proto = h[0];
+                    8
+                }
+                NEXTHDR_AUTH => {
+                    let h: [u8; 2] = ctx.load(l4).map_err(|_| ())?;
+                    proto = h[0];
+                    (usize::from(h[1]) + 2) * 4
+                }
+                _ => break,
+            };
+            l4 += len;
+            variable_l4 = true;
+        }
         Ok(L3 {
             family: FAMILY_V6,
-            proto: read_u8(ctx, off + 6)?,
+            proto,
             off,
-            l4: off + IPV6_HLEN,
-            variable_l4: false,
+            l4,
+            variable_l4,
         })
     }
 }
@@ -241,6 +310,11 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
     if !dport_watched && !watched(sport) {
         return Ok(());
     }
+    // Only SYN, FIN and RST change a flow's state: data and pure ACKs of a watched flow cost no map
+    // operation at all.
+    if flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
+        return Ok(());
+    }
 
     let seq_bytes: [u8; 4] = if l3.variable_l4 {
         ctx.load(l3.l4 + 4).map_err(|_| ())?
@@ -272,8 +346,6 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
     };
 
     let key = flow_key(ip, sport, dport, to_server, ifindex(ctx));
-    let dir = if to_server { 0 } else { 1 };
-    let len = u64::from(ctx.len());
     let origin = if to_server {
         Origin::Client
     } else {
@@ -285,28 +357,28 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
     if let Some(st) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: the pointer is a live map value for the duration of the program.
         let st = unsafe { &mut *st };
-        // SAFETY: helper without preconditions.
-        st.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
-        st.packets[dir] += 1;
-        st.bytes[dir] += len;
         st.flags_seen |= flags;
         let kind = if rst {
             (st.state != flow_state::RESET).then(|| {
                 st.state = flow_state::RESET;
                 EventKind::Reset
             })
-        } else if syn && !ack && to_server {
+        } else if syn && !ack {
             if st.state == flow_state::SYN_SENT && st.isn == seq {
+                // The same SYN again: counted; reported while few, then at powers of two.
                 st.syn_count = st.syn_count.saturating_add(1);
-                Some(EventKind::SynRetransmit)
+                let n = st.syn_count;
+                (n < SYN_REPORT_ALL_BELOW || n.is_power_of_two())
+                    .then_some(EventKind::SynRetransmit)
             } else if st.isn != seq || is_final(st.state) {
-                // A new attempt on the same 4-tuple (the port was reused).
-                *st = new_flow(flow_state::SYN_SENT, seq, dir, len, flags);
-                Some(EventKind::Opened)
+                // A new attempt on the same 4-tuple (the port was reused): as new as a new flow.
+                let now = now();
+                *st = new_flow(flow_state::SYN_SENT, seq, flags, now);
+                admit(&key.client_addr, now).then_some(EventKind::Opened)
             } else {
                 None
             }
-        } else if syn && ack && !to_server {
+        } else if syn && ack {
             (st.state == flow_state::SYN_SENT).then(|| {
                 st.state = flow_state::ESTABLISHED;
                 EventKind::Established
@@ -320,26 +392,77 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
             None
         };
         if let Some(kind) = kind {
-            emit(&key, kind, origin, hook, flags, st);
+            emit(&key, kind, origin, hook, flags, st.syn_count, now());
         }
         return Ok(());
     }
+    let now = now();
 
     let (state, kind) = if rst {
-        (flow_state::RESET, Some(EventKind::Reset))
-    } else if syn && !ack && to_server {
-        (flow_state::SYN_SENT, Some(EventKind::Opened))
-    } else if fin {
-        (flow_state::CLOSED, Some(EventKind::Closed))
+        (flow_state::RESET, EventKind::Reset)
+    } else if syn && !ack {
+        (flow_state::SYN_SENT, EventKind::Opened)
+    } else if syn {
+        // A SYN-ACK with no SYN seen on this interface: the SYN took another path (a CNI redirecting
+        // with bpf_redirect_peer skips the server's host-side veth on the way in). The handshake is
+        // still answered, which is what "established" means to the channel tracker.
+        (flow_state::ESTABLISHED, EventKind::Established)
     } else {
-        (flow_state::MIDSTREAM, None)
+        (flow_state::CLOSED, EventKind::Closed)
     };
-    let st = new_flow(state, seq, dir, len, flags);
-    let _ = FLOWS.insert(&key, &st, 0);
-    if let Some(kind) = kind {
-        emit(&key, kind, origin, hook, flags, &st);
+    // A flood of new flows is counted, not sent up one by one, and takes no flow-table entry (it would
+    // evict real flows from the LRU).
+    if !admit(&key.client_addr, now) {
+        return Ok(());
     }
+    let st = new_flow(state, seq, flags, now);
+    let _ = FLOWS.insert(&key, &st, 0);
+    emit(&key, kind, origin, hook, flags, st.syn_count, now);
     Ok(())
+}
+
+/// The new-flow token bucket of `client` on this CPU: whether one more event may go up. Refused events
+/// are counted in `LOST[SUPPRESSED_EVENTS]`. Sources hash to one of [`BUCKET_SLOTS`] buckets per CPU.
+#[inline(always)]
+fn admit(client: &[u8; 16], now: u64) -> bool {
+    let cfg = CONFIG_NEW_FLOW_RATE.load();
+    if cfg.per_second == 0 {
+        return true;
+    }
+    let w = |i: usize| u32::from_ne_bytes([client[i], client[i + 1], client[i + 2], client[i + 3]]);
+    let mut h = w(0) ^ w(4) ^ w(8) ^ w(12);
+    h ^= h >> 16;
+    h ^= h >> 8;
+    let Some(b) = BUCKETS.get_ptr_mut(h % BUCKET_SLOTS) else {
+        return true;
+    };
+    // SAFETY: a per-CPU array slot: no other writer on this CPU while the program runs.
+    let b = unsafe { &mut *b };
+    let cap = u64::from(cfg.burst) * 1000;
+    let elapsed = now.wrapping_sub(b.last_ns);
+    // per_second events per 10^9 ns = per_second thousandths of an event per 10^6 ns.
+    let refill = if elapsed >= 1_000_000_000 {
+        cap
+    } else {
+        elapsed * u64::from(cfg.per_second) / 1_000_000
+    };
+    let tokens = b.milli_tokens.saturating_add(refill).min(cap);
+    b.last_ns = now;
+    if tokens >= 1000 {
+        b.milli_tokens = tokens - 1000;
+        true
+    } else {
+        b.milli_tokens = tokens;
+        count(SUPPRESSED_EVENTS);
+        false
+    }
+}
+
+/// CLOCK_MONOTONIC ns, taken only on paths that store or send it (~20 ns a call).
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]
@@ -348,22 +471,14 @@ fn is_final(state: u8) -> bool {
 }
 
 #[inline(always)]
-fn new_flow(state: u8, seq: u32, dir: usize, len: u64, flags: u8) -> FlowStats {
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut st = FlowStats {
+fn new_flow(state: u8, seq: u32, flags: u8, now: u64) -> FlowStats {
+    FlowStats {
         first_seen_ns: now,
-        last_seen_ns: now,
-        packets: [0; 2],
-        bytes: [0; 2],
         isn: seq,
         syn_count: u16::from(state == flow_state::SYN_SENT),
         flags_seen: flags,
         state,
-    };
-    st.packets[dir] = 1;
-    st.bytes[dir] = len;
-    st
+    }
 }
 
 #[inline(always)]
@@ -434,7 +549,9 @@ fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> 
         return Ok(());
     }
     let key = flow_key(&inner, sport, dport, true, ifindex(ctx));
-    let snapshot = match FLOWS.get_ptr_mut(&key) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let syn_count = match FLOWS.get_ptr_mut(&key) {
         Some(st) => {
             // SAFETY: live map value.
             let st = unsafe { &mut *st };
@@ -442,9 +559,11 @@ fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> 
                 return Ok(());
             }
             st.state = flow_state::REJECTED;
-            *st
+            st.syn_count
         }
-        None => FlowStats::default(),
+        // A rejection of a flow we never saw: as new as a new flow, so it passes the bucket.
+        None if admit(&key.client_addr, now) => 0,
+        None => return Ok(()),
     };
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
         fill(
@@ -454,7 +573,8 @@ fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> 
             Origin::Network,
             hook,
             0,
-            &snapshot,
+            syn_count,
+            now,
         );
         // SAFETY: fill wrote every field.
         unsafe {
@@ -463,21 +583,42 @@ fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> 
         }
         entry.submit(0);
     } else {
-        count_lost();
+        count(LOST_EVENTS);
     }
     Ok(())
 }
 
 #[inline(always)]
-fn emit(key: &FlowKey, kind: EventKind, origin: Origin, hook: Hook, flags: u8, st: &FlowStats) {
+fn emit(
+    key: &FlowKey,
+    kind: EventKind,
+    origin: Origin,
+    hook: Hook,
+    flags: u8,
+    syn_count: u16,
+    now: u64,
+) {
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
-        fill(entry.as_mut_ptr(), key, kind, origin, hook, flags, st);
+        fill(
+            entry.as_mut_ptr(),
+            key,
+            kind,
+            origin,
+            hook,
+            flags,
+            syn_count,
+            now,
+        );
         entry.submit(0);
     } else {
-        count_lost();
+        count(LOST_EVENTS);
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "every field of the event, written in one place"
+)]
 #[inline(always)]
 fn fill(
     ev: *mut Event,
@@ -486,12 +627,13 @@ fn fill(
     origin: Origin,
     hook: Hook,
     flags: u8,
-    st: &FlowStats,
+    syn_count: u16,
+    now: u64,
 ) {
     // SAFETY: `ev` points to a reserved ring-buffer slot of the right size; every field is written.
     unsafe {
         ev.write(Event {
-            ts_ns: bpf_ktime_get_ns(),
+            ts_ns: now,
             key: *key,
             kind: kind as u8,
             origin: origin as u8,
@@ -499,20 +641,19 @@ fn fill(
             tcp_flags: flags,
             icmp_type: 0,
             icmp_code: 0,
-            syn_count: st.syn_count,
+            syn_count,
             reason: 0,
             location: 0,
-            packets: st.packets,
-            bytes: st.bytes,
             netns: 0,
             _pad: 0,
         });
     }
 }
 
+/// Adds one to a per-CPU slot of `LOST` ([`LOST_EVENTS`], [`SUPPRESSED_EVENTS`]).
 #[inline(always)]
-fn count_lost() {
-    if let Some(n) = LOST.get_ptr_mut(LOST_EVENTS) {
+fn count(slot: u32) {
+    if let Some(n) = LOST.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *n += 1 };
     }
@@ -585,12 +726,28 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
         }
         ETH_P_IPV6 => {
             let hdr: [u8; 40] = kread(ip_hdr, 0)?;
-            if hdr[6] != IPPROTO_TCP {
-                return Ok(());
-            }
             src.copy_from_slice(&hdr[8..24]);
             dst.copy_from_slice(&hdr[24..40]);
-            (FAMILY_V6, ip_hdr.wrapping_add(IPV6_HLEN))
+            let mut proto = hdr[6];
+            let mut l4 = IPV6_HLEN;
+            for _ in 0..MAX_IPV6_EXT_HEADERS {
+                let h: [u8; 4] = kread(ip_hdr, l4 as u32)?;
+                let len = match proto {
+                    NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => (usize::from(h[1]) + 1) * 8,
+                    NEXTHDR_FRAGMENT if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 => {
+                        return Ok(());
+                    }
+                    NEXTHDR_FRAGMENT => 8,
+                    NEXTHDR_AUTH => (usize::from(h[1]) + 2) * 4,
+                    _ => break,
+                };
+                proto = h[0];
+                l4 += len;
+            }
+            if proto != IPPROTO_TCP {
+                return Ok(());
+            }
+            (FAMILY_V6, ip_hdr.wrapping_add(l4))
         }
         _ => return Ok(()),
     };
@@ -634,15 +791,24 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
     let seen = DropKey { flow: key, reason };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(last) = DROPS_SEEN.get_ptr_mut(&seen) {
+    let last = DROPS_SEEN.get_ptr_mut(&seen);
+    if let Some(last) = last {
         // SAFETY: live map value.
-        let last = unsafe { &mut *last };
-        if now.wrapping_sub(*last) < CONFIG_DROP_REPEAT_NS.load() {
+        if now.wrapping_sub(unsafe { *last }) < CONFIG_DROP_REPEAT_NS.load() {
             return Ok(());
         }
-        *last = now;
-    } else {
-        let _ = DROPS_SEEN.insert(&seen, &now, 0);
+    }
+    // A flood of dropped flows is counted, not reported one by one; a held-back drop leaves no entry,
+    // so the flow's next dropped packet is tried again.
+    if !admit(&key.client_addr, now) {
+        return Ok(());
+    }
+    match last {
+        // SAFETY: live map value.
+        Some(last) => unsafe { *last = now },
+        None => {
+            let _ = DROPS_SEEN.insert(&seen, &now, 0);
+        }
     }
 
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
@@ -664,15 +830,13 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
                 syn_count: 0,
                 reason,
                 location,
-                packets: [0; 2],
-                bytes: [0; 2],
                 netns,
                 _pad: 0,
             });
         }
         entry.submit(0);
     } else {
-        count_lost();
+        count(LOST_EVENTS);
     }
     Ok(())
 }

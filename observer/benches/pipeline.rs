@@ -109,8 +109,6 @@ fn record(kind: EventKind, i: usize, ts_ns: u64) -> Vec<u8> {
         syn_count: 1,
         reason: 77,
         location: 0,
-        packets: [1, 0],
-        bytes: [74, 0],
         netns: 0,
         _pad: 0,
     };

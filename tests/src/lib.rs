@@ -27,6 +27,7 @@ use nix::sched::{CloneFlags, setns};
 pub mod daemon;
 pub mod grpc;
 pub mod observe;
+pub mod storm;
 
 /// Prefix of every namespace this harness creates.
 pub const PREFIX: &str = "obst-";
@@ -321,42 +322,156 @@ pub fn tcp_connect(pod: &Pod, to: SocketAddr, timeout: Duration) -> std::io::Res
         .run(move || std::net::TcpStream::connect_timeout(&to, timeout).map(drop))
 }
 
-/// A second TC program, behind the observer's, that drops IPv4 TCP to port 50051 on `dev`'s egress.
-/// Detached (in the node namespace) on drop.
-pub struct DropProgram {
+/// The TC programs standing in for a CNI's (`tests/fixtures-ebpf`, built by `tests/build.rs`): never part
+/// of the daemon's object.
+pub static FIXTURES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixtures"));
+
+/// What a fixture program does (see `tests/fixtures-ebpf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fixture {
+    /// `test_drop`: drops IPv4 TCP to port 50051 (`TC_ACT_SHOT`).
+    Drop,
+    /// `cni_pass`: returns TCX_PASS / TC_ACT_OK, ending the chain.
+    Pass,
+    /// `cni_redirect`: `bpf_redirect` of TCP packets to another interface's egress.
+    Redirect,
+    /// `cni_redirect_peer`: `bpf_redirect_peer` of TCP packets into another veth's peer (ingress only).
+    RedirectPeer,
+}
+
+impl Fixture {
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::Drop => "test_drop",
+            Self::Pass => "cni_pass",
+            Self::Redirect => "cni_redirect",
+            Self::RedirectPeer => "cni_redirect_peer",
+        }
+    }
+}
+
+/// Where a fixture goes relative to the programs already on the hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// TCX: `LinkOrder::first()` (ahead of ours, as a CNI asking to be first would); netlink: priority 1
+    /// (the priority ours uses), handle 1, as Cilium's legacy TC attachment does.
+    First,
+    /// TCX: `LinkOrder::last()`; netlink: priority 65000.
+    Last,
+}
+
+/// Where a redirecting fixture sends packets: the target interface (in the node namespace) and the
+/// Ethernet header to write (destination, source).
+#[derive(Clone, Debug)]
+pub struct RedirectTo {
+    pub ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+
+impl RedirectTo {
+    /// Towards `pod`: its host-side veth in `node` and the MAC addresses of both ends.
+    pub fn pod(node: &Netns, pod: &Pod) -> Self {
+        let host_if = pod.host_if.clone();
+        let (ifindex, src_mac) = node.run(move || {
+            let i = nix::net::if_::if_nametoindex(host_if.as_str()).expect("host veth index");
+            (i, mac_of(&host_if))
+        });
+        let dst_mac = pod.ns.run(|| mac_of("eth0"));
+        Self {
+            ifindex,
+            dst_mac,
+            src_mac,
+        }
+    }
+}
+
+/// An interface's MAC address in the calling thread's namespace (from sysfs of that namespace is not
+/// possible: read through `ip -j link` instead).
+fn mac_of(dev: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-br", "link", "show", "dev", dev])
+        .output()
+        .expect("ip link");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no MAC for {dev}: {text}"));
+    let mut m = [0u8; 6];
+    for (i, part) in mac.split(':').enumerate().take(6) {
+        m[i] = u8::from_str_radix(part, 16).unwrap_or_else(|e| panic!("MAC {mac}: {e}"));
+    }
+    m
+}
+
+/// A fixture TC program on one hook of one interface of the node namespace, standing in for a CNI's;
+/// detached (in the node namespace) on drop.
+pub struct CniProgram {
     ebpf: Option<aya::Ebpf>,
     node: String,
 }
 
-impl DropProgram {
-    pub fn attach(node: &Netns, dev: &str, netlink: bool) -> Self {
+impl CniProgram {
+    /// Attaches `fixture` to `dev`'s `hook` in `node`, by TCX or netlink (a clsact qdisc is added when
+    /// missing and left in place: the observer's shutdown must cope with filters it did not add).
+    pub fn attach(
+        node: &Netns,
+        dev: &str,
+        hook: aya::programs::TcAttachType,
+        fixture: Fixture,
+        placement: Placement,
+        netlink: bool,
+        redirect: Option<RedirectTo>,
+    ) -> Self {
         let dev = std::ffi::CString::new(dev).expect("interface name");
         let ebpf = node.run(move || {
-            let mut ebpf = aya::Ebpf::load(observer::bpf::testing::FIXTURES_OBJECT)
-                .expect("loading test-drop");
+            let mut loader = aya::EbpfLoader::new();
+            let mut macs = [0u8; 12];
+            if let Some(r) = &redirect {
+                macs[..6].copy_from_slice(&r.dst_mac);
+                macs[6..].copy_from_slice(&r.src_mac);
+                loader.override_global("REDIRECT_IFINDEX", &r.ifindex, true);
+                loader.override_global("REDIRECT_MACS", &macs, true);
+            }
+            let mut ebpf = loader.load(FIXTURES_OBJECT).expect("loading the fixtures");
             let prog: &mut aya::programs::SchedClassifier = ebpf
-                .program_mut("test_drop")
-                .expect("test_drop program")
+                .program_mut(fixture.program())
+                .expect("fixture program")
                 .try_into()
                 .expect("a classifier");
-            prog.load().expect("verifier accepts test_drop");
+            prog.load().expect("verifier accepts the fixture");
             let how = if netlink {
+                match aya::programs::tc::qdisc_add_clsact(dev.as_c_str()) {
+                    Ok(()) => {}
+                    Err(aya::programs::tc::TcError::NetlinkError(e))
+                        if e.raw_os_error() == Some(libc_eexist()) => {}
+                    Err(e) => panic!("adding clsact: {e}"),
+                }
+                let (priority, handle) = match placement {
+                    Placement::First => (1, aya::programs::tc::TcHandle::new(0, 1)),
+                    Placement::Last => (65000, aya::programs::tc::TcHandle::default()),
+                };
                 aya::programs::TcAttach::Netlink {
-                    parent: aya::programs::TcAttachType::Egress.into(),
-                    // After the observer's filter (lower numbers run first).
+                    parent: hook.into(),
                     options: aya::programs::tc::NlOptions {
-                        priority: 65000,
+                        priority,
+                        handle,
                         ..Default::default()
                     },
                 }
             } else {
                 aya::programs::TcAttach::Tcx {
-                    attach_type: aya::programs::TcAttachType::Egress,
-                    order: aya::programs::LinkOrder::last(),
+                    attach_type: hook,
+                    order: match placement {
+                        Placement::First => aya::programs::LinkOrder::first(),
+                        Placement::Last => aya::programs::LinkOrder::last(),
+                    },
                 }
             };
             prog.attach(dev.as_c_str(), how)
-                .expect("attaching test_drop");
+                .unwrap_or_else(|e| panic!("attaching {}: {e}", fixture.program()));
             ebpf
         });
         Self {
@@ -364,9 +479,21 @@ impl DropProgram {
             node: node.name.clone(),
         }
     }
+
+    /// Leaves the program attached after this value is gone (a netlink filter stays on its qdisc: a
+    /// foreign filter the observer must leave alone).
+    pub fn leak(mut self) {
+        if let Some(e) = self.ebpf.take() {
+            std::mem::forget(e);
+        }
+    }
 }
 
-impl Drop for DropProgram {
+fn libc_eexist() -> i32 {
+    nix::errno::Errno::EEXIST as i32
+}
+
+impl Drop for CniProgram {
     fn drop(&mut self) {
         if let Some(ebpf) = self.ebpf.take() {
             let path = format!("/run/netns/{}", self.node);
@@ -377,5 +504,23 @@ impl Drop for DropProgram {
             })
             .join();
         }
+    }
+}
+
+/// A second TC program that drops IPv4 TCP to port 50051 on `dev`'s egress, behind the observer's.
+/// Detached (in the node namespace) on drop.
+pub struct DropProgram(#[expect(dead_code, reason = "held for its Drop")] CniProgram);
+
+impl DropProgram {
+    pub fn attach(node: &Netns, dev: &str, netlink: bool) -> Self {
+        Self(CniProgram::attach(
+            node,
+            dev,
+            aya::programs::TcAttachType::Egress,
+            Fixture::Drop,
+            Placement::Last,
+            netlink,
+            None,
+        ))
     }
 }

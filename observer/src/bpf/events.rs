@@ -45,9 +45,6 @@ pub struct KernelEvent {
     /// ICMP type/code of a rejection.
     pub icmp: Option<(u8, u8)>,
     pub drop: Option<DropInfo>,
-    /// Packets and bytes client → server, server → client (at the interface, when the event fired).
-    pub packets: [u64; 2],
-    pub bytes: [u64; 2],
     /// Network namespace inode of a drop's interface (0 when unknown or for TC events).
     pub netns: u32,
 }
@@ -224,8 +221,6 @@ impl Decoder {
             syn_count: raw.syn_count,
             icmp: (kind == EventKind::Rejected).then_some((raw.icmp_type, raw.icmp_code)),
             drop,
-            packets: raw.packets,
-            bytes: raw.bytes,
             netns: raw.netns,
         })
     }
@@ -312,6 +307,20 @@ impl EventReader {
         }
     }
 
+    /// Decodes every pending record into `out` without waiting (tests and benchmarks that run programs
+    /// with BPF_PROG_TEST_RUN); returns how many were appended.
+    pub fn read_available(&mut self, out: &mut Vec<KernelEvent>) -> usize {
+        let before = out.len();
+        let ring = self.fd.get_mut();
+        while let Some(item) = ring.next() {
+            match self.decoder.decode(&item) {
+                Ok(ev) => out.push(ev),
+                Err(_) => self.malformed += 1,
+            }
+        }
+        out.len() - before
+    }
+
     /// Consumes every pending record without waiting; returns how many there were.
     pub fn drain(&mut self) -> usize {
         let ring = self.fd.get_mut();
@@ -358,8 +367,6 @@ mod tests {
             syn_count: 1,
             reason: 77,
             location: 0,
-            packets: [1, 0],
-            bytes: [74, 0],
             netns: 0,
             _pad: 0,
         }

@@ -1,7 +1,11 @@
 //! Following interfaces as they come and go (rtnetlink link events).
 //!
 //! Subscribes to link notifications first, then dumps the existing links, so that an interface created in
-//! between is not missed (a duplicate notification is harmless: attaching is idempotent).
+//! between is not missed (a duplicate notification is harmless: attaching is idempotent). Every
+//! [`RECHECK_EVERY`], and whenever an attached interface changes, checks that ours is still first on
+//! every hook ([`Datapath::recheck`]): attaching a TC program or filter raises no link event.
+
+use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +18,9 @@ use netlink_packet_route::{
 use rtnetlink::MulticastGroup;
 
 use super::loader::Datapath;
+
+/// How often ours is checked to still run first on every hook.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Errors of the link follower.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +46,15 @@ pub enum LinkChange {
         ifindex: u32,
         name: String,
         error: String,
+    },
+    /// Another program had gone ahead of ours on a hook (or ours had vanished): ours was attached in
+    /// front again (`first`), or could not be.
+    Moved {
+        ifindex: u32,
+        name: String,
+        hook: &'static str,
+        ahead_of: String,
+        first: bool,
     },
 }
 
@@ -98,17 +114,50 @@ pub async fn follow(
         }
     }
 
-    while let Some((msg, _)) = messages.next().await {
-        let change = match msg.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => on_new(&datapath, &m),
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => on_del(&datapath, &m),
-            _ => None,
-        };
-        if let Some(change) = change {
-            report(change);
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = messages.next() => {
+                let Some((msg, _)) = msg else { break };
+                let change = match msg.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                        let known = datapath
+                            .lock()
+                            .is_ok_and(|d| d.attached().iter().any(|(i, _)| *i == m.header.index));
+                        if known {
+                            // A change of an attached interface (a CNI reconfiguring it): check now.
+                            recheck_now(&datapath, &mut report);
+                        }
+                        on_new(&datapath, &m)
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => on_del(&datapath, &m),
+                    _ => None,
+                };
+                if let Some(change) = change {
+                    report(change);
+                }
+            }
+            _ = recheck.tick() => recheck_now(&datapath, &mut report),
         }
     }
     Ok(())
+}
+
+fn recheck_now(datapath: &Mutex<Datapath>, report: &mut impl FnMut(LinkChange)) {
+    let moved = match datapath.lock() {
+        Ok(mut d) => d.recheck(),
+        Err(_) => return,
+    };
+    for m in moved {
+        report(LinkChange::Moved {
+            ifindex: m.ifindex,
+            name: m.name.to_string(),
+            hook: m.hook,
+            ahead_of: m.ahead_of,
+            first: m.first,
+        });
+    }
 }
 
 /// Aborts a spawned task when dropped (the link follower's netlink connection, the daemon's sources).

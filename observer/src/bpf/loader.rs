@@ -1,4 +1,22 @@
-//! Loading the kernel programs once and attaching them to interfaces.
+//! Loading the kernel programs once and attaching them to interfaces — first on every hook, and only
+//! ever removing what is ours.
+//!
+//! - TCX (kernel ≥ 6.6): ours is attached with `BPF_F_BEFORE` (`LinkOrder::first()`), ahead of every
+//!   program there. TCX has no way to stay first: a program attached later with `BPF_F_BEFORE` goes
+//!   ahead of ours. [`Datapath::recheck`] (every second, from [`super::links::follow`]) finds that and
+//!   attaches our other copy of the program first, then drops the old link, so there is no moment
+//!   without ours; a program that ends the chain ahead of ours (TCX_PASS, a redirect) hides packets
+//!   from us only until then.
+//! - Netlink (clsact, cls_bpf): ours is a filter at priority [`tc::NETLINK_PRIORITY`] (1, the lowest, so
+//!   first) with one of our handles [`tc::NETLINK_HANDLES`]; it is created exclusively (never
+//!   replacing a filter that exists). A filter added later at priority 1 too may run ahead of ours: the
+//!   recheck adds ours again with the other handle and removes the old one. A priority 1 held by a
+//!   filter of another kind (u32, flower) cannot be shared: ours then takes the next free priority, and
+//!   the log says it is not first.
+//! - Shutdown detaches our links and filters only; a clsact qdisc we created is removed only when no
+//!   filter is left on it. Netlink filters survive a crash (SIGKILL) of the daemon: at the next attach to
+//!   the interface, filters that are ours by priority, handle and program name (all three) are removed
+//!   first — never any other.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -13,18 +31,29 @@ use aya::{
     programs::{
         BtfTracePoint, LinkOrder, ProgramError, SchedClassifier, TcAttach, TcAttachType,
         TracePoint,
-        tc::{NlOptions, SchedClassifierLinkId, TcError},
+        tc::{NlOptions, SchedClassifierLinkId, TcError, TcHandle},
     },
 };
 use observer_common::{
-    FlowKey, FlowStats, LOST_EVENTS, OFFSET_UNKNOWN, SkbOffsets, global, map, program,
+    DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, FlowKey, FlowStats, LOST_EVENTS, OFFSET_UNKNOWN,
+    RateConfig, SUPPRESSED_EVENTS, SkbOffsets, global, map, program,
 };
 
 use super::{
     btf::{Btf, BtfError},
     events::{Decoder, EventReader},
     reasons::DropReasons,
+    tc,
 };
+
+/// The two TC hooks, in the order of the arrays below.
+const HOOKS: [TcAttachType; 2] = [TcAttachType::Ingress, TcAttachType::Egress];
+const PARENTS: [u32; 2] = [tc::PARENT_INGRESS, tc::PARENT_EGRESS];
+/// Our two copies of each hook's program (see `observer_common::program::TC_INGRESS_ALT`).
+const PROGRAMS: [[&str; 2]; 2] = [
+    [program::TC_INGRESS, program::TC_INGRESS_ALT],
+    [program::TC_EGRESS, program::TC_EGRESS_ALT],
+];
 
 /// The kernel object built by `build.rs` (aya-build) from `observer-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -71,6 +100,12 @@ pub enum LoadError {
         #[source]
         source: ProgramError,
     },
+    #[error("inspecting the TC filters of {name}: {source}")]
+    Filters {
+        name: String,
+        #[source]
+        source: tc::TcError,
+    },
     #[error("adding the clsact qdisc on {name}: {source}")]
     Qdisc {
         name: String,
@@ -109,6 +144,9 @@ pub struct DatapathConfig {
     pub attach_mode: AttachMode,
     /// A drop of the same flow for the same reason is reported again after this long.
     pub drop_repeat: Duration,
+    /// New-flow events per second per source bucket and CPU (0: no limit), and the burst.
+    pub new_flow_rate: u32,
+    pub new_flow_burst: u32,
 }
 
 impl Default for DatapathConfig {
@@ -119,6 +157,8 @@ impl Default for DatapathConfig {
             all_ports: false,
             attach_mode: AttachMode::Auto,
             drop_repeat: Duration::from_secs(10),
+            new_flow_rate: DEFAULT_NEW_FLOW_RATE,
+            new_flow_burst: DEFAULT_NEW_FLOW_BURST,
         }
     }
 }
@@ -131,14 +171,36 @@ pub const DEFAULT_INTERFACES: &[&str] = &[
 /// Common gRPC ports.
 pub const DEFAULT_PORTS: &[u16] = &[50051, 9090, 8443, 443, 8080];
 
+/// Our program on one hook of an interface.
+#[derive(Debug)]
+struct HookLink {
+    /// Which copy of the program holds the link (index into `PROGRAMS[hook]`).
+    copy: usize,
+    link: SchedClassifierLinkId,
+    /// Another program is ahead of ours and moving ours failed once: not tried again (logged).
+    stuck: bool,
+}
+
 /// One attached interface.
 #[derive(Debug)]
 struct Attached {
     name: Arc<str>,
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
-    /// We added the clsact qdisc (netlink mode) and remove it on detach.
+    hooks: [HookLink; 2],
+    netlink: bool,
+    /// We added the clsact qdisc (netlink mode): removed on detach if nothing else uses it.
     created_qdisc: bool,
+}
+
+/// Ours was moved back in front of another program on a hook ([`Datapath::recheck`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    pub ifindex: u32,
+    pub name: Arc<str>,
+    pub hook: &'static str,
+    /// The program that was ahead of ours (its kernel name), or why ours was attached again.
+    pub ahead_of: String,
+    /// Whether ours is first now.
+    pub first: bool,
 }
 
 /// The loaded programs and their attachments. Dropping it detaches everything (aya closes the links);
@@ -153,6 +215,10 @@ pub struct Datapath {
     drop_program: &'static str,
     /// Inode of the network namespace the interfaces are attached in.
     netns: u32,
+    /// Kernel ids of our TC programs, `[hook][copy]`.
+    program_ids: [[u32; 2]; 2],
+    /// Filters of an earlier (crashed) run of ours removed so far.
+    leftovers_removed: u64,
 }
 
 impl Datapath {
@@ -201,11 +267,16 @@ impl Datapath {
         }
         let all_ports = u8::from(config.all_ports);
         let repeat_ns = u64::try_from(config.drop_repeat.as_nanos()).unwrap_or(u64::MAX);
+        let rate = RateConfig {
+            per_second: config.new_flow_rate,
+            burst: config.new_flow_burst.max(1),
+        };
 
         let mut ebpf = EbpfLoader::new()
             .override_global(global::ALL_PORTS, &all_ports, true)
             .override_global(global::SKB_OFFSETS, &offsets, true)
             .override_global(global::DROP_REPEAT_NS, &repeat_ns, true)
+            .override_global(global::NEW_FLOW_RATE, &rate, true)
             .load(OBJECT)
             .map_err(LoadError::Load)?;
 
@@ -251,21 +322,32 @@ impl Datapath {
             }
         }
 
-        for name in [program::TC_INGRESS, program::TC_EGRESS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(LoadError::ProgramNotFound { name })?
-                .try_into()
-                .map_err(|source| LoadError::Program {
-                    action: "typing",
+        let mut program_ids = [[0u32; 2]; 2];
+        for (hook, names) in PROGRAMS.iter().enumerate() {
+            for (copy, &name) in names.iter().enumerate() {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .ok_or(LoadError::ProgramNotFound { name })?
+                    .try_into()
+                    .map_err(|source| LoadError::Program {
+                        action: "typing",
+                        name,
+                        source,
+                    })?;
+                prog.load().map_err(|source| LoadError::Program {
+                    action: "loading",
                     name,
                     source,
                 })?;
-            prog.load().map_err(|source| LoadError::Program {
-                action: "loading",
-                name,
-                source,
-            })?;
+                program_ids[hook][copy] =
+                    prog.info()
+                        .map(|i| i.id())
+                        .map_err(|source| LoadError::Program {
+                            action: "reading the id of",
+                            name,
+                            source,
+                        })?;
+            }
         }
 
         let drop_program = attach_drop_program(&mut ebpf, &btf, tp_format.is_some())?;
@@ -279,7 +361,14 @@ impl Datapath {
             reasons,
             drop_program,
             netns: current_netns(),
+            program_ids,
+            leftovers_removed: 0,
         })
+    }
+
+    /// Filters of an earlier run of ours (left by a crash) removed so far.
+    pub fn leftovers_removed(&self) -> u64 {
+        self.leftovers_removed
     }
 
     /// The drop program in use (`kfree_skb_btf` or the classic tracepoint fallback).
@@ -315,8 +404,8 @@ impl Datapath {
     }
 
     /// Attaches ingress and egress programs to the interface if its name matches and it is not attached
-    /// yet. Returns whether it is attached now. The interface is resolved in the calling thread's network
-    /// namespace.
+    /// yet, ahead of every other program (see the module docs). Returns whether it is attached now. The
+    /// interface is resolved in the calling thread's network namespace.
     pub fn attach(&mut self, ifindex: u32, name: &str) -> Result<bool, LoadError> {
         if !self.matches(name) {
             return Ok(false);
@@ -324,7 +413,6 @@ impl Datapath {
         if self.attached.contains_key(&ifindex) {
             return Ok(true);
         }
-        let mut created_qdisc = false;
         let netlink = match self.mode {
             AttachMode::Netlink => true,
             AttachMode::Tcx => false,
@@ -332,52 +420,25 @@ impl Datapath {
                 .map(|v| v < aya::util::KernelVersion::new(6, 6, 0))
                 .unwrap_or(true),
         };
+        // Filters of ours that a crashed run left behind (netlink filters outlive their process). Looked
+        // for in both modes: a netlink-mode run may have crashed before this TCX-mode one.
+        self.remove_leftovers(ifindex, name)?;
+        let mut created_qdisc = false;
         if netlink {
-            match aya::programs::tc::qdisc_add_clsact(ifindex) {
-                Ok(()) => created_qdisc = true,
-                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(source) => {
-                    return Err(LoadError::Qdisc {
-                        name: name.to_owned(),
-                        source,
-                    });
-                }
-            }
+            created_qdisc = add_clsact(ifindex, name)?;
         }
-        let attach = |ebpf: &mut Ebpf, prog: &'static str, hook: TcAttachType| {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(prog)
-                .ok_or(LoadError::ProgramNotFound { name: prog })?
-                .try_into()
-                .map_err(|source| LoadError::Program {
-                    action: "typing",
-                    name: prog,
-                    source,
-                })?;
-            let how = if netlink {
-                TcAttach::Netlink {
-                    parent: hook.into(),
-                    options: NlOptions::default(),
-                }
-            } else {
-                // Append after existing programs: ours only observes and returns TCX_NEXT.
-                TcAttach::Tcx {
-                    attach_type: hook,
-                    order: LinkOrder::last(),
-                }
-            };
-            p.attach(ifindex, how).map_err(|source| LoadError::Attach {
-                name: name.to_owned(),
-                ifindex,
-                hook,
-                source,
-            })
-        };
-        let ingress = attach(&mut self.ebpf, program::TC_INGRESS, TcAttachType::Ingress)?;
-        let egress = match attach(&mut self.ebpf, program::TC_EGRESS, TcAttachType::Egress) {
+        let ingress = match self.attach_hook(ifindex, name, 0, 0, netlink) {
             Ok(l) => l,
             Err(e) => {
-                self.detach_links(ifindex, Some(ingress), None, created_qdisc);
+                self.remove_qdisc_if_unused(ifindex, name, created_qdisc);
+                return Err(e);
+            }
+        };
+        let egress = match self.attach_hook(ifindex, name, 1, 0, netlink) {
+            Ok(l) => l,
+            Err(e) => {
+                self.detach_link(0, 0, ingress);
+                self.remove_qdisc_if_unused(ifindex, name, created_qdisc);
                 return Err(e);
             }
         };
@@ -389,12 +450,273 @@ impl Datapath {
             ifindex,
             Attached {
                 name,
-                ingress,
-                egress,
+                hooks: [
+                    HookLink {
+                        copy: 0,
+                        link: ingress,
+                        stuck: false,
+                    },
+                    HookLink {
+                        copy: 0,
+                        link: egress,
+                        stuck: false,
+                    },
+                ],
+                netlink,
                 created_qdisc,
             },
         );
         Ok(true)
+    }
+
+    /// Attaches copy `copy` of hook `hook`'s program first on the hook.
+    fn attach_hook(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        hook: usize,
+        copy: usize,
+        netlink: bool,
+    ) -> Result<SchedClassifierLinkId, LoadError> {
+        let prog_name = PROGRAMS[hook][copy];
+        let attach_type = HOOKS[hook];
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog_name)
+            .ok_or(LoadError::ProgramNotFound { name: prog_name })?
+            .try_into()
+            .map_err(|source| LoadError::Program {
+                action: "typing",
+                name: prog_name,
+                source,
+            })?;
+        let err = |source| LoadError::Attach {
+            name: name.to_owned(),
+            ifindex,
+            hook: attach_type,
+            source,
+        };
+        if !netlink {
+            return p
+                .attach(
+                    ifindex,
+                    TcAttach::Tcx {
+                        attach_type,
+                        order: LinkOrder::first(),
+                    },
+                )
+                .map_err(err);
+        }
+        let first = p.attach(
+            ifindex,
+            TcAttach::Netlink {
+                parent: attach_type.into(),
+                options: NlOptions {
+                    priority: tc::NETLINK_PRIORITY,
+                    handle: TcHandle::from(tc::NETLINK_HANDLES[copy]),
+                    ..NlOptions::default()
+                },
+            },
+        );
+        match first {
+            Ok(link) => Ok(link),
+            // Priority 1 held by a filter of another kind: take a free priority rather than none.
+            Err(e) => {
+                tracing::warn!(interface = name, hook = ?attach_type, error = %e,
+                    "priority {} is taken by a filter of another kind: attaching behind it, not first",
+                    tc::NETLINK_PRIORITY);
+                p.attach(
+                    ifindex,
+                    TcAttach::Netlink {
+                        parent: attach_type.into(),
+                        options: NlOptions::default(),
+                    },
+                )
+                .map_err(err)
+            }
+        }
+    }
+
+    fn detach_link(&mut self, hook: usize, copy: usize, link: SchedClassifierLinkId) {
+        if let Some(p) = self.ebpf.program_mut(PROGRAMS[hook][copy])
+            && let Ok(p) = <&mut SchedClassifier>::try_from(p)
+        {
+            // An interface that vanished took its links with it: errors here are expected then.
+            let _ = p.detach(link);
+        }
+    }
+
+    /// Removes filters of ours left by an earlier run on this interface (see [`tc::Filter::is_ours`]).
+    fn remove_leftovers(&mut self, ifindex: u32, name: &str) -> Result<(), LoadError> {
+        let filters = tc::all_filters(ifindex).map_err(|source| LoadError::Filters {
+            name: name.to_owned(),
+            source,
+        })?;
+        let current = self.program_ids.as_flattened();
+        for f in filters
+            .iter()
+            .filter(|f| f.is_ours() && !f.program_id.is_some_and(|id| current.contains(&id)))
+        {
+            match tc::delete_filter(ifindex, f) {
+                Ok(()) => {
+                    self.leftovers_removed += 1;
+                    tracing::info!(
+                        interface = name,
+                        priority = f.priority,
+                        handle = format_args!("{:#x}", f.handle),
+                        program = f.program_name.as_deref().unwrap_or("?"),
+                        "removed a filter an earlier run of ours left behind"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(interface = name, error = %e, "removing a leftover filter of ours")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the clsact qdisc if we created it and no filter (ours or anyone's) is left on it.
+    fn remove_qdisc_if_unused(&self, ifindex: u32, name: &str, created: bool) {
+        if !created {
+            return;
+        }
+        match tc::all_filters(ifindex) {
+            Ok(f) if f.is_empty() => {
+                let _ = tc::delete_clsact(ifindex);
+            }
+            Ok(f) => tracing::info!(
+                interface = name,
+                filters = f.len(),
+                "leaving the clsact qdisc we created: other filters use it now"
+            ),
+            // The interface is gone (and its qdisc with it).
+            Err(_) => {}
+        }
+    }
+
+    /// Makes sure ours is still first on every hook it is attached to, moving it back in front where
+    /// another program went ahead of it (attach our other copy first, then drop the old link) and
+    /// attaching it again where it vanished (a CNI that deleted and recreated the clsact qdisc).
+    pub fn recheck(&mut self) -> Vec<Moved> {
+        let mut moved = Vec::new();
+        let ifindexes: Vec<u32> = self.attached.keys().copied().collect();
+        for ifindex in ifindexes {
+            for hook in 0..2 {
+                if let Some(m) = self.recheck_hook(ifindex, hook) {
+                    moved.push(m);
+                }
+            }
+        }
+        moved
+    }
+
+    /// The programs on a hook in the order they run: (kernel id, name).
+    fn hook_order(&self, ifindex: u32, hook: usize, netlink: bool) -> Option<Vec<(u32, String)>> {
+        if netlink {
+            let filters = tc::filters(ifindex, PARENTS[hook]).ok()?;
+            Some(
+                filters
+                    .into_iter()
+                    .map(|f| {
+                        let name = f.program_name.unwrap_or(f.kind);
+                        (f.program_id.unwrap_or(0), name)
+                    })
+                    .collect(),
+            )
+        } else {
+            let (_, progs) = SchedClassifier::query_tcx(ifindex, HOOKS[hook]).ok()?;
+            Some(
+                progs
+                    .iter()
+                    .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
+                    .collect(),
+            )
+        }
+    }
+
+    fn recheck_hook(&mut self, ifindex: u32, hook: usize) -> Option<Moved> {
+        let a = self.attached.get(&ifindex)?;
+        let (netlink, copy, stuck, name) = (
+            a.netlink,
+            a.hooks[hook].copy,
+            a.hooks[hook].stuck,
+            a.name.clone(),
+        );
+        let ours = self.program_ids[hook][copy];
+        // The interface may be going away: no answer, nothing to do.
+        let order = self.hook_order(ifindex, hook, netlink)?;
+        let ahead_of = match order.first() {
+            Some((id, _)) if *id == ours => return None,
+            _ if stuck => return None,
+            Some((_, other)) if order.iter().any(|(id, _)| *id == ours) => other.clone(),
+            _ => "ours was gone from the hook".to_owned(),
+        };
+        let present = order.iter().any(|(id, _)| *id == ours);
+        if netlink && !present {
+            // The qdisc was deleted (and maybe recreated) under us: our old filter died with it.
+            match add_clsact(ifindex, &name) {
+                Ok(created) => {
+                    if let Some(a) = self.attached.get_mut(&ifindex) {
+                        a.created_qdisc |= created;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(interface = %name, error = %e, "re-adding the clsact qdisc");
+                    return None;
+                }
+            }
+        }
+        let other = 1 - copy;
+        let link = match self.attach_hook(ifindex, &name, hook, other, netlink) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(interface = %name, hook = ?HOOKS[hook], error = %e,
+                    "moving ours back in front failed: not first on this hook");
+                if let Some(a) = self.attached.get_mut(&ifindex) {
+                    a.hooks[hook].stuck = true;
+                }
+                return None;
+            }
+        };
+        // Only now that the new one runs: drop the old link.
+        let old = self.attached.get_mut(&ifindex).map(|a| {
+            std::mem::replace(
+                &mut a.hooks[hook],
+                HookLink {
+                    copy: other,
+                    link,
+                    stuck: false,
+                },
+            )
+        })?;
+        self.detach_link(hook, old.copy, old.link);
+        let first = self
+            .hook_order(ifindex, hook, netlink)
+            .and_then(|o| {
+                o.first()
+                    .map(|(id, _)| *id == self.program_ids[hook][other])
+            })
+            .unwrap_or(false);
+        if !first {
+            // Another filter at the same priority stays ahead (the kernel keeps it in front of ours):
+            // said once, not retried every second.
+            tracing::warn!(interface = %name, hook = ?HOOKS[hook], ahead = %ahead_of,
+                "another program stays ahead of ours on this hook");
+            if let Some(a) = self.attached.get_mut(&ifindex) {
+                a.hooks[hook].stuck = true;
+            }
+        }
+        Some(Moved {
+            ifindex,
+            name,
+            hook: match hook {
+                0 => "ingress",
+                _ => "egress",
+            },
+            ahead_of,
+            first,
+        })
     }
 
     /// Forgets (and detaches, if it still exists) an interface.
@@ -402,29 +724,11 @@ impl Datapath {
         let Some(a) = self.attached.remove(&ifindex) else {
             return false;
         };
-        self.detach_links(ifindex, Some(a.ingress), Some(a.egress), a.created_qdisc);
+        let [ingress, egress] = a.hooks;
+        self.detach_link(0, ingress.copy, ingress.link);
+        self.detach_link(1, egress.copy, egress.link);
+        self.remove_qdisc_if_unused(ifindex, &a.name, a.created_qdisc);
         true
-    }
-
-    fn detach_links(
-        &mut self,
-        ifindex: u32,
-        ingress: Option<SchedClassifierLinkId>,
-        egress: Option<SchedClassifierLinkId>,
-        created_qdisc: bool,
-    ) {
-        for (prog, link) in [(program::TC_INGRESS, ingress), (program::TC_EGRESS, egress)] {
-            let Some(link) = link else { continue };
-            if let Some(p) = self.ebpf.program_mut(prog)
-                && let Ok(p) = <&mut SchedClassifier>::try_from(p)
-            {
-                // An interface that vanished took its links with it: errors here are expected then.
-                let _ = p.detach(link);
-            }
-        }
-        if created_qdisc {
-            let _ = remove_clsact(ifindex);
-        }
     }
 
     /// Attached interfaces (ifindex, name).
@@ -437,10 +741,20 @@ impl Datapath {
 
     /// Ring-buffer reservations that failed in the kernel, summed over CPUs.
     pub fn lost_events(&self) -> u64 {
+        self.lost_slot(LOST_EVENTS)
+    }
+
+    /// Events the kernel held back because their source's new-flow token bucket was empty (a flood,
+    /// counted instead of sent up), summed over CPUs.
+    pub fn suppressed_events(&self) -> u64 {
+        self.lost_slot(SUPPRESSED_EVENTS)
+    }
+
+    fn lost_slot(&self, slot: u32) -> u64 {
         self.ebpf
             .map(map::LOST)
             .and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok())
-            .and_then(|a| a.get(&LOST_EVENTS, 0).ok())
+            .and_then(|a| a.get(&slot, 0).ok())
             .map_or(0, |v| v.iter().sum())
     }
 
@@ -571,30 +885,16 @@ fn attach_drop_program(
     }
 }
 
-/// Removes the clsact qdisc of an interface (netlink mode cleanup), through `rtnetlink` on a private
-/// single-threaded runtime so that it works from sync and async callers alike.
-fn remove_clsact(ifindex: u32) -> std::io::Result<()> {
-    let index = i32::try_from(ifindex).map_err(std::io::Error::other)?;
-    let run = move || -> std::io::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let (conn, handle, _) = rtnetlink::new_connection()?;
-            let task = tokio::spawn(conn);
-            let mut req = handle.qdisc().del(index);
-            // clsact: parent TC_H_CLSACT, handle ffff:0.
-            req.message_mut().header.parent = 0xFFFF_FFF1.into();
-            req.message_mut().header.handle = 0xFFFF_0000.into();
-            let res = req.execute().await.map_err(std::io::Error::other);
-            task.abort();
-            res
-        })
-    };
-    // The netns of the calling thread matters: run on a scoped thread that inherits it (threads share the
-    // creating thread's namespace at spawn time only if spawned from it, which scoped spawn does).
-    std::thread::scope(|s| s.spawn(run).join())
-        .map_err(|_| std::io::Error::other("qdisc removal thread panicked"))?
+/// Adds a clsact qdisc; whether we created it (false when one was there).
+fn add_clsact(ifindex: u32, name: &str) -> Result<bool, LoadError> {
+    match aya::programs::tc::qdisc_add_clsact(ifindex) {
+        Ok(()) => Ok(true),
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(source) => Err(LoadError::Qdisc {
+            name: name.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Name of an interface index in the calling thread's namespace.

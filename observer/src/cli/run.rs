@@ -21,7 +21,7 @@ use clap::Args;
 
 use crate::{
     bpf::{
-        AttachMode, Datapath, DatapathConfig, KernelEvent,
+        AttachMode, Datapath, DatapathConfig, KernelEvent, cni,
         links::{self, AbortOnDrop, LinkChange},
         loader::{DEFAULT_INTERFACES, DEFAULT_PORTS},
     },
@@ -39,8 +39,10 @@ pub struct RunArgs {
     /// (in-cluster config or kubeconfig).
     #[arg(long, env = "OBSERVER_CLUSTER", value_delimiter = ',', num_args = 1..)]
     pub cluster: Vec<PathBuf>,
-    /// Interface name globs to attach to (comma-separated); interfaces that appear later are attached too.
-    #[arg(long, env = "OBSERVER_INTERFACES", value_delimiter = ',', default_values_t = DEFAULT_INTERFACES.iter().map(|s| (*s).to_owned()))]
+    /// Interface name globs to attach to (comma-separated); interfaces that appear later are attached
+    /// too. Default: derived from the CNI detected from the node's interfaces at startup (printed; see
+    /// docs/CNI.md), or a generic list when none is recognised.
+    #[arg(long, env = "OBSERVER_INTERFACES", value_delimiter = ',')]
     pub interfaces: Vec<String>,
     /// Watched TCP (gRPC) ports, comma-separated.
     #[arg(long, env = "OBSERVER_PORTS", value_delimiter = ',', default_values_t = DEFAULT_PORTS.to_vec())]
@@ -61,6 +63,11 @@ pub struct RunArgs {
     /// A drop of the same flow for the same reason is reported again by the kernel after this long.
     #[arg(long, env = "OBSERVER_DROP_REPEAT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub drop_repeat: Duration,
+    /// New-flow events the kernel sends up per second per source (a hash bucket of client addresses)
+    /// and CPU, with as large a burst; beyond it they are counted in
+    /// `observer_events_suppressed_total`. 0: no limit.
+    #[arg(long, env = "OBSERVER_NEW_FLOW_RATE", default_value_t = observer_common::DEFAULT_NEW_FLOW_RATE)]
+    pub new_flow_rate: u32,
     /// Also print every decoded kernel event (one line each) to stderr.
     #[arg(long, env = "OBSERVER_PRINT_EVENTS")]
     pub print_events: bool,
@@ -124,12 +131,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _source = AbortOnDrop(source);
 
     // Kernel side.
+    let interfaces = if args.interfaces.is_empty() {
+        let names = cni::node_interfaces().context("listing the node's interfaces")?;
+        let detected = cni::detect(&names, DEFAULT_INTERFACES);
+        tracing::info!(
+            cni = %detected,
+            evidence = ?detected.evidence.iter().map(|(i, c)| format!("{i}: {c}")).collect::<Vec<_>>(),
+            "interfaces: detected from the node"
+        );
+        detected.globs
+    } else {
+        args.interfaces.clone()
+    };
     let config = DatapathConfig {
-        interfaces: args.interfaces.clone(),
+        interfaces: interfaces.clone(),
         ports: args.ports.clone(),
         all_ports: args.all_ports,
         attach_mode: args.attach_mode,
         drop_repeat: args.drop_repeat,
+        new_flow_rate: args.new_flow_rate,
+        new_flow_burst: args.new_flow_rate.max(1),
     };
     let mut datapath = Datapath::load(&config)?;
     let mut events = datapath.events()?;
@@ -137,7 +158,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         drop_program = datapath.drop_program(),
         drop_reasons = datapath.reasons().len(),
         ports = ?if args.all_ports { None } else { Some(&args.ports) },
-        interfaces = ?args.interfaces,
+        interfaces = ?interfaces,
         "programs loaded"
     );
     let datapath = Arc::new(Mutex::new(datapath));
@@ -154,6 +175,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             name,
             error,
         } => tracing::warn!(interface = %name, ifindex, %error, "attach failed"),
+        LinkChange::Moved {
+            ifindex,
+            name,
+            hook,
+            ahead_of,
+            first,
+        } => tracing::warn!(interface = %name, ifindex, hook, ahead_of = %ahead_of, first,
+            "another program had gone ahead of ours: ours attached in front again"),
     }));
 
     // HTTP: the public listener (metrics, health), and the records API, behind Kubernetes authentication
@@ -220,6 +249,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut batch: Vec<KernelEvent> = Vec::new();
     let mut records = Vec::new();
     let mut lost_seen = 0u64;
+    let mut suppressed_seen = 0u64;
     let mut malformed_seen = 0u64;
     let mut stderr = std::io::stderr();
 
@@ -243,12 +273,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 emit(&mut exports, &mut records);
             }
             _ = housekeeping.tick() => {
-                let (lost, attached) = match datapath.lock() {
-                    Ok(d) => (d.lost_events(), d.attached().len()),
-                    Err(_) => (lost_seen, 0),
+                let (lost, suppressed, attached) = match datapath.lock() {
+                    Ok(d) => (d.lost_events(), d.suppressed_events(), d.attached().len()),
+                    Err(_) => (lost_seen, suppressed_seen, 0),
                 };
                 metrics.events_lost.inc_by(lost.saturating_sub(lost_seen));
                 lost_seen = lost.max(lost_seen);
+                metrics.events_suppressed.inc_by(suppressed.saturating_sub(suppressed_seen));
+                suppressed_seen = suppressed.max(suppressed_seen);
                 metrics.events_malformed.inc_by(events.malformed().saturating_sub(malformed_seen));
                 malformed_seen = events.malformed().max(malformed_seen);
                 metrics.attached_interfaces.set(i64::try_from(attached).unwrap_or(i64::MAX));
@@ -286,10 +318,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dp) = Arc::into_inner(datapath).and_then(|m| m.into_inner().ok()) {
         let n = dp.attached().len();
         let lost = dp.lost_events();
+        let suppressed = dp.suppressed_events();
         dp.shutdown();
         tracing::info!(
             interfaces = n,
             lost_events = lost,
+            suppressed_events = suppressed,
             malformed = events.malformed(),
             "detached"
         );
@@ -328,9 +362,5 @@ pub fn print_event(out: &mut impl std::io::Write, ev: &KernelEvent) -> std::io::
     if ev.syn_count > 1 {
         write!(out, " syns={}", ev.syn_count)?;
     }
-    writeln!(
-        out,
-        " pkts={}/{} bytes={}/{}",
-        ev.packets[0], ev.packets[1], ev.bytes[0], ev.bytes[1]
-    )
+    writeln!(out)
 }

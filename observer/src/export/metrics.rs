@@ -38,6 +38,8 @@ pub struct Metrics {
     pub flows: IntCounterVec,
     /// Ring-buffer reservations that failed in the kernel.
     pub events_lost: IntCounter,
+    /// Kernel events of new flows held back by the per-source token bucket (a flood, counted).
+    pub events_suppressed: IntCounter,
     /// Ring-buffer records that could not be decoded.
     pub events_malformed: IntCounter,
     /// Channels forgotten before they resolved (SYN storms beyond the tracker's capacity).
@@ -120,6 +122,10 @@ impl Metrics {
             "observer_events_lost_total",
             "Kernel events lost because the ring buffer was full."
         );
+        let events_suppressed = counter!(
+            "observer_events_suppressed_total",
+            "Kernel events of new flows and drops not sent up because their source exceeded the new-flow rate (a SYN flood is counted here, not reported flow by flow)."
+        );
         let events_malformed = counter!(
             "observer_events_malformed_total",
             "Kernel events that could not be decoded."
@@ -169,6 +175,7 @@ impl Metrics {
             kernel_drops,
             flows,
             events_lost,
+            events_suppressed,
             events_malformed,
             channels_evicted,
             attached_interfaces,
@@ -256,6 +263,7 @@ mod tests {
             "observer_kernel_drops_total",
             "observer_flows_total",
             "observer_events_lost_total",
+            "observer_events_suppressed_total",
             "observer_attached_interfaces",
             "observer_policy_evaluations_total",
             "observer_inventory_objects",

@@ -777,3 +777,48 @@ fn anp_port(cx: &mut Ctx, field: &str, p: &AnpPortSpec) -> Option<ClusterPort> {
     };
     (cx.errors.len() == before).then_some(port)
 }
+
+/// One object of any of the three kinds, as read from a manifest or the API server.
+#[derive(Debug, Clone)]
+pub enum ClusterObject {
+    /// v1alpha2 ClusterNetworkPolicy.
+    Cnp(ClusterNetworkPolicy),
+    /// v1alpha1 AdminNetworkPolicy.
+    Anp(AdminNetworkPolicy),
+    /// v1alpha1 BaselineAdminNetworkPolicy.
+    Banp(BaselineAdminNetworkPolicy),
+}
+
+impl ClusterObject {
+    /// Compiles whichever kind this is.
+    ///
+    /// # Errors
+    /// Every validation failure, each naming the object and the field.
+    pub fn compile(&self) -> Result<ClusterPolicy> {
+        match self {
+            Self::Cnp(o) => o.compile(),
+            Self::Anp(o) => o.compile(),
+            Self::Banp(o) => o.compile(),
+        }
+    }
+
+    /// The API kind.
+    #[must_use]
+    pub fn kind(&self) -> PolicyKind {
+        match self {
+            Self::Cnp(_) => PolicyKind::ClusterNetworkPolicy,
+            Self::Anp(_) => PolicyKind::AdminNetworkPolicy,
+            Self::Banp(_) => PolicyKind::BaselineAdminNetworkPolicy,
+        }
+    }
+
+    /// The object's metadata.
+    #[must_use]
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Self::Cnp(o) => &o.metadata,
+            Self::Anp(o) => &o.metadata,
+            Self::Banp(o) => &o.metadata,
+        }
+    }
+}

@@ -309,6 +309,12 @@ pub enum PolicyKind {
 }
 
 impl PolicyKind {
+    /// The cluster-scoped kinds.
+    pub const CLUSTER_SCOPED: [Self; 3] = [
+        Self::ClusterNetworkPolicy,
+        Self::AdminNetworkPolicy,
+        Self::BaselineAdminNetworkPolicy,
+    ];
     /// The API kind, as in `kind:` and in policy ids.
     #[must_use]
     pub const fn as_str(self) -> &'static str {

@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use crate::cli::explain::Output;
 use crate::manifest::Manifests;
+use crate::policy::ClusterPolicy;
 use crate::policy::{Endpoint, Index, Namespace, Node, Pod, Policy, Protocol};
 use addr::Mapping;
 use netns::Netns;
@@ -115,6 +116,8 @@ pub struct Plan {
     pub pods: Vec<LabPod>,
     /// Policies.
     pub policies: Vec<Policy>,
+    /// Cluster-scoped policies (ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy).
+    pub cluster_policies: Vec<ClusterPolicy>,
     /// Addresses the lab changed.
     pub mappings: Vec<Mapping>,
     /// Things an operator should know (left-out pods, ipBlocks whose meaning the mapping changed).
@@ -139,6 +142,11 @@ impl Plan {
             .policies
             .iter()
             .filter_map(|p| Policy::compile(p).ok())
+            .collect();
+        let cluster_policies: Vec<ClusterPolicy> = m
+            .cluster_policies
+            .iter()
+            .filter_map(|p| p.compile().ok())
             .collect();
         let mut warnings = Vec::new();
         let mut pods = Vec::new();
@@ -175,6 +183,7 @@ impl Plan {
             nodes,
             pods,
             policies,
+            cluster_policies,
             mappings,
             warnings,
         }
@@ -184,11 +193,12 @@ impl Plan {
     #[must_use]
     pub fn index(&self) -> Index {
         let mut index = Index::new();
-        index.reset(
+        index.reset_all(
             self.namespaces.clone(),
             self.nodes.clone(),
             self.pods.iter().map(|p| p.pod.clone()).collect(),
             self.policies.clone(),
+            self.cluster_policies.clone(),
         );
         index
     }
@@ -197,11 +207,17 @@ impl Plan {
     #[must_use]
     pub fn ruleset(&self) -> String {
         let pods: Vec<Pod> = self.pods.iter().map(|p| p.pod.clone()).collect();
-        nft::compile(&nft::Cluster {
-            namespaces: &self.namespaces,
-            pods: &pods,
-            policies: &self.policies,
-        })
+        nft::compile_with_tiers(
+            &nft::Cluster {
+                namespaces: &self.namespaces,
+                pods: &pods,
+                policies: &self.policies,
+            },
+            &nft::Tiers {
+                policies: &self.cluster_policies,
+                nodes: &self.nodes,
+            },
+        )
     }
 
     /// The probes: every (source, destination, served port) with source ≠ destination, filtered by the

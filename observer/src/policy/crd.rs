@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::compile::{CompileError, Ctx, Result, validate_port_name};
 use super::model::{PolicyKind, PolicyMeta, Protocol, Selector};
@@ -22,7 +22,7 @@ use super::tiers::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule,
 pub const GROUP: &str = "policy.networking.k8s.io";
 
 /// `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct ClusterNetworkPolicy {
     /// Standard object metadata.
     #[serde(default)]
@@ -32,7 +32,7 @@ pub struct ClusterNetworkPolicy {
 }
 
 /// `ClusterNetworkPolicySpec`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterNetworkPolicySpec {
     /// `Admin` or `Baseline`.
@@ -50,7 +50,7 @@ pub struct ClusterNetworkPolicySpec {
 }
 
 /// `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct AdminNetworkPolicy {
     /// Standard object metadata.
     #[serde(default)]
@@ -60,7 +60,7 @@ pub struct AdminNetworkPolicy {
 }
 
 /// `AdminNetworkPolicySpec` (also the shape of `BaselineAdminNetworkPolicySpec`, which has no priority).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdminNetworkPolicySpec {
     /// 0–1000, lower first (AdminNetworkPolicy only).
@@ -76,7 +76,7 @@ pub struct AdminNetworkPolicySpec {
 }
 
 /// `policy.networking.k8s.io/v1alpha1` BaselineAdminNetworkPolicy (a singleton named `default`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct BaselineAdminNetworkPolicy {
     /// Standard object metadata.
     #[serde(default)]
@@ -86,7 +86,7 @@ pub struct BaselineAdminNetworkPolicy {
 }
 
 /// `ClusterNetworkPolicySubject` / `AdminNetworkPolicySubject`: exactly one field.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct SubjectSpec {
     /// Every pod of these namespaces.
     pub namespaces: Option<LabelSelector>,
@@ -95,7 +95,7 @@ pub struct SubjectSpec {
 }
 
 /// `NamespacedPod`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NamespacedPod {
     /// Empty or absent: every namespace.
@@ -106,7 +106,7 @@ pub struct NamespacedPod {
 
 /// An ingress or egress rule of either version (`from` on ingress, `to` on egress; `protocols` in
 /// v1alpha2, `ports` in v1alpha1).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuleSpec {
     /// Optional rule name.
@@ -124,7 +124,7 @@ pub struct RuleSpec {
 }
 
 /// A peer of either direction: exactly one field. `nodes` and `networks` exist for egress only.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct PeerSpec {
     /// Every pod of these namespaces.
     pub namespaces: Option<LabelSelector>,
@@ -140,7 +140,7 @@ pub struct PeerSpec {
 }
 
 /// v1alpha2 `ClusterNetworkPolicyProtocol`: exactly one field.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProtocolSpec {
     /// TCP.
@@ -154,7 +154,7 @@ pub struct ProtocolSpec {
 }
 
 /// `ClusterNetworkPolicyProtocolTCP` (and UDP, SCTP).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProtocolPorts {
     /// Absent: every port of the protocol.
@@ -162,7 +162,7 @@ pub struct ProtocolPorts {
 }
 
 /// v1alpha2 `Port`: exactly one of `number`, `range`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct PortSpec2 {
     /// A port.
     pub number: Option<i64>,
@@ -171,7 +171,7 @@ pub struct PortSpec2 {
 }
 
 /// A port range (both versions; v1alpha1 adds a protocol).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RangeSpec {
     /// v1alpha1 only; defaults to TCP.
     pub protocol: Option<String>,
@@ -182,7 +182,7 @@ pub struct RangeSpec {
 }
 
 /// v1alpha1 `AdminNetworkPolicyPort`: exactly one field.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AnpPortSpec {
     /// A protocol and a port.
@@ -194,7 +194,7 @@ pub struct AnpPortSpec {
 }
 
 /// v1alpha1 `Port`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct AnpPortNumber {
     /// Defaults to TCP.
     pub protocol: Option<String>,
@@ -536,6 +536,22 @@ fn rule(
     };
     // An empty list in the object means no port restriction, as the API server would have rejected it.
     let ports = ports.filter(|p| !p.is_empty());
+    let named = ports
+        .as_deref()
+        .is_some_and(|ps| ps.iter().any(|p| matches!(p, ClusterPort::Named(_))));
+    if named
+        && compiled
+            .iter()
+            .any(|p| matches!(p, ClusterPeer::Networks(_) | ClusterPeer::Nodes(_)))
+    {
+        // The CRD's validation rule: "networks/nodes/domainNames peer cannot be set with namedPorts".
+        cx.errors.push(CompileError::Invalid {
+            object: cx.object.clone(),
+            field: format!("{field}.{}", if flavor == Flavor::Cnp { "protocols" } else { "ports" }),
+            problem: "a named port cannot be used with networks or nodes peers (they have no named ports)"
+                .into(),
+        });
+    }
     if cx.errors.len() != errors_before {
         return None;
     }
@@ -810,6 +826,30 @@ impl ClusterObject {
             Self::Anp(_) => PolicyKind::AdminNetworkPolicy,
             Self::Banp(_) => PolicyKind::BaselineAdminNetworkPolicy,
         }
+    }
+
+    /// `apiVersion` of the kind.
+    #[must_use]
+    pub fn api_version(&self) -> &'static str {
+        match self {
+            Self::Cnp(_) => "policy.networking.k8s.io/v1alpha2",
+            Self::Anp(_) | Self::Banp(_) => "policy.networking.k8s.io/v1alpha1",
+        }
+    }
+
+    /// The object as JSON, with `kind` and `apiVersion` (as a manifest would hold it).
+    ///
+    /// # Errors
+    /// Only those of serde_json (none for these types).
+    pub fn to_value(&self) -> serde_json::Result<serde_json::Value> {
+        let mut v = match self {
+            Self::Cnp(o) => serde_json::to_value(o)?,
+            Self::Anp(o) => serde_json::to_value(o)?,
+            Self::Banp(o) => serde_json::to_value(o)?,
+        };
+        v["kind"] = self.kind().as_str().into();
+        v["apiVersion"] = self.api_version().into();
+        Ok(v)
     }
 
     /// The object's metadata.

@@ -70,7 +70,7 @@ fn policy(ns: &str, name: &str, spec: &str) -> String {
 }
 
 /// The body of chain `name` (between its braces).
-fn chain<'t>(text: &'t str, name: &str) -> &'t str {
+pub(super) fn chain<'t>(text: &'t str, name: &str) -> &'t str {
     let start = text
         .find(&format!("\tchain {name} {{"))
         .unwrap_or_else(|| panic!("no chain {name} in\n{text}"));
@@ -89,7 +89,7 @@ fn set<'t>(text: &'t str, name: &str) -> &'t str {
 }
 
 /// Validates with `nft -c` (check only: nothing is committed) in a throwaway network namespace.
-fn nft_check(text: &str) {
+pub(super) fn nft_check(text: &str) {
     use std::io::Write as _;
     if !nix::unistd::geteuid().is_root() {
         eprintln!("not root: skipping `nft -c` (./x test runs it)");

@@ -964,11 +964,12 @@ mod tests {
     #[test]
     fn demo_plan_keeps_lab_addresses_and_probes_every_served_port() {
         let plan = demo_plan();
-        assert_eq!(plan.pods.len(), 4);
+        assert_eq!(plan.pods.len(), 5);
+        assert_eq!(plan.cluster_policies.len(), 3);
         assert!(plan.mappings.is_empty(), "{:?}", plan.mappings);
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
-        // 3 sources × (frontend:8080, checkout, payments, fraud-check on 50051).
-        assert_eq!(plan.probes(&args(None, None)).expect("probes").len(), 12);
+        // 4 sources × (frontend:8080, checkout, payments, fraud-check on 50051, prometheus:9090).
+        assert_eq!(plan.probes(&args(None, None)).expect("probes").len(), 20);
         let from_checkout = plan
             .probes(&args(Some("shop/checkout-7d9f8b6c5-m4wzt"), Some(50051)))
             .expect("probes");
@@ -977,7 +978,16 @@ mod tests {
             plan.probes(&args(Some("shop/nope"), None)),
             Err(LabError::Unusable(_))
         ));
-        assert!(plan.ruleset().contains("table inet observer_lab {"));
+        let ruleset = plan.ruleset();
+        assert!(ruleset.contains("table inet observer_lab {"));
+        assert!(
+            ruleset.contains("_admin {"),
+            "the admin tier has chains:\n{ruleset}"
+        );
+        assert!(
+            ruleset.contains("_baseline {"),
+            "the baseline tier has chains:\n{ruleset}"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Policy engine benchmark on a generated cluster: 100 namespaces × 500 pods (50,000 pods), 5,000 policies
 //! (a default-deny and 49 per-app policies per namespace) with mixed selectors, ipBlocks with excepts (IPv4
-//! and IPv6) and named ports.
+//! and IPv6) and named ports, and 100 ClusterNetworkPolicies (50 Admin, 50 Baseline; about ten select
+//! each namespace) with Accept / Deny / Pass rules, namespace, pod, network and node peers, port numbers,
+//! ranges and named ports.
 //!
 //! Prints index bytes per pod, measured with a counting global allocator, then criterion figures for index
 //! build, cold (uncached) and cached verdicts. Run: `cargo bench -p observer --bench policy`.
@@ -11,7 +13,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use observer::policy::{Endpoint, Index, Namespace, Node, Pod, Policy, Protocol};
+use observer::policy::crd::ClusterNetworkPolicy;
+use observer::policy::{ClusterPolicy, Endpoint, Index, Namespace, Node, Pod, Policy, Protocol};
 use serde_json::json;
 
 /// Counts live heap bytes so the index footprint is measured, not estimated.
@@ -52,6 +55,60 @@ struct Cluster {
     nodes: Vec<Node>,
     pods: Vec<Pod>,
     policies: Vec<Policy>,
+    cluster: Vec<ClusterPolicy>,
+}
+
+/// 100 ClusterNetworkPolicies: Admin ones per team (monitoring Accept, a cross-team Deny on a port range,
+/// a Pass for dev namespaces; egress Deny to a network, Pass to infra nodes), Baseline ones per team for
+/// the `db` tier (Accept the own team, Deny the rest; egress Deny on a named port).
+fn cluster_policies() -> Vec<ClusterPolicy> {
+    (0..100)
+        .map(|i| {
+            let team = format!("team-{}", i % 10);
+            let spec = if i < 50 {
+                json!({
+                    "tier": "Admin", "priority": i * 10,
+                    "subject": {"namespaces": {"matchLabels": {"team": team}}},
+                    "ingress": [
+                        {"name": "monitoring", "action": "Accept",
+                         "from": [{"pods": {"namespaceSelector": {"matchLabels": {"team": "monitoring"}},
+                                            "podSelector": {"matchLabels": {"app": "prometheus"}}}}],
+                         "protocols": [{"tcp": {"destinationPort": {"number": 9090}}}]},
+                        {"name": "no-neighbours", "action": "Deny",
+                         "from": [{"namespaces": {"matchLabels": {"team": format!("team-{}", (i + 1) % 10)}}}],
+                         "protocols": [{"tcp": {"destinationPort": {"range": {"start": 5000, "end": 5999}}}}]},
+                        {"name": "dev-to-namespaces", "action": "Pass",
+                         "from": [{"namespaces": {"matchLabels": {"env": "dev"}}}]}
+                    ],
+                    "egress": [
+                        {"action": "Deny", "to": [{"networks": ["203.0.113.0/25", "2001:db8::/32"]}],
+                         "protocols": [{"tcp": {"destinationPort": {"number": 443}}}]},
+                        {"action": "Pass", "to": [{"nodes": {"matchLabels": {"role": "infra"}}}]}
+                    ]
+                })
+            } else {
+                json!({
+                    "tier": "Baseline", "priority": i,
+                    "subject": {"pods": {"namespaceSelector": {"matchLabels": {"team": team}},
+                                         "podSelector": {"matchLabels": {"tier": "db"}}}},
+                    "ingress": [
+                        {"action": "Accept", "from": [{"namespaces": {"matchLabels": {"team": team}}}]},
+                        {"action": "Deny", "from": [{"namespaces": {}}]}
+                    ],
+                    "egress": [
+                        {"action": "Deny", "to": [{"namespaces": {"matchLabels": {"env": "prod"}}}],
+                         "protocols": [{"destinationNamedPort": "metrics"}]}
+                    ]
+                })
+            };
+            let o: ClusterNetworkPolicy = serde_json::from_value(json!({
+                "metadata": {"name": format!("cnp-{i}"), "uid": "u", "resourceVersion": "1"},
+                "spec": spec
+            }))
+            .expect("CNP");
+            o.compile().expect("valid CNP")
+        })
+        .collect()
 }
 
 fn pod_ip(ns: usize, i: usize) -> IpAddr {
@@ -70,10 +127,11 @@ fn generate() -> Cluster {
         nodes: vec![],
         pods: vec![],
         policies: vec![],
+        cluster: cluster_policies(),
     };
     for n in 0..50 {
         let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
-            "metadata": {"name": format!("node-{n}")},
+            "metadata": {"name": format!("node-{n}"), "labels": {"role": if n % 5 == 0 { "infra" } else { "worker" }}},
             "status": {"addresses": [{"type": "InternalIP", "address": format!("192.168.0.{}", n + 1)}]}
         }))
         .expect("node");
@@ -144,6 +202,19 @@ fn generate() -> Cluster {
 }
 
 fn build(c: &Cluster) -> Index {
+    let mut index = Index::new();
+    index.reset_all(
+        c.namespaces.clone(),
+        c.nodes.clone(),
+        c.pods.clone(),
+        c.policies.clone(),
+        c.cluster.clone(),
+    );
+    index
+}
+
+/// The same cluster without the ClusterNetworkPolicies, for the ratio.
+fn build_np_only(c: &Cluster) -> Index {
     let mut index = Index::new();
     index.reset(
         c.namespaces.clone(),
@@ -221,7 +292,44 @@ fn bench(c: &mut Criterion) {
                 .allowed
         })
         .count();
-    println!("connection mix: {} pairs, {allowed} allowed", ps.len());
+    println!(
+        "connection mix: {} pairs, {allowed} allowed ({} ClusterNetworkPolicies)",
+        ps.len(),
+        cluster.cluster.len()
+    );
+    let np_only = build_np_only(&cluster);
+    let decided_by_cluster = ps
+        .iter()
+        .filter(|(s, d, p)| {
+            let v = full
+                .evaluate_uncached(*s, *d, *p, Protocol::Tcp)
+                .expect("live");
+            v.egress.decision.is_some() || v.ingress.decision.is_some()
+        })
+        .count();
+    println!("{decided_by_cluster} of them decided by a cluster tier in at least one direction");
+    // A quick, non-criterion ratio of cold verdicts with and without the cluster tiers (same pairs).
+    let time = |index: &Index| {
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            for (s, d, p) in &ps {
+                black_box(
+                    index
+                        .evaluate_uncached(*s, *d, *p, Protocol::Tcp)
+                        .expect("live"),
+                );
+            }
+        }
+        t.elapsed().as_nanos() as f64 / (20 * ps.len()) as f64
+    };
+    let (a, b) = (time(&np_only), time(&full));
+    let (a2, b2) = (time(&np_only), time(&full));
+    let (np_ns, cnp_ns) = ((a + a2) / 2.0, (b + b2) / 2.0);
+    println!(
+        "cold verdict, mean over the mix: {np_ns:.0} ns NetworkPolicy only, {cnp_ns:.0} ns with 100 \
+         ClusterNetworkPolicies: ratio {:.2}× (target: ≤ 10 µs with them)",
+        cnp_ns / np_ns
+    );
 
     let mut g = c.benchmark_group("policy");
     g.sample_size(10);
@@ -232,6 +340,17 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("policy");
     let mut k = 0usize;
+    g.bench_function("verdict_cold_np_only", |b| {
+        b.iter(|| {
+            k = (k + 1) % ps.len();
+            let (s, d, p) = ps[k];
+            black_box(
+                np_only
+                    .evaluate_uncached(s, d, p, Protocol::Tcp)
+                    .expect("live"),
+            )
+        });
+    });
     g.bench_function("verdict_cold", |b| {
         b.iter(|| {
             k = (k + 1) % ps.len();

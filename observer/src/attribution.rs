@@ -185,6 +185,7 @@ fn responsible(
             ),
         };
         out.push(PolicyRef {
+            kind: std::sync::Arc::from(meta.kind.as_str()),
             namespace: meta.namespace.clone(),
             name: meta.name.clone(),
             direction,

@@ -3,8 +3,9 @@
 //!
 //! Bad input never aborts the load: every problem becomes a [`ManifestError`] naming the file, the object
 //! (`Kind namespace/name`, or its document and item position when it has no name) and the field, and every
-//! other object is still used. Kinds other than Namespace, Pod, Node and NetworkPolicy are listed in
-//! [`Manifests::skipped`].
+//! other object is still used. Kinds other than Namespace, Pod, Node, NetworkPolicy and the cluster-scoped
+//! policies of `policy.networking.k8s.io` (v1alpha2 ClusterNetworkPolicy, v1alpha1 AdminNetworkPolicy and
+//! BaselineAdminNetworkPolicy) are listed in [`Manifests::skipped`].
 //!
 //! Accepted objects are kept as the typed Kubernetes objects, validated with the policy engine's
 //! conversion: `observer explain` compiles them into a [`policy::Index`](Index), and the daemon's file source
@@ -20,6 +21,7 @@ use k8s_openapi::api::networking::v1 as net;
 use serde_json::Value;
 
 use crate::policy::compile::CompileError;
+use crate::policy::crd::{self, ClusterObject};
 use crate::policy::{Index, Namespace, Node, Pod, Policy};
 
 /// Why (part of) a manifest could not be used.
@@ -160,6 +162,8 @@ pub struct Manifests {
     pub pods: Vec<core::Pod>,
     /// NetworkPolicies (each compiles: the loader checked).
     pub policies: Vec<net::NetworkPolicy>,
+    /// ClusterNetworkPolicies, AdminNetworkPolicies, BaselineAdminNetworkPolicies (each compiles).
+    pub cluster_policies: Vec<ClusterObject>,
     /// Objects of other kinds.
     pub skipped: Vec<Skipped>,
     /// Everything that could not be used, in input order.
@@ -172,7 +176,11 @@ impl Manifests {
     /// Number of accepted objects.
     #[must_use]
     pub fn object_count(&self) -> usize {
-        self.namespaces.len() + self.nodes.len() + self.pods.len() + self.policies.len()
+        self.namespaces.len()
+            + self.nodes.len()
+            + self.pods.len()
+            + self.policies.len()
+            + self.cluster_policies.len()
     }
 
     /// A policy index holding every accepted object.
@@ -180,7 +188,7 @@ impl Manifests {
     pub fn to_index(&self) -> Index {
         // Every accepted object converted when it was loaded, so nothing is dropped here.
         let mut index = Index::new();
-        index.reset(
+        index.reset_all(
             self.namespaces
                 .iter()
                 .filter_map(|o| Namespace::from_k8s(o).ok())
@@ -196,6 +204,10 @@ impl Manifests {
             self.policies
                 .iter()
                 .filter_map(|o| Policy::compile(o).ok())
+                .collect(),
+            self.cluster_policies
+                .iter()
+                .filter_map(|o| o.compile().ok())
                 .collect(),
         );
         index
@@ -466,6 +478,27 @@ impl Manifests {
                     });
                 }
             }
+            (
+                version,
+                k @ ("ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy"),
+            ) if version
+                .strip_prefix(crd::GROUP)
+                .and_then(|r| r.strip_prefix('/'))
+                == Some(if k == "ClusterNetworkPolicy" {
+                    "v1alpha2"
+                } else {
+                    "v1alpha1"
+                }) =>
+            {
+                let object = self.decode_cluster(file, named(false), k, v);
+                if let Some(o) = object {
+                    let checked = o.compile().map(drop);
+                    let kind = o.kind().as_str();
+                    self.accept(file, kind, "", name, file_doc, checked, |m| {
+                        m.cluster_policies.push(o);
+                    });
+                }
+            }
             _ => {
                 let object = match (ns, name) {
                     (Some(ns), Some(n)) => format!("{ns}/{n}"),
@@ -479,6 +512,20 @@ impl Manifests {
                 });
             }
         }
+    }
+
+    fn decode_cluster(
+        &mut self,
+        file: &Path,
+        object: String,
+        kind: &str,
+        v: Value,
+    ) -> Option<ClusterObject> {
+        Some(match kind {
+            "ClusterNetworkPolicy" => ClusterObject::Cnp(self.decode(file, object, v)?),
+            "AdminNetworkPolicy" => ClusterObject::Anp(self.decode(file, object, v)?),
+            _ => ClusterObject::Banp(self.decode(file, object, v)?),
+        })
     }
 
     fn decode<T: serde::de::DeserializeOwned>(

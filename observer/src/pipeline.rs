@@ -99,7 +99,10 @@ impl Pipeline {
                     self.metrics.blocked(
                         record.cause.map_or("unknown", |c| c.as_str()),
                         record.direction.map_or("", |d| d.as_str()),
-                        record.policies.iter().map(|p| (&*p.namespace, &*p.name)),
+                        record
+                            .policies
+                            .iter()
+                            .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
                     );
                     records.push(record);
                 }

@@ -477,3 +477,201 @@ async fn policy_revisions_are_recorded_from_the_watch() {
         2
     );
 }
+
+/// The cluster-scoped policy CRDs (`policy.networking.k8s.io`) through the API server source, against the
+/// in-process fake API server: discovery at start and again later, absent CRDs that do not hold readiness,
+/// watches that follow changes, a removed CRD taking its policies with it.
+mod tiers {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::support::fake_apiserver::{FakeApiServer, Resource};
+    use observer::cluster::kube::{KubeSource, spawn};
+    use observer::cluster::{Inventory, InventoryConfig, SharedInventory, SourceStats};
+    use observer::policy::PolicyKind;
+    use serde_json::{Value, json};
+
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    fn cnp(name: &str, tier: &str, priority: i64) -> Value {
+        json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}")},
+            "spec": {
+                "tier": tier, "priority": priority,
+                "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "payments"}}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+            },
+        })
+    }
+
+    struct Fixture {
+        server: FakeApiServer,
+        inventory: SharedInventory,
+        stats: Arc<SourceStats>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl Fixture {
+        async fn start(served: &[Resource]) -> Self {
+            let server = FakeApiServer::start().await;
+            server.put(
+                Resource::Namespaces,
+                json!({"metadata": {"name": "payments", "uid": "ns1"}}),
+            );
+            for r in served {
+                server.serve(*r);
+            }
+            let inventory = SharedInventory::new(Inventory::new(InventoryConfig::default()));
+            let source = KubeSource::from_config(server.config(), inventory.clone())
+                .expect("client for the fake API server")
+                .with_rediscover(Duration::from_millis(100));
+            let stats = source.stats();
+            Self {
+                server,
+                inventory,
+                stats,
+                task: spawn(source),
+            }
+        }
+
+        async fn wait(&self, what: &str, condition: impl Fn(&Inventory) -> bool) {
+            let start = Instant::now();
+            loop {
+                if condition(&self.inventory.read()) {
+                    return;
+                }
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "timed out waiting for {what}; last error: {:?}",
+                    self.stats.last_error()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    fn has(kind: PolicyKind, name: &'static str) -> impl Fn(&Inventory) -> bool {
+        move |inv| inv.cluster_policy(kind, name).is_some()
+    }
+
+    #[tokio::test]
+    async fn absent_crds_do_not_hold_readiness_and_are_watched_once_installed() {
+        let fixture = Fixture::start(&[]).await;
+        fixture.wait("ready", Inventory::is_ready).await;
+        // Several discovery rounds with nothing served: no errors, nothing held.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(
+            fixture.stats.errors(),
+            0,
+            "{:?}",
+            fixture.stats.last_error()
+        );
+        assert_eq!(fixture.inventory.read().cluster_policy_count(), 0);
+
+        fixture.server.serve(Resource::ClusterNetworkPolicies);
+        fixture.server.put(
+            Resource::ClusterNetworkPolicies,
+            cnp("deny-to-payments", "Admin", 10),
+        );
+        fixture
+            .wait(
+                "the ClusterNetworkPolicy after discovery found its CRD",
+                has(PolicyKind::ClusterNetworkPolicy, "deny-to-payments"),
+            )
+            .await;
+        let inv = fixture.inventory.read();
+        let compiled = inv
+            .engine()
+            .cluster_policy(PolicyKind::ClusterNetworkPolicy, "deny-to-payments")
+            .expect("in the engine too");
+        assert_eq!(compiled.priority, Some(10));
+    }
+
+    #[tokio::test]
+    async fn cluster_policies_of_every_kind_follow_the_watch() {
+        let fixture = Fixture::start(&[
+            Resource::ClusterNetworkPolicies,
+            Resource::AdminNetworkPolicies,
+            Resource::BaselineAdminNetworkPolicies,
+        ])
+        .await;
+        let server = &fixture.server;
+        server.put(Resource::ClusterNetworkPolicies, cnp("a", "Baseline", 3));
+        server.put(
+            Resource::AdminNetworkPolicies,
+            json!({"metadata": {"name": "monitoring"}, "spec": {"priority": 1,
+                "subject": {"namespaces": {}},
+                "ingress": [{"action": "Allow", "from": [{"namespaces": {"matchLabels": {"team": "obs"}}}]}]}}),
+        );
+        server.put(
+            Resource::BaselineAdminNetworkPolicies,
+            json!({"metadata": {"name": "default"}, "spec": {"subject": {"namespaces": {}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}}),
+        );
+        fixture
+            .wait("all three kinds", |inv| inv.cluster_policy_count() == 3)
+            .await;
+        assert!(has(PolicyKind::AdminNetworkPolicy, "monitoring")(
+            &fixture.inventory.read()
+        ));
+
+        // A modification reaches the engine.
+        server.put(Resource::ClusterNetworkPolicies, cnp("a", "Baseline", 7));
+        fixture
+            .wait("the new priority", |inv| {
+                inv.engine()
+                    .cluster_policy(PolicyKind::ClusterNetworkPolicy, "a")
+                    .is_some_and(|c| c.priority == Some(7))
+            })
+            .await;
+
+        // An object with an unknown tier is skipped and counted; the others stay.
+        server.put(Resource::ClusterNetworkPolicies, cnp("bad", "Platform", 1));
+        fixture
+            .wait("the bad object counted", |_| fixture.stats.errors() > 0)
+            .await;
+        let last = fixture.stats.last_error().unwrap_or_default();
+        assert!(
+            last.contains("spec.tier") && last.contains("Platform"),
+            "{last}"
+        );
+        assert_eq!(fixture.inventory.read().cluster_policy_count(), 3);
+
+        server.delete(Resource::AdminNetworkPolicies, "", "monitoring");
+        fixture
+            .wait("the deletion", |inv| {
+                inv.cluster_policy(PolicyKind::AdminNetworkPolicy, "monitoring")
+                    .is_none()
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_crd_that_is_no_longer_served_takes_its_policies_with_it() {
+        let fixture = Fixture::start(&[Resource::ClusterNetworkPolicies]).await;
+        fixture
+            .server
+            .put(Resource::ClusterNetworkPolicies, cnp("a", "Admin", 1));
+        fixture
+            .wait("listed", has(PolicyKind::ClusterNetworkPolicy, "a"))
+            .await;
+        fixture.server.unserve(Resource::ClusterNetworkPolicies);
+        fixture
+            .wait("removed", |inv| inv.cluster_policy_count() == 0)
+            .await;
+        assert!(
+            fixture
+                .inventory
+                .read()
+                .engine()
+                .cluster_policy(PolicyKind::ClusterNetworkPolicy, "a")
+                .is_none()
+        );
+    }
+}

@@ -629,11 +629,14 @@ fn check_rbac(objects: &Objects, origin: &str) {
         ("", "namespaces"),
         ("", "nodes"),
         ("networking.k8s.io", "networkpolicies"),
+        ("policy.networking.k8s.io", "clusternetworkpolicies"),
+        ("policy.networking.k8s.io", "adminnetworkpolicies"),
+        ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
     ]
     .iter()
     .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
     .collect();
-    assert_eq!(granted, expected, "{origin}: exactly the four resources");
+    assert_eq!(granted, expected, "{origin}: exactly the seven resources");
 
     assert_eq!(
         objects.cluster_role_bindings.len(),
@@ -1072,7 +1075,7 @@ fn capabilities_md_lists_the_expected_capabilities() {
 }
 
 #[test]
-fn rbac_is_read_only_on_four_resources() {
+fn rbac_is_read_only_on_seven_resources() {
     let objects = base_objects();
     check_rbac(&objects, "deploy/base");
 }

@@ -264,3 +264,135 @@ fn flags_come_from_environment_too() {
         serde_json::json!(["payments/allow-frontend"])
     );
 }
+
+const TIERS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/tiers/cluster-policies.yaml"
+);
+const BAD_TIERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bad/tiers.yaml");
+
+#[test]
+fn an_admin_accept_overrides_the_namespace_policies_in_text() {
+    let cluster = format!("{CLUSTER},{TIERS}");
+    let o = explain(&[
+        "--cluster",
+        &cluster,
+        "--from",
+        "shop/checkout-7d9f5c6b8-x2x9q",
+        "--to",
+        "payments/payments-0",
+        "--port",
+        "50051",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("ALLOWED: "), "{out}");
+    assert!(
+        out.contains("ingress at payments/payments-0: allowed by ClusterNetworkPolicy/payments-grpc-from-checkout (Admin tier, priority 20, rule 0 \"grpc-from-checkout\", Accept)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("egress at shop/checkout-7d9f5c6b8-x2x9q: allowed by shop/checkout-egress [NetworkPolicy tier]"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_admin_deny_is_denied_by_that_policy_in_json() {
+    let cluster = format!("{CLUSTER},{TIERS}");
+    let o = explain(&[
+        "--cluster",
+        &cluster,
+        "--from",
+        "shop/frontend-5b6c7d8e9-abcde",
+        "--to",
+        "payments/payments-0",
+        "--port",
+        "8080",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    assert_eq!(v["allowed"], false);
+    assert_eq!(
+        v["ingress"]["denied_by"],
+        serde_json::json!(["ClusterNetworkPolicy/no-frontend-to-payments"])
+    );
+    assert_eq!(v["ingress"]["tier"], "Admin");
+    assert_eq!(
+        v["ingress"]["decision"],
+        serde_json::json!({"tier": "Admin", "kind": "ClusterNetworkPolicy",
+            "policy": "ClusterNetworkPolicy/no-frontend-to-payments", "priority": 5, "rule": 0,
+            "rule_name": "frontend-never", "action": "Deny"})
+    );
+    // Without the cluster policies, payments/allow-frontend allows this very connection.
+    let o = explain(&[
+        "--cluster",
+        CLUSTER,
+        "--from",
+        "shop/frontend-5b6c7d8e9-abcde",
+        "--to",
+        "payments/payments-0",
+        "--port",
+        "8080",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["ingress"]["tier"], "NetworkPolicy");
+}
+
+#[test]
+fn the_baseline_denies_a_pod_no_network_policy_selects() {
+    let cluster = format!("{CLUSTER},{TIERS}");
+    let o = explain(&[
+        "--cluster",
+        &cluster,
+        "--from",
+        "shop/checkout-7d9f5c6b8-x2x9q",
+        "--to",
+        "monitoring/prometheus-0",
+        "--port",
+        "9090",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("DENIED: "), "{out}");
+    assert!(
+        out.contains("ingress at monitoring/prometheus-0: DENIED by BaselineAdminNetworkPolicy/default (Baseline tier, no priority, rule 0 \"default-deny\", Deny)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("BaselineAdminNetworkPolicy/default (rv 9003): nearest miss: rule 0 (default-deny) Deny (Baseline tier, no priority)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_tier_and_action_values_are_errors_naming_file_object_and_field() {
+    let cluster = format!("{CLUSTER},{BAD_TIERS}");
+    let o = explain(&[
+        "--cluster",
+        &cluster,
+        "--from",
+        "shop/checkout-7d9f5c6b8-x2x9q",
+        "--to",
+        "payments/payments-0",
+        "--port",
+        "50051",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("bad/tiers.yaml: ClusterNetworkPolicy bad-tier: spec.tier: unknown value \"Platform\" (expected Admin or Baseline)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad/tiers.yaml: AdminNetworkPolicy bad-action: spec.ingress[0].action: unknown value \"Accept\" (expected Allow, Deny or Pass)"),
+        "{err}"
+    );
+    // The verdict is computed without them.
+    assert!(stdout(&o).starts_with("DENIED: "), "{}", stdout(&o));
+}

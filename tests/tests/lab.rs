@@ -72,21 +72,31 @@ fn demo_matrix_matches_the_policies_and_the_engine() {
         assert_eq!(p["agree"], true, "{p:#}");
     }
     let expected = [
-        // Named port `grpc` on checkout, from frontend only.
+        // Named port `grpc` on checkout, from frontend only (and Prometheus: the admin's Accept).
         ("frontend", "checkout", 50051, true),
         ("payments", "checkout", 50051, false),
         ("fraud", "checkout", 50051, false),
+        ("prometheus", "checkout", 50051, true),
         // Namespace selector team=shop AND app=checkout, on the named port `grpc-api`.
         ("checkout", "payments", 50051, true),
         ("frontend", "payments", 50051, false),
         ("fraud", "payments", 50051, false),
-        // The ipBlock 198.18.3.0/25 is one bit too narrow for fraud-check at 198.18.3.130.
+        ("prometheus", "payments", 50051, true),
+        // The ipBlock 198.18.3.0/25 is one bit too narrow for fraud-check at 198.18.3.130; the baseline
+        // lets only payments in, and Prometheus through the admin tier.
         ("payments", "fraud", 50051, false),
-        ("checkout", "fraud", 50051, true),
-        ("frontend", "fraud", 50051, true),
+        ("checkout", "fraud", 50051, false),
+        ("frontend", "fraud", 50051, false),
+        ("prometheus", "fraud", 50051, true),
         ("checkout", "frontend", 8080, true),
         ("fraud", "frontend", 8080, true),
         ("payments", "frontend", 8080, false),
+        ("prometheus", "frontend", 8080, true),
+        // Prometheus itself: no NetworkPolicy selects it, the baseline default-deny does.
+        ("frontend", "prometheus", 9090, false),
+        ("checkout", "prometheus", 9090, false),
+        ("payments", "prometheus", 9090, false),
+        ("fraud", "prometheus", 9090, false),
     ];
     for (from, to, port, allowed) in expected {
         assert_eq!(
@@ -96,6 +106,26 @@ fn demo_matrix_matches_the_policies_and_the_engine() {
         );
     }
     assert_eq!(matrix.len(), expected.len(), "{matrix:?}");
+    let probe = |from: &str, to: &str| {
+        report["probes"]
+            .as_array()
+            .expect("probes")
+            .iter()
+            .find(|p| p["from"] == from && p["to"] == to)
+            .cloned()
+            .unwrap_or_else(|| panic!("{from} → {to} probe"))
+    };
+    // A baseline Deny, attributed by the observer to that ClusterNetworkPolicy.
+    let baseline = probe("shop/checkout-7d9f8b6c5-m4wzt", "risk/fraud-check-0");
+    assert_eq!(
+        baseline["engine"]["ingress_denied_by"],
+        serde_json::json!(["ClusterNetworkPolicy/default-deny"])
+    );
+    assert_eq!(
+        baseline["attribution"]["policies"],
+        serde_json::json!(["ClusterNetworkPolicy/default-deny"]),
+        "{baseline:#}"
+    );
     let too_narrow = report["probes"]
         .as_array()
         .expect("probes")
@@ -191,8 +221,8 @@ fn interrupt_while_holding_removes_every_namespace() {
 }
 
 mod random {
-    //! Random small clusters (≤ 4 pods, ≤ 3 policies) through `observer lab`: the nftables compiler and
-    //! the policy engine must agree on every probe.
+    //! Random small clusters (≤ 4 pods, ≤ 3 NetworkPolicies, ≤ 2 ClusterNetworkPolicies of either tier)
+    //! through `observer lab`: the nftables compiler and the policy engine must agree on every probe.
 
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
@@ -263,6 +293,85 @@ mod random {
             .prop_map(|(ns, sel, ing, eg)| (ns.to_owned(), sel, ing, eg))
     }
 
+    fn cnp_peer(egress: bool) -> impl Strategy<Value = String> {
+        let common = prop_oneof![
+            Just("{namespaces: {}}".to_owned()),
+            prop::sample::select(&["x", "y"][..])
+                .prop_map(|t| format!("{{namespaces: {{matchLabels: {{tier: {t}}}}}}}")),
+            app().prop_map(|a| format!(
+                "{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: {a}}}}}}}}}"
+            )),
+        ];
+        if egress {
+            prop_oneof![
+                3 => common,
+                1 => Just("{networks: [198.18.9.8/30]}".to_owned()),
+            ]
+            .boxed()
+        } else {
+            common.boxed()
+        }
+    }
+
+    fn cnp_protocol(named: bool) -> impl Strategy<Value = String> {
+        let numbers = prop_oneof![
+            Just("{tcp: {destinationPort: {number: 50051}}}".to_owned()),
+            Just("{tcp: {destinationPort: {range: {start: 8000, end: 9000}}}}".to_owned()),
+            Just("{udp: {destinationPort: {number: 50051}}}".to_owned()),
+        ];
+        if named {
+            prop_oneof![
+                numbers,
+                Just("{destinationNamedPort: grpc}".to_owned()),
+                Just("{destinationNamedPort: http}".to_owned()),
+            ]
+            .boxed()
+        } else {
+            numbers.boxed()
+        }
+    }
+
+    /// A ClusterNetworkPolicy rule; egress rules with a `networks` peer get no named port (the CRD forbids it).
+    fn cnp_rule(egress: bool) -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(&["Accept", "Deny", "Pass"][..]),
+            prop::collection::vec(cnp_peer(egress), 1..=2),
+            prop::option::of(prop::collection::vec(cnp_protocol(true), 1..=2)),
+            prop::collection::vec(cnp_protocol(false), 1..=2),
+        )
+            .prop_map(move |(action, peers, protocols, numbers)| {
+                let key = if egress { "to" } else { "from" };
+                let networks = peers.iter().any(|p| p.contains("networks"));
+                let protocols = match protocols {
+                    Some(_) if networks => Some(numbers),
+                    other => other,
+                };
+                let mut rule = format!("{{action: {action}, {key}: [{}]", peers.join(", "));
+                if let Some(p) = protocols {
+                    rule.push_str(&format!(", protocols: [{}]", p.join(", ")));
+                }
+                rule.push('}');
+                rule
+            })
+    }
+
+    /// Tier, subject, ingress and egress rules of a ClusterNetworkPolicy.
+    fn cnp() -> impl Strategy<Value = (&'static str, String, Vec<String>, Vec<String>)> {
+        (
+            prop::sample::select(&["Admin", "Baseline"][..]),
+            prop_oneof![
+                Just("{namespaces: {}}".to_owned()),
+                prop::sample::select(&["x", "y"][..])
+                    .prop_map(|t| format!("{{namespaces: {{matchLabels: {{tier: {t}}}}}}}")),
+                app().prop_map(|a| format!(
+                    "{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: {a}}}}}}}}}"
+                )),
+            ],
+            prop::collection::vec(cnp_rule(false), 0..=2),
+            prop::collection::vec(cnp_rule(true), 0..=2),
+        )
+    }
+
     /// Port declarations: the named ports `grpc`/`http` resolve to different numbers on different pods.
     const PORTS: [&str; 3] = [
         "[{name: grpc, containerPort: 50051}]",
@@ -279,8 +388,9 @@ mod random {
                 2..=4,
             ),
             prop::collection::vec(policy(), 0..=3),
+            prop::collection::vec(cnp(), 0..=2),
         )
-            .prop_map(|(ta, tb, pods, policies)| {
+            .prop_map(|(ta, tb, pods, policies, cnps)| {
                 let mut y = format!(
                     "apiVersion: v1\nkind: Namespace\nmetadata: {{name: a, labels: {{tier: {ta}}}}}\n---\n\
                      apiVersion: v1\nkind: Namespace\nmetadata: {{name: b, labels: {{tier: {tb}}}}}\n"
@@ -311,6 +421,17 @@ mod random {
                         "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{i}, namespace: {ns}}}\n\
                          spec: {{{spec}, policyTypes: [{}]}}\n",
                         types.join(", ")
+                    ));
+                }
+                // Distinct priorities: two overlapping policies at one priority are undefined by the API.
+                for (i, (tier, subject, ingress, egress)) in cnps.iter().enumerate() {
+                    y.push_str(&format!(
+                        "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+                         metadata: {{name: cnp{i}}}\nspec: {{tier: {tier}, priority: {}, subject: {subject}, \
+                         ingress: [{}], egress: [{}]}}\n",
+                        10 * (i + 1),
+                        ingress.join(", "),
+                        egress.join(", ")
                     ));
                 }
                 y

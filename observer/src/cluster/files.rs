@@ -102,13 +102,20 @@ impl FileSource {
             return Err(error);
         }
         let mut inventory = self.inventory.write();
-        let replaced = inventory.replace(
-            &manifests.namespaces,
-            &manifests.nodes,
-            &manifests.pods,
-            &manifests.policies,
-            SystemTime::now(),
-        );
+        let replaced = inventory
+            .replace(
+                &manifests.namespaces,
+                &manifests.nodes,
+                &manifests.pods,
+                &manifests.policies,
+                SystemTime::now(),
+            )
+            .and_then(|()| {
+                inventory.replace_cluster_policies(
+                    &crate::policy::PolicyKind::CLUSTER_SCOPED,
+                    &manifests.cluster_policies,
+                )
+            });
         if let Err(errors) = replaced {
             drop(inventory);
             let error = Error::Rejected { errors };

@@ -138,6 +138,8 @@ pub struct Inventory {
     node_ips: HashMap<IpAddr, Arc<str>>,
     policies: HashMap<ObjectRef, PolicyEntry>,
     histories: HashMap<ObjectRef, PolicyHistory>,
+    /// Cluster-scoped policies in force (compiled into the engine), by kind and name.
+    cluster_policies: HashMap<(policy::PolicyKind, Arc<str>), Arc<policy::PolicyMeta>>,
     ips: HashMap<IpAddr, IpTimeline>,
     engine: policy::Index,
     staging: [Option<Staging>; Kind::ALL.len()],
@@ -409,6 +411,109 @@ impl Inventory {
     ) -> Option<(&PolicyRevision, SystemTime)> {
         let history = self.policy_history(namespace, name)?;
         Some((history.at(at)?, history.changed_at(at)?))
+    }
+
+    // ---- cluster-scoped policies (optional CRDs: not part of readiness) ----
+
+    /// Adds or replaces a ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy. On error
+    /// the inventory is unchanged.
+    pub fn apply_cluster_policy(
+        &mut self,
+        object: &policy::crd::ClusterObject,
+    ) -> Result<(), Error> {
+        let compiled = object
+            .compile()
+            .map_err(|errors| Error::InvalidClusterPolicy {
+                kind: object.kind(),
+                errors,
+            })?;
+        self.put_cluster_policy(compiled);
+        Ok(())
+    }
+
+    fn put_cluster_policy(&mut self, compiled: policy::ClusterPolicy) {
+        let key = (compiled.meta.kind, compiled.meta.name.clone());
+        if self
+            .cluster_policies
+            .get(&key)
+            .is_some_and(|m| m.uid.is_some() && **m == *compiled.meta)
+        {
+            return;
+        }
+        self.cluster_policies.insert(key, compiled.meta.clone());
+        self.engine.apply_cluster_policy(compiled);
+        self.generation += 1;
+    }
+
+    /// Removes a cluster-scoped policy.
+    pub fn delete_cluster_policy(&mut self, kind: policy::PolicyKind, name: &str) -> bool {
+        if self
+            .cluster_policies
+            .remove(&(kind, Arc::from(name)))
+            .is_none()
+        {
+            return false;
+        }
+        self.engine.delete_cluster_policy(kind, name);
+        self.generation += 1;
+        true
+    }
+
+    /// Replaces every cluster-scoped policy of `kinds` with `objects` (a relist of those kinds, or a
+    /// manifest reload).
+    ///
+    /// # Errors
+    /// All or nothing: when any object is unusable, nothing changes and every problem is returned.
+    pub fn replace_cluster_policies(
+        &mut self,
+        kinds: &[policy::PolicyKind],
+        objects: &[policy::crd::ClusterObject],
+    ) -> Result<(), Vec<Error>> {
+        let mut compiled = Vec::with_capacity(objects.len());
+        let mut errors = Vec::new();
+        for o in objects {
+            match o.compile() {
+                Ok(c) => compiled.push(c),
+                Err(e) => errors.push(Error::InvalidClusterPolicy {
+                    kind: o.kind(),
+                    errors: e,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let keep: HashSet<(policy::PolicyKind, Arc<str>)> = compiled
+            .iter()
+            .map(|c| (c.meta.kind, c.meta.name.clone()))
+            .collect();
+        let gone: Vec<(policy::PolicyKind, Arc<str>)> = self
+            .cluster_policies
+            .keys()
+            .filter(|k| kinds.contains(&k.0) && !keep.contains(*k))
+            .cloned()
+            .collect();
+        for (kind, name) in gone {
+            self.delete_cluster_policy(kind, &name);
+        }
+        for c in compiled {
+            self.put_cluster_policy(c);
+        }
+        Ok(())
+    }
+
+    /// The cluster-scoped policy `kind/name`, if it exists now.
+    pub fn cluster_policy(
+        &self,
+        kind: policy::PolicyKind,
+        name: &str,
+    ) -> Option<&Arc<policy::PolicyMeta>> {
+        self.cluster_policies.get(&(kind, Arc::from(name)))
+    }
+
+    /// Number of cluster-scoped policies (all three kinds).
+    pub fn cluster_policy_count(&self) -> usize {
+        self.cluster_policies.len()
     }
 
     // ---- lookups ----

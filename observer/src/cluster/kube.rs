@@ -1,7 +1,9 @@
 //! The Kubernetes API server as a cluster source: one watcher per kind, across all namespaces.
 //!
-//! RBAC: `get`, `list`, `watch` on `pods`, `namespaces`, `nodes` (core) and `networkpolicies`
-//! (`networking.k8s.io`); nothing else.
+//! RBAC: `get`, `list`, `watch` on `pods`, `namespaces`, `nodes` (core), `networkpolicies`
+//! (`networking.k8s.io`) and, when the API server serves them, `clusternetworkpolicies`,
+//! `adminnetworkpolicies` and `baselineadminnetworkpolicies` (`policy.networking.k8s.io`, see
+//! [`super::kube_tiers`]); nothing else.
 //!
 //! Objects are watched untyped ([`DynamicObject`]) and decoded one by one, so a single malformed object is
 //! skipped and counted instead of failing the whole list, which the watcher would retry forever. (An
@@ -85,9 +87,11 @@ const PRUNE_EVERY: Duration = Duration::from_secs(30);
 /// Watches Pods, Namespaces, Nodes and NetworkPolicies and keeps a [`SharedInventory`] up to date.
 #[derive(Clone)]
 pub struct KubeSource {
-    client: ::kube::Client,
-    inventory: SharedInventory,
-    stats: Arc<SourceStats>,
+    pub(super) client: ::kube::Client,
+    pub(super) inventory: SharedInventory,
+    pub(super) stats: Arc<SourceStats>,
+    /// How often the optional cluster-scoped policy CRDs are looked up again.
+    rediscover: Duration,
 }
 
 impl KubeSource {
@@ -113,7 +117,15 @@ impl KubeSource {
             client,
             inventory,
             stats: Arc::default(),
+            rediscover: super::kube_tiers::REDISCOVER_EVERY,
         }
+    }
+
+    /// Changes how often the cluster-scoped policy CRDs are discovered again (tests shorten it).
+    #[must_use]
+    pub fn with_rediscover(mut self, every: Duration) -> Self {
+        self.rediscover = every;
+        self
     }
 
     /// Skipped objects, errors and relists so far.
@@ -134,6 +146,7 @@ impl KubeSource {
             self.watch::<Namespace>(),
             self.watch::<Node>(),
             self.watch::<NetworkPolicy>(),
+            self.watch_cluster_policies(self.rediscover),
             self.prune(),
         );
     }

@@ -8,6 +8,8 @@
 //!  ├── nodes       name ─▶ policy::Node { IPs }                      (+ node IP ─▶ name)
 //!  ├── policies    namespace/name ─▶ PolicyEntry { revision in force }
 //!  ├── histories   namespace/name ─▶ PolicyHistory [ PolicyRevision { uid, rv, generation, hash, seen } … ]
+//!  ├── cluster     (kind, name) ─▶ PolicyMeta of ClusterNetworkPolicy / AdminNetworkPolicy /
+//!  │               BaselineAdminNetworkPolicy (optional CRDs: they never hold readiness)
 //!  ├── engine      policy::Index, fed the same applies and deletes (verdicts); holds the pods'
 //!  │               Arc<policy::Pod>, not copies
 //!  └── synced      per kind; ready when all four kinds were listed
@@ -22,6 +24,7 @@
 pub mod files;
 mod index;
 pub mod kube;
+pub mod kube_tiers;
 mod model;
 mod timeline;
 
@@ -83,6 +86,14 @@ pub enum Error {
     Invalid {
         /// Kind of the object.
         kind: Kind,
+        /// What is wrong, field by field.
+        errors: Vec<crate::policy::CompileError>,
+    },
+    /// A ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy the engine rejected.
+    #[error("invalid {kind}: {}", join(errors))]
+    InvalidClusterPolicy {
+        /// Kind of the object.
+        kind: crate::policy::PolicyKind,
         /// What is wrong, field by field.
         errors: Vec<crate::policy::CompileError>,
     },

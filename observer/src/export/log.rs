@@ -421,9 +421,8 @@ impl fmt::Display for Text<'_> {
                 }
                 write!(
                     f,
-                    "{}/{} ({}, rv {}",
-                    p.namespace,
-                    p.name,
+                    "{} ({}, rv {}",
+                    p.id(),
                     p.direction.as_str(),
                     p.resource_version
                 )?;
@@ -597,6 +596,7 @@ mod tests {
         let mut r = record(312);
         r.call_site = Some("nft_do_chain+0x3e8".into());
         r.policies.push(PolicyRef {
+            kind: "NetworkPolicy".into(),
             namespace: "payments".into(),
             name: "allow-frontend".into(),
             direction: Direction::Ingress,

@@ -30,7 +30,7 @@ pub struct Metrics {
     names: Arc<Vec<String>>,
     /// `(name, variable labels)` of every registered family, in registration order.
     families: Arc<Vec<(String, Vec<String>)>>,
-    /// `{cause, direction, policy_namespace, policy_name}`
+    /// `{cause, direction, policy_kind, policy_namespace, policy_name}`
     pub blocked_channels: IntCounterVec,
     /// `{reason}` — the kernel's drop reason name.
     pub kernel_drops: IntCounterVec,
@@ -106,7 +106,13 @@ impl Metrics {
         let blocked_channels = counter_vec!(
             "observer_blocked_channels_total",
             "Blocked connection attempts, by cause, direction and responsible policy (top policies; the rest as policy_name=\"other\").",
-            &["cause", "direction", "policy_namespace", "policy_name"]
+            &[
+                "cause",
+                "direction",
+                "policy_kind",
+                "policy_namespace",
+                "policy_name"
+            ]
         );
         let kernel_drops = counter_vec!(
             "observer_kernel_drops_total",
@@ -197,28 +203,34 @@ impl Metrics {
         &self.families
     }
 
-    /// Counts one blocked channel for each responsible policy (or once without policy labels).
-    pub fn blocked<'a>(
+    /// Counts one blocked channel for each responsible policy (or once without policy labels). Policies
+    /// are `(namespace, name)` (a NetworkPolicy) or `(kind, namespace, name)`.
+    pub fn blocked<'a, P: Into<PolicyLabels<'a>>>(
         &self,
         cause: &str,
         direction: &str,
-        policies: impl IntoIterator<Item = (&'a str, &'a str)>,
+        policies: impl IntoIterator<Item = P>,
     ) {
         let mut any = false;
-        for (ns, name) in policies {
+        for p in policies {
+            let PolicyLabels {
+                kind,
+                namespace,
+                name,
+            } = p.into();
             any = true;
-            let (ns, name) = if self.admit(ns, name) {
-                (ns, name)
+            let (kind, ns, name) = if self.admit(kind, namespace, name) {
+                (kind, namespace, name)
             } else {
-                ("", "other")
+                ("", "", "other")
             };
             self.blocked_channels
-                .with_label_values(&[cause, direction, ns, name])
+                .with_label_values(&[cause, direction, kind, ns, name])
                 .inc();
         }
         if !any {
             self.blocked_channels
-                .with_label_values(&[cause, direction, "", ""])
+                .with_label_values(&[cause, direction, "", "", ""])
                 .inc();
         }
     }
@@ -226,11 +238,11 @@ impl Metrics {
     /// Whether a policy gets its own labels: yes while fewer than `POLICY_LABELS_MAX` policies have
     /// been admitted (a series, once created, keeps its labels so counters stay monotonic), else it is
     /// folded into `("", "other")`.
-    fn admit(&self, ns: &str, name: &str) -> bool {
+    fn admit(&self, kind: &str, ns: &str, name: &str) -> bool {
         let Ok(mut admitted) = self.admitted.lock() else {
             return false;
         };
-        let key = format!("{ns}/{name}");
+        let key = format!("{kind}:{ns}/{name}");
         if admitted.contains(&key) {
             return true;
         }
@@ -248,6 +260,41 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .map_err(MetricsError::Encode)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+/// The policy labels of one responsible policy: `policy_kind` (`NetworkPolicy`, `ClusterNetworkPolicy`,
+/// `AdminNetworkPolicy`, `BaselineAdminNetworkPolicy`), `policy_namespace` (empty for cluster-scoped
+/// kinds), `policy_name`.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyLabels<'a> {
+    /// `policy_kind`.
+    pub kind: &'a str,
+    /// `policy_namespace`.
+    pub namespace: &'a str,
+    /// `policy_name`.
+    pub name: &'a str,
+}
+
+impl<'a> From<(&'a str, &'a str)> for PolicyLabels<'a> {
+    /// A NetworkPolicy `(namespace, name)`.
+    fn from((namespace, name): (&'a str, &'a str)) -> Self {
+        Self {
+            kind: "NetworkPolicy",
+            namespace,
+            name,
+        }
+    }
+}
+
+impl<'a> From<(&'a str, &'a str, &'a str)> for PolicyLabels<'a> {
+    /// `(kind, namespace, name)`.
+    fn from((kind, namespace, name): (&'a str, &'a str, &'a str)) -> Self {
+        Self {
+            kind,
+            namespace,
+            name,
+        }
     }
 }
 
@@ -289,12 +336,14 @@ mod tests {
         assert_eq!(series, Metrics::POLICY_LABELS_MAX + 1);
         assert!(
             text.contains(
-                r#"{cause="policy",direction="ingress",policy_name="other",policy_namespace=""} 10"#
+                r#"{cause="policy",direction="ingress",policy_kind="",policy_name="other",policy_namespace=""} 10"#
             ),
             "{text}"
         );
         assert!(
-            text.contains(r#"policy_name="p0",policy_namespace="ns"} 2"#),
+            text.contains(
+                r#"policy_kind="NetworkPolicy",policy_name="p0",policy_namespace="ns"} 2"#
+            ),
             "{text}"
         );
     }
@@ -302,8 +351,26 @@ mod tests {
     #[test]
     fn no_policy_causes_have_empty_policy_labels() {
         let m = Metrics::new().expect("metrics");
-        m.blocked("no_listener", "", []);
+        m.blocked("no_listener", "", [] as [(&str, &str); 0]);
         let text = m.encode().expect("encode");
-        assert!(text.contains(r#"observer_blocked_channels_total{cause="no_listener",direction="",policy_name="",policy_namespace=""} 1"#), "{text}");
+        assert!(text.contains(r#"observer_blocked_channels_total{cause="no_listener",direction="",policy_kind="",policy_name="",policy_namespace=""} 1"#), "{text}");
+    }
+
+    #[test]
+    fn cluster_scoped_policies_carry_their_kind() {
+        let m = Metrics::new().expect("metrics");
+        m.blocked(
+            "policy",
+            "ingress",
+            [("ClusterNetworkPolicy", "", "deny-to-kube-system")],
+        );
+        m.blocked(
+            "policy",
+            "ingress",
+            [("AdminNetworkPolicy", "", "deny-to-kube-system")],
+        );
+        let text = m.encode().expect("encode");
+        assert!(text.contains(r#"observer_blocked_channels_total{cause="policy",direction="ingress",policy_kind="ClusterNetworkPolicy",policy_name="deny-to-kube-system",policy_namespace=""} 1"#), "{text}");
+        assert!(text.contains(r#"policy_kind="AdminNetworkPolicy",policy_name="deny-to-kube-system",policy_namespace=""} 1"#), "{text}");
     }
 }

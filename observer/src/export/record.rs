@@ -134,6 +134,11 @@ pub struct Endpoint {
 /// A policy responsible for a blocked channel, at the revision in force when it happened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRef {
+    /// `NetworkPolicy`, `ClusterNetworkPolicy`, `AdminNetworkPolicy` or `BaselineAdminNetworkPolicy`.
+    /// (Defaults to `NetworkPolicy` when a record written before the field existed is read back.)
+    #[serde(default = "network_policy_kind")]
+    pub kind: Arc<str>,
+    /// Empty for cluster-scoped kinds.
     pub namespace: Arc<str>,
     pub name: Arc<str>,
     pub direction: Direction,
@@ -144,6 +149,21 @@ pub struct PolicyRef {
     /// When this revision was written (or first seen), RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_at: Option<String>,
+}
+
+impl PolicyRef {
+    /// The policy id: `namespace/name` for a NetworkPolicy, `Kind/name` for a cluster-scoped kind.
+    pub fn id(&self) -> String {
+        if &*self.kind == "NetworkPolicy" {
+            format!("{}/{}", self.namespace, self.name)
+        } else {
+            format!("{}/{}", self.kind, self.name)
+        }
+    }
+}
+
+fn network_policy_kind() -> Arc<str> {
+    Arc::from("NetworkPolicy")
 }
 
 /// RFC 3339 with milliseconds, UTC (`2026-11-26T14:02:03.123Z`).
@@ -202,6 +222,7 @@ mod tests {
             call_site: None,
             attempts: 4,
             policies: vec![PolicyRef {
+                kind: "NetworkPolicy".into(),
                 namespace: "shop".into(),
                 name: "default-deny".into(),
                 direction: Direction::Egress,
@@ -224,6 +245,7 @@ mod tests {
         assert_eq!(v["direction"], "egress");
         assert_eq!(v["src"]["workload"], "Deployment/checkout");
         assert_eq!(v["policies"][0]["resource_version"], "81233");
+        assert_eq!(v["policies"][0]["kind"], "NetworkPolicy");
         // External endpoints carry only ip, port and kind.
         let dst = v["dst"].as_object().expect("object");
         let mut keys: Vec<_> = dst.keys().map(String::as_str).collect();

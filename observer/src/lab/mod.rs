@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use crate::cli::explain::Output;
 use crate::manifest::Manifests;
+use crate::policy::ClusterPolicy;
 use crate::policy::{Endpoint, Index, Namespace, Node, Pod, Policy, Protocol};
 use addr::Mapping;
 use netns::Netns;
@@ -115,6 +116,8 @@ pub struct Plan {
     pub pods: Vec<LabPod>,
     /// Policies.
     pub policies: Vec<Policy>,
+    /// Cluster-scoped policies (ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy).
+    pub cluster_policies: Vec<ClusterPolicy>,
     /// Addresses the lab changed.
     pub mappings: Vec<Mapping>,
     /// Things an operator should know (left-out pods, ipBlocks whose meaning the mapping changed).
@@ -139,6 +142,11 @@ impl Plan {
             .policies
             .iter()
             .filter_map(|p| Policy::compile(p).ok())
+            .collect();
+        let cluster_policies: Vec<ClusterPolicy> = m
+            .cluster_policies
+            .iter()
+            .filter_map(|p| p.compile().ok())
             .collect();
         let mut warnings = Vec::new();
         let mut pods = Vec::new();
@@ -175,6 +183,7 @@ impl Plan {
             nodes,
             pods,
             policies,
+            cluster_policies,
             mappings,
             warnings,
         }
@@ -184,11 +193,12 @@ impl Plan {
     #[must_use]
     pub fn index(&self) -> Index {
         let mut index = Index::new();
-        index.reset(
+        index.reset_all(
             self.namespaces.clone(),
             self.nodes.clone(),
             self.pods.iter().map(|p| p.pod.clone()).collect(),
             self.policies.clone(),
+            self.cluster_policies.clone(),
         );
         index
     }
@@ -197,11 +207,17 @@ impl Plan {
     #[must_use]
     pub fn ruleset(&self) -> String {
         let pods: Vec<Pod> = self.pods.iter().map(|p| p.pod.clone()).collect();
-        nft::compile(&nft::Cluster {
-            namespaces: &self.namespaces,
-            pods: &pods,
-            policies: &self.policies,
-        })
+        nft::compile_with_tiers(
+            &nft::Cluster {
+                namespaces: &self.namespaces,
+                pods: &pods,
+                policies: &self.policies,
+            },
+            &nft::Tiers {
+                policies: &self.cluster_policies,
+                nodes: &self.nodes,
+            },
+        )
     }
 
     /// The probes: every (source, destination, served port) with source ≠ destination, filtered by the
@@ -948,11 +964,12 @@ mod tests {
     #[test]
     fn demo_plan_keeps_lab_addresses_and_probes_every_served_port() {
         let plan = demo_plan();
-        assert_eq!(plan.pods.len(), 4);
+        assert_eq!(plan.pods.len(), 5);
+        assert_eq!(plan.cluster_policies.len(), 3);
         assert!(plan.mappings.is_empty(), "{:?}", plan.mappings);
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
-        // 3 sources × (frontend:8080, checkout, payments, fraud-check on 50051).
-        assert_eq!(plan.probes(&args(None, None)).expect("probes").len(), 12);
+        // 4 sources × (frontend:8080, checkout, payments, fraud-check on 50051, prometheus:9090).
+        assert_eq!(plan.probes(&args(None, None)).expect("probes").len(), 20);
         let from_checkout = plan
             .probes(&args(Some("shop/checkout-7d9f8b6c5-m4wzt"), Some(50051)))
             .expect("probes");
@@ -961,7 +978,16 @@ mod tests {
             plan.probes(&args(Some("shop/nope"), None)),
             Err(LabError::Unusable(_))
         ));
-        assert!(plan.ruleset().contains("table inet observer_lab {"));
+        let ruleset = plan.ruleset();
+        assert!(ruleset.contains("table inet observer_lab {"));
+        assert!(
+            ruleset.contains("_admin {"),
+            "the admin tier has chains:\n{ruleset}"
+        );
+        assert!(
+            ruleset.contains("_baseline {"),
+            "the baseline tier has chains:\n{ruleset}"
+        );
     }
 
     #[test]

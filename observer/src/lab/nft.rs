@@ -14,6 +14,17 @@
 //!         …_n<port>_{v4,v6}                            egress named ports: destination ip . port
 //! ```
 //!
+//! Cluster-scoped policies (ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy) add a
+//! chain per tier in front of and behind the NetworkPolicy lines of a pod's chain (see [`tiers`]):
+//!
+//! ```text
+//!    chain in_<pod>            jump in_<pod>_admin; then the NetworkPolicy lines and `drop` when a
+//!                              NetworkPolicy selects the pod, else `jump in_<pod>_baseline`
+//!    chain in_<pod>_admin      Admin-tier rules by priority then written order: Accept → `accept`,
+//!                              Deny → `drop`, Pass → `return` (jumps past the rest of the tier)
+//!    chain in_<pod>_baseline   the same for the Baseline tier; falling off the end allows
+//! ```
+//!
 //! Both directions must allow a connection: an `accept` ends only its own base chain, so egress and
 //! ingress are two base chains on the forward hook and a packet passes both unless one drops it. A
 //! direction no policy isolates has no jump, and the base chains accept. Traffic between a pod and its own
@@ -29,9 +40,11 @@ use ipnet::IpNet;
 
 use crate::policy::model::NAMESPACE_NAME_LABEL;
 use crate::policy::{
-    Direction, Labels, Namespace, NamespaceScope, Peer, Pod, Policy, PortMatch, PortSpec, Protocol,
-    Rule,
+    ClusterPolicy, Direction, Labels, Namespace, NamespaceScope, Node, Peer, Pod, Policy,
+    PortMatch, PortSpec, Protocol, Rule, Tier,
 };
+
+mod tiers;
 
 /// Name of the table the ruleset defines.
 pub const TABLE: &str = "observer_lab";
@@ -47,14 +60,30 @@ pub struct Cluster<'a> {
     pub policies: &'a [Policy],
 }
 
+/// Cluster-scoped policies, and the nodes their `nodes` peers select.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tiers<'a> {
+    /// Compiled ClusterNetworkPolicies, AdminNetworkPolicies and BaselineAdminNetworkPolicies.
+    pub policies: &'a [ClusterPolicy],
+    /// Nodes, with their labels and addresses.
+    pub nodes: &'a [Node],
+}
+
 /// Compiles the policies of `cluster` into one `nft -f` ruleset that (re)defines `table inet observer_lab`.
 #[must_use]
 pub fn compile(cluster: &Cluster<'_>) -> String {
-    Compiler::new(cluster).run()
+    compile_with_tiers(cluster, &Tiers::default())
+}
+
+/// Like [`compile`], with the Admin and Baseline tiers of cluster-scoped policies around NetworkPolicy.
+#[must_use]
+pub fn compile_with_tiers(cluster: &Cluster<'_>, tiers: &Tiers<'_>) -> String {
+    Compiler::new(cluster, tiers).run()
 }
 
 struct Compiler<'a> {
     c: &'a Cluster<'a>,
+    t: &'a Tiers<'a>,
     ns_labels: BTreeMap<Arc<str>, Labels>,
     sets: String,
     chains: String,
@@ -98,7 +127,7 @@ enum PeerMatch {
 }
 
 impl<'a> Compiler<'a> {
-    fn new(c: &'a Cluster<'a>) -> Self {
+    fn new(c: &'a Cluster<'a>, t: &'a Tiers<'a>) -> Self {
         let mut ns_labels: BTreeMap<Arc<str>, Labels> = c
             .namespaces
             .iter()
@@ -117,6 +146,7 @@ impl<'a> Compiler<'a> {
         }
         Self {
             c,
+            t,
             ns_labels,
             sets: String::new(),
             chains: String::new(),
@@ -142,7 +172,14 @@ impl<'a> Compiler<'a> {
                             && p.pod_selector.matches(&pod.labels)
                     })
                     .collect();
-                if selecting.is_empty() {
+                let admin = self.tier_policies(Tier::Admin, pod, direction);
+                let baseline = if selecting.is_empty() {
+                    self.tier_policies(Tier::Baseline, pod, direction)
+                } else {
+                    // A pod a NetworkPolicy selects is decided there: the baseline never applies.
+                    Vec::new()
+                };
+                if selecting.is_empty() && admin.is_empty() && baseline.is_empty() {
                     continue;
                 }
                 let (chain, jumps, field) = match direction {
@@ -158,7 +195,11 @@ impl<'a> Compiler<'a> {
                         pod.name
                     );
                 }
-                self.pod_chain(&chain, pod, direction, &selecting);
+                if admin.is_empty() && baseline.is_empty() {
+                    self.pod_chain(&chain, pod, direction, &selecting);
+                } else {
+                    self.tiered_pod_chain(&chain, pod, direction, &selecting, &admin, &baseline);
+                }
             }
         }
         let mut out = String::new();
@@ -188,6 +229,22 @@ impl<'a> Compiler<'a> {
         direction: Direction,
         selecting: &[(usize, &Policy)],
     ) {
+        let body = self.network_policy_lines(chain, pod, direction, selecting);
+        let _ = writeln!(
+            self.chains,
+            "\tchain {chain} {{\n\t\t# {direction} of {}/{}\n{body}\t\tdrop\n\t}}",
+            pod.namespace, pod.name
+        );
+    }
+
+    /// The accept lines of the NetworkPolicies selecting `pod` for `direction` (the caller adds `drop`).
+    fn network_policy_lines(
+        &mut self,
+        chain: &str,
+        pod: &Pod,
+        direction: Direction,
+        selecting: &[(usize, &Policy)],
+    ) -> String {
         let mut body = String::new();
         for (pi, policy) in selecting {
             let rules = policy.rules(direction).unwrap_or_default();
@@ -204,11 +261,7 @@ impl<'a> Compiler<'a> {
                 self.rule_lines(&mut body, &base, &comment, pod, policy, rule, direction);
             }
         }
-        let _ = writeln!(
-            self.chains,
-            "\tchain {chain} {{\n\t\t# {direction} of {}/{}\n{body}\t\tdrop\n\t}}",
-            pod.namespace, pod.name
-        );
+        body
     }
 
     #[expect(
@@ -256,57 +309,7 @@ impl<'a> Compiler<'a> {
                     direction,
                     peer_pods.as_deref(),
                 );
-                for (family, kw) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
-                    let peer_expr = match peer {
-                        PeerMatch::Any => String::new(),
-                        PeerMatch::Set {
-                            v4,
-                            v6,
-                            except_v4,
-                            except_v6,
-                        } => {
-                            let (set, except) = match family {
-                                Family::V4 => (v4, except_v4),
-                                Family::V6 => (v6, except_v6),
-                            };
-                            let Some(set) = set else { continue };
-                            let mut e = format!("{kw} {field} @{set} ");
-                            if let Some(x) = except {
-                                let _ = write!(e, "{kw} {field} != @{x} ");
-                            }
-                            e
-                        }
-                    };
-                    match &port_exprs {
-                        PortExpr::Nothing => {}
-                        PortExpr::Any => {
-                            // Without a family-specific peer, one line covers both families.
-                            if family == Family::V6 && matches!(peer, PeerMatch::Any) {
-                                continue;
-                            }
-                            let _ = writeln!(body, "\t\t{peer_expr}accept comment \"{comment}\"");
-                        }
-                        PortExpr::Match(m) => {
-                            if family == Family::V6 && matches!(peer, PeerMatch::Any) {
-                                continue;
-                            }
-                            let _ =
-                                writeln!(body, "\t\t{peer_expr}{m} accept comment \"{comment}\"");
-                        }
-                        PortExpr::Named { v4, v6, proto } => {
-                            let set = match family {
-                                Family::V4 => v4,
-                                Family::V6 => v6,
-                            };
-                            if let Some(set) = set {
-                                let _ = writeln!(
-                                    body,
-                                    "\t\t{peer_expr}{kw} daddr . {proto} dport @{set} accept comment \"{comment}\""
-                                );
-                            }
-                        }
-                    }
-                }
+                emit(body, peer, &port_exprs, field, "accept", comment);
             }
         }
     }
@@ -462,6 +465,68 @@ impl<'a> Compiler<'a> {
                     PortExpr::Nothing
                 } else {
                     PortExpr::Named { v4, v6, proto }
+                }
+            }
+        }
+    }
+}
+
+/// Writes the lines of one (peer, port entry) pair with `verdict` (`accept`, `drop`, `return`): one per
+/// address family where the peer has addresses, one for both when the peer is anyone.
+fn emit(
+    body: &mut String,
+    peer: &PeerMatch,
+    port_exprs: &PortExpr,
+    field: &str,
+    verdict: &str,
+    comment: &str,
+) {
+    for (family, kw) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
+        let peer_expr = match peer {
+            PeerMatch::Any => String::new(),
+            PeerMatch::Set {
+                v4,
+                v6,
+                except_v4,
+                except_v6,
+            } => {
+                let (set, except) = match family {
+                    Family::V4 => (v4, except_v4),
+                    Family::V6 => (v6, except_v6),
+                };
+                let Some(set) = set else { continue };
+                let mut e = format!("{kw} {field} @{set} ");
+                if let Some(x) = except {
+                    let _ = write!(e, "{kw} {field} != @{x} ");
+                }
+                e
+            }
+        };
+        match port_exprs {
+            PortExpr::Nothing => {}
+            PortExpr::Any => {
+                // Without a family-specific peer, one line covers both families.
+                if family == Family::V6 && matches!(peer, PeerMatch::Any) {
+                    continue;
+                }
+                let _ = writeln!(body, "\t\t{peer_expr}{verdict} comment \"{comment}\"");
+            }
+            PortExpr::Match(m) => {
+                if family == Family::V6 && matches!(peer, PeerMatch::Any) {
+                    continue;
+                }
+                let _ = writeln!(body, "\t\t{peer_expr}{m} {verdict} comment \"{comment}\"");
+            }
+            PortExpr::Named { v4, v6, proto } => {
+                let set = match family {
+                    Family::V4 => v4,
+                    Family::V6 => v6,
+                };
+                if let Some(set) = set {
+                    let _ = writeln!(
+                        body,
+                        "\t\t{peer_expr}{kw} daddr . {proto} dport @{set} {verdict} comment \"{comment}\""
+                    );
                 }
             }
         }

@@ -51,7 +51,7 @@ pub struct Attribution {
     pub cause: String,
     /// `egress`, `ingress`, `both` or null.
     pub direction: Option<String>,
-    /// The policies named, sorted `namespace/name`.
+    /// The policies named, sorted ids (`namespace/name`, `Kind/name` for cluster-scoped kinds).
     pub policies: Vec<String>,
     /// The kernel's drop reason, if seen.
     pub kernel_reason: Option<String>,
@@ -195,11 +195,12 @@ impl Observer {
                 .into_iter()
                 .flatten()
                 .filter_map(|p| {
-                    Some(format!(
-                        "{}/{}",
-                        p["namespace"].as_str()?,
-                        p["name"].as_str()?
-                    ))
+                    // The policy id: `namespace/name`, or `Kind/name` for cluster-scoped kinds.
+                    let first = match p["kind"].as_str() {
+                        Some(kind) if kind != "NetworkPolicy" => kind,
+                        _ => p["namespace"].as_str()?,
+                    };
+                    Some(format!("{first}/{}", p["name"].as_str()?))
                 })
                 .collect();
             policies.sort();
@@ -280,6 +281,9 @@ fn lab_manifest(m: &Manifests, plan: &Plan) -> String {
             "NetworkPolicy",
             "networking.k8s.io/v1",
         );
+    }
+    for c in &m.cluster_policies {
+        push(c.to_value(), c.kind().as_str(), c.api_version());
     }
     for k in &m.pods {
         let (ns, name) = (

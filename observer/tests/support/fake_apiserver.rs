@@ -3,7 +3,9 @@
 //! ADDED/MODIFIED/DELETED/BOOKMARK events, `ERROR` events with a 410 `Status` for compacted resource
 //! versions, and connections dropped mid-stream on demand. It also answers `POST`s of TokenReviews (tokens
 //! registered with [`FakeApiServer::add_token`]) and SubjectAccessReviews (non-resource grants registered
-//! with [`FakeApiServer::grant`]), as the authentication and authorisation APIs do.
+//! with [`FakeApiServer::grant`]), as the authentication and authorisation APIs do. The optional
+//! `policy.networking.k8s.io` kinds are served (API discovery and collections) only after
+//! [`FakeApiServer::serve`], as a CRD would be.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
@@ -20,14 +22,24 @@ use futures::SinkExt as _;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast, watch};
 
-/// The four collections the inventory watches, by URL path.
+/// The collections the inventory watches, by URL path: the four built-in kinds and the three optional
+/// cluster-scoped policy CRDs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Resource {
     Pods,
     Namespaces,
     Nodes,
     NetworkPolicies,
+    ClusterNetworkPolicies,
+    AdminNetworkPolicies,
+    BaselineAdminNetworkPolicies,
 }
+
+const CRDS: [Resource; 3] = [
+    Resource::ClusterNetworkPolicies,
+    Resource::AdminNetworkPolicies,
+    Resource::BaselineAdminNetworkPolicies,
+];
 
 impl Resource {
     fn from_path(path: &str) -> Option<Self> {
@@ -36,7 +48,9 @@ impl Resource {
             "/api/v1/namespaces" => Some(Self::Namespaces),
             "/api/v1/nodes" => Some(Self::Nodes),
             "/apis/networking.k8s.io/v1/networkpolicies" => Some(Self::NetworkPolicies),
-            _ => None,
+            _ => CRDS
+                .into_iter()
+                .find(|r| path == format!("/apis/{}/{}", r.api_version(), r.plural())),
         }
     }
 
@@ -46,14 +60,29 @@ impl Resource {
             Self::Namespaces => "Namespace",
             Self::Nodes => "Node",
             Self::NetworkPolicies => "NetworkPolicy",
+            Self::ClusterNetworkPolicies => "ClusterNetworkPolicy",
+            Self::AdminNetworkPolicies => "AdminNetworkPolicy",
+            Self::BaselineAdminNetworkPolicies => "BaselineAdminNetworkPolicy",
         }
+    }
+
+    fn plural(self) -> String {
+        format!("{}s", self.kind().to_ascii_lowercase())
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Self::NetworkPolicies => "networking.k8s.io/v1",
+            Self::ClusterNetworkPolicies => "policy.networking.k8s.io/v1alpha2",
+            Self::AdminNetworkPolicies | Self::BaselineAdminNetworkPolicies => {
+                "policy.networking.k8s.io/v1alpha1"
+            }
             _ => "v1",
         }
+    }
+
+    fn is_crd(self) -> bool {
+        CRDS.contains(&self)
     }
 }
 
@@ -81,6 +110,8 @@ struct Store {
     grants: HashSet<(String, String, String)>,
     token_reviews: usize,
     access_reviews: usize,
+    /// CRD-backed resources currently served (discovery and collections).
+    served: std::collections::HashSet<Resource>,
 }
 
 struct Shared {
@@ -284,6 +315,20 @@ impl FakeApiServer {
             .unwrap_or(0)
     }
 
+    /// Starts serving a CRD-backed resource (as if its CRD were installed).
+    pub fn serve(&self, resource: Resource) {
+        self.shared.store().served.insert(resource);
+    }
+
+    /// Stops serving a CRD-backed resource and forgets its objects (as if its CRD were deleted).
+    pub fn unserve(&self, resource: Resource) {
+        let mut store = self.shared.store();
+        store.served.remove(&resource);
+        store.objects.remove(&resource);
+        drop(store);
+        self.drop_watches();
+    }
+
     /// How many watches of `resource` were opened.
     pub fn watches(&self, resource: Resource) -> usize {
         self.shared
@@ -305,9 +350,17 @@ async fn serve(
     if method == Method::POST {
         return review(&shared, uri.path(), &body);
     }
+    if let Some(version) = uri.path().strip_prefix("/apis/policy.networking.k8s.io/") {
+        if !version.contains('/') {
+            return discovery_response(&shared, version);
+        }
+    }
     let Some(resource) = Resource::from_path(uri.path()) else {
         return (StatusCode::NOT_FOUND, "no such collection").into_response();
     };
+    if resource.is_crd() && !shared.store().served.contains(&resource) {
+        return not_found(uri.path());
+    }
     let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     if watching {
         let from = query
@@ -386,6 +439,44 @@ async fn list_response(shared: &Shared, resource: Resource) -> Response {
         "items": items,
     });
     json_response(&body)
+}
+
+fn not_found(path: &str) -> Response {
+    let status = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("the server could not find the requested resource ({path})"),
+        "reason": "NotFound", "code": 404,
+    });
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "application/json")],
+        status.to_string(),
+    )
+        .into_response()
+}
+
+/// `APIResourceList` of one `policy.networking.k8s.io` version, with the resources served; 404 when
+/// none is, as when no CRD of that version is installed.
+fn discovery_response(shared: &Shared, version: &str) -> Response {
+    let group_version = format!("policy.networking.k8s.io/{version}");
+    let served = shared.store().served.clone();
+    let resources: Vec<Value> = CRDS
+        .into_iter()
+        .filter(|r| served.contains(r) && r.api_version() == group_version)
+        .map(|r| {
+            json!({
+                "name": r.plural(), "singularName": r.kind().to_ascii_lowercase(), "namespaced": false,
+                "kind": r.kind(), "verbs": ["delete", "get", "list", "patch", "create", "update", "watch"],
+            })
+        })
+        .collect();
+    if resources.is_empty() {
+        return not_found(&format!("/apis/{group_version}"));
+    }
+    json_response(&json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+        "resources": resources,
+    }))
 }
 
 fn json_response(body: &Value) -> Response {

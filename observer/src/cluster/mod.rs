@@ -8,6 +8,7 @@
 //!  ├── nodes       name ─▶ policy::Node { IPs }                      (+ node IP ─▶ name)
 //!  ├── policies    namespace/name ─▶ PolicyEntry { revision in force }
 //!  ├── histories   namespace/name ─▶ PolicyHistory [ PolicyRevision { uid, rv, generation, hash, seen } … ]
+//!  ├── changes     undo log: (time, state replaced) of recent pod/namespace/policy changes ("as of T")
 //!  ├── engine      policy::Index, fed the same applies and deletes (verdicts); holds the pods'
 //!  │               Arc<policy::Pod>, not copies
 //!  └── synced      per kind; ready when all four kinds were listed
@@ -20,6 +21,7 @@
 //! entries only, never Kubernetes objects.
 
 pub mod files;
+mod history;
 mod index;
 pub mod kube;
 mod model;
@@ -28,7 +30,7 @@ mod timeline;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use index::{Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry};
+pub use index::{Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry, VerdictAt};
 pub use model::{
     ContainerPort, Interner, ObjectRef, PodEntry, PolicyRevision, Uid, Workload, WorkloadKind,
 };

@@ -30,6 +30,8 @@ pub struct Metrics {
     names: Arc<Vec<String>>,
     /// `{cause, direction, policy_namespace, policy_name}`
     pub blocked_channels: IntCounterVec,
+    /// `{direction, policy_namespace, policy_name}` — established connections the policies deny.
+    pub unenforced_channels: IntCounterVec,
     /// `{reason}` — the kernel's drop reason name.
     pub kernel_drops: IntCounterVec,
     /// `{state}` — opened, established, blocked, reset, rejected, closed.
@@ -104,6 +106,11 @@ impl Metrics {
             "Blocked connection attempts, by cause, direction and responsible policy (top policies; the rest as policy_name=\"other\").",
             &["cause", "direction", "policy_namespace", "policy_name"]
         );
+        let unenforced_channels = counter_vec!(
+            "observer_unenforced_channels_total",
+            "Established connections that the NetworkPolicies deny (the network did not enforce them), by denied direction and policy (top policies; the rest as policy_name=\"other\").",
+            &["direction", "policy_namespace", "policy_name"]
+        );
         let kernel_drops = counter_vec!(
             "observer_kernel_drops_total",
             "Packets of watched flows freed by the kernel with a drop reason, by the kernel's reason name.",
@@ -162,6 +169,7 @@ impl Metrics {
             registry,
             names: Arc::new(names),
             blocked_channels,
+            unenforced_channels,
             kernel_drops,
             flows,
             events_lost,
@@ -207,6 +215,31 @@ impl Metrics {
         }
     }
 
+    /// Counts one unenforced channel for each policy that should have denied it.
+    pub fn unenforced<'a>(
+        &self,
+        direction: &str,
+        policies: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
+        let mut any = false;
+        for (ns, name) in policies {
+            any = true;
+            let (ns, name) = if self.admit(ns, name) {
+                (ns, name)
+            } else {
+                ("", "other")
+            };
+            self.unenforced_channels
+                .with_label_values(&[direction, ns, name])
+                .inc();
+        }
+        if !any {
+            self.unenforced_channels
+                .with_label_values(&[direction, "", ""])
+                .inc();
+        }
+    }
+
     /// Whether a policy gets its own labels: yes while fewer than `POLICY_LABELS_MAX` policies have
     /// been admitted (a series, once created, keeps its labels so counters stay monotonic), else it is
     /// folded into `("", "other")`.
@@ -244,6 +277,7 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         for name in [
             "observer_blocked_channels_total",
+            "observer_unenforced_channels_total",
             "observer_kernel_drops_total",
             "observer_flows_total",
             "observer_events_lost_total",
@@ -278,6 +312,24 @@ mod tests {
         );
         assert!(
             text.contains(r#"policy_name="p0",policy_namespace="ns"} 2"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unenforced_channels_share_the_policy_label_bound() {
+        let m = Metrics::new().expect("metrics");
+        for i in 0..Metrics::POLICY_LABELS_MAX {
+            m.blocked("policy", "ingress", [("ns", format!("p{i}").as_str())]);
+        }
+        m.unenforced("ingress", [("ns", "p0"), ("ns", "late")]);
+        let text = m.encode().expect("encode");
+        assert!(
+            text.contains(r#"observer_unenforced_channels_total{direction="ingress",policy_name="p0",policy_namespace="ns"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"observer_unenforced_channels_total{direction="ingress",policy_name="other",policy_namespace=""} 1"#),
             "{text}"
         );
     }

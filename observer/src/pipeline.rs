@@ -197,3 +197,196 @@ fn rate_limit(
     last.insert(key, (now, 0));
     Some(record)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+    use k8s_openapi::api::{
+        core::v1::{Namespace, Node, Pod},
+        networking::v1::NetworkPolicy,
+    };
+
+    use super::*;
+    use crate::{
+        bpf::events::{DropInfo, HookPoint, Side},
+        cluster::{Inventory, InventoryConfig},
+        export::record::{Cause, RecordKind},
+    };
+
+    const MS: u64 = 1_000_000;
+
+    /// checkout on node-a, payments on node-b, payments isolated for ingress.
+    fn inventory() -> SharedInventory {
+        let ns = |n: &str| -> Namespace {
+            serde_saphyr::from_str(&format!(
+                "{{apiVersion: v1, kind: Namespace, metadata: {{name: {n}}}}}"
+            ))
+            .expect("ns")
+        };
+        let pod = |ns: &str, name: &str, node: &str, ip: &str| -> Pod {
+            serde_saphyr::from_str(&format!(
+                "{{apiVersion: v1, kind: Pod, metadata: {{name: {name}, namespace: {ns}, uid: u-{name}, labels: {{app: {name}}}}}, spec: {{nodeName: {node}, containers: [{{name: c, image: i}}]}}, status: {{podIP: {ip}, podIPs: [{{ip: {ip}}}]}}}}"
+            ))
+            .expect("pod")
+        };
+        let deny: NetworkPolicy = serde_saphyr::from_str(
+            "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: default-deny, namespace: payments, uid: u-dd, resourceVersion: '5'}, spec: {podSelector: {}}}",
+        )
+        .expect("policy");
+        let mut inv = Inventory::new(InventoryConfig::default());
+        inv.replace(
+            &[ns("shop"), ns("payments")],
+            &[] as &[Node],
+            &[
+                pod("shop", "checkout", "node-a", "198.18.0.2"),
+                pod("payments", "payments", "node-b", "198.18.1.2"),
+            ],
+            &[deny],
+            SystemTime::UNIX_EPOCH,
+        )
+        .expect("valid cluster");
+        SharedInventory::new(inv)
+    }
+
+    fn event(kind: Kind, at_ms: u64, port: u16, iface: &str) -> KernelEvent {
+        KernelEvent {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_000 + at_ms),
+            monotonic_ns: at_ms * MS,
+            kind,
+            client: SocketAddr::new("198.18.0.2".parse().expect("ip"), port),
+            server: "198.18.1.2:50051".parse().expect("addr"),
+            ifindex: 1,
+            interface: Some(Arc::from(iface)),
+            hook: HookPoint::Ingress,
+            origin: Side::Client,
+            tcp_flags: 0x02,
+            syn_count: 1,
+            icmp: None,
+            drop: None,
+            packets: [1, 0],
+            bytes: [74, 0],
+            netns: 0,
+        }
+    }
+
+    fn pipeline(node: &str, metrics: &Metrics) -> Pipeline {
+        Pipeline::new(
+            channel::Config::default(),
+            metrics.clone(),
+            inventory(),
+            node.into(),
+        )
+    }
+
+    fn blocked_total(m: &Metrics) -> u64 {
+        m.blocked_channels
+            .with_label_values(&["policy", "ingress", "payments", "default-deny"])
+            .get()
+    }
+
+    #[test]
+    fn a_cross_node_deny_is_recorded_on_both_nodes_and_counted_once_on_the_clients() {
+        let (ma, mb) = (Metrics::new().expect("m"), Metrics::new().expect("m"));
+        let (mut a, mut b) = (pipeline("node-a", &ma), pipeline("node-b", &mb));
+        let mut records = Vec::new();
+        // node-a: the SYN leaves through the client's veth; nothing comes back.
+        a.on_events(&[event(Kind::Opened, 0, 40000, "lxc-checkout")], &mut records);
+        a.tick(3_100 * MS, SystemTime::UNIX_EPOCH, &mut records);
+        // node-b: the SYN arrives on the uplink and nft drops it.
+        let drop = KernelEvent {
+            drop: Some(DropInfo {
+                reason: 7,
+                reason_name: Arc::from("NETFILTER_DROP"),
+                location: 0,
+                call_site: Arc::from("nft_do_chain+0x3e8"),
+            }),
+            hook: HookPoint::Drop,
+            ..event(Kind::Dropped, 0, 40000, "eth0")
+        };
+        b.on_events(&[event(Kind::Opened, 0, 40000, "eth0"), drop], &mut records);
+        b.tick(20 * MS, SystemTime::UNIX_EPOCH, &mut records);
+
+        assert_eq!(records.len(), 2, "{records:?}");
+        let on = |n: &str| records.iter().find(|r| r.node == n).expect("record");
+        let (ra, rb) = (on("node-a"), on("node-b"));
+        assert_eq!(ra.cause, Some(Cause::Policy));
+        assert_eq!(rb.cause, Some(Cause::Policy));
+        let ea = ra.evidence.as_ref().expect("evidence");
+        assert!(ea.drop.is_none());
+        assert_eq!(ea.other_node.as_deref(), Some("node-b"));
+        let eb = rb.evidence.as_ref().expect("evidence");
+        assert_eq!(
+            eb.drop.as_ref().and_then(|d| d.interface.as_deref()),
+            Some("eth0")
+        );
+        assert!(rb.notes.iter().any(|n| n.contains("client's node node-a")));
+        // The cluster-wide sum counts the attempt once, on the client's node.
+        assert_eq!(blocked_total(&ma) + blocked_total(&mb), 1);
+        assert_eq!(blocked_total(&ma), 1);
+    }
+
+    #[test]
+    fn an_established_denied_channel_is_one_unenforced_record_per_pair_and_interval() {
+        let m = Metrics::new().expect("m");
+        let mut p = pipeline("node-a", &m);
+        let mut records = Vec::new();
+        for (i, port) in [40000u16, 40001, 40002].into_iter().enumerate() {
+            let t = i as u64 * 10;
+            let synack = KernelEvent {
+                origin: Side::Server,
+                tcp_flags: 0x12,
+                ..event(Kind::Established, t + 1, port, "lxc-checkout")
+            };
+            p.on_events(
+                &[event(Kind::Opened, t, port, "lxc-checkout"), synack],
+                &mut records,
+            );
+        }
+        let unenforced: Vec<_> = records
+            .iter()
+            .filter(|r| r.kind == RecordKind::Unenforced)
+            .collect();
+        assert_eq!(unenforced.len(), 1, "{records:?}");
+        assert_eq!(&*unenforced[0].policies[0].name, "default-deny");
+        // Every channel counts in the metric, once.
+        assert_eq!(
+            m.unenforced_channels
+                .with_label_values(&["ingress", "payments", "default-deny"])
+                .get(),
+            3
+        );
+        // After the interval, the next one is recorded with the count held back.
+        let later = UNENFORCED_INTERVAL.as_millis() as u64 + 100;
+        let synack = KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x12,
+            ..event(Kind::Established, later + 1, 40010, "lxc-checkout")
+        };
+        p.on_events(
+            &[event(Kind::Opened, later, 40010, "lxc-checkout"), synack],
+            &mut records,
+        );
+        let last = records.last().expect("record");
+        assert_eq!(last.kind, RecordKind::Unenforced);
+        assert!(
+            last.notes.iter().any(|n| n.contains("2 more channel(s)")),
+            "{:?}",
+            last.notes
+        );
+    }
+
+    #[test]
+    fn the_servers_node_does_not_report_an_unenforced_channel_of_a_client_on_another_node() {
+        let m = Metrics::new().expect("m");
+        let mut p = pipeline("node-b", &m);
+        let mut records = Vec::new();
+        let synack = KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x12,
+            ..event(Kind::Established, 1, 40000, "eth0")
+        };
+        p.on_events(&[event(Kind::Opened, 0, 40000, "eth0"), synack], &mut records);
+        assert!(records.is_empty(), "{records:?}");
+    }
+}

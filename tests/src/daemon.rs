@@ -9,12 +9,33 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::{Lab, Pod, run_in, wait_for};
+use crate::{Lab, Netns, Pod, run_in, wait_for};
 
 /// The API address inside the node namespace (each lab has its own namespace, so no port clashes).
 pub const API: &str = "127.0.0.1:9990";
-/// The node name the lab's pods run on.
+/// The node name the lab's pods run on (its first node).
 pub const NODE: &str = "lab-node";
+
+/// How to run the daemon.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `--node-name`.
+    pub node_name: String,
+    /// `--interfaces`.
+    pub interfaces: String,
+    /// `--blocked-window`.
+    pub blocked_window: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            node_name: NODE.to_owned(),
+            interfaces: "lxc*".to_owned(),
+            blocked_window: "2s".to_owned(),
+        }
+    }
+}
 
 /// A running daemon; SIGTERM on drop.
 pub struct Daemon {
@@ -29,29 +50,34 @@ impl Daemon {
     /// Starts `observer run` in the lab's node namespace with `cluster` as its manifests, and waits
     /// until `/readyz` says programs are attached and the inventory is synced.
     pub fn start(lab: &Lab, cluster: &Path, extra: &[&str]) -> Self {
+        Self::start_on(&lab.node, cluster, &Options::default(), extra)
+    }
+
+    /// Starts `observer run` in the node namespace `node` (any node of a lab) with `options`.
+    pub fn start_on(node: &Netns, cluster: &Path, options: &Options, extra: &[&str]) -> Self {
         let bin = std::env::var("OBSERVER_BIN")
             .expect("OBSERVER_BIN (set by ./x test) points to the observer binary");
         let cluster = cluster.to_str().expect("UTF-8 path");
         let mut args = vec![
             "netns",
             "exec",
-            &lab.node.name,
+            &node.name,
             &bin,
             "run",
             "--cluster",
             cluster,
             "--interfaces",
-            "lxc*",
+            &options.interfaces,
             "--ports",
             "50051",
             "--node-name",
-            NODE,
+            &options.node_name,
             "--listen",
             API,
             "--log-format",
             "json",
             "--blocked-window",
-            "2s",
+            &options.blocked_window,
         ];
         args.extend_from_slice(extra);
         let mut child = Command::new("ip")
@@ -80,7 +106,7 @@ impl Daemon {
         }
         let d = Self {
             child,
-            node: lab.node.name.clone(),
+            node: node.name.clone(),
             stdout,
             stderr,
         };
@@ -211,13 +237,25 @@ pub fn pod_yaml(
     labels: &[(&str, &str)],
     ports: &[(&str, u16)],
 ) -> String {
+    pod_yaml_on(NODE, pod, namespace, name, labels, ports)
+}
+
+/// [`pod_yaml`] for a pod on the node called `node`.
+pub fn pod_yaml_on(
+    node: &str,
+    pod: &Pod,
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ports: &[(&str, u16)],
+) -> String {
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let ports: Vec<String> = ports
         .iter()
         .map(|(n, p)| format!("{{name: {n}, containerPort: {p}, protocol: TCP}}"))
         .collect();
     format!(
-        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, uid: uid-{name}, labels: {{{}}}}}\nspec: {{nodeName: {NODE}, containers: [{{name: main, image: lab, ports: [{}]}}]}}\nstatus: {{phase: Running, podIP: {}, podIPs: [{{ip: {}}}, {{ip: \"{}\"}}]}}\n",
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, uid: uid-{name}, labels: {{{}}}}}\nspec: {{nodeName: {node}, containers: [{{name: main, image: lab, ports: [{}]}}]}}\nstatus: {{phase: Running, podIP: {}, podIPs: [{{ip: {}}}, {{ip: \"{}\"}}]}}\n",
         labels.join(", "),
         ports.join(", "),
         pod.v4,
@@ -242,7 +280,12 @@ pub struct ManifestDir {
 
 impl ManifestDir {
     pub fn new(lab: &Lab) -> Self {
-        let dir = std::env::temp_dir().join(format!("{}-manifests", lab.prefix));
+        Self::named(lab, "manifests")
+    }
+
+    /// A directory `<prefix>-<name>` (several daemons of one lab may each want their own).
+    pub fn named(lab: &Lab, name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{}-{name}", lab.prefix));
         std::fs::create_dir_all(&dir).expect("manifest dir");
         Self { dir }
     }

@@ -245,7 +245,7 @@ fn initial(
     policies: &[NetworkPolicy],
     pods: &[Pod],
     t0: SystemTime,
-) -> Duration {
+) -> (Duration, usize) {
     for ns in namespaces {
         inv.apply_namespace(ns).expect("valid namespace");
     }
@@ -255,15 +255,17 @@ fn initial(
     for p in policies {
         inv.apply_policy(p, t0).expect("valid policy");
     }
+    let before_pods = live();
     let pods_start = Instant::now();
     for p in pods {
         inv.apply_pod(p, t0).expect("valid pod");
     }
     let pods_took = pods_start.elapsed();
+    let pod_bytes = live() - before_pods;
     for kind in Kind::ALL {
         inv.commit(kind, t0);
     }
-    pods_took
+    (pods_took, pod_bytes)
 }
 
 /// Mean time of a verdict between pod pairs as of `at`.
@@ -292,11 +294,10 @@ fn main() {
     let base = live();
     let mut inv = Inventory::new(InventoryConfig::default());
     let start = Instant::now();
-    let before_pods = live();
-    let pods_took = initial(&mut inv, &namespaces, &nodes, &policies, &pods, t0);
+    let (pods_took, pod_bytes) = initial(&mut inv, &namespaces, &nodes, &policies, &pods, t0);
     let initial_took = start.elapsed();
     let steady = live() - base;
-    let per_pod = (live() - before_pods) / PODS;
+    let per_pod = pod_bytes / PODS;
     // Verdicts as of a time with no change since: the engine's own (cached after the first) verdicts.
     let verdict_now_ns = verdicts_at(&inv, t0 + Duration::from_secs(30));
 

@@ -200,11 +200,17 @@ pub fn evidence(blocked: &Blocked, dst_node: Option<&str>, node: &str) -> Eviden
         interface: d.interface.clone(),
     });
     let local_drop = blocked.drop.as_ref().is_some_and(|d| d.interface.is_some());
+    // The network dropped the SYN here (nft, a TC program): not the destination's own TCP stack, which
+    // frees an unwanted SYN with NO_SOCKET (a server living in this namespace).
+    let network_drop_here = blocked
+        .drop
+        .as_ref()
+        .is_some_and(|d| d.interface.is_some() && &*d.reason != "NO_SOCKET");
     let reset = blocked.reset_by.and_then(|side| {
         let side = match side {
             // A reset "from the server" after the SYN was dropped here was forged by the network
             // (`reject with tcp reset`); without such a drop the SYN went on and the destination answered.
-            Side::Server if local_drop => ResetSide::Network,
+            Side::Server if network_drop_here => ResetSide::Network,
             Side::Server => ResetSide::Destination,
             Side::Client => ResetSide::Client,
             Side::Network | Side::Unknown => return None,
@@ -833,6 +839,22 @@ mod tests {
         let e = evidence(&b, None, "n1");
         assert_eq!(e.reset.map(|r| r.side), Some(ResetSide::Network));
         assert!(e.drop.is_some());
+    }
+
+    #[test]
+    fn a_server_reset_behind_the_destinations_own_no_socket_drop_here_is_the_destinations() {
+        // A server in the observer's own namespace (host network): its stack frees the SYN with NO_SOCKET.
+        let b = Blocked {
+            reset_by: Some(Side::Server),
+            drop: Some(DropEvidence {
+                reason: Arc::from("NO_SOCKET"),
+                call_site: "tcp_v4_rcv+0x91".into(),
+                interface: Some(Arc::from("eth0")),
+            }),
+            ..blocked()
+        };
+        let e = evidence(&b, None, "n1");
+        assert_eq!(e.reset.map(|r| r.side), Some(ResetSide::Destination));
     }
 
     #[test]

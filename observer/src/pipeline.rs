@@ -291,7 +291,10 @@ mod tests {
         let (mut a, mut b) = (pipeline("node-a", &ma), pipeline("node-b", &mb));
         let mut records = Vec::new();
         // node-a: the SYN leaves through the client's veth; nothing comes back.
-        a.on_events(&[event(Kind::Opened, 0, 40000, "lxc-checkout")], &mut records);
+        a.on_events(
+            &[event(Kind::Opened, 0, 40000, "lxc-checkout")],
+            &mut records,
+        );
         a.tick(3_100 * MS, SystemTime::UNIX_EPOCH, &mut records);
         // node-b: the SYN arrives on the uplink and nft drops it.
         let drop = KernelEvent {
@@ -386,7 +389,10 @@ mod tests {
             tcp_flags: 0x12,
             ..event(Kind::Established, 1, 40000, "eth0")
         };
-        p.on_events(&[event(Kind::Opened, 0, 40000, "eth0"), synack], &mut records);
+        p.on_events(
+            &[event(Kind::Opened, 0, 40000, "eth0"), synack],
+            &mut records,
+        );
         assert!(records.is_empty(), "{records:?}");
     }
 }

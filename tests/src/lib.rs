@@ -300,7 +300,14 @@ impl Lab {
         ns.ip(&["link", "set", "nl-main", "up"]);
         // Only the lab's own ranges, and only towards the first node: nothing routes out of the lab.
         ns.ip(&["route", "add", "198.18.0.0/15", "via", &hub4.to_string()]);
-        ns.ip(&["-6", "route", "add", "2001:2::/48", "via", &hub6.to_string()]);
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:2::/48",
+            "via",
+            &hub6.to_string(),
+        ]);
         self.nodes.push(RemoteNode {
             ns,
             name: name.to_owned(),

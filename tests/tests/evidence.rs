@@ -236,7 +236,10 @@ fn row_reset_from_the_destination_while_the_policies_deny_is_no_listener_not_pol
     assert!(policy_names(&r).is_empty(), "{r}");
     assert_eq!(r["evidence"]["reset"]["side"], "destination", "{r}");
     let n = notes(&r);
-    assert!(n.contains("not enforced") && n.contains("payments/default-deny"), "{n}");
+    assert!(
+        n.contains("not enforced") && n.contains("payments/default-deny"),
+        "{n}"
+    );
     // Never counted as a policy block.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -257,8 +260,9 @@ fn row_icmp_reject_and_deny_is_policy() {
     let shop = Shop::new();
     let _server = shop.server();
     let daemon = shop.start(&deny_ingress("5"));
-    shop.lab
-        .forward_rule(&format!("tcp dport {PORT} reject with icmpx admin-prohibited"));
+    shop.lab.forward_rule(&format!(
+        "tcp dport {PORT} reject with icmpx admin-prohibited"
+    ));
     assert!(shop.call(Duration::from_secs(2)).is_err());
     let r = record(&daemon, "blocked", shop.to());
     assert_eq!(r["cause"], "policy", "{r}");
@@ -273,8 +277,9 @@ fn row_icmp_reject_and_allow_is_no_policy() {
     let shop = Shop::new();
     let _server = shop.server();
     let daemon = shop.start("");
-    shop.lab
-        .forward_rule(&format!("tcp dport {PORT} reject with icmpx admin-prohibited"));
+    shop.lab.forward_rule(&format!(
+        "tcp dport {PORT} reject with icmpx admin-prohibited"
+    ));
     assert!(shop.call(Duration::from_secs(2)).is_err());
     let r = record(&daemon, "blocked", shop.to());
     assert_eq!(r["cause"], "no_policy", "{r}");
@@ -297,7 +302,8 @@ fn row_reset_forged_by_the_network_and_deny_is_policy() {
 
 #[test]
 #[ignore = "needs root and network namespaces: run through ./x test"]
-fn row_silence_and_deny_is_policy_noting_no_drop_was_seen_from_a_single_syn_with_a_300ms_deadline() {
+fn row_silence_and_deny_is_policy_noting_no_drop_was_seen_from_a_single_syn_with_a_300ms_deadline()
+{
     let shop = Shop::new();
     let _server = shop.server();
     shop.swallow_syn_acks();
@@ -398,10 +404,14 @@ fn a_policy_edited_right_after_the_attempt_does_not_change_its_record() {
     let before = loads(&daemon);
     assert!(shop.call(Duration::from_millis(300)).is_err());
     // Right after the SYN, inside the blocked window: the policy now allows everything.
-    shop.manifests.write("policies.yaml", &allow_all_ingress("6"));
+    shop.manifests
+        .write("policies.yaml", &allow_all_ingress("6"));
     reloaded(&daemon, before);
     assert!(
-        !daemon.records().iter().any(|r| kind_to(r, "blocked", shop.to())),
+        !daemon
+            .records()
+            .iter()
+            .any(|r| kind_to(r, "blocked", shop.to())),
         "the record must come after the edit for this test to mean anything"
     );
     let r = record(&daemon, "blocked", shop.to());
@@ -420,13 +430,7 @@ fn an_ip_taken_over_by_a_new_pod_is_attributed_to_the_pod_that_held_it() {
     let before = loads(&daemon);
     assert!(shop.call(Duration::from_millis(300)).is_err());
     // payments-0 is gone; cache-0, in a namespace no policy isolates, has its address now.
-    let cache = pod_yaml(
-        shop.lab.pod(1),
-        "shop",
-        "cache-0",
-        &[("app", "cache")],
-        &[],
-    );
+    let cache = pod_yaml(shop.lab.pod(1), "shop", "cache-0", &[("app", "cache")], &[]);
     shop.manifests.write(
         "cluster.yaml",
         &[Shop::namespaces(), shop.checkout(), cache].concat(),
@@ -452,7 +456,13 @@ fn a_cross_node_ingress_deny_is_recorded_on_both_nodes_and_counted_once() {
     let to = SocketAddr::new(lab.pod(1).addr(Family::V4), PORT);
     let cluster = [
         Shop::namespaces(),
-        pod_yaml(lab.pod(0), "shop", "checkout-0", &[("app", "checkout")], &[]),
+        pod_yaml(
+            lab.pod(0),
+            "shop",
+            "checkout-0",
+            &[("app", "checkout")],
+            &[],
+        ),
         pod_yaml_on(
             NODE_B,
             lab.pod(1),

@@ -12,7 +12,7 @@
 //! bounded in entries and in age; what fell off is remembered as a horizon so that a lookup before it says
 //! that its view is incomplete instead of pretending.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -78,21 +78,28 @@ impl ChangeLog {
         self.forgotten.filter(|f| *f > at)
     }
 
-    /// The prior state of everything that changed after `at`.
-    pub(crate) fn then(&self, at: SystemTime) -> Then {
+    /// The prior state, at `at`, of what a verdict between `pods` depends on: those pods, the
+    /// `namespaces` and the policies in them, when they changed after `at`.
+    pub(crate) fn then(
+        &self,
+        at: SystemTime,
+        pods: &[ObjectRef],
+        namespaces: &BTreeSet<Arc<str>>,
+    ) -> Then {
         let mut then = Then::default();
         // Newest first: each older change overwrites, so the oldest change after `at` wins.
         for c in self.changes.iter().rev().take_while(|c| c.at > at) {
             match &c.prior {
-                Prior::Pod(k, p) => {
+                Prior::Pod(k, p) if pods.contains(k) => {
                     then.pods.insert(k.clone(), p.clone());
                 }
-                Prior::Namespace(k, n) => {
+                Prior::Namespace(k, n) if namespaces.contains(k) => {
                     then.namespaces.insert(Arc::clone(k), n.clone());
                 }
-                Prior::Policy(k, p) => {
+                Prior::Policy(k, p) if namespaces.contains(&k.namespace) => {
                     then.policies.insert(k.clone(), p.clone());
                 }
+                _ => {}
             }
         }
         then
@@ -146,17 +153,22 @@ mod tests {
         );
         assert!(log.changed_since(t(15)));
         assert!(!log.changed_since(t(20)));
-        let then = log.then(t(5));
+        let all = BTreeSet::from([Arc::from("shop")]);
+        let then = log.then(t(5), &[], &all);
         assert_eq!(
             then.namespaces["shop"].as_ref().map(|n| n.labels.get("v")),
             Some(Some("1"))
         );
-        let then = log.then(t(15));
+        let then = log.then(t(15), &[], &all);
         assert_eq!(
             then.namespaces["shop"].as_ref().map(|n| n.labels.get("v")),
             Some(Some("2"))
         );
-        assert!(log.then(t(25)).namespaces.is_empty());
+        assert!(log.then(t(25), &[], &all).namespaces.is_empty());
+        assert!(
+            log.then(t(5), &[], &BTreeSet::new()).namespaces.is_empty(),
+            "only what the verdict depends on"
+        );
     }
 
     #[test]

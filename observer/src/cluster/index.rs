@@ -501,23 +501,43 @@ impl Inventory {
                 incomplete: None,
             };
         }
-        let then = self.changes.then(at);
+        // Only what this verdict depends on: the two pods, their namespaces and those namespaces'
+        // policies, the nodes involved.
+        let holders: Vec<&Holding> = ends
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Endpoint::Pod(h) => Some(*h),
+                _ => None,
+            })
+            .collect();
+        let keys: Vec<ObjectRef> = holders.iter().map(|h| h.pod.key()).collect();
+        let namespaces: BTreeSet<Arc<str>> = holders
+            .iter()
+            .map(|h| Arc::clone(&h.pod.pod.namespace))
+            .collect();
+        let then = self.changes.then(at, &keys, &namespaces);
         let mut index = policy::Index::new();
-        for node in self.nodes.values() {
-            index.apply_node((**node).clone());
-        }
-        let mut namespaces = BTreeSet::new();
+        let mut nodes: BTreeSet<Arc<str>> = BTreeSet::new();
         for (_, end) in &ends {
-            if let Endpoint::Pod(holding) = end {
-                // The state then, if it changed since and was this same pod; else the holder's own state
-                // (it did not change, or the inventory heard of it just after `at`).
-                let pod = match then.pods.get(&holding.pod.key()) {
-                    Some(Some(prior)) if prior.same_object(&holding.pod) => Arc::clone(prior),
-                    _ => Arc::clone(&holding.pod),
-                };
-                namespaces.insert(Arc::clone(&pod.pod.namespace));
-                index.apply_pod(Arc::clone(&pod.pod));
+            match end {
+                Endpoint::Pod(holding) => {
+                    // The state then, if it changed since and was this same pod; else the holder's own
+                    // state (it did not change, or the inventory heard of it just after `at`).
+                    let pod = match then.pods.get(&holding.pod.key()) {
+                        Some(Some(prior)) if prior.same_object(&holding.pod) => Arc::clone(prior),
+                        _ => Arc::clone(&holding.pod),
+                    };
+                    nodes.extend(pod.pod.node_name.clone());
+                    index.apply_pod(Arc::clone(&pod.pod));
+                }
+                Endpoint::Node(node) => {
+                    nodes.insert(Arc::clone(&node.name));
+                }
+                Endpoint::External => {}
             }
+        }
+        for node in nodes.iter().filter_map(|n| self.nodes.get(n)) {
+            index.apply_node((**node).clone());
         }
         for name in namespaces {
             let ns = match then.namespaces.get(&name) {
@@ -527,10 +547,12 @@ impl Inventory {
             if let Some(ns) = ns {
                 index.apply_namespace(ns);
             }
-            for key in self.policies.keys().filter(|k| k.namespace == name) {
-                if !then.policies.contains_key(key)
-                    && let Some(p) = self.engine.policy(&key.namespace, &key.name)
-                {
+            for p in self.engine.policies_in(&name) {
+                let key = ObjectRef {
+                    namespace: Arc::clone(&p.meta.namespace),
+                    name: Arc::clone(&p.meta.name),
+                };
+                if !then.policies.contains_key(&key) {
                     index.apply_policy(p.clone());
                 }
             }

@@ -148,8 +148,12 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
             "the policies allow it: the network on this node reset it".into(),
         );
     }
+    let elsewhere = evidence
+        .other_node
+        .as_deref()
+        .map(|n| format!("the SYN left this node: the evidence is on the destination's node {n}"));
     if let Some(d) = foreign_drop {
-        return outcome(
+        let mut decision = outcome(
             denied,
             format!(
                 "the policies allow it: dropped in another network namespace ({} at {})",
@@ -160,13 +164,11 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
             "the drop ({}) happened outside this node's interfaces",
             d.reason
         ));
+        decision.notes.extend(elsewhere);
+        return decision;
     }
 
     // Silence: nothing answered, nothing dropped or rejected here.
-    let elsewhere = evidence
-        .other_node
-        .as_deref()
-        .map(|n| format!("the SYN left this node: the evidence is on the destination's node {n}"));
     let client_gave_up = (reset == Some(ResetSide::Client))
         .then_some("the client reset its own attempt before any answer");
     match denied {

@@ -521,6 +521,10 @@ fn a_cross_node_ingress_deny_is_recorded_on_both_nodes_and_counted_once() {
     assert_eq!(ra["cause"], "policy", "{ra}");
     assert_eq!(ra["evidence"]["other_node"], NODE_B, "{ra}");
     assert!(
+        notes(&ra).contains("the evidence is on the destination's node lab-node-b"),
+        "{ra}"
+    );
+    assert!(
         ra["evidence"]["drop"]["interface"].is_null(),
         "no drop on node a's own interfaces: {ra}"
     );

@@ -21,12 +21,14 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use observer::cluster::{Inventory, InventoryConfig, Kind};
+use observer::policy::Protocol;
 
 const PODS: usize = 100_000;
 const NAMESPACES: usize = 5_000;
 const POLICIES: usize = 10_000;
 const NODES: usize = 100;
 const LOOKUPS: usize = 1_000_000;
+const VERDICTS: usize = 2_000;
 
 /// Counts live heap bytes and their high-water mark.
 struct Counting;
@@ -235,6 +237,53 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "ok" } else { "OVER TARGET" }
 }
 
+/// The initial sync: every kind applied, then marked synced (from then on, changes are history).
+fn initial(
+    inv: &mut Inventory,
+    namespaces: &[Namespace],
+    nodes: &[Node],
+    policies: &[NetworkPolicy],
+    pods: &[Pod],
+    t0: SystemTime,
+) -> (Duration, usize) {
+    for ns in namespaces {
+        inv.apply_namespace(ns).expect("valid namespace");
+    }
+    for node in nodes {
+        inv.apply_node(node).expect("valid node");
+    }
+    for p in policies {
+        inv.apply_policy(p, t0).expect("valid policy");
+    }
+    let before_pods = live();
+    let pods_start = Instant::now();
+    for p in pods {
+        inv.apply_pod(p, t0).expect("valid pod");
+    }
+    let pods_took = pods_start.elapsed();
+    let pod_bytes = live() - before_pods;
+    for kind in Kind::ALL {
+        inv.commit(kind, t0);
+    }
+    (pods_took, pod_bytes)
+}
+
+/// Mean time of a verdict between pod pairs as of `at`.
+fn verdicts_at(inv: &Inventory, at: SystemTime) -> f64 {
+    let start = Instant::now();
+    for n in 0..VERDICTS {
+        let (a, b) = (n.wrapping_mul(7919) % PODS, n.wrapping_mul(104_729) % PODS);
+        let v = inv.verdict_at(
+            std::net::SocketAddr::new(pod_ip(a), 40_000),
+            std::net::SocketAddr::new(pod_ip(b), 50_051),
+            Protocol::Tcp,
+            black_box(at),
+        );
+        black_box(v);
+    }
+    start.elapsed().as_nanos() as f64 / VERDICTS as f64
+}
+
 fn main() {
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let namespaces: Vec<Namespace> = (0..NAMESPACES).map(mk_namespace).collect();
@@ -245,24 +294,12 @@ fn main() {
     let base = live();
     let mut inv = Inventory::new(InventoryConfig::default());
     let start = Instant::now();
-    for ns in &namespaces {
-        inv.apply_namespace(ns).expect("valid namespace");
-    }
-    for node in &nodes {
-        inv.apply_node(node).expect("valid node");
-    }
-    for p in &policies {
-        inv.apply_policy(p, t0).expect("valid policy");
-    }
-    let before_pods = live();
-    let pods_start = Instant::now();
-    for p in &pods {
-        inv.apply_pod(p, t0).expect("valid pod");
-    }
-    let pods_took = pods_start.elapsed();
+    let (pods_took, pod_bytes) = initial(&mut inv, &namespaces, &nodes, &policies, &pods, t0);
     let initial_took = start.elapsed();
     let steady = live() - base;
-    let per_pod = (live() - before_pods) / PODS;
+    let per_pod = pod_bytes / PODS;
+    // Verdicts as of a time with no change since: the engine's own (cached after the first) verdicts.
+    let verdict_now_ns = verdicts_at(&inv, t0 + Duration::from_secs(30));
 
     // A relist of an unchanged cluster (the common 410 case).
     reset_peak();
@@ -286,6 +323,27 @@ fn main() {
     let changed_took = start.elapsed();
     let changed_peak = peak() - base - base_changed;
     let after_changed = live() - base - base_changed;
+    let history_len = inv.history_len();
+    // Verdicts as of a time before the changed relist: rebuilt from the undo log.
+    let verdict_then_ns = verdicts_at(&inv, t0 + Duration::from_secs(90));
+
+    // The undo log's cost: the same history on an inventory that keeps a single change.
+    let before_small = live();
+    let mut small = Inventory::new(InventoryConfig {
+        history_changes: 1,
+        ..InventoryConfig::default()
+    });
+    initial(&mut small, &namespaces, &nodes, &policies, &pods, t0);
+    relist(&mut small, &pods, &policies, t0 + Duration::from_secs(60));
+    relist(
+        &mut small,
+        &changed_pods,
+        &changed_policies,
+        t0 + Duration::from_secs(120),
+    );
+    let small_after = live() - before_small;
+    drop(small);
+    let history_bytes = after_changed.saturating_sub(small_after);
 
     // IP → pod at a time, over every pod IP and some unknown ones.
     let at = t0 + Duration::from_secs(90);
@@ -334,4 +392,16 @@ fn main() {
         mib(after_changed)
     );
     println!("  IP lookup at time T     {lookup_ns:>8.0} ns   ({found} of {LOOKUPS} found)");
+    println!(
+        "  verdict at T, no change since   {verdict_now_ns:>8.0} ns  (the engine's cached verdict)"
+    );
+    println!(
+        "  verdict at T, changed since     {verdict_then_ns:>8.0} ns  (= {:.1}x; rebuilt from the undo log)",
+        verdict_then_ns / verdict_now_ns.max(1.0)
+    );
+    println!(
+        "  undo log after all changed     {:>8.1} MiB for {history_len} changes ({} B/change; 0 while nothing changes)",
+        mib(history_bytes),
+        history_bytes / history_len.max(1)
+    );
 }

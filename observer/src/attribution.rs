@@ -1,24 +1,317 @@
-//! Attribution: a blocked channel + the inventory at its time + the policy engine's verdict → a forensics
-//! record that says who could not reach whom, in which direction, why, and which policies (at which
-//! revision) are responsible — or honestly that no policy explains it.
+//! Attribution: a channel + the inventory as it stood at its time + the policy engine's verdict → a
+//! forensics record that says who could not reach whom, what the kernel showed (`evidence`), why
+//! (`cause`), in which direction, and which policies (at which revision) are responsible — or honestly that
+//! no policy explains it.
 //!
-//! Pure: reads the inventory, writes nothing. Cause, in order:
-//! - inventory not synced → `unknown`, with a note (no guessing from a partial view);
-//! - the verdict denies → `policy`, `direction` from the denying side(s), every selecting policy of a
-//!   denied direction with its revision in force and its nearest miss;
-//! - allowed, and the server side reset it → `no_listener`;
-//! - allowed, and the kernel dropped or the network rejected it → `no_policy` (see `kernel_reason`);
-//! - allowed, nothing seen but silence → `unknown`.
+//! Pure: reads the inventory, writes nothing. Evidence outranks simulation: the cause comes from one
+//! decision table, [`decide`], evidence × verdict → cause; the same table is in docs/CONTRACT.md.
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
 use crate::{
     bpf::events::Side,
     channel::Blocked,
     cluster::{Endpoint as InvEndpoint, Inventory},
-    export::record::{self, Cause, Direction, Endpoint, PolicyRef, Record, RecordKind},
-    policy::{self, Protocol, explain::DirectionVerdict},
+    export::record::{
+        self, Cause, Direction, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record,
+        RecordKind, ResetSeen, ResetSide,
+    },
+    policy::{Protocol, explain::DirectionVerdict},
 };
+
+/// What the policy engine predicts for a channel, as far as [`decide`] needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Simulated {
+    /// The inventory has not listed every kind yet: no verdict.
+    NotSynced,
+    /// Egress at the source and ingress at the destination both allow it.
+    Allowed,
+    /// Denied in `direction` by `policies` (`namespace/name`, for notes).
+    Denied {
+        direction: Direction,
+        policies: Vec<String>,
+    },
+}
+
+/// The outcome of the decision table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub cause: Cause,
+    /// The denied direction, when policies are the cause.
+    pub direction: Option<Direction>,
+    /// Whether the denying policies are named as responsible (`policies` of the record).
+    pub blame_policies: bool,
+    pub notes: Vec<String>,
+}
+
+impl Decision {
+    fn new(cause: Cause) -> Self {
+        Self {
+            cause,
+            direction: None,
+            blame_policies: false,
+            notes: Vec::new(),
+        }
+    }
+
+    fn policy(direction: Direction) -> Self {
+        Self {
+            direction: Some(direction),
+            blame_policies: true,
+            ..Self::new(Cause::Policy)
+        }
+    }
+
+    fn note(mut self, note: impl Into<String>) -> Self {
+        self.notes.push(note.into());
+        self
+    }
+}
+
+/// The decision table: what the kernel saw × what the policies predict → cause. Evidence outranks
+/// simulation: a reset from the destination is never `policy`, a deny the network did not carry out is
+/// said to be unenforced, and silence is never presented as more than it is.
+///
+/// | evidence (first match) | verdict | cause | notes |
+/// |---|---|---|---|
+/// | reset from the destination | deny | `no_listener` | the policies deny it but the SYN reached the destination: not enforced |
+/// | reset from the destination | allow | `no_listener` | |
+/// | reset from the destination | not synced | `no_listener` | policies not evaluated |
+/// | any other | not synced | `unknown` | inventory not synced |
+/// | kernel drop on this node | deny | `policy` | |
+/// | kernel drop on this node | allow | `no_policy` | the kernel's reason |
+/// | ICMP unreachable | deny | `policy` | |
+/// | ICMP unreachable | allow | `no_policy` | rejected by the network though the policies allow it |
+/// | reset forged by the network (reset + drop of the SYN here) | deny | `policy` | |
+/// | reset forged by the network | allow | `no_policy` | |
+/// | drop in another network namespace of the machine | deny | `policy` | dropped outside this node's interfaces |
+/// | drop in another network namespace | allow | `no_policy` | |
+/// | silence (nothing answered) | deny | `policy` | no drop seen on this node (+ where the evidence is) |
+/// | silence | allow | `unknown` | nothing explains it |
+/// | client reset, nothing else | deny | `policy` | the client gave up; no drop seen on this node |
+/// | client reset, nothing else | allow | `unknown` | the client gave up before any answer |
+pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
+    let denied = match verdict {
+        Simulated::Denied {
+            direction,
+            policies,
+        } => Some((*direction, policies.join(", "))),
+        _ => None,
+    };
+    let reset = evidence.reset.map(|r| r.side);
+
+    if reset == Some(ResetSide::Destination) {
+        let d = Decision::new(Cause::NoListener);
+        return match (verdict, denied) {
+            (_, Some((direction, names))) => d.note(format!(
+                "the policies deny it ({} by {names}) but the SYN reached the destination, which reset it: they were not enforced",
+                direction.as_str()
+            )),
+            (Simulated::NotSynced, _) => {
+                d.note("inventory not synced yet: policies not evaluated")
+            }
+            _ => d,
+        };
+    }
+    if *verdict == Simulated::NotSynced {
+        return Decision::new(Cause::Unknown).note("inventory not synced yet: no policy verdict");
+    }
+
+    let local_drop = evidence.drop.as_ref().filter(|d| d.interface.is_some());
+    let foreign_drop = evidence.drop.as_ref().filter(|d| d.interface.is_none());
+    let outcome = |denied: Option<(Direction, String)>, allowed_note: String| match denied {
+        Some((direction, _)) => Decision::policy(direction),
+        None => Decision::new(Cause::NoPolicy).note(allowed_note),
+    };
+
+    if let Some(d) = local_drop {
+        return outcome(
+            denied,
+            format!(
+                "the policies allow it: the kernel dropped it ({} at {})",
+                d.reason, d.call_site
+            ),
+        );
+    }
+    if let Some(icmp) = evidence.icmp {
+        return outcome(
+            denied,
+            format!(
+                "the policies allow it: the network rejected it (ICMP type {} code {})",
+                icmp.icmp_type, icmp.code
+            ),
+        );
+    }
+    if reset == Some(ResetSide::Network) {
+        return outcome(
+            denied,
+            "the policies allow it: the network on this node reset it".into(),
+        );
+    }
+    let elsewhere = evidence
+        .other_node
+        .as_deref()
+        .map(|n| format!("the SYN left this node: the evidence is on the destination's node {n}"));
+    if let Some(d) = foreign_drop {
+        let mut decision = outcome(
+            denied,
+            format!(
+                "the policies allow it: dropped in another network namespace ({} at {})",
+                d.reason, d.call_site
+            ),
+        )
+        .note(format!(
+            "the drop ({}) happened outside this node's interfaces",
+            d.reason
+        ));
+        decision.notes.extend(elsewhere);
+        return decision;
+    }
+
+    // Silence: nothing answered, nothing dropped or rejected here.
+    let client_gave_up = (reset == Some(ResetSide::Client))
+        .then_some("the client reset its own attempt before any answer");
+    match denied {
+        Some((direction, _)) => {
+            let mut d = Decision::policy(direction).note(format!(
+                "no drop seen on this node: {} SYN(s) went unanswered",
+                evidence.syn_retransmits + 1
+            ));
+            d.notes.extend(elsewhere);
+            d.notes.extend(client_gave_up.map(String::from));
+            d
+        }
+        None => {
+            let mut d = Decision::new(Cause::Unknown).note(format!(
+                "{} SYN(s) with no answer and no drop seen on this node; the policies allow it",
+                evidence.syn_retransmits + 1
+            ));
+            d.notes.extend(elsewhere);
+            d.notes.extend(client_gave_up.map(String::from));
+            d
+        }
+    }
+}
+
+/// What the kernel showed for a blocked channel. `other_node` is set when the SYN left this node for a
+/// destination on another node and nothing local explains the outcome.
+pub fn evidence(blocked: &Blocked, dst_node: Option<&str>, node: &str) -> Evidence {
+    let drop = blocked.drop.as_ref().map(|d| DropSeen {
+        reason: d.reason.clone(),
+        call_site: d.call_site.clone(),
+        interface: d.interface.clone(),
+    });
+    let local_drop = blocked.drop.as_ref().is_some_and(|d| d.interface.is_some());
+    // The network dropped the SYN here (nft, a TC program): not the destination's own TCP stack, which
+    // frees an unwanted SYN with NO_SOCKET (a server living in this namespace).
+    let network_drop_here = blocked
+        .drop
+        .as_ref()
+        .is_some_and(|d| d.interface.is_some() && &*d.reason != "NO_SOCKET");
+    let reset = blocked.reset_by.and_then(|side| {
+        let side = match side {
+            // A reset "from the server" after the SYN was dropped here was forged by the network
+            // (`reject with tcp reset`); without such a drop the SYN went on and the destination answered.
+            Side::Server if network_drop_here => ResetSide::Network,
+            Side::Server => ResetSide::Destination,
+            Side::Client => ResetSide::Client,
+            Side::Network | Side::Unknown => return None,
+        };
+        Some(ResetSeen { side })
+    });
+    let icmp = blocked.rejected.map(|(t, c)| IcmpSeen {
+        icmp_type: t,
+        code: c,
+    });
+    let mut e = Evidence {
+        syn_retransmits: blocked.attempts.saturating_sub(1),
+        drop,
+        reset,
+        icmp,
+        established: false,
+        other_node: None,
+    };
+    let answered_here =
+        local_drop || e.icmp.is_some() || reset.is_some_and(|r| r.side != ResetSide::Client);
+    if !answered_here
+        && let Some(n) = dst_node
+        && !node.is_empty()
+        && n != node
+    {
+        e.other_node = Some(Arc::from(n));
+    }
+    e
+}
+
+/// The verdict for `client` → `server` at `at`, reduced for [`decide`], with the policies responsible.
+struct Judged {
+    simulated: Simulated,
+    policies: Vec<PolicyRef>,
+    notes: Vec<String>,
+}
+
+fn judge(inventory: &Inventory, client: SocketAddr, server: SocketAddr, at: SystemTime) -> Judged {
+    if !inventory.is_ready() {
+        return Judged {
+            simulated: Simulated::NotSynced,
+            policies: Vec::new(),
+            notes: Vec::new(),
+        };
+    }
+    let then = inventory.verdict_at(client, server, Protocol::Tcp, at);
+    let verdict = &then.verdict;
+    let mut notes = Vec::new();
+    if let Some(forgotten) = then.incomplete {
+        notes.push(format!(
+            "the cluster's history before {} is no longer kept: the verdict may reflect later changes",
+            record::rfc3339::format(forgotten)
+        ));
+    }
+    if verdict.allowed {
+        return Judged {
+            simulated: Simulated::Allowed,
+            policies: Vec::new(),
+            notes,
+        };
+    }
+    let mut policies = Vec::new();
+    let egress = !verdict.egress.allowed;
+    let ingress = !verdict.ingress.allowed;
+    if egress {
+        responsible(
+            &verdict.egress,
+            Direction::Egress,
+            inventory,
+            at,
+            &mut policies,
+        );
+    }
+    if ingress {
+        responsible(
+            &verdict.ingress,
+            Direction::Ingress,
+            inventory,
+            at,
+            &mut policies,
+        );
+    }
+    let direction = match (egress, ingress) {
+        (true, true) => Direction::Both,
+        (true, false) => Direction::Egress,
+        _ => Direction::Ingress,
+    };
+    Judged {
+        simulated: Simulated::Denied {
+            direction,
+            policies: policies
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect(),
+        },
+        policies,
+        notes,
+    }
+}
 
 /// Builds the record for a blocked channel seen on `node`.
 pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record {
@@ -29,20 +322,13 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
     );
     let src = endpoint(blocked.client, &src_inv);
     let dst = endpoint(blocked.server, &dst_inv);
-    let mut notes = Vec::new();
-    let kernel_reason = blocked.drop.as_ref().map(|d| d.reason.clone());
-    let call_site = blocked.drop.as_ref().map(|d| d.call_site.clone());
-    if let Some((t, c)) = blocked.rejected {
-        notes.push(format!(
-            "rejected by the network with ICMP type {t} code {c}"
-        ));
-    }
-    if blocked.timed_out && blocked.drop.is_none() {
-        notes.push(format!(
-            "{} SYNs with no answer and no drop seen on this node",
-            blocked.attempts
-        ));
-    }
+    let dst_node = (dst.kind == "pod").then_some(dst.node.as_deref()).flatten();
+    let evidence = evidence(blocked, dst_node, node);
+    let judged = judge(inventory, blocked.client, blocked.server, at);
+    let decision = decide(&evidence, &judged.simulated);
+
+    let mut notes = decision.notes;
+    notes.extend(judged.notes);
     for (side, e) in [("source", &src), ("destination", &dst)] {
         if let Some(n) = &e.node
             && !node.is_empty()
@@ -53,54 +339,6 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
             ));
         }
     }
-
-    let (cause, direction, policies) = if !inventory.is_ready() {
-        notes.push("inventory not synced yet: no policy verdict".into());
-        (Cause::Unknown, None, Vec::new())
-    } else {
-        let verdict = evaluate(
-            inventory,
-            (blocked.client, &src_inv),
-            (blocked.server, &dst_inv),
-        );
-        if !verdict.allowed {
-            let mut policies = Vec::new();
-            let egress = !verdict.egress.allowed;
-            let ingress = !verdict.ingress.allowed;
-            if egress {
-                responsible(
-                    &verdict.egress,
-                    Direction::Egress,
-                    inventory,
-                    at,
-                    &mut policies,
-                );
-            }
-            if ingress {
-                responsible(
-                    &verdict.ingress,
-                    Direction::Ingress,
-                    inventory,
-                    at,
-                    &mut policies,
-                );
-            }
-            let direction = match (egress, ingress) {
-                (true, true) => Direction::Both,
-                (true, false) => Direction::Egress,
-                _ => Direction::Ingress,
-            };
-            (Cause::Policy, Some(direction), policies)
-        } else if blocked.reset_by == Some(Side::Server) {
-            (Cause::NoListener, None, Vec::new())
-        } else if blocked.drop.is_some() || blocked.rejected.is_some() {
-            notes.push("policies allow this connection: it was dropped elsewhere".into());
-            (Cause::NoPolicy, None, Vec::new())
-        } else {
-            (Cause::Unknown, None, Vec::new())
-        }
-    };
-
     Record {
         schema: record::SCHEMA,
         time: blocked.blocked_at,
@@ -110,51 +348,65 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         protocol: "TCP".into(),
         src,
         dst,
-        cause: Some(cause),
-        direction,
-        kernel_reason,
-        call_site,
+        cause: Some(decision.cause),
+        direction: decision.direction,
+        kernel_reason: blocked.drop.as_ref().map(|d| d.reason.clone()),
+        call_site: blocked.drop.as_ref().map(|d| d.call_site.clone()),
         attempts: blocked.attempts,
-        policies,
+        evidence: Some(evidence),
+        policies: if decision.blame_policies {
+            judged.policies
+        } else {
+            Vec::new()
+        },
         notes,
     }
 }
 
-/// The verdict for the connection as the cluster stood at `at`: pods are those that held the addresses
-/// then (a pod deleted since still counts while the engine has it).
-fn evaluate(
+/// The record for an established connection that the policies deny (the network did not enforce them),
+/// or `None` when they allow it or the inventory is not synced. Evaluated at `at`, the establishment.
+pub fn unenforced(
+    client: SocketAddr,
+    server: SocketAddr,
+    attempts: u32,
+    interface: Option<&str>,
+    at: SystemTime,
     inventory: &Inventory,
-    (client, client_then): (SocketAddr, &InvEndpoint<'_>),
-    (server, server_then): (SocketAddr, &InvEndpoint<'_>),
-) -> std::sync::Arc<policy::explain::Verdict> {
-    let engine = inventory.engine();
-    let resolve = |addr: SocketAddr, then: &InvEndpoint<'_>| match then {
-        // Still holding the address: the engine's IP index finds it in one lookup.
-        InvEndpoint::Pod(h) if h.to.is_none() => Some(engine.lookup_ip(addr.ip())),
-        // Deleted or moved since: by name, while the engine still has it.
-        InvEndpoint::Pod(h) => engine
-            .pod_endpoint(&h.pod.pod.namespace, &h.pod.pod.name)
-            .map(|e| match e {
-                policy::index::Endpoint::Pod { id, .. } => policy::index::Endpoint::Pod {
-                    id,
-                    ip: Some(addr.ip()),
-                },
-                other => other,
-            }),
-        _ => None,
+    node: &str,
+) -> Option<Record> {
+    let judged = judge(inventory, client, server, at);
+    let Simulated::Denied { direction, .. } = judged.simulated else {
+        return None;
     };
-    match (resolve(client, client_then), resolve(server, server_then)) {
-        (Some(s), Some(d)) => engine.evaluate(s, d, server.port(), Protocol::Tcp).ok(),
-        (s, d) => engine
-            .evaluate(
-                s.unwrap_or_else(|| engine.lookup_ip(client.ip())),
-                d.unwrap_or_else(|| engine.lookup_ip(server.ip())),
-                server.port(),
-                Protocol::Tcp,
-            )
-            .ok(),
-    }
-    .unwrap_or_else(|| engine.evaluate_ips(client.ip(), server.ip(), server.port(), Protocol::Tcp))
+    let src = endpoint(client, &inventory.endpoint_at(client.ip(), at));
+    let dst = endpoint(server, &inventory.endpoint_at(server.ip(), at));
+    let mut notes = vec![format!(
+        "the policies deny it ({}) but the connection was established: the network does not enforce them",
+        direction.as_str()
+    )];
+    notes.extend(judged.notes);
+    Some(Record {
+        schema: record::SCHEMA,
+        time: at,
+        kind: RecordKind::Unenforced,
+        node: node.to_owned(),
+        interface: interface.map(str::to_owned),
+        protocol: "TCP".into(),
+        src,
+        dst,
+        cause: None,
+        direction: Some(direction),
+        kernel_reason: None,
+        call_site: None,
+        attempts,
+        evidence: Some(Evidence {
+            syn_retransmits: attempts.saturating_sub(1),
+            established: true,
+            ..Evidence::default()
+        }),
+        policies: judged.policies,
+        notes,
+    })
 }
 
 /// Every policy selecting the pod for a denied direction (union semantics make them all responsible),
@@ -363,6 +615,267 @@ mod tests {
         assert_eq!(r.policies.len(), 2);
     }
 
+    // ---- the decision table, one test per row ----
+
+    fn deny() -> Simulated {
+        Simulated::Denied {
+            direction: Direction::Ingress,
+            policies: vec!["payments/default-deny".into()],
+        }
+    }
+
+    fn drop_here() -> Evidence {
+        Evidence {
+            drop: Some(DropSeen {
+                reason: "NETFILTER_DROP".into(),
+                call_site: "nft_do_chain+0x3e8".into(),
+                interface: Some("lxca".into()),
+            }),
+            ..Evidence::default()
+        }
+    }
+
+    fn reset(side: ResetSide) -> Evidence {
+        Evidence {
+            reset: Some(ResetSeen { side }),
+            ..Evidence::default()
+        }
+    }
+
+    fn icmp() -> Evidence {
+        Evidence {
+            icmp: Some(IcmpSeen {
+                icmp_type: 3,
+                code: 13,
+            }),
+            ..Evidence::default()
+        }
+    }
+
+    fn silence(retransmits: u32) -> Evidence {
+        Evidence {
+            syn_retransmits: retransmits,
+            ..Evidence::default()
+        }
+    }
+
+    fn has_note(d: &Decision, text: &str) -> bool {
+        d.notes.iter().any(|n| n.contains(text))
+    }
+
+    #[test]
+    fn row_reset_from_the_destination_and_deny_is_no_listener_noting_the_policies_were_not_enforced()
+     {
+        let d = decide(&reset(ResetSide::Destination), &deny());
+        assert_eq!(d.cause, Cause::NoListener);
+        assert_eq!(d.direction, None);
+        assert!(!d.blame_policies);
+        assert!(has_note(&d, "not enforced"), "{:?}", d.notes);
+        assert!(has_note(&d, "payments/default-deny"), "{:?}", d.notes);
+    }
+
+    #[test]
+    fn row_reset_from_the_destination_and_allow_is_no_listener() {
+        let d = decide(&reset(ResetSide::Destination), &Simulated::Allowed);
+        assert_eq!(d.cause, Cause::NoListener);
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+    }
+
+    #[test]
+    fn row_reset_from_the_destination_before_sync_is_no_listener_without_a_verdict() {
+        let d = decide(&reset(ResetSide::Destination), &Simulated::NotSynced);
+        assert_eq!(d.cause, Cause::NoListener);
+        assert!(has_note(&d, "not synced"));
+    }
+
+    #[test]
+    fn row_other_evidence_before_sync_is_unknown() {
+        for e in [drop_here(), icmp(), silence(3)] {
+            let d = decide(&e, &Simulated::NotSynced);
+            assert_eq!(d.cause, Cause::Unknown);
+            assert!(has_note(&d, "not synced"));
+        }
+    }
+
+    #[test]
+    fn row_kernel_drop_and_deny_is_policy() {
+        let d = decide(&drop_here(), &deny());
+        assert_eq!(d.cause, Cause::Policy);
+        assert_eq!(d.direction, Some(Direction::Ingress));
+        assert!(d.blame_policies);
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+    }
+
+    #[test]
+    fn row_kernel_drop_and_allow_is_no_policy_with_the_reason() {
+        let d = decide(&drop_here(), &Simulated::Allowed);
+        assert_eq!(d.cause, Cause::NoPolicy);
+        assert!(!d.blame_policies);
+        assert!(
+            has_note(&d, "NETFILTER_DROP at nft_do_chain"),
+            "{:?}",
+            d.notes
+        );
+    }
+
+    #[test]
+    fn row_icmp_reject_and_deny_is_policy() {
+        let d = decide(&icmp(), &deny());
+        assert_eq!(d.cause, Cause::Policy);
+        assert!(d.blame_policies);
+    }
+
+    #[test]
+    fn row_icmp_reject_and_allow_is_no_policy() {
+        let d = decide(&icmp(), &Simulated::Allowed);
+        assert_eq!(d.cause, Cause::NoPolicy);
+        assert!(has_note(&d, "ICMP type 3 code 13"), "{:?}", d.notes);
+    }
+
+    #[test]
+    fn row_reset_forged_by_the_network_and_deny_is_policy() {
+        let d = decide(&reset(ResetSide::Network), &deny());
+        assert_eq!(d.cause, Cause::Policy);
+    }
+
+    #[test]
+    fn row_reset_forged_by_the_network_and_allow_is_no_policy() {
+        let d = decide(&reset(ResetSide::Network), &Simulated::Allowed);
+        assert_eq!(d.cause, Cause::NoPolicy);
+        assert!(has_note(&d, "reset"));
+    }
+
+    fn foreign_drop() -> Evidence {
+        let mut e = drop_here();
+        if let Some(d) = &mut e.drop {
+            d.interface = None;
+        }
+        e
+    }
+
+    #[test]
+    fn row_drop_in_another_namespace_and_deny_is_policy_noting_where() {
+        let d = decide(&foreign_drop(), &deny());
+        assert_eq!(d.cause, Cause::Policy);
+        assert!(
+            has_note(&d, "outside this node's interfaces"),
+            "{:?}",
+            d.notes
+        );
+    }
+
+    #[test]
+    fn row_drop_in_another_namespace_and_allow_is_no_policy() {
+        let d = decide(&foreign_drop(), &Simulated::Allowed);
+        assert_eq!(d.cause, Cause::NoPolicy);
+        assert!(has_note(&d, "another network namespace"), "{:?}", d.notes);
+    }
+
+    #[test]
+    fn row_silence_and_deny_is_policy_noting_no_drop_was_seen_here() {
+        let d = decide(&silence(0), &deny());
+        assert_eq!(d.cause, Cause::Policy);
+        assert!(d.blame_policies);
+        assert!(has_note(&d, "no drop seen on this node"), "{:?}", d.notes);
+        assert!(has_note(&d, "1 SYN(s)"), "{:?}", d.notes);
+    }
+
+    #[test]
+    fn row_silence_and_deny_with_the_destination_elsewhere_says_where_the_evidence_is() {
+        let e = Evidence {
+            other_node: Some("node-b".into()),
+            ..silence(2)
+        };
+        let d = decide(&e, &deny());
+        assert_eq!(d.cause, Cause::Policy);
+        assert!(
+            has_note(&d, "evidence is on the destination's node node-b"),
+            "{:?}",
+            d.notes
+        );
+    }
+
+    #[test]
+    fn row_silence_and_allow_is_unknown() {
+        let d = decide(&silence(3), &Simulated::Allowed);
+        assert_eq!(d.cause, Cause::Unknown);
+        assert!(!d.blame_policies);
+        assert!(has_note(&d, "4 SYN(s)"), "{:?}", d.notes);
+    }
+
+    #[test]
+    fn row_client_reset_and_deny_is_policy_noting_the_client_gave_up() {
+        let d = decide(&reset(ResetSide::Client), &deny());
+        assert_eq!(d.cause, Cause::Policy);
+        assert!(has_note(&d, "client reset"), "{:?}", d.notes);
+    }
+
+    #[test]
+    fn row_client_reset_and_allow_is_unknown() {
+        let d = decide(&reset(ResetSide::Client), &Simulated::Allowed);
+        assert_eq!(d.cause, Cause::Unknown);
+    }
+
+    // ---- evidence from the tracker ----
+
+    #[test]
+    fn a_server_reset_with_no_drop_here_came_from_the_destination() {
+        let b = Blocked {
+            drop: None,
+            reset_by: Some(Side::Server),
+            ..blocked()
+        };
+        let e = evidence(&b, Some("n2"), "n1");
+        assert_eq!(e.reset.map(|r| r.side), Some(ResetSide::Destination));
+        assert_eq!(
+            e.other_node, None,
+            "the destination answered: nothing elsewhere"
+        );
+    }
+
+    #[test]
+    fn a_server_reset_behind_a_drop_here_was_forged_by_the_network() {
+        let b = Blocked {
+            reset_by: Some(Side::Server),
+            ..blocked()
+        };
+        let e = evidence(&b, None, "n1");
+        assert_eq!(e.reset.map(|r| r.side), Some(ResetSide::Network));
+        assert!(e.drop.is_some());
+    }
+
+    #[test]
+    fn a_server_reset_behind_the_destinations_own_no_socket_drop_here_is_the_destinations() {
+        // A server in the observer's own namespace (host network): its stack frees the SYN with NO_SOCKET.
+        let b = Blocked {
+            reset_by: Some(Side::Server),
+            drop: Some(DropEvidence {
+                reason: Arc::from("NO_SOCKET"),
+                call_site: "tcp_v4_rcv+0x91".into(),
+                interface: Some(Arc::from("eth0")),
+            }),
+            ..blocked()
+        };
+        let e = evidence(&b, None, "n1");
+        assert_eq!(e.reset.map(|r| r.side), Some(ResetSide::Destination));
+    }
+
+    #[test]
+    fn silence_towards_another_node_points_to_it() {
+        let b = Blocked {
+            drop: None,
+            timed_out: true,
+            attempts: 3,
+            ..blocked()
+        };
+        let e = evidence(&b, Some("n2"), "n1");
+        assert_eq!(e.syn_retransmits, 2);
+        assert_eq!(e.other_node.as_deref(), Some("n2"));
+        assert_eq!(evidence(&b, Some("n1"), "n1").other_node, None);
+    }
+
+    // ---- whole records ----
+
     #[test]
     fn allowed_and_reset_by_the_server_is_no_listener() {
         let b = Blocked {
@@ -377,11 +890,32 @@ mod tests {
     }
 
     #[test]
+    fn denied_but_reset_by_the_destination_is_no_listener_not_policy() {
+        let b = Blocked {
+            drop: None,
+            reset_by: Some(Side::Server),
+            ..blocked()
+        };
+        let r = attribute(&b, &inventory(&[DENY_INGRESS]), "n1");
+        assert_eq!(r.cause, Some(Cause::NoListener));
+        assert!(r.policies.is_empty());
+        assert!(
+            r.notes.iter().any(|n| n.contains("not enforced")),
+            "{:?}",
+            r.notes
+        );
+        let e = r.evidence.expect("evidence");
+        assert_eq!(e.reset.map(|r| r.side), Some(ResetSide::Destination));
+    }
+
+    #[test]
     fn allowed_but_dropped_is_no_policy_with_the_kernel_reason() {
         let r = attribute(&blocked(), &inventory(&[]), "n1");
         assert_eq!(r.cause, Some(Cause::NoPolicy));
         assert_eq!(r.kernel_reason.as_deref(), Some("NETFILTER_DROP"));
         assert_eq!(r.call_site.as_deref(), Some("nft_do_chain+0x3e8"));
+        let e = r.evidence.expect("evidence");
+        assert_eq!(e.drop.and_then(|d| d.interface).as_deref(), Some("lxca"));
     }
 
     #[test]
@@ -394,7 +928,7 @@ mod tests {
     }
 
     #[test]
-    fn silence_without_a_drop_is_unknown() {
+    fn silence_without_a_drop_is_unknown_when_allowed_and_policy_when_denied() {
         let b = Blocked {
             drop: None,
             timed_out: true,
@@ -403,6 +937,161 @@ mod tests {
         };
         let r = attribute(&b, &inventory(&[]), "n1");
         assert_eq!(r.cause, Some(Cause::Unknown));
-        assert!(r.notes.iter().any(|n| n.contains("4 SYNs")));
+        assert!(r.notes.iter().any(|n| n.contains("4 SYN(s)")));
+        let r = attribute(&b, &inventory(&[DENY_INGRESS]), "n1");
+        assert_eq!(r.cause, Some(Cause::Policy));
+        assert_eq!(r.policies.len(), 1);
+        assert!(
+            r.notes.iter().any(|n| n.contains("node n2")),
+            "{:?}",
+            r.notes
+        );
+        assert_eq!(r.evidence.and_then(|e| e.other_node).as_deref(), Some("n2"));
+    }
+
+    #[test]
+    fn an_established_connection_the_policies_deny_is_unenforced() {
+        let inv = inventory(&[DENY_INGRESS, ALLOW_8080]);
+        let b = blocked();
+        let r = unenforced(
+            b.client,
+            b.server,
+            1,
+            Some("lxca"),
+            b.first_seen,
+            &inv,
+            "n1",
+        )
+        .expect("unenforced record");
+        assert_eq!(r.kind, RecordKind::Unenforced);
+        assert_eq!(r.cause, None);
+        assert_eq!(r.direction, Some(Direction::Ingress));
+        let names: Vec<_> = r.policies.iter().map(|p| p.name.to_string()).collect();
+        assert_eq!(names, ["allow-frontend", "default-deny"]);
+        assert!(r.policies[0].nearest_miss.contains("8080"));
+        assert_eq!(r.policies[1].resource_version, "81233");
+        assert!(r.evidence.is_some_and(|e| e.established));
+        // Allowed: nothing to report.
+        let inv = inventory(&[]);
+        assert!(unenforced(b.client, b.server, 1, None, b.first_seen, &inv, "n1").is_none());
+    }
+
+    // ---- time-true verdicts ----
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_policy_edited_one_second_after_a_drop_does_not_change_its_record() {
+        let mut inv = inventory(&[DENY_INGRESS]);
+        // At 2001 (the drop was at 2000), default-deny is rewritten to allow everything.
+        let edited = DENY_INGRESS
+            .replace("'81233'", "'81240'")
+            .replace("podSelector: {}", "podSelector: {}, ingress: [{}]");
+        inv.apply_policy(&policy(&edited), at(2_001))
+            .expect("valid edit");
+        let r = attribute(&blocked(), &inv, "n1");
+        assert_eq!(r.cause, Some(Cause::Policy), "{:?}", r.notes);
+        assert_eq!(r.policies.len(), 1);
+        assert_eq!(r.policies[0].resource_version, "81233");
+        // A drop after the edit is judged by the edit.
+        let later = Blocked {
+            first_seen: at(2_002),
+            ..blocked()
+        };
+        assert_eq!(attribute(&later, &inv, "n1").cause, Some(Cause::NoPolicy));
+    }
+
+    #[test]
+    fn a_policy_deleted_after_a_drop_still_names_it() {
+        let mut inv = inventory(&[DENY_INGRESS]);
+        assert!(inv.delete_policy("payments", "default-deny", at(2_001)));
+        let r = attribute(&blocked(), &inv, "n1");
+        assert_eq!(r.cause, Some(Cause::Policy));
+        assert_eq!(&*r.policies[0].name, "default-deny");
+    }
+
+    fn pod(yaml: &str) -> Pod {
+        serde_saphyr::from_str(yaml).expect("pod YAML")
+    }
+
+    #[test]
+    fn an_ip_taken_over_by_a_new_pod_is_attributed_to_the_pod_that_held_it() {
+        let mut inv = inventory(&[DENY_INGRESS]);
+        assert!(inv.delete_pod("payments", "payments-0", at(2_001)));
+        // A pod of another namespace, which no policy isolates, gets the address.
+        inv.apply_pod(
+            &pod("{apiVersion: v1, kind: Pod, metadata: {name: cache-0, namespace: shop, uid: p9, labels: {app: cache}}, spec: {nodeName: n1, containers: [{name: c, image: i}]}, status: {podIP: 198.18.1.2, podIPs: [{ip: 198.18.1.2}]}}"),
+            at(2_001),
+        )
+        .expect("valid pod");
+        let r = attribute(&blocked(), &inv, "n1");
+        assert_eq!(r.dst.pod.as_deref(), Some("payments-0"));
+        assert_eq!(r.cause, Some(Cause::Policy), "{:?}", r.notes);
+        assert_eq!(&*r.policies[0].name, "default-deny");
+        let later = Blocked {
+            first_seen: at(2_002),
+            ..blocked()
+        };
+        let r = attribute(&later, &inv, "n1");
+        assert_eq!(r.dst.pod.as_deref(), Some("cache-0"));
+        assert_eq!(r.cause, Some(Cause::NoPolicy));
+    }
+
+    #[test]
+    fn pod_labels_are_those_at_the_time() {
+        let mut inv = inventory(&[DENY_EGRESS]);
+        // checkout is relabelled after the drop: no-egress no longer selects it.
+        inv.apply_pod(
+            &pod("{apiVersion: v1, kind: Pod, metadata: {name: checkout-7d9f5c-x1, namespace: shop, uid: p1, labels: {app: web}}, spec: {nodeName: n1, containers: [{name: c, image: i}]}, status: {podIP: 198.18.0.2, podIPs: [{ip: 198.18.0.2}]}}"),
+            at(2_001),
+        )
+        .expect("valid pod");
+        let r = attribute(&blocked(), &inv, "n1");
+        assert_eq!(r.cause, Some(Cause::Policy), "{:?}", r.notes);
+        assert_eq!(r.direction, Some(Direction::Egress));
+        let later = Blocked {
+            first_seen: at(2_002),
+            ..blocked()
+        };
+        assert_eq!(attribute(&later, &inv, "n1").cause, Some(Cause::NoPolicy));
+    }
+
+    #[test]
+    fn namespace_labels_are_those_at_the_time() {
+        // payments admits only namespaces labelled team=shop on 50051.
+        const FROM_SHOP: &str = "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: from-shop, namespace: payments, uid: u-fs, resourceVersion: '3'}, spec: {podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: shop}}}]}]}}";
+        let mut inv = inventory(&[FROM_SHOP]);
+        let ns: Namespace = serde_saphyr::from_str(
+            "{apiVersion: v1, kind: Namespace, metadata: {name: shop, labels: {team: other}}}",
+        )
+        .expect("ns");
+        inv.apply_namespace_at(&ns, at(2_001)).expect("valid ns");
+        let drop_at = |s| Blocked {
+            first_seen: at(s),
+            ..blocked()
+        };
+        assert_eq!(
+            attribute(&drop_at(2_000), &inv, "n1").cause,
+            Some(Cause::NoPolicy)
+        );
+        assert_eq!(
+            attribute(&drop_at(2_002), &inv, "n1").cause,
+            Some(Cause::Policy)
+        );
+    }
+
+    #[test]
+    fn with_no_change_since_the_verdict_is_the_engines_own() {
+        let inv = inventory(&[DENY_INGRESS, ALLOW_8080]);
+        assert_eq!(inv.history_len(), 0, "the initial sync is not history");
+        let b = blocked();
+        let then = inv.verdict_at(b.client, b.server, Protocol::Tcp, b.first_seen);
+        assert!(!then.historical);
+        let now = inv
+            .engine()
+            .evaluate_ips(b.client.ip(), b.server.ip(), 50051, Protocol::Tcp);
+        assert!(Arc::ptr_eq(&then.verdict, &now), "the cached verdict");
     }
 }

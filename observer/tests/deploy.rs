@@ -1182,6 +1182,7 @@ fn alert_rules_parse_and_use_only_registered_metrics() {
     }
     for required in [
         "ObserverPolicyStartedBlocking",
+        "ObserverPolicyNotEnforced",
         "ObserverEventsLost",
         "ObserverDown",
         "ObserverInventoryNotSynced",
@@ -1365,6 +1366,7 @@ fn dashboard_is_import_ready_and_uses_only_registered_metrics() {
     );
     for family in [
         "observer_blocked_channels_total",
+        "observer_unenforced_channels_total",
         "observer_kernel_drops_total",
         "observer_events_lost_total",
         "observer_events_malformed_total",

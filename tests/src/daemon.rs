@@ -11,12 +11,33 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::{Lab, Pod, run_in, wait_for};
+use crate::{Lab, Netns, Pod, run_in, wait_for};
 
 /// The API address inside the node namespace (each lab has its own namespace, so no port clashes).
 pub const API: &str = "127.0.0.1:9990";
-/// The node name the lab's pods run on.
+/// The node name the lab's pods run on (its first node).
 pub const NODE: &str = "lab-node";
+
+/// How to run the daemon.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `--node-name`.
+    pub node_name: String,
+    /// `--interfaces`.
+    pub interfaces: String,
+    /// `--blocked-window`.
+    pub blocked_window: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            node_name: NODE.to_owned(),
+            interfaces: "lxc*".to_owned(),
+            blocked_window: "2s".to_owned(),
+        }
+    }
+}
 
 /// A running daemon; SIGTERM on drop.
 pub struct Daemon {
@@ -33,13 +54,18 @@ impl Daemon {
     /// Starts `observer run` in the lab's node namespace with `cluster` as its manifests, and waits
     /// until `/readyz` says programs are attached and the inventory is synced.
     pub fn start(lab: &Lab, cluster: &Path, extra: &[&str]) -> Self {
+        Self::start_on(&lab.node, cluster, &Options::default(), extra)
+    }
+
+    /// Starts `observer run` in the node namespace `node` (any node of a lab) with `options`.
+    pub fn start_on(node: &Netns, cluster: &Path, options: &Options, extra: &[&str]) -> Self {
         let bin = std::env::var("OBSERVER_BIN")
             .expect("OBSERVER_BIN (set by ./x test) points to the observer binary");
         let cluster = cluster.to_str().expect("UTF-8 path");
         let mut command = Command::new("ip");
-        command.args(["netns", "exec", &lab.node.name, &bin]);
-        command.args(run_args(cluster, extra));
-        Self::spawn(lab, command, None)
+        command.args(["netns", "exec", &node.name, &bin]);
+        command.args(run_args(cluster, options, extra));
+        Self::spawn(node, command, None)
     }
 
     /// Starts the image `image` (`./x image`) with podman in the lab's node namespace, as the DaemonSet
@@ -82,11 +108,15 @@ impl Daemon {
             .arg("--security-opt")
             .arg(format!("seccomp={}", seccomp.display()));
         command.arg(image);
-        command.args(run_args("/etc/observer/cluster", extra));
-        Self::spawn(lab, command, Some((name, scratch)))
+        command.args(run_args(
+            "/etc/observer/cluster",
+            &Options::default(),
+            extra,
+        ));
+        Self::spawn(&lab.node, command, Some((name, scratch)))
     }
 
-    fn spawn(lab: &Lab, mut command: Command, container: Option<(String, PathBuf)>) -> Self {
+    fn spawn(node: &Netns, mut command: Command, container: Option<(String, PathBuf)>) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -112,7 +142,7 @@ impl Daemon {
         }
         let d = Self {
             child,
-            node: lab.node.name.clone(),
+            node: node.name.clone(),
             container,
             stdout,
             stderr,
@@ -154,11 +184,6 @@ impl Daemon {
             let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
             Some((code, body))
         })
-    }
-
-    /// The daemon's process id (CPU and memory figures from /proc).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// `/metrics` text.
@@ -301,23 +326,23 @@ pub fn runtime_default_seccomp(dir: &Path) -> PathBuf {
 }
 
 /// The arguments of `observer run` every lab daemon gets, then `extra`.
-fn run_args<'a>(cluster: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+fn run_args<'a>(cluster: &'a str, options: &'a Options, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "run",
         "--cluster",
         cluster,
         "--interfaces",
-        "lxc*",
+        &options.interfaces,
         "--ports",
         "50051",
         "--node-name",
-        NODE,
+        &options.node_name,
         "--listen",
         API,
         "--log-format",
         "json",
         "--blocked-window",
-        "2s",
+        &options.blocked_window,
     ];
     args.extend_from_slice(extra);
     args
@@ -331,13 +356,25 @@ pub fn pod_yaml(
     labels: &[(&str, &str)],
     ports: &[(&str, u16)],
 ) -> String {
+    pod_yaml_on(NODE, pod, namespace, name, labels, ports)
+}
+
+/// [`pod_yaml`] for a pod on the node called `node`.
+pub fn pod_yaml_on(
+    node: &str,
+    pod: &Pod,
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ports: &[(&str, u16)],
+) -> String {
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let ports: Vec<String> = ports
         .iter()
         .map(|(n, p)| format!("{{name: {n}, containerPort: {p}, protocol: TCP}}"))
         .collect();
     format!(
-        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, uid: uid-{name}, labels: {{{}}}}}\nspec: {{nodeName: {NODE}, containers: [{{name: main, image: lab, ports: [{}]}}]}}\nstatus: {{phase: Running, podIP: {}, podIPs: [{{ip: {}}}, {{ip: \"{}\"}}]}}\n",
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, uid: uid-{name}, labels: {{{}}}}}\nspec: {{nodeName: {node}, containers: [{{name: main, image: lab, ports: [{}]}}]}}\nstatus: {{phase: Running, podIP: {}, podIPs: [{{ip: {}}}, {{ip: \"{}\"}}]}}\n",
         labels.join(", "),
         ports.join(", "),
         pod.v4,
@@ -362,7 +399,12 @@ pub struct ManifestDir {
 
 impl ManifestDir {
     pub fn new(lab: &Lab) -> Self {
-        let dir = std::env::temp_dir().join(format!("{}-manifests", lab.prefix));
+        Self::named(lab, "manifests")
+    }
+
+    /// A directory `<prefix>-<name>` (several daemons of one lab may each want their own).
+    pub fn named(lab: &Lab, name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{}-{name}", lab.prefix));
         std::fs::create_dir_all(&dir).expect("manifest dir");
         Self { dir }
     }

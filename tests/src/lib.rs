@@ -6,6 +6,14 @@
 //!        2001:2:0:x::2/64               2001:2:0:x::1                     …
 //! ```
 //!
+//! A lab may have more nodes ([`Lab::add_node`]): each is a node namespace of its own, linked to the first
+//! by a routed veth pair, with pods of its own ([`Lab::add_pod_on`]):
+//!
+//! ```text
+//!   pods of node 0 ── node ns "…-node" ── nl-<name> ──veth── nl-main ── node ns "…-<name>" ── its pods
+//!                     (routes to the other nodes' pod /24s)    (routes 198.18.0.0/15 via node 0)
+//! ```
+//!
 //! Every test builds its own namespaces with unique names; [`Lab`] removes them on drop, also when the
 //! test panics, and leftovers of a crashed run (namespaces whose pid is gone) are removed at first use.
 //! Addresses come only from 198.18.0.0/15 and 2001:2::/48, a fresh /24 (and /64) per pod per process, so
@@ -167,12 +175,14 @@ impl Drop for Netns {
     }
 }
 
-/// A pod: its namespace and addresses; its host-side veth lives in the node namespace.
+/// A pod: its namespace and addresses; its host-side veth lives in its node's namespace.
 #[derive(Debug)]
 pub struct Pod {
     pub ns: Netns,
     /// Host-side interface name (in the node namespace).
     pub host_if: String,
+    /// The node it runs on: 0 for the lab's first node, else 1 + the index in [`Lab::nodes`].
+    pub node: usize,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
 }
@@ -197,8 +207,29 @@ pub enum Family {
 pub struct Lab {
     pub pods: Vec<Pod>,
     pub node: Netns,
+    /// More nodes, each linked to `node` (see [`Lab::add_node`]).
+    pub nodes: Vec<RemoteNode>,
     /// `obst-<pid>-<n>`
     pub prefix: String,
+}
+
+/// A node besides the lab's first: its namespace and its end of the link to the first node.
+#[derive(Debug)]
+pub struct RemoteNode {
+    pub ns: Netns,
+    /// Its short name (`b`): namespace `<prefix>-<name>`, link `nl-<name>` on the first node.
+    pub name: String,
+    /// Link addresses: the first node's end and this node's end.
+    pub hub: (Ipv4Addr, Ipv6Addr),
+    pub addr: (Ipv4Addr, Ipv6Addr),
+}
+
+/// A fresh /24 and /64 of the lab's ranges, unique in this process: (v4 .0/24 base, v6 /64 prefix).
+fn fresh_subnet() -> (u8, u8, u32) {
+    let net = SUBNET.fetch_add(1, Ordering::Relaxed);
+    assert!(net < 510, "lab address space exhausted");
+    // 198.18.0.0/15 = 512 /24s; 2001:2::/48 = 65536 /64s.
+    (18 + (net / 256) as u8, (net % 256) as u8, net)
 }
 
 impl Lab {
@@ -216,29 +247,121 @@ impl Lab {
         Self {
             pods: Vec::new(),
             node,
+            nodes: Vec::new(),
             prefix,
         }
     }
 
+    /// The namespace of node `node` (0: the first).
+    pub fn node_ns(&self, node: usize) -> &Netns {
+        if node == 0 {
+            &self.node
+        } else {
+            &self.nodes[node - 1].ns
+        }
+    }
+
+    /// Adds a node namespace `<prefix>-<name>` (`name` ≤ 12 bytes), linked to the first node by a veth pair
+    /// (`nl-<name>` there, `nl-main` here) with addresses from a fresh /24 and /64; forwarding on, and a
+    /// route for the lab's ranges towards the first node. Returns the node's number for
+    /// [`Lab::add_pod_on`].
+    pub fn add_node(&mut self, name: &str) -> usize {
+        let (hi, lo, net) = fresh_subnet();
+        let hub4 = Ipv4Addr::new(198, hi, lo, 1);
+        let addr4 = Ipv4Addr::new(198, hi, lo, 2);
+        let hub6: Ipv6Addr = format!("2001:2:0:{net:x}::1").parse().expect("v6 literal");
+        let addr6: Ipv6Addr = format!("2001:2:0:{net:x}::2").parse().expect("v6 literal");
+        let ns = Netns::create(format!("{}-{name}", self.prefix));
+        ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        let hub_if = format!("nl-{name}");
+        self.node.ip(&[
+            "link", "add", &hub_if, "type", "veth", "peer", "name", "nl-main", "netns", &ns.name,
+        ]);
+        self.node
+            .ip(&["addr", "add", &format!("{hub4}/24"), "dev", &hub_if]);
+        self.node.ip(&[
+            "addr",
+            "add",
+            &format!("{hub6}/64"),
+            "dev",
+            &hub_if,
+            "nodad",
+        ]);
+        self.node.ip(&["link", "set", &hub_if, "up"]);
+        ns.ip(&["addr", "add", &format!("{addr4}/24"), "dev", "nl-main"]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{addr6}/64"),
+            "dev",
+            "nl-main",
+            "nodad",
+        ]);
+        ns.ip(&["link", "set", "nl-main", "up"]);
+        // Only the lab's own ranges, and only towards the first node: nothing routes out of the lab.
+        ns.ip(&["route", "add", "198.18.0.0/15", "via", &hub4.to_string()]);
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:2::/48",
+            "via",
+            &hub6.to_string(),
+        ]);
+        self.nodes.push(RemoteNode {
+            ns,
+            name: name.to_owned(),
+            hub: (hub4, hub6),
+            addr: (addr4, addr6),
+        });
+        self.nodes.len()
+    }
+
     /// Adds a pod with host-side interface `host_if` (≤ 15 bytes) and fresh addresses.
     pub fn add_pod(&mut self, name: &str, host_if: &str) -> &Pod {
-        let net = SUBNET.fetch_add(1, Ordering::Relaxed);
-        assert!(net < 510, "lab address space exhausted");
-        // 198.18.0.0/15 = 512 /24s; 2001:2::/48 = 65536 /64s.
-        let (hi, lo) = (18 + (net / 256) as u8, (net % 256) as u8);
+        self.add_pod_on(0, name, host_if)
+    }
+
+    /// Adds a pod on node `node` (0: the first; see [`Lab::add_node`]).
+    pub fn add_pod_on(&mut self, node: usize, name: &str, host_if: &str) -> &Pod {
+        let (hi, lo, net) = fresh_subnet();
         let v4 = Ipv4Addr::new(198, hi, lo, 2);
         let gw4 = Ipv4Addr::new(198, hi, lo, 1);
         let v6: Ipv6Addr = format!("2001:2:0:{net:x}::2").parse().expect("v6 literal");
         let gw6: Ipv6Addr = format!("2001:2:0:{net:x}::1").parse().expect("v6 literal");
         let ns = Netns::create(format!("{}-{name}", self.prefix));
-        self.node.ip(&[
+        let host = self.node_ns(node);
+        host.ip(&[
             "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
         ]);
-        self.node
-            .ip(&["addr", "add", &format!("{gw4}/24"), "dev", host_if]);
-        self.node
-            .ip(&["addr", "add", &format!("{gw6}/64"), "dev", host_if, "nodad"]);
-        self.node.ip(&["link", "set", host_if, "up"]);
+        host.ip(&["addr", "add", &format!("{gw4}/24"), "dev", host_if]);
+        host.ip(&["addr", "add", &format!("{gw6}/64"), "dev", host_if, "nodad"]);
+        host.ip(&["link", "set", host_if, "up"]);
+        if node > 0 {
+            // The first node reaches this pod through the link.
+            let remote = &self.nodes[node - 1];
+            let link = format!("nl-{}", remote.name);
+            self.node.ip(&[
+                "route",
+                "add",
+                &format!("198.{hi}.{lo}.0/24"),
+                "via",
+                &remote.addr.0.to_string(),
+                "dev",
+                &link,
+            ]);
+            self.node.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("2001:2:0:{net:x}::/64"),
+                "via",
+                &remote.addr.1.to_string(),
+                "dev",
+                &link,
+            ]);
+        }
         ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
         ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
         ns.ip(&["link", "set", "eth0", "up"]);
@@ -247,6 +370,7 @@ impl Lab {
         self.pods.push(Pod {
             ns,
             host_if: host_if.to_owned(),
+            node,
             v4,
             v6,
         });
@@ -259,34 +383,47 @@ impl Lab {
 
     /// Loads an nft ruleset into the node namespace (replacing the previous one).
     pub fn nft(&self, ruleset: &str) {
-        self.node.exec(&["nft", "flush", "ruleset"]);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.node.name, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawning nft");
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(ruleset.as_bytes())
-            .expect("writing the ruleset");
-        let out = child.wait_with_output().expect("nft");
-        assert!(
-            out.status.success(),
-            "nft -f failed: {}\n{ruleset}",
-            String::from_utf8_lossy(&out.stderr)
+        nft_in(&self.node, ruleset);
+    }
+
+    /// A forward-chain rule set with one rule on node `node` (see [`Lab::forward_rule`]).
+    pub fn forward_rule_on(&self, node: usize, rule: &str) {
+        nft_in(
+            self.node_ns(node),
+            &format!(
+                "table inet lab {{\n chain forward {{ type filter hook forward priority 0; policy accept;\n  {rule}\n }}\n}}\n"
+            ),
         );
     }
 
     /// A forward-chain rule set with one rule (`tcp dport 50051 drop`, …).
     pub fn forward_rule(&self, rule: &str) {
-        self.nft(&format!(
-            "table inet lab {{\n chain forward {{ type filter hook forward priority 0; policy accept;\n  {rule}\n }}\n}}\n"
-        ));
+        self.forward_rule_on(0, rule);
     }
+}
+
+/// Loads an nft ruleset into a namespace (a node's, or a pod's own), replacing the previous one.
+pub fn nft_in(ns: &Netns, ruleset: &str) {
+    ns.exec(&["nft", "flush", "ruleset"]);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning nft");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(ruleset.as_bytes())
+        .expect("writing the ruleset");
+    let out = child.wait_with_output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft -f failed: {}\n{ruleset}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Default for Lab {
@@ -297,8 +434,10 @@ impl Default for Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Pods first: deleting a pod namespace deletes its veth pair, then the node.
+        // Pods first: deleting a pod namespace deletes its veth pair, then the other nodes (and their
+        // links), then the first node.
         self.pods.clear();
+        self.nodes.clear();
     }
 }
 

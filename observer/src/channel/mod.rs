@@ -12,7 +12,7 @@
 //! packet is seen on several interfaces (the client's veth, then the server's): events of one attempt merge
 //! into one channel, which remembers where its SYN was seen. A channel is **blocked** when a kernel drop
 //! hits its SYN, when the network rejects it (ICMP unreachable), when the server side resets it before any
-//! SYN-ACK, or when its SYN is retransmitted with no SYN-ACK for `blocked_window`. Evidence that arrives
+//! SYN-ACK, or when nothing answered its SYN (one or more) for `blocked_window`. Evidence that arrives
 //! within `settle` of the first (a drop right after the reset it caused) is merged before the channel is
 //! reported — exactly once. Memory is bounded: beyond `max_channels` the oldest channel is evicted and
 //! counted.
@@ -32,7 +32,7 @@ use crate::bpf::{
 /// Tracker settings.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// A SYN retransmitted with no SYN-ACK for this long makes the channel blocked.
+    /// A SYN (retransmitted or not) with no answer for this long makes the channel blocked.
     pub blocked_window: Duration,
     /// Evidence arriving this soon after the first is merged into the same report.
     pub settle: Duration,
@@ -79,7 +79,8 @@ pub struct Blocked {
     /// Interfaces the SYN was seen on, in order (client side first when it is on this node).
     pub seen_on: Vec<(Arc<str>, HookPoint)>,
     pub drop: Option<DropEvidence>,
-    /// A reset before any SYN-ACK, and which side sent it.
+    /// A reset before any SYN-ACK, and which side sent it (a client's own reset does not resolve the
+    /// attempt: the window still does).
     pub reset_by: Option<Side>,
     /// ICMP type/code of a rejection.
     pub rejected: Option<(u8, u8)>,
@@ -95,6 +96,10 @@ pub enum Outcome {
         server: SocketAddr,
         /// SYNs it took.
         attempts: u32,
+        /// Wall-clock time of the SYN-ACK.
+        time: SystemTime,
+        /// The interface its SYN was seen on first.
+        interface: Option<Arc<str>>,
     },
     Blocked(Box<Blocked>),
 }
@@ -271,11 +276,22 @@ impl Tracker {
                         client: key.client,
                         server: key.server,
                         attempts: ch.blocked.attempts,
+                        time: ev.time,
+                        interface: ch.blocked.seen_on.first().map(|(i, _)| i.clone()),
                     });
                 }
             }
             Kind::Reset if ev.origin == Side::Server => {
                 self.evidence(key, ev, |b| b.reset_by = Some(Side::Server));
+            }
+            Kind::Reset if ev.origin == Side::Client => {
+                // The client aborting its own attempt is evidence, not an answer: the window still decides.
+                if let Some(ch) = self.channels.get_mut(&key)
+                    && matches!(ch.state, State::Pending)
+                {
+                    ch.last_ns = ev.monotonic_ns;
+                    ch.blocked.reset_by.get_or_insert(Side::Client);
+                }
             }
             Kind::Rejected => {
                 let icmp = ev.icmp;
@@ -366,8 +382,9 @@ impl Tracker {
             if let Some(ch) = self.channels.get_mut(&key)
                 && ch.id == id
                 && matches!(ch.state, State::Pending)
-                && ch.blocked.attempts >= 2
             {
+                // One SYN is enough: a gRPC deadline shorter than the first retransmission (1 s) gives up
+                // after a single SYN, and nothing answered it within the window.
                 ch.state = State::Done;
                 ch.blocked.timed_out = true;
                 ch.blocked.blocked_at = now;

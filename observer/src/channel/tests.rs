@@ -106,7 +106,9 @@ fn an_answered_syn_is_established_not_blocked() {
         vec![Outcome::Established {
             client: client(),
             server: server(),
-            attempts: 1
+            attempts: 1,
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1),
+            interface: Some(Arc::from("lxca")),
         }]
     );
 }
@@ -196,22 +198,41 @@ fn retransmissions_without_answer_block_after_the_window() {
 }
 
 #[test]
-fn a_single_unanswered_syn_is_not_blocked_by_the_window() {
-    // The client gave up (or the answer went another way): no retransmission, no verdict.
+fn a_single_unanswered_syn_is_blocked_after_the_window_with_one_attempt() {
+    // A gRPC client with a 300 ms deadline sends one SYN and gives up: still one record, after the window.
     let mut t = Tracker::new(Config::default());
-    let out = run(&mut t, &[syn(0, "lxca", HookPoint::Ingress)], 10_000);
-    assert!(blocked(&out).is_empty());
+    let mut out = run(&mut t, &[syn(0, "lxca", HookPoint::Ingress)], 2_900);
+    assert!(blocked(&out).is_empty(), "inside the window");
+    t.tick(
+        3_000 * MS,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(3),
+        &mut out,
+    );
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].attempts, 1);
+    assert!(b[0].timed_out);
+    t.tick(
+        10_000 * MS,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(10),
+        &mut out,
+    );
+    assert_eq!(blocked(&out).len(), 1, "reported once");
 }
 
 #[test]
-fn a_client_reset_does_not_block() {
+fn a_client_reset_does_not_block_but_is_kept_as_evidence_for_the_window() {
     let mut t = Tracker::new(Config::default());
     let rst = KernelEvent {
         origin: Side::Client,
         ..ev(Kind::Reset, 1, "lxca", HookPoint::Ingress)
     };
-    let out = run(&mut t, &[syn(0, "lxca", HookPoint::Ingress), rst], 1_000);
+    let mut out = run(&mut t, &[syn(0, "lxca", HookPoint::Ingress), rst], 1_000);
     assert!(blocked(&out).is_empty());
+    t.tick(3_000 * MS, SystemTime::UNIX_EPOCH, &mut out);
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].reset_by, Some(Side::Client));
 }
 
 #[test]

@@ -41,7 +41,7 @@ pub struct TailArgs {
     /// Records from this long ago (`5m`, `2h`) or since this RFC 3339 time (`2026-11-26T14:00:00Z`).
     #[arg(long, env = "OBSERVER_SINCE", default_value = "5m", value_parser = check_since)]
     pub since: String,
-    /// Only these record kinds, comma-separated (`blocked`, `established`, `policy_changed`,
+    /// Only these record kinds, comma-separated (`blocked`, `unenforced`, `established`, `policy_changed`,
     /// `lost_events`), or `all`.
     #[arg(long, env = "OBSERVER_KIND", default_value = "all")]
     pub kind: String,

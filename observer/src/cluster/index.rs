@@ -2,14 +2,15 @@
 //! [`Index`](policy::Index) kept in step. No I/O, no async, no clock: every mutation and time-based lookup
 //! takes the time as an argument.
 
-use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
+use super::history::{ChangeLog, Prior};
 use super::model::{
     Interner, ObjectRef, PodEntry, PolicyRevision, namespace_from_k8s, node_from_k8s,
     policy_from_k8s,
@@ -31,6 +32,8 @@ pub struct InventoryConfig {
     pub lookup_before: Duration,
     /// A lookup this long after a pod's deletion still finds it, if no one took its IP (stale clients).
     pub lookup_after: Duration,
+    /// Changes (pods, namespaces, policies) kept to evaluate verdicts as the cluster stood at a past time.
+    pub history_changes: usize,
 }
 
 impl Default for InventoryConfig {
@@ -41,8 +44,21 @@ impl Default for InventoryConfig {
             retention: Duration::from_secs(10 * 60),
             lookup_before: Duration::from_secs(5),
             lookup_after: Duration::from_secs(60),
+            history_changes: 4096,
         }
     }
+}
+
+/// A verdict computed from the cluster as it stood at some time.
+#[derive(Clone, Debug)]
+pub struct VerdictAt {
+    /// The verdict.
+    pub verdict: Arc<policy::Verdict>,
+    /// Something changed since that time: the verdict comes from the state then, not the current one.
+    pub historical: bool,
+    /// The history needed went further back than the log keeps: changes up to this time were forgotten
+    /// and the older ones' effect is not undone.
+    pub incomplete: Option<SystemTime>,
 }
 
 /// What an IP was at some time.
@@ -140,8 +156,15 @@ pub struct Inventory {
     histories: HashMap<ObjectRef, PolicyHistory>,
     /// Cluster-scoped policies in force (compiled into the engine), by kind and name.
     cluster_policies: HashMap<(policy::PolicyKind, Arc<str>), Arc<policy::PolicyMeta>>,
+    /// When a cluster-scoped policy last changed (by the inventory's clock). Their past revisions are not
+    /// kept: a verdict as of an earlier time uses the current ones and says so (`VerdictAt::incomplete`).
+    cluster_changed_at: Option<SystemTime>,
     ips: HashMap<IpAddr, IpTimeline>,
     engine: policy::Index,
+    /// What changed since the initial sync, with the state it replaced (verdicts as of a past time).
+    changes: ChangeLog,
+    /// The latest time any writer passed in (for the few writes that take none).
+    clock: Clock,
     staging: [Option<Staging>; Kind::ALL.len()],
     synced: [bool; Kind::ALL.len()],
     generation: u64,
@@ -203,9 +226,11 @@ impl Inventory {
 
     /// Removes a pod; its IPs keep resolving to it for lookups at times before `now`.
     pub fn delete_pod(&mut self, namespace: &str, name: &str, now: SystemTime) -> bool {
-        let Some(old) = self.pods.remove(&ObjectRef::new(namespace, name)) else {
+        let key = ObjectRef::new(namespace, name);
+        let Some(old) = self.pods.remove(&key) else {
             return false;
         };
+        self.log(now, Prior::Pod(key, Some(Arc::clone(&old))));
         self.release_ips(&old, &[], now);
         self.engine.delete_pod(namespace, name);
         self.generation += 1;
@@ -223,13 +248,15 @@ impl Inventory {
     }
 
     fn put_pod(&mut self, entry: PodEntry, now: SystemTime) {
+        self.clock.advance(now);
         let key = entry.key();
         if self.pods.get(&key).is_some_and(|old| **old == entry) {
             return;
         }
         self.engine.apply_pod(Arc::clone(&entry.pod));
         let entry = Arc::new(entry);
-        let old = self.pods.insert(key, Arc::clone(&entry));
+        let old = self.pods.insert(key.clone(), Arc::clone(&entry));
+        self.log(now, Prior::Pod(key, old.clone()));
         let held = holds_ips(&entry);
         if let Some(old) = old {
             // A re-created pod (same name, new uid) or a finished one gives up all its IPs.
@@ -263,25 +290,37 @@ impl Inventory {
 
     /// Adds or updates a namespace.
     pub fn apply_namespace(&mut self, ns: &Namespace) -> Result<(), Error> {
+        self.apply_namespace_at(ns, self.clock.0)
+    }
+
+    /// Adds or updates a namespace, changed at `now` (its labels as of a past time depend on it).
+    pub fn apply_namespace_at(&mut self, ns: &Namespace, now: SystemTime) -> Result<(), Error> {
         let compact = namespace_from_k8s(ns, &mut self.interner)?;
-        self.put_namespace(compact);
+        self.put_namespace(compact, now);
         Ok(())
     }
 
-    fn put_namespace(&mut self, ns: policy::Namespace) {
+    fn put_namespace(&mut self, ns: policy::Namespace, now: SystemTime) {
         if self.namespaces.get(&ns.name).is_some_and(|old| *old == ns) {
             return;
         }
         self.engine.apply_namespace(ns.clone());
-        self.namespaces.insert(Arc::clone(&ns.name), ns);
+        let old = self.namespaces.insert(Arc::clone(&ns.name), ns.clone());
+        self.log(now, Prior::Namespace(Arc::clone(&ns.name), old));
         self.generation += 1;
     }
 
     /// Removes a namespace.
     pub fn delete_namespace(&mut self, name: &str) -> bool {
-        if self.namespaces.remove(name).is_none() {
+        self.delete_namespace_at(name, self.clock.0)
+    }
+
+    /// Removes a namespace at `now`.
+    pub fn delete_namespace_at(&mut self, name: &str, now: SystemTime) -> bool {
+        let Some(old) = self.namespaces.remove(name) else {
             return false;
-        }
+        };
+        self.log(now, Prior::Namespace(Arc::clone(&old.name), Some(old)));
         self.engine.delete_namespace(name);
         self.generation += 1;
         true
@@ -372,6 +411,13 @@ impl Inventory {
             .entry(key.clone())
             .or_default()
             .record(revision.clone(), self.config.policy_revisions);
+        if self.is_ready() {
+            let prior = self
+                .engine
+                .policy(&key.namespace, &key.name)
+                .map(|p| Arc::new(p.clone()));
+            self.log(revision.seen, Prior::Policy(key.clone(), prior));
+        }
         self.engine.apply_policy(compiled);
         self.policies
             .insert(key.clone(), PolicyEntry { key, revision });
@@ -386,6 +432,13 @@ impl Inventory {
         }
         if let Some(history) = self.histories.get_mut(&key) {
             history.mark_deleted(now);
+        }
+        if self.is_ready() {
+            let prior = self
+                .engine
+                .policy(namespace, name)
+                .map(|p| Arc::new(p.clone()));
+            self.log(now, Prior::Policy(key, prior));
         }
         self.engine.delete_policy(namespace, name);
         self.generation += 1;
@@ -442,6 +495,7 @@ impl Inventory {
         }
         self.cluster_policies.insert(key, compiled.meta.clone());
         self.engine.apply_cluster_policy(compiled);
+        self.cluster_changed_at = Some(self.clock.0);
         self.generation += 1;
     }
 
@@ -455,6 +509,7 @@ impl Inventory {
             return false;
         }
         self.engine.delete_cluster_policy(kind, name);
+        self.cluster_changed_at = Some(self.clock.0);
         self.generation += 1;
         true
     }
@@ -514,6 +569,173 @@ impl Inventory {
     /// Number of cluster-scoped policies (all three kinds).
     pub fn cluster_policy_count(&self) -> usize {
         self.cluster_policies.len()
+    // ---- the past ----
+
+    /// Remembers what a change replaced, once the initial sync is in (before it, no verdict is given, so no
+    /// past state is ever asked for).
+    fn log(&mut self, now: SystemTime, prior: Prior) {
+        self.clock.advance(now);
+        if self.is_ready() {
+            self.changes.push(now, prior, self.config.history_changes);
+        }
+    }
+
+    /// Changes held for verdicts as of a past time.
+    pub fn history_len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// The verdict for `client` → `server` as the cluster stood at `at`: the pods that held the addresses
+    /// then, with their labels then, their namespaces' labels then, and the policies in force then.
+    ///
+    /// When nothing changed since `at` (the common case) this is the engine's cached verdict on the current
+    /// state. Otherwise a small index is built with only what the verdict depends on: the two pods, their
+    /// namespaces, those namespaces' policies (each as it was at `at`) and the nodes.
+    pub fn verdict_at(
+        &self,
+        client: SocketAddr,
+        server: SocketAddr,
+        protocol: policy::Protocol,
+        at: SystemTime,
+    ) -> VerdictAt {
+        let ends = [
+            (client, self.endpoint_at(client.ip(), at)),
+            (server, self.endpoint_at(server.ip(), at)),
+        ];
+        if !self.changes.changed_since(at) {
+            return VerdictAt {
+                verdict: self.verdict_now(&ends, protocol),
+                historical: false,
+                incomplete: self.cluster_changed_since(at),
+            };
+        }
+        // Only what this verdict depends on: the two pods, their namespaces and those namespaces'
+        // policies, the nodes involved.
+        let holders: Vec<&Holding> = ends
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Endpoint::Pod(h) => Some(*h),
+                _ => None,
+            })
+            .collect();
+        let keys: Vec<ObjectRef> = holders.iter().map(|h| h.pod.key()).collect();
+        let namespaces: BTreeSet<Arc<str>> = holders
+            .iter()
+            .map(|h| Arc::clone(&h.pod.pod.namespace))
+            .collect();
+        let then = self.changes.then(at, &keys, &namespaces);
+        let mut index = policy::Index::new();
+        let mut nodes: BTreeSet<Arc<str>> = BTreeSet::new();
+        for (_, end) in &ends {
+            match end {
+                Endpoint::Pod(holding) => {
+                    // The state then, if it changed since and was this same pod; else the holder's own
+                    // state (it did not change, or the inventory heard of it just after `at`).
+                    let pod = match then.pods.get(&holding.pod.key()) {
+                        Some(Some(prior)) if prior.same_object(&holding.pod) => Arc::clone(prior),
+                        _ => Arc::clone(&holding.pod),
+                    };
+                    nodes.extend(pod.pod.node_name.clone());
+                    index.apply_pod(Arc::clone(&pod.pod));
+                }
+                Endpoint::Node(node) => {
+                    nodes.insert(Arc::clone(&node.name));
+                }
+                Endpoint::External => {}
+            }
+        }
+        for node in nodes.iter().filter_map(|n| self.nodes.get(n)) {
+            index.apply_node((**node).clone());
+        }
+        // Cluster-scoped policies as they are now (their past revisions are not kept; said through
+        // `incomplete` when one changed since `at`).
+        for cp in self.engine.cluster_policies() {
+            index.apply_cluster_policy(cp.clone());
+        }
+        for name in namespaces {
+            let ns = match then.namespaces.get(&name) {
+                Some(prior) => prior.clone(),
+                None => self.namespaces.get(&name).cloned(),
+            };
+            if let Some(ns) = ns {
+                index.apply_namespace(ns);
+            }
+            for p in self.engine.policies_in(&name) {
+                let key = ObjectRef {
+                    namespace: Arc::clone(&p.meta.namespace),
+                    name: Arc::clone(&p.meta.name),
+                };
+                if !then.policies.contains_key(&key) {
+                    index.apply_policy(p.clone());
+                }
+            }
+            for prior in then
+                .policies
+                .iter()
+                .filter(|(k, _)| k.namespace == name)
+                .filter_map(|(_, p)| p.as_ref())
+            {
+                index.apply_policy((**prior).clone());
+            }
+        }
+        let resolve = |(addr, end): &(SocketAddr, Endpoint<'_>)| match end {
+            Endpoint::Pod(h) => index
+                .pod_endpoint(&h.pod.pod.namespace, &h.pod.pod.name)
+                .map(|e| with_ip(e, addr.ip()))
+                .unwrap_or_else(|| index.lookup_ip(addr.ip())),
+            _ => index.lookup_ip(addr.ip()),
+        };
+        let verdict = index
+            .evaluate(
+                resolve(&ends[0]),
+                resolve(&ends[1]),
+                server.port(),
+                protocol,
+            )
+            .unwrap_or_else(|_| {
+                index.evaluate_ips(client.ip(), server.ip(), server.port(), protocol)
+            });
+        VerdictAt {
+            verdict,
+            historical: true,
+            incomplete: self
+                .changes
+                .incomplete_at(at)
+                .max(self.cluster_changed_since(at)),
+        }
+    }
+
+    /// The time of the latest cluster-scoped policy change, when it is after `at`.
+    fn cluster_changed_since(&self, at: SystemTime) -> Option<SystemTime> {
+        self.cluster_changed_at.filter(|t| *t > at)
+    }
+
+    /// The verdict on the current state, for ends resolved at some time: a pod still holding its address
+    /// is found by address; one deleted or moved since, by name while the engine still has it.
+    fn verdict_now(
+        &self,
+        ends: &[(SocketAddr, Endpoint<'_>); 2],
+        protocol: policy::Protocol,
+    ) -> Arc<policy::Verdict> {
+        let engine = &self.engine;
+        let resolve = |(addr, end): &(SocketAddr, Endpoint<'_>)| match end {
+            Endpoint::Pod(h) if h.to.is_none() => engine.lookup_ip(addr.ip()),
+            Endpoint::Pod(h) => engine
+                .pod_endpoint(&h.pod.pod.namespace, &h.pod.pod.name)
+                .map_or_else(|| engine.lookup_ip(addr.ip()), |e| with_ip(e, addr.ip())),
+            _ => engine.lookup_ip(addr.ip()),
+        };
+        let (client, server) = (ends[0].0, ends[1].0);
+        engine
+            .evaluate(
+                resolve(&ends[0]),
+                resolve(&ends[1]),
+                server.port(),
+                protocol,
+            )
+            .unwrap_or_else(|_| {
+                engine.evaluate_ips(client.ip(), server.ip(), server.port(), protocol)
+            })
     }
 
     // ---- lookups ----
@@ -548,6 +770,7 @@ impl Inventory {
         let horizon = now
             .checked_sub(self.config.retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.changes.prune(horizon);
         self.ips.retain(|_, timeline| !timeline.prune(horizon));
         self.histories
             .retain(|_, history| !history.expired(horizon));
@@ -596,7 +819,7 @@ impl Inventory {
                     changed.push(ns);
                 }
             }
-            _ => self.put_namespace(ns),
+            _ => self.put_namespace(ns, self.clock.0),
         }
     }
 
@@ -643,6 +866,7 @@ impl Inventory {
     /// Ends the relist of `kind`: staged objects replace the current ones, objects not listed are deleted
     /// (at `now`), and the kind counts as synced. Without a pending relist this only marks it synced.
     pub fn commit(&mut self, kind: Kind, now: SystemTime) {
+        self.clock.advance(now);
         let staged = self.staging[kind.index()].take();
         match staged {
             Some(Staging::Pods { seen, changed }) => {
@@ -667,10 +891,10 @@ impl Inventory {
                     .cloned()
                     .collect();
                 for name in gone {
-                    self.delete_namespace(&name);
+                    self.delete_namespace_at(&name, now);
                 }
                 for ns in changed {
-                    self.put_namespace(ns);
+                    self.put_namespace(ns, now);
                 }
             }
             Some(Staging::Nodes { seen, changed }) => {
@@ -753,6 +977,32 @@ impl Inventory {
     /// Forgets everything (timelines and histories included) and every kind's synced flag.
     pub fn reset(&mut self) {
         *self = Self::new(self.config);
+    }
+}
+
+/// The latest time a writer passed in (the Unix epoch before any).
+#[derive(Clone, Copy, Debug)]
+struct Clock(SystemTime);
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self(SystemTime::UNIX_EPOCH)
+    }
+}
+
+impl Clock {
+    fn advance(&mut self, now: SystemTime) {
+        self.0 = self.0.max(now);
+    }
+}
+
+/// A pod endpoint with the connection's address (a pod may have several).
+fn with_ip(e: policy::index::Endpoint, ip: IpAddr) -> policy::index::Endpoint {
+    match e {
+        policy::index::Endpoint::Pod { id, .. } => {
+            policy::index::Endpoint::Pod { id, ip: Some(ip) }
+        }
+        other => other,
     }
 }
 

@@ -270,11 +270,11 @@ impl Watched for Namespace {
     fn stage(inventory: &mut Inventory, object: &Self, _now: SystemTime) -> super::Result<()> {
         inventory.stage_namespace(object)
     }
-    fn apply(inventory: &mut Inventory, object: &Self, _now: SystemTime) -> super::Result<()> {
-        inventory.apply_namespace(object)
+    fn apply(inventory: &mut Inventory, object: &Self, now: SystemTime) -> super::Result<()> {
+        inventory.apply_namespace_at(object, now)
     }
-    fn delete(inventory: &mut Inventory, _namespace: &str, name: &str, _now: SystemTime) {
-        inventory.delete_namespace(name);
+    fn delete(inventory: &mut Inventory, _namespace: &str, name: &str, now: SystemTime) {
+        inventory.delete_namespace_at(name, now);
     }
 }
 

@@ -10,6 +10,7 @@
 //!  ├── histories   namespace/name ─▶ PolicyHistory [ PolicyRevision { uid, rv, generation, hash, seen } … ]
 //!  ├── cluster     (kind, name) ─▶ PolicyMeta of ClusterNetworkPolicy / AdminNetworkPolicy /
 //!  │               BaselineAdminNetworkPolicy (optional CRDs: they never hold readiness)
+//!  ├── changes     undo log: (time, state replaced) of recent pod/namespace/policy changes ("as of T")
 //!  ├── engine      policy::Index, fed the same applies and deletes (verdicts); holds the pods'
 //!  │               Arc<policy::Pod>, not copies
 //!  └── synced      per kind; ready when all four kinds were listed
@@ -22,6 +23,7 @@
 //! entries only, never Kubernetes objects.
 
 pub mod files;
+mod history;
 mod index;
 pub mod kube;
 pub mod kube_tiers;
@@ -31,7 +33,7 @@ mod timeline;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use index::{Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry};
+pub use index::{Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry, VerdictAt};
 pub use model::{
     ContainerPort, Interner, ObjectRef, PodEntry, PolicyRevision, Uid, Workload, WorkloadKind,
 };

@@ -347,7 +347,7 @@ fn parse_kinds(s: &str) -> Result<Vec<RecordKind>, String> {
         .map(|k| {
             serde_json::from_value(serde_json::Value::String(k.to_owned())).map_err(|_| {
                 format!(
-                    "kind: unknown record kind {k:?} (expected all, or some of blocked, established, policy_changed, lost_events)"
+                    "kind: unknown record kind {k:?} (expected all, or some of blocked, unenforced, established, policy_changed, lost_events)"
                 )
             })
         })
@@ -878,6 +878,10 @@ mod tests {
             [RecordKind::Blocked, RecordKind::LostEvents]
         );
         assert!(parse_kinds("all").expect("all").is_empty());
+        assert_eq!(
+            parse_kinds("unenforced").expect("kinds"),
+            [RecordKind::Unenforced]
+        );
         let e = parse_kinds("blocked,nope").expect_err("bad");
         assert!(e.starts_with("kind: ") && e.contains("\"nope\""), "{e}");
     }

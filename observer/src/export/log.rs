@@ -442,6 +442,30 @@ impl fmt::Display for Text<'_> {
         if let Some(iface) = &r.interface {
             write!(f, " interface={iface}")?;
         }
+        if let Some(e) = &r.evidence {
+            if let Some(d) = &e.drop
+                && r.kernel_reason.is_none()
+            {
+                write!(f, " kernel={} at {}", d.reason, d.call_site)?;
+            }
+            if let Some(d) = &e.drop
+                && d.interface.is_none()
+            {
+                f.write_str(" drop=elsewhere")?;
+            }
+            if let Some(reset) = e.reset {
+                write!(f, " reset={}", reset.side.as_str())?;
+            }
+            if let Some(icmp) = e.icmp {
+                write!(f, " icmp={}/{}", icmp.icmp_type, icmp.code)?;
+            }
+            if e.established {
+                f.write_str(" established")?;
+            }
+            if let Some(n) = &e.other_node {
+                write!(f, " evidence_on={n}")?;
+            }
+        }
         write!(f, " attempts={}", r.attempts)?;
         if !r.notes.is_empty() {
             write!(f, " notes=[{}]", r.notes.join("; "))?;
@@ -645,6 +669,54 @@ mod tests {
             "2026-11-26T14:02:03.123Z blocked [fd00::1]:40000 → node/n2:50051 protocol=SCTP cause=unknown \
              attempts=4 notes=[inventory not synced]"
         );
+    }
+
+    #[test]
+    fn text_shows_the_evidence_apart_from_the_verdict() {
+        use crate::export::record::{Evidence, IcmpSeen, ResetSeen, ResetSide};
+        let mut r = record(312);
+        r.cause = Some(Cause::NoListener);
+        r.direction = None;
+        r.kernel_reason = None;
+        r.policies.clear();
+        r.evidence = Some(Evidence {
+            syn_retransmits: 0,
+            reset: Some(ResetSeen {
+                side: ResetSide::Destination,
+            }),
+            ..Evidence::default()
+        });
+        assert!(
+            Text(&r)
+                .to_string()
+                .contains("cause=no_listener interface=veth12ab reset=destination attempts=4"),
+            "{}",
+            Text(&r)
+        );
+        r.evidence = Some(Evidence {
+            icmp: Some(IcmpSeen {
+                icmp_type: 3,
+                code: 13,
+            }),
+            other_node: Some("n2".into()),
+            ..Evidence::default()
+        });
+        assert!(Text(&r).to_string().contains("icmp=3/13 evidence_on=n2"));
+        r.kind = RecordKind::Unenforced;
+        r.cause = None;
+        r.direction = Some(Direction::Ingress);
+        r.evidence = Some(Evidence {
+            established: true,
+            ..Evidence::default()
+        });
+        assert!(
+            Text(&r).to_string().starts_with(
+                "2026-11-26T14:02:03.123Z unenforced shop/checkout-7d9f:40312 → payments/payments-0:50051 direction=ingress"
+            ),
+            "{}",
+            Text(&r)
+        );
+        assert!(Text(&r).to_string().contains(" established attempts=4"));
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Metrics {
     families: Arc<Vec<(String, Vec<String>)>>,
     /// `{cause, direction, policy_kind, policy_namespace, policy_name}`
     pub blocked_channels: IntCounterVec,
+    /// `{direction, policy_namespace, policy_name}` — established connections the policies deny.
+    pub unenforced_channels: IntCounterVec,
     /// `{reason}` — the kernel's drop reason name.
     pub kernel_drops: IntCounterVec,
     /// `{state}` — opened, established, blocked.
@@ -114,6 +116,11 @@ impl Metrics {
                 "policy_name"
             ]
         );
+        let unenforced_channels = counter_vec!(
+            "observer_unenforced_channels_total",
+            "Established connections that the NetworkPolicies deny (the network did not enforce them), by denied direction and policy (top policies; the rest as policy_name=\"other\").",
+            &["direction", "policy_kind", "policy_namespace", "policy_name"]
+        );
         let kernel_drops = counter_vec!(
             "observer_kernel_drops_total",
             "Packets of watched flows freed by the kernel with a drop reason, by the kernel's reason name.",
@@ -178,6 +185,7 @@ impl Metrics {
             names: Arc::new(names),
             families: Arc::new(families),
             blocked_channels,
+            unenforced_channels,
             kernel_drops,
             flows,
             events_lost,
@@ -231,6 +239,37 @@ impl Metrics {
         if !any {
             self.blocked_channels
                 .with_label_values(&[cause, direction, "", "", ""])
+                .inc();
+        }
+    }
+
+    /// Counts one unenforced channel for each policy that should have denied it (policies as in
+    /// [`Metrics::blocked`]).
+    pub fn unenforced<'a, P: Into<PolicyLabels<'a>>>(
+        &self,
+        direction: &str,
+        policies: impl IntoIterator<Item = P>,
+    ) {
+        let mut any = false;
+        for p in policies {
+            let PolicyLabels {
+                kind,
+                namespace,
+                name,
+            } = p.into();
+            any = true;
+            let (kind, ns, name) = if self.admit(kind, namespace, name) {
+                (kind, namespace, name)
+            } else {
+                ("", "", "other")
+            };
+            self.unenforced_channels
+                .with_label_values(&[direction, kind, ns, name])
+                .inc();
+        }
+        if !any {
+            self.unenforced_channels
+                .with_label_values(&[direction, "", "", ""])
                 .inc();
         }
     }
@@ -307,6 +346,7 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         for name in [
             "observer_blocked_channels_total",
+            "observer_unenforced_channels_total",
             "observer_kernel_drops_total",
             "observer_flows_total",
             "observer_events_lost_total",
@@ -344,6 +384,24 @@ mod tests {
             text.contains(
                 r#"policy_kind="NetworkPolicy",policy_name="p0",policy_namespace="ns"} 2"#
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unenforced_channels_share_the_policy_label_bound() {
+        let m = Metrics::new().expect("metrics");
+        for i in 0..Metrics::POLICY_LABELS_MAX {
+            m.blocked("policy", "ingress", [("ns", format!("p{i}").as_str())]);
+        }
+        m.unenforced("ingress", [("ns", "p0"), ("ns", "late")]);
+        let text = m.encode().expect("encode");
+        assert!(
+            text.contains(r#"observer_unenforced_channels_total{direction="ingress",policy_kind="NetworkPolicy",policy_name="p0",policy_namespace="ns"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"observer_unenforced_channels_total{direction="ingress",policy_kind="",policy_name="other",policy_namespace=""} 1"#),
             "{text}"
         );
     }

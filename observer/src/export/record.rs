@@ -34,6 +34,9 @@ pub struct Record {
     pub call_site: Option<Arc<str>>,
     /// SYNs sent for this connection attempt when the record was written.
     pub attempts: u32,
+    /// What the kernel showed, apart from the policy engine's verdict (see [`Evidence`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
     pub policies: Vec<PolicyRef>,
     /// What the observer could not know, said plainly (inventory not synced, an end on another node).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -44,6 +47,8 @@ pub struct Record {
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {
     Blocked,
+    /// An established connection that the policies deny: the network did not enforce them.
+    Unenforced,
     Established,
     PolicyChanged,
     LostEvents,
@@ -63,6 +68,7 @@ impl RecordKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Blocked => "blocked",
+            Self::Unenforced => "unenforced",
             Self::Established => "established",
             Self::PolicyChanged => "policy_changed",
             Self::LostEvents => "lost_events",
@@ -111,6 +117,85 @@ impl Direction {
             Self::Both => "both",
         }
     }
+}
+
+/// What the kernel showed for one channel, apart from what the policy engine predicts. Every field is an
+/// observation on this node (or, for `other_node`, where the rest of it is to be found).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// SYNs retransmitted before the record was written (`attempts - 1`).
+    pub syn_retransmits: u32,
+    /// The kernel freed the SYN with a drop reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop: Option<DropSeen>,
+    /// A reset answered the SYN, and who sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<ResetSeen>,
+    /// An ICMP/ICMPv6 destination-unreachable quoting the SYN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpSeen>,
+    /// The handshake completed (SYN-ACK seen): `unenforced` records.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub established: bool,
+    /// The node where the rest of the evidence is: the destination's node, when the SYN left this node
+    /// and nothing came back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_node: Option<Arc<str>>,
+}
+
+impl Evidence {
+    /// Nothing answered and nothing was dropped or rejected here.
+    pub fn is_silence(&self) -> bool {
+        self.drop.is_none() && self.reset.is_none() && self.icmp.is_none() && !self.established
+    }
+}
+
+/// A kernel drop of the SYN.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropSeen {
+    /// The kernel's reason name (`NETFILTER_DROP`).
+    pub reason: Arc<str>,
+    /// Where (`nft_do_chain+0x3e8`).
+    pub call_site: Arc<str>,
+    /// The interface, when the drop happened in this node's network namespace; null for a drop seen in
+    /// another network namespace of the machine.
+    pub interface: Option<Arc<str>>,
+}
+
+/// A reset before any SYN-ACK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetSeen {
+    pub side: ResetSide,
+}
+
+/// Who sent a reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetSide {
+    /// The destination's stack: the SYN reached it (no socket listening, or a full backlog).
+    Destination,
+    /// The network on this node (`reject with tcp reset`): the SYN was dropped here and the reset forged.
+    Network,
+    /// The client aborted its own attempt.
+    Client,
+}
+
+impl ResetSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Destination => "destination",
+            Self::Network => "network",
+            Self::Client => "client",
+        }
+    }
+}
+
+/// An ICMP rejection: type and code as on the wire (3/13 admin-prohibited, ICMPv6 1/1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpSeen {
+    #[serde(rename = "type")]
+    pub icmp_type: u8,
+    pub code: u8,
 }
 
 /// One end of the channel. Endpoints outside the cluster carry only `ip`, `port` and `kind: external`.
@@ -221,6 +306,15 @@ mod tests {
             kernel_reason: Some("NETFILTER_DROP".into()),
             call_site: None,
             attempts: 4,
+            evidence: Some(Evidence {
+                syn_retransmits: 3,
+                drop: Some(DropSeen {
+                    reason: "NETFILTER_DROP".into(),
+                    call_site: "nft_do_chain+0x3e8".into(),
+                    interface: Some("veth12ab".into()),
+                }),
+                ..Evidence::default()
+            }),
             policies: vec![PolicyRef {
                 kind: "NetworkPolicy".into(),
                 namespace: "shop".into(),
@@ -246,6 +340,10 @@ mod tests {
         assert_eq!(v["src"]["workload"], "Deployment/checkout");
         assert_eq!(v["policies"][0]["resource_version"], "81233");
         assert_eq!(v["policies"][0]["kind"], "NetworkPolicy");
+        assert_eq!(v["evidence"]["syn_retransmits"], 3);
+        assert_eq!(v["evidence"]["drop"]["reason"], "NETFILTER_DROP");
+        assert_eq!(v["evidence"]["drop"]["interface"], "veth12ab");
+        assert!(v["evidence"].get("reset").is_none());
         // External endpoints carry only ip, port and kind.
         let dst = v["dst"].as_object().expect("object");
         let mut keys: Vec<_> = dst.keys().map(String::as_str).collect();

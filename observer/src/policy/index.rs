@@ -735,6 +735,15 @@ impl Index {
         self.policies.get(slot).map(|e| &e.policy)
     }
 
+    /// The policies of one namespace, in no particular order.
+    pub fn policies_in(&self, namespace: &str) -> impl Iterator<Item = &Policy> {
+        self.policies_by_name
+            .get(namespace)
+            .into_iter()
+            .flat_map(|names| names.values())
+            .filter_map(|slot| self.policies.get(*slot).map(|e| &e.policy))
+    }
+
     /// Labels of a namespace (implicit ones if only its pods or policies are known).
     #[must_use]
     pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {

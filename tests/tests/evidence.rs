@@ -1,0 +1,552 @@
+//! Evidence outranks simulation, with real packets: every row of the decision table (docs/CONTRACT.md), an
+//! unenforced established connection, verdicts as of the event (a policy edited right after the attempt, an
+//! IP taken over by a new pod), a single-SYN client with a 300 ms deadline, and two nodes.
+//!
+//! Each test runs the real `observer run` on the lab's manifests. Enforcement is what the test sets up by
+//! hand — nft drop, `reject with icmpx admin-prohibited`, `reject with tcp reset`, nothing at all — so that
+//! the network and the policies can disagree on purpose. "Silence" (nothing answers, nothing is dropped on
+//! the node) is made by the server pod dropping its own SYN-ACKs: a SYN-ACK drop is no evidence about the
+//! SYN, and nothing comes back. Root only: run through `./x test`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use observer_tests::{
+    Family, Lab,
+    daemon::{Daemon, ManifestDir, Options, namespace_yaml, pod_yaml, pod_yaml_on},
+    grpc, nft_in, wait_for,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(8);
+const PORT: u16 = 50051;
+
+/// checkout (shop, app=checkout, lxca) → payments (payments, app=payments, lxcb), one node.
+struct Shop {
+    lab: Lab,
+    manifests: ManifestDir,
+}
+
+impl Shop {
+    fn new() -> Self {
+        let mut lab = Lab::new();
+        lab.add_pod("checkout", "lxca");
+        lab.add_pod("payments", "lxcb");
+        let manifests = ManifestDir::new(&lab);
+        Self { lab, manifests }
+    }
+
+    fn namespaces() -> String {
+        [
+            namespace_yaml("shop", &[("team", "shop")]),
+            namespace_yaml("payments", &[("team", "payments")]),
+        ]
+        .concat()
+    }
+
+    fn checkout(&self) -> String {
+        pod_yaml(
+            self.lab.pod(0),
+            "shop",
+            "checkout-0",
+            &[("app", "checkout")],
+            &[],
+        )
+    }
+
+    fn payments(&self) -> String {
+        pod_yaml(
+            self.lab.pod(1),
+            "payments",
+            "payments-0",
+            &[("app", "payments")],
+            &[("grpc", PORT)],
+        )
+    }
+
+    fn cluster(&self) -> String {
+        [Self::namespaces(), self.checkout(), self.payments()].concat()
+    }
+
+    fn start(&self, policies: &str) -> Daemon {
+        self.start_with(policies, "2s")
+    }
+
+    fn start_with(&self, policies: &str, blocked_window: &str) -> Daemon {
+        self.manifests.write("cluster.yaml", &self.cluster());
+        self.manifests.write("policies.yaml", policies);
+        Daemon::start_on(
+            &self.lab.node,
+            &self.manifests.dir,
+            &Options {
+                blocked_window: blocked_window.to_owned(),
+                ..Options::default()
+            },
+            &[],
+        )
+    }
+
+    fn to(&self) -> SocketAddr {
+        SocketAddr::new(self.lab.pod(1).addr(Family::V4), PORT)
+    }
+
+    fn call(&self, deadline: Duration) -> Result<(), String> {
+        grpc::call(&self.lab.pod(0).ns, self.to(), deadline)
+    }
+
+    fn server(&self) -> grpc::Server {
+        grpc::Server::start(&self.lab.pod(1).ns, self.to())
+    }
+
+    /// Silence: the server answers, but its SYN-ACKs never leave its namespace.
+    fn swallow_syn_acks(&self) {
+        nft_in(
+            &self.lab.pod(1).ns,
+            "table inet pod {\n chain output { type filter hook output priority 0; policy accept;\n  tcp flags & (syn | ack) == syn | ack drop\n }\n}\n",
+        );
+    }
+}
+
+fn policy(ns: &str, name: &str, rv: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}, uid: uid-{name}, resourceVersion: \"{rv}\"}}\nspec: {spec}\n"
+    )
+}
+
+fn deny_ingress(rv: &str) -> String {
+    policy(
+        "payments",
+        "default-deny",
+        rv,
+        "{podSelector: {}, policyTypes: [Ingress]}",
+    )
+}
+
+fn allow_all_ingress(rv: &str) -> String {
+    policy(
+        "payments",
+        "default-deny",
+        rv,
+        "{podSelector: {}, policyTypes: [Ingress], ingress: [{}]}",
+    )
+}
+
+fn kind_to(r: &Value, kind: &str, to: SocketAddr) -> bool {
+    r["kind"] == kind && r["dst"]["ip"] == to.ip().to_string() && r["dst"]["port"] == to.port()
+}
+
+fn record(daemon: &Daemon, kind: &str, to: SocketAddr) -> Value {
+    daemon
+        .wait_record(WAIT, |r| kind_to(r, kind, to))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {kind} record; stdout: {:?}\nstderr: {:?}",
+                daemon.records(),
+                daemon.stderr()
+            )
+        })
+}
+
+fn notes(r: &Value) -> String {
+    r["notes"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+        .unwrap_or_default()
+}
+
+fn policy_names(r: &Value) -> Vec<String> {
+    r["policies"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    format!(
+                        "{}/{}",
+                        p["namespace"].as_str().unwrap_or(""),
+                        p["name"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the daemon has reloaded its manifests once more than `before` times.
+fn reloaded(daemon: &Daemon, before: usize) {
+    let ok = wait_for(WAIT, || (loads(daemon) > before).then_some(()));
+    assert!(ok.is_some(), "no reload: {:?}", daemon.stderr());
+}
+
+fn loads(daemon: &Daemon) -> usize {
+    daemon
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("manifests loaded"))
+        .count()
+}
+
+// ---- the decision table, row by row ----
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn row_kernel_drop_and_deny_is_policy_with_the_drop_as_evidence() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start(&deny_ingress("5"));
+    shop.lab.forward_rule(&format!("tcp dport {PORT} drop"));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "policy", "{r}");
+    assert_eq!(r["direction"], "ingress");
+    assert_eq!(policy_names(&r), ["payments/default-deny"]);
+    let drop = &r["evidence"]["drop"];
+    assert_eq!(drop["reason"], "NETFILTER_DROP", "{r}");
+    assert_eq!(drop["interface"], "lxca", "{r}");
+    assert!(r["evidence"].get("reset").is_none(), "{r}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn row_kernel_drop_and_allow_is_no_policy_with_the_reason() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start("");
+    shop.lab.forward_rule(&format!("tcp dport {PORT} drop"));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "no_policy", "{r}");
+    assert!(notes(&r).contains("NETFILTER_DROP"), "{r}");
+    assert_eq!(r["evidence"]["drop"]["reason"], "NETFILTER_DROP");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn row_reset_from_the_destination_while_the_policies_deny_is_no_listener_not_policy() {
+    // The policies deny it, but nothing enforces them and nothing listens: the destination resets it.
+    let shop = Shop::new();
+    let daemon = shop.start(&deny_ingress("5"));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "no_listener", "{r}");
+    assert_eq!(r["direction"], Value::Null, "{r}");
+    assert!(policy_names(&r).is_empty(), "{r}");
+    assert_eq!(r["evidence"]["reset"]["side"], "destination", "{r}");
+    let n = notes(&r);
+    assert!(
+        n.contains("not enforced") && n.contains("payments/default-deny"),
+        "{n}"
+    );
+    // Never counted as a policy block.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        daemon.metric(r#"observer_blocked_channels_total{cause="policy",direction="ingress",policy_name="default-deny",policy_namespace="payments"}"#),
+        0.0
+    );
+    assert!(
+        daemon.metric(r#"observer_blocked_channels_total{cause="no_listener",direction="",policy_name="",policy_namespace=""}"#)
+            >= 1.0,
+        "{}",
+        daemon.metrics()
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn row_icmp_reject_and_deny_is_policy() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start(&deny_ingress("5"));
+    shop.lab.forward_rule(&format!(
+        "tcp dport {PORT} reject with icmpx admin-prohibited"
+    ));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "policy", "{r}");
+    assert_eq!(policy_names(&r), ["payments/default-deny"]);
+    assert_eq!(r["evidence"]["icmp"]["type"], 3, "{r}");
+    assert_eq!(r["evidence"]["icmp"]["code"], 13, "{r}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn row_icmp_reject_and_allow_is_no_policy() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start("");
+    shop.lab.forward_rule(&format!(
+        "tcp dport {PORT} reject with icmpx admin-prohibited"
+    ));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "no_policy", "{r}");
+    assert_eq!(r["evidence"]["icmp"]["type"], 3, "{r}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn row_reset_forged_by_the_network_and_deny_is_policy() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start(&deny_ingress("5"));
+    shop.lab
+        .forward_rule(&format!("tcp dport {PORT} reject with tcp reset"));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "policy", "{r}");
+    assert_eq!(r["evidence"]["reset"]["side"], "network", "{r}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn row_silence_and_deny_is_policy_noting_no_drop_was_seen_from_a_single_syn_with_a_300ms_deadline()
+{
+    let shop = Shop::new();
+    let _server = shop.server();
+    shop.swallow_syn_acks();
+    let daemon = shop.start(&deny_ingress("5"));
+    assert!(shop.call(Duration::from_millis(300)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["attempts"], 1, "{r}");
+    assert_eq!(r["evidence"]["syn_retransmits"], 0, "{r}");
+    assert_eq!(r["cause"], "policy", "{r}");
+    assert_eq!(policy_names(&r), ["payments/default-deny"]);
+    assert!(notes(&r).contains("no drop seen on this node"), "{r}");
+    assert!(r["evidence"].get("drop").is_none(), "{r}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn row_silence_and_allow_is_unknown() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    shop.swallow_syn_acks();
+    let daemon = shop.start("");
+    assert!(shop.call(Duration::from_millis(300)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "unknown", "{r}");
+    assert_eq!(r["attempts"], 1, "{r}");
+}
+
+// ---- unenforced policies ----
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn an_established_connection_the_policies_deny_is_one_unenforced_record() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start(&deny_ingress("5"));
+    shop.call(Duration::from_secs(2))
+        .expect("nothing enforces the policy: the call goes through");
+    let r = record(&daemon, "unenforced", shop.to());
+    assert_eq!(r["direction"], "ingress", "{r}");
+    assert_eq!(policy_names(&r), ["payments/default-deny"]);
+    assert_eq!(r["policies"][0]["resource_version"], "5");
+    assert_eq!(r["policies"][0]["nearest_miss"], "no rules");
+    assert_eq!(r["evidence"]["established"], true);
+    assert_eq!(r["src"]["pod"], "checkout-0");
+    let series = r#"observer_unenforced_channels_total{direction="ingress",policy_name="default-deny",policy_namespace="payments"}"#;
+    assert!(
+        wait_for(WAIT, || (daemon.metric(series) >= 1.0).then_some(())).is_some(),
+        "{}",
+        daemon.metrics()
+    );
+    // A second channel of the same pair: counted, not recorded again (rate-limited per pair).
+    shop.call(Duration::from_secs(2)).expect("second call");
+    assert!(
+        wait_for(WAIT, || (daemon.metric(series) >= 2.0).then_some(())).is_some(),
+        "{}",
+        daemon.metrics()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let n = daemon
+        .records()
+        .iter()
+        .filter(|r| kind_to(r, "unenforced", shop.to()))
+        .count();
+    assert_eq!(n, 1, "{:?}", daemon.records());
+    assert!(!daemon.records().iter().any(|r| r["kind"] == "blocked"));
+    // The API and `observer tail` show them.
+    let (code, body) = daemon
+        .get("/api/v1/blocked?kind=unenforced")
+        .expect("API answers");
+    assert_eq!(code, 200);
+    assert!(body.contains("\"kind\":\"unenforced\""), "{body}");
+    let tail = daemon.observer(&[
+        "tail",
+        "--server",
+        "http://127.0.0.1:9990",
+        "--no-follow",
+        "--kind",
+        "unenforced",
+        "-o",
+        "text",
+    ]);
+    assert!(
+        tail.contains("unenforced shop/checkout-0:") && tail.contains("established"),
+        "{tail}"
+    );
+}
+
+// ---- verdicts as of the event ----
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn a_policy_edited_right_after_the_attempt_does_not_change_its_record() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    shop.swallow_syn_acks();
+    // A longer window, so that the edit lands well before the record is written.
+    let daemon = shop.start_with(&deny_ingress("5"), "4s");
+    let before = loads(&daemon);
+    assert!(shop.call(Duration::from_millis(300)).is_err());
+    // Right after the SYN, inside the blocked window: the policy now allows everything.
+    shop.manifests
+        .write("policies.yaml", &allow_all_ingress("6"));
+    reloaded(&daemon, before);
+    assert!(
+        !daemon
+            .records()
+            .iter()
+            .any(|r| kind_to(r, "blocked", shop.to())),
+        "the record must come after the edit for this test to mean anything"
+    );
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "policy", "{r}");
+    assert_eq!(policy_names(&r), ["payments/default-deny"]);
+    assert_eq!(r["policies"][0]["resource_version"], "5", "{r}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn an_ip_taken_over_by_a_new_pod_is_attributed_to_the_pod_that_held_it() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    shop.swallow_syn_acks();
+    let daemon = shop.start_with(&deny_ingress("5"), "4s");
+    let before = loads(&daemon);
+    assert!(shop.call(Duration::from_millis(300)).is_err());
+    // payments-0 is gone; cache-0, in a namespace no policy isolates, has its address now.
+    let cache = pod_yaml(shop.lab.pod(1), "shop", "cache-0", &[("app", "cache")], &[]);
+    shop.manifests.write(
+        "cluster.yaml",
+        &[Shop::namespaces(), shop.checkout(), cache].concat(),
+    );
+    reloaded(&daemon, before);
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["dst"]["pod"], "payments-0", "{r}");
+    assert_eq!(r["dst"]["namespace"], "payments", "{r}");
+    assert_eq!(r["cause"], "policy", "{r}");
+    assert_eq!(policy_names(&r), ["payments/default-deny"]);
+}
+
+// ---- two nodes ----
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn a_cross_node_ingress_deny_is_recorded_on_both_nodes_and_counted_once() {
+    const NODE_B: &str = "lab-node-b";
+    let mut lab = Lab::new();
+    let b = lab.add_node("b");
+    lab.add_pod_on(0, "checkout", "lxca");
+    lab.add_pod_on(b, "payments", "lxcb");
+    let to = SocketAddr::new(lab.pod(1).addr(Family::V4), PORT);
+    let cluster = [
+        Shop::namespaces(),
+        pod_yaml(
+            lab.pod(0),
+            "shop",
+            "checkout-0",
+            &[("app", "checkout")],
+            &[],
+        ),
+        pod_yaml_on(
+            NODE_B,
+            lab.pod(1),
+            "payments",
+            "payments-0",
+            &[("app", "payments")],
+            &[("grpc", PORT)],
+        ),
+        deny_ingress("5"),
+    ]
+    .concat();
+    let (dir_a, dir_b) = (
+        ManifestDir::named(&lab, "manifests-a"),
+        ManifestDir::named(&lab, "manifests-b"),
+    );
+    dir_a.write("cluster.yaml", &cluster);
+    dir_b.write("cluster.yaml", &cluster);
+    let _server = grpc::Server::start(&lab.pod(1).ns, to);
+    // Reachable before enforcement: the link and routes work.
+    grpc::call(&lab.pod(0).ns, to, Duration::from_secs(2)).expect("cross-node call");
+    // The destination's node enforces the ingress deny, as its CNI would.
+    lab.forward_rule_on(b, &format!("tcp dport {PORT} drop"));
+    let interfaces = "lxc*,nl-*".to_owned();
+    let on_a = Daemon::start_on(
+        lab.node_ns(0),
+        &dir_a.dir,
+        &Options {
+            interfaces: interfaces.clone(),
+            ..Options::default()
+        },
+        &[],
+    );
+    let on_b = Daemon::start_on(
+        lab.node_ns(b),
+        &dir_b.dir,
+        &Options {
+            node_name: NODE_B.to_owned(),
+            interfaces,
+            ..Options::default()
+        },
+        &[],
+    );
+    assert!(grpc::call(&lab.pod(0).ns, to, Duration::from_secs(2)).is_err());
+
+    // The destination's node: the policy record with the drop.
+    let rb = record(&on_b, "blocked", to);
+    assert_eq!(rb["node"], NODE_B);
+    assert_eq!(rb["cause"], "policy", "{rb}");
+    assert_eq!(policy_names(&rb), ["payments/default-deny"]);
+    assert_eq!(rb["evidence"]["drop"]["reason"], "NETFILTER_DROP", "{rb}");
+    assert!(rb["evidence"]["drop"]["interface"].is_string(), "{rb}");
+    assert!(notes(&rb).contains("client's node lab-node"), "{rb}");
+    // The source's node: a record that says the evidence is on the destination's node.
+    let ra = record(&on_a, "blocked", to);
+    assert_eq!(ra["node"], "lab-node");
+    assert_eq!(ra["cause"], "policy", "{ra}");
+    assert_eq!(ra["evidence"]["other_node"], NODE_B, "{ra}");
+    assert!(
+        notes(&ra).contains("the evidence is on the destination's node lab-node-b"),
+        "{ra}"
+    );
+    assert!(
+        ra["evidence"]["drop"]["interface"].is_null(),
+        "no drop on node a's own interfaces: {ra}"
+    );
+
+    // Counted once cluster-wide: on the client's node.
+    let series = r#"observer_blocked_channels_total{cause="policy",direction="ingress",policy_name="default-deny",policy_namespace="payments"}"#;
+    assert!(
+        wait_for(WAIT, || (on_a.metric(series) >= 1.0).then_some(())).is_some(),
+        "{}",
+        on_a.metrics()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(on_b.metric(series), 0.0, "{}", on_b.metrics());
+    let blocked_on = |d: &Daemon| {
+        d.records()
+            .iter()
+            .filter(|r| kind_to(r, "blocked", to))
+            .count() as f64
+    };
+    assert_eq!(
+        on_a.metric(series) + on_b.metric(series),
+        blocked_on(&on_a),
+        "one count per attempt, on the client's node"
+    );
+}

@@ -2,21 +2,32 @@
 //! record that says who could not reach whom, in which direction, why, and which policies (at which
 //! revision) are responsible — or honestly that no policy explains it.
 //!
-//! Pure: reads the inventory, writes nothing. Cause, in order:
+//! Pure: reads the inventory, writes nothing. Before anything, the channel's Service is resolved
+//! ([`through_service`]): a channel joined across DNAT names the Service dialed and `dst` is the backend;
+//! a backend seen without its VIP (the backend's node, socket-level load balancing) names every Service
+//! whose EndpointSlices hold it; a VIP dialed and never translated is evaluated against the Service's ready
+//! backends. Cause, in order:
 //! - inventory not synced → `unknown`, with a note (no guessing from a partial view);
+//! - a VIP never translated whose Service has no ready endpoint for the port → `no_endpoints`;
 //! - the verdict denies → `policy`, `direction` from the denying side(s), every selecting policy of a
 //!   denied direction with its revision in force and its nearest miss;
 //! - allowed, and the server side reset it → `no_listener`;
 //! - allowed, and the kernel dropped or the network rejected it → `no_policy` (see `kernel_reason`);
 //! - allowed, nothing seen but silence → `unknown`.
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::SystemTime,
+};
 
 use crate::{
     bpf::events::Side,
     channel::Blocked,
     cluster::{Endpoint as InvEndpoint, Inventory},
-    export::record::{self, Cause, Direction, Endpoint, PolicyRef, Record, RecordKind},
+    export::record::{
+        self, Cause, Direction, Endpoint, PolicyRef, Record, RecordKind, ServiceRef,
+    },
     policy::{self, Protocol, explain::DirectionVerdict},
 };
 
@@ -28,8 +39,14 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         inventory.endpoint_at(blocked.server.ip(), at),
     );
     let src = endpoint(blocked.client, &src_inv);
-    let dst = endpoint(blocked.server, &dst_inv);
+    let mut dst = endpoint(blocked.server, &dst_inv);
     let mut notes = Vec::new();
+    let via = through_service(blocked, inventory);
+    if let Some(vip) = &via.untranslated {
+        dst.kind = "service".to_owned();
+        dst.namespace = Some(Arc::clone(&vip.namespace));
+        notes.push(vip.note.clone());
+    }
     let kernel_reason = blocked.drop.as_ref().map(|d| d.reason.clone());
     let call_site = blocked.drop.as_ref().map(|d| d.call_site.clone());
     if let Some((t, c)) = blocked.rejected {
@@ -57,12 +74,52 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
     let (cause, direction, policies) = if !inventory.is_ready() {
         notes.push("inventory not synced yet: no policy verdict".into());
         (Cause::Unknown, None, Vec::new())
+    } else if via.untranslated.as_ref().is_some_and(|u| u.backends.is_empty()) {
+        (Cause::NoEndpoints, None, Vec::new())
     } else {
-        let verdict = evaluate(
-            inventory,
-            (blocked.client, &src_inv),
-            (blocked.server, &dst_inv),
-        );
+        let verdict = match &via.untranslated {
+            // Never translated: the verdict of a ready backend, a denying one first.
+            Some(u) => {
+                let verdicts: Vec<_> = u
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let then = inventory.endpoint_at(b.ip(), at);
+                        (*b, evaluate(inventory, (blocked.client, &src_inv), (*b, &then)))
+                    })
+                    .collect();
+                let denied: Vec<String> = verdicts
+                    .iter()
+                    .filter(|(_, v)| !v.allowed)
+                    .map(|(b, _)| b.to_string())
+                    .collect();
+                if !denied.is_empty() && denied.len() < verdicts.len() {
+                    notes.push(format!(
+                        "policies deny {} of {} ready backends ({})",
+                        denied.len(),
+                        verdicts.len(),
+                        denied.join(", ")
+                    ));
+                }
+                let pick = verdicts
+                    .iter()
+                    .find(|(_, v)| !v.allowed)
+                    .or(verdicts.first())
+                    .map(|(_, v)| Arc::clone(v));
+                pick.unwrap_or_else(|| {
+                    evaluate(
+                        inventory,
+                        (blocked.client, &src_inv),
+                        (blocked.server, &dst_inv),
+                    )
+                })
+            }
+            None => evaluate(
+                inventory,
+                (blocked.client, &src_inv),
+                (blocked.server, &dst_inv),
+            ),
+        };
         if !verdict.allowed {
             let mut policies = Vec::new();
             let egress = !verdict.egress.allowed;
@@ -110,6 +167,7 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         protocol: "TCP".into(),
         src,
         dst,
+        service: via.services,
         cause: Some(cause),
         direction,
         kernel_reason,
@@ -117,6 +175,87 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         attempts: blocked.attempts,
         policies,
         notes,
+    }
+}
+
+/// A VIP dialed and never translated (no packet to a backend seen on this node).
+struct Untranslated {
+    namespace: Arc<str>,
+    /// The Service's ready backends for the port dialed (targetPort resolved per backend).
+    backends: Vec<SocketAddr>,
+    note: String,
+}
+
+/// The Service(s) a channel went through.
+struct Via {
+    services: Vec<ServiceRef>,
+    untranslated: Option<Untranslated>,
+}
+
+/// Resolves the Service side of a channel: the VIP it dialed (joined across DNAT by the tracker), a VIP
+/// dialed and never translated, or — for a backend seen without its VIP — every Service fronting it.
+fn through_service(blocked: &Blocked, inventory: &Inventory) -> Via {
+    let dialed = blocked.service.or_else(|| {
+        inventory
+            .service_at(blocked.server, Protocol::Tcp)
+            .map(|_| blocked.server)
+    });
+    if let Some(vip) = dialed
+        && let Some((svc, port)) = inventory.service_at(vip, Protocol::Tcp)
+    {
+        let services = vec![ServiceRef {
+            namespace: Arc::clone(&svc.key.namespace),
+            name: Arc::clone(&svc.key.name),
+            ip: Some(vip.ip()),
+            port: vip.port(),
+        }];
+        if blocked.server != vip {
+            return Via {
+                services,
+                untranslated: None,
+            };
+        }
+        let backends: Vec<SocketAddr> = port
+            .map(|p| inventory.backends(svc, p))
+            .unwrap_or_default()
+            .iter()
+            .filter(|b| b.ready && b.addr.is_ipv4() == vip.is_ipv4())
+            .map(|b| b.addr)
+            .collect();
+        let note = match (port, backends.len()) {
+            (None, _) => format!("Service {} has no port TCP {}", svc.key, vip.port()),
+            (Some(_), 0) => format!(
+                "Service {} has no ready endpoint for port {}: the VIP was never translated",
+                svc.key,
+                vip.port()
+            ),
+            (Some(_), n) => format!(
+                "dialed Service {} and no translated packet seen on this node; evaluated against its {n} ready backend(s)",
+                svc.key
+            ),
+        };
+        return Via {
+            services,
+            untranslated: Some(Untranslated {
+                namespace: Arc::clone(&svc.key.namespace),
+                backends,
+                note,
+            }),
+        };
+    }
+    let services = inventory
+        .services_fronting(blocked.server, Protocol::Tcp)
+        .into_iter()
+        .map(|f| ServiceRef {
+            namespace: Arc::clone(&f.service.key.namespace),
+            name: Arc::clone(&f.service.key.name),
+            ip: f.service.cluster_ip_for(blocked.server.ip()),
+            port: f.port.port,
+        })
+        .collect();
+    Via {
+        services,
+        untranslated: None,
     }
 }
 
@@ -260,6 +399,20 @@ mod tests {
   metadata: {name: payments-0, namespace: payments, uid: p2, labels: {app: payments}}
   spec: {nodeName: n2, containers: [{name: c, image: i, ports: [{name: grpc, containerPort: 50051}]}]}
   status: {podIP: 198.18.1.2, podIPs: [{ip: 198.18.1.2}]}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: payments, namespace: payments}
+  spec: {clusterIP: 198.18.200.10, selector: {app: payments}, ports: [{name: grpc, port: 443, targetPort: grpc}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: payments-x1, namespace: payments, labels: {kubernetes.io/service-name: payments}}
+  addressType: IPv4
+  ports: [{name: grpc, port: 50051}]
+  endpoints: [{addresses: [198.18.1.2], conditions: {ready: true}, targetRef: {kind: Pod, name: payments-0}}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: empty, namespace: payments}
+  spec: {clusterIP: 198.18.200.11, selector: {app: nothing}, ports: [{port: 50051}]}
 "#;
 
     fn policy(yaml: &str) -> NetworkPolicy {
@@ -281,13 +434,19 @@ mod tests {
                 Some("Pod") => inv
                     .stage_pod(&serde_json::from_value::<Pod>(d).expect("pod"), now)
                     .expect("valid"),
+                Some("Service") => inv
+                    .stage_service(&serde_json::from_value(d).expect("service"))
+                    .expect("valid"),
+                Some("EndpointSlice") => inv
+                    .stage_endpoint_slice(&serde_json::from_value(d).expect("slice"))
+                    .expect("valid"),
                 other => panic!("unexpected {other:?}"),
             }
         }
         for p in policies {
             inv.stage_policy(&policy(p), now).expect("valid policy");
         }
-        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Pod] {
+        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Pod, Kind::Service, Kind::EndpointSlice] {
             inv.commit(kind, now);
         }
         inv
@@ -311,6 +470,7 @@ mod tests {
             reset_by: None,
             rejected: None,
             timed_out: false,
+            service: None,
         }
     }
 
@@ -403,5 +563,89 @@ mod tests {
         let r = attribute(&b, &inventory(&[]), "n1");
         assert_eq!(r.cause, Some(Cause::Unknown));
         assert!(r.notes.iter().any(|n| n.contains("4 SYNs")));
+    }
+
+    fn vip() -> SocketAddr {
+        "198.18.200.10:443".parse().expect("addr")
+    }
+
+    fn services(r: &Record) -> Vec<String> {
+        r.service
+            .iter()
+            .map(|s| format!("{}/{} {:?}:{}", s.namespace, s.name, s.ip, s.port))
+            .collect()
+    }
+
+    #[test]
+    fn a_channel_joined_across_dnat_names_the_service_and_blames_the_backend() {
+        let b = Blocked {
+            service: Some(vip()),
+            ..blocked()
+        };
+        let r = attribute(&b, &inventory(&[DENY_INGRESS]), "n1");
+        assert_eq!(services(&r), ["payments/payments Some(198.18.200.10):443"]);
+        assert_eq!(r.dst.pod.as_deref(), Some("payments-0"));
+        assert_eq!(r.dst.port, 50051);
+        assert_eq!(r.cause, Some(Cause::Policy));
+        assert_eq!(r.direction, Some(Direction::Ingress));
+        assert_eq!(&*r.policies[0].name, "default-deny");
+    }
+
+    #[test]
+    fn egress_is_evaluated_at_the_backends_target_port_not_the_service_port() {
+        // The client may talk to anything on 443 (the Service port); the backend listens on 50051.
+        const EGRESS_443: &str = "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: only-443, namespace: shop}, spec: {podSelector: {matchLabels: {app: checkout}}, policyTypes: [Egress], egress: [{ports: [{port: 443}]}]}}";
+        let b = Blocked {
+            service: Some(vip()),
+            ..blocked()
+        };
+        let r = attribute(&b, &inventory(&[EGRESS_443]), "n1");
+        assert_eq!(r.direction, Some(Direction::Egress));
+        assert_eq!(&*r.policies[0].name, "only-443");
+        assert!(r.policies[0].nearest_miss.contains("443"), "{:?}", r.policies[0]);
+    }
+
+    #[test]
+    fn a_backend_seen_without_its_vip_names_every_service_fronting_it() {
+        let r = attribute(&blocked(), &inventory(&[DENY_INGRESS]), "n1");
+        assert_eq!(services(&r), ["payments/payments Some(198.18.200.10):443"]);
+        assert_eq!(r.cause, Some(Cause::Policy));
+    }
+
+    #[test]
+    fn a_vip_without_ready_endpoints_is_no_endpoints_naming_the_service() {
+        let empty: SocketAddr = "198.18.200.11:50051".parse().expect("addr");
+        let b = Blocked {
+            server: empty,
+            service: Some(empty),
+            drop: None,
+            rejected: Some((3, 3)),
+            ..blocked()
+        };
+        let r = attribute(&b, &inventory(&[DENY_INGRESS]), "n1");
+        assert_eq!(r.cause, Some(Cause::NoEndpoints));
+        assert_eq!(services(&r), ["payments/empty Some(198.18.200.11):50051"]);
+        assert_eq!(r.dst.kind, "service");
+        assert!(r.policies.is_empty());
+        assert!(r.notes.iter().any(|n| n.contains("no ready endpoint")), "{:?}", r.notes);
+        // Not an egress verdict against the VIP as if it were an external address.
+        assert_eq!(r.direction, None);
+    }
+
+    #[test]
+    fn a_vip_never_translated_with_backends_is_evaluated_against_them() {
+        let b = Blocked {
+            server: vip(),
+            service: Some(vip()),
+            drop: None,
+            timed_out: true,
+            attempts: 3,
+            ..blocked()
+        };
+        let r = attribute(&b, &inventory(&[DENY_INGRESS]), "n1");
+        assert_eq!(r.cause, Some(Cause::Policy));
+        assert_eq!(r.direction, Some(Direction::Ingress));
+        assert_eq!(r.dst.kind, "service");
+        assert!(r.notes.iter().any(|n| n.contains("no translated packet")), "{:?}", r.notes);
     }
 }

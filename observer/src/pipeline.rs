@@ -2,13 +2,14 @@
 //! and metrics. No I/O: `observer run` feeds it batches from the ring buffer and hands the records to the
 //! exports; the pipeline benchmark feeds it synthetic storms.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::{
     attribution,
     bpf::{KernelEvent, Kind},
-    channel::{self, Outcome, Tracker},
-    cluster::SharedInventory,
+    channel::{self, Outcome, ServiceMap, Tracker},
+    cluster::{Inventory, SharedInventory},
     export::{Record, metrics::Metrics},
 };
 
@@ -21,6 +22,8 @@ pub struct Pipeline {
     outcomes: Vec<Outcome>,
     counted_opened: u64,
     counted_evicted: u64,
+    /// The inventory's Services generation the tracker's [`ServiceMap`] was built from.
+    services_seen: Option<u64>,
 }
 
 impl Pipeline {
@@ -38,11 +41,26 @@ impl Pipeline {
             outcomes: Vec::new(),
             counted_opened: 0,
             counted_evicted: 0,
+            services_seen: None,
         }
+    }
+
+    /// Rebuilds the tracker's VIP → backends snapshot when Services or EndpointSlices changed.
+    fn refresh_services(&mut self) {
+        let inventory = self.inventory.read();
+        let generation = inventory.services_generation();
+        if self.services_seen == Some(generation) {
+            return;
+        }
+        self.services_seen = Some(generation);
+        let map = service_map(&inventory);
+        drop(inventory);
+        self.tracker.set_services(Arc::new(map));
     }
 
     /// Takes in a batch of kernel events; records of channels that resolved go to `records`.
     pub fn on_events(&mut self, events: &[KernelEvent], records: &mut Vec<Record>) {
+        self.refresh_services();
         for ev in events {
             if ev.kind == Kind::Dropped
                 && let Some(d) = &ev.drop
@@ -106,4 +124,27 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Every TCP VIP:port of the inventory's Services with all its backends (ready or not: a snapshot may lag
+/// the endpoints, and a terminating backend still answers).
+pub fn service_map(inventory: &Inventory) -> ServiceMap {
+    let mut entries = Vec::new();
+    for service in inventory.services() {
+        for port in service
+            .ports
+            .iter()
+            .filter(|p| p.protocol == crate::policy::Protocol::Tcp)
+        {
+            let backends: Vec<_> = inventory
+                .backends(service, port)
+                .iter()
+                .map(|b| b.addr)
+                .collect();
+            for ip in service.cluster_ips.iter() {
+                entries.push((std::net::SocketAddr::new(*ip, port.port), backends.clone()));
+            }
+        }
+    }
+    ServiceMap::new(entries)
 }

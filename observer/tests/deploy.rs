@@ -1,6 +1,6 @@
 //! `deploy/` checked without a cluster: every manifest parses into its Kubernetes type (and has no field its
 //! type does not know), the DaemonSet matches `deploy/CAPABILITIES.md` (capabilities, host paths), RBAC is
-//! read-only on exactly four resources, every metric the dashboard and the alerts use is one the daemon
+//! read-only on exactly six resources, every metric the dashboard and the alerts use is one the daemon
 //! registers, every PromQL expression parses, the Dockerfile's toolchain cannot drift from `./x`, and the
 //! kustomizations render with `kubectl kustomize` (skipped, loudly, where kubectl is not installed; set
 //! `OBSERVER_REQUIRE_KUBECTL=1` to make that a failure).
@@ -610,12 +610,14 @@ fn check_rbac(objects: &Objects, origin: &str) {
         ("", "pods"),
         ("", "namespaces"),
         ("", "nodes"),
+        ("", "services"),
         ("networking.k8s.io", "networkpolicies"),
+        ("discovery.k8s.io", "endpointslices"),
     ]
     .iter()
     .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
     .collect();
-    assert_eq!(granted, expected, "{origin}: exactly the four resources");
+    assert_eq!(granted, expected, "{origin}: exactly the six resources");
 
     assert_eq!(
         objects.cluster_role_bindings.len(),
@@ -1054,7 +1056,7 @@ fn capabilities_md_lists_the_expected_capabilities() {
 }
 
 #[test]
-fn rbac_is_read_only_on_four_resources() {
+fn rbac_is_read_only_on_six_resources() {
     let objects = base_objects();
     check_rbac(&objects, "deploy/base");
 }

@@ -638,3 +638,243 @@ impl Services {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn mk_service(ns: &str, name: &str, vip: &str, ports: serde_json::Value) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name},
+            "spec": {"clusterIP": vip, "selector": {"app": name}, "ports": ports},
+        }))
+        .expect("service")
+    }
+
+    fn mk_slice(
+        ns: &str,
+        name: &str,
+        service: &str,
+        family: &str,
+        ports: serde_json::Value,
+        endpoints: serde_json::Value,
+    ) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name,
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": family,
+            "ports": ports,
+            "endpoints": endpoints,
+        }))
+        .expect("slice")
+    }
+
+    fn ep(ip: &str, pod: &str, ready: bool) -> serde_json::Value {
+        json!({"addresses": [ip], "conditions": {"ready": ready},
+               "targetRef": {"kind": "Pod", "name": pod}, "nodeName": "n1"})
+    }
+
+    fn index() -> Services {
+        let mut i = Interner::default();
+        let mut s = Services::default();
+        s.put_service(
+            ServiceEntry::from_k8s(
+                &mk_service(
+                    "pay",
+                    "payments",
+                    "10.96.0.10",
+                    json!([{"name": "grpc", "port": 50051, "targetPort": "grpc"},
+                           {"name": "metrics", "port": 9090, "targetPort": 9091}]),
+                ),
+                &mut i,
+            )
+            .expect("valid"),
+        );
+        s.put_service(
+            ServiceEntry::from_k8s(
+                &mk_service(
+                    "pay",
+                    "payments-canary",
+                    "10.96.0.11",
+                    json!([{"name": "grpc", "port": 443, "targetPort": 50051}]),
+                ),
+                &mut i,
+            )
+            .expect("valid"),
+        );
+        s.put_slice(
+            SliceEntry::from_k8s(
+                &mk_slice(
+                    "pay",
+                    "payments-x1",
+                    "payments",
+                    "IPv4",
+                    json!([{"name": "grpc", "port": 50051}, {"name": "metrics", "port": 9091}]),
+                    json!([ep("198.18.1.2", "payments-0", true), ep("198.18.1.3", "payments-1", false)]),
+                ),
+                &mut i,
+            )
+            .expect("valid"),
+        );
+        s.put_slice(
+            SliceEntry::from_k8s(
+                &mk_slice(
+                    "pay",
+                    "canary-x1",
+                    "payments-canary",
+                    "IPv4",
+                    json!([{"name": "grpc", "port": 50051}]),
+                    json!([ep("198.18.1.2", "payments-0", true)]),
+                ),
+                &mut i,
+            )
+            .expect("valid"),
+        );
+        s
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn vip_and_port_lead_to_the_backends_with_their_resolved_target_port() {
+        let s = index();
+        let svc = s.at_vip("10.96.0.10".parse().expect("ip")).expect("vip");
+        assert_eq!(svc.key.to_string(), "pay/payments");
+        let port = svc.port(50051, Protocol::Tcp).expect("port");
+        assert_eq!(port.target, TargetPort::Name(Arc::from("grpc")));
+        let backends = s.backends(svc, port);
+        let shown: Vec<_> = backends
+            .iter()
+            .map(|b| (b.addr.to_string(), b.ready, b.pod.as_ref().map(ToString::to_string)))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("198.18.1.2:50051".into(), true, Some("pay/payments-0".into())),
+                ("198.18.1.3:50051".into(), false, Some("pay/payments-1".into())),
+            ]
+        );
+        let metrics = svc.port(9090, Protocol::Tcp).expect("port");
+        assert_eq!(s.backends(svc, metrics)[0].addr, addr("198.18.1.2:9091"));
+        assert!(svc.port(50051, Protocol::Udp).is_none());
+    }
+
+    #[test]
+    fn a_backend_names_every_service_fronting_it() {
+        let s = index();
+        let fronting = s.fronting(addr("198.18.1.2:50051"), Protocol::Tcp);
+        let names: Vec<_> = fronting
+            .iter()
+            .map(|f| format!("{}:{}", f.service.key, f.port.port))
+            .collect();
+        assert_eq!(names, ["pay/payments:50051", "pay/payments-canary:443"]);
+        assert_eq!(
+            s.fronting(addr("198.18.1.2:9091"), Protocol::Tcp)[0].port.port,
+            9090
+        );
+        assert!(s.fronting(addr("198.18.1.2:8080"), Protocol::Tcp).is_empty());
+        assert!(s.fronting(addr("198.18.9.9:50051"), Protocol::Tcp).is_empty());
+    }
+
+    #[test]
+    fn deletes_and_updates_unlink_everything() {
+        let mut s = index();
+        assert!(s.delete_slice("pay", "canary-x1"));
+        assert_eq!(s.fronting(addr("198.18.1.2:50051"), Protocol::Tcp).len(), 1);
+        // A new VIP replaces the old one.
+        let mut i = Interner::default();
+        s.put_service(
+            ServiceEntry::from_k8s(
+                &mk_service("pay", "payments", "10.96.0.20", json!([{"name": "grpc", "port": 50051}])),
+                &mut i,
+            )
+            .expect("valid"),
+        );
+        assert!(s.at_vip("10.96.0.10".parse().expect("ip")).is_none());
+        assert!(s.at_vip("10.96.0.20".parse().expect("ip")).is_some());
+        assert!(s.delete_service("pay", "payments"));
+        assert!(s.at_vip("10.96.0.20".parse().expect("ip")).is_none());
+        assert!(s.fronting(addr("198.18.1.2:50051"), Protocol::Tcp).is_empty());
+        assert!(s.delete_slice("pay", "payments-x1"));
+        assert!(s.by_ip.is_empty() && s.slices_of.is_empty());
+        let g = s.generation();
+        assert!(!s.delete_slice("pay", "payments-x1"));
+        assert_eq!(s.generation(), g);
+    }
+
+    #[test]
+    fn headless_dual_stack_and_external_name() {
+        let mut i = Interner::default();
+        let headless = ServiceEntry::from_k8s(
+            &mk_service("r", "fraud", "None", json!([{"port": 50051}])),
+            &mut i,
+        )
+        .expect("valid");
+        assert!(headless.headless && headless.cluster_ips.is_empty());
+        assert_eq!(headless.ports[0].target, TargetPort::Number(50051));
+        let dual: Service = serde_json::from_value(json!({
+            "metadata": {"name": "d"},
+            "spec": {"clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1", "fd00::1"],
+                     "ports": [{"port": 80, "targetPort": "8080"}]},
+        }))
+        .expect("svc");
+        let dual = ServiceEntry::from_k8s(&dual, &mut i).expect("valid");
+        assert_eq!(dual.key.to_string(), "default/d");
+        assert_eq!(dual.cluster_ips.len(), 2);
+        assert_eq!(
+            dual.cluster_ip_for("2001:2::1".parse().expect("ip")),
+            Some("fd00::1".parse().expect("ip"))
+        );
+        assert_eq!(dual.ports[0].target, TargetPort::Number(8080));
+        let ext: Service = serde_json::from_value(json!({
+            "metadata": {"name": "e", "namespace": "x"},
+            "spec": {"type": "ExternalName", "externalName": "db.example.com"},
+        }))
+        .expect("svc");
+        let ext = ServiceEntry::from_k8s(&ext, &mut i).expect("valid");
+        assert_eq!(ext.type_, ServiceType::ExternalName);
+        assert!(ext.cluster_ips.is_empty());
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut i = Interner::default();
+        let bad = mk_service("x", "s", "10.96.0.300", json!([{"port": 80}]));
+        let e = ServiceEntry::from_k8s(&bad, &mut i).expect_err("bad ip");
+        assert_eq!(
+            e.to_string(),
+            "Service x/s: invalid spec.clusterIPs \"10.96.0.300\""
+        );
+        let bad = mk_service("x", "s", "10.96.0.3", json!([{"port": 70000}]));
+        assert!(
+            ServiceEntry::from_k8s(&bad, &mut i)
+                .expect_err("bad port")
+                .to_string()
+                .contains("spec.ports[].port")
+        );
+        let bad = mk_slice(
+            "x",
+            "s-1",
+            "s",
+            "IPv4",
+            json!([{"port": 80}]),
+            json!([ep("2001:2::1", "p", true)]),
+        );
+        assert!(
+            SliceEntry::from_k8s(&bad, &mut i)
+                .expect_err("wrong family")
+                .to_string()
+                .contains("endpoints[].addresses[]")
+        );
+        // FQDN slices have no IPs to index; absent conditions mean ready.
+        let fqdn = mk_slice("x", "s-2", "s", "FQDN", json!([]), json!([{"addresses": ["a.example"]}]));
+        assert!(SliceEntry::from_k8s(&fqdn, &mut i).expect("ok").endpoints.is_empty());
+        let plain = mk_slice("x", "s-3", "s", "IPv6", json!([]), json!([{"addresses": ["2001:2::1"]}]));
+        let plain = SliceEntry::from_k8s(&plain, &mut i).expect("ok");
+        assert!(plain.endpoints[0].ready && plain.endpoints[0].serving && !plain.endpoints[0].terminating);
+    }
+}

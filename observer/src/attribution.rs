@@ -216,7 +216,7 @@ fn through_service(blocked: &Blocked, inventory: &Inventory) -> Via {
             };
         }
         let backends: Vec<SocketAddr> = port
-            .map(|p| inventory.backends(svc, p))
+            .map(|p| inventory.resolve_backends(svc, p).0)
             .unwrap_or_default()
             .iter()
             .filter(|b| b.ready && b.addr.is_ipv4() == vip.is_ipv4())

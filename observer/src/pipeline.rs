@@ -137,7 +137,8 @@ pub fn service_map(inventory: &Inventory) -> ServiceMap {
             .filter(|p| p.protocol == crate::policy::Protocol::Tcp)
         {
             let backends: Vec<_> = inventory
-                .backends(service, port)
+                .resolve_backends(service, port)
+                .0
                 .iter()
                 .map(|b| b.addr)
                 .collect();

@@ -535,6 +535,47 @@ impl Inventory {
         self.services.backends(service, port)
     }
 
+    /// The backends of `service`'s `port`: from its EndpointSlices when the inventory has any, else (manifest
+    /// files often hold no EndpointSlices) from its selector, as the EndpointSlice controller would write
+    /// them: running pods of its namespace whose labels match, the targetPort resolved on each pod (a pod
+    /// without the named port is left out). The flag says which.
+    pub fn resolve_backends(&self, service: &ServiceEntry, port: &ServicePort) -> (Vec<Backend>, bool) {
+        let from_slices = self.services.backends(service, port);
+        if !from_slices.is_empty() || self.services.has_slices(&service.key) {
+            return (from_slices, false);
+        }
+        let Some(selector) = &service.selector else {
+            return (Vec::new(), false);
+        };
+        let mut out: Vec<Backend> = Vec::new();
+        let mut pods: Vec<&Arc<PodEntry>> = self
+            .pods
+            .values()
+            .filter(|p| *p.pod.namespace == *service.key.namespace)
+            .filter(|p| !p.terminated && !p.host_network())
+            .filter(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
+            .collect();
+        pods.sort_by(|a, b| a.pod.name.cmp(&b.pod.name));
+        for pod in pods {
+            let target = match &port.target {
+                super::TargetPort::Number(n) => Some(*n),
+                super::TargetPort::Name(name) => pod.named_port(name, port.protocol),
+            };
+            let Some(target) = target else { continue };
+            for ip in pod.ips() {
+                out.push(Backend {
+                    addr: SocketAddr::new(*ip, target),
+                    pod: Some(pod.key()),
+                    node: pod.pod.node_name.clone(),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                });
+            }
+        }
+        (out, true)
+    }
+
     /// Every Service whose EndpointSlices hold `backend` (ip:targetPort), with the port leading there.
     pub fn services_fronting(
         &self,

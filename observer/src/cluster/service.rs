@@ -560,6 +560,11 @@ impl Services {
         true
     }
 
+    /// Whether any EndpointSlice belongs to the Service `key`.
+    pub(super) fn has_slices(&self, key: &ObjectRef) -> bool {
+        self.slices_of.contains_key(key)
+    }
+
     /// The Service whose cluster IP is `ip`.
     pub(super) fn at_vip(&self, ip: IpAddr) -> Option<&Arc<ServiceEntry>> {
         self.vips.get(&ip).and_then(|k| self.services.get(k))

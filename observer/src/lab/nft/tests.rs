@@ -89,7 +89,7 @@ fn set<'t>(text: &'t str, name: &str) -> &'t str {
 }
 
 /// Validates with `nft -c` (check only: nothing is committed) in a throwaway network namespace.
-fn nft_check(text: &str) {
+pub(crate) fn nft_check(text: &str) {
     use std::io::Write as _;
     if !nix::unistd::geteuid().is_root() {
         eprintln!("not root: skipping `nft -c` (./x test runs it)");

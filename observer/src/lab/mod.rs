@@ -581,8 +581,11 @@ fn execute(args: &LabArgs, shared: &Mutex<Topology>) -> Result<(Report, Running)
     if !dnat.is_empty() {
         let vips = services::vips(&plan.services);
         let node_ref = NodeRef(node.clone());
-        node_ref.ip(&["link", "add", services::VIP_DEVICE, "type", "dummy"])?;
+        // A veth pair (this kernel may lack the dummy driver) that only carries what was not translated.
+        let peer = format!("{}p", services::VIP_DEVICE);
+        node_ref.ip(&["link", "add", services::VIP_DEVICE, "type", "veth", "peer", "name", &peer])?;
         node_ref.ip(&["link", "set", services::VIP_DEVICE, "up"])?;
+        node_ref.ip(&["link", "set", &peer, "up"])?;
         for vip in vips {
             let (fam, len) = if vip.is_ipv4() { ("-4", "32") } else { ("-6", "128") };
             node_ref.ip(&[fam, "route", "add", &format!("{vip}/{len}"), "dev", services::VIP_DEVICE])?;
@@ -721,6 +724,7 @@ fn attribute(o: &observe::Observer, probes: &mut [ProbeResult]) {
                 )),
                 Some(_) => None,
             };
+            let problem = problem.or_else(|| duplicates(a.as_ref()));
             p.attribution = a;
             if let Some(problem) = problem {
                 p.agree = false;
@@ -739,6 +743,7 @@ fn attribute(o: &observe::Observer, probes: &mut [ProbeResult]) {
             )),
             Some(_) => None,
         };
+        let problem = problem.or_else(|| duplicates(a.as_ref()));
         p.attribution = a;
         if let Some(problem) = problem {
             p.agree = false;
@@ -747,6 +752,16 @@ fn attribute(o: &observe::Observer, probes: &mut [ProbeResult]) {
                 .push_str(&problem);
         }
     }
+}
+
+/// One connection attempt, one record.
+fn duplicates(a: Option<&observe::Attribution>) -> Option<String> {
+    a.filter(|a| a.records > 1).map(|a| {
+        format!(
+            "the observer wrote {} records for one connection attempt",
+            a.records
+        )
+    })
 }
 
 fn sh_node(node: &str, ruleset: &str) -> Result<(), LabError> {
@@ -1058,9 +1073,18 @@ pub fn render_text(report: &Report, colour: bool) -> String {
             } else {
                 format!(", by {}", a.policies.join(", "))
             };
+            let via = if a.service.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " via {} to {}",
+                    a.service.join(", "),
+                    a.dst.map_or_else(|| "?".to_owned(), |d| d.to_string())
+                )
+            };
             let _ = writeln!(
                 o,
-                "      observer: blocked, cause {}{}{by}{}",
+                "      observer: blocked{via}, cause {}{}{by}{}",
                 a.cause,
                 a.direction
                     .as_deref()
@@ -1133,8 +1157,9 @@ mod tests {
         assert_eq!(plan.pods.len(), 4);
         assert!(plan.mappings.is_empty(), "{:?}", plan.mappings);
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
-        // 3 sources × (frontend:8080, checkout, payments, fraud-check on 50051).
-        assert_eq!(plan.probes(&args(None, None)).expect("probes").len(), 12);
+        // 3 sources × (frontend:8080, checkout, payments, fraud-check on 50051), and 3 through the
+        // payments ClusterIP Service (the headless fraud-check Service has no VIP to dial).
+        assert_eq!(plan.probes(&args(None, None)).expect("probes").len(), 15);
         let from_checkout = plan
             .probes(&args(Some("shop/checkout-7d9f8b6c5-m4wzt"), Some(50051)))
             .expect("probes");

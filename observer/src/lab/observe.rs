@@ -60,6 +60,8 @@ pub struct Attribution {
     pub policies: Vec<String>,
     /// The kernel's drop reason, if seen.
     pub kernel_reason: Option<String>,
+    /// Blocked records written for this connection attempt (its client ip:port): one, if all is well.
+    pub records: usize,
 }
 
 /// A running daemon; SIGTERM on drop, and its manifest directory removed.
@@ -178,14 +180,18 @@ impl Observer {
     #[must_use]
     pub fn blocked(&self) -> BTreeMap<(IpAddr, IpAddr, u16), Attribution> {
         let lines = self.stdout.lock().map(|s| s.clone()).unwrap_or_default();
+        let records: Vec<serde_json::Value> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["kind"] == "blocked")
+            .collect();
+        let client = |r: &serde_json::Value| (r["src"]["ip"].to_string(), r["src"]["port"].to_string());
+        let mut per_attempt: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for r in &records {
+            *per_attempt.entry(client(r)).or_default() += 1;
+        }
         let mut out = BTreeMap::new();
-        for l in lines {
-            let Ok(r) = serde_json::from_str::<serde_json::Value>(&l) else {
-                continue;
-            };
-            if r["kind"] != "blocked" {
-                continue;
-            }
+        for r in &records {
             let ip = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<IpAddr>().ok());
             let (Some(src), Some(dst), Some(port)) = (
                 ip(&r["src"]["ip"]),
@@ -232,6 +238,7 @@ impl Observer {
                 direction: r["direction"].as_str().map(str::to_owned),
                 policies,
                 kernel_reason: r["kernel_reason"].as_str().map(str::to_owned),
+                records: per_attempt.get(&client(r)).copied().unwrap_or(1),
             };
             for s in &services {
                 let vip = ip(&s["ip"]);

@@ -19,8 +19,8 @@
 //! its selector matches (as the EndpointSlice controller would list them), each named targetPort resolved
 //! on the backend pod. NetworkPolicy (`table inet observer_lab`, the forward hook at priority filter)
 //! then judges the translated connection: client → backend at the targetPort. VIPs outside the lab ranges
-//! are mapped into 198.19.254.0/24 and 2001:2:0:fffe::/64; they are routed to a dummy interface so that an
-//! untranslated packet reaches the forward hook (and its rejection) instead of failing routing. Headless
+//! are mapped into 198.19.254.0/24 and 2001:2:0:fffe::/64; they are routed to a veth of the node namespace
+//! ([`VIP_DEVICE`]) so that an untranslated packet reaches the forward hook (and its rejection) instead of failing routing. Headless
 //! Services have no VIP: clients reach the backends directly, and so do the lab's probes.
 
 use std::collections::BTreeSet;
@@ -37,7 +37,7 @@ use crate::policy::Protocol;
 
 /// Name of the DNAT tables (`ip` and `ip6` families: `dnat` needs a family).
 pub const TABLE: &str = "observer_lab_svc";
-/// The dummy interface the VIPs are routed to in the node namespace.
+/// The interface the VIPs are routed to in the node namespace (one end of a veth pair).
 pub const VIP_DEVICE: &str = "olabsvc";
 const MAPPED_V4: u32 = u32::from_be_bytes([198, 19, 254, 1]);
 const MAPPED_V6: u128 =

@@ -456,7 +456,9 @@ fn main() {
         mib(after_changed)
     );
     println!("  IP lookup at time T     {lookup_ns:>8.0} ns   ({found} of {LOOKUPS} found)");
-    println!("services: {SERVICES} Services, {SERVICES} EndpointSlices ({endpoints_per_slice} endpoints each)");
+    println!(
+        "services: {SERVICES} Services, {SERVICES} EndpointSlices ({endpoints_per_slice} endpoints each)"
+    );
     println!("  bytes per Service       {per_service:>8} B    (one port, one clusterIP, selector)");
     println!(
         "  bytes per EndpointSlice {per_slice:>8} B    ({} B per endpoint; applied in {:.0} ms)",

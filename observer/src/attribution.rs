@@ -15,19 +15,13 @@
 //! - allowed, and the kernel dropped or the network rejected it → `no_policy` (see `kernel_reason`);
 //! - allowed, nothing seen but silence → `unknown`.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
 use crate::{
     bpf::events::Side,
     channel::Blocked,
     cluster::{Endpoint as InvEndpoint, Inventory},
-    export::record::{
-        self, Cause, Direction, Endpoint, PolicyRef, Record, RecordKind, ServiceRef,
-    },
+    export::record::{self, Cause, Direction, Endpoint, PolicyRef, Record, RecordKind, ServiceRef},
     policy::{self, Protocol, explain::DirectionVerdict},
 };
 
@@ -74,7 +68,11 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
     let (cause, direction, policies) = if !inventory.is_ready() {
         notes.push("inventory not synced yet: no policy verdict".into());
         (Cause::Unknown, None, Vec::new())
-    } else if via.untranslated.as_ref().is_some_and(|u| u.backends.is_empty()) {
+    } else if via
+        .untranslated
+        .as_ref()
+        .is_some_and(|u| u.backends.is_empty())
+    {
         (Cause::NoEndpoints, None, Vec::new())
     } else {
         let verdict = match &via.untranslated {
@@ -85,7 +83,10 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
                     .iter()
                     .map(|b| {
                         let then = inventory.endpoint_at(b.ip(), at);
-                        (*b, evaluate(inventory, (blocked.client, &src_inv), (*b, &then)))
+                        (
+                            *b,
+                            evaluate(inventory, (blocked.client, &src_inv), (*b, &then)),
+                        )
                     })
                     .collect();
                 let denied: Vec<String> = verdicts
@@ -446,7 +447,14 @@ mod tests {
         for p in policies {
             inv.stage_policy(&policy(p), now).expect("valid policy");
         }
-        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Pod, Kind::Service, Kind::EndpointSlice] {
+        for kind in [
+            Kind::Namespace,
+            Kind::Node,
+            Kind::NetworkPolicy,
+            Kind::Pod,
+            Kind::Service,
+            Kind::EndpointSlice,
+        ] {
             inv.commit(kind, now);
         }
         inv
@@ -602,7 +610,11 @@ mod tests {
         let r = attribute(&b, &inventory(&[EGRESS_443]), "n1");
         assert_eq!(r.direction, Some(Direction::Egress));
         assert_eq!(&*r.policies[0].name, "only-443");
-        assert!(r.policies[0].nearest_miss.contains("443"), "{:?}", r.policies[0]);
+        assert!(
+            r.policies[0].nearest_miss.contains("443"),
+            "{:?}",
+            r.policies[0]
+        );
     }
 
     #[test]
@@ -627,7 +639,11 @@ mod tests {
         assert_eq!(services(&r), ["payments/empty Some(198.18.200.11):50051"]);
         assert_eq!(r.dst.kind, "service");
         assert!(r.policies.is_empty());
-        assert!(r.notes.iter().any(|n| n.contains("no ready endpoint")), "{:?}", r.notes);
+        assert!(
+            r.notes.iter().any(|n| n.contains("no ready endpoint")),
+            "{:?}",
+            r.notes
+        );
         // Not an egress verdict against the VIP as if it were an external address.
         assert_eq!(r.direction, None);
     }
@@ -646,6 +662,10 @@ mod tests {
         assert_eq!(r.cause, Some(Cause::Policy));
         assert_eq!(r.direction, Some(Direction::Ingress));
         assert_eq!(r.dst.kind, "service");
-        assert!(r.notes.iter().any(|n| n.contains("no translated packet")), "{:?}", r.notes);
+        assert!(
+            r.notes.iter().any(|n| n.contains("no translated packet")),
+            "{:?}",
+            r.notes
+        );
     }
 }

@@ -520,8 +520,7 @@ impl Manifests {
             ("discovery.k8s.io/v1", "EndpointSlice") => {
                 if let Some(o) = self.decode::<discovery::EndpointSlice>(file, named(true), v) {
                     let ns = ns.unwrap_or("default");
-                    let checked =
-                        crate::cluster::SliceEntry::from_k8s(&o, &mut Default::default());
+                    let checked = crate::cluster::SliceEntry::from_k8s(&o, &mut Default::default());
                     if self.usable(file, checked.map(drop)) {
                         self.accept(file, "EndpointSlice", ns, name, file_doc, Ok(()), |m| {
                             m.endpoint_slices.push(o);

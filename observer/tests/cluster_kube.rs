@@ -541,7 +541,14 @@ async fn services_and_endpoint_slices_follow_the_watch() {
     // The backend stops being ready; then the slice and the Service go away.
     fixture.server.put(
         Resource::EndpointSlices,
-        slice("shop", "checkout-abcde", "checkout", "10.0.0.1", 9000, false),
+        slice(
+            "shop",
+            "checkout-abcde",
+            "checkout",
+            "10.0.0.1",
+            9000,
+            false,
+        ),
     );
     fixture
         .wait("backend not ready", |inv| backends(inv).is_empty())

@@ -285,11 +285,23 @@ fn a_service_gets_a_verdict_per_backend_and_says_when_only_some_are_denied() {
         out.starts_with("PARTLY DENIED: store/cart-0 → svc/billing/ledger (198.18.200.20:443) TCP 443, targetPort grpc: allowed to 1 of 2 ready backend(s)"),
         "{out}"
     );
-    assert!(out.contains("some backends are allowed and others denied"), "{out}");
+    assert!(
+        out.contains("some backends are allowed and others denied"),
+        "{out}"
+    );
     // The named targetPort resolves per backend: 50051 on ledger-0, 50052 on ledger-1.
-    assert!(out.contains("backend billing/ledger-0 (198.18.11.2:50051):\nALLOWED"), "{out}");
-    assert!(out.contains("backend billing/ledger-1 (198.18.11.3:50052):\nDENIED"), "{out}");
-    assert!(out.contains("billing/ledger-v1-only (rv 42): nearest miss"), "{out}");
+    assert!(
+        out.contains("backend billing/ledger-0 (198.18.11.2:50051):\nALLOWED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("backend billing/ledger-1 (198.18.11.3:50052):\nDENIED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("billing/ledger-v1-only (rv 42): nearest miss"),
+        "{out}"
+    );
     assert!(out.contains("from the Service's selector"), "{out}");
 }
 
@@ -342,11 +354,7 @@ fn a_service_without_endpoints_says_so_and_a_missing_port_or_service_is_unusable
     };
     let o = args("svc/billing/idle", "443");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(
-        stdout(&o).starts_with("NO ENDPOINTS: "),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stdout(&o).starts_with("NO ENDPOINTS: "), "{}", stdout(&o));
     let o = args("svc/billing/ledger", "80");
     assert_eq!(o.status.code(), Some(2));
     assert!(
@@ -359,7 +367,11 @@ fn a_service_without_endpoints_says_so_and_a_missing_port_or_service_is_unusable
     assert!(stderr(&o).contains("no such Service"), "{}", stderr(&o));
     let o = args("svc/billing", "443");
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("expected svc/namespace/name"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("expected svc/namespace/name"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -377,7 +389,15 @@ fn the_matrix_has_a_column_per_service() {
         .find(|l| l.starts_with("store/cart-0"))
         .expect("row");
     assert!(cart.ends_with("\t0\t~\tX"), "{out}");
-    let o = explain(&["--cluster", SERVICES, "--matrix", "--port", "443", "-o", "json"]);
+    let o = explain(&[
+        "--cluster",
+        SERVICES,
+        "--matrix",
+        "--port",
+        "443",
+        "-o",
+        "json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["services"][1], "svc/billing/ledger");
     let pods = v["pods"].as_array().expect("pods");

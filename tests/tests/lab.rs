@@ -128,13 +128,19 @@ fn demo_matrix_matches_the_policies_and_the_engine() {
         .as_array()
         .expect("probes")
         .iter()
-        .find(|p| p["from"] == "shop/frontend-6c5b9d7f4-x2kqp" && p["to"] == "svc/payments/payments")
+        .find(|p| {
+            p["from"] == "shop/frontend-6c5b9d7f4-x2kqp" && p["to"] == "svc/payments/payments"
+        })
         .expect("frontend → svc/payments/payments probe");
     let a = &via["attribution"];
     assert_eq!(a["cause"], "policy", "{via:#}");
     assert_eq!(a["direction"], "ingress", "{via:#}");
     assert_eq!(a["dst"], "198.18.2.10:50051", "{via:#}");
-    assert_eq!(a["service"], serde_json::json!(["svc/payments/payments"]), "{via:#}");
+    assert_eq!(
+        a["service"],
+        serde_json::json!(["svc/payments/payments"]),
+        "{via:#}"
+    );
     assert_eq!(
         a["policies"],
         serde_json::json!(["payments/allow-checkout", "payments/default-deny"])

@@ -56,9 +56,8 @@ impl Shop {
 
     /// Namespaces, pods, the Service `payments` (backends: payments-0) and `empty` (no backends, VIP .201).
     fn cluster(&self) -> String {
-        let vips = |f: &dyn Fn(Family) -> IpAddr| {
-            format!("[{}, \"{}\"]", f(Family::V4), f(Family::V6))
-        };
+        let vips =
+            |f: &dyn Fn(Family) -> IpAddr| format!("[{}, \"{}\"]", f(Family::V4), f(Family::V6));
         let empty = |family| {
             let mut ip = self.vip(family);
             match &mut ip {
@@ -181,7 +180,13 @@ fn policy_names(r: &Value) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|p| format!("{}/{}", p["namespace"].as_str().unwrap_or(""), p["name"].as_str().unwrap_or("")))
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["namespace"].as_str().unwrap_or(""),
+                p["name"].as_str().unwrap_or("")
+            )
+        })
         .collect()
 }
 
@@ -197,7 +202,10 @@ fn blocked_from(daemon: &Daemon, src: IpAddr) -> Vec<Value> {
 fn one_record_per_attempt(daemon: &Daemon, src: IpAddr) -> Vec<Value> {
     std::thread::sleep(Duration::from_millis(4500));
     let records = blocked_from(daemon, src);
-    let mut ports: Vec<u64> = records.iter().filter_map(|r| r["src"]["port"].as_u64()).collect();
+    let mut ports: Vec<u64> = records
+        .iter()
+        .filter_map(|r| r["src"]["port"].as_u64())
+        .collect();
     let n = ports.len();
     ports.sort_unstable();
     ports.dedup();
@@ -217,12 +225,18 @@ fn blocked_via_service(family: Family) {
     assert!(shop.call_vip(shop.vip(family)).is_err(), "denied");
     let src = shop.lab.pod(0).addr(family);
     let r = daemon
-        .wait_record(WAIT, |r| r["kind"] == "blocked" && r["src"]["ip"] == src.to_string())
+        .wait_record(WAIT, |r| {
+            r["kind"] == "blocked" && r["src"]["ip"] == src.to_string()
+        })
         .unwrap_or_else(|| panic!("no record: {:?}\n{:?}", daemon.records(), daemon.stderr()));
     let records = one_record_per_attempt(&daemon, src);
     assert!(!records.is_empty());
     for r in &records {
-        assert_eq!(r["dst"]["ip"], shop.backend(family).ip().to_string(), "{r:#}");
+        assert_eq!(
+            r["dst"]["ip"],
+            shop.backend(family).ip().to_string(),
+            "{r:#}"
+        );
         assert_eq!(r["dst"]["port"], PORT, "{r:#}");
         assert_eq!(r["dst"]["pod"], "payments-0", "{r:#}");
         assert_eq!(r["cause"], "policy", "{r:#}");
@@ -263,14 +277,21 @@ fn allowed_via_a_service_writes_no_record_and_counts_the_flow_once() {
     });
     assert!(established.is_some(), "{}", daemon.metrics());
     std::thread::sleep(Duration::from_millis(3000));
-    assert_eq!(daemon.metric(r#"observer_flows_total{state="established"}"#), 1.0);
+    assert_eq!(
+        daemon.metric(r#"observer_flows_total{state="established"}"#),
+        1.0
+    );
     assert_eq!(
         daemon.metric(r#"observer_flows_total{state="opened"}"#),
         1.0,
         "the VIP leg and the backend leg are one flow: {}",
         daemon.metrics()
     );
-    assert!(blocked_from(&daemon, shop.lab.pod(0).v4.into()).is_empty(), "{:?}", daemon.records());
+    assert!(
+        blocked_from(&daemon, shop.lab.pod(0).v4.into()).is_empty(),
+        "{:?}",
+        daemon.records()
+    );
     assert!(daemon.stop(), "clean exit");
 }
 
@@ -289,13 +310,18 @@ fn egress_denied_for_the_backends_port_is_evaluated_against_the_backend() {
     shop.enforce(&format!("ip saddr {src} tcp dport {PORT} drop"));
     assert!(shop.call_vip(shop.vip(Family::V4)).is_err());
     let r = daemon
-        .wait_record(WAIT, |r| r["kind"] == "blocked" && r["src"]["ip"] == src.to_string())
+        .wait_record(WAIT, |r| {
+            r["kind"] == "blocked" && r["src"]["ip"] == src.to_string()
+        })
         .unwrap_or_else(|| panic!("no record: {:?}", daemon.records()));
     assert_eq!(r["direction"], "egress", "{r:#}");
     assert_eq!(policy_names(&r), ["shop/checkout-egress"], "{r:#}");
     assert_eq!(r["dst"]["pod"], "payments-0", "not the VIP: {r:#}");
     assert!(
-        r["policies"][0]["nearest_miss"].as_str().unwrap_or("").contains("443"),
+        r["policies"][0]["nearest_miss"]
+            .as_str()
+            .unwrap_or("")
+            .contains("443"),
         "{r:#}"
     );
     one_record_per_attempt(&daemon, src.into());
@@ -318,7 +344,9 @@ fn a_service_without_endpoints_is_no_endpoints_naming_the_service() {
     assert!(shop.call_vip(vip).is_err(), "rejected");
     let src = shop.lab.pod(0).v4;
     let r = daemon
-        .wait_record(WAIT, |r| r["kind"] == "blocked" && r["src"]["ip"] == src.to_string())
+        .wait_record(WAIT, |r| {
+            r["kind"] == "blocked" && r["src"]["ip"] == src.to_string()
+        })
         .unwrap_or_else(|| panic!("no record: {:?}\n{:?}", daemon.records(), daemon.stderr()));
     assert_eq!(r["cause"], "no_endpoints", "{r:#}");
     assert_eq!(r["service"]["name"], "empty", "{r:#}");
@@ -344,17 +372,27 @@ fn a_backend_on_a_second_node_is_still_named_with_its_service() {
         std::net::Ipv4Addr::new(o[0], o[1], o[2], 130),
     );
     let pod = Netns::create(format!("{}-far", shop.lab.prefix));
-    node2.ns.ip(&["link", "add", "vb", "type", "veth", "peer", "name", "eth0", "netns", &pod.name]);
-    node2.ns.ip(&["addr", "add", &format!("{gw}/32"), "dev", "vb"]);
+    node2.ns.ip(&[
+        "link", "add", "vb", "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+    ]);
+    node2
+        .ns
+        .ip(&["addr", "add", &format!("{gw}/32"), "dev", "vb"]);
     node2.ns.ip(&["link", "set", "vb", "up"]);
-    node2.ns.ip(&["route", "add", &format!("{backend}/32"), "dev", "vb"]);
+    node2
+        .ns
+        .ip(&["route", "add", &format!("{backend}/32"), "dev", "vb"]);
     pod.ip(&["addr", "add", &format!("{backend}/32"), "dev", "eth0"]);
     pod.ip(&["link", "set", "eth0", "up"]);
     pod.ip(&["route", "add", &gw.to_string(), "dev", "eth0"]);
     pod.ip(&["route", "add", "default", "via", &gw.to_string()]);
-    shop.lab
-        .node
-        .ip(&["route", "add", &format!("{backend}/32"), "via", &node2.v4.to_string()]);
+    shop.lab.node.ip(&[
+        "route",
+        "add",
+        &format!("{backend}/32"),
+        "via",
+        &node2.v4.to_string(),
+    ]);
     // Enforcement on node 2 (the backend's node): its ingress policy drops the SYN there.
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", &node2.ns.name, "nft", "-f", "-"])
@@ -411,7 +449,9 @@ fn a_backend_on_a_second_node_is_still_named_with_its_service() {
     assert!(shop.call_vip(vip).is_err(), "dropped on node 2");
     let src = shop.lab.pod(0).v4;
     let r = daemon
-        .wait_record(WAIT, |r| r["kind"] == "blocked" && r["src"]["ip"] == src.to_string())
+        .wait_record(WAIT, |r| {
+            r["kind"] == "blocked" && r["src"]["ip"] == src.to_string()
+        })
         .unwrap_or_else(|| panic!("no record: {:?}\n{:?}", daemon.records(), daemon.stderr()));
     assert_eq!(r["dst"]["ip"], backend.to_string(), "{r:#}");
     assert_eq!(r["dst"]["pod"], "payments-far", "{r:#}");

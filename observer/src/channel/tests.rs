@@ -359,7 +359,10 @@ fn an_allowed_call_through_a_service_is_established_once() {
         &[
             to(vip(), syn(0, "lxca", HookPoint::Ingress)),
             to(other_backend(), syn(0, "eth0", HookPoint::Egress)),
-            to(other_backend(), ev(Kind::Established, 1, "eth0", HookPoint::Ingress)),
+            to(
+                other_backend(),
+                ev(Kind::Established, 1, "eth0", HookPoint::Ingress),
+            ),
             to(vip(), ev(Kind::Established, 1, "lxca", HookPoint::Egress)),
         ],
         10_000,
@@ -400,7 +403,11 @@ fn a_vip_never_translated_stays_a_channel_to_the_vip() {
         icmp: Some((3, 3)),
         ..to(vip(), ev(Kind::Rejected, 1, "lxca", HookPoint::Egress))
     };
-    let out = run(&mut t, &[to(vip(), syn(0, "lxca", HookPoint::Ingress)), rejected], 10_000);
+    let out = run(
+        &mut t,
+        &[to(vip(), syn(0, "lxca", HookPoint::Ingress)), rejected],
+        10_000,
+    );
     let b = blocked(&out);
     assert_eq!(b.len(), 1, "{out:?}");
     assert_eq!((b[0].server, b[0].service), (vip(), Some(vip())));

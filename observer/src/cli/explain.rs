@@ -387,7 +387,11 @@ fn matrix(
                 }
             )?;
             write!(out, "-")?;
-            for n in names.iter().copied().chain(service_names.iter().map(String::as_str)) {
+            for n in names
+                .iter()
+                .copied()
+                .chain(service_names.iter().map(String::as_str))
+            {
                 write!(out, "\t{n}")?;
             }
             writeln!(out)?;
@@ -561,25 +565,15 @@ fn explain_service(
         }
     };
     // A dual-stack client dials the family of the Service's first cluster IP (or of its backends).
-    let family = svc
-        .cluster_ips
-        .first()
-        .copied()
-        .or_else(|| {
-            inventory
-                .resolve_backends(svc, service_port)
-                .0
-                .first()
-                .map(|b| b.addr.ip())
-        });
+    let family = svc.cluster_ips.first().copied().or_else(|| {
+        inventory
+            .resolve_backends(svc, service_port)
+            .0
+            .first()
+            .map(|b| b.addr.ip())
+    });
     let src = match family {
-        Some(ip) => match_family(
-            engine,
-            src,
-            Endpoint::External {
-                ip,
-            },
-        ),
+        Some(ip) => match_family(engine, src, Endpoint::External { ip }),
         None => src,
     };
     let (_, from_selector) = inventory.resolve_backends(svc, service_port);
@@ -596,7 +590,10 @@ fn explain_service(
         ),
         _ => {
             let allowed = verdicts.iter().filter(|v| v.verdict.allowed).count();
-            format!("allowed to {allowed} of {} ready backend(s)", verdicts.len())
+            format!(
+                "allowed to {allowed} of {} ready backend(s)",
+                verdicts.len()
+            )
         }
     };
     match args.output {
@@ -628,10 +625,10 @@ fn explain_service(
                 ServiceOutcome::SomeDenied => "PARTLY DENIED",
                 ServiceOutcome::NoEndpoints => "NO ENDPOINTS",
             };
-            let vip = svc
-                .cluster_ips
-                .first()
-                .map_or_else(|| "headless".to_owned(), |ip| SocketAddr::new(*ip, args.port).to_string());
+            let vip = svc.cluster_ips.first().map_or_else(
+                || "headless".to_owned(),
+                |ip| SocketAddr::new(*ip, args.port).to_string(),
+            );
             writeln!(
                 out,
                 "{head}: {from_info} → svc/{ns}/{name} ({vip}) {protocol} {}, targetPort {}: {summary}",

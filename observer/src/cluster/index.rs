@@ -539,7 +539,11 @@ impl Inventory {
     /// files often hold no EndpointSlices) from its selector, as the EndpointSlice controller would write
     /// them: running pods of its namespace whose labels match, the targetPort resolved on each pod (a pod
     /// without the named port is left out). The flag says which.
-    pub fn resolve_backends(&self, service: &ServiceEntry, port: &ServicePort) -> (Vec<Backend>, bool) {
+    pub fn resolve_backends(
+        &self,
+        service: &ServiceEntry,
+        port: &ServicePort,
+    ) -> (Vec<Backend>, bool) {
         let from_slices = self.services.backends(service, port);
         if !from_slices.is_empty() || self.services.has_slices(&service.key) {
             return (from_slices, false);
@@ -1254,7 +1258,12 @@ mod tests {
             Some(t(60))
         );
 
-        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Service] {
+        for kind in [
+            Kind::Namespace,
+            Kind::Node,
+            Kind::NetworkPolicy,
+            Kind::Service,
+        ] {
             inv.begin(kind);
             inv.commit(kind, t(60));
         }

@@ -717,7 +717,10 @@ mod tests {
                     "payments",
                     "IPv4",
                     json!([{"name": "grpc", "port": 50051}, {"name": "metrics", "port": 9091}]),
-                    json!([ep("198.18.1.2", "payments-0", true), ep("198.18.1.3", "payments-1", false)]),
+                    json!([
+                        ep("198.18.1.2", "payments-0", true),
+                        ep("198.18.1.3", "payments-1", false)
+                    ]),
                 ),
                 &mut i,
             )
@@ -754,13 +757,27 @@ mod tests {
         let backends = s.backends(svc, port);
         let shown: Vec<_> = backends
             .iter()
-            .map(|b| (b.addr.to_string(), b.ready, b.pod.as_ref().map(ToString::to_string)))
+            .map(|b| {
+                (
+                    b.addr.to_string(),
+                    b.ready,
+                    b.pod.as_ref().map(ToString::to_string),
+                )
+            })
             .collect();
         assert_eq!(
             shown,
             [
-                ("198.18.1.2:50051".into(), true, Some("pay/payments-0".into())),
-                ("198.18.1.3:50051".into(), false, Some("pay/payments-1".into())),
+                (
+                    "198.18.1.2:50051".into(),
+                    true,
+                    Some("pay/payments-0".into())
+                ),
+                (
+                    "198.18.1.3:50051".into(),
+                    false,
+                    Some("pay/payments-1".into())
+                ),
             ]
         );
         let metrics = svc.port(9090, Protocol::Tcp).expect("port");
@@ -778,11 +795,19 @@ mod tests {
             .collect();
         assert_eq!(names, ["pay/payments:50051", "pay/payments-canary:443"]);
         assert_eq!(
-            s.fronting(addr("198.18.1.2:9091"), Protocol::Tcp)[0].port.port,
+            s.fronting(addr("198.18.1.2:9091"), Protocol::Tcp)[0]
+                .port
+                .port,
             9090
         );
-        assert!(s.fronting(addr("198.18.1.2:8080"), Protocol::Tcp).is_empty());
-        assert!(s.fronting(addr("198.18.9.9:50051"), Protocol::Tcp).is_empty());
+        assert!(
+            s.fronting(addr("198.18.1.2:8080"), Protocol::Tcp)
+                .is_empty()
+        );
+        assert!(
+            s.fronting(addr("198.18.9.9:50051"), Protocol::Tcp)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -794,7 +819,12 @@ mod tests {
         let mut i = Interner::default();
         s.put_service(
             ServiceEntry::from_k8s(
-                &mk_service("pay", "payments", "10.96.0.20", json!([{"name": "grpc", "port": 50051}])),
+                &mk_service(
+                    "pay",
+                    "payments",
+                    "10.96.0.20",
+                    json!([{"name": "grpc", "port": 50051}]),
+                ),
                 &mut i,
             )
             .expect("valid"),
@@ -803,7 +833,10 @@ mod tests {
         assert!(s.at_vip("10.96.0.20".parse().expect("ip")).is_some());
         assert!(s.delete_service("pay", "payments"));
         assert!(s.at_vip("10.96.0.20".parse().expect("ip")).is_none());
-        assert!(s.fronting(addr("198.18.1.2:50051"), Protocol::Tcp).is_empty());
+        assert!(
+            s.fronting(addr("198.18.1.2:50051"), Protocol::Tcp)
+                .is_empty()
+        );
         assert!(s.delete_slice("pay", "payments-x1"));
         assert!(s.by_ip.is_empty() && s.slices_of.is_empty());
         let g = s.generation();
@@ -876,10 +909,33 @@ mod tests {
                 .contains("endpoints[].addresses[]")
         );
         // FQDN slices have no IPs to index; absent conditions mean ready.
-        let fqdn = mk_slice("x", "s-2", "s", "FQDN", json!([]), json!([{"addresses": ["a.example"]}]));
-        assert!(SliceEntry::from_k8s(&fqdn, &mut i).expect("ok").endpoints.is_empty());
-        let plain = mk_slice("x", "s-3", "s", "IPv6", json!([]), json!([{"addresses": ["2001:2::1"]}]));
+        let fqdn = mk_slice(
+            "x",
+            "s-2",
+            "s",
+            "FQDN",
+            json!([]),
+            json!([{"addresses": ["a.example"]}]),
+        );
+        assert!(
+            SliceEntry::from_k8s(&fqdn, &mut i)
+                .expect("ok")
+                .endpoints
+                .is_empty()
+        );
+        let plain = mk_slice(
+            "x",
+            "s-3",
+            "s",
+            "IPv6",
+            json!([]),
+            json!([{"addresses": ["2001:2::1"]}]),
+        );
         let plain = SliceEntry::from_k8s(&plain, &mut i).expect("ok");
-        assert!(plain.endpoints[0].ready && plain.endpoints[0].serving && !plain.endpoints[0].terminating);
+        assert!(
+            plain.endpoints[0].ready
+                && plain.endpoints[0].serving
+                && !plain.endpoints[0].terminating
+        );
     }
 }

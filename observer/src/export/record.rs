@@ -25,11 +25,7 @@ pub struct Record {
     pub dst: Endpoint,
     /// The Service(s) the channel went through (`dst` is then the backend): an object for one, a list for
     /// several (a backend fronted by several Services, none of them seen dialed); absent when none.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        with = "one_or_many"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
     pub service: Vec<ServiceRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,

@@ -234,7 +234,11 @@ impl Plan {
                 })
         };
         let service_to = args.to.as_deref().filter(|t| t.starts_with("svc/"));
-        let pod_to = if service_to.is_some() { &None } else { &args.to };
+        let pod_to = if service_to.is_some() {
+            &None
+        } else {
+            &args.to
+        };
         let (from, to) = (find("--from", &args.from)?, find("--to", pod_to)?);
         if let Some(t) = service_to
             && !self.services.iter().any(|s| s.key() == t)
@@ -288,10 +292,13 @@ impl Plan {
                 for &vip in &svc.ips {
                     for (s, src) in self.pods.iter().enumerate() {
                         // A backend dialing its own Service needs hairpin masquerading: left out.
-                        if from.is_some_and(|f| f != s) || port.backends.iter().any(|b| b.pod == Some(s)) {
+                        if from.is_some_and(|f| f != s)
+                            || port.backends.iter().any(|b| b.pod == Some(s))
+                        {
                             continue;
                         }
-                        let Some(&src_ip) = src.pod.ips.iter().find(|i| i.is_ipv4() == vip.is_ipv4())
+                        let Some(&src_ip) =
+                            src.pod.ips.iter().find(|i| i.is_ipv4() == vip.is_ipv4())
                         else {
                             continue;
                         };
@@ -583,12 +590,32 @@ fn execute(args: &LabArgs, shared: &Mutex<Topology>) -> Result<(Report, Running)
         let node_ref = NodeRef(node.clone());
         // A veth pair (this kernel may lack the dummy driver) that only carries what was not translated.
         let peer = format!("{}p", services::VIP_DEVICE);
-        node_ref.ip(&["link", "add", services::VIP_DEVICE, "type", "veth", "peer", "name", &peer])?;
+        node_ref.ip(&[
+            "link",
+            "add",
+            services::VIP_DEVICE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ])?;
         node_ref.ip(&["link", "set", services::VIP_DEVICE, "up"])?;
         node_ref.ip(&["link", "set", &peer, "up"])?;
         for vip in vips {
-            let (fam, len) = if vip.is_ipv4() { ("-4", "32") } else { ("-6", "128") };
-            node_ref.ip(&[fam, "route", "add", &format!("{vip}/{len}"), "dev", services::VIP_DEVICE])?;
+            let (fam, len) = if vip.is_ipv4() {
+                ("-4", "32")
+            } else {
+                ("-6", "128")
+            };
+            node_ref.ip(&[
+                fam,
+                "route",
+                "add",
+                &format!("{vip}/{len}"),
+                "dev",
+                services::VIP_DEVICE,
+            ])?;
         }
         sh_node(&node, &dnat)?;
     }
@@ -692,12 +719,9 @@ fn attribute(o: &observe::Observer, probes: &mut [ProbeResult]) {
         if p.to.starts_with("svc/") {
             // Through a Service: the record names the backend; the engine's denied_by for that backend,
             // or no_endpoints for a Service without backends.
-            let backend = a.as_ref().and_then(|a| {
-                p.engine
-                    .backends
-                    .iter()
-                    .find(|b| Some(b.addr) == a.dst)
-            });
+            let backend = a
+                .as_ref()
+                .and_then(|a| p.engine.backends.iter().find(|b| Some(b.addr) == a.dst));
             expected = match backend {
                 Some(b) => b.denied_by.clone(),
                 None => Vec::new(),
@@ -709,10 +733,12 @@ fn attribute(o: &observe::Observer, probes: &mut [ProbeResult]) {
                     a.service.join(", "),
                     p.to
                 )),
-                Some(a) if p.engine.backends.is_empty() && a.cause != "no_endpoints" => Some(format!(
-                    "the Service has no backend; the observer says cause {}",
-                    a.cause
-                )),
+                Some(a) if p.engine.backends.is_empty() && a.cause != "no_endpoints" => {
+                    Some(format!(
+                        "the Service has no backend; the observer says cause {}",
+                        a.cause
+                    ))
+                }
                 Some(a) if !p.engine.backends.is_empty() && backend.is_none() => Some(format!(
                     "the observer names backend {:?}, not one of the Service's",
                     a.dst
@@ -893,8 +919,11 @@ fn judge(plan: &Plan, index: &Index, s: ProbeSpec, kernel: Result<(), String>) -
                         None => index.lookup_ip(b.addr.ip()),
                     };
                     let v = verdict(dst, b.addr.port());
-                    let mut denied_by: Vec<String> =
-                        v.egress_denied_by.into_iter().chain(v.ingress_denied_by).collect();
+                    let mut denied_by: Vec<String> = v
+                        .egress_denied_by
+                        .into_iter()
+                        .chain(v.ingress_denied_by)
+                        .collect();
                     denied_by.sort();
                     denied_by.dedup();
                     BackendOutcome {
@@ -912,7 +941,9 @@ fn judge(plan: &Plan, index: &Index, s: ProbeSpec, kernel: Result<(), String>) -
             let engine = EngineOutcome {
                 allowed,
                 egress_denied_by: Vec::new(),
-                ingress_denied_by: first_denied.map(|b| b.denied_by.clone()).unwrap_or_default(),
+                ingress_denied_by: first_denied
+                    .map(|b| b.denied_by.clone())
+                    .unwrap_or_default(),
                 backends,
             };
             (svc.key(), engine, mixed || kernel.allowed == allowed)

@@ -185,7 +185,8 @@ impl Observer {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|r| r["kind"] == "blocked")
             .collect();
-        let client = |r: &serde_json::Value| (r["src"]["ip"].to_string(), r["src"]["port"].to_string());
+        let client =
+            |r: &serde_json::Value| (r["src"]["ip"].to_string(), r["src"]["port"].to_string());
         let mut per_attempt: BTreeMap<(String, String), usize> = BTreeMap::new();
         for r in &records {
             *per_attempt.entry(client(r)).or_default() += 1;

@@ -98,7 +98,10 @@ pub fn plan(m: &Manifests, pods: &[LabPod], warnings: &mut Vec<String>) -> Vec<L
         .iter()
         .filter_map(|s| SliceEntry::from_k8s(s, &mut interner).ok())
         .collect();
-    let pod_ips: BTreeSet<IpAddr> = pods.iter().flat_map(|p| p.pod.ips.iter().copied()).collect();
+    let pod_ips: BTreeSet<IpAddr> = pods
+        .iter()
+        .flat_map(|p| p.pod.ips.iter().copied())
+        .collect();
     let mut used: BTreeSet<IpAddr> = BTreeSet::new();
     let (mut next_v4, mut next_v6) = (MAPPED_V4, MAPPED_V6);
     let mut out = Vec::new();
@@ -107,7 +110,10 @@ pub fn plan(m: &Manifests, pods: &[LabPod], warnings: &mut Vec<String>) -> Vec<L
             continue;
         };
         if entry.type_ == crate::cluster::ServiceType::ExternalName {
-            warnings.push(format!("svc/{}: ExternalName Service left out (a DNS alias)", entry.key));
+            warnings.push(format!(
+                "svc/{}: ExternalName Service left out (a DNS alias)",
+                entry.key
+            ));
             continue;
         }
         let mut ips = Vec::new();
@@ -143,7 +149,8 @@ pub fn plan(m: &Manifests, pods: &[LabPod], warnings: &mut Vec<String>) -> Vec<L
         let own: Vec<&SliceEntry> = slices
             .iter()
             .filter(|s| {
-                s.key.namespace == entry.key.namespace && s.service.as_deref() == Some(&*entry.key.name)
+                s.key.namespace == entry.key.namespace
+                    && s.service.as_deref() == Some(&*entry.key.name)
             })
             .collect();
         let mut ports = Vec::new();
@@ -167,7 +174,7 @@ pub fn plan(m: &Manifests, pods: &[LabPod], warnings: &mut Vec<String>) -> Vec<L
             ports,
         });
     }
-    out.sort_by(|a, b| a.key().cmp(&b.key()));
+    out.sort_by_key(LabService::key);
     out
 }
 
@@ -230,7 +237,12 @@ fn from_slices(
                     .filter_map(|a| p.pod.ips.iter().find(|l| l.is_ipv4() == a.is_ipv4()))
                     .copied()
                     .collect(),
-                None => e.addresses.iter().copied().filter(|a| addr::in_lab(*a)).collect(),
+                None => e
+                    .addresses
+                    .iter()
+                    .copied()
+                    .filter(|a| addr::in_lab(*a))
+                    .collect(),
             };
             for a in addresses {
                 let b = LabBackend {
@@ -308,7 +320,10 @@ pub fn ruleset(services: &[LabService]) -> String {
         let _ = writeln!(o, "table {family} {table} {{");
         let map = |o: &mut String, name: &str, elements: &[String]| {
             let _ = writeln!(o, "  map {name} {{");
-            let _ = writeln!(o, "    type {addr_type} . inet_proto . inet_service : verdict");
+            let _ = writeln!(
+                o,
+                "    type {addr_type} . inet_proto . inet_service : verdict"
+            );
             if !elements.is_empty() {
                 let _ = writeln!(o, "    elements = {{ {} }}", elements.join(", "));
             }
@@ -418,7 +433,10 @@ pub fn service_objects(services: &[LabService]) -> Vec<serde_json::Value> {
 /// Addresses to route to [`VIP_DEVICE`] in the node namespace.
 #[must_use]
 pub fn vips(services: &[LabService]) -> Vec<IpAddr> {
-    services.iter().flat_map(|s| s.ips.iter().copied()).collect()
+    services
+        .iter()
+        .flat_map(|s| s.ips.iter().copied())
+        .collect()
 }
 
 /// Shared by the probes: the Service a probe dials and which of its ports.
@@ -487,11 +505,21 @@ items:
     fn vips_are_mapped_into_the_lab_and_named_target_ports_resolve_per_backend() {
         let plan = plan();
         let keys: Vec<String> = plan.services.iter().map(LabService::key).collect();
-        assert_eq!(keys, ["svc/pay/empty", "svc/pay/payments", "svc/pay/payments-headless"]);
+        assert_eq!(
+            keys,
+            [
+                "svc/pay/empty",
+                "svc/pay/payments",
+                "svc/pay/payments-headless"
+            ]
+        );
         let payments = &plan.services[1];
         assert_eq!(
             payments.ips,
-            ["198.19.254.1".parse::<IpAddr>().expect("ip"), "2001:2:0:fffe::1".parse().expect("ip")]
+            [
+                "198.19.254.1".parse::<IpAddr>().expect("ip"),
+                "2001:2:0:fffe::1".parse().expect("ip")
+            ]
         );
         let backends: Vec<String> = payments.ports[0]
             .backends
@@ -506,11 +534,16 @@ items:
                 "pay/payments-1 198.18.1.3:50052",
             ]
         );
-        assert_eq!(plan.services[0].ips, ["198.18.200.9".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(
+            plan.services[0].ips,
+            ["198.18.200.9".parse::<IpAddr>().expect("ip")]
+        );
         assert!(plan.services[0].ports[0].backends.is_empty());
         assert!(plan.services[2].headless && plan.services[2].ips.is_empty());
         assert!(
-            plan.warnings.iter().any(|w| w.contains("clusterIP 10.96.0.10 → 198.19.254.1")),
+            plan.warnings
+                .iter()
+                .any(|w| w.contains("clusterIP 10.96.0.10 → 198.19.254.1")),
             "{:?}",
             plan.warnings
         );
@@ -554,7 +587,13 @@ items:
             .iter()
             .map(|p| format!("{} → {}:{}", p.src_ip, p.dst_ip, p.port))
             .collect();
-        assert_eq!(shown, ["198.18.0.2 → 198.19.254.1:443", "2001:2::2 → 2001:2:0:fffe::1:443"]);
+        assert_eq!(
+            shown,
+            [
+                "198.18.0.2 → 198.19.254.1:443",
+                "2001:2::2 → 2001:2:0:fffe::1:443"
+            ]
+        );
         let nope = crate::lab::LabArgs {
             to: Some("svc/pay/nope".into()),
             ..args
@@ -582,7 +621,8 @@ items:
         );
         assert!(m.errors.is_empty(), "{:?}", m.errors);
         let mut inv = crate::cluster::Inventory::default();
-        inv.replace(&m.objects(), std::time::SystemTime::UNIX_EPOCH).expect("usable");
+        inv.replace(&m.objects(), std::time::SystemTime::UNIX_EPOCH)
+            .expect("usable");
         let vip: SocketAddr = "198.19.254.1:443".parse().expect("addr");
         let (svc, port) = inv.service_at(vip, Protocol::Tcp).expect("vip");
         let mut backends: Vec<String> = inv
@@ -591,8 +631,16 @@ items:
             .map(|b| b.addr.to_string())
             .collect();
         backends.sort();
-        assert_eq!(backends, ["198.18.1.2:50051", "198.18.1.3:50052", "[2001:2::1:2]:50051"]);
-        let fronting = inv.services_fronting("198.18.1.3:50052".parse().expect("addr"), Protocol::Tcp);
+        assert_eq!(
+            backends,
+            [
+                "198.18.1.2:50051",
+                "198.18.1.3:50052",
+                "[2001:2::1:2]:50051"
+            ]
+        );
+        let fronting =
+            inv.services_fronting("198.18.1.3:50052".parse().expect("addr"), Protocol::Tcp);
         assert_eq!(fronting[0].service.key.to_string(), "pay/payments");
     }
 }

@@ -1194,7 +1194,8 @@ mod tests {
         let from_checkout = plan
             .probes(&args(Some("shop/checkout-7d9f8b6c5-m4wzt"), Some(50051)))
             .expect("probes");
-        assert_eq!(from_checkout.len(), 2);
+        // payments-0, fraud-check-0 and svc/payments/payments.
+        assert_eq!(from_checkout.len(), 3);
         assert!(matches!(
             plan.probes(&args(Some("shop/nope"), None)),
             Err(LabError::Unusable(_))

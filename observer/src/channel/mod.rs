@@ -248,16 +248,18 @@ impl Tracker {
     /// The key an event belongs to: its own channel, the pre-NAT channel it was merged into, or — for a
     /// post-NAT leg seen for the first time — the client's open channel to a VIP fronting that backend.
     fn resolve(&mut self, key: Key) -> Key {
-        if self.channels.contains_key(&key) {
-            return key;
-        }
+        // Without Services in play both maps are empty, and an empty map answers without hashing: the
+        // join costs nothing on the hot path then.
         if let Some(pre) = self.aliases.get(&key) {
             return *pre;
         }
         let Some(pre) = self.vip_legs.get(&key.client).copied() else {
             return key;
         };
-        if !self.services.fronts(pre.server, key.server) {
+        if pre == key
+            || !self.services.fronts(pre.server, key.server)
+            || self.channels.contains_key(&key)
+        {
             return key;
         }
         let Some(ch) = self.channels.get_mut(&pre) else {

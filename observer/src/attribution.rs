@@ -76,51 +76,16 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         (Cause::NoEndpoints, None, Vec::new())
     } else {
         let verdict = match &via.untranslated {
-            // Never translated: the verdict of a ready backend, a denying one first.
-            Some(u) => {
-                let verdicts: Vec<_> = u
-                    .backends
-                    .iter()
-                    .map(|b| {
-                        let then = inventory.endpoint_at(b.ip(), at);
-                        (
-                            *b,
-                            evaluate(inventory, (blocked.client, &src_inv), (*b, &then)),
-                        )
-                    })
-                    .collect();
-                let denied: Vec<String> = verdicts
-                    .iter()
-                    .filter(|(_, v)| !v.allowed)
-                    .map(|(b, _)| b.to_string())
-                    .collect();
-                if !denied.is_empty() && denied.len() < verdicts.len() {
-                    notes.push(format!(
-                        "policies deny {} of {} ready backends ({})",
-                        denied.len(),
-                        verdicts.len(),
-                        denied.join(", ")
-                    ));
-                }
-                let pick = verdicts
-                    .iter()
-                    .find(|(_, v)| !v.allowed)
-                    .or(verdicts.first())
-                    .map(|(_, v)| Arc::clone(v));
-                pick.unwrap_or_else(|| {
-                    evaluate(
-                        inventory,
-                        (blocked.client, &src_inv),
-                        (blocked.server, &dst_inv),
-                    )
-                })
-            }
-            None => evaluate(
+            Some(u) => backends_verdict(inventory, (blocked.client, &src_inv), u, at, &mut notes),
+            None => None,
+        }
+        .unwrap_or_else(|| {
+            evaluate(
                 inventory,
                 (blocked.client, &src_inv),
                 (blocked.server, &dst_inv),
-            ),
-        };
+            )
+        });
         if !verdict.allowed {
             let mut policies = Vec::new();
             let egress = !verdict.egress.allowed;
@@ -258,6 +223,43 @@ fn through_service(blocked: &Blocked, inventory: &Inventory) -> Via {
         services,
         untranslated: None,
     }
+}
+
+/// A VIP never translated: the verdict of one of the Service's ready backends, a denying one first, with
+/// a note when the backends disagree.
+fn backends_verdict(
+    inventory: &Inventory,
+    (client, client_then): (SocketAddr, &InvEndpoint<'_>),
+    untranslated: &Untranslated,
+    at: SystemTime,
+    notes: &mut Vec<String>,
+) -> Option<Arc<policy::explain::Verdict>> {
+    let verdicts: Vec<_> = untranslated
+        .backends
+        .iter()
+        .map(|b| {
+            let then = inventory.endpoint_at(b.ip(), at);
+            (*b, evaluate(inventory, (client, client_then), (*b, &then)))
+        })
+        .collect();
+    let denied: Vec<String> = verdicts
+        .iter()
+        .filter(|(_, v)| !v.allowed)
+        .map(|(b, _)| b.to_string())
+        .collect();
+    if !denied.is_empty() && denied.len() < verdicts.len() {
+        notes.push(format!(
+            "policies deny {} of {} ready backends ({})",
+            denied.len(),
+            verdicts.len(),
+            denied.join(", ")
+        ));
+    }
+    verdicts
+        .iter()
+        .find(|(_, v)| !v.allowed)
+        .or(verdicts.first())
+        .map(|(_, v)| Arc::clone(v))
 }
 
 /// The verdict for the connection as the cluster stood at `at`: pods are those that held the addresses

@@ -1,5 +1,6 @@
 //! Inventory at scale: 100,000 pods, 5,000 namespaces, 10,000 policies applied through the index (and so
-//! through the policy engine's index it feeds). Memory is measured with a counting global allocator.
+//! through the policy engine's index it feeds), then 20,000 Services with one EndpointSlice each (5 pods per
+//! slice). Memory is measured with a counting global allocator.
 //!
 //! `cargo bench -p observer --bench inventory`
 
@@ -11,9 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Namespace, Node, NodeAddress, NodeStatus, Pod, PodIP, PodSpec,
-    PodStatus,
+    Container, ContainerPort, Namespace, Node, NodeAddress, NodeStatus, ObjectReference, Pod,
+    PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
 };
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
@@ -29,6 +31,8 @@ const POLICIES: usize = 10_000;
 const NODES: usize = 100;
 const LOOKUPS: usize = 1_000_000;
 const VERDICTS: usize = 2_000;
+/// One Service per (namespace, app); its slice holds the app's 5 pods.
+const SERVICES: usize = NAMESPACES * 4;
 
 /// Counts live heap bytes and their high-water mark.
 struct Counting;
@@ -229,6 +233,80 @@ fn relist(inv: &mut Inventory, pods: &[Pod], policies: &[NetworkPolicy], now: Sy
     inv.commit(Kind::Pod, now);
 }
 
+fn vip(i: usize) -> IpAddr {
+    let i = u32::try_from(i).expect("service index fits u32");
+    IpAddr::V4(Ipv4Addr::from(0x0A60_0000 + i))
+}
+
+/// Service `i`: namespace `i / 4`, app `i % 4`, a ClusterIP, one named port with a named targetPort.
+fn mk_service(i: usize) -> Service {
+    let (ns, app) = (i / 4, i % 4);
+    Service {
+        metadata: ObjectMeta {
+            namespace: Some(format!("ns-{ns}")),
+            name: Some(format!("app-{app}")),
+            uid: Some(format!("00000000-0000-4000-9000-{i:012}")),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(vip(i).to_string()),
+            cluster_ips: Some(vec![vip(i).to_string()]),
+            selector: labels(&[("app", format!("app-{app}"))]),
+            ports: Some(vec![ServicePort {
+                name: Some("grpc".to_owned()),
+                port: 50051,
+                protocol: Some("TCP".to_owned()),
+                target_port: Some(IntOrString::String("grpc".to_owned())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The EndpointSlice of Service `i`: the pods of its namespace and app (pod `j` has namespace `j % 5000`
+/// and app `(j / 5000) % 4`).
+fn mk_slice(i: usize) -> EndpointSlice {
+    let (ns, app) = (i / 4, i % 4);
+    let endpoints = (0..PODS)
+        .skip(ns + app * NAMESPACES)
+        .step_by(NAMESPACES * 4)
+        .map(|j| Endpoint {
+            addresses: vec![pod_ip(j).to_string()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                serving: Some(true),
+                terminating: Some(false),
+            }),
+            node_name: Some(format!("node-{}", j % NODES)),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".to_owned()),
+                namespace: Some(format!("ns-{ns}")),
+                name: Some(format!("app-{app}-{j:05}")),
+                ..ObjectReference::default()
+            }),
+            ..Endpoint::default()
+        })
+        .collect();
+    EndpointSlice {
+        address_type: "IPv4".to_owned(),
+        metadata: ObjectMeta {
+            namespace: Some(format!("ns-{ns}")),
+            name: Some(format!("app-{app}-x7k2p")),
+            labels: labels(&[("kubernetes.io/service-name", format!("app-{app}"))]),
+            ..ObjectMeta::default()
+        },
+        ports: Some(vec![EndpointPort {
+            name: Some("grpc".to_owned()),
+            port: Some(50051),
+            protocol: Some("TCP".to_owned()),
+            ..EndpointPort::default()
+        }]),
+        endpoints: Some(endpoints),
+    }
+}
+
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -358,6 +436,50 @@ fn main() {
     let lookup_ns = start.elapsed().as_nanos() as f64 / LOOKUPS as f64;
     black_box(found);
 
+    // Services and their EndpointSlices.
+    let services: Vec<Service> = (0..SERVICES).map(mk_service).collect();
+    let slices: Vec<EndpointSlice> = (0..SERVICES).map(mk_slice).collect();
+    let before_services = live();
+    for s in &services {
+        inv.apply_service(s).expect("valid service");
+    }
+    let per_service = (live() - before_services) / SERVICES;
+    let before_slices = live();
+    let slices_start = Instant::now();
+    for s in &slices {
+        inv.apply_endpoint_slice(s).expect("valid slice");
+    }
+    let slices_took = slices_start.elapsed();
+    let per_slice = (live() - before_slices) / SERVICES;
+    let endpoints_per_slice = slices
+        .iter()
+        .map(|s| s.endpoints.as_ref().map_or(0, Vec::len))
+        .sum::<usize>()
+        / SERVICES;
+    let start = Instant::now();
+    let mut backends = 0_usize;
+    for n in 0..LOOKUPS / 10 {
+        let i = n.wrapping_mul(7919) % SERVICES;
+        let addr = std::net::SocketAddr::new(vip(i), 50051);
+        if let Some((svc, Some(port))) =
+            inv.service_at(black_box(addr), observer::policy::Protocol::Tcp)
+        {
+            backends += inv.backends(svc, port).len();
+        }
+    }
+    let vip_ns = start.elapsed().as_nanos() as f64 / (LOOKUPS / 10) as f64;
+    let start = Instant::now();
+    let mut fronted = 0_usize;
+    for n in 0..LOOKUPS / 10 {
+        let j = n.wrapping_mul(7919) % PODS;
+        let addr = std::net::SocketAddr::new(pod_ip(j), 50051);
+        fronted += inv
+            .services_fronting(black_box(addr), observer::policy::Protocol::Tcp)
+            .len();
+    }
+    let fronting_ns = start.elapsed().as_nanos() as f64 / (LOOKUPS / 10) as f64;
+    black_box((backends, fronted));
+
     println!("inventory: {PODS} pods, {NAMESPACES} namespaces, {POLICIES} policies, {NODES} nodes");
     println!(
         "  steady state            {:>8.1} MiB (inventory + policy engine index + IP timelines)",
@@ -404,4 +526,14 @@ fn main() {
         mib(history_bytes),
         history_bytes / history_len.max(1)
     );
+        "services: {SERVICES} Services, {SERVICES} EndpointSlices ({endpoints_per_slice} endpoints each)"
+    );
+    println!("  bytes per Service       {per_service:>8} B    (one port, one clusterIP, selector)");
+    println!(
+        "  bytes per EndpointSlice {per_slice:>8} B    ({} B per endpoint; applied in {:.0} ms)",
+        per_slice / endpoints_per_slice.max(1),
+        slices_took.as_secs_f64() * 1e3
+    );
+    println!("  VIP:port → backends     {vip_ns:>8.0} ns   ({backends} backends found)");
+    println!("  backend → Services      {fronting_ns:>8.0} ns   ({fronted} found)");
 }

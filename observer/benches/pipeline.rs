@@ -72,7 +72,14 @@ fn inventory() -> SharedInventory {
             inv.stage_pod(&pod, now).expect("valid");
         }
     }
-    for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Pod] {
+    for kind in [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::NetworkPolicy,
+        Kind::Pod,
+        Kind::Service,
+        Kind::EndpointSlice,
+    ] {
         inv.commit(kind, now);
     }
     SharedInventory::new(inv)

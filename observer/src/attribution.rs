@@ -5,6 +5,11 @@
 //!
 //! Pure: reads the inventory, writes nothing. Evidence outranks simulation: the cause comes from one
 //! decision table, [`decide`], evidence × verdict → cause; the same table is in docs/CONTRACT.md.
+//!
+//! Before anything, the channel's Service is resolved ([`through_service`]): a channel joined across DNAT
+//! names the Service dialed and `dst` is the backend; a backend seen without its VIP (the backend's node,
+//! socket-level load balancing) names every Service whose EndpointSlices hold it; a VIP dialed and never
+//! translated is judged against the Service's ready backends, or — with none — is `no_endpoints`.
 
 use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
@@ -14,7 +19,7 @@ use crate::{
     cluster::{Endpoint as InvEndpoint, Inventory},
     export::record::{
         self, Cause, Direction, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record,
-        RecordKind, ResetSeen, ResetSide,
+        RecordKind, ResetSeen, ResetSide, ServiceRef,
     },
     policy::{Protocol, explain::DirectionVerdict},
 };
@@ -26,6 +31,9 @@ pub enum Simulated {
     NotSynced,
     /// Egress at the source and ingress at the destination both allow it.
     Allowed,
+    /// A Service VIP dialed and never translated, and the Service has no ready endpoint for the port:
+    /// kube-proxy rejects (or drops) it; no policy is involved.
+    NoEndpoints,
     /// Denied in `direction` by `policies` (`namespace/name`, for notes).
     Denied {
         direction: Direction,
@@ -78,6 +86,7 @@ impl Decision {
 /// | reset from the destination | allow | `no_listener` | |
 /// | reset from the destination | not synced | `no_listener` | policies not evaluated |
 /// | any other | not synced | `unknown` | inventory not synced |
+/// | any other | a VIP never translated, no ready endpoint | `no_endpoints` | what the kernel showed |
 /// | kernel drop on this node | deny | `policy` | |
 /// | kernel drop on this node | allow | `no_policy` | the kernel's reason |
 /// | ICMP unreachable | deny | `policy` | |
@@ -115,6 +124,25 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
     }
     if *verdict == Simulated::NotSynced {
         return Decision::new(Cause::Unknown).note("inventory not synced yet: no policy verdict");
+    }
+    if *verdict == Simulated::NoEndpoints {
+        let seen = if let Some(icmp) = evidence.icmp {
+            format!(
+                "rejected by the network (ICMP type {} code {})",
+                icmp.icmp_type, icmp.code
+            )
+        } else if let Some(d) = &evidence.drop {
+            format!("dropped ({} at {})", d.reason, d.call_site)
+        } else if reset == Some(ResetSide::Network) {
+            "reset by the network".to_owned()
+        } else {
+            format!(
+                "{} SYN(s) went unanswered",
+                evidence.syn_retransmits + 1
+            )
+        };
+        return Decision::new(Cause::NoEndpoints)
+            .note(format!("the Service has no ready endpoint: {seen}"));
     }
 
     let local_drop = evidence.drop.as_ref().filter(|d| d.interface.is_some());
@@ -263,7 +291,7 @@ fn judge(inventory: &Inventory, client: SocketAddr, server: SocketAddr, at: Syst
     let mut notes = Vec::new();
     if let Some(forgotten) = then.incomplete {
         notes.push(format!(
-            "the cluster's history before {} is no longer kept: the verdict may reflect later changes",
+            "the cluster's history before {} is not fully kept (or a cluster-scoped policy changed since): the verdict may reflect later changes",
             record::rfc3339::format(forgotten)
         ));
     }
@@ -305,7 +333,7 @@ fn judge(inventory: &Inventory, client: SocketAddr, server: SocketAddr, at: Syst
             direction,
             policies: policies
                 .iter()
-                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .map(PolicyRef::id)
                 .collect(),
         },
         policies,
@@ -321,13 +349,29 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         inventory.endpoint_at(blocked.server.ip(), at),
     );
     let src = endpoint(blocked.client, &src_inv);
-    let dst = endpoint(blocked.server, &dst_inv);
+    let mut dst = endpoint(blocked.server, &dst_inv);
+    let via = through_service(blocked, inventory);
+    let mut service_notes = Vec::new();
+    if let Some(vip) = &via.untranslated {
+        dst.kind = "service".to_owned();
+        dst.namespace = Some(Arc::clone(&vip.namespace));
+        service_notes.push(vip.note.clone());
+    }
     let dst_node = (dst.kind == "pod").then_some(dst.node.as_deref()).flatten();
     let evidence = evidence(blocked, dst_node, node);
-    let judged = judge(inventory, blocked.client, blocked.server, at);
+    let judged = match &via.untranslated {
+        Some(u) if u.backends.is_empty() && inventory.is_ready() => Judged {
+            simulated: Simulated::NoEndpoints,
+            policies: Vec::new(),
+            notes: Vec::new(),
+        },
+        Some(u) => judge_backends(inventory, blocked.client, u, at),
+        None => judge(inventory, blocked.client, blocked.server, at),
+    };
     let decision = decide(&evidence, &judged.simulated);
 
     let mut notes = decision.notes;
+    notes.extend(service_notes);
     notes.extend(judged.notes);
     for (side, e) in [("source", &src), ("destination", &dst)] {
         if let Some(n) = &e.node
@@ -348,6 +392,7 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         protocol: "TCP".into(),
         src,
         dst,
+        service: via.services,
         cause: Some(decision.cause),
         direction: decision.direction,
         kernel_reason: blocked.drop.as_ref().map(|d| d.reason.clone()),
@@ -361,6 +406,127 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         },
         notes,
     }
+}
+
+/// A VIP dialed and never translated (no packet to a backend seen on this node).
+struct Untranslated {
+    namespace: Arc<str>,
+    /// The Service's ready backends for the port dialed (targetPort resolved per backend).
+    backends: Vec<SocketAddr>,
+    note: String,
+}
+
+/// The Service(s) a channel went through.
+struct Via {
+    services: Vec<ServiceRef>,
+    untranslated: Option<Untranslated>,
+}
+
+/// Resolves the Service side of a channel: the VIP it dialed (joined across DNAT by the tracker), a VIP
+/// dialed and never translated, or — for a backend seen without its VIP — every Service fronting it.
+fn through_service(blocked: &Blocked, inventory: &Inventory) -> Via {
+    let dialed = blocked.service.or_else(|| {
+        inventory
+            .service_at(blocked.server, Protocol::Tcp)
+            .map(|_| blocked.server)
+    });
+    if let Some(vip) = dialed
+        && let Some((svc, port)) = inventory.service_at(vip, Protocol::Tcp)
+    {
+        let services = vec![ServiceRef {
+            namespace: Arc::clone(&svc.key.namespace),
+            name: Arc::clone(&svc.key.name),
+            ip: Some(vip.ip()),
+            port: vip.port(),
+        }];
+        if blocked.server != vip {
+            return Via {
+                services,
+                untranslated: None,
+            };
+        }
+        let backends: Vec<SocketAddr> = port
+            .map(|p| inventory.resolve_backends(svc, p).0)
+            .unwrap_or_default()
+            .iter()
+            .filter(|b| b.ready && b.addr.is_ipv4() == vip.is_ipv4())
+            .map(|b| b.addr)
+            .collect();
+        let note = match (port, backends.len()) {
+            (None, _) => format!("Service {} has no port TCP {}", svc.key, vip.port()),
+            (Some(_), 0) => format!(
+                "Service {} has no ready endpoint for port {}: the VIP was never translated",
+                svc.key,
+                vip.port()
+            ),
+            (Some(_), n) => format!(
+                "dialed Service {} and no translated packet seen on this node; evaluated against its {n} ready backend(s)",
+                svc.key
+            ),
+        };
+        return Via {
+            services,
+            untranslated: Some(Untranslated {
+                namespace: Arc::clone(&svc.key.namespace),
+                backends,
+                note,
+            }),
+        };
+    }
+    let services = inventory
+        .services_fronting(blocked.server, Protocol::Tcp)
+        .into_iter()
+        .map(|f| ServiceRef {
+            namespace: Arc::clone(&f.service.key.namespace),
+            name: Arc::clone(&f.service.key.name),
+            ip: f.service.cluster_ip_for(blocked.server.ip()),
+            port: f.port.port,
+        })
+        .collect();
+    Via {
+        services,
+        untranslated: None,
+    }
+}
+
+/// A VIP never translated: the judgement for one of the Service's ready backends — a denying one first —
+/// with a note when the backends disagree.
+fn judge_backends(
+    inventory: &Inventory,
+    client: SocketAddr,
+    untranslated: &Untranslated,
+    at: SystemTime,
+) -> Judged {
+    let judged: Vec<(SocketAddr, Judged)> = untranslated
+        .backends
+        .iter()
+        .map(|b| (*b, judge(inventory, client, *b, at)))
+        .collect();
+    let denied: Vec<String> = judged
+        .iter()
+        .filter(|(_, j)| matches!(j.simulated, Simulated::Denied { .. }))
+        .map(|(b, _)| b.to_string())
+        .collect();
+    let mixed = (!denied.is_empty() && denied.len() < judged.len()).then(|| {
+        format!(
+            "policies deny {} of {} ready backends ({})",
+            denied.len(),
+            judged.len(),
+            denied.join(", ")
+        )
+    });
+    let mut pick = judged
+        .into_iter()
+        .enumerate()
+        .min_by_key(|(i, (_, j))| (!matches!(j.simulated, Simulated::Denied { .. }), *i))
+        .map(|(_, (_, j))| j)
+        .unwrap_or(Judged {
+            simulated: Simulated::NotSynced,
+            policies: Vec::new(),
+            notes: Vec::new(),
+        });
+    pick.notes.extend(mixed);
+    pick
 }
 
 /// The record for an established connection that the policies deny (the network did not enforce them),
@@ -513,6 +679,20 @@ mod tests {
   metadata: {name: payments-0, namespace: payments, uid: p2, labels: {app: payments}}
   spec: {nodeName: n2, containers: [{name: c, image: i, ports: [{name: grpc, containerPort: 50051}]}]}
   status: {podIP: 198.18.1.2, podIPs: [{ip: 198.18.1.2}]}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: payments, namespace: payments}
+  spec: {clusterIP: 198.18.200.10, selector: {app: payments}, ports: [{name: grpc, port: 443, targetPort: grpc}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: payments-x1, namespace: payments, labels: {kubernetes.io/service-name: payments}}
+  addressType: IPv4
+  ports: [{name: grpc, port: 50051}]
+  endpoints: [{addresses: [198.18.1.2], conditions: {ready: true}, targetRef: {kind: Pod, name: payments-0}}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: empty, namespace: payments}
+  spec: {clusterIP: 198.18.200.11, selector: {app: nothing}, ports: [{port: 50051}]}
 "#;
 
     fn policy(yaml: &str) -> NetworkPolicy {
@@ -534,13 +714,26 @@ mod tests {
                 Some("Pod") => inv
                     .stage_pod(&serde_json::from_value::<Pod>(d).expect("pod"), now)
                     .expect("valid"),
+                Some("Service") => inv
+                    .stage_service(&serde_json::from_value(d).expect("service"))
+                    .expect("valid"),
+                Some("EndpointSlice") => inv
+                    .stage_endpoint_slice(&serde_json::from_value(d).expect("slice"))
+                    .expect("valid"),
                 other => panic!("unexpected {other:?}"),
             }
         }
         for p in policies {
             inv.stage_policy(&policy(p), now).expect("valid policy");
         }
-        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Pod] {
+        for kind in [
+            Kind::Namespace,
+            Kind::Node,
+            Kind::NetworkPolicy,
+            Kind::Pod,
+            Kind::Service,
+            Kind::EndpointSlice,
+        ] {
             inv.commit(kind, now);
         }
         inv
@@ -564,6 +757,7 @@ mod tests {
             reset_by: None,
             rejected: None,
             timed_out: false,
+            service: None,
         }
     }
 
@@ -661,6 +855,22 @@ mod tests {
 
     fn has_note(d: &Decision, text: &str) -> bool {
         d.notes.iter().any(|n| n.contains(text))
+    }
+
+    #[test]
+    fn row_a_vip_never_translated_without_ready_endpoints_is_no_endpoints_whatever_was_seen() {
+        for (e, seen) in [
+            (icmp(), "ICMP type 3 code 13"),
+            (silence(2), "3 SYN(s) went unanswered"),
+            (reset(ResetSide::Network), "reset by the network"),
+        ] {
+            let d = decide(&e, &Simulated::NoEndpoints);
+            assert_eq!(d.cause, Cause::NoEndpoints);
+            assert_eq!(d.direction, None);
+            assert!(!d.blame_policies);
+            assert!(has_note(&d, "no ready endpoint"), "{:?}", d.notes);
+            assert!(has_note(&d, seen), "{:?}", d.notes);
+        }
     }
 
     #[test]
@@ -1093,5 +1303,101 @@ mod tests {
             .engine()
             .evaluate_ips(b.client.ip(), b.server.ip(), 50051, Protocol::Tcp);
         assert!(Arc::ptr_eq(&then.verdict, &now), "the cached verdict");
+    }
+
+    fn vip() -> SocketAddr {
+        "198.18.200.10:443".parse().expect("addr")
+    }
+
+    fn services(r: &Record) -> Vec<String> {
+        r.service
+            .iter()
+            .map(|s| format!("{}/{} {:?}:{}", s.namespace, s.name, s.ip, s.port))
+            .collect()
+    }
+
+    #[test]
+    fn a_channel_joined_across_dnat_names_the_service_and_blames_the_backend() {
+        let b = Blocked {
+            service: Some(vip()),
+            ..blocked()
+        };
+        let r = attribute(&b, &inventory(&[DENY_INGRESS]), "n1");
+        assert_eq!(services(&r), ["payments/payments Some(198.18.200.10):443"]);
+        assert_eq!(r.dst.pod.as_deref(), Some("payments-0"));
+        assert_eq!(r.dst.port, 50051);
+        assert_eq!(r.cause, Some(Cause::Policy));
+        assert_eq!(r.direction, Some(Direction::Ingress));
+        assert_eq!(&*r.policies[0].name, "default-deny");
+    }
+
+    #[test]
+    fn egress_is_evaluated_at_the_backends_target_port_not_the_service_port() {
+        // The client may talk to anything on 443 (the Service port); the backend listens on 50051.
+        const EGRESS_443: &str = "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: only-443, namespace: shop}, spec: {podSelector: {matchLabels: {app: checkout}}, policyTypes: [Egress], egress: [{ports: [{port: 443}]}]}}";
+        let b = Blocked {
+            service: Some(vip()),
+            ..blocked()
+        };
+        let r = attribute(&b, &inventory(&[EGRESS_443]), "n1");
+        assert_eq!(r.direction, Some(Direction::Egress));
+        assert_eq!(&*r.policies[0].name, "only-443");
+        assert!(
+            r.policies[0].nearest_miss.contains("443"),
+            "{:?}",
+            r.policies[0]
+        );
+    }
+
+    #[test]
+    fn a_backend_seen_without_its_vip_names_every_service_fronting_it() {
+        let r = attribute(&blocked(), &inventory(&[DENY_INGRESS]), "n1");
+        assert_eq!(services(&r), ["payments/payments Some(198.18.200.10):443"]);
+        assert_eq!(r.cause, Some(Cause::Policy));
+    }
+
+    #[test]
+    fn a_vip_without_ready_endpoints_is_no_endpoints_naming_the_service() {
+        let empty: SocketAddr = "198.18.200.11:50051".parse().expect("addr");
+        let b = Blocked {
+            server: empty,
+            service: Some(empty),
+            drop: None,
+            rejected: Some((3, 3)),
+            ..blocked()
+        };
+        let r = attribute(&b, &inventory(&[DENY_INGRESS]), "n1");
+        assert_eq!(r.cause, Some(Cause::NoEndpoints));
+        assert_eq!(services(&r), ["payments/empty Some(198.18.200.11):50051"]);
+        assert_eq!(r.dst.kind, "service");
+        assert!(r.policies.is_empty());
+        assert!(
+            r.notes.iter().any(|n| n.contains("no ready endpoint")),
+            "{:?}",
+            r.notes
+        );
+        // Not an egress verdict against the VIP as if it were an external address.
+        assert_eq!(r.direction, None);
+    }
+
+    #[test]
+    fn a_vip_never_translated_with_backends_is_evaluated_against_them() {
+        let b = Blocked {
+            server: vip(),
+            service: Some(vip()),
+            drop: None,
+            timed_out: true,
+            attempts: 3,
+            ..blocked()
+        };
+        let r = attribute(&b, &inventory(&[DENY_INGRESS]), "n1");
+        assert_eq!(r.cause, Some(Cause::Policy));
+        assert_eq!(r.direction, Some(Direction::Ingress));
+        assert_eq!(r.dst.kind, "service");
+        assert!(
+            r.notes.iter().any(|n| n.contains("no translated packet")),
+            "{:?}",
+            r.notes
+        );
     }
 }

@@ -10,13 +10,14 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use crate::{
     attribution,
     bpf::{KernelEvent, Kind},
-    channel::{self, Outcome, Tracker},
+    channel::{self, Outcome, ServiceMap, Tracker},
     cluster::{Inventory, SharedInventory},
     export::{Record, metrics::Metrics},
 };
@@ -38,6 +39,8 @@ pub struct Pipeline {
     counted_evicted: u64,
     /// Per pair: when its last `unenforced` record was written, and channels since.
     unenforced_last: HashMap<(IpAddr, IpAddr, u16), (SystemTime, u32)>,
+    /// The inventory's Services generation the tracker's [`ServiceMap`] was built from.
+    services_seen: Option<u64>,
 }
 
 impl Pipeline {
@@ -56,11 +59,26 @@ impl Pipeline {
             counted_opened: 0,
             counted_evicted: 0,
             unenforced_last: HashMap::new(),
+            services_seen: None,
         }
+    }
+
+    /// Rebuilds the tracker's VIP → backends snapshot when Services or EndpointSlices changed.
+    fn refresh_services(&mut self) {
+        let inventory = self.inventory.read();
+        let generation = inventory.services_generation();
+        if self.services_seen == Some(generation) {
+            return;
+        }
+        self.services_seen = Some(generation);
+        let map = service_map(&inventory);
+        drop(inventory);
+        self.tracker.set_services(Arc::new(map));
     }
 
     /// Takes in a batch of kernel events; records of channels that resolved go to `records`.
     pub fn on_events(&mut self, events: &[KernelEvent], records: &mut Vec<Record>) {
+        self.refresh_services();
         for ev in events {
             if ev.kind == Kind::Dropped
                 && let Some(d) = &ev.drop
@@ -161,6 +179,30 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Every TCP VIP:port of the inventory's Services with all its backends (ready or not: a snapshot may lag
+/// the endpoints, and a terminating backend still answers).
+pub fn service_map(inventory: &Inventory) -> ServiceMap {
+    let mut entries = Vec::new();
+    for service in inventory.services() {
+        for port in service
+            .ports
+            .iter()
+            .filter(|p| p.protocol == crate::policy::Protocol::Tcp)
+        {
+            let backends: Vec<_> = inventory
+                .resolve_backends(service, port)
+                .0
+                .iter()
+                .map(|b| b.addr)
+                .collect();
+            for ip in service.cluster_ips.iter() {
+                entries.push((std::net::SocketAddr::new(*ip, port.port), backends.clone()));
+            }
+        }
+    }
+    ServiceMap::new(entries)
 }
 
 /// Whether this node counts a channel: yes unless the client is a pod or node of the cluster on another

@@ -674,4 +674,92 @@ mod tiers {
                 .is_none()
         );
     }
+fn service(ns: &str, name: &str, vip: &str, port: u16, target: Value) -> Value {
+    json!({
+        "metadata": {"namespace": ns, "name": name, "uid": format!("svc-{name}")},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": vip,
+            "clusterIPs": [vip],
+            "selector": {"app": name},
+            "ports": [{"name": "grpc", "port": port, "protocol": "TCP", "targetPort": target}],
+        },
+    })
+}
+
+fn slice(ns: &str, name: &str, service: &str, ip: &str, port: u16, ready: bool) -> Value {
+    json!({
+        "metadata": {"namespace": ns, "name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": port, "protocol": "TCP"}],
+        "endpoints": [{
+            "addresses": [ip],
+            "conditions": {"ready": ready, "serving": ready, "terminating": false},
+            "nodeName": "n1",
+            "targetRef": {"kind": "Pod", "namespace": ns, "name": "checkout-7d9f5c-aaaaa"},
+        }],
+    })
+}
+
+#[tokio::test]
+async fn services_and_endpoint_slices_follow_the_watch() {
+    let (server, inventory) = Fixture::populated().await;
+    server.put(
+        Resource::Services,
+        service("shop", "checkout", "10.96.0.10", 50051, json!("grpc")),
+    );
+    server.put(
+        Resource::EndpointSlices,
+        slice("shop", "checkout-abcde", "checkout", "10.0.0.1", 9000, true),
+    );
+    let fixture = Fixture::watch(server, inventory);
+    fixture.wait("ready", |inv| inv.is_ready()).await;
+    let vip: std::net::SocketAddr = "10.96.0.10:50051".parse().expect("addr");
+    let backends = |inv: &Inventory| -> Vec<String> {
+        let Some((svc, Some(port))) = inv.service_at(vip, observer::policy::Protocol::Tcp) else {
+            return Vec::new();
+        };
+        inv.backends(svc, port)
+            .iter()
+            .filter(|b| b.ready)
+            .map(|b| b.addr.to_string())
+            .collect()
+    };
+    assert_eq!(backends(&fixture.inventory.read()), ["10.0.0.1:9000"]);
+    let fronting = fixture.inventory.read().services_fronting(
+        "10.0.0.1:9000".parse().expect("addr"),
+        observer::policy::Protocol::Tcp,
+    );
+    assert_eq!(fronting.len(), 1);
+    assert_eq!(fronting[0].service.key.to_string(), "shop/checkout");
+    assert_eq!(fronting[0].port.port, 50051);
+
+    // The backend stops being ready; then the slice and the Service go away.
+    fixture.server.put(
+        Resource::EndpointSlices,
+        slice(
+            "shop",
+            "checkout-abcde",
+            "checkout",
+            "10.0.0.1",
+            9000,
+            false,
+        ),
+    );
+    fixture
+        .wait("backend not ready", |inv| backends(inv).is_empty())
+        .await;
+    fixture
+        .server
+        .delete(Resource::EndpointSlices, "shop", "checkout-abcde");
+    fixture
+        .server
+        .delete(Resource::Services, "shop", "checkout");
+    fixture
+        .wait("service deleted", |inv| {
+            inv.service("shop", "checkout").is_none()
+                && inv.endpoint_slice("shop", "checkout-abcde").is_none()
+        })
+        .await;
+    assert_eq!(fixture.stats.malformed_total(), 0);
 }

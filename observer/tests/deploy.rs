@@ -1,6 +1,6 @@
 //! `deploy/` checked without a cluster: every manifest parses into its Kubernetes type (and has no field its
 //! type does not know), the DaemonSet matches `deploy/CAPABILITIES.md` (capabilities, host paths), RBAC is
-//! read-only on exactly four resources, every metric the dashboard and the alerts use is one the daemon
+//! read-only on exactly six resources, every metric the dashboard and the alerts use is one the daemon
 //! registers, every PromQL expression parses, the Dockerfile's toolchain cannot drift from `./x`, and the
 //! kustomizations render with `kubectl kustomize`. `./x test` sets `OBSERVER_REQUIRE_KUBECTL=1` (and `./x
 //! setup` installs kubectl where it is missing), so there a missing kubectl fails; a plain `cargo test`
@@ -628,15 +628,17 @@ fn check_rbac(objects: &Objects, origin: &str) {
         ("", "pods"),
         ("", "namespaces"),
         ("", "nodes"),
+        ("", "services"),
         ("networking.k8s.io", "networkpolicies"),
         ("policy.networking.k8s.io", "clusternetworkpolicies"),
         ("policy.networking.k8s.io", "adminnetworkpolicies"),
         ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
+        ("discovery.k8s.io", "endpointslices"),
     ]
     .iter()
     .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
     .collect();
-    assert_eq!(granted, expected, "{origin}: exactly the seven resources");
+    assert_eq!(granted, expected, "{origin}: exactly the nine resources");
 
     assert_eq!(
         objects.cluster_role_bindings.len(),
@@ -1075,7 +1077,7 @@ fn capabilities_md_lists_the_expected_capabilities() {
 }
 
 #[test]
-fn rbac_is_read_only_on_seven_resources() {
+fn rbac_is_read_only_on_nine_resources() {
     let objects = base_objects();
     check_rbac(&objects, "deploy/base");
 }

@@ -309,6 +309,57 @@ fn an_admin_deny_is_denied_by_that_policy_in_json() {
         "payments/payments-0",
         "--port",
         "8080",
+const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/services.yaml");
+
+#[test]
+fn a_service_gets_a_verdict_per_backend_and_says_when_only_some_are_denied() {
+    let o = explain(&[
+        "--cluster",
+        SERVICES,
+        "--from",
+        "store/cart-0",
+        "--to",
+        "svc/billing/ledger",
+        "--port",
+        "443",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("PARTLY DENIED: store/cart-0 → svc/billing/ledger (198.18.200.20:443) TCP 443, targetPort grpc: allowed to 1 of 2 ready backend(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("some backends are allowed and others denied"),
+        "{out}"
+    );
+    // The named targetPort resolves per backend: 50051 on ledger-0, 50052 on ledger-1.
+    assert!(
+        out.contains("backend billing/ledger-0 (198.18.11.2:50051):\nALLOWED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("backend billing/ledger-1 (198.18.11.3:50052):\nDENIED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("billing/ledger-v1-only (rv 42): nearest miss"),
+        "{out}"
+    );
+    assert!(out.contains("from the Service's selector"), "{out}");
+}
+
+#[test]
+fn a_service_in_json_lists_backends_with_their_verdicts() {
+    let o = explain(&[
+        "--cluster",
+        SERVICES,
+        "--from",
+        "store/cart-0",
+        "--to",
+        "svc/billing/ledger-v2",
+        "--port",
+        "443",
         "-o",
         "json",
     ]);
@@ -395,4 +446,88 @@ fn unknown_tier_and_action_values_are_errors_naming_file_object_and_field() {
     );
     // The verdict is computed without them.
     assert!(stdout(&o).starts_with("DENIED: "), "{}", stdout(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["outcome"], "denied");
+    assert_eq!(v["service"]["namespace"], "billing");
+    assert_eq!(v["service"]["ips"][0], "198.18.200.22");
+    assert_eq!(v["service"]["backends_from"], "endpointslices");
+    assert_eq!(v["from"]["name"], "cart-0");
+    let backends = v["backends"].as_array().expect("list");
+    assert_eq!(backends.len(), 1);
+    assert_eq!(backends[0]["pod"], "billing/ledger-1");
+    assert_eq!(backends[0]["port"], 50052);
+    assert_eq!(backends[0]["verdict"]["allowed"], false);
+    assert_eq!(
+        backends[0]["verdict"]["ingress"]["denied_by"][0],
+        "billing/ledger-v1-only"
+    );
 }
+
+#[test]
+fn a_service_without_endpoints_says_so_and_a_missing_port_or_service_is_unusable() {
+    let args = |to: &str, port: &str| {
+        explain(&[
+            "--cluster",
+            SERVICES,
+            "--from",
+            "store/cart-0",
+            "--to",
+            to,
+            "--port",
+            port,
+        ])
+    };
+    let o = args("svc/billing/idle", "443");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("NO ENDPOINTS: "), "{}", stdout(&o));
+    let o = args("svc/billing/ledger", "80");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("Service billing/ledger has no port TCP 80 (it has: TCP 443)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = args("svc/billing/nope", "443");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no such Service"), "{}", stderr(&o));
+    let o = args("svc/billing", "443");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("expected svc/namespace/name"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn the_matrix_has_a_column_per_service() {
+    let o = explain(&["--cluster", SERVICES, "--matrix", "--port", "443"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let header = out.lines().nth(1).expect("header");
+    assert!(
+        header.ends_with("svc/billing/idle\tsvc/billing/ledger\tsvc/billing/ledger-v2"),
+        "{out}"
+    );
+    let cart = out
+        .lines()
+        .find(|l| l.starts_with("store/cart-0"))
+        .expect("row");
+    assert!(cart.ends_with("\t0\t~\tX"), "{out}");
+    let o = explain(&[
+        "--cluster",
+        SERVICES,
+        "--matrix",
+        "--port",
+        "443",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["services"][1], "svc/billing/ledger");
+    let pods = v["pods"].as_array().expect("pods");
+    let cart = pods.iter().position(|p| p == "store/cart-0").expect("cart");
+    assert_eq!(v["services_allowed"][cart][1], "partly_denied");
+}
+

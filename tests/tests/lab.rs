@@ -57,6 +57,9 @@ fn demo_matrix_matches_the_policies_and_the_engine() {
     for p in report["probes"].as_array().expect("probes") {
         let short = |v: &Value| {
             let s = v.as_str().expect("pod name");
+            if let Some(svc) = s.strip_prefix("svc/") {
+                return format!("svc/{svc}");
+            }
             s.split('/')
                 .nth(1)
                 .and_then(|n| n.split('-').next())
@@ -97,6 +100,11 @@ fn demo_matrix_matches_the_policies_and_the_engine() {
         ("checkout", "prometheus", 9090, false),
         ("payments", "prometheus", 9090, false),
         ("fraud", "prometheus", 9090, false),
+        // Through the ClusterIP Service (DNAT to payments-0 on its named targetPort): as payments-0 itself.
+        ("checkout", "svc/payments/payments", 50051, true),
+        ("frontend", "svc/payments/payments", 50051, false),
+        ("fraud", "svc/payments/payments", 50051, false),
+        ("prometheus", "svc/payments/payments", 50051, true),
     ];
     for (from, to, port, allowed) in expected {
         assert_eq!(
@@ -146,6 +154,28 @@ fn demo_matrix_matches_the_policies_and_the_engine() {
         serde_json::json!(["payments/allow-fraud-check", "payments/default-deny"])
     );
     assert_eq!(a["kernel_reason"], "NETFILTER_DROP", "{a:#}");
+    // Through the Service: the backend's ingress policies, the backend named, the Service named.
+    let via = report["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .find(|p| {
+            p["from"] == "shop/frontend-6c5b9d7f4-x2kqp" && p["to"] == "svc/payments/payments"
+        })
+        .expect("frontend → svc/payments/payments probe");
+    let a = &via["attribution"];
+    assert_eq!(a["cause"], "policy", "{via:#}");
+    assert_eq!(a["direction"], "ingress", "{via:#}");
+    assert_eq!(a["dst"], "198.18.2.10:50051", "{via:#}");
+    assert_eq!(
+        a["service"],
+        serde_json::json!(["svc/payments/payments"]),
+        "{via:#}"
+    );
+    assert_eq!(
+        a["policies"],
+        serde_json::json!(["payments/allow-checkout", "payments/default-deny"])
+    );
 }
 
 #[test]

@@ -16,6 +16,29 @@
 //! within `settle` of the first (a drop right after the reset it caused) is merged before the channel is
 //! reported — exactly once. Memory is bounded: beyond `max_channels` the oldest channel is evicted and
 //! counted.
+//!
+//! ## Channels through a Service (DNAT)
+//!
+//! A client dialing a Service sends its SYN to the virtual IP; kube-proxy (iptables, nftables or IPVS)
+//! rewrites the destination to a backend in the node's PREROUTING (IPVS: LOCAL_IN) and NetworkPolicy applies
+//! to the translated connection. So one attempt shows two tuples:
+//!
+//! ```text
+//!  client veth (TC, before DNAT)      client:40312 → VIP:50051         the pre-NAT leg
+//!  kfree_skb after DNAT (FORWARD),    client:40312 → backend:8443      the post-NAT leg
+//!  backend veth, uplink (other node)
+//! ```
+//!
+//! DNAT keeps the client's ip:port, so the tracker joins the legs in userspace (no conntrack lookup in the
+//! kernel, and it works across nodes and under IPVS alike): a channel whose server is a VIP of the
+//! [`ServiceMap`] (an immutable snapshot, swapped in whole with [`Tracker::set_services`] when Services or
+//! EndpointSlices change) is indexed by its client address; an event for `client → backend` that matches no
+//! channel of its own, whose client has an open VIP channel whose Service has that backend, is merged into
+//! it: one channel, one record, `server` the backend and `service` the VIP:port dialed. The pre-NAT leg is
+//! always seen first on the client's node (the client veth's hook runs before the node's PREROUTING); the
+//! post-NAT leg alone (the backend's node, or socket-level load balancing that translates at `connect()`)
+//! stays a channel to the backend, and attribution names the Services fronting it. A VIP never translated
+//! stays a channel to the VIP (kube-proxy rejects Services without endpoints).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -86,6 +109,58 @@ pub struct Blocked {
     pub rejected: Option<(u8, u8)>,
     /// Blocked because the window passed without an answer.
     pub timed_out: bool,
+    /// The Service VIP:port the client dialed, when the SYN was seen before translation (`server` is then
+    /// the backend it was translated to, or still the VIP if no translated packet was seen).
+    pub service: Option<SocketAddr>,
+}
+
+/// Service VIP:port → backend ip:ports (the targetPort resolved per backend): what DNAT may translate a
+/// SYN to. An immutable snapshot, shared as `Arc` and replaced whole.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceMap {
+    vips: HashMap<SocketAddr, Box<[SocketAddr]>, foldhash::fast::RandomState>,
+}
+
+impl ServiceMap {
+    /// A map from `(VIP:port, backends)` pairs; pairs for the same VIP:port are merged.
+    pub fn new(entries: impl IntoIterator<Item = (SocketAddr, Vec<SocketAddr>)>) -> Self {
+        let mut merged: HashMap<SocketAddr, Vec<SocketAddr>, foldhash::fast::RandomState> =
+            HashMap::default();
+        for (vip, backends) in entries {
+            let all = merged.entry(vip).or_default();
+            for b in backends {
+                if !all.contains(&b) {
+                    all.push(b);
+                }
+            }
+        }
+        Self {
+            vips: merged
+                .into_iter()
+                .map(|(k, v)| (k, v.into_boxed_slice()))
+                .collect(),
+        }
+    }
+
+    /// Whether `addr` is a Service VIP:port.
+    pub fn is_vip(&self, addr: SocketAddr) -> bool {
+        self.vips.contains_key(&addr)
+    }
+
+    /// Whether DNAT of `vip` may lead to `backend`.
+    pub fn fronts(&self, vip: SocketAddr, backend: SocketAddr) -> bool {
+        self.vips.get(&vip).is_some_and(|b| b.contains(&backend))
+    }
+
+    /// Number of VIP:ports.
+    pub fn len(&self) -> usize {
+        self.vips.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.vips.is_empty()
+    }
 }
 
 /// What the tracker concluded.
@@ -127,6 +202,8 @@ struct Channel {
     last_ns: u64,
     /// Boxed: keeps map entries small (the map moves them when it grows).
     blocked: Box<Blocked>,
+    /// The post-NAT key merged into this (pre-NAT) channel.
+    translated: Option<Key>,
 }
 
 /// Tracks connection attempts. Feed every event to [`Tracker::on_event`] and call [`Tracker::tick`]
@@ -145,6 +222,11 @@ pub struct Tracker {
     window_checked: usize,
     next_id: u64,
     evicted: u64,
+    services: Arc<ServiceMap>,
+    /// Client ip:port → its channel to a Service VIP (the pre-NAT leg), for joining the post-NAT leg.
+    vip_legs: HashMap<SocketAddr, Key, foldhash::fast::RandomState>,
+    /// Post-NAT key → the pre-NAT channel it was merged into.
+    aliases: HashMap<Key, Key, foldhash::fast::RandomState>,
 }
 
 impl Tracker {
@@ -157,6 +239,60 @@ impl Tracker {
             window_checked: 0,
             next_id: 0,
             evicted: 0,
+            services: Arc::default(),
+            vip_legs: HashMap::default(),
+            aliases: HashMap::default(),
+        }
+    }
+
+    /// Replaces the Service VIP → backends snapshot used to join pre- and post-NAT legs.
+    pub fn set_services(&mut self, services: Arc<ServiceMap>) {
+        self.services = services;
+    }
+
+    /// The key an event belongs to: its own channel, the pre-NAT channel it was merged into, or — for a
+    /// post-NAT leg seen for the first time — the client's open channel to a VIP fronting that backend.
+    fn resolve(&mut self, key: Key) -> Key {
+        // Without Services in play both maps are empty, and an empty map answers without hashing: the
+        // join costs nothing on the hot path then.
+        if let Some(pre) = self.aliases.get(&key) {
+            return *pre;
+        }
+        let Some(pre) = self.vip_legs.get(&key.client).copied() else {
+            return key;
+        };
+        if pre == key
+            || !self.services.fronts(pre.server, key.server)
+            || self.channels.contains_key(&key)
+        {
+            return key;
+        }
+        let Some(ch) = self.channels.get_mut(&pre) else {
+            return key;
+        };
+        if ch.translated.is_some() {
+            // Already translated to another backend: a different attempt.
+            return key;
+        }
+        ch.translated = Some(key);
+        ch.blocked.server = key.server;
+        self.aliases.insert(key, pre);
+        pre
+    }
+
+    /// Removes a channel and the join entries pointing at it.
+    fn remove(&mut self, key: &Key) -> Option<Channel> {
+        let ch = self.channels.remove(key)?;
+        self.unlink(key, &ch);
+        Some(ch)
+    }
+
+    fn unlink(&mut self, key: &Key, ch: &Channel) {
+        if self.vip_legs.get(&key.client) == Some(key) {
+            self.vip_legs.remove(&key.client);
+        }
+        if let Some(post) = ch.translated {
+            self.aliases.remove(&post);
         }
     }
 
@@ -202,22 +338,24 @@ impl Tracker {
                 reset_by: None,
                 rejected: None,
                 timed_out: false,
+                service: self.services.is_vip(key.server).then_some(key.server),
             }),
+            translated: None,
         };
-        match self.channels.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                o.insert(ch);
-                o.into_mut()
-            }
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(ch),
+        if let Some(old) = self.channels.remove(&key) {
+            self.unlink(&key, &old);
         }
+        if ch.blocked.service.is_some() {
+            self.vip_legs.insert(key.client, key);
+        }
+        self.channels.entry(key).or_insert(ch)
     }
 
     fn evict_one(&mut self) {
         while let Some((key, id, _)) = self.order.pop_front() {
             self.window_checked = self.window_checked.saturating_sub(1);
             if self.channels.get(&key).is_some_and(|c| c.id == id) {
-                let ch = self.channels.remove(&key);
+                let ch = self.remove(&key);
                 if matches!(ch.map(|c| c.state), Some(State::Pending | State::Settling)) {
                     self.evicted += 1;
                 }
@@ -228,10 +366,10 @@ impl Tracker {
 
     /// Takes in one kernel event; conclusions go to `out`.
     pub fn on_event(&mut self, ev: &KernelEvent, out: &mut Vec<Outcome>) {
-        let key = Key {
+        let key = self.resolve(Key {
             client: ev.client,
             server: ev.server,
-        };
+        });
         match ev.kind {
             Kind::Opened => {
                 let new_attempt = match self.channels.get(&key) {
@@ -274,7 +412,7 @@ impl Tracker {
                     ch.last_ns = ev.monotonic_ns;
                     out.push(Outcome::Established {
                         client: key.client,
-                        server: key.server,
+                        server: ch.blocked.server,
                         attempts: ch.blocked.attempts,
                         time: ev.time,
                         interface: ch.blocked.seen_on.first().map(|(i, _)| i.clone()),
@@ -405,7 +543,7 @@ impl Tracker {
                     {
                         break;
                     }
-                    self.channels.remove(&key);
+                    self.remove(&key);
                 }
                 _ => {}
             }

@@ -320,3 +320,174 @@ fn a_drop_elsewhere_on_the_machine_opens_nothing() {
     assert!(out.is_empty());
     assert!(t.is_empty());
 }
+
+// ---- channels through a Service (DNAT) ----
+
+fn vip() -> SocketAddr {
+    "198.18.200.10:50051".parse().expect("addr")
+}
+
+/// `server()` listens on 50051; the Service's second backend on another node listens on 8443.
+fn other_backend() -> SocketAddr {
+    "198.18.2.2:8443".parse().expect("addr")
+}
+
+fn with_services() -> Tracker {
+    let mut t = Tracker::new(Config::default());
+    t.set_services(Arc::new(ServiceMap::new([(
+        vip(),
+        vec![server(), other_backend()],
+    )])));
+    t
+}
+
+fn to(server: SocketAddr, e: KernelEvent) -> KernelEvent {
+    KernelEvent { server, ..e }
+}
+
+#[test]
+fn pre_and_post_nat_legs_of_a_dropped_syn_are_one_blocked_channel() {
+    let mut t = with_services();
+    let out = run(
+        &mut t,
+        &[
+            // The client's veth sees the SYN to the VIP; after DNAT the FORWARD chain drops it.
+            to(vip(), syn(0, "lxca", HookPoint::Ingress)),
+            to(server(), drop_(0, "NETFILTER_DROP")),
+            to(vip(), retransmit(1000, 2)),
+            to(server(), drop_(1000, "NETFILTER_DROP")),
+            to(vip(), retransmit(2000, 3)),
+            to(server(), drop_(2000, "NETFILTER_DROP")),
+        ],
+        10_000,
+    );
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1, "{out:?}");
+    assert_eq!(b[0].server, server(), "the backend, not the VIP");
+    assert_eq!(b[0].service, Some(vip()));
+    assert_eq!(b[0].attempts, 2, "reported at the second drop's tick");
+    assert!(b[0].drop.is_some());
+    assert_eq!(t.opened(), 1, "one attempt, one channel");
+}
+
+#[test]
+fn an_allowed_call_through_a_service_is_established_once() {
+    let mut t = with_services();
+    let out = run(
+        &mut t,
+        &[
+            to(vip(), syn(0, "lxca", HookPoint::Ingress)),
+            to(other_backend(), syn(0, "eth0", HookPoint::Egress)),
+            to(
+                other_backend(),
+                ev(Kind::Established, 1, "eth0", HookPoint::Ingress),
+            ),
+            to(vip(), ev(Kind::Established, 1, "lxca", HookPoint::Egress)),
+        ],
+        10_000,
+    );
+    assert_eq!(
+        out,
+        vec![Outcome::Established {
+            client: client(),
+            server: other_backend(),
+            attempts: 1
+        }]
+    );
+    assert_eq!(t.opened(), 1);
+}
+
+#[test]
+fn a_reset_from_the_backend_blocks_the_service_channel() {
+    let mut t = with_services();
+    let out = run(
+        &mut t,
+        &[
+            to(vip(), syn(0, "lxca", HookPoint::Ingress)),
+            to(server(), syn(0, "lxcb", HookPoint::Egress)),
+            to(server(), reset_from_server(1)),
+        ],
+        10_000,
+    );
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1, "{out:?}");
+    assert_eq!(b[0].reset_by, Some(Side::Server));
+    assert_eq!((b[0].server, b[0].service), (server(), Some(vip())));
+}
+
+#[test]
+fn a_vip_never_translated_stays_a_channel_to_the_vip() {
+    let mut t = with_services();
+    let rejected = KernelEvent {
+        icmp: Some((3, 3)),
+        ..to(vip(), ev(Kind::Rejected, 1, "lxca", HookPoint::Egress))
+    };
+    let out = run(
+        &mut t,
+        &[to(vip(), syn(0, "lxca", HookPoint::Ingress)), rejected],
+        10_000,
+    );
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1, "{out:?}");
+    assert_eq!((b[0].server, b[0].service), (vip(), Some(vip())));
+    assert_eq!(b[0].rejected, Some((3, 3)));
+}
+
+#[test]
+fn a_backend_the_service_does_not_have_is_another_channel() {
+    let mut t = with_services();
+    let stranger: SocketAddr = "198.18.9.9:50051".parse().expect("addr");
+    let out = run(
+        &mut t,
+        &[
+            to(vip(), syn(0, "lxca", HookPoint::Ingress)),
+            to(stranger, drop_(0, "NETFILTER_DROP")),
+        ],
+        10_000,
+    );
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1, "{out:?}");
+    assert_eq!((b[0].server, b[0].service), (stranger, None));
+    assert_eq!(t.opened(), 2);
+}
+
+#[test]
+fn without_a_vip_leg_the_backend_channel_is_plain() {
+    // The backend's node (or socket-level load balancing) only ever sees client → backend.
+    let mut t = with_services();
+    let out = run(
+        &mut t,
+        &[
+            to(server(), syn(0, "eth0", HookPoint::Ingress)),
+            to(server(), drop_(0, "NETFILTER_DROP")),
+        ],
+        10_000,
+    );
+    let b = blocked(&out);
+    assert_eq!((b[0].server, b[0].service), (server(), None));
+}
+
+#[test]
+fn join_entries_are_forgotten_with_their_channel() {
+    let mut t = with_services();
+    let _ = run(
+        &mut t,
+        &[
+            to(vip(), syn(0, "lxca", HookPoint::Ingress)),
+            to(server(), drop_(0, "NETFILTER_DROP")),
+        ],
+        120_000,
+    );
+    assert!(t.is_empty());
+    assert!(t.vip_legs.is_empty() && t.aliases.is_empty());
+    // A later attempt from the same client port to the backend directly is its own channel.
+    let out = run(
+        &mut t,
+        &[
+            to(server(), syn(130_000, "lxca", HookPoint::Ingress)),
+            to(server(), drop_(130_000, "NETFILTER_DROP")),
+        ],
+        140_000,
+    );
+    assert_eq!(blocked(&out)[0].service, None);
+}

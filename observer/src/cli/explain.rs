@@ -3,12 +3,21 @@
 //! Exit codes: 0 when it evaluated (allowed or denied), 2 when the input is unusable (nothing loaded,
 //! endpoints that cannot be resolved, bad flags). Objects that could not be used and skipped kinds are
 //! listed on stderr either way; the verdict is computed from the rest.
+//!
+//! `--to svc/NAMESPACE/NAME --port P` evaluates the translated connections a Service leads to: client →
+//! each ready backend at the targetPort (named targetPorts resolved on each backend), from the Service's
+//! EndpointSlices, or from its selector when the manifests hold none. Some backends allowed and others
+//! denied is a real situation (a policy selecting only some replicas): it is said plainly.
 
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use serde::Serialize;
+
+use crate::cluster::{Inventory, InventoryConfig, ServiceEntry};
 use crate::manifest::Manifests;
 use crate::policy::{DecidedBy, DirectionVerdict, Endpoint, Index, Protocol, Verdict, tiers_eval};
 
@@ -56,10 +65,10 @@ pub struct ExplainArgs {
     /// The initiator: `namespace/pod`, or an IP (a pod's or node's IP resolves to it).
     #[arg(long, env = "OBSERVER_FROM", required_unless_present = "matrix")]
     pub from: Option<String>,
-    /// The responder: `namespace/pod`, or an IP.
+    /// The responder: `namespace/pod`, `svc/namespace/name` (every ready backend of the Service), or an IP.
     #[arg(long, env = "OBSERVER_TO", required_unless_present = "matrix")]
     pub to: Option<String>,
-    /// Destination port.
+    /// Destination port (for `svc/…`, the Service port).
     #[arg(long, env = "OBSERVER_PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
     /// Protocol.
@@ -192,13 +201,17 @@ fn run_inner(
     let index = manifests.to_index();
     let protocol = Protocol::from(args.protocol);
     if args.matrix {
-        matrix(&index, args.port, protocol, args.output, out)?;
+        let inventory = inventory_of(&manifests);
+        matrix(&index, &inventory, args.port, protocol, args.output, out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let (Some(from), Some(to)) = (args.from.as_deref(), args.to.as_deref()) else {
         writeln!(err, "error: --from and --to are required without --matrix")?;
         return Ok(ExitCode::from(EXIT_UNUSABLE));
     };
+    if let Some(service) = to.strip_prefix("svc/") {
+        return explain_service(&manifests, from, service, args, out, err);
+    }
     let resolved = (
         resolve_endpoint(&index, "--from", from),
         resolve_endpoint(&index, "--to", to),
@@ -327,6 +340,7 @@ fn direction_text(
 /// `X` denied; rows are sources, columns destinations).
 fn matrix(
     index: &Index,
+    inventory: &Inventory,
     port: u16,
     protocol: Protocol,
     output: Output,
@@ -358,6 +372,25 @@ fn matrix(
         table.push(row);
     }
     let names: Vec<&str> = pods.iter().map(|(n, _)| n.as_str()).collect();
+    // Services with this port: one more column each, `.` when every ready backend is allowed, `X` when
+    // none is, `~` for some, `0` for no ready backend.
+    let mut services: Vec<&Arc<ServiceEntry>> = inventory
+        .services()
+        .filter(|s| s.port(port, protocol).is_some())
+        .collect();
+    services.sort_by(|a, b| a.key.cmp(&b.key));
+    let service_names: Vec<String> = services.iter().map(|s| format!("svc/{}", s.key)).collect();
+    let mut service_table: Vec<Vec<&'static str>> = Vec::with_capacity(pods.len());
+    for (_, src) in &pods {
+        let row = services
+            .iter()
+            .map(|svc| {
+                let verdicts = backend_verdicts(inventory, *src, svc, port, protocol);
+                ServiceOutcome::of(&verdicts).symbol()
+            })
+            .collect();
+        service_table.push(row);
+    }
     match output {
         Output::Json => {
             let doc = serde_json::json!({
@@ -365,6 +398,11 @@ fn matrix(
                 "protocol": protocol,
                 "pods": names,
                 "allowed": table,
+                "services": service_names,
+                "services_allowed": service_table
+                    .iter()
+                    .map(|row| row.iter().map(|s| ServiceOutcome::from_symbol(s).as_str()).collect::<Vec<_>>())
+                    .collect::<Vec<_>>(),
             });
             serde_json::to_writer_pretty(&mut *out, &doc)?;
             writeln!(out)?;
@@ -372,21 +410,284 @@ fn matrix(
         Output::Text => {
             writeln!(
                 out,
-                "{protocol} {port}: rows = from, columns = to; . allowed, X denied"
+                "{protocol} {port}: rows = from, columns = to; . allowed, X denied{}",
+                if services.is_empty() {
+                    ""
+                } else {
+                    "; Services: ~ some backends denied, 0 no ready backend"
+                }
             )?;
             write!(out, "-")?;
-            for n in &names {
+            for n in names
+                .iter()
+                .copied()
+                .chain(service_names.iter().map(String::as_str))
+            {
                 write!(out, "\t{n}")?;
             }
             writeln!(out)?;
-            for (n, row) in names.iter().zip(&table) {
+            for ((n, row), services_row) in names.iter().zip(&table).zip(&service_table) {
                 write!(out, "{n}")?;
                 for ok in row {
                     write!(out, "\t{}", if *ok { "." } else { "X" })?;
+                }
+                for symbol in services_row {
+                    write!(out, "\t{symbol}")?;
                 }
                 writeln!(out)?;
             }
         }
     }
     Ok(())
+}
+
+/// The manifests as the daemon's inventory holds them (for Services and their backends).
+fn inventory_of(manifests: &Manifests) -> Inventory {
+    let mut inventory = Inventory::new(InventoryConfig::default());
+    // Every object was converted when it was loaded: nothing is rejected here.
+    let _ = inventory.replace(&manifests.objects(), std::time::SystemTime::now());
+    inventory
+}
+
+/// One backend of a Service port and the verdict for reaching it.
+#[derive(Debug, Serialize)]
+pub struct BackendVerdict {
+    /// `namespace/pod`, when the backend is a pod.
+    pub pod: Option<String>,
+    /// Backend IP.
+    pub ip: IpAddr,
+    /// The targetPort, resolved for this backend.
+    pub port: u16,
+    /// The verdict client → backend at that port.
+    pub verdict: Arc<Verdict>,
+}
+
+/// How a Service fares for one client, over its ready backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServiceOutcome {
+    AllAllowed,
+    SomeDenied,
+    AllDenied,
+    NoEndpoints,
+}
+
+impl ServiceOutcome {
+    fn of(verdicts: &[BackendVerdict]) -> Self {
+        let denied = verdicts.iter().filter(|b| !b.verdict.allowed).count();
+        match (verdicts.len(), denied) {
+            (0, _) => Self::NoEndpoints,
+            (_, 0) => Self::AllAllowed,
+            (n, d) if d == n => Self::AllDenied,
+            _ => Self::SomeDenied,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::AllAllowed => "allowed",
+            Self::SomeDenied => "partly_denied",
+            Self::AllDenied => "denied",
+            Self::NoEndpoints => "no_endpoints",
+        }
+    }
+
+    fn symbol(self) -> &'static str {
+        match self {
+            Self::AllAllowed => ".",
+            Self::SomeDenied => "~",
+            Self::AllDenied => "X",
+            Self::NoEndpoints => "0",
+        }
+    }
+
+    fn from_symbol(symbol: &str) -> Self {
+        match symbol {
+            "." => Self::AllAllowed,
+            "~" => Self::SomeDenied,
+            "X" => Self::AllDenied,
+            _ => Self::NoEndpoints,
+        }
+    }
+}
+
+/// The verdict from `src` to every ready backend of `service`'s port `port`.
+fn backend_verdicts(
+    inventory: &Inventory,
+    src: Endpoint,
+    service: &ServiceEntry,
+    port: u16,
+    protocol: Protocol,
+) -> Vec<BackendVerdict> {
+    let Some(service_port) = service.port(port, protocol) else {
+        return Vec::new();
+    };
+    let engine = inventory.engine();
+    let (backends, _) = inventory.resolve_backends(service, service_port);
+    backends
+        .iter()
+        .filter(|b| b.ready)
+        // Same family as the client, as kube-proxy translates within a family.
+        .filter(|b| src.ip().is_none_or(|ip| ip.is_ipv4() == b.addr.is_ipv4()))
+        .filter_map(|b| {
+            let dst = engine.lookup_ip(b.addr.ip());
+            let verdict = engine.evaluate(src, dst, b.addr.port(), protocol).ok()?;
+            Some(BackendVerdict {
+                pod: b.pod.as_ref().map(ToString::to_string),
+                ip: b.addr.ip(),
+                port: b.addr.port(),
+                verdict,
+            })
+        })
+        .collect()
+}
+
+/// `observer explain --to svc/NAMESPACE/NAME`: a verdict per ready backend.
+fn explain_service(
+    manifests: &Manifests,
+    from: &str,
+    service: &str,
+    args: &ExplainArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<ExitCode> {
+    let protocol = Protocol::from(args.protocol);
+    let inventory = inventory_of(manifests);
+    let Some((ns, name)) = service
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+    else {
+        writeln!(
+            err,
+            "error: --to \"svc/{service}\": expected svc/namespace/name"
+        )?;
+        return Ok(ExitCode::from(EXIT_UNUSABLE));
+    };
+    let Some(svc) = inventory.service(ns, name) else {
+        writeln!(
+            err,
+            "error: --to \"svc/{service}\": no such Service in the manifests"
+        )?;
+        return Ok(ExitCode::from(EXIT_UNUSABLE));
+    };
+    let Some(service_port) = svc.port(args.port, protocol) else {
+        let ports: Vec<String> = svc
+            .ports
+            .iter()
+            .map(|p| format!("{} {}", p.protocol, p.port))
+            .collect();
+        writeln!(
+            err,
+            "error: Service {ns}/{name} has no port {protocol} {} (it has: {})",
+            args.port,
+            if ports.is_empty() {
+                "none".to_owned()
+            } else {
+                ports.join(", ")
+            }
+        )?;
+        return Ok(ExitCode::from(EXIT_UNUSABLE));
+    };
+    let engine = inventory.engine();
+    let src = match resolve_endpoint(engine, "--from", from) {
+        Ok(src) => src,
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            return Ok(ExitCode::from(EXIT_UNUSABLE));
+        }
+    };
+    // A dual-stack client dials the family of the Service's first cluster IP (or of its backends).
+    let family = svc.cluster_ips.first().copied().or_else(|| {
+        inventory
+            .resolve_backends(svc, service_port)
+            .0
+            .first()
+            .map(|b| b.addr.ip())
+    });
+    let src = match family {
+        Some(ip) => match_family(engine, src, Endpoint::External { ip }),
+        None => src,
+    };
+    let (_, from_selector) = inventory.resolve_backends(svc, service_port);
+    let verdicts = backend_verdicts(&inventory, src, svc, args.port, protocol);
+    let outcome = ServiceOutcome::of(&verdicts);
+    let from_json = verdicts.first().map(|v| v.verdict.from.clone());
+    let from_info = from_json
+        .as_ref()
+        .map_or_else(|| from.to_owned(), ToString::to_string);
+    let summary = match outcome {
+        ServiceOutcome::NoEndpoints => format!(
+            "Service {ns}/{name} has no ready backend for port {protocol} {}: connections are rejected before any policy applies",
+            args.port
+        ),
+        _ => {
+            let allowed = verdicts.iter().filter(|v| v.verdict.allowed).count();
+            format!(
+                "allowed to {allowed} of {} ready backend(s)",
+                verdicts.len()
+            )
+        }
+    };
+    match args.output {
+        Output::Json => {
+            let doc = serde_json::json!({
+                "allowed": outcome == ServiceOutcome::AllAllowed,
+                "outcome": outcome.as_str(),
+                "summary": summary,
+                "from": from_json,
+                "service": {
+                    "namespace": ns,
+                    "name": name,
+                    "ips": svc.cluster_ips,
+                    "headless": svc.headless,
+                    "port": service_port.port,
+                    "protocol": protocol,
+                    "target_port": service_port.target.to_string(),
+                    "backends_from": if from_selector { "selector" } else { "endpointslices" },
+                },
+                "backends": verdicts,
+            });
+            serde_json::to_writer_pretty(&mut *out, &doc)?;
+            writeln!(out)?;
+        }
+        Output::Text => {
+            let head = match outcome {
+                ServiceOutcome::AllAllowed => "ALLOWED",
+                ServiceOutcome::AllDenied => "DENIED",
+                ServiceOutcome::SomeDenied => "PARTLY DENIED",
+                ServiceOutcome::NoEndpoints => "NO ENDPOINTS",
+            };
+            let vip = svc.cluster_ips.first().map_or_else(
+                || "headless".to_owned(),
+                |ip| SocketAddr::new(*ip, args.port).to_string(),
+            );
+            writeln!(
+                out,
+                "{head}: {from_info} → svc/{ns}/{name} ({vip}) {protocol} {}, targetPort {}: {summary}",
+                args.port, service_port.target
+            )?;
+            if outcome == ServiceOutcome::SomeDenied {
+                writeln!(
+                    out,
+                    "  some backends are allowed and others denied: the call fails or succeeds depending on the backend picked"
+                )?;
+            }
+            if from_selector {
+                writeln!(
+                    out,
+                    "  (backends from the Service's selector: the manifests hold no EndpointSlice for it)"
+                )?;
+            }
+            for b in &verdicts {
+                writeln!(out)?;
+                writeln!(
+                    out,
+                    "backend {} ({}):",
+                    b.pod.as_deref().unwrap_or("not a pod"),
+                    SocketAddr::new(b.ip, b.port)
+                )?;
+                write_text(&b.verdict, out)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

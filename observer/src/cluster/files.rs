@@ -103,13 +103,7 @@ impl FileSource {
         }
         let mut inventory = self.inventory.write();
         let replaced = inventory
-            .replace(
-                &manifests.namespaces,
-                &manifests.nodes,
-                &manifests.pods,
-                &manifests.policies,
-                SystemTime::now(),
-            )
+            .replace(&manifests.objects(), SystemTime::now())
             .and_then(|()| {
                 inventory.replace_cluster_policies(
                     &crate::policy::PolicyKind::CLUSTER_SCOPED,

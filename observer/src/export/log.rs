@@ -390,6 +390,7 @@ fn numbered(path: &Path, i: usize) -> PathBuf {
 ///
 /// ```text
 /// 2026-11-26T14:02:03.123Z blocked shop/checkout-7d9f:40312 → payments/payments-0:50051 cause=policy direction=ingress policies=[payments/default-deny (ingress, rv 81233, nearest miss: no rules)] kernel=NETFILTER_DROP at nft_do_chain+0x3e8 interface=veth12ab attempts=4
+/// 2026-11-26T14:02:03.123Z blocked shop/checkout-7d9f:40312 → payments/payments-0:8443 via=svc/payments/payments(198.18.200.10:50051) cause=policy …
 /// ```
 pub struct Text<'a>(pub &'a Record);
 
@@ -406,6 +407,19 @@ impl fmt::Display for Text<'_> {
         )?;
         if !r.protocol.eq_ignore_ascii_case("TCP") {
             write!(f, " protocol={}", r.protocol)?;
+        }
+        if !r.service.is_empty() {
+            f.write_str(" via=")?;
+            for (i, svc) in r.service.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(",")?;
+                }
+                write!(f, "svc/{}/{}", svc.namespace, svc.name)?;
+                match svc.ip {
+                    Some(ip) => write!(f, "({})", SocketAddr::new(ip, svc.port))?,
+                    None => write!(f, "(headless:{})", svc.port)?,
+                }
+            }
         }
         if let Some(cause) = r.cause {
             write!(f, " cause={}", cause.as_str())?;
@@ -636,6 +650,42 @@ mod tests {
              policies=[payments/default-deny (ingress, rv 81233, nearest miss: no rules), \
              payments/allow-frontend (ingress, rv 81234, changed 2026-11-26T14:01:58.000Z, nearest miss: rule 0 allows TCP 8080, not TCP 50051)] \
              kernel=NETFILTER_DROP at nft_do_chain+0x3e8 interface=veth12ab attempts=4 node=n1"
+        );
+    }
+
+    #[test]
+    fn text_names_the_services_a_channel_went_through() {
+        use crate::export::record::ServiceRef;
+        let mut r = record(312);
+        r.policies.clear();
+        r.kernel_reason = None;
+        r.interface = None;
+        r.dst.port = 8443;
+        r.service = vec![ServiceRef {
+            namespace: "payments".into(),
+            name: "payments".into(),
+            ip: Some("198.18.200.10".parse().expect("ip")),
+            port: 50051,
+        }];
+        assert_eq!(
+            Text(&r).to_string(),
+            "2026-11-26T14:02:03.123Z blocked shop/checkout-7d9f:40312 → payments/payments-0:8443 \
+             via=svc/payments/payments(198.18.200.10:50051) cause=policy direction=ingress attempts=4 node=n1"
+        );
+        r.service.push(ServiceRef {
+            namespace: "payments".into(),
+            name: "payments-headless".into(),
+            ip: None,
+            port: 8443,
+        });
+        r.cause = Some(Cause::NoEndpoints);
+        r.direction = None;
+        assert!(
+            Text(&r).to_string().contains(
+                "via=svc/payments/payments(198.18.200.10:50051),svc/payments/payments-headless(headless:8443) cause=no_endpoints"
+            ),
+            "{}",
+            Text(&r)
         );
     }
 

@@ -23,6 +23,10 @@ pub struct Record {
     pub protocol: String,
     pub src: Endpoint,
     pub dst: Endpoint,
+    /// The Service(s) the channel went through (`dst` is then the backend): an object for one, a list for
+    /// several (a backend fronted by several Services, none of them seen dialed); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
+    pub service: Vec<ServiceRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
     /// `egress`, `ingress`, `both`, or null.
@@ -86,6 +90,8 @@ pub enum Cause {
     NoPolicy,
     /// Reset by the destination, and no policy denies it.
     NoListener,
+    /// A Service VIP dialed and never translated: the Service has no ready endpoint for that port.
+    NoEndpoints,
     /// Not enough information (inventory not synced, ends unknown).
     Unknown,
 }
@@ -96,6 +102,7 @@ impl Cause {
             Self::Policy => "policy",
             Self::NoPolicy => "no_policy",
             Self::NoListener => "no_listener",
+            Self::NoEndpoints => "no_endpoints",
             Self::Unknown => "unknown",
         }
     }
@@ -216,6 +223,45 @@ pub struct Endpoint {
     pub workload: Option<String>,
 }
 
+/// A Service a channel went through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRef {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// The VIP dialed (or the Service's cluster IP of the backend's family); null for a headless Service.
+    pub ip: Option<IpAddr>,
+    /// The Service port.
+    pub port: u16,
+}
+
+/// `service`: one object, or a list when several Services front the backend.
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize as _, Serializer};
+
+    use super::ServiceRef;
+
+    pub fn serialize<S: Serializer>(v: &[ServiceRef], s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(ServiceRef),
+        Many(Vec<ServiceRef>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ServiceRef>, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        })
+    }
+}
+
 /// A policy responsible for a blocked channel, at the revision in force when it happened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRef {
@@ -301,6 +347,7 @@ mod tests {
                 node: None,
                 workload: None,
             },
+            service: Vec::new(),
             cause: Some(Cause::Policy),
             direction: Some(Direction::Egress),
             kernel_reason: Some("NETFILTER_DROP".into()),
@@ -372,6 +419,37 @@ mod tests {
     #[test]
     fn round_trips() {
         let r = sample();
+        let text = serde_json::to_string(&r).expect("json");
+        assert_eq!(serde_json::from_str::<Record>(&text).expect("parse"), r);
+    }
+
+    fn service(name: &str, ip: Option<&str>) -> ServiceRef {
+        ServiceRef {
+            namespace: "payments".into(),
+            name: name.into(),
+            ip: ip.map(|ip| ip.parse().expect("ip")),
+            port: 50051,
+        }
+    }
+
+    #[test]
+    fn service_is_an_object_for_one_a_list_for_several_and_absent_for_none() {
+        let v = serde_json::to_value(sample()).expect("json");
+        assert!(v.get("service").is_none());
+        let mut r = sample();
+        r.service = vec![service("payments", Some("198.18.200.10"))];
+        r.cause = Some(Cause::NoEndpoints);
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(
+            v["service"],
+            serde_json::json!({"namespace": "payments", "name": "payments", "ip": "198.18.200.10", "port": 50051})
+        );
+        assert_eq!(v["cause"], "no_endpoints");
+        let text = serde_json::to_string(&r).expect("json");
+        assert_eq!(serde_json::from_str::<Record>(&text).expect("parse"), r);
+        r.service.push(service("payments-headless", None));
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["service"][1]["ip"], serde_json::Value::Null);
         let text = serde_json::to_string(&r).expect("json");
         assert_eq!(serde_json::from_str::<Record>(&text).expect("parse"), r);
     }

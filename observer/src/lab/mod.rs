@@ -13,6 +13,12 @@
 //! through the kernel, and [`Index::evaluate`]. Where they disagree, the case is printed and the exit code
 //! is 1. This slice runs every pod on one node namespace (a single-node cluster), whatever `nodeName` says.
 //!
+//! Services become kube-proxy-style DNAT in the node namespace ([`services`]); probes through a Service
+//! (`--to svc/ns/name`, and by default every Service port) dial its VIP, and the engine judges each of its
+//! backends: the differential check holds the kernel to them (when the backends disagree, either outcome
+//! is consistent) and the observer's record to the backend it names, with `no_endpoints` for a Service
+//! without backends.
+//!
 //! Exit codes: 0 kernel and engine agree on every probe; 1 they disagree, or the lab could not be built;
 //! 2 unusable input (not root, no pods, a `--from`/`--to` that names no pod); 130 interrupted.
 
@@ -21,6 +27,7 @@ pub mod netns;
 pub mod nft;
 pub mod observe;
 pub mod probe;
+pub mod services;
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal as _, Write as _};
@@ -56,7 +63,7 @@ pub struct LabArgs {
     /// Probe only from this pod (`namespace/pod`).
     #[arg(long, env = "OBSERVER_FROM")]
     pub from: Option<String>,
-    /// Probe only to this pod (`namespace/pod`).
+    /// Probe only to this pod (`namespace/pod`) or Service (`svc/namespace/name`).
     #[arg(long, env = "OBSERVER_TO")]
     pub to: Option<String>,
     /// Output format.
@@ -118,6 +125,8 @@ pub struct Plan {
     pub policies: Vec<Policy>,
     /// Cluster-scoped policies (ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy).
     pub cluster_policies: Vec<ClusterPolicy>,
+    /// Services with lab VIPs and backends.
+    pub services: Vec<services::LabService>,
     /// Addresses the lab changed.
     pub mappings: Vec<Mapping>,
     /// Things an operator should know (left-out pods, ipBlocks whose meaning the mapping changed).
@@ -178,12 +187,14 @@ impl Plan {
             p.pod = c;
         }
         warnings.extend(addr::ip_block_warnings(&policies, &mappings));
+        let services = services::plan(m, &pods, &mut warnings);
         Self {
             namespaces,
             nodes,
             pods,
             policies,
             cluster_policies,
+            services,
             mappings,
             warnings,
         }
@@ -238,10 +249,23 @@ impl Plan {
                     ))
                 })
         };
-        let (from, to) = (find("--from", &args.from)?, find("--to", &args.to)?);
+        let service_to = args.to.as_deref().filter(|t| t.starts_with("svc/"));
+        let pod_to = if service_to.is_some() {
+            &None
+        } else {
+            &args.to
+        };
+        let (from, to) = (find("--from", &args.from)?, find("--to", pod_to)?);
+        if let Some(t) = service_to
+            && !self.services.iter().any(|s| s.key() == t)
+        {
+            return Err(LabError::Unusable(format!(
+                "--to {t:?}: no such Service in the lab (expected svc/namespace/name)"
+            )));
+        }
         let mut out = Vec::new();
         for (d, dst) in self.pods.iter().enumerate() {
-            if to.is_some_and(|t| t != d) {
+            if to.is_some_and(|t| t != d) || service_to.is_some() {
                 continue;
             }
             let Some(&dst_ip) = dst.pod.ips.first() else {
@@ -262,7 +286,7 @@ impl Plan {
                     };
                     out.push(ProbeSpec {
                         src: s,
-                        dst: d,
+                        dst: Target::Pod(d),
                         src_ip,
                         dst_ip,
                         port,
@@ -270,8 +294,55 @@ impl Plan {
                 }
             }
         }
+        if to.is_some() {
+            return Ok(out);
+        }
+        for (i, svc) in self.services.iter().enumerate() {
+            if service_to.is_some_and(|t| t != svc.key()) {
+                continue;
+            }
+            for (k, port) in svc.ports.iter().enumerate() {
+                if args.port.is_some_and(|p| p != port.port) {
+                    continue;
+                }
+                for &vip in &svc.ips {
+                    for (s, src) in self.pods.iter().enumerate() {
+                        // A backend dialing its own Service needs hairpin masquerading: left out.
+                        if from.is_some_and(|f| f != s)
+                            || port.backends.iter().any(|b| b.pod == Some(s))
+                        {
+                            continue;
+                        }
+                        let Some(&src_ip) =
+                            src.pod.ips.iter().find(|i| i.is_ipv4() == vip.is_ipv4())
+                        else {
+                            continue;
+                        };
+                        out.push(ProbeSpec {
+                            src: s,
+                            dst: Target::Service(services::Dial {
+                                service: i,
+                                port: k,
+                            }),
+                            src_ip,
+                            dst_ip: vip,
+                            port: port.port,
+                        });
+                    }
+                }
+            }
+        }
         Ok(out)
     }
+}
+
+/// What a probe dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A pod, by index in [`Plan::pods`].
+    Pod(usize),
+    /// A Service VIP.
+    Service(services::Dial),
 }
 
 /// One probe: a gRPC health check from pod `src` to pod `dst` on `port`.
@@ -279,8 +350,8 @@ impl Plan {
 pub struct ProbeSpec {
     /// Index of the source in [`Plan::pods`].
     pub src: usize,
-    /// Index of the destination.
-    pub dst: usize,
+    /// The destination.
+    pub dst: Target,
     /// The source's address.
     pub src_ip: IpAddr,
     /// The destination's address.
@@ -302,12 +373,28 @@ pub struct KernelOutcome {
 /// The engine's answer to a probe.
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineOutcome {
-    /// Both directions allow it.
+    /// Both directions allow it (through a Service: for every backend).
     pub allowed: bool,
     /// Policies denying egress at the source.
     pub egress_denied_by: Vec<String>,
     /// Policies denying ingress at the destination.
     pub ingress_denied_by: Vec<String>,
+    /// Through a Service: the verdict for each backend (the kernel picks one at random).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendOutcome>,
+}
+
+/// The engine's verdict for one backend of a Service probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendOutcome {
+    /// `namespace/pod`.
+    pub backend: String,
+    /// Backend ip:targetPort.
+    pub addr: SocketAddr,
+    /// Allowed.
+    pub allowed: bool,
+    /// Egress ∪ ingress `denied_by`, sorted.
+    pub denied_by: Vec<String>,
 }
 
 /// One probe's result.
@@ -315,7 +402,7 @@ pub struct EngineOutcome {
 pub struct ProbeResult {
     /// `namespace/pod`.
     pub from: String,
-    /// `namespace/pod`.
+    /// `namespace/pod`, or `svc/namespace/name` for a probe through a Service.
     pub to: String,
     /// Source address.
     pub src_ip: IpAddr,
@@ -513,6 +600,41 @@ fn execute(args: &LabArgs, shared: &Mutex<Topology>) -> Result<(Report, Running)
     let names = build(&plan, shared, &prefix)?;
     let node = format!("{prefix}-node");
     sh_node(&node, &plan.ruleset())?;
+    let dnat = services::ruleset(&plan.services);
+    if !dnat.is_empty() {
+        let vips = services::vips(&plan.services);
+        let node_ref = NodeRef(node.clone());
+        // A veth pair (this kernel may lack the dummy driver) that only carries what was not translated.
+        let peer = format!("{}p", services::VIP_DEVICE);
+        node_ref.ip(&[
+            "link",
+            "add",
+            services::VIP_DEVICE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ])?;
+        node_ref.ip(&["link", "set", services::VIP_DEVICE, "up"])?;
+        node_ref.ip(&["link", "set", &peer, "up"])?;
+        for vip in vips {
+            let (fam, len) = if vip.is_ipv4() {
+                ("-4", "32")
+            } else {
+                ("-6", "128")
+            };
+            node_ref.ip(&[
+                fam,
+                "route",
+                "add",
+                &format!("{vip}/{len}"),
+                "dev",
+                services::VIP_DEVICE,
+            ])?;
+        }
+        sh_node(&node, &dnat)?;
+    }
 
     let mut servers = Vec::new();
     for (p, ns) in plan.pods.iter().zip(&names) {
@@ -610,6 +732,50 @@ fn attribute(o: &observe::Observer, probes: &mut [ProbeResult]) {
         expected.sort();
         expected.dedup();
         let a = blocked.get(&key(p)).cloned();
+        if p.to.starts_with("svc/") {
+            // Through a Service: the record names the backend; the engine's denied_by for that backend,
+            // or no_endpoints for a Service without backends.
+            let backend = a
+                .as_ref()
+                .and_then(|a| p.engine.backends.iter().find(|b| Some(b.addr) == a.dst));
+            expected = match backend {
+                Some(b) => b.denied_by.clone(),
+                None => Vec::new(),
+            };
+            let problem = match &a {
+                None => Some("the observer reported no blocked channel".to_owned()),
+                Some(a) if !a.service.contains(&p.to) => Some(format!(
+                    "the observer names Service(s) [{}], not {}",
+                    a.service.join(", "),
+                    p.to
+                )),
+                Some(a) if p.engine.backends.is_empty() && a.cause != "no_endpoints" => {
+                    Some(format!(
+                        "the Service has no backend; the observer says cause {}",
+                        a.cause
+                    ))
+                }
+                Some(a) if !p.engine.backends.is_empty() && backend.is_none() => Some(format!(
+                    "the observer names backend {:?}, not one of the Service's",
+                    a.dst
+                )),
+                Some(a) if a.policies != expected => Some(format!(
+                    "the observer names [{}], the engine denied_by [{}] for that backend",
+                    a.policies.join(", "),
+                    expected.join(", ")
+                )),
+                Some(_) => None,
+            };
+            let problem = problem.or_else(|| duplicates(a.as_ref()));
+            p.attribution = a;
+            if let Some(problem) = problem {
+                p.agree = false;
+                p.disagreement
+                    .get_or_insert_with(String::new)
+                    .push_str(&problem);
+            }
+            continue;
+        }
         let problem = match &a {
             None => Some("the observer reported no blocked channel".to_owned()),
             Some(a) if a.policies != expected => Some(format!(
@@ -619,6 +785,7 @@ fn attribute(o: &observe::Observer, probes: &mut [ProbeResult]) {
             )),
             Some(_) => None,
         };
+        let problem = problem.or_else(|| duplicates(a.as_ref()));
         p.attribution = a;
         if let Some(problem) = problem {
             p.agree = false;
@@ -627,6 +794,16 @@ fn attribute(o: &observe::Observer, probes: &mut [ProbeResult]) {
                 .push_str(&problem);
         }
     }
+}
+
+/// One connection attempt, one record.
+fn duplicates(a: Option<&observe::Attribution>) -> Option<String> {
+    a.filter(|a| a.records > 1).map(|a| {
+        format!(
+            "the observer wrote {} records for one connection attempt",
+            a.records
+        )
+    })
 }
 
 fn sh_node(node: &str, ruleset: &str) -> Result<(), LabError> {
@@ -709,37 +886,88 @@ impl NodeRef {
 }
 
 fn judge(plan: &Plan, index: &Index, s: ProbeSpec, kernel: Result<(), String>) -> ProbeResult {
-    let (src, dst) = (&plan.pods[s.src], &plan.pods[s.dst]);
+    let src = &plan.pods[s.src];
     let endpoint = |p: &LabPod, ip: IpAddr| match index.pod_endpoint(&p.pod.namespace, &p.pod.name)
     {
         Some(Endpoint::Pod { id, .. }) => Endpoint::Pod { id, ip: Some(ip) },
         _ => Endpoint::External { ip },
     };
-    let engine = match index.evaluate(
+    let verdict = |dst: Endpoint, port: u16| match index.evaluate(
         endpoint(src, s.src_ip),
-        endpoint(dst, s.dst_ip),
-        s.port,
+        dst,
+        port,
         Protocol::Tcp,
     ) {
         Ok(v) => EngineOutcome {
             allowed: v.allowed,
             egress_denied_by: v.egress.denied_by.clone(),
             ingress_denied_by: v.ingress.denied_by.clone(),
+            backends: Vec::new(),
         },
         Err(e) => EngineOutcome {
             allowed: false,
             egress_denied_by: vec![format!("(engine error: {e})")],
             ingress_denied_by: Vec::new(),
+            backends: Vec::new(),
         },
     };
     let kernel = KernelOutcome {
         allowed: kernel.is_ok(),
         error: kernel.err(),
     };
-    let agree = kernel.allowed == engine.allowed;
+    let (to, engine, agree) = match s.dst {
+        Target::Pod(d) => {
+            let dst = &plan.pods[d];
+            let engine = verdict(endpoint(dst, s.dst_ip), s.port);
+            let agree = kernel.allowed == engine.allowed;
+            (dst.key(), engine, agree)
+        }
+        Target::Service(dial) => {
+            let svc = &plan.services[dial.service];
+            let port = &svc.ports[dial.port];
+            let backends: Vec<BackendOutcome> = port
+                .backends
+                .iter()
+                .filter(|b| b.addr.is_ipv4() == s.dst_ip.is_ipv4())
+                .map(|b| {
+                    let dst = match b.pod.and_then(|i| plan.pods.get(i)) {
+                        Some(p) => endpoint(p, b.addr.ip()),
+                        None => index.lookup_ip(b.addr.ip()),
+                    };
+                    let v = verdict(dst, b.addr.port());
+                    let mut denied_by: Vec<String> = v
+                        .egress_denied_by
+                        .into_iter()
+                        .chain(v.ingress_denied_by)
+                        .collect();
+                    denied_by.sort();
+                    denied_by.dedup();
+                    BackendOutcome {
+                        backend: b.name.clone(),
+                        addr: b.addr,
+                        allowed: v.allowed,
+                        denied_by,
+                    }
+                })
+                .collect();
+            let allowed = !backends.is_empty() && backends.iter().all(|b| b.allowed);
+            // Backends that disagree make either kernel outcome consistent (DNAT picks one at random).
+            let mixed = backends.iter().any(|b| b.allowed) && !allowed;
+            let first_denied = backends.iter().find(|b| !b.allowed);
+            let engine = EngineOutcome {
+                allowed,
+                egress_denied_by: Vec::new(),
+                ingress_denied_by: first_denied
+                    .map(|b| b.denied_by.clone())
+                    .unwrap_or_default(),
+                backends,
+            };
+            (svc.key(), engine, mixed || kernel.allowed == allowed)
+        }
+    };
     ProbeResult {
         from: src.key(),
-        to: dst.key(),
+        to,
         src_ip: s.src_ip,
         dst_ip: s.dst_ip,
         port: s.port,
@@ -892,9 +1120,18 @@ pub fn render_text(report: &Report, colour: bool) -> String {
             } else {
                 format!(", by {}", a.policies.join(", "))
             };
+            let via = if a.service.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " via {} to {}",
+                    a.service.join(", "),
+                    a.dst.map_or_else(|| "?".to_owned(), |d| d.to_string())
+                )
+            };
             let _ = writeln!(
                 o,
-                "      observer: blocked, cause {}{}{by}{}",
+                "      observer: blocked{via}, cause {}{}{by}{}",
                 a.cause,
                 a.direction
                     .as_deref()
@@ -968,12 +1205,14 @@ mod tests {
         assert_eq!(plan.cluster_policies.len(), 3);
         assert!(plan.mappings.is_empty(), "{:?}", plan.mappings);
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
-        // 4 sources × (frontend:8080, checkout, payments, fraud-check on 50051, prometheus:9090).
-        assert_eq!(plan.probes(&args(None, None)).expect("probes").len(), 20);
+        // 4 sources × (frontend:8080, checkout, payments, fraud-check on 50051, prometheus:9090), and 4
+        // through the payments ClusterIP Service (the headless fraud-check Service has no VIP to dial).
+        assert_eq!(plan.probes(&args(None, None)).expect("probes").len(), 24);
         let from_checkout = plan
             .probes(&args(Some("shop/checkout-7d9f8b6c5-m4wzt"), Some(50051)))
             .expect("probes");
-        assert_eq!(from_checkout.len(), 2);
+        // payments-0, fraud-check-0 and svc/payments/payments.
+        assert_eq!(from_checkout.len(), 3);
         assert!(matches!(
             plan.probes(&args(Some("shop/nope"), None)),
             Err(LabError::Unusable(_))
@@ -1007,6 +1246,7 @@ mod tests {
                 allowed: allowed_engine,
                 egress_denied_by: Vec::new(),
                 ingress_denied_by: Vec::new(),
+                backends: Vec::new(),
             },
             attribution: None,
             agree: allowed_kernel == allowed_engine,

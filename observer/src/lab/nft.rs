@@ -570,4 +570,4 @@ fn proto_kw(p: Protocol) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -47,14 +47,21 @@ pub enum ObserveError {
 /// One blocked-channel record of the daemon, reduced to what the lab compares.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Attribution {
-    /// `policy`, `no_policy`, `no_listener`, `unknown`.
+    /// `policy`, `no_policy`, `no_listener`, `no_endpoints`, `unknown`.
     pub cause: String,
+    /// The destination named (the backend, for a channel through a Service).
+    pub dst: Option<SocketAddr>,
+    /// The Services named, as `svc/namespace/name`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub service: Vec<String>,
     /// `egress`, `ingress`, `both` or null.
     pub direction: Option<String>,
     /// The policies named, sorted ids (`namespace/name`, `Kind/name` for cluster-scoped kinds).
     pub policies: Vec<String>,
     /// The kernel's drop reason, if seen.
     pub kernel_reason: Option<String>,
+    /// Blocked records written for this connection attempt (its client ip:port): one, if all is well.
+    pub records: usize,
 }
 
 /// A running daemon; SIGTERM on drop, and its manifest directory removed.
@@ -168,18 +175,24 @@ impl Observer {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Blocked records so far, by (source ip, destination ip, destination port).
+    /// Blocked records so far, by (source ip, destination ip, destination port), and for a channel through
+    /// a Service also by (source ip, VIP, Service port).
     #[must_use]
     pub fn blocked(&self) -> BTreeMap<(IpAddr, IpAddr, u16), Attribution> {
         let lines = self.stdout.lock().map(|s| s.clone()).unwrap_or_default();
+        let records: Vec<serde_json::Value> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["kind"] == "blocked")
+            .collect();
+        let client =
+            |r: &serde_json::Value| (r["src"]["ip"].to_string(), r["src"]["port"].to_string());
+        let mut per_attempt: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for r in &records {
+            *per_attempt.entry(client(r)).or_default() += 1;
+        }
         let mut out = BTreeMap::new();
-        for l in lines {
-            let Ok(r) = serde_json::from_str::<serde_json::Value>(&l) else {
-                continue;
-            };
-            if r["kind"] != "blocked" {
-                continue;
-            }
+        for r in &records {
             let ip = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<IpAddr>().ok());
             let (Some(src), Some(dst), Some(port)) = (
                 ip(&r["src"]["ip"]),
@@ -205,15 +218,38 @@ impl Observer {
                 .collect();
             policies.sort();
             policies.dedup();
-            out.insert(
-                (src, dst, port),
-                Attribution {
-                    cause: r["cause"].as_str().unwrap_or("unknown").to_owned(),
-                    direction: r["direction"].as_str().map(str::to_owned),
-                    policies,
-                    kernel_reason: r["kernel_reason"].as_str().map(str::to_owned),
-                },
-            );
+            // `service` is one object or a list.
+            let services: Vec<&serde_json::Value> = match &r["service"] {
+                serde_json::Value::Array(list) => list.iter().collect(),
+                serde_json::Value::Null => Vec::new(),
+                one => vec![one],
+            };
+            let attribution = Attribution {
+                cause: r["cause"].as_str().unwrap_or("unknown").to_owned(),
+                dst: Some(SocketAddr::new(dst, port)),
+                service: services
+                    .iter()
+                    .filter_map(|s| {
+                        Some(format!(
+                            "svc/{}/{}",
+                            s["namespace"].as_str()?,
+                            s["name"].as_str()?
+                        ))
+                    })
+                    .collect(),
+                direction: r["direction"].as_str().map(str::to_owned),
+                policies,
+                kernel_reason: r["kernel_reason"].as_str().map(str::to_owned),
+                records: per_attempt.get(&client(r)).copied().unwrap_or(1),
+            };
+            for s in &services {
+                let vip = ip(&s["ip"]);
+                let vport = s["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+                if let (Some(vip), Some(vport)) = (vip, vport) {
+                    out.insert((src, vip, vport), attribution.clone());
+                }
+            }
+            out.insert((src, dst, port), attribution);
         }
         out
     }
@@ -312,6 +348,16 @@ fn lab_manifest(m: &Manifests, plan: &Plan) -> String {
             spec.node_name = Some(NODE.into());
         }
         push(serde_json::to_value(&k), "Pod", "v1");
+    }
+    for svc in super::services::service_objects(&plan.services) {
+        push(Ok(svc), "Service", "v1");
+    }
+    for slice in super::services::endpoint_slices(&plan.services, &plan.pods) {
+        push(
+            serde_json::to_value(&slice),
+            "EndpointSlice",
+            "discovery.k8s.io/v1",
+        );
     }
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }

@@ -22,7 +22,7 @@ use futures::SinkExt as _;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast, watch};
 
-/// The collections the inventory watches, by URL path: the four built-in kinds and the three optional
+/// The collections the inventory watches, by URL path: the six built-in kinds and the three optional
 /// cluster-scoped policy CRDs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Resource {
@@ -33,6 +33,8 @@ pub enum Resource {
     ClusterNetworkPolicies,
     AdminNetworkPolicies,
     BaselineAdminNetworkPolicies,
+    Services,
+    EndpointSlices,
 }
 
 const CRDS: [Resource; 3] = [
@@ -48,6 +50,8 @@ impl Resource {
             "/api/v1/namespaces" => Some(Self::Namespaces),
             "/api/v1/nodes" => Some(Self::Nodes),
             "/apis/networking.k8s.io/v1/networkpolicies" => Some(Self::NetworkPolicies),
+            "/api/v1/services" => Some(Self::Services),
+            "/apis/discovery.k8s.io/v1/endpointslices" => Some(Self::EndpointSlices),
             _ => CRDS
                 .into_iter()
                 .find(|r| path == format!("/apis/{}/{}", r.api_version(), r.plural())),
@@ -63,6 +67,8 @@ impl Resource {
             Self::ClusterNetworkPolicies => "ClusterNetworkPolicy",
             Self::AdminNetworkPolicies => "AdminNetworkPolicy",
             Self::BaselineAdminNetworkPolicies => "BaselineAdminNetworkPolicy",
+            Self::Services => "Service",
+            Self::EndpointSlices => "EndpointSlice",
         }
     }
 
@@ -77,6 +83,7 @@ impl Resource {
             Self::AdminNetworkPolicies | Self::BaselineAdminNetworkPolicies => {
                 "policy.networking.k8s.io/v1alpha1"
             }
+            Self::EndpointSlices => "discovery.k8s.io/v1",
             _ => "v1",
         }
     }

@@ -92,12 +92,12 @@ fn set<'t>(text: &'t str, name: &str) -> &'t str {
 
 thread_local! {
     /// Set by the [`nft_c`] variants: [`ruleset`] then validates what it compiled with `nft -c`.
-    pub(super) static NFT_CHECK: Cell<bool> = const { Cell::new(false) };
+    pub(crate) static NFT_CHECK: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Validates with `nft -c` (check only: nothing is committed) in a throwaway network namespace, when the
 /// running test is one of the [`nft_c`] variants. Those need root and fail without it: no quiet pass.
-pub(super) fn nft_check(text: &str) {
+pub(crate) fn nft_check(text: &str) {
     use std::io::Write as _;
     if !NFT_CHECK.with(Cell::get) {
         return;

@@ -422,6 +422,20 @@ struct Via {
     untranslated: Option<Untranslated>,
 }
 
+/// Every Service whose EndpointSlices hold `backend` (ip:targetPort), as the record names them.
+fn fronting(inventory: &Inventory, backend: SocketAddr) -> Vec<ServiceRef> {
+    inventory
+        .services_fronting(backend, Protocol::Tcp)
+        .into_iter()
+        .map(|f| ServiceRef {
+            namespace: Arc::clone(&f.service.key.namespace),
+            name: Arc::clone(&f.service.key.name),
+            ip: f.service.cluster_ip_for(backend.ip()),
+            port: f.port.port,
+        })
+        .collect()
+}
+
 /// Resolves the Service side of a channel: the VIP it dialed (joined across DNAT by the tracker), a VIP
 /// dialed and never translated, or — for a backend seen without its VIP — every Service fronting it.
 fn through_service(blocked: &Blocked, inventory: &Inventory) -> Via {
@@ -473,18 +487,8 @@ fn through_service(blocked: &Blocked, inventory: &Inventory) -> Via {
             }),
         };
     }
-    let services = inventory
-        .services_fronting(blocked.server, Protocol::Tcp)
-        .into_iter()
-        .map(|f| ServiceRef {
-            namespace: Arc::clone(&f.service.key.namespace),
-            name: Arc::clone(&f.service.key.name),
-            ip: f.service.cluster_ip_for(blocked.server.ip()),
-            port: f.port.port,
-        })
-        .collect();
     Via {
-        services,
+        services: fronting(inventory, blocked.server),
         untranslated: None,
     }
 }
@@ -560,6 +564,7 @@ pub fn unenforced(
         protocol: "TCP".into(),
         src,
         dst,
+        service: fronting(inventory, server),
         cause: None,
         direction: Some(direction),
         kernel_reason: None,

@@ -632,7 +632,10 @@ impl Manifests {
                 });
                 false
             }
-            Err(crate::cluster::Error::Invalid { errors, .. }) => {
+            Err(
+                crate::cluster::Error::Invalid { errors, .. }
+                | crate::cluster::Error::InvalidClusterPolicy { errors, .. },
+            ) => {
                 self.errors
                     .extend(errors.into_iter().map(|error| ManifestError::Invalid {
                         file: file.to_owned(),

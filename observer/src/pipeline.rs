@@ -251,7 +251,7 @@ mod tests {
     use std::{net::SocketAddr, sync::Arc, time::Duration};
 
     use k8s_openapi::api::{
-        core::v1::{Namespace, Node, Pod},
+        core::v1::{Namespace, Pod},
         networking::v1::NetworkPolicy,
     };
 
@@ -284,13 +284,15 @@ mod tests {
         .expect("policy");
         let mut inv = Inventory::new(InventoryConfig::default());
         inv.replace(
-            &[ns("shop"), ns("payments")],
-            &[] as &[Node],
-            &[
-                pod("shop", "checkout", "node-a", "198.18.0.2"),
-                pod("payments", "payments", "node-b", "198.18.1.2"),
-            ],
-            &[deny],
+            &crate::cluster::ClusterObjects {
+                namespaces: &[ns("shop"), ns("payments")],
+                pods: &[
+                    pod("shop", "checkout", "node-a", "198.18.0.2"),
+                    pod("payments", "payments", "node-b", "198.18.1.2"),
+                ],
+                policies: &[deny],
+                ..Default::default()
+            },
             SystemTime::UNIX_EPOCH,
         )
         .expect("valid cluster");
@@ -312,8 +314,6 @@ mod tests {
             syn_count: 1,
             icmp: None,
             drop: None,
-            packets: [1, 0],
-            bytes: [74, 0],
             netns: 0,
         }
     }

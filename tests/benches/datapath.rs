@@ -78,6 +78,7 @@ fn storm() {
             host_if: String::new(),
             v4: lab.pod(0).v4,
             v6: std::net::Ipv6Addr::UNSPECIFIED,
+            node: 0,
         };
         let dst = lab.pod(1).v4;
         std::thread::spawn(move || {

@@ -186,6 +186,11 @@ impl Daemon {
         })
     }
 
+    /// The daemon's process id (CPU and memory figures from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `/metrics` text.
     pub fn metrics(&self) -> String {
         self.get("/metrics").map(|(_, b)| b).unwrap_or_default()

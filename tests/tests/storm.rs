@@ -49,6 +49,7 @@ fn syn_storm_is_counted_and_a_real_blocked_channel_is_still_attributed() {
                 host_if: String::new(),
                 v4: src,
                 v6: std::net::Ipv6Addr::UNSPECIFIED,
+                node: 0,
             };
             let r = syn_storm(&pod, dst, PORT, 100_000, Duration::from_secs(secs), 1);
             // Not ours to delete: the lab owns the namespace.

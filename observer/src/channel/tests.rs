@@ -391,7 +391,9 @@ fn an_allowed_call_through_a_service_is_established_once() {
         vec![Outcome::Established {
             client: client(),
             server: other_backend(),
-            attempts: 1
+            attempts: 1,
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1),
+            interface: Some(Arc::from("lxca")),
         }]
     );
     assert_eq!(t.opened(), 1);

@@ -62,8 +62,9 @@ impl RecordKind {
     /// Every kind, in declaration order (docs/CONTRACT.md documents each; `observer/tests/contract.rs`
     /// checks both ways). A new variant breaks the exhaustive match in this module's tests until it is
     /// listed here.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Blocked,
+        Self::Unenforced,
         Self::Established,
         Self::PolicyChanged,
         Self::LostEvents,
@@ -403,9 +404,10 @@ mod tests {
         // Exhaustive: adding a variant fails to compile here until ALL (and this position) know it.
         let position = |k: RecordKind| match k {
             RecordKind::Blocked => 0,
-            RecordKind::Established => 1,
-            RecordKind::PolicyChanged => 2,
-            RecordKind::LostEvents => 3,
+            RecordKind::Unenforced => 1,
+            RecordKind::Established => 2,
+            RecordKind::PolicyChanged => 3,
+            RecordKind::LostEvents => 4,
         };
         for (i, k) in RecordKind::ALL.into_iter().enumerate() {
             assert_eq!(position(k), i, "{k:?}");

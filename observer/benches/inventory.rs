@@ -526,6 +526,7 @@ fn main() {
         mib(history_bytes),
         history_bytes / history_len.max(1)
     );
+    println!(
         "services: {SERVICES} Services, {SERVICES} EndpointSlices ({endpoints_per_slice} endpoints each)"
     );
     println!("  bytes per Service       {per_service:>8} B    (one port, one clusterIP, selector)");

@@ -674,6 +674,8 @@ mod tiers {
                 .is_none()
         );
     }
+}
+
 fn service(ns: &str, name: &str, vip: &str, port: u16, target: Value) -> Value {
     json!({
         "metadata": {"namespace": ns, "name": name, "uid": format!("svc-{name}")},

@@ -309,57 +309,6 @@ fn an_admin_deny_is_denied_by_that_policy_in_json() {
         "payments/payments-0",
         "--port",
         "8080",
-const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/services.yaml");
-
-#[test]
-fn a_service_gets_a_verdict_per_backend_and_says_when_only_some_are_denied() {
-    let o = explain(&[
-        "--cluster",
-        SERVICES,
-        "--from",
-        "store/cart-0",
-        "--to",
-        "svc/billing/ledger",
-        "--port",
-        "443",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let out = stdout(&o);
-    assert!(
-        out.starts_with("PARTLY DENIED: store/cart-0 → svc/billing/ledger (198.18.200.20:443) TCP 443, targetPort grpc: allowed to 1 of 2 ready backend(s)"),
-        "{out}"
-    );
-    assert!(
-        out.contains("some backends are allowed and others denied"),
-        "{out}"
-    );
-    // The named targetPort resolves per backend: 50051 on ledger-0, 50052 on ledger-1.
-    assert!(
-        out.contains("backend billing/ledger-0 (198.18.11.2:50051):\nALLOWED"),
-        "{out}"
-    );
-    assert!(
-        out.contains("backend billing/ledger-1 (198.18.11.3:50052):\nDENIED"),
-        "{out}"
-    );
-    assert!(
-        out.contains("billing/ledger-v1-only (rv 42): nearest miss"),
-        "{out}"
-    );
-    assert!(out.contains("from the Service's selector"), "{out}");
-}
-
-#[test]
-fn a_service_in_json_lists_backends_with_their_verdicts() {
-    let o = explain(&[
-        "--cluster",
-        SERVICES,
-        "--from",
-        "store/cart-0",
-        "--to",
-        "svc/billing/ledger-v2",
-        "--port",
-        "443",
         "-o",
         "json",
     ]);
@@ -446,6 +395,63 @@ fn unknown_tier_and_action_values_are_errors_naming_file_object_and_field() {
     );
     // The verdict is computed without them.
     assert!(stdout(&o).starts_with("DENIED: "), "{}", stdout(&o));
+}
+
+const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/services.yaml");
+
+#[test]
+fn a_service_gets_a_verdict_per_backend_and_says_when_only_some_are_denied() {
+    let o = explain(&[
+        "--cluster",
+        SERVICES,
+        "--from",
+        "store/cart-0",
+        "--to",
+        "svc/billing/ledger",
+        "--port",
+        "443",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("PARTLY DENIED: store/cart-0 → svc/billing/ledger (198.18.200.20:443) TCP 443, targetPort grpc: allowed to 1 of 2 ready backend(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("some backends are allowed and others denied"),
+        "{out}"
+    );
+    // The named targetPort resolves per backend: 50051 on ledger-0, 50052 on ledger-1.
+    assert!(
+        out.contains("backend billing/ledger-0 (198.18.11.2:50051):\nALLOWED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("backend billing/ledger-1 (198.18.11.3:50052):\nDENIED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("billing/ledger-v1-only (rv 42): nearest miss"),
+        "{out}"
+    );
+    assert!(out.contains("from the Service's selector"), "{out}");
+}
+
+#[test]
+fn a_service_in_json_lists_backends_with_their_verdicts() {
+    let o = explain(&[
+        "--cluster",
+        SERVICES,
+        "--from",
+        "store/cart-0",
+        "--to",
+        "svc/billing/ledger-v2",
+        "--port",
+        "443",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["allowed"], false);
     assert_eq!(v["outcome"], "denied");
@@ -530,4 +536,3 @@ fn the_matrix_has_a_column_per_service() {
     let cart = pods.iter().position(|p| p == "store/cart-0").expect("cart");
     assert_eq!(v["services_allowed"][cart][1], "partly_denied");
 }
-

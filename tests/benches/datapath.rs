@@ -377,9 +377,10 @@ fn per_packet() {
             let mut b = 0.0;
             for i in 0..FLOWS {
                 let n = (repeat * 100 + round) * FLOWS + i;
+                // A distinct (address, port) per flow: 2^17 addresses in 198.18.0.0/15, then the port.
                 let packet = frame_from(
-                    [198, 18 + (n >> 16) as u8 % 2, (n >> 8) as u8, n as u8],
-                    1024 + (n % 60000) as u16,
+                    [198, 18 + ((n >> 16) & 1) as u8, (n >> 8) as u8, n as u8],
+                    1024 + (n >> 17) as u16,
                     WATCHED,
                     0x02,
                     n,

@@ -423,3 +423,61 @@ fn netlink_filters_left_by_a_crash_are_removed_at_the_next_start() {
     );
     assert!(qdiscs(&lab.node, "lxca").contains("clsact"));
 }
+
+/// Without `--interfaces`, `observer run` recognises the CNI from the node's interface names (here `lxc*`,
+/// Cilium's), says so, and attaches to the interfaces that follow from it.
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn daemon_detects_the_cni_from_interface_names_and_attaches() {
+    let bin = std::env::var("OBSERVER_BIN")
+        .expect("OBSERVER_BIN (set by ./x test) points to the observer binary");
+    let mut lab = Lab::new();
+    lab.add_pod("a", "lxca");
+    lab.add_pod("b", "lxcb");
+    let manifests = observer_tests::daemon::ManifestDir::new(&lab);
+    manifests.write("empty.yaml", "");
+    let dir = manifests.dir.to_str().expect("UTF-8").to_owned();
+    let mut child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.node.name,
+            &bin,
+            "run",
+            "--cluster",
+            &dir,
+            "--ports",
+            "50051",
+            "--listen",
+            "127.0.0.1:9990",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning observer run");
+    let pipe = child.stderr.take().expect("stderr");
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::BufReader::new(pipe).read_to_string(&mut text);
+        text
+    });
+    let attached = wait_for(Duration::from_secs(15), || {
+        ["lxca", "lxcb"]
+            .iter()
+            .all(|dev| {
+                hook_programs(&lab.node, dev, false)
+                    .iter()
+                    .all(|(_, p)| p.first().is_some_and(|n| n.starts_with("tc_")))
+            })
+            .then_some(())
+    });
+    sh(&["kill", "-TERM", &child.id().to_string()]);
+    let _ = wait_for(Duration::from_secs(10), || child.try_wait().expect("wait"));
+    let stderr = err.join().expect("stderr");
+    assert!(attached.is_some(), "attached to lxca and lxcb: {stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("interfaces: detected from the node"))
+        .unwrap_or_else(|| panic!("the detection is printed: {stderr}"));
+    assert!(line.contains("Cilium") && line.contains("lxc*"), "{line}");
+}

@@ -481,3 +481,49 @@ fn daemon_detects_the_cni_from_interface_names_and_attaches() {
         .unwrap_or_else(|| panic!("the detection is printed: {stderr}"));
     assert!(line.contains("Cilium") && line.contains("lxc*"), "{line}");
 }
+
+/// Netlink mode: a CNI that deletes the clsact qdisc (and with it every filter on it, ours included)
+/// and adds its own: ours is attached again, in front, and the next call is seen.
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn netlink_ours_is_attached_again_after_the_qdisc_was_replaced() {
+    let mut lab = Lab::new();
+    lab.add_pod("a", "lxca");
+    lab.add_pod("b", "lxcb");
+    let obs = Observer::start(&lab.node, config(AttachMode::Netlink), &["lxca", "lxcb"]);
+    lab.node
+        .exec(&["tc", "qdisc", "del", "dev", "lxca", "clsact"]);
+    let _cni = CniProgram::attach(
+        &lab.node,
+        "lxca",
+        TcAttachType::Ingress,
+        Fixture::Pass,
+        Placement::First,
+        true,
+        None,
+    );
+    let back = wait_for(Duration::from_secs(10), || {
+        let order = hook_programs(&lab.node, "lxca", true);
+        order
+            .iter()
+            .all(|(_, p)| p.first().is_some_and(|n| n.starts_with("tc_")))
+            .then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "ours back in front on both hooks: {:?} ({:?})",
+        hook_programs(&lab.node, "lxca", true),
+        obs.link_changes()
+    );
+    let to = SocketAddr::new(lab.pod(1).addr(observer_tests::Family::V4), PORT);
+    let _server = grpc::Server::start(&lab.pod(1).ns, to);
+    grpc::call(&lab.pod(0).ns, to, WAIT).expect("call");
+    obs.wait_event(WAIT, |e| {
+        of_flow(e, to, Kind::Opened) && e.interface.as_deref() == Some("lxca")
+    })
+    .expect("the SYN seen on the interface whose qdisc was replaced");
+    obs.stop();
+    // The qdisc is the CNI's now (it holds the CNI's filter): it stays, ours are gone.
+    assert!(filters_of(&lab.node, "lxca").iter().all(|f| !f.is_ours()));
+    assert!(qdiscs(&lab.node, "lxca").contains("clsact"));
+}

@@ -6,8 +6,8 @@
 //!  tp_btf/kfree_skb ───┘   (new flows through     └─▶ LOST (per-CPU u64 counters: failed reservations,
 //!                           a per-source, per-CPU       events suppressed by the new-flow token bucket)
 //!                           token bucket: BUCKETS)
-//!  user space writes:  WATCHED_PORTS (array u8 per port), IGNORED_REASONS (array u8 per drop reason),
-//!                      globals (CONFIG_*: kernel struct offsets, all-ports mode, new-flow rate)
+//!  user space writes:  IGNORED_REASONS (array u8 per drop reason), globals (CONFIG_*: the watched-port
+//!                      bitmap, kernel struct offsets, all-ports mode, new-flow rate)
 //! ```
 //!
 //! Every type is `#[repr(C)]` with explicit padding, fixed-width integers only, and a compile-time size
@@ -37,7 +37,6 @@ pub mod program {
 pub mod map {
     pub const EVENTS: &str = "EVENTS";
     pub const FLOWS: &str = "FLOWS";
-    pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
     pub const IGNORED_REASONS: &str = "IGNORED_REASONS";
     pub const DROPS_SEEN: &str = "DROPS_SEEN";
     pub const LOST: &str = "LOST";
@@ -46,8 +45,12 @@ pub mod map {
 
 /// Names of the read-only globals user space sets at load time.
 pub mod global {
-    /// `u8`: 1 = every TCP port is watched, 0 = only `WATCHED_PORTS`.
+    /// `u8`: 1 = every TCP port is watched, 0 = only those of `WATCHED_PORTS`.
     pub const ALL_PORTS: &str = "CONFIG_ALL_PORTS";
+    /// `[u8; PORT_BITMAP_BYTES]`: bit `port % 8` of byte `port / 8` set for a watched port
+    /// ([`crate::port_bitmap`]). A read-only global rather than a map: the non-watched fast path reads it
+    /// with two plain loads, no map lookup.
+    pub const WATCHED_PORTS: &str = "CONFIG_WATCHED_PORTS";
     /// [`crate::SkbOffsets`]: kernel struct offsets read from BTF.
     pub const SKB_OFFSETS: &str = "CONFIG_SKB_OFFSETS";
     /// `u64`: a drop of the same flow for the same reason is reported again after this many ns.
@@ -65,8 +68,17 @@ pub const DROPS_SEEN_MAX_ENTRIES: u32 = 16_384;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 /// Entries of `IGNORED_REASONS` (drop reasons above this are never ignored).
 pub const MAX_DROP_REASONS: u32 = 1024;
-/// Entries of `WATCHED_PORTS` (one per TCP port).
-pub const PORTS: u32 = 65_536;
+/// Bytes of the watched-port bitmap (one bit per TCP port).
+pub const PORT_BITMAP_BYTES: usize = 8192;
+
+/// The watched-port bitmap for `ports` (the value of the `CONFIG_WATCHED_PORTS` global).
+pub fn port_bitmap(ports: &[u16]) -> [u8; PORT_BITMAP_BYTES] {
+    let mut bits = [0u8; PORT_BITMAP_BYTES];
+    for &p in ports {
+        bits[usize::from(p >> 3)] |= 1 << (p & 7);
+    }
+    bits
+}
 
 /// Index into `LOST` for events that could not be reserved in the ring buffer.
 pub const LOST_EVENTS: u32 = 0;

@@ -34,12 +34,14 @@ use observer_common::{
     BUCKET_SLOTS, Bucket, DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, DROPS_SEEN_MAX_ENTRIES,
     DropKey, EVENTS_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6, FLOWS_MAX_ENTRIES, FlowKey,
     FlowStats, Hook, LOST_EVENTS, LOST_SLOTS, MAX_DROP_REASONS, MAX_IPV6_EXT_HEADERS,
-    OFFSET_UNKNOWN, Origin, PORTS, RateConfig, SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW, SkbOffsets,
-    flow_state, tcp_flags,
+    OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES, RateConfig, SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW,
+    SkbOffsets, flow_state, tcp_flags,
 };
 
 #[unsafe(no_mangle)]
 static CONFIG_ALL_PORTS: Global<u8> = Global::new(0);
+#[unsafe(no_mangle)]
+static CONFIG_WATCHED_PORTS: Global<[u8; PORT_BITMAP_BYTES]> = Global::new([0; PORT_BITMAP_BYTES]);
 #[unsafe(no_mangle)]
 static CONFIG_SKB_OFFSETS: Global<SkbOffsets> = Global::new(SkbOffsets {
     head: 0,
@@ -68,8 +70,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 /// is what a SYN storm does on every packet. Lookups still see every CPU's entries.
 static FLOWS: LruHashMap<FlowKey, FlowStats> =
     LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, BPF_F_NO_COMMON_LRU);
-#[map]
-static WATCHED_PORTS: Array<u8> = Array::with_max_entries(PORTS, 0);
 #[map]
 static IGNORED_REASONS: Array<u8> = Array::with_max_entries(MAX_DROP_REASONS, 0);
 #[map]
@@ -162,7 +162,16 @@ fn ifindex(ctx: &TcContext) -> u32 {
 
 #[inline(always)]
 fn watched(port: u16) -> bool {
-    matches!(WATCHED_PORTS.get(u32::from(port)), Some(v) if *v != 0)
+    // SAFETY: `Global` is repr(transparent) over the array, and port / 8 < PORT_BITMAP_BYTES. A volatile
+    // read of one byte: the global is set at load time, never a compile-time constant.
+    let byte = unsafe {
+        core::ptr::read_volatile(
+            (&raw const CONFIG_WATCHED_PORTS)
+                .cast::<u8>()
+                .add(usize::from(port >> 3)),
+        )
+    };
+    byte & (1 << (port & 7)) != 0
 }
 
 /// The addresses of an IP packet (IPv4 in the first four bytes).

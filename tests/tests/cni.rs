@@ -423,3 +423,107 @@ fn netlink_filters_left_by_a_crash_are_removed_at_the_next_start() {
     );
     assert!(qdiscs(&lab.node, "lxca").contains("clsact"));
 }
+
+/// Without `--interfaces`, `observer run` recognises the CNI from the node's interface names (here `lxc*`,
+/// Cilium's), says so, and attaches to the interfaces that follow from it.
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn daemon_detects_the_cni_from_interface_names_and_attaches() {
+    let bin = std::env::var("OBSERVER_BIN")
+        .expect("OBSERVER_BIN (set by ./x test) points to the observer binary");
+    let mut lab = Lab::new();
+    lab.add_pod("a", "lxca");
+    lab.add_pod("b", "lxcb");
+    let manifests = observer_tests::daemon::ManifestDir::new(&lab);
+    manifests.write("empty.yaml", "");
+    let dir = manifests.dir.to_str().expect("UTF-8").to_owned();
+    let mut child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.node.name,
+            &bin,
+            "run",
+            "--cluster",
+            &dir,
+            "--ports",
+            "50051",
+            "--listen",
+            "127.0.0.1:9990",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning observer run");
+    let pipe = child.stderr.take().expect("stderr");
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::BufReader::new(pipe).read_to_string(&mut text);
+        text
+    });
+    let attached = wait_for(Duration::from_secs(15), || {
+        ["lxca", "lxcb"]
+            .iter()
+            .all(|dev| {
+                hook_programs(&lab.node, dev, false)
+                    .iter()
+                    .all(|(_, p)| p.first().is_some_and(|n| n.starts_with("tc_")))
+            })
+            .then_some(())
+    });
+    sh(&["kill", "-TERM", &child.id().to_string()]);
+    let _ = wait_for(Duration::from_secs(10), || child.try_wait().expect("wait"));
+    let stderr = err.join().expect("stderr");
+    assert!(attached.is_some(), "attached to lxca and lxcb: {stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("interfaces: detected from the node"))
+        .unwrap_or_else(|| panic!("the detection is printed: {stderr}"));
+    assert!(line.contains("Cilium") && line.contains("lxc*"), "{line}");
+}
+
+/// Netlink mode: a CNI that deletes the clsact qdisc (and with it every filter on it, ours included)
+/// and adds its own: ours is attached again, in front, and the next call is seen.
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn netlink_ours_is_attached_again_after_the_qdisc_was_replaced() {
+    let mut lab = Lab::new();
+    lab.add_pod("a", "lxca");
+    lab.add_pod("b", "lxcb");
+    let obs = Observer::start(&lab.node, config(AttachMode::Netlink), &["lxca", "lxcb"]);
+    lab.node
+        .exec(&["tc", "qdisc", "del", "dev", "lxca", "clsact"]);
+    let _cni = CniProgram::attach(
+        &lab.node,
+        "lxca",
+        TcAttachType::Ingress,
+        Fixture::Pass,
+        Placement::First,
+        true,
+        None,
+    );
+    let back = wait_for(Duration::from_secs(10), || {
+        let order = hook_programs(&lab.node, "lxca", true);
+        order
+            .iter()
+            .all(|(_, p)| p.first().is_some_and(|n| n.starts_with("tc_")))
+            .then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "ours back in front on both hooks: {:?} ({:?})",
+        hook_programs(&lab.node, "lxca", true),
+        obs.link_changes()
+    );
+    let to = SocketAddr::new(lab.pod(1).addr(observer_tests::Family::V4), PORT);
+    let _server = grpc::Server::start(&lab.pod(1).ns, to);
+    grpc::call(&lab.pod(0).ns, to, WAIT).expect("call");
+    obs.wait_event(WAIT, |e| {
+        of_flow(e, to, Kind::Opened) && e.interface.as_deref() == Some("lxca")
+    })
+    .expect("the SYN seen on the interface whose qdisc was replaced");
+    obs.stop();
+    // The qdisc is the CNI's now (it holds the CNI's filter): it stays, ours are gone.
+    assert!(filters_of(&lab.node, "lxca").iter().all(|f| !f.is_ours()));
+    assert!(qdiscs(&lab.node, "lxca").contains("clsact"));
+}

@@ -601,3 +601,94 @@ fn ipv6_extension_headers_are_walked_up_to_the_bound() {
         assert_eq!(opened, seen, "{name}: {events:?}");
     }
 }
+
+/// An Ethernet + IPv4 + TCP SYN from `src:sport` to 198.19.1.2:50051.
+fn ipv4_syn(src: [u8; 4], sport: u16, seq: u32) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
+    f.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[198, 19, 1, 2]);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&PORT.to_be_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    f
+}
+
+/// Floods are bounded in the kernel: the same SYN over and over is counted in its flow and sent up only
+/// while few, then at powers of two; new flows from one source beyond its token bucket are counted as
+/// suppressed instead of sent up. BPF_PROG_TEST_RUN on the real program and ring buffer.
+#[test]
+#[ignore = "needs root: run through ./x test"]
+fn repeated_syns_and_new_flow_floods_are_counted_not_sent_up() {
+    observer_tests::require_root();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let mut dp = observer::bpf::Datapath::load(&DatapathConfig {
+        interfaces: vec![],
+        ports: vec![PORT],
+        new_flow_rate: 100,
+        new_flow_burst: 100,
+        ..DatapathConfig::default()
+    })
+    .expect("loading the datapath");
+    let mut reader = dp.events().expect("ring buffer");
+    let tc = observer_common::program::TC_INGRESS;
+
+    // One SYN, 100 times: opened, then retransmissions 2–7, then 8, 16, 32 and 64.
+    dp.test_run(tc, &ipv4_syn([198, 18, 7, 2], 40000, 9), 100)
+        .expect("test run");
+    let mut events = Vec::new();
+    reader.read_available(&mut events);
+    let counts: Vec<u16> = events
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Opened | Kind::SynRetransmit))
+        .map(|e| e.syn_count)
+        .collect();
+    assert_eq!(
+        counts,
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64],
+        "{events:?}"
+    );
+    let (_, stats) = dp
+        .flows()
+        .into_iter()
+        .find(|(k, _)| k.client_port == 40000)
+        .expect("the flow's entry");
+    assert_eq!(stats.syn_count, 100, "every SYN counted");
+
+    // 1,000 new flows from one source in a burst: about the bucket's 100 events go up (per CPU the runs
+    // landed on), the rest are counted. BPF_PROG_TEST_RUN frees each packet through kfree_skb, and that
+    // drop report takes its token from the same source's bucket: opened and dropped together.
+    let suppressed_before = dp.suppressed_events();
+    for i in 0..1000u16 {
+        dp.test_run(tc, &ipv4_syn([198, 18, 7, 3], 10000 + i, u32::from(i)), 1)
+            .expect("test run");
+    }
+    events.clear();
+    reader.read_available(&mut events);
+    let opened = events
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Opened | Kind::Dropped))
+        .count();
+    let suppressed = dp.suppressed_events() - suppressed_before;
+    assert!((100..=250).contains(&opened), "sent up: {opened}");
+    assert!(
+        suppressed >= 1750,
+        "the rest counted as suppressed: {suppressed}"
+    );
+    // Another source has its own bucket.
+    dp.test_run(tc, &ipv4_syn([198, 18, 9, 9], 20000, 1), 1)
+        .expect("test run");
+    events.clear();
+    reader.read_available(&mut events);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == Kind::Opened && e.client.port() == 20000),
+        "{events:?}"
+    );
+}

@@ -266,6 +266,7 @@ impl Datapath {
             offsets.tp_reason = f.reason;
         }
         let all_ports = u8::from(config.all_ports);
+        let watched_ports = observer_common::port_bitmap(&config.ports);
         let repeat_ns = u64::try_from(config.drop_repeat.as_nanos()).unwrap_or(u64::MAX);
         let rate = RateConfig {
             per_second: config.new_flow_rate,
@@ -274,31 +275,13 @@ impl Datapath {
 
         let mut ebpf = EbpfLoader::new()
             .override_global(global::ALL_PORTS, &all_ports, true)
+            .override_global(global::WATCHED_PORTS, &watched_ports, true)
             .override_global(global::SKB_OFFSETS, &offsets, true)
             .override_global(global::DROP_REPEAT_NS, &repeat_ns, true)
             .override_global(global::NEW_FLOW_RATE, &rate, true)
             .load(OBJECT)
             .map_err(LoadError::Load)?;
 
-        {
-            let mut ports: Array<_, u8> = Array::try_from(ebpf.map_mut(map::WATCHED_PORTS).ok_or(
-                LoadError::MapNotFound {
-                    name: map::WATCHED_PORTS,
-                },
-            )?)
-            .map_err(|source| LoadError::Map {
-                name: map::WATCHED_PORTS,
-                source,
-            })?;
-            for &port in &config.ports {
-                ports
-                    .set(u32::from(port), &1, 0)
-                    .map_err(|source| LoadError::Map {
-                        name: map::WATCHED_PORTS,
-                        source,
-                    })?;
-            }
-        }
         {
             let mut ignored: Array<_, u8> = Array::try_from(
                 ebpf.map_mut(map::IGNORED_REASONS)

@@ -311,10 +311,10 @@ async fn serve(
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(version) = uri.path().strip_prefix("/apis/policy.networking.k8s.io/") {
-        if !version.contains('/') {
-            return discovery_response(&shared, version);
-        }
+    if let Some(version) = uri.path().strip_prefix("/apis/policy.networking.k8s.io/")
+        && !version.contains('/')
+    {
+        return discovery_response(&shared, version);
     }
     let Some(resource) = Resource::from_path(uri.path()) else {
         return (StatusCode::NOT_FOUND, "no such collection").into_response();

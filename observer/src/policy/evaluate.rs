@@ -217,7 +217,7 @@ impl Index {
                 return v;
             }
             let mut v = DirectionVerdict::unrestricted(DecidedBy::NotIsolated, true, false);
-            v.explanation = trail.into_explanation();
+            v.explanation = trail.take_entries();
             return v;
         }
         selecting.sort_by(|a, b| {
@@ -237,7 +237,7 @@ impl Index {
             });
         }
         let allowed = outcomes.iter().any(|o| o.allowed_by_rule.is_some());
-        let mut explanation = trail.explanation_so_far();
+        let mut explanation = trail.take_entries();
         if allowed {
             for o in outcomes.iter().filter(|o| o.allowed_by_rule.is_some()) {
                 explanation.push(Explanation {

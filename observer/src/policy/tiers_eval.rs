@@ -33,12 +33,9 @@ pub(crate) struct Trail {
 }
 
 impl Trail {
-    pub(crate) fn explanation_so_far(&self) -> Vec<Explanation> {
-        self.entries.clone()
-    }
-
-    pub(crate) fn into_explanation(self) -> Vec<Explanation> {
-        self.entries
+    /// The explanation entries so far (Pass rules taken), moved out.
+    pub(crate) fn take_entries(&mut self) -> Vec<Explanation> {
+        std::mem::take(&mut self.entries)
     }
 }
 
@@ -81,7 +78,6 @@ struct Miss {
     reason: String,
     expected: String,
     actual: String,
-    partial: bool,
 }
 
 impl Index {
@@ -239,7 +235,7 @@ impl Index {
         i: usize,
         r: &ClusterRule,
         ambiguous: Vec<String>,
-        trail: &Trail,
+        trail: &mut Trail,
         isolated: bool,
         dir: Direction,
         peer: &Side<'_>,
@@ -249,7 +245,7 @@ impl Index {
     ) -> DirectionVerdict {
         let key = c.meta.key();
         let accept = r.action == Action::Accept;
-        let mut explanation = trail.explanation_so_far();
+        let mut explanation = trail.take_entries();
         let verb = if accept { "accepts" } else { "denies" };
         let closed = if r.fail_closed {
             " (a peer of a kind this version does not know: failed closed)"
@@ -386,8 +382,9 @@ impl Index {
         }
     }
 
-    /// Explanation entries for the Accept and Pass rules the cluster tiers evaluated without a match;
-    /// marks the nearest and returns its one-line summary.
+    /// The explanation entries of the Accept (or Pass) rule the cluster tiers evaluated that came closest
+    /// to matching, marked `nearest_miss`, and its one-line summary. Rules are classified cheaply first and
+    /// only the nearest is formatted: formatting dominates the cost of a verdict.
     #[expect(
         clippy::too_many_arguments,
         reason = "the evaluation context of one direction"
@@ -403,65 +400,78 @@ impl Index {
         out: &mut Vec<Explanation>,
         include_pass: bool,
     ) -> Option<String> {
-        let peer_key = match dir {
-            Direction::Ingress => "from",
-            Direction::Egress => "to",
-        };
-        let mut best: Option<((u8, bool), std::ops::Range<usize>, String)> = None;
+        let mut best: Option<((u8, bool), &ClusterPolicy, usize, &ClusterRule)> = None;
         for &(slot, upto) in &trail.evaluated {
             let Some(c) = self.cluster.get(slot) else {
                 continue;
             };
-            let key = c.meta.key();
             for (i, r) in c.rules(dir).iter().enumerate().take(upto) {
                 if r.action == Action::Deny || (r.action == Action::Pass && !include_pass) {
                     continue;
                 }
-                let at = format!("{dir}[{i}]");
-                let peer_miss = self.cluster_peer_miss(r, &at, peer_key, peer);
-                let port_miss = cluster_port_miss(r, dest, port, protocol);
-                if peer_miss.is_none() && port_miss.is_none() {
+                let peer_ok = r.peers.iter().any(|p| self.cluster_peer_matches(p, peer));
+                let port_ok = r.ports.as_deref().is_none_or(|ps| {
+                    ps.iter()
+                        .any(|p| cluster_port_matches(p, dest, port, protocol))
+                });
+                if peer_ok && port_ok {
                     continue;
                 }
-                let score = (
-                    u8::from(peer_miss.is_none()) + u8::from(port_miss.is_none()),
-                    peer_miss.as_ref().is_some_and(|m| m.partial),
-                );
-                let summary = {
-                    let parts: Vec<String> = peer_miss
-                        .iter()
-                        .chain(port_miss.iter())
-                        .map(|m| format!("{} (wants {}, got {})", m.reason, m.expected, m.actual))
-                        .collect();
-                    format!(
-                        "{key} {} {}: {}",
-                        rule_label(i, r),
-                        r.action,
-                        parts.join(", and ")
-                    )
-                };
-                let start = out.len();
-                for m in peer_miss.into_iter().chain(port_miss) {
-                    out.push(Explanation {
-                        policy: key.clone(),
-                        rule: Some(i),
-                        reason: format!("{} ({}): {}", rule_label(i, r), r.action, m.reason),
-                        clause: Some(m.clause),
-                        expected: Some(m.expected),
-                        actual: Some(m.actual),
-                        nearest_miss: false,
-                    });
-                }
+                let partial =
+                    !peer_ok && r.peers.iter().any(|p| self.cluster_peer_partial(p, peer));
+                let score = (u8::from(peer_ok) + u8::from(port_ok), partial);
                 if best.as_ref().is_none_or(|b| score > b.0) {
-                    best = Some((score, start..out.len(), summary));
+                    best = Some((score, c, i, r));
                 }
             }
         }
-        let (_, span, summary) = best?;
-        for e in out.get_mut(span).unwrap_or_default() {
-            e.nearest_miss = true;
+        let (_, c, i, r) = best?;
+        let peer_key = match dir {
+            Direction::Ingress => "from",
+            Direction::Egress => "to",
+        };
+        let key = c.meta.key();
+        let at = format!("{dir}[{i}]");
+        let misses: Vec<Miss> = self
+            .cluster_peer_miss(r, &at, peer_key, peer)
+            .into_iter()
+            .chain(cluster_port_miss(r, dest, port, protocol))
+            .collect();
+        let parts: Vec<String> = misses
+            .iter()
+            .map(|m| format!("{} (wants {}, got {})", m.reason, m.expected, m.actual))
+            .collect();
+        let summary = format!(
+            "{key} {} {}: {}",
+            rule_label(i, r),
+            r.action,
+            parts.join(", and ")
+        );
+        for m in misses {
+            out.push(Explanation {
+                policy: key.clone(),
+                rule: Some(i),
+                reason: format!("{} ({}): {}", rule_label(i, r), r.action, m.reason),
+                clause: Some(m.clause),
+                expected: Some(m.expected),
+                actual: Some(m.actual),
+                nearest_miss: true,
+            });
         }
         Some(summary)
+    }
+
+    /// Whether a non-matching pods peer matched its namespace part (breaks nearest-miss ties).
+    fn cluster_peer_partial(&self, p: &ClusterPeer, other: &Side<'_>) -> bool {
+        match p {
+            ClusterPeer::Pods { namespaces, .. } => {
+                other.pod.filter(|p| !p.host_network).is_some_and(|pod| {
+                    self.namespace_labels(&pod.namespace)
+                        .is_some_and(|l| namespaces.matches(l))
+                })
+            }
+            _ => false,
+        }
     }
 
     fn cluster_peer_miss(
@@ -476,15 +486,7 @@ impl Index {
             if self.cluster_peer_matches(p, other) {
                 return None;
             }
-            let partial = match p {
-                ClusterPeer::Pods { namespaces, .. } => {
-                    other.pod.filter(|p| !p.host_network).is_some_and(|pod| {
-                        self.namespace_labels(&pod.namespace)
-                            .is_some_and(|l| namespaces.matches(l))
-                    })
-                }
-                _ => false,
-            };
+            let partial = self.cluster_peer_partial(p, other);
             if best.is_none_or(|(_, b)| partial && !b) {
                 best = Some((j, partial));
             }
@@ -495,7 +497,6 @@ impl Index {
                 reason: "no peer this observer can evaluate".into(),
                 expected: "a peer".into(),
                 actual: other.describe(),
-                partial: false,
             });
         };
         let p = r.peers.get(j)?;
@@ -521,7 +522,6 @@ impl Index {
                 reason: reason.into(),
                 expected,
                 actual: other.describe(),
-                partial: false,
             }
         };
         let miss = match p {
@@ -534,7 +534,6 @@ impl Index {
                         reason: "namespace labels do not match".into(),
                         expected: sel.to_string(),
                         actual: ns_text(pod),
-                        partial: false,
                     },
                 }
             }
@@ -552,7 +551,6 @@ impl Index {
                             reason: "namespace labels do not match namespaceSelector".into(),
                             expected: namespaces.to_string(),
                             actual: ns_text(pod),
-                            partial: false,
                         }
                     }
                     Some(pod) => Miss {
@@ -560,7 +558,6 @@ impl Index {
                         reason: "pod labels do not match podSelector".into(),
                         expected: pods.to_string(),
                         actual: format!("{}/{}: {}", pod.namespace, pod.name, pod.labels),
-                        partial: true,
                     },
                 }
             }
@@ -579,7 +576,6 @@ impl Index {
                 actual: other
                     .ip
                     .map_or_else(|| other.describe(), |ip| ip.to_string()),
-                partial: false,
             },
             ClusterPeer::Nodes(sel) => match other.as_node.and_then(|n| self.node_by_name(n)) {
                 None => Miss {
@@ -587,14 +583,12 @@ impl Index {
                     reason: "peer is not a node".into(),
                     expected: format!("nodes {sel}"),
                     actual: other.describe(),
-                    partial: false,
                 },
                 Some(n) => Miss {
                     clause: format!("{clause}.nodes"),
                     reason: "node labels do not match".into(),
                     expected: sel.to_string(),
                     actual: format!("node {}: {}", n.name, n.labels),
-                    partial: false,
                 },
             },
         };
@@ -677,6 +671,5 @@ fn cluster_port_miss(
         },
         expected: shown.join(", "),
         actual: format!("{protocol} {port}"),
-        partial: same_protocol,
     })
 }

@@ -357,10 +357,10 @@ async fn serve(
     if method == Method::POST {
         return review(&shared, uri.path(), &body);
     }
-    if let Some(version) = uri.path().strip_prefix("/apis/policy.networking.k8s.io/") {
-        if !version.contains('/') {
-            return discovery_response(&shared, version);
-        }
+    if let Some(version) = uri.path().strip_prefix("/apis/policy.networking.k8s.io/")
+        && !version.contains('/')
+    {
+        return discovery_response(&shared, version);
     }
     let Some(resource) = Resource::from_path(uri.path()) else {
         return (StatusCode::NOT_FOUND, "no such collection").into_response();

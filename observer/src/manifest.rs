@@ -1,10 +1,10 @@
 //! Loading cluster objects from manifest files: YAML (multi-document) or JSON, single objects or lists as
-//! `kubectl get ns,pods,nodes,netpol -A -o yaml` prints them.
+//! `kubectl get ns,pods,nodes,netpol,svc,endpointslices -A -o yaml` prints them.
 //!
 //! Bad input never aborts the load: every problem becomes a [`ManifestError`] naming the file, the object
 //! (`Kind namespace/name`, or its document and item position when it has no name) and the field, and every
-//! other object is still used. Kinds other than Namespace, Pod, Node and NetworkPolicy are listed in
-//! [`Manifests::skipped`].
+//! other object is still used. Kinds other than Namespace, Pod, Node, NetworkPolicy, Service and
+//! EndpointSlice are listed in [`Manifests::skipped`].
 //!
 //! Accepted objects are kept as the typed Kubernetes objects, validated with the policy engine's
 //! conversion: `observer explain` compiles them into a [`policy::Index`](Index), and the daemon's file source
@@ -16,6 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use serde_json::Value;
 
@@ -77,6 +78,18 @@ pub enum ManifestError {
         #[source]
         error: CompileError,
     },
+    /// A well-typed Service or EndpointSlice with a value the inventory cannot interpret.
+    #[error("{file}: {object}: {field}: invalid value {value:?}")]
+    Unusable {
+        /// Path.
+        file: PathBuf,
+        /// `Kind namespace/name`.
+        object: String,
+        /// Path of the field.
+        field: String,
+        /// What was given.
+        value: String,
+    },
     /// The same object twice; the first one is kept.
     #[error("{file}: {object}: duplicate object (first defined in {first}); keeping the first")]
     Duplicate {
@@ -99,6 +112,7 @@ impl ManifestError {
             | Self::NotAnObject { file, .. }
             | Self::Decode { file, .. }
             | Self::Invalid { file, .. }
+            | Self::Unusable { file, .. }
             | Self::Duplicate { file, .. } => file,
         }
     }
@@ -110,6 +124,7 @@ impl ManifestError {
             Self::Read { .. } | Self::Syntax { .. } => None,
             Self::NotAnObject { object, .. }
             | Self::Decode { object, .. }
+            | Self::Unusable { object, .. }
             | Self::Duplicate { object, .. } => Some(object),
             Self::Invalid { error, .. } => Some(error.object()),
         }
@@ -120,7 +135,9 @@ impl ManifestError {
     pub fn field(&self) -> Option<&str> {
         match self {
             Self::Read { .. } | Self::Syntax { .. } | Self::Duplicate { .. } => None,
-            Self::NotAnObject { field, .. } | Self::Decode { field, .. } => Some(field),
+            Self::NotAnObject { field, .. }
+            | Self::Decode { field, .. }
+            | Self::Unusable { field, .. } => Some(field),
             Self::Invalid { error, .. } => Some(error.field()),
         }
     }
@@ -160,6 +177,10 @@ pub struct Manifests {
     pub pods: Vec<core::Pod>,
     /// NetworkPolicies (each compiles: the loader checked).
     pub policies: Vec<net::NetworkPolicy>,
+    /// Services (each converts: the loader checked).
+    pub services: Vec<core::Service>,
+    /// EndpointSlices (each converts: the loader checked).
+    pub endpoint_slices: Vec<discovery::EndpointSlice>,
     /// Objects of other kinds.
     pub skipped: Vec<Skipped>,
     /// Everything that could not be used, in input order.
@@ -172,7 +193,25 @@ impl Manifests {
     /// Number of accepted objects.
     #[must_use]
     pub fn object_count(&self) -> usize {
-        self.namespaces.len() + self.nodes.len() + self.pods.len() + self.policies.len()
+        self.namespaces.len()
+            + self.nodes.len()
+            + self.pods.len()
+            + self.policies.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+    }
+
+    /// Every accepted object, for [`Inventory::replace`](crate::cluster::Inventory::replace).
+    #[must_use]
+    pub fn objects(&self) -> crate::cluster::ClusterObjects<'_> {
+        crate::cluster::ClusterObjects {
+            namespaces: &self.namespaces,
+            nodes: &self.nodes,
+            pods: &self.pods,
+            policies: &self.policies,
+            services: &self.services,
+            endpoint_slices: &self.endpoint_slices,
+        }
     }
 
     /// A policy index holding every accepted object.
@@ -466,6 +505,30 @@ impl Manifests {
                     });
                 }
             }
+            ("v1", "Service") => {
+                if let Some(o) = self.decode::<core::Service>(file, named(true), v) {
+                    let ns = ns.unwrap_or("default");
+                    let checked =
+                        crate::cluster::ServiceEntry::from_k8s(&o, &mut Default::default());
+                    if self.usable(file, checked.map(drop)) {
+                        self.accept(file, "Service", ns, name, file_doc, Ok(()), |m| {
+                            m.services.push(o);
+                        });
+                    }
+                }
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                if let Some(o) = self.decode::<discovery::EndpointSlice>(file, named(true), v) {
+                    let ns = ns.unwrap_or("default");
+                    let checked =
+                        crate::cluster::SliceEntry::from_k8s(&o, &mut Default::default());
+                    if self.usable(file, checked.map(drop)) {
+                        self.accept(file, "EndpointSlice", ns, name, file_doc, Ok(()), |m| {
+                            m.endpoint_slices.push(o);
+                        });
+                    }
+                }
+            }
             _ => {
                 let object = match (ns, name) {
                     (Some(ns), Some(n)) => format!("{ns}/{n}"),
@@ -502,6 +565,36 @@ impl Manifests {
                     message: e.into_inner().to_string(),
                 });
                 None
+            }
+        }
+    }
+
+    /// Whether the inventory's own conversion (Services, EndpointSlices) took the object; if not, the
+    /// problem is recorded.
+    fn usable(&mut self, file: &Path, checked: Result<(), crate::cluster::Error>) -> bool {
+        match checked {
+            Ok(()) => true,
+            Err(crate::cluster::Error::InvalidField {
+                kind,
+                object,
+                field,
+                value,
+            }) => {
+                self.errors.push(ManifestError::Unusable {
+                    file: file.to_owned(),
+                    object: format!("{kind} {object}"),
+                    field: field.to_owned(),
+                    value,
+                });
+                false
+            }
+            Err(crate::cluster::Error::Invalid { errors, .. }) => {
+                self.errors
+                    .extend(errors.into_iter().map(|error| ManifestError::Invalid {
+                        file: file.to_owned(),
+                        error,
+                    }));
+                false
             }
         }
     }

@@ -229,6 +229,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     (Kind::Namespace, counts.namespaces),
                     (Kind::Node, counts.nodes),
                     (Kind::NetworkPolicy, counts.policies),
+                    (Kind::Service, counts.services),
+                    (Kind::EndpointSlice, counts.endpoint_slices),
                 ] {
                     metrics.inventory_objects.with_label_values(&[kind.as_str()]).set(i64::try_from(n).unwrap_or(i64::MAX));
                 }

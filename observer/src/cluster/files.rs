@@ -102,13 +102,7 @@ impl FileSource {
             return Err(error);
         }
         let mut inventory = self.inventory.write();
-        let replaced = inventory.replace(
-            &manifests.namespaces,
-            &manifests.nodes,
-            &manifests.pods,
-            &manifests.policies,
-            SystemTime::now(),
-        );
+        let replaced = inventory.replace(&manifests.objects(), SystemTime::now());
         if let Err(errors) = replaced {
             drop(inventory);
             let error = Error::Rejected { errors };

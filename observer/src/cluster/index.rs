@@ -3,17 +3,19 @@
 //! takes the time as an argument.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::model::{
     Interner, ObjectRef, PodEntry, PolicyRevision, namespace_from_k8s, node_from_k8s,
     policy_from_k8s,
 };
+use super::service::{Backend, Fronting, ServiceEntry, ServicePort, Services, SliceEntry};
 use super::timeline::{Holding, IpTimeline, PolicyHistory, Reach};
 use super::{Error, Kind};
 use crate::policy;
@@ -78,6 +80,27 @@ pub struct Counts {
     pub policies: usize,
     /// IPs with a timeline (current or recently ended holders).
     pub ips: usize,
+    /// Services.
+    pub services: usize,
+    /// EndpointSlices.
+    pub endpoint_slices: usize,
+}
+
+/// Every object of a cluster, for [`Inventory::replace`] (manifest files).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterObjects<'a> {
+    /// Namespaces.
+    pub namespaces: &'a [Namespace],
+    /// Nodes.
+    pub nodes: &'a [Node],
+    /// Pods.
+    pub pods: &'a [Pod],
+    /// NetworkPolicies.
+    pub policies: &'a [NetworkPolicy],
+    /// Services.
+    pub services: &'a [Service],
+    /// EndpointSlices.
+    pub endpoint_slices: &'a [EndpointSlice],
 }
 
 /// Entries converted during a relist, kept out of sight until [`Inventory::commit`] swaps them in: readers
@@ -101,6 +124,14 @@ enum Staging {
         seen: HashSet<ObjectRef>,
         changed: Vec<(PolicyEntry, policy::Policy)>,
     },
+    Services {
+        seen: HashSet<ObjectRef>,
+        changed: Vec<ServiceEntry>,
+    },
+    Slices {
+        seen: HashSet<ObjectRef>,
+        changed: Vec<SliceEntry>,
+    },
 }
 
 impl Staging {
@@ -122,6 +153,14 @@ impl Staging {
                 seen: HashSet::new(),
                 changed: Vec::new(),
             },
+            Kind::Service => Self::Services {
+                seen: HashSet::new(),
+                changed: Vec::new(),
+            },
+            Kind::EndpointSlice => Self::Slices {
+                seen: HashSet::new(),
+                changed: Vec::new(),
+            },
         }
     }
 }
@@ -139,6 +178,7 @@ pub struct Inventory {
     policies: HashMap<ObjectRef, PolicyEntry>,
     histories: HashMap<ObjectRef, PolicyHistory>,
     ips: HashMap<IpAddr, IpTimeline>,
+    services: Services,
     engine: policy::Index,
     staging: [Option<Staging>; Kind::ALL.len()],
     synced: [bool; Kind::ALL.len()],
@@ -187,6 +227,8 @@ impl Inventory {
             nodes: self.nodes.len(),
             policies: self.policies.len(),
             ips: self.ips.len(),
+            services: self.services.service_count(),
+            endpoint_slices: self.services.slice_count(),
         }
     }
 
@@ -411,6 +453,97 @@ impl Inventory {
         Some((history.at(at)?, history.changed_at(at)?))
     }
 
+    // ---- services and endpoint slices ----
+
+    /// Adds or updates a Service. On error (a malformed object) the inventory is unchanged.
+    pub fn apply_service(&mut self, svc: &Service) -> Result<(), Error> {
+        let entry = ServiceEntry::from_k8s(svc, &mut self.interner)?;
+        self.put_service(entry);
+        Ok(())
+    }
+
+    fn put_service(&mut self, entry: ServiceEntry) {
+        if self.services.put_service(entry) {
+            self.generation += 1;
+        }
+    }
+
+    /// Removes a Service.
+    pub fn delete_service(&mut self, namespace: &str, name: &str) -> bool {
+        let gone = self.services.delete_service(namespace, name);
+        if gone {
+            self.generation += 1;
+        }
+        gone
+    }
+
+    /// Adds or updates an EndpointSlice. On error (a malformed object) the inventory is unchanged.
+    pub fn apply_endpoint_slice(&mut self, slice: &EndpointSlice) -> Result<(), Error> {
+        let entry = SliceEntry::from_k8s(slice, &mut self.interner)?;
+        self.put_slice(entry);
+        Ok(())
+    }
+
+    fn put_slice(&mut self, entry: SliceEntry) {
+        if self.services.put_slice(entry) {
+            self.generation += 1;
+        }
+    }
+
+    /// Removes an EndpointSlice.
+    pub fn delete_endpoint_slice(&mut self, namespace: &str, name: &str) -> bool {
+        let gone = self.services.delete_slice(namespace, name);
+        if gone {
+            self.generation += 1;
+        }
+        gone
+    }
+
+    /// The Service `namespace/name`.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceEntry>> {
+        self.services.service(&ObjectRef::new(namespace, name))
+    }
+
+    /// The EndpointSlice `namespace/name`.
+    pub fn endpoint_slice(&self, namespace: &str, name: &str) -> Option<&Arc<SliceEntry>> {
+        self.services.slice(&ObjectRef::new(namespace, name))
+    }
+
+    /// All current Services, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceEntry>> {
+        self.services.services()
+    }
+
+    /// Bumped by every change of Services or EndpointSlices (readers rebuild VIP maps against it).
+    pub fn services_generation(&self) -> u64 {
+        self.services.generation()
+    }
+
+    /// The Service whose cluster IP is `vip`, and its port `port`/`protocol` (`None` for the port when the
+    /// Service has no such port).
+    pub fn service_at(
+        &self,
+        vip: SocketAddr,
+        protocol: policy::Protocol,
+    ) -> Option<(&Arc<ServiceEntry>, Option<&ServicePort>)> {
+        let service = self.services.at_vip(vip.ip())?;
+        Some((service, service.port(vip.port(), protocol)))
+    }
+
+    /// Every backend of `service`'s `port` (ready or not; check [`Backend::ready`]).
+    pub fn backends(&self, service: &ServiceEntry, port: &ServicePort) -> Vec<Backend> {
+        self.services.backends(service, port)
+    }
+
+    /// Every Service whose EndpointSlices hold `backend` (ip:targetPort), with the port leading there.
+    pub fn services_fronting(
+        &self,
+        backend: SocketAddr,
+        protocol: policy::Protocol,
+    ) -> Vec<Fronting> {
+        self.services.fronting(backend, protocol)
+    }
+
     // ---- lookups ----
 
     /// What `ip` was at `at`: a pod (possibly deleted since), a node, or nothing known.
@@ -535,6 +668,36 @@ impl Inventory {
         }
     }
 
+    /// Stages a listed Service. Without a [`Inventory::begin`] it is applied at once.
+    pub fn stage_service(&mut self, svc: &Service) -> Result<(), Error> {
+        let entry = ServiceEntry::from_k8s(svc, &mut self.interner)?;
+        match &mut self.staging[Kind::Service.index()] {
+            Some(Staging::Services { seen, changed }) => {
+                seen.insert(entry.key.clone());
+                if !self.services.has_service(&entry) {
+                    changed.push(entry);
+                }
+            }
+            _ => self.put_service(entry),
+        }
+        Ok(())
+    }
+
+    /// Stages a listed EndpointSlice. Without a [`Inventory::begin`] it is applied at once.
+    pub fn stage_endpoint_slice(&mut self, slice: &EndpointSlice) -> Result<(), Error> {
+        let entry = SliceEntry::from_k8s(slice, &mut self.interner)?;
+        match &mut self.staging[Kind::EndpointSlice.index()] {
+            Some(Staging::Slices { seen, changed }) => {
+                seen.insert(entry.key.clone());
+                if !self.services.has_slice(&entry) {
+                    changed.push(entry);
+                }
+            }
+            _ => self.put_slice(entry),
+        }
+        Ok(())
+    }
+
     /// Ends the relist of `kind`: staged objects replace the current ones, objects not listed are deleted
     /// (at `now`), and the kind counts as synced. Without a pending relist this only marks it synced.
     pub fn commit(&mut self, kind: Kind, now: SystemTime) {
@@ -596,6 +759,34 @@ impl Inventory {
                     self.put_policy(compiled, entry.revision);
                 }
             }
+            Some(Staging::Services { seen, changed }) => {
+                let gone: Vec<ObjectRef> = self
+                    .services
+                    .service_keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.delete_service(&key.namespace, &key.name);
+                }
+                for entry in changed {
+                    self.put_service(entry);
+                }
+            }
+            Some(Staging::Slices { seen, changed }) => {
+                let gone: Vec<ObjectRef> = self
+                    .services
+                    .slice_keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.delete_endpoint_slice(&key.namespace, &key.name);
+                }
+                for entry in changed {
+                    self.put_slice(entry);
+                }
+            }
             None => {}
         }
         self.generation += 1;
@@ -611,27 +802,30 @@ impl Inventory {
     /// returned.
     pub fn replace(
         &mut self,
-        namespaces: &[Namespace],
-        nodes: &[Node],
-        pods: &[Pod],
-        policies: &[NetworkPolicy],
+        objects: &ClusterObjects<'_>,
         now: SystemTime,
     ) -> Result<(), Vec<Error>> {
         for kind in Kind::ALL {
             self.begin(kind);
         }
         let mut errors = Vec::new();
-        for ns in namespaces {
+        for ns in objects.namespaces {
             errors.extend(self.stage_namespace(ns).err());
         }
-        for node in nodes {
+        for node in objects.nodes {
             errors.extend(self.stage_node(node).err());
         }
-        for np in policies {
+        for np in objects.policies {
             errors.extend(self.stage_policy(np, now).err());
         }
-        for pod in pods {
+        for pod in objects.pods {
             errors.extend(self.stage_pod(pod, now).err());
+        }
+        for svc in objects.services {
+            errors.extend(self.stage_service(svc).err());
+        }
+        for slice in objects.endpoint_slices {
+            errors.extend(self.stage_endpoint_slice(slice).err());
         }
         if !errors.is_empty() {
             self.staging = Default::default();
@@ -639,7 +833,14 @@ impl Inventory {
             return Err(errors);
         }
         // Namespaces and policies first: each pod then finds its selecting policies once.
-        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Pod] {
+        for kind in [
+            Kind::Namespace,
+            Kind::Node,
+            Kind::NetworkPolicy,
+            Kind::Pod,
+            Kind::Service,
+            Kind::EndpointSlice,
+        ] {
             self.commit(kind, now);
         }
         Ok(())
@@ -1012,10 +1213,13 @@ mod tests {
             Some(t(60))
         );
 
-        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy] {
+        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Service] {
             inv.begin(kind);
             inv.commit(kind, t(60));
         }
+        assert!(!inv.is_ready(), "EndpointSlices not listed yet");
+        inv.begin(Kind::EndpointSlice);
+        inv.commit(Kind::EndpointSlice, t(60));
         assert!(inv.is_ready());
     }
 

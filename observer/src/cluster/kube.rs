@@ -1,7 +1,7 @@
 //! The Kubernetes API server as a cluster source: one watcher per kind, across all namespaces.
 //!
-//! RBAC: `get`, `list`, `watch` on `pods`, `namespaces`, `nodes` (core) and `networkpolicies`
-//! (`networking.k8s.io`); nothing else.
+//! RBAC: `get`, `list`, `watch` on `pods`, `namespaces`, `nodes`, `services` (core), `networkpolicies`
+//! (`networking.k8s.io`) and `endpointslices` (`discovery.k8s.io`); nothing else.
 //!
 //! Objects are watched untyped ([`DynamicObject`]) and decoded one by one, so a single malformed object is
 //! skipped and counted instead of failing the whole list, which the watcher would retry forever. (An
@@ -16,7 +16,8 @@ use ::kube::api::{Api, ApiResource, DynamicObject};
 use ::kube::runtime::WatchStreamExt as _;
 use ::kube::runtime::watcher::{self, Event};
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
@@ -82,7 +83,7 @@ pub enum Error {
 /// How often deleted pods' tenures and deleted policies' histories are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
-/// Watches Pods, Namespaces, Nodes and NetworkPolicies and keeps a [`SharedInventory`] up to date.
+/// Watches Pods, Namespaces, Nodes, NetworkPolicies, Services and EndpointSlices and keeps a [`SharedInventory`] up to date.
 #[derive(Clone)]
 pub struct KubeSource {
     client: ::kube::Client,
@@ -134,6 +135,8 @@ impl KubeSource {
             self.watch::<Namespace>(),
             self.watch::<Node>(),
             self.watch::<NetworkPolicy>(),
+            self.watch::<Service>(),
+            self.watch::<EndpointSlice>(),
             self.prune(),
         );
     }
@@ -289,6 +292,32 @@ impl Watched for NetworkPolicy {
     }
     fn delete(inventory: &mut Inventory, namespace: &str, name: &str, now: SystemTime) {
         inventory.delete_policy(namespace, name, now);
+    }
+}
+
+impl Watched for Service {
+    const INVENTORY_KIND: Kind = Kind::Service;
+    fn stage(inventory: &mut Inventory, object: &Self, _now: SystemTime) -> super::Result<()> {
+        inventory.stage_service(object)
+    }
+    fn apply(inventory: &mut Inventory, object: &Self, _now: SystemTime) -> super::Result<()> {
+        inventory.apply_service(object)
+    }
+    fn delete(inventory: &mut Inventory, namespace: &str, name: &str, _now: SystemTime) {
+        inventory.delete_service(namespace, name);
+    }
+}
+
+impl Watched for EndpointSlice {
+    const INVENTORY_KIND: Kind = Kind::EndpointSlice;
+    fn stage(inventory: &mut Inventory, object: &Self, _now: SystemTime) -> super::Result<()> {
+        inventory.stage_endpoint_slice(object)
+    }
+    fn apply(inventory: &mut Inventory, object: &Self, _now: SystemTime) -> super::Result<()> {
+        inventory.apply_endpoint_slice(object)
+    }
+    fn delete(inventory: &mut Inventory, namespace: &str, name: &str, _now: SystemTime) {
+        inventory.delete_endpoint_slice(namespace, name);
     }
 }
 

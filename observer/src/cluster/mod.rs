@@ -8,9 +8,11 @@
 //!  ├── nodes       name ─▶ policy::Node { IPs }                      (+ node IP ─▶ name)
 //!  ├── policies    namespace/name ─▶ PolicyEntry { revision in force }
 //!  ├── histories   namespace/name ─▶ PolicyHistory [ PolicyRevision { uid, rv, generation, hash, seen } … ]
+//!  ├── services    Services and EndpointSlices (see [`service`]): VIP:port → Service → backends,
+//!  │               backend ip:port → the Services fronting it
 //!  ├── engine      policy::Index, fed the same applies and deletes (verdicts); holds the pods'
 //!  │               Arc<policy::Pod>, not copies
-//!  └── synced      per kind; ready when all four kinds were listed
+//!  └── synced      per kind; ready when all six kinds were listed
 //! ```
 //!
 //! The sources ([`kube`]: API server watches, [`files`]: manifests reloaded on change) are the only writers;
@@ -23,14 +25,18 @@ pub mod files;
 mod index;
 pub mod kube;
 mod model;
+pub mod service;
 mod timeline;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use index::{Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry};
+pub use index::{ClusterObjects, Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry};
 pub use model::{
     ContainerPort, Interner, ObjectRef, PodEntry, PolicyRevision, Uid, Workload, WorkloadKind,
+};
+pub use service::{
+    Backend, Fronting, ServiceEntry, ServicePort, ServiceType, SliceEntry, TargetPort,
 };
 pub use timeline::{Holding, IpTimeline, PolicyHistory};
 
@@ -48,11 +54,22 @@ pub enum Kind {
     Node,
     /// `networking.k8s.io/v1/NetworkPolicy`.
     NetworkPolicy,
+    /// `v1/Service`.
+    Service,
+    /// `discovery.k8s.io/v1/EndpointSlice`.
+    EndpointSlice,
 }
 
 impl Kind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Self; 4] = [Self::Pod, Self::Namespace, Self::Node, Self::NetworkPolicy];
+    pub const ALL: [Self; 6] = [
+        Self::Pod,
+        Self::Namespace,
+        Self::Node,
+        Self::NetworkPolicy,
+        Self::Service,
+        Self::EndpointSlice,
+    ];
 
     /// The Kubernetes kind name (also the `kind` metric label).
     pub fn as_str(self) -> &'static str {
@@ -61,6 +78,8 @@ impl Kind {
             Self::Namespace => "Namespace",
             Self::Node => "Node",
             Self::NetworkPolicy => "NetworkPolicy",
+            Self::Service => "Service",
+            Self::EndpointSlice => "EndpointSlice",
         }
     }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::manifest::Manifests;
-use crate::policy::{DecidedBy, DirectionVerdict, Endpoint, Index, Protocol, Verdict};
+use crate::policy::{DecidedBy, DirectionVerdict, Endpoint, Index, Protocol, Verdict, tiers_eval};
 
 /// Exit code for unusable input.
 pub const EXIT_UNUSABLE: u8 = 2;
@@ -269,8 +269,39 @@ fn direction_text(
         DecidedBy::NotIsolated => format!("allowed (no policy selects the pod for {dir})"),
         DecidedBy::Policies if d.allowed => format!("allowed by {}", d.allowed_by.join(", ")),
         DecidedBy::Policies => format!("DENIED by {}", d.denied_by.join(", ")),
+        DecidedBy::ClusterPolicy => match &d.decision {
+            Some(c) => format!(
+                "{} by {} ({} tier, {}, rule {}{}, {})",
+                if d.allowed { "allowed" } else { "DENIED" },
+                c.policy,
+                c.tier,
+                c.priority
+                    .map_or_else(|| "no priority".to_owned(), |p| format!("priority {p}")),
+                c.rule,
+                c.rule_name
+                    .as_deref()
+                    .map(|n| format!(" {n:?}"))
+                    .unwrap_or_default(),
+                c.action
+            ),
+            None if d.allowed => format!("allowed by {}", d.allowed_by.join(", ")),
+            None => format!("DENIED by {}", d.denied_by.join(", ")),
+        },
     };
-    writeln!(out, "  {dir} at {at}: {why}")?;
+    let tier = match (d.tier, d.decided_by) {
+        (Some(t), DecidedBy::Policies) => format!(" [{t} tier]"),
+        _ => String::new(),
+    };
+    writeln!(out, "  {dir} at {at}: {why}{tier}")?;
+    // Pass rules taken and undefined orders: the tiers' part of the story, before the deciding policies.
+    for e in d.explanation.iter().filter(|e| {
+        matches!(
+            e.clause.as_deref(),
+            Some(tiers_eval::CLAUSE_PASS | tiers_eval::CLAUSE_UNDEFINED_ORDER)
+        )
+    }) {
+        writeln!(out, "    {}: {}", e.policy, e.reason)?;
+    }
     for p in d.responsible() {
         let rv = p
             .policy

@@ -154,9 +154,46 @@ pub enum CompileError {
         /// What was given.
         value: String,
     },
+    /// An enum field (a tier, an action) with a value this version of the API does not define.
+    #[error("{object}: {field}: unknown value {value:?} (expected {expected})")]
+    UnknownValue {
+        /// `Kind name`.
+        object: String,
+        /// Path of the field.
+        field: String,
+        /// What was given.
+        value: String,
+        /// The values the API defines.
+        expected: &'static str,
+    },
+    /// A value the API server would reject for another reason (out of range, a broken invariant).
+    #[error("{object}: {field}: {problem}")]
+    Invalid {
+        /// `Kind name`.
+        object: String,
+        /// Path of the field.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 impl CompileError {
+    /// Builds [`CompileError::UnknownValue`].
+    pub(super) fn unknown_value(
+        object: &str,
+        field: impl Into<String>,
+        value: &str,
+        expected: &'static str,
+    ) -> Self {
+        Self::UnknownValue {
+            object: object.to_owned(),
+            field: field.into(),
+            value: value.to_owned(),
+            expected,
+        }
+    }
+
     /// `Kind namespace/name` of the object at fault.
     #[must_use]
     pub fn object(&self) -> &str {
@@ -172,7 +209,9 @@ impl CompileError {
             | Self::InvalidPortName { object, .. }
             | Self::InvalidEndPort { object, .. }
             | Self::InvalidPeer { object, .. }
-            | Self::UnknownPolicyType { object, .. } => object,
+            | Self::UnknownPolicyType { object, .. }
+            | Self::UnknownValue { object, .. }
+            | Self::Invalid { object, .. } => object,
         }
     }
 
@@ -191,7 +230,9 @@ impl CompileError {
             | Self::InvalidPortName { field, .. }
             | Self::InvalidEndPort { field, .. }
             | Self::InvalidPeer { field, .. }
-            | Self::UnknownPolicyType { field, .. } => field,
+            | Self::UnknownPolicyType { field, .. }
+            | Self::UnknownValue { field, .. }
+            | Self::Invalid { field, .. } => field,
         }
     }
 }
@@ -212,20 +253,20 @@ pub fn object_ref(kind: &str, meta: &ObjectMeta, namespaced: bool) -> String {
 }
 
 /// Collects errors while compiling one object, so a user sees every problem at once.
-struct Ctx {
-    object: String,
-    errors: Vec<CompileError>,
+pub(super) struct Ctx {
+    pub(super) object: String,
+    pub(super) errors: Vec<CompileError>,
 }
 
 impl Ctx {
-    fn new(kind: &str, meta: &ObjectMeta, namespaced: bool) -> Self {
+    pub(super) fn new(kind: &str, meta: &ObjectMeta, namespaced: bool) -> Self {
         Self {
             object: object_ref(kind, meta, namespaced),
             errors: Vec::new(),
         }
     }
 
-    fn name(&mut self, meta: &ObjectMeta) -> Arc<str> {
+    pub(super) fn name(&mut self, meta: &ObjectMeta) -> Arc<str> {
         match meta.name.as_deref() {
             Some(n) if !n.is_empty() => Arc::from(n),
             _ => {
@@ -238,7 +279,7 @@ impl Ctx {
         }
     }
 
-    fn finish<T>(self, value: T) -> Result<T> {
+    pub(super) fn finish<T>(self, value: T) -> Result<T> {
         if self.errors.is_empty() {
             Ok(value)
         } else {
@@ -246,7 +287,11 @@ impl Ctx {
         }
     }
 
-    fn protocol(&mut self, field: impl FnOnce() -> String, value: Option<&str>) -> Protocol {
+    pub(super) fn protocol(
+        &mut self,
+        field: impl FnOnce() -> String,
+        value: Option<&str>,
+    ) -> Protocol {
         match value.map(Protocol::from_str) {
             None => Protocol::Tcp,
             Some(Ok(p)) => p,
@@ -261,7 +306,7 @@ impl Ctx {
         }
     }
 
-    fn port_number(&mut self, field: impl FnOnce() -> String, value: i64) -> u16 {
+    pub(super) fn port_number(&mut self, field: impl FnOnce() -> String, value: i64) -> u16 {
         match u16::try_from(value) {
             Ok(p) if p >= 1 => p,
             _ => {
@@ -289,7 +334,7 @@ impl Ctx {
         }
     }
 
-    fn cidr(&mut self, field: impl FnOnce() -> String, value: &str) -> Option<IpNet> {
+    pub(super) fn cidr(&mut self, field: impl FnOnce() -> String, value: &str) -> Option<IpNet> {
         match IpNet::from_str(value.trim()) {
             // The API server accepts host bits (10.0.0.1/24) and means the network: mask them.
             Ok(net) => Some(net.trunc()),
@@ -305,7 +350,7 @@ impl Ctx {
         }
     }
 
-    fn selector(&mut self, field: &str, sel: Option<&LabelSelector>) -> Selector {
+    pub(super) fn selector(&mut self, field: &str, sel: Option<&LabelSelector>) -> Selector {
         let Some(sel) = sel else {
             return Selector::everything();
         };
@@ -509,7 +554,7 @@ impl Ctx {
 
 /// IANA_SVC_NAME as apimachinery validates it: 1–15 of `[a-z0-9-]`, a letter somewhere, no `-` at either
 /// end, no `--`.
-fn validate_port_name(name: &str) -> std::result::Result<(), &'static str> {
+pub(super) fn validate_port_name(name: &str) -> std::result::Result<(), &'static str> {
     if name.is_empty() || name.len() > 15 {
         return Err("must be 1 to 15 characters");
     }
@@ -601,6 +646,7 @@ impl Policy {
         }
 
         let meta = Arc::new(PolicyMeta {
+            kind: super::model::PolicyKind::NetworkPolicy,
             namespace: Arc::from(np.metadata.namespace.as_deref().unwrap_or("default")),
             name,
             uid: np.metadata.uid.as_deref().map(Arc::from),
@@ -738,6 +784,7 @@ impl Node {
         }
         cx.finish(Self {
             name,
+            labels: labels(node.metadata.labels.as_ref()),
             ips: ips.into_boxed_slice(),
         })
     }

@@ -17,13 +17,13 @@ use super::model::{
 /// One end of the connection with what evaluation needs from the index.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Side<'a> {
-    kind: EndpointKind,
-    pod: Option<&'a Pod>,
+    pub(super) kind: EndpointKind,
+    pub(super) pod: Option<&'a Pod>,
     /// Policy slots selecting the pod (both directions).
     policies: &'a [u32],
     /// The node this endpoint *is* (a node, or a hostNetwork pod speaking with its node's addresses).
-    as_node: Option<&'a str>,
-    ip: Option<IpAddr>,
+    pub(super) as_node: Option<&'a str>,
+    pub(super) ip: Option<IpAddr>,
     node_name_for_info: Option<&'a str>,
 }
 
@@ -56,7 +56,7 @@ impl<'a> Side<'a> {
         }
     }
 
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         match (self.kind, self.pod) {
             (EndpointKind::Pod, Some(p)) if p.host_network => {
                 format!("hostNetwork pod {}/{}", p.namespace, p.name)
@@ -180,8 +180,45 @@ impl Index {
         if peer.as_node.is_some() && peer.as_node == pod.node_name.as_deref() {
             return DirectionVerdict::unrestricted(DecidedBy::OwnNode, true, isolated);
         }
+        // The Admin tier first, then NetworkPolicy, then the Baseline tier (v1alpha2 `spec.tier` doc).
+        let cluster = self.cluster_slots(pod);
+        let mut trail = super::tiers_eval::Trail::default();
+        if !cluster.is_empty()
+            && let Some(v) = self.cluster_tier(
+                super::tiers::Tier::Admin,
+                dir,
+                pod,
+                cluster,
+                peer,
+                dest,
+                port,
+                protocol,
+                isolated,
+                &mut trail,
+            )
+        {
+            return v;
+        }
         if !isolated {
-            return DirectionVerdict::unrestricted(DecidedBy::NotIsolated, true, false);
+            if !cluster.is_empty()
+                && let Some(v) = self.cluster_tier(
+                    super::tiers::Tier::Baseline,
+                    dir,
+                    pod,
+                    cluster,
+                    peer,
+                    dest,
+                    port,
+                    protocol,
+                    isolated,
+                    &mut trail,
+                )
+            {
+                return v;
+            }
+            let mut v = DirectionVerdict::unrestricted(DecidedBy::NotIsolated, true, false);
+            v.explanation = trail.into_explanation();
+            return v;
         }
         selecting.sort_by(|a, b| {
             (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
@@ -200,7 +237,7 @@ impl Index {
             });
         }
         let allowed = outcomes.iter().any(|o| o.allowed_by_rule.is_some());
-        let mut explanation = Vec::new();
+        let mut explanation = trail.explanation_so_far();
         if allowed {
             for o in outcomes.iter().filter(|o| o.allowed_by_rule.is_some()) {
                 explanation.push(Explanation {
@@ -243,6 +280,19 @@ impl Index {
         };
         let allowed_by = keys(&|o| o.allowed_by_rule.is_some());
         let denied_by = if allowed { Vec::new() } else { keys(&|_| true) };
+        if !allowed {
+            // Admin-tier Accept rules that came close are worth showing next to the NetworkPolicy misses.
+            self.cluster_misses(
+                &trail,
+                dir,
+                peer,
+                dest,
+                port,
+                protocol,
+                &mut explanation,
+                false,
+            );
+        }
         DirectionVerdict {
             applies: true,
             isolated: true,
@@ -250,6 +300,8 @@ impl Index {
             denied_by,
             allowed_by,
             explanation,
+            tier: Some(super::tiers::DecidingTier::NetworkPolicy),
+            decision: None,
             decided_by: DecidedBy::Policies,
             policies: outcomes,
         }
@@ -532,7 +584,12 @@ impl Index {
     }
 }
 
-fn port_matches(p: &PortMatch, port: u16, protocol: Protocol, dest: Option<&Pod>) -> bool {
+pub(super) fn port_matches(
+    p: &PortMatch,
+    port: u16,
+    protocol: Protocol,
+    dest: Option<&Pod>,
+) -> bool {
     p.protocol == protocol
         && match &p.port {
             PortSpec::All => true,
@@ -583,4 +640,14 @@ fn port_miss(rule: &Rule, port: u16, protocol: Protocol, dest: Option<&Pod>) -> 
         actual: format!("{protocol} {port}"),
         partial: !same_protocol.is_empty(),
     })
+}
+
+/// Whether the destination pod declares a container port `name` of `protocol` numbered `port`.
+pub(super) fn port_matches_named(
+    name: &str,
+    dest: Option<&Pod>,
+    port: u16,
+    protocol: Protocol,
+) -> bool {
+    dest.and_then(|d| d.named_port(name, protocol)) == Some(port)
 }

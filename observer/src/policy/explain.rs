@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::model::{PolicyMeta, Protocol};
+use super::model::{PolicyKind, PolicyMeta, Protocol};
+use super::tiers::{Action, DecidingTier};
 
 /// What kind of thing an endpoint is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -60,8 +61,34 @@ pub enum DecidedBy {
     OwnNode,
     /// No policy selects the pod for this direction: allowed by default.
     NotIsolated,
-    /// Named policies decided: see [`DirectionVerdict::policies`].
+    /// NetworkPolicies decided: see [`DirectionVerdict::policies`].
     Policies,
+    /// A rule of a cluster-scoped policy (Admin or Baseline tier) accepted or denied: see
+    /// [`DirectionVerdict::decision`].
+    ClusterPolicy,
+}
+
+/// The cluster-scoped rule that decided a direction (Accept or Deny in the Admin or Baseline tier).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleDecision {
+    /// `Admin` or `Baseline`.
+    pub tier: DecidingTier,
+    /// `ClusterNetworkPolicy`, `AdminNetworkPolicy` or `BaselineAdminNetworkPolicy`.
+    pub kind: PolicyKind,
+    /// The policy id, `Kind/name`.
+    pub policy: String,
+    /// `spec.priority` (null for the BaselineAdminNetworkPolicy, which has none).
+    pub priority: Option<i32>,
+    /// Index of the rule in `spec.ingress` / `spec.egress`.
+    pub rule: usize,
+    /// The rule's `name`, when it has one.
+    pub rule_name: Option<String>,
+    /// `Accept` or `Deny` (v1alpha1 `Allow` is reported as `Accept`).
+    pub action: Action,
+    /// Policies of the same tier and priority whose rules also match with another action: the API
+    /// leaves the order between them undefined, so an implementation may apply either.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ambiguous_with: Vec<String>,
 }
 
 /// The rule of a policy that came closest to allowing a denied connection.
@@ -122,10 +149,16 @@ pub struct DirectionVerdict {
     pub allowed_by: Vec<String>,
     /// Reasons, per selecting policy.
     pub explanation: Vec<Explanation>,
+    /// The tier that decided: `Admin`, `NetworkPolicy`, `Baseline`, or null when none did (default
+    /// allow, not a policy subject, the pod's own node).
+    pub tier: Option<DecidingTier>,
+    /// The cluster-scoped rule that decided, when the Admin or Baseline tier did.
+    pub decision: Option<RuleDecision>,
     /// What decided.
     #[serde(skip)]
     pub decided_by: DecidedBy,
-    /// Every policy selecting the pod for this direction, sorted by `namespace/name`.
+    /// NetworkPolicy tier: every policy selecting the pod for this direction, sorted by `namespace/name`;
+    /// cluster tier: the deciding policy.
     #[serde(skip)]
     pub policies: Vec<PolicyOutcome>,
 }
@@ -141,6 +174,8 @@ impl DirectionVerdict {
             denied_by: Vec::new(),
             allowed_by: Vec::new(),
             explanation: Vec::new(),
+            tier: None,
+            decision: None,
             decided_by,
             policies: Vec::new(),
         }

@@ -10,8 +10,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use super::explain::Verdict;
-use super::model::{Labels, Namespace, Node, Pod, Policy, PolicyMeta, Protocol};
+use super::model::{Labels, Namespace, Node, Pod, Policy, PolicyKind, PolicyMeta, Protocol};
 use super::prefix::PrefixMap;
+use super::tiers::ClusterPolicy;
 
 /// Errors of index lookups.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +109,9 @@ pub(crate) struct NamespaceEntry {
     pub(crate) applied: bool,
     pub(crate) pods: HashSet<u32>,
     pub(crate) policies: Vec<u32>,
+    /// Cluster-scoped policies whose subject's namespace selector matches this namespace, in precedence
+    /// order (tier, priority, kind, name): evaluation checks only their pod selectors.
+    pub(crate) cluster: Vec<u32>,
 }
 
 /// Fixed-capacity slab: slots are reused, so ids stay small and dense.
@@ -183,6 +187,11 @@ pub struct Index {
     pub(crate) policies: Slab<PolicyEntry>,
     policies_by_name: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
     pub(crate) namespaces: HashMap<Arc<str>, NamespaceEntry>,
+    /// ClusterNetworkPolicies, AdminNetworkPolicies and the BaselineAdminNetworkPolicy.
+    pub(crate) cluster: Slab<ClusterPolicy>,
+    cluster_by_name: HashMap<(PolicyKind, Arc<str>), u32>,
+    /// Every cluster policy slot in precedence order.
+    cluster_order: Vec<u32>,
     by_ip: HashMap<IpAddr, IpOwner>,
     /// Every ipBlock CIDR → the policies that mention it, for "which policies talk about this address".
     ip_blocks: PrefixMap<u32>,
@@ -247,10 +256,12 @@ impl Index {
             let name = self.intern(name);
             let mut labels = Namespace::implicit(name.clone()).labels;
             self.intern_labels(&mut labels);
+            let cluster = self.cluster_for(&labels);
             self.namespaces.insert(
                 name,
                 NamespaceEntry {
                     labels,
+                    cluster,
                     ..NamespaceEntry::default()
                 },
             );
@@ -272,8 +283,10 @@ impl Index {
     /// Adds or replaces a namespace (matched by name). Only its labels matter, to namespace selectors.
     pub fn apply_namespace(&mut self, mut ns: Namespace) {
         self.intern_labels(&mut ns.labels);
+        let cluster = self.cluster_for(&ns.labels);
         let entry = self.namespace_entry(&ns.name);
         entry.labels = ns.labels;
+        entry.cluster = cluster;
         entry.applied = true;
         self.bump();
     }
@@ -281,10 +294,15 @@ impl Index {
     /// Removes a namespace's labels (its pods and policies stay until they are deleted themselves, as
     /// during a watch the deletions arrive in any order).
     pub fn delete_namespace(&mut self, name: &str) {
-        if let Some(entry) = self.namespaces.get_mut(name) {
-            entry.applied = false;
+        if self.namespaces.contains_key(name) {
             let key: Arc<str> = Arc::from(name);
-            entry.labels = Namespace::implicit(key).labels;
+            let labels = Namespace::implicit(key).labels;
+            let cluster = self.cluster_for(&labels);
+            if let Some(entry) = self.namespaces.get_mut(name) {
+                entry.applied = false;
+                entry.labels = labels;
+                entry.cluster = cluster;
+            }
             self.gc_namespace(name);
             self.bump();
         }
@@ -537,7 +555,7 @@ impl Index {
         true
     }
 
-    /// Replaces the whole content (a relist, or a new set of manifests).
+    /// Replaces the whole content (a relist, or a new set of manifests) with no cluster-scoped policies.
     pub fn reset(
         &mut self,
         namespaces: Vec<Namespace>,
@@ -545,9 +563,24 @@ impl Index {
         pods: Vec<Pod>,
         policies: Vec<Policy>,
     ) {
+        self.reset_all(namespaces, nodes, pods, policies, Vec::new());
+    }
+
+    /// Replaces the whole content, cluster-scoped policies included.
+    pub fn reset_all(
+        &mut self,
+        namespaces: Vec<Namespace>,
+        nodes: Vec<Node>,
+        pods: Vec<Pod>,
+        policies: Vec<Policy>,
+        cluster: Vec<ClusterPolicy>,
+    ) {
         let generation = self.generation;
         *self = Self::default();
         self.generation = generation;
+        for c in cluster {
+            self.apply_cluster_policy(c);
+        }
         for ns in namespaces {
             self.apply_namespace(ns);
         }
@@ -562,6 +595,80 @@ impl Index {
             self.apply_pod(p);
         }
         self.bump();
+    }
+
+    /// The cluster policy slots (in precedence order) whose subject namespace selector matches `labels`.
+    fn cluster_for(&self, labels: &Labels) -> Vec<u32> {
+        self.cluster_order
+            .iter()
+            .copied()
+            .filter(|&s| {
+                self.cluster
+                    .get(s)
+                    .is_some_and(|c| c.subject.namespaces().matches(labels))
+            })
+            .collect()
+    }
+
+    fn refresh_cluster_lists(&mut self) {
+        let mut order: Vec<(_, u32)> = self
+            .cluster
+            .iter()
+            .map(|(slot, c)| (c.precedence(), slot))
+            .collect();
+        order.sort();
+        self.cluster_order = order.into_iter().map(|(_, s)| s).collect();
+        let names: Vec<Arc<str>> = self.namespaces.keys().cloned().collect();
+        for name in names {
+            let Some(labels) = self.namespaces.get(&name).map(|e| e.labels.clone()) else {
+                continue;
+            };
+            let list = self.cluster_for(&labels);
+            if let Some(e) = self.namespaces.get_mut(&name) {
+                e.cluster = list;
+            }
+        }
+    }
+
+    /// Adds or replaces a ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy (matched
+    /// by kind and name).
+    pub fn apply_cluster_policy(&mut self, mut policy: ClusterPolicy) {
+        let kind = policy.meta.kind;
+        let name = self.intern(&policy.meta.name);
+        policy.meta = Arc::new(PolicyMeta {
+            name: name.clone(),
+            ..(*policy.meta).clone()
+        });
+        if let Some(old) = self.cluster_by_name.remove(&(kind, name.clone())) {
+            self.cluster.remove(old);
+        }
+        let slot = self.cluster.insert(policy);
+        self.cluster_by_name.insert((kind, name), slot);
+        self.refresh_cluster_lists();
+        self.bump();
+    }
+
+    /// Removes a cluster-scoped policy.
+    pub fn delete_cluster_policy(&mut self, kind: PolicyKind, name: &str) {
+        if let Some(slot) = self.cluster_by_name.remove(&(kind, Arc::from(name))) {
+            self.cluster.remove(slot);
+            self.refresh_cluster_lists();
+            self.bump();
+        }
+    }
+
+    /// A cluster-scoped policy by kind and name.
+    #[must_use]
+    pub fn cluster_policy(&self, kind: PolicyKind, name: &str) -> Option<&ClusterPolicy> {
+        let slot = *self.cluster_by_name.get(&(kind, Arc::from(name)))?;
+        self.cluster.get(slot)
+    }
+
+    /// Every cluster-scoped policy, in precedence order (tier, priority, kind, name).
+    pub fn cluster_policies(&self) -> impl Iterator<Item = &ClusterPolicy> {
+        self.cluster_order
+            .iter()
+            .filter_map(|&s| self.cluster.get(s))
     }
 
     /// The endpoint behind an address: a pod, a node, or external.

@@ -21,6 +21,9 @@
 //! `delete_*` / `reset`, handing it each pod as an `Arc<Pod>` it keeps too (one copy of a pod in the
 //! process); attribution in the daemon and `observer explain` read it through [`Index::evaluate`].
 //!
+//! Cluster-scoped policies (ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy: see
+//! [`tiers`]) wrap NetworkPolicy in an Admin tier before it and a Baseline tier after it.
+//!
 //! Semantics are the Kubernetes ones: a connection is evaluated from its initiator to its responder (replies
 //! belong to it); it passes when egress at the source and ingress at the destination both allow it; a pod
 //! is isolated for a direction when a policy of its namespace selects it with that direction in
@@ -29,23 +32,31 @@
 //! matched by address only (pod and namespace selectors do not match them).
 
 pub mod compile;
+pub mod crd;
 pub mod evaluate;
 pub mod explain;
 pub mod index;
 pub mod model;
 pub mod prefix;
 pub mod selector;
+pub mod tiers;
+pub mod tiers_eval;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tiers_tests;
 
 pub use compile::CompileError;
 pub use explain::{
     DecidedBy, DirectionVerdict, EndpointInfo, EndpointKind, Explanation, NearestMiss,
-    PolicyOutcome, Verdict,
+    PolicyOutcome, RuleDecision, Verdict,
 };
 pub use index::{Endpoint, Index, IndexError, NodeId, PodId};
 pub use model::{
     Direction, IpBlock, Labels, NamedPort, Namespace, NamespaceScope, Node, Operator, Peer, Pod,
-    Policy, PolicyMeta, PortMatch, PortSpec, Protocol, Requirement, Rule, Selector,
+    Policy, PolicyKind, PolicyMeta, PortMatch, PortSpec, Protocol, Requirement, Rule, Selector,
+};
+pub use tiers::{
+    Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, DecidingTier, Subject, Tier,
 };

@@ -294,10 +294,57 @@ pub struct Rule {
     pub ports: Option<Box<[PortMatch]>>,
 }
 
+/// Which API kind a policy is; cluster-scoped kinds have an empty namespace and the id `Kind/name`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PolicyKind {
+    /// `networking.k8s.io/v1` NetworkPolicy (namespaced).
+    #[default]
+    NetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy (Admin or Baseline tier).
+    ClusterNetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicy (Admin tier).
+    AdminNetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha1` BaselineAdminNetworkPolicy (the Baseline tier singleton).
+    BaselineAdminNetworkPolicy,
+}
+
+impl PolicyKind {
+    /// The API kind, as in `kind:` and in policy ids.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NetworkPolicy => "NetworkPolicy",
+            Self::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            Self::AdminNetworkPolicy => "AdminNetworkPolicy",
+            Self::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    #[must_use]
+    pub const fn is_namespaced(self) -> bool {
+        matches!(self, Self::NetworkPolicy)
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for PolicyKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// Identity of a policy resource, shared by every verdict it takes part in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PolicyMeta {
-    /// Namespace of the policy.
+    /// The API kind (NetworkPolicy unless cluster-scoped).
+    pub kind: PolicyKind,
+    /// Namespace of the policy (empty for cluster-scoped kinds).
     pub namespace: Arc<str>,
     /// Name of the policy.
     pub name: Arc<str>,
@@ -310,10 +357,15 @@ pub struct PolicyMeta {
 }
 
 impl PolicyMeta {
-    /// `namespace/name`, the form verdicts and logs use.
+    /// The policy id verdicts and logs use: `namespace/name` for a NetworkPolicy, `Kind/name` for a
+    /// cluster-scoped kind (`ClusterNetworkPolicy/deny-to-kube-system`).
     #[must_use]
     pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        if self.kind.is_namespaced() {
+            format!("{}/{}", self.namespace, self.name)
+        } else {
+            format!("{}/{}", self.kind, self.name)
+        }
     }
 }
 
@@ -396,6 +448,8 @@ pub struct Namespace {
 pub struct Node {
     /// Name.
     pub name: Arc<str>,
+    /// Labels (matched by the `nodes` peers of cluster-scoped policies).
+    pub labels: Labels,
     /// `status.addresses` that are IPs (InternalIP, ExternalIP).
     pub ips: Box<[IpAddr]>,
 }

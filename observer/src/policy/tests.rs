@@ -934,9 +934,11 @@ fn json_matches_the_contract() {
             "allowed",
             "allowed_by",
             "applies",
+            "decision",
             "denied_by",
             "explanation",
-            "isolated"
+            "isolated",
+            "tier"
         ]
     );
     assert_eq!(
@@ -946,9 +948,11 @@ fn json_matches_the_contract() {
     assert_eq!(j["protocol"], "TCP");
     assert_eq!(
         j["egress"],
-        json!({"applies": true, "isolated": false, "allowed": true, "denied_by": [], "allowed_by": [], "explanation": []})
+        json!({"applies": true, "isolated": false, "allowed": true, "denied_by": [], "allowed_by": [], "explanation": [],
+               "tier": null, "decision": null})
     );
     assert_eq!(j["ingress"]["denied_by"], json!(["x/deny-all"]));
+    assert_eq!(j["ingress"]["tier"], "NetworkPolicy");
     assert_eq!(
         j["ingress"]["explanation"][0],
         json!({"policy": "x/deny-all", "rule": null, "reason": "policy has no ingress rules", "nearest_miss": true})

@@ -21,7 +21,7 @@ use k8s_openapi::api::networking::v1 as net;
 use serde_json::Value;
 
 use crate::policy::compile::CompileError;
-use crate::policy::{Index, Namespace, Node, Pod, Policy};
+use crate::policy::{ClusterPolicy, Index, Namespace, Node, Pod, Policy, crd};
 
 /// Why (part of) a manifest could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -181,12 +181,17 @@ pub struct Manifests {
     pub services: Vec<core::Service>,
     /// EndpointSlices (each converts: the loader checked).
     pub endpoint_slices: Vec<discovery::EndpointSlice>,
+    /// ClusterNetworkPolicies (v1alpha2), AdminNetworkPolicies and the BaselineAdminNetworkPolicy
+    /// (v1alpha1), compiled.
+    pub cluster_policies: Vec<ClusterPolicy>,
     /// Objects of other kinds.
     pub skipped: Vec<Skipped>,
     /// Everything that could not be used, in input order.
     pub errors: Vec<ManifestError>,
     /// Where each accepted object came from, for duplicate reports: `(kind, ns, name)` → `file, document`.
     seen: HashMap<(&'static str, String, String), String>,
+    /// The file each accepted object came from: `(kind, ns, name)` → path.
+    origins: HashMap<(String, String, String), PathBuf>,
 }
 
 impl Manifests {
@@ -199,6 +204,33 @@ impl Manifests {
             + self.policies.len()
             + self.services.len()
             + self.endpoint_slices.len()
+            + self.cluster_policies.len()
+    }
+
+    /// The file an accepted object was read from (`kind` as in `kind:`, `namespace` empty for
+    /// cluster-scoped kinds), for reports that point at the source (SARIF).
+    #[must_use]
+    pub fn origin(&self, kind: &str, namespace: &str, name: &str) -> Option<&Path> {
+        self.origins
+            .get(&(kind.to_owned(), namespace.to_owned(), name.to_owned()))
+            .map(PathBuf::as_path)
+    }
+
+    /// An inventory holding every accepted object, cluster-scoped policies included.
+    ///
+    /// # Errors
+    /// Those of [`Inventory::replace`](crate::cluster::Inventory::replace), which cannot happen for objects
+    /// the loader accepted.
+    pub fn to_inventory(
+        &self,
+        now: std::time::SystemTime,
+    ) -> Result<crate::cluster::Inventory, Vec<crate::cluster::Error>> {
+        let mut inventory = crate::cluster::Inventory::new(Default::default());
+        inventory.replace(&self.objects(), now)?;
+        for c in &self.cluster_policies {
+            inventory.apply_cluster_policy(c.clone());
+        }
+        Ok(inventory)
     }
 
     /// Every accepted object, for [`Inventory::replace`](crate::cluster::Inventory::replace).
@@ -219,7 +251,7 @@ impl Manifests {
     pub fn to_index(&self) -> Index {
         // Every accepted object converted when it was loaded, so nothing is dropped here.
         let mut index = Index::new();
-        index.reset(
+        index.reset_all(
             self.namespaces
                 .iter()
                 .filter_map(|o| Namespace::from_k8s(o).ok())
@@ -236,6 +268,7 @@ impl Manifests {
                 .iter()
                 .filter_map(|o| Policy::compile(o).ok())
                 .collect(),
+            self.cluster_policies.clone(),
         );
         index
     }
@@ -382,7 +415,9 @@ impl Manifests {
         }
     }
 
-    fn add_value(&mut self, file: &Path, document: usize, v: Value) {
+    /// Adds one object (or a `List`) given as JSON, as if it were document `document` of `file`: the
+    /// one-shot cluster list feeds API objects through the same checks as files.
+    pub fn add_value(&mut self, file: &Path, document: usize, v: Value) {
         let position = format!("document {document}");
         let kind = v
             .get("kind")
@@ -520,13 +555,35 @@ impl Manifests {
             ("discovery.k8s.io/v1", "EndpointSlice") => {
                 if let Some(o) = self.decode::<discovery::EndpointSlice>(file, named(true), v) {
                     let ns = ns.unwrap_or("default");
-                    let checked =
-                        crate::cluster::SliceEntry::from_k8s(&o, &mut Default::default());
+                    let checked = crate::cluster::SliceEntry::from_k8s(&o, &mut Default::default());
                     if self.usable(file, checked.map(drop)) {
                         self.accept(file, "EndpointSlice", ns, name, file_doc, Ok(()), |m| {
                             m.endpoint_slices.push(o);
                         });
                     }
+                }
+            }
+            ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => {
+                if let Some(o) = self.decode::<crd::ClusterNetworkPolicy>(file, named(false), v) {
+                    self.accept_cluster(file, "ClusterNetworkPolicy", name, file_doc, o.compile());
+                }
+            }
+            ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy") => {
+                if let Some(o) = self.decode::<crd::AdminNetworkPolicy>(file, named(false), v) {
+                    self.accept_cluster(file, "AdminNetworkPolicy", name, file_doc, o.compile());
+                }
+            }
+            ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy") => {
+                if let Some(o) =
+                    self.decode::<crd::BaselineAdminNetworkPolicy>(file, named(false), v)
+                {
+                    self.accept_cluster(
+                        file,
+                        "BaselineAdminNetworkPolicy",
+                        name,
+                        file_doc,
+                        o.compile(),
+                    );
                 }
             }
             _ => {
@@ -599,6 +656,23 @@ impl Manifests {
         }
     }
 
+    /// Keeps a compiled cluster-scoped policy unless it is a duplicate.
+    fn accept_cluster(
+        &mut self,
+        file: &Path,
+        kind: &'static str,
+        name: Option<&str>,
+        file_doc: String,
+        compiled: crate::policy::compile::Result<ClusterPolicy>,
+    ) {
+        match compiled {
+            Ok(c) => self.accept(file, kind, "", name, file_doc, Ok(()), |m| {
+                m.cluster_policies.push(c);
+            }),
+            Err(errors) => self.accept(file, kind, "", name, file_doc, Err(errors), |_| {}),
+        }
+    }
+
     /// Keeps an object that passed the engine's conversion (`checked`) unless it is a duplicate.
     #[expect(clippy::too_many_arguments, reason = "private; one call per kind")]
     fn accept(
@@ -636,6 +710,10 @@ impl Manifests {
                     });
                     return;
                 }
+                self.origins.insert(
+                    (kind.to_owned(), key.1.clone(), key.2.clone()),
+                    file.to_owned(),
+                );
                 self.seen.insert(key, file_doc);
                 push(self);
             }

@@ -1,4 +1,4 @@
-//! `observer explain`: offline NetworkPolicy simulation from manifests.
+//! `observer explain`: NetworkPolicy simulation from manifests, or from the live cluster listed once.
 //!
 //! Exit codes: 0 when it evaluated (allowed or denied), 2 when the input is unusable (nothing loaded,
 //! endpoints that cannot be resolved, bad flags). Objects that could not be used and skipped kinds are
@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::manifest::Manifests;
 use crate::policy::{DecidedBy, DirectionVerdict, Endpoint, Index, Protocol, Verdict, tiers_eval};
 
 /// Exit code for unusable input.
@@ -50,8 +49,9 @@ impl From<ProtocolArg> for Protocol {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExplainArgs {
     /// Manifest files or directories (YAML or JSON, `kubectl get -A -o yaml` lists welcome); repeat the flag
-    /// or separate with commas.
-    #[arg(long, env = "OBSERVER_CLUSTER", value_delimiter = ',', num_args = 1.., required = true)]
+    /// or separate with commas. Without it: the live cluster (kubeconfig or in-cluster, like kubectl), listed
+    /// once.
+    #[arg(long, env = "OBSERVER_CLUSTER", value_delimiter = ',', num_args = 1..)]
     pub cluster: Vec<PathBuf>,
     /// The initiator: `namespace/pod`, or an IP (a pod's or node's IP resolves to it).
     #[arg(long, env = "OBSERVER_FROM", required_unless_present = "matrix")]
@@ -167,29 +167,13 @@ fn run_inner(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<ExitCode> {
-    let manifests = Manifests::load(&args.cluster);
-    for s in &manifests.skipped {
-        writeln!(err, "{s}")?;
-    }
-    for e in &manifests.errors {
-        writeln!(err, "error: {e}")?;
-    }
-    if manifests.object_count() == 0 {
-        writeln!(
-            err,
-            "error: no usable Namespace, Pod, Node or NetworkPolicy in {:?}",
-            args.cluster
-        )?;
+    let Some(loaded) = super::source::load("the verdict is computed", &args.cluster, err)? else {
         return Ok(ExitCode::from(EXIT_UNUSABLE));
+    };
+    for note in &loaded.notes {
+        writeln!(err, "note: {note}")?;
     }
-    if !manifests.errors.is_empty() {
-        writeln!(
-            err,
-            "warning: {} problem(s) above; the verdict is computed without those objects",
-            manifests.errors.len()
-        )?;
-    }
-    let index = manifests.to_index();
+    let index = loaded.manifests.to_index();
     let protocol = Protocol::from(args.protocol);
     if args.matrix {
         matrix(&index, args.port, protocol, args.output, out)?;

@@ -327,6 +327,18 @@ impl Inventory {
         true
     }
 
+    /// Every Namespace object, in no particular order.
+    pub fn namespaces(&self) -> impl Iterator<Item = &policy::Namespace> {
+        self.namespaces.values()
+    }
+
+    /// Adds or replaces a ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy in the
+    /// engine (manifest files and one-shot lists; the kube watch does not follow these kinds yet).
+    pub fn apply_cluster_policy(&mut self, policy: policy::ClusterPolicy) {
+        self.engine.apply_cluster_policy(policy);
+        self.generation += 1;
+    }
+
     /// The namespace `name` (its labels are what namespace selectors match).
     pub fn namespace(&self, name: &str) -> Option<&policy::Namespace> {
         self.namespaces.get(name)
@@ -1213,7 +1225,12 @@ mod tests {
             Some(t(60))
         );
 
-        for kind in [Kind::Namespace, Kind::Node, Kind::NetworkPolicy, Kind::Service] {
+        for kind in [
+            Kind::Namespace,
+            Kind::Node,
+            Kind::NetworkPolicy,
+            Kind::Service,
+        ] {
             inv.begin(kind);
             inv.commit(kind, t(60));
         }

@@ -26,6 +26,7 @@ mod index;
 pub mod kube;
 mod model;
 pub mod service;
+pub mod snapshot;
 mod timeline;
 
 use std::sync::atomic::{AtomicU64, Ordering};

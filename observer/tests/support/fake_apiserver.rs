@@ -18,13 +18,15 @@ use futures::SinkExt as _;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast, watch};
 
-/// The four collections the inventory watches, by URL path.
+/// The collections the inventory watches, by URL path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Resource {
     Pods,
     Namespaces,
     Nodes,
     NetworkPolicies,
+    Services,
+    EndpointSlices,
 }
 
 impl Resource {
@@ -34,6 +36,8 @@ impl Resource {
             "/api/v1/namespaces" => Some(Self::Namespaces),
             "/api/v1/nodes" => Some(Self::Nodes),
             "/apis/networking.k8s.io/v1/networkpolicies" => Some(Self::NetworkPolicies),
+            "/api/v1/services" => Some(Self::Services),
+            "/apis/discovery.k8s.io/v1/endpointslices" => Some(Self::EndpointSlices),
             _ => None,
         }
     }
@@ -44,12 +48,15 @@ impl Resource {
             Self::Namespaces => "Namespace",
             Self::Nodes => "Node",
             Self::NetworkPolicies => "NetworkPolicy",
+            Self::Services => "Service",
+            Self::EndpointSlices => "EndpointSlice",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Self::NetworkPolicies => "networking.k8s.io/v1",
+            Self::EndpointSlices => "discovery.k8s.io/v1",
             _ => "v1",
         }
     }

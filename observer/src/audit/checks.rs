@@ -1,7 +1,7 @@
 //! The static checks: each reads the inventory and returns findings. Pods that finished and host-network
 //! pods are never policy subjects or pod peers, so they are left out everywhere.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -49,6 +49,11 @@ pub(super) fn run(inventory: &Inventory) -> Vec<Finding> {
     cx.cluster_overlaps(&mut out);
     out
 }
+
+/// For pods alike: a Service they reach, and whether UDP and TCP 53 to the cluster DNS are allowed.
+type DnsVerdict = Option<(String, bool, bool)>;
+/// (isolating policies, UDP ok, TCP ok) → (the pods, a Service they reach).
+type DnsGroups<'p> = BTreeMap<(Vec<String>, bool, bool), (Vec<&'p Arc<PodEntry>>, String)>;
 
 struct Cx<'a> {
     inventory: &'a Inventory,
@@ -728,35 +733,40 @@ impl<'a> Cx<'a> {
             .filter(|q| q.labels().get(DNS_LABEL.0) == Some(DNS_LABEL.1))
             .collect();
         // (isolating policies, udp ok, tcp ok) → (pods, an example Service reached)
-        let mut groups: BTreeMap<(Vec<String>, bool, bool), (Vec<&Arc<PodEntry>>, String)> =
-            BTreeMap::new();
+        let mut groups: DnsGroups<'_> = BTreeMap::new();
         let mut metas = BTreeMap::new();
+        // An egress verdict depends on the source pod's namespace and labels only (its policies select it
+        // by those), so pods alike are evaluated once: replicas of a workload cost one evaluation.
+        let mut verdicts: HashMap<(Arc<str>, Labels), DnsVerdict> = HashMap::new();
         for pod in &self.pods {
             let isolating = self.isolating(pod, Direction::Egress);
             if isolating.is_empty() {
                 continue;
             }
-            let Some(service) = self.service_reached(pod) else {
+            let alike = (Arc::clone(&pod.pod.namespace), pod.labels().clone());
+            let verdict = verdicts
+                .entry(alike)
+                .or_insert_with(|| {
+                    let service = self.service_reached(pod)?;
+                    let allows =
+                        |protocol| {
+                            if dns_pods.is_empty() {
+                                isolating.iter().any(|p| {
+                                    p.egress.as_deref().unwrap_or_default().iter().any(|r| {
+                                        self.rule_admits_dns(&p.meta.namespace, r, protocol)
+                                    })
+                                })
+                            } else {
+                                dns_pods
+                                    .iter()
+                                    .any(|d| self.egress_allowed(pod, d, 53, protocol))
+                            }
+                        };
+                    Some((service, allows(Protocol::Udp), allows(Protocol::Tcp)))
+                })
+                .clone();
+            let Some((service, udp, tcp)) = verdict else {
                 continue;
-            };
-            let (udp, tcp) = if dns_pods.is_empty() {
-                let allows = |protocol| {
-                    isolating.iter().any(|p| {
-                        p.egress
-                            .as_deref()
-                            .unwrap_or_default()
-                            .iter()
-                            .any(|r| self.rule_admits_dns(&p.meta.namespace, r, protocol))
-                    })
-                };
-                (allows(Protocol::Udp), allows(Protocol::Tcp))
-            } else {
-                let allows = |protocol| {
-                    dns_pods
-                        .iter()
-                        .any(|d| self.egress_allowed(pod, d, 53, protocol))
-                };
-                (allows(Protocol::Udp), allows(Protocol::Tcp))
             };
             if udp && tcp {
                 continue;
@@ -770,7 +780,7 @@ impl<'a> Cx<'a> {
                 .or_insert_with(|| (Vec::new(), service));
             entry.0.push(pod);
         }
-        for ((ids, udp, _tcp), (pods, service)) in groups {
+        for ((ids, udp, tcp), (pods, service)) in groups {
             let Some(meta) = ids.first().and_then(|id| metas.get(id)) else {
                 continue;
             };
@@ -782,7 +792,7 @@ impl<'a> Cx<'a> {
                 )
             } else {
                 (
-                    "UDP and TCP 53",
+                    if tcp { "UDP 53" } else { "UDP or TCP 53" },
                     Severity::Error,
                     "the client cannot resolve Service names, so its channels fail before the first SYN",
                 )

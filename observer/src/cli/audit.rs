@@ -106,9 +106,12 @@ fn run_inner(
         }
         AuditOutput::Sarif => {
             let manifests = &loaded.manifests;
+            // Objects listed from an API server have no file to point at.
+            let from_files = matches!(report.source, audit::Source::Manifests { .. });
             let locate = |p: &audit::PolicyRef| {
                 manifests
                     .origin(&p.kind, &p.namespace, &p.name)
+                    .filter(|_| from_files)
                     .map(|path| path.display().to_string())
             };
             serde_json::to_writer_pretty(&mut *out, &audit::sarif::render(&report, &locate))?;

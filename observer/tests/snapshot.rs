@@ -84,3 +84,83 @@ async fn lists_each_kind_once_and_audits_them_like_manifests() {
         "{found:#?}"
     );
 }
+
+/// `observer audit` and `observer explain` without `--cluster` read the live cluster through kubeconfig.
+#[tokio::test]
+async fn audit_and_explain_without_cluster_use_kubeconfig() {
+    let server = FakeApiServer::start().await;
+    server.put(
+        Resource::Namespaces,
+        json!({"metadata": {"name": "risk", "labels": {"kubernetes.io/metadata.name": "risk"}}}),
+    );
+    for (name, ip) in [
+        ("fraud-check-0", "198.18.3.130"),
+        ("client-0", "198.18.3.10"),
+    ] {
+        server.put(
+            Resource::Pods,
+            json!({"metadata": {"namespace": "risk", "name": name, "uid": name, "labels": {"app": name}},
+                   "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x",
+                            "ports": [{"name": "grpc", "containerPort": 50051}]}]},
+                   "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}),
+        );
+    }
+    server.put(
+        Resource::NetworkPolicies,
+        json!({"metadata": {"namespace": "risk", "name": "deny-all", "uid": "p"},
+               "spec": {"podSelector": {}}}),
+    );
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "observer-snapshot-test-{}.kubeconfig",
+        std::process::id()
+    ));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\n\
+             current-context: c\n",
+            server.config().cluster_url
+        ),
+    )
+    .expect("write kubeconfig");
+    let run = |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_observer"))
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("OBSERVER_CLUSTER")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+    };
+    let explain = run(&[
+        "explain",
+        "--from",
+        "risk/client-0",
+        "--to",
+        "risk/fraud-check-0",
+        "--port",
+        "50051",
+    ])
+    .await
+    .expect("observer explain runs");
+    let audit = run(&["audit", "-o", "json"])
+        .await
+        .expect("observer audit runs");
+    let _ = std::fs::remove_file(&kubeconfig);
+    let stdout = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        explain.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&explain.stderr)
+    );
+    assert!(stdout.starts_with("DENIED"), "{stdout}");
+    assert!(stdout.contains("risk/deny-all"), "{stdout}");
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).expect("JSON report");
+    assert_eq!(report["source"]["kind"], "cluster");
+    assert_eq!(server.watches(Resource::Pods), 0);
+}

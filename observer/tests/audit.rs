@@ -169,6 +169,24 @@ fn too_narrow_ipblock_says_by_how_many_bits_and_the_prefix_that_covers() {
         f.message
     );
     assert!(f.message.contains("198.18.9.10"), "{}", f.message);
+
+    // Meant for a namespace: it covers two of its workloads whole, and misses the third.
+    let f = only(
+        &findings_of(&fixture("ipblock-partial-cover", "namespace")),
+        Check::IpBlockPartialCover,
+    );
+    assert!(
+        f.message
+            .contains("covers 2 of the 3 pod IPs of namespace risk"),
+        "{}",
+        f.message
+    );
+    assert_eq!(f.objects, ["Namespace risk", "Pod risk/audit-0"]);
+    assert!(
+        f.fix.contains("kubernetes.io/metadata.name: risk"),
+        "{}",
+        f.fix
+    );
 }
 
 #[test]

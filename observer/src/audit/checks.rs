@@ -29,11 +29,11 @@ const POD_SPECIFIC_LABELS: [&str; 3] = [
 /// How many objects a finding lists before "and N more".
 const MAX_OBJECTS: usize = 20;
 
-const CNI_NOTE: &str = "CNIs differ on whether an ipBlock matches pod IPs: Calico and nftables/iptables-based \
-enforcers (kube-network-policies, and observer's own lab) match pod IPs like any address, while Cilium \
-documents ipBlock-on-pod-IPs as unsupported (cilium/cilium#9209) and Terway in eBPF mode was reported to deny \
-it (AliyunContainerService/terway#904); the Kubernetes documentation says ipBlock should hold \
-cluster-external addresses, as pod IPs are ephemeral";
+const CNI_NOTE: &str = "CNIs differ on whether an ipBlock matches pod IPs: Calico matches them like any \
+address (projectcalico/calico#6634), as observer's own nftables lab does, while Cilium documents \
+ipBlock-on-pod-IPs as unsupported (cilium/cilium#9209) and Terway in eBPF mode was reported to deny it \
+(AliyunContainerService/terway#904); the Kubernetes documentation says ipBlock should hold cluster-external \
+addresses, as pod IPs are ephemeral";
 
 pub(super) fn run(inventory: &Inventory) -> Vec<Finding> {
     let cx = Cx::new(inventory);

@@ -237,6 +237,12 @@ fn service_port_instead_of_target_port_points_at_the_port_entry() {
     );
     assert!(f.message.contains("targetPort 8080"), "{}", f.message);
     assert_eq!(f.objects, ["Service shop/frontend", "Pod shop/frontend-0"]);
+    // A Service without a selector: its backends are the pods its EndpointSlices name.
+    let f = only(
+        &findings_of(&fixture("service-port-not-target-port", "endpointslice")),
+        Check::ServicePortNotTargetPort,
+    );
+    assert_eq!(f.objects, ["Service shop/frontend", "Pod shop/frontend-0"]);
 }
 
 #[test]

@@ -894,9 +894,22 @@ impl<'a> Cx<'a> {
 
     // ---- Service port vs targetPort ----
 
+    /// The pods behind a Service: those its selector matches or, for a Service without a selector, the
+    /// pods its EndpointSlices name.
     fn backends(&self, s: &ServiceEntry) -> Vec<&'a Arc<PodEntry>> {
         let Some(selector) = &s.selector else {
-            return Vec::new();
+            let named: BTreeSet<_> = s
+                .ports
+                .iter()
+                .flat_map(|sp| self.inventory.backends(s, sp))
+                .filter_map(|b| b.pod)
+                .collect();
+            return self
+                .pods
+                .iter()
+                .copied()
+                .filter(|q| named.contains(&q.key()))
+                .collect();
         };
         self.pods_in(&s.key.namespace)
             .filter(|q| selector.iter().all(|(k, v)| q.labels().get(k) == Some(v)))

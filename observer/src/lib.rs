@@ -11,12 +11,14 @@
 //! | [`cluster`] | the inventory: IP → pod/node at time T, namespaces, policies and their revisions |
 //! | [`policy`] | the pure NetworkPolicy engine: compile, index, evaluate, explain |
 //! | [`manifest`] | loading Namespaces, Pods, Nodes and NetworkPolicies from YAML/JSON files |
+//! | [`audit`] | `observer audit`: the policy mistakes that break gRPC channels, as findings |
 //! | [`attribution`] | blocked channel + inventory + verdict → forensics record (cause, direction, policies) |
 //! | [`pipeline`] | the daemon's core, one direction: events → channels → attribution → records + metrics |
 //! | [`export`] | Prometheus metrics, the JSON forensics log, the HTTP API |
 //! | [`cli`] | the command line: one module per subcommand |
 
 pub mod attribution;
+pub mod audit;
 pub mod bpf;
 pub mod channel;
 pub mod cli;

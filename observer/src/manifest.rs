@@ -192,6 +192,8 @@ pub struct Manifests {
     pub errors: Vec<ManifestError>,
     /// Where each accepted object came from, for duplicate reports: `(kind, ns, name)` → `file, document`.
     seen: HashMap<(&'static str, String, String), String>,
+    /// The file each accepted object came from: `(kind, ns, name)` → path.
+    origins: HashMap<(String, String, String), PathBuf>,
 }
 
 impl Manifests {
@@ -205,6 +207,33 @@ impl Manifests {
             + self.cluster_policies.len()
             + self.services.len()
             + self.endpoint_slices.len()
+    }
+
+    /// The file an accepted object was read from (`kind` as in `kind:`, `namespace` empty for
+    /// cluster-scoped kinds), for reports that point at the source (SARIF).
+    #[must_use]
+    pub fn origin(&self, kind: &str, namespace: &str, name: &str) -> Option<&Path> {
+        self.origins
+            .get(&(kind.to_owned(), namespace.to_owned(), name.to_owned()))
+            .map(PathBuf::as_path)
+    }
+
+    /// An inventory holding every accepted object, cluster-scoped policies included.
+    ///
+    /// # Errors
+    /// Those of [`Inventory::replace`](crate::cluster::Inventory::replace), which cannot happen for objects
+    /// the loader accepted.
+    pub fn to_inventory(
+        &self,
+        now: std::time::SystemTime,
+    ) -> Result<crate::cluster::Inventory, Vec<crate::cluster::Error>> {
+        let mut inventory = crate::cluster::Inventory::new(Default::default());
+        inventory.replace(&self.objects(), now)?;
+        inventory.replace_cluster_policies(
+            &crate::policy::PolicyKind::CLUSTER_SCOPED,
+            &self.cluster_policies,
+        )?;
+        Ok(inventory)
     }
 
     /// Every accepted object, for [`Inventory::replace`](crate::cluster::Inventory::replace).
@@ -392,7 +421,9 @@ impl Manifests {
         }
     }
 
-    fn add_value(&mut self, file: &Path, document: usize, v: Value) {
+    /// Adds one object (or a `List`) given as JSON, as if it were document `document` of `file`: the
+    /// one-shot cluster list feeds API objects through the same checks as files.
+    pub fn add_value(&mut self, file: &Path, document: usize, v: Value) {
         let position = format!("document {document}");
         let kind = v
             .get("kind")
@@ -683,6 +714,10 @@ impl Manifests {
                     });
                     return;
                 }
+                self.origins.insert(
+                    (kind.to_owned(), key.1.clone(), key.2.clone()),
+                    file.to_owned(),
+                );
                 self.seen.insert(key, file_doc);
                 push(self);
             }

@@ -191,4 +191,34 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn audit_never_panics_and_counts_what_it_reports(
+        policies in prop::collection::vec(policy(), 0..6),
+        pods in prop::collection::vec(pod(), 1..6),
+        target in prop::sample::select(vec![json!(80), json!(8080), json!("grpc"), json!("dns")]),
+    ) {
+        let mut items = vec![
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"team": "a"}}}),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "x", "name": "s"},
+                   "spec": {"clusterIP": "198.19.0.10", "selector": {"app": "a"},
+                            "ports": [{"port": 80, "targetPort": target}]}}),
+        ];
+        items.extend(pods);
+        items.extend(policies);
+        let doc = json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let mut m = Manifests::default();
+        m.add_str(Path::new("gen.json"), &doc.to_string());
+        let inventory = m.to_inventory(std::time::SystemTime::now()).expect("accepted objects convert");
+        let report = observer::audit::Report::new(
+            observer::audit::Source::Manifests { paths: vec!["gen.json".into()] },
+            observer::audit::audit(&inventory),
+            Vec::new(),
+        );
+        let s = report.summary;
+        prop_assert_eq!(s.error + s.warning + s.info, report.findings.len());
+        prop_assert!(report.findings.iter().all(|f| !f.message.is_empty() && !f.fix.is_empty()));
+        let _ = serde_json::to_string(&report).expect("serialisable");
+        let _ = observer::audit::sarif::render(&report, &|_| None);
+    }
 }

@@ -1,4 +1,4 @@
-//! `observer explain`: offline NetworkPolicy simulation from manifests.
+//! `observer explain`: NetworkPolicy simulation from manifests, or from the live cluster listed once.
 //!
 //! Exit codes: 0 when it evaluated (allowed or denied), 2 when the input is unusable (nothing loaded,
 //! endpoints that cannot be resolved, bad flags). Objects that could not be used and skipped kinds are
@@ -59,8 +59,9 @@ impl From<ProtocolArg> for Protocol {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExplainArgs {
     /// Manifest files or directories (YAML or JSON, `kubectl get -A -o yaml` lists welcome); repeat the flag
-    /// or separate with commas.
-    #[arg(long, env = "OBSERVER_CLUSTER", value_delimiter = ',', num_args = 1.., required = true)]
+    /// or separate with commas. Without it: the live cluster (kubeconfig or in-cluster, like kubectl), listed
+    /// once.
+    #[arg(long, env = "OBSERVER_CLUSTER", value_delimiter = ',', num_args = 1..)]
     pub cluster: Vec<PathBuf>,
     /// The initiator: `namespace/pod`, or an IP (a pod's or node's IP resolves to it).
     #[arg(long, env = "OBSERVER_FROM", required_unless_present = "matrix")]
@@ -176,32 +177,17 @@ fn run_inner(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<ExitCode> {
-    let manifests = Manifests::load(&args.cluster);
-    for s in &manifests.skipped {
-        writeln!(err, "{s}")?;
-    }
-    for e in &manifests.errors {
-        writeln!(err, "error: {e}")?;
-    }
-    if manifests.object_count() == 0 {
-        writeln!(
-            err,
-            "error: no usable Namespace, Pod, Node or NetworkPolicy in {:?}",
-            args.cluster
-        )?;
+    let Some(loaded) = super::source::load("the verdict is computed", &args.cluster, err)? else {
         return Ok(ExitCode::from(EXIT_UNUSABLE));
+    };
+    for note in &loaded.notes {
+        writeln!(err, "note: {note}")?;
     }
-    if !manifests.errors.is_empty() {
-        writeln!(
-            err,
-            "warning: {} problem(s) above; the verdict is computed without those objects",
-            manifests.errors.len()
-        )?;
-    }
+    let manifests = &loaded.manifests;
     let index = manifests.to_index();
     let protocol = Protocol::from(args.protocol);
     if args.matrix {
-        let inventory = inventory_of(&manifests);
+        let inventory = inventory_of(manifests);
         matrix(&index, &inventory, args.port, protocol, args.output, out)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -210,7 +196,7 @@ fn run_inner(
         return Ok(ExitCode::from(EXIT_UNUSABLE));
     };
     if let Some(service) = to.strip_prefix("svc/") {
-        return explain_service(&manifests, from, service, args, out, err);
+        return explain_service(manifests, from, service, args, out, err);
     }
     let resolved = (
         resolve_endpoint(&index, "--from", from),

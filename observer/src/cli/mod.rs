@@ -3,8 +3,10 @@
 
 use std::process::ExitCode;
 
+pub mod audit;
 pub mod explain;
 pub mod run;
+pub mod source;
 pub mod tail;
 
 use crate::lab;
@@ -25,6 +27,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// Offline simulation from manifests: would this connection be allowed, and which policies decide?
     Explain(explain::ExplainArgs),
+    /// Find the policy mistakes that break gRPC channels, from manifests or the live cluster (and a running
+    /// daemon's evidence with --server).
+    Audit(audit::AuditArgs),
     /// Print the blocked channels a running daemon reports (its HTTP API), and follow new ones.
     Tail(tail::TailArgs),
     /// Real-kernel policy lab (root): pods as network namespaces, policies as nftables, gRPC probes, and a
@@ -44,6 +49,11 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             }
         },
         Command::Explain(args) => explain::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
+        Command::Audit(args) => audit::run(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),

@@ -239,8 +239,8 @@ fn print_line(
     written.map_err(TailError::Stdout)
 }
 
-/// The daemon's address, from `--server`.
-struct Server {
+/// The daemon's address, from `--server` (also `observer audit --server`).
+pub(crate) struct Server {
     url: String,
     /// `Authorization: Bearer` value, when given.
     token: Option<String>,
@@ -253,7 +253,7 @@ struct Server {
 }
 
 impl Server {
-    fn parse(url: &str) -> Result<Self, TailError> {
+    pub(crate) fn parse(url: &str) -> Result<Self, TailError> {
         let bad = |reason: &str| TailError::BadServer {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -350,6 +350,31 @@ impl Server {
             status,
             message,
         })
+    }
+
+    /// `GET path` as JSON; `None` when the daemon does not serve the path (404).
+    pub(crate) async fn get_json(
+        &self,
+        path_and_query: &str,
+    ) -> Result<Option<serde_json::Value>, TailError> {
+        let resp = match self.get(path_and_query).await {
+            Ok(resp) => resp,
+            Err(TailError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let body = tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect())
+            .await
+            .map_err(|_| self.timeout())?
+            .map_err(|source| self.http(source))?
+            .to_bytes();
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|source| TailError::Decode {
+                url: self.url.clone(),
+                source,
+            })
     }
 
     fn timeout(&self) -> TailError {

@@ -368,6 +368,11 @@ impl Inventory {
         true
     }
 
+    /// Every Namespace object, in no particular order.
+    pub fn namespaces(&self) -> impl Iterator<Item = &policy::Namespace> {
+        self.namespaces.values()
+    }
+
     /// The namespace `name` (its labels are what namespace selectors match).
     pub fn namespace(&self, name: &str) -> Option<&policy::Namespace> {
         self.namespaces.get(name)

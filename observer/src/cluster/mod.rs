@@ -31,6 +31,7 @@ pub mod kube;
 pub mod kube_tiers;
 mod model;
 pub mod service;
+pub mod snapshot;
 mod timeline;
 
 use std::sync::atomic::{AtomicU64, Ordering};

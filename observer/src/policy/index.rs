@@ -744,6 +744,17 @@ impl Index {
             .filter_map(|slot| self.policies.get(*slot).map(|e| &e.policy))
     }
 
+    /// All NetworkPolicies, in no particular order.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.iter().map(|(_, e)| &e.policy)
+    }
+
+    /// Every namespace known by name (from a Namespace object, or implicitly from its pods or policies)
+    /// with its labels, in no particular order.
+    pub fn namespaces(&self) -> impl Iterator<Item = (&str, &Labels)> {
+        self.namespaces.iter().map(|(n, e)| (&**n, &e.labels))
+    }
+
     /// Labels of a namespace (implicit ones if only its pods or policies are known).
     #[must_use]
     pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {

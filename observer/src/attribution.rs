@@ -136,10 +136,7 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
         } else if reset == Some(ResetSide::Network) {
             "reset by the network".to_owned()
         } else {
-            format!(
-                "{} SYN(s) went unanswered",
-                evidence.syn_retransmits + 1
-            )
+            format!("{} SYN(s) went unanswered", evidence.syn_retransmits + 1)
         };
         return Decision::new(Cause::NoEndpoints)
             .note(format!("the Service has no ready endpoint: {seen}"));
@@ -331,10 +328,7 @@ fn judge(inventory: &Inventory, client: SocketAddr, server: SocketAddr, at: Syst
     Judged {
         simulated: Simulated::Denied {
             direction,
-            policies: policies
-                .iter()
-                .map(PolicyRef::id)
-                .collect(),
+            policies: policies.iter().map(PolicyRef::id).collect(),
         },
         policies,
         notes,

@@ -10,7 +10,10 @@ use std::thread;
 use clap::Parser as _;
 use observer::audit::{self, Check, Finding, Severity};
 use observer::cli::{Cli, Command};
-use observer::export::{ApiState, Metrics, Readiness, Recent, Record, http::{Surface, serve}};
+use observer::export::{
+    ApiState, Metrics, Readiness, Recent, Record,
+    http::{Surface, serve},
+};
 use observer::manifest::Manifests;
 use serde_json::Value;
 

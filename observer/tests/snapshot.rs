@@ -2,10 +2,6 @@
 //! in-process fake API server: one list of each kind through the real kube-rs client, no watch, and the
 //! listed objects audited like manifests.
 
-#[allow(
-    dead_code,
-    reason = "the shared fake API server has more than a one-shot list needs (watches, deletes)"
-)]
 mod support;
 
 use observer::audit::{self, Check};

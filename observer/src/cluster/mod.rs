@@ -37,7 +37,9 @@ mod timeline;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use index::{ClusterObjects, Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry, VerdictAt};
+pub use index::{
+    ClusterObjects, Counts, Endpoint, Inventory, InventoryConfig, PolicyEntry, VerdictAt,
+};
 pub use model::{
     ContainerPort, Interner, ObjectRef, PodEntry, PolicyRevision, Uid, Workload, WorkloadKind,
 };

@@ -119,7 +119,12 @@ impl Metrics {
         let unenforced_channels = counter_vec!(
             "observer_unenforced_channels_total",
             "Established connections that the NetworkPolicies deny (the network did not enforce them), by denied direction and policy (top policies; the rest as policy_name=\"other\").",
-            &["direction", "policy_kind", "policy_namespace", "policy_name"]
+            &[
+                "direction",
+                "policy_kind",
+                "policy_namespace",
+                "policy_name"
+            ]
         );
         let kernel_drops = counter_vec!(
             "observer_kernel_drops_total",

@@ -329,7 +329,13 @@ mod tests {
 
     fn blocked_total(m: &Metrics) -> u64 {
         m.blocked_channels
-            .with_label_values(&["policy", "ingress", "payments", "default-deny"])
+            .with_label_values(&[
+                "policy",
+                "ingress",
+                "NetworkPolicy",
+                "payments",
+                "default-deny",
+            ])
             .get()
     }
 
@@ -403,7 +409,7 @@ mod tests {
         // Every channel counts in the metric, once.
         assert_eq!(
             m.unenforced_channels
-                .with_label_values(&["ingress", "payments", "default-deny"])
+                .with_label_values(&["ingress", "NetworkPolicy", "payments", "default-deny"])
                 .get(),
             3
         );

@@ -1467,7 +1467,9 @@ fn dockerfile_toolchain_matches_x_and_rust_toolchain() {
     );
 
     // The packages ./x installs that a build needs are in the builder; the lab-only ones need not be.
-    const LAB_ONLY: &[&str] = &["nftables", "iproute2", "iperf3", "kmod", "podman", "runc"];
+    const LAB_ONLY: &[&str] = &[
+        "nftables", "iproute2", "iperf3", "ethtool", "kmod", "podman", "runc",
+    ];
     let packages = assignment(&x, "DEB_PACKAGES=(", "./x")
         .trim_end_matches(')')
         .replace("${LLVM_MAJOR}", llvm);

@@ -174,7 +174,7 @@ fn ingress_deny(family: Family) {
 
     // Metrics: by cause, direction and each responsible policy.
     let found = observer_tests::wait_for(WAIT, || {
-        (daemon.metric(r#"observer_blocked_channels_total{cause="policy",direction="ingress",policy_name="default-deny",policy_namespace="payments"}"#) >= 1.0)
+        (daemon.metric(r#"observer_blocked_channels_total{cause="policy",direction="ingress",policy_kind="NetworkPolicy",policy_name="default-deny",policy_namespace="payments"}"#) >= 1.0)
             .then_some(())
     });
     assert!(found.is_some(), "{}", daemon.metrics());
@@ -238,7 +238,7 @@ fn both_directions_denied() {
         ["shop/checkout-egress", "payments/default-deny"]
     );
     let found = observer_tests::wait_for(WAIT, || {
-        (daemon.metric(r#"observer_blocked_channels_total{cause="policy",direction="both",policy_name="checkout-egress",policy_namespace="shop"}"#) >= 1.0)
+        (daemon.metric(r#"observer_blocked_channels_total{cause="policy",direction="both",policy_kind="NetworkPolicy",policy_name="checkout-egress",policy_namespace="shop"}"#) >= 1.0)
             .then_some(())
     });
     assert!(found.is_some(), "{}", daemon.metrics());

@@ -243,11 +243,11 @@ fn row_reset_from_the_destination_while_the_policies_deny_is_no_listener_not_pol
     // Never counted as a policy block.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        daemon.metric(r#"observer_blocked_channels_total{cause="policy",direction="ingress",policy_name="default-deny",policy_namespace="payments"}"#),
+        daemon.metric(r#"observer_blocked_channels_total{cause="policy",direction="ingress",policy_kind="NetworkPolicy",policy_name="default-deny",policy_namespace="payments"}"#),
         0.0
     );
     assert!(
-        daemon.metric(r#"observer_blocked_channels_total{cause="no_listener",direction="",policy_name="",policy_namespace=""}"#)
+        daemon.metric(r#"observer_blocked_channels_total{cause="no_listener",direction="",policy_kind="",policy_name="",policy_namespace=""}"#)
             >= 1.0,
         "{}",
         daemon.metrics()
@@ -348,7 +348,7 @@ fn an_established_connection_the_policies_deny_is_one_unenforced_record() {
     assert_eq!(r["policies"][0]["nearest_miss"], "no rules");
     assert_eq!(r["evidence"]["established"], true);
     assert_eq!(r["src"]["pod"], "checkout-0");
-    let series = r#"observer_unenforced_channels_total{direction="ingress",policy_name="default-deny",policy_namespace="payments"}"#;
+    let series = r#"observer_unenforced_channels_total{direction="ingress",policy_kind="NetworkPolicy",policy_name="default-deny",policy_namespace="payments"}"#;
     assert!(
         wait_for(WAIT, || (daemon.metric(series) >= 1.0).then_some(())).is_some(),
         "{}",
@@ -530,7 +530,7 @@ fn a_cross_node_ingress_deny_is_recorded_on_both_nodes_and_counted_once() {
     );
 
     // Counted once cluster-wide: on the client's node.
-    let series = r#"observer_blocked_channels_total{cause="policy",direction="ingress",policy_name="default-deny",policy_namespace="payments"}"#;
+    let series = r#"observer_blocked_channels_total{cause="policy",direction="ingress",policy_kind="NetworkPolicy",policy_name="default-deny",policy_namespace="payments"}"#;
     assert!(
         wait_for(WAIT, || (on_a.metric(series) >= 1.0).then_some(())).is_some(),
         "{}",

@@ -229,8 +229,8 @@ fn interrupt_while_holding_removes_every_namespace() {
     let held = namespaces_with(pid);
     assert_eq!(
         held.len(),
-        5,
-        "four pods and the node while holding: {held:?}"
+        6,
+        "five pods (the demo with Prometheus) and the node while holding: {held:?}"
     );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),

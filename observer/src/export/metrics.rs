@@ -224,28 +224,7 @@ impl Metrics {
         direction: &str,
         policies: impl IntoIterator<Item = P>,
     ) {
-        let mut any = false;
-        for p in policies {
-            let PolicyLabels {
-                kind,
-                namespace,
-                name,
-            } = p.into();
-            any = true;
-            let (kind, ns, name) = if self.admit(kind, namespace, name) {
-                (kind, namespace, name)
-            } else {
-                ("", "", "other")
-            };
-            self.blocked_channels
-                .with_label_values(&[cause, direction, kind, ns, name])
-                .inc();
-        }
-        if !any {
-            self.blocked_channels
-                .with_label_values(&[cause, direction, "", "", ""])
-                .inc();
-        }
+        self.per_policy(&self.blocked_channels, &[cause, direction], policies);
     }
 
     /// Counts one unenforced channel for each policy that should have denied it (policies as in
@@ -255,6 +234,20 @@ impl Metrics {
         direction: &str,
         policies: impl IntoIterator<Item = P>,
     ) {
+        self.per_policy(&self.unenforced_channels, &[direction], policies);
+    }
+
+    /// One increment of `counter` per policy, its labels `leading` then `policy_kind`,
+    /// `policy_namespace`, `policy_name` (bounded by [`Metrics::admit`]); once with empty policy labels
+    /// when there is none.
+    fn per_policy<'a, P: Into<PolicyLabels<'a>>>(
+        &self,
+        counter: &IntCounterVec,
+        leading: &[&str],
+        policies: impl IntoIterator<Item = P>,
+    ) {
+        let mut labels: Vec<&str> = leading.to_vec();
+        let n = labels.len();
         let mut any = false;
         for p in policies {
             let PolicyLabels {
@@ -268,14 +261,14 @@ impl Metrics {
             } else {
                 ("", "", "other")
             };
-            self.unenforced_channels
-                .with_label_values(&[direction, kind, ns, name])
-                .inc();
+            labels.truncate(n);
+            labels.extend([kind, ns, name]);
+            counter.with_label_values(&labels).inc();
         }
         if !any {
-            self.unenforced_channels
-                .with_label_values(&[direction, "", "", ""])
-                .inc();
+            labels.truncate(n);
+            labels.extend(["", "", ""]);
+            counter.with_label_values(&labels).inc();
         }
     }
 

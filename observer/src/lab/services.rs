@@ -480,8 +480,8 @@ items:
   kind: Service
   metadata: {name: payments, namespace: pay}
   spec:
-    clusterIP: 10.96.0.10
-    clusterIPs: [10.96.0.10, "fd00::10"]
+    clusterIP: 192.0.2.10
+    clusterIPs: [192.0.2.10, "2001:db8::10"]
     selector: {app: payments}
     ports: [{name: grpc, port: 443, targetPort: grpc}]
 - apiVersion: v1
@@ -543,7 +543,7 @@ items:
         assert!(
             plan.warnings
                 .iter()
-                .any(|w| w.contains("clusterIP 10.96.0.10 → 198.19.254.1")),
+                .any(|w| w.contains("clusterIP 192.0.2.10 → 198.19.254.1")),
             "{:?}",
             plan.warnings
         );

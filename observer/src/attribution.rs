@@ -21,7 +21,7 @@ use crate::{
         self, Cause, Direction, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record,
         RecordKind, ResetSeen, ResetSide, ServiceRef,
     },
-    policy::{Protocol, explain::DirectionVerdict},
+    policy::{Protocol, verdict::DirectionVerdict},
 };
 
 /// What the policy engine predicts for a channel, as far as [`decide`] needs it.

@@ -5,75 +5,18 @@
 
 use std::net::IpAddr;
 
-use super::explain::{
-    DecidedBy, DirectionVerdict, EndpointInfo, EndpointKind, Explanation, NearestMiss,
-    PolicyOutcome, Verdict,
-};
+use std::sync::Arc;
+
 use super::index::{Endpoint, Index, IndexError};
 use super::model::{
     Direction, NamespaceScope, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule,
 };
-
-/// One end of the connection with what evaluation needs from the index.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Side<'a> {
-    pub(super) kind: EndpointKind,
-    pub(super) pod: Option<&'a Pod>,
-    /// Policy slots selecting the pod (both directions).
-    policies: &'a [u32],
-    /// The node this endpoint *is* (a node, or a hostNetwork pod speaking with its node's addresses).
-    pub(super) as_node: Option<&'a str>,
-    pub(super) ip: Option<IpAddr>,
-    node_name_for_info: Option<&'a str>,
-}
-
-impl<'a> Side<'a> {
-    pub(crate) fn external(ip: IpAddr) -> Self {
-        Self {
-            kind: EndpointKind::External,
-            pod: None,
-            policies: &[],
-            as_node: None,
-            ip: Some(ip),
-            node_name_for_info: None,
-        }
-    }
-
-    fn info(&self) -> EndpointInfo {
-        match (self.kind, self.pod) {
-            (EndpointKind::Pod, Some(p)) => EndpointInfo {
-                kind: EndpointKind::Pod,
-                namespace: Some(p.namespace.clone()),
-                name: Some(p.name.clone()),
-                ip: self.ip,
-            },
-            _ => EndpointInfo {
-                kind: self.kind,
-                namespace: None,
-                name: self.node_name_for_info.map(std::sync::Arc::from),
-                ip: self.ip,
-            },
-        }
-    }
-
-    pub(super) fn describe(&self) -> String {
-        match (self.kind, self.pod) {
-            (EndpointKind::Pod, Some(p)) if p.host_network => {
-                format!("hostNetwork pod {}/{}", p.namespace, p.name)
-            }
-            (EndpointKind::Pod, Some(p)) => format!("pod {}/{}", p.namespace, p.name),
-            (EndpointKind::Node, _) => format!(
-                "node {}{}",
-                self.node_name_for_info.unwrap_or("?"),
-                self.ip.map(|ip| format!(" ({ip})")).unwrap_or_default()
-            ),
-            _ => match self.ip {
-                Some(ip) => format!("external {ip}"),
-                None => "unknown endpoint".into(),
-            },
-        }
-    }
-}
+use super::side::{Side, port_matches};
+use super::tiers::{DecidingTier, Tier};
+use super::tiers_eval::Trail;
+use super::verdict::{
+    DecidedBy, DirectionVerdict, Explanation, NearestMiss, PolicyOutcome, Verdict,
+};
 
 /// Why one clause of a rule did not match, and how close it came.
 struct Miss {
@@ -86,41 +29,40 @@ struct Miss {
 }
 
 impl Index {
-    pub(crate) fn resolve(&self, e: Endpoint) -> Result<Side<'_>, IndexError> {
-        match e {
-            Endpoint::External { ip } => Ok(Side::external(ip)),
-            Endpoint::Pod { id, ip } => {
-                let entry = self
-                    .pod_entry(id)
-                    .ok_or(IndexError::StaleEndpoint { endpoint: e })?;
-                let pod = &entry.pod;
-                Ok(Side {
-                    kind: EndpointKind::Pod,
-                    pod: Some(pod),
-                    policies: &entry.policies,
-                    as_node: if pod.host_network {
-                        pod.node_name.as_deref()
-                    } else {
-                        None
-                    },
-                    ip,
-                    node_name_for_info: None,
-                })
-            }
-            Endpoint::Node { id, ip } => {
-                let node = self
-                    .node(id)
-                    .ok_or(IndexError::StaleEndpoint { endpoint: e })?;
-                Ok(Side {
-                    kind: EndpointKind::Node,
-                    pod: None,
-                    policies: &[],
-                    as_node: Some(&node.name),
-                    ip,
-                    node_name_for_info: Some(&node.name),
-                })
-            }
+    /// Verdict for a connection from `src` to `dst` (the initiator → the responder), cached per generation.
+    ///
+    /// # Errors
+    /// [`IndexError::StaleEndpoint`] when an endpoint was looked up before its pod or node went away.
+    pub fn evaluate(
+        &self,
+        src: Endpoint,
+        dst: Endpoint,
+        port: u16,
+        protocol: Protocol,
+    ) -> Result<Arc<Verdict>, IndexError> {
+        let key = (src, dst, port, protocol);
+        if let Some(v) = self.cached(&key) {
+            return Ok(v);
         }
+        let verdict = Arc::new(self.evaluate_uncached(src, dst, port, protocol)?);
+        self.remember(key, verdict.clone());
+        Ok(verdict)
+    }
+
+    /// Verdict for a connection between two addresses, each resolved with [`Index::lookup_ip`].
+    #[must_use]
+    pub fn evaluate_ips(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> Arc<Verdict> {
+        let (s, d) = (self.lookup_ip(src), self.lookup_ip(dst));
+        // lookup_ip only returns live endpoints, so evaluate cannot fail here; degrade rather than panic.
+        self.evaluate(s, d, port, protocol).unwrap_or_else(|_| {
+            Arc::new(self.verdict(&Side::external(src), &Side::external(dst), port, protocol))
+        })
     }
 
     /// Like [`Index::evaluate`] but bypassing the verdict cache (benchmarks, one-off checks).
@@ -182,10 +124,10 @@ impl Index {
         }
         // The Admin tier first, then NetworkPolicy, then the Baseline tier (v1alpha2 `spec.tier` doc).
         let cluster = self.cluster_slots(pod);
-        let mut trail = super::tiers_eval::Trail::default();
+        let mut trail = Trail::default();
         if !cluster.is_empty()
             && let Some(v) = self.cluster_tier(
-                super::tiers::Tier::Admin,
+                Tier::Admin,
                 dir,
                 pod,
                 cluster,
@@ -202,7 +144,7 @@ impl Index {
         if !isolated {
             if !cluster.is_empty()
                 && let Some(v) = self.cluster_tier(
-                    super::tiers::Tier::Baseline,
+                    Tier::Baseline,
                     dir,
                     pod,
                     cluster,
@@ -300,7 +242,7 @@ impl Index {
             denied_by,
             allowed_by,
             explanation,
-            tier: Some(super::tiers::DecidingTier::NetworkPolicy),
+            tier: Some(DecidingTier::NetworkPolicy),
             decision: None,
             decided_by: DecidedBy::Policies,
             policies: outcomes,
@@ -584,20 +526,6 @@ impl Index {
     }
 }
 
-pub(super) fn port_matches(
-    p: &PortMatch,
-    port: u16,
-    protocol: Protocol,
-    dest: Option<&Pod>,
-) -> bool {
-    p.protocol == protocol
-        && match &p.port {
-            PortSpec::All => true,
-            PortSpec::Range { start, end } => (*start..=*end).contains(&port),
-            PortSpec::Named(name) => dest.and_then(|d| d.named_port(name, protocol)) == Some(port),
-        }
-}
-
 fn port_miss(rule: &Rule, port: u16, protocol: Protocol, dest: Option<&Pod>) -> Option<Miss> {
     let ports = rule.ports.as_deref()?;
     if ports.iter().any(|p| port_matches(p, port, protocol, dest)) {
@@ -640,14 +568,4 @@ fn port_miss(rule: &Rule, port: u16, protocol: Protocol, dest: Option<&Pod>) -> 
         actual: format!("{protocol} {port}"),
         partial: !same_protocol.is_empty(),
     })
-}
-
-/// Whether the destination pod declares a container port `name` of `protocol` numbered `port`.
-pub(super) fn port_matches_named(
-    name: &str,
-    dest: Option<&Pod>,
-    port: u16,
-    protocol: Protocol,
-) -> bool {
-    dest.and_then(|d| d.named_port(name, protocol)) == Some(port)
 }

@@ -9,10 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use super::explain::Verdict;
 use super::model::{Labels, Namespace, Node, Pod, Policy, PolicyKind, PolicyMeta, Protocol};
 use super::prefix::PrefixMap;
 use super::tiers::ClusterPolicy;
+use super::verdict::Verdict;
 
 /// Errors of index lookups.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,7 +166,7 @@ impl<T> Slab<T> {
     }
 }
 
-type CacheKey = (Endpoint, Endpoint, u16, Protocol);
+pub(crate) type CacheKey = (Endpoint, Endpoint, u16, Protocol);
 
 /// Verdicts computed at one index generation; bounded so a port scan cannot grow it without limit.
 #[derive(Debug, Default)]
@@ -798,53 +798,22 @@ impl Index {
         out
     }
 
-    /// Verdict for a connection from `src` to `dst` (the initiator → the responder), cached per generation.
-    ///
-    /// # Errors
-    /// [`IndexError::StaleEndpoint`] when an endpoint was looked up before its pod or node went away.
-    pub fn evaluate(
-        &self,
-        src: Endpoint,
-        dst: Endpoint,
-        port: u16,
-        protocol: Protocol,
-    ) -> Result<Arc<Verdict>, IndexError> {
-        let key = (src, dst, port, protocol);
-        if let Ok(cache) = self.cache.lock()
-            && cache.generation == self.generation
-            && let Some(v) = cache.map.get(&key)
-        {
-            return Ok(v.clone());
-        }
-        let verdict = Arc::new(self.evaluate_uncached(src, dst, port, protocol)?);
+    /// The cached verdict for `key` at the current generation.
+    pub(crate) fn cached(&self, key: &CacheKey) -> Option<Arc<Verdict>> {
+        let cache = self.cache.lock().ok()?;
+        (cache.generation == self.generation)
+            .then(|| cache.map.get(key).cloned())
+            .flatten()
+    }
+
+    /// Caches `verdict` for `key` at the current generation (dropping older generations' verdicts).
+    pub(crate) fn remember(&self, key: CacheKey, verdict: Arc<Verdict>) {
         if let Ok(mut cache) = self.cache.lock() {
             if cache.generation != self.generation || cache.map.len() >= CACHE_CAPACITY {
                 cache.map.clear();
                 cache.generation = self.generation;
             }
-            cache.map.insert(key, verdict.clone());
+            cache.map.insert(key, verdict);
         }
-        Ok(verdict)
-    }
-
-    /// Verdict for a connection between two addresses, each resolved with [`Index::lookup_ip`].
-    #[must_use]
-    pub fn evaluate_ips(
-        &self,
-        src: IpAddr,
-        dst: IpAddr,
-        port: u16,
-        protocol: Protocol,
-    ) -> Arc<Verdict> {
-        let (s, d) = (self.lookup_ip(src), self.lookup_ip(dst));
-        // lookup_ip only returns live endpoints, so evaluate cannot fail here; degrade rather than panic.
-        self.evaluate(s, d, port, protocol).unwrap_or_else(|_| {
-            Arc::new(self.verdict(
-                &super::evaluate::Side::external(src),
-                &super::evaluate::Side::external(dst),
-                port,
-                protocol,
-            ))
-        })
     }
 }

@@ -34,13 +34,14 @@
 pub mod compile;
 pub mod crd;
 pub mod evaluate;
-pub mod explain;
 pub mod index;
 pub mod model;
 pub mod prefix;
 pub mod selector;
+pub mod side;
 pub mod tiers;
 pub mod tiers_eval;
+pub mod verdict;
 
 #[cfg(test)]
 mod tests;
@@ -48,10 +49,6 @@ mod tests;
 mod tiers_tests;
 
 pub use compile::CompileError;
-pub use explain::{
-    DecidedBy, DirectionVerdict, EndpointInfo, EndpointKind, Explanation, NearestMiss,
-    PolicyOutcome, RuleDecision, Verdict,
-};
 pub use index::{Endpoint, Index, IndexError, NodeId, PodId};
 pub use model::{
     Direction, IpBlock, Labels, NamedPort, Namespace, NamespaceScope, Node, Operator, Peer, Pod,
@@ -59,4 +56,8 @@ pub use model::{
 };
 pub use tiers::{
     Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, DecidingTier, Subject, Tier,
+};
+pub use verdict::{
+    DecidedBy, DirectionVerdict, EndpointInfo, EndpointKind, Explanation, NearestMiss,
+    PolicyOutcome, RuleDecision, Verdict,
 };

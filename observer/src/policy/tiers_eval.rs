@@ -12,14 +12,14 @@
 //! - Peers: `namespaces` and `pods` never match host-network pods; `networks` match any address, pod IPs
 //!   included; `nodes` match a node's addresses (and so a host-network pod on that node).
 
-use super::evaluate::{Side, port_matches_named};
-use super::explain::{
-    DecidedBy, DirectionVerdict, Explanation, NearestMiss, PolicyOutcome, RuleDecision,
-};
 use super::index::Index;
 use super::model::{Direction, Pod, Protocol};
+use super::side::{Side, port_matches_named};
 use super::tiers::{
     Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, DecidingTier, Subject, Tier,
+};
+use super::verdict::{
+    DecidedBy, DirectionVerdict, Explanation, NearestMiss, PolicyOutcome, RuleDecision,
 };
 
 /// What the cluster tiers did before the deciding step: the policies evaluated (and how many of their

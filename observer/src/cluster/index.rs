@@ -735,14 +735,20 @@ impl Inventory {
             _ => index.lookup_ip(addr.ip()),
         };
         let verdict = index
-            .evaluate(
+            .evaluate_brief(
                 resolve(&ends[0]),
                 resolve(&ends[1]),
                 server.port(),
                 protocol,
             )
             .unwrap_or_else(|_| {
-                index.evaluate_ips(client.ip(), server.ip(), server.port(), protocol)
+                index.evaluate_ips_detail(
+                    client.ip(),
+                    server.ip(),
+                    server.port(),
+                    protocol,
+                    policy::Detail::Brief,
+                )
             });
         VerdictAt {
             verdict,
@@ -776,14 +782,20 @@ impl Inventory {
         };
         let (client, server) = (ends[0].0, ends[1].0);
         engine
-            .evaluate(
+            .evaluate_brief(
                 resolve(&ends[0]),
                 resolve(&ends[1]),
                 server.port(),
                 protocol,
             )
             .unwrap_or_else(|_| {
-                engine.evaluate_ips(client.ip(), server.ip(), server.port(), protocol)
+                engine.evaluate_ips_detail(
+                    client.ip(),
+                    server.ip(),
+                    server.port(),
+                    protocol,
+                    policy::Detail::Brief,
+                )
             })
     }
 

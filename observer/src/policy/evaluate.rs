@@ -15,7 +15,7 @@ use super::side::{Side, port_matches};
 use super::tiers::{DecidingTier, Tier};
 use super::tiers_eval::Trail;
 use super::verdict::{
-    DecidedBy, DirectionVerdict, Explanation, NearestMiss, PolicyOutcome, Verdict,
+    DecidedBy, Detail, DirectionVerdict, Explanation, NearestMiss, PolicyOutcome, Verdict,
 };
 
 /// Why one clause of a rule did not match, and how close it came.
@@ -24,12 +24,39 @@ struct Miss {
     reason: String,
     expected: String,
     actual: String,
-    /// Part of the clause matched (e.g. the namespace but not the pod labels): breaks nearest-miss ties.
-    partial: bool,
+}
+
+/// What the misses of one direction are judged against.
+struct MissContext<'a, 'p> {
+    dir: Direction,
+    peer: &'a Side<'p>,
+    dest: Option<&'a Pod>,
+    port: u16,
+    protocol: Protocol,
+}
+
+/// The one-line nearest miss of rule `rule` from its peer and port misses.
+fn miss_summary(rule: usize, peer: Option<&Miss>, port: Option<&Miss>) -> String {
+    match (peer, port) {
+        (None, Some(p)) => format!("rule {rule} allows {}, not {}", p.expected, p.actual),
+        (Some(m), None) => {
+            format!(
+                "rule {rule}: {} (wants {}, got {})",
+                m.reason, m.expected, m.actual
+            )
+        }
+        (Some(m), Some(p)) => format!(
+            "rule {rule}: {} (wants {}, got {}), and allows {}, not {}",
+            m.reason, m.expected, m.actual, p.expected, p.actual
+        ),
+        // Unreachable for a denied direction; kept total rather than panicking.
+        (None, None) => format!("rule {rule} matches"),
+    }
 }
 
 impl Index {
-    /// Verdict for a connection from `src` to `dst` (the initiator → the responder), cached per generation.
+    /// Verdict for a connection from `src` to `dst` (the initiator → the responder) with every reason
+    /// ([`Detail::Explained`]: what `observer explain` prints), cached per generation.
     ///
     /// # Errors
     /// [`IndexError::StaleEndpoint`] when an endpoint was looked up before its pod or node went away.
@@ -40,16 +67,47 @@ impl Index {
         port: u16,
         protocol: Protocol,
     ) -> Result<Arc<Verdict>, IndexError> {
+        self.evaluate_detail(src, dst, port, protocol, Detail::Explained)
+    }
+
+    /// Like [`Index::evaluate`] but [`Detail::Brief`]: the decision, the responsible policies and each
+    /// one's nearest miss, without the explanation lines (what attribution records). A cached explained
+    /// verdict is returned as is.
+    ///
+    /// # Errors
+    /// [`IndexError::StaleEndpoint`] when an endpoint was looked up before its pod or node went away.
+    pub fn evaluate_brief(
+        &self,
+        src: Endpoint,
+        dst: Endpoint,
+        port: u16,
+        protocol: Protocol,
+    ) -> Result<Arc<Verdict>, IndexError> {
+        self.evaluate_detail(src, dst, port, protocol, Detail::Brief)
+    }
+
+    fn evaluate_detail(
+        &self,
+        src: Endpoint,
+        dst: Endpoint,
+        port: u16,
+        protocol: Protocol,
+        detail: Detail,
+    ) -> Result<Arc<Verdict>, IndexError> {
         let key = (src, dst, port, protocol);
-        if let Some(v) = self.cached(&key) {
+        if let Some(v) = self.cached(&key)
+            && (detail == Detail::Brief || v.detail == Detail::Explained)
+        {
             return Ok(v);
         }
-        let verdict = Arc::new(self.evaluate_uncached(src, dst, port, protocol)?);
+        let (s, d) = (self.resolve(src)?, self.resolve(dst)?);
+        let verdict = Arc::new(self.verdict(&s, &d, port, protocol, detail));
         self.remember(key, verdict.clone());
         Ok(verdict)
     }
 
-    /// Verdict for a connection between two addresses, each resolved with [`Index::lookup_ip`].
+    /// Verdict (explained) for a connection between two addresses, each resolved with
+    /// [`Index::lookup_ip`].
     #[must_use]
     pub fn evaluate_ips(
         &self,
@@ -58,14 +116,34 @@ impl Index {
         port: u16,
         protocol: Protocol,
     ) -> Arc<Verdict> {
-        let (s, d) = (self.lookup_ip(src), self.lookup_ip(dst));
-        // lookup_ip only returns live endpoints, so evaluate cannot fail here; degrade rather than panic.
-        self.evaluate(s, d, port, protocol).unwrap_or_else(|_| {
-            Arc::new(self.verdict(&Side::external(src), &Side::external(dst), port, protocol))
-        })
+        self.evaluate_ips_detail(src, dst, port, protocol, Detail::Explained)
     }
 
-    /// Like [`Index::evaluate`] but bypassing the verdict cache (benchmarks, one-off checks).
+    /// [`Index::evaluate_ips`] with the detail asked for.
+    #[must_use]
+    pub fn evaluate_ips_detail(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        detail: Detail,
+    ) -> Arc<Verdict> {
+        let (s, d) = (self.lookup_ip(src), self.lookup_ip(dst));
+        // lookup_ip only returns live endpoints, so evaluate cannot fail here; degrade rather than panic.
+        self.evaluate_detail(s, d, port, protocol, detail)
+            .unwrap_or_else(|_| {
+                Arc::new(self.verdict(
+                    &Side::external(src),
+                    &Side::external(dst),
+                    port,
+                    protocol,
+                    detail,
+                ))
+            })
+    }
+
+    /// Like [`Index::evaluate`] (explained) but bypassing the verdict cache (benchmarks, one-off checks).
     ///
     /// # Errors
     /// [`IndexError::StaleEndpoint`] when an endpoint refers to a pod or node that is gone.
@@ -76,8 +154,24 @@ impl Index {
         port: u16,
         protocol: Protocol,
     ) -> Result<Verdict, IndexError> {
+        self.evaluate_uncached_detail(src, dst, port, protocol, Detail::Explained)
+    }
+
+    /// [`Index::evaluate_uncached`] with the detail asked for: [`Detail::Brief`] is the cold verdict the
+    /// daemon computes for a record.
+    ///
+    /// # Errors
+    /// [`IndexError::StaleEndpoint`] when an endpoint refers to a pod or node that is gone.
+    pub fn evaluate_uncached_detail(
+        &self,
+        src: Endpoint,
+        dst: Endpoint,
+        port: u16,
+        protocol: Protocol,
+        detail: Detail,
+    ) -> Result<Verdict, IndexError> {
         let (s, d) = (self.resolve(src)?, self.resolve(dst)?);
-        Ok(self.verdict(&s, &d, port, protocol))
+        Ok(self.verdict(&s, &d, port, protocol, detail))
     }
 
     pub(crate) fn verdict(
@@ -86,9 +180,10 @@ impl Index {
         dst: &Side<'_>,
         port: u16,
         protocol: Protocol,
+        detail: Detail,
     ) -> Verdict {
-        let egress = self.direction(Direction::Egress, src, dst, dst.pod, port, protocol);
-        let ingress = self.direction(Direction::Ingress, dst, src, dst.pod, port, protocol);
+        let egress = self.direction(Direction::Egress, src, dst, dst.pod, port, protocol, detail);
+        let ingress = self.direction(Direction::Ingress, dst, src, dst.pod, port, protocol, detail);
         Verdict {
             allowed: egress.allowed && ingress.allowed,
             from: src.info(),
@@ -97,9 +192,14 @@ impl Index {
             protocol,
             egress,
             ingress,
+            detail,
         }
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the evaluation context of one direction"
+    )]
     fn direction(
         &self,
         dir: Direction,
@@ -108,7 +208,9 @@ impl Index {
         dest: Option<&Pod>,
         port: u16,
         protocol: Protocol,
+        detail: Detail,
     ) -> DirectionVerdict {
+        let explain = detail == Detail::Explained;
         let Some(pod) = subject.pod.filter(|p| !p.host_network) else {
             return DirectionVerdict::unrestricted(DecidedBy::NotSubject, false, false);
         };
@@ -124,7 +226,7 @@ impl Index {
         }
         // The Admin tier first, then NetworkPolicy, then the Baseline tier (v1alpha2 `spec.tier` doc).
         let cluster = self.cluster_slots(pod);
-        let mut trail = Trail::default();
+        let mut trail = Trail::new(explain);
         if !cluster.is_empty()
             && let Some(v) = self.cluster_tier(
                 Tier::Admin,
@@ -181,34 +283,34 @@ impl Index {
         let allowed = outcomes.iter().any(|o| o.allowed_by_rule.is_some());
         let mut explanation = trail.take_entries();
         if allowed {
-            for o in outcomes.iter().filter(|o| o.allowed_by_rule.is_some()) {
-                explanation.push(Explanation {
-                    policy: o.policy.key(),
-                    rule: o.allowed_by_rule,
-                    reason: format!(
-                        "rule {} allows {} on {protocol} {port}",
-                        o.allowed_by_rule.unwrap_or_default(),
-                        peer.describe()
-                    ),
-                    clause: None,
-                    expected: None,
-                    actual: None,
-                    nearest_miss: false,
-                });
+            if explain {
+                for o in outcomes.iter().filter(|o| o.allowed_by_rule.is_some()) {
+                    explanation.push(Explanation {
+                        policy: o.policy.key(),
+                        rule: o.allowed_by_rule,
+                        reason: format!(
+                            "rule {} allows {} on {protocol} {port}",
+                            o.allowed_by_rule.unwrap_or_default(),
+                            peer.describe()
+                        ),
+                        clause: None,
+                        expected: None,
+                        actual: None,
+                        nearest_miss: false,
+                    });
+                }
             }
         } else {
+            let ctx = MissContext {
+                dir,
+                peer,
+                dest,
+                port,
+                protocol,
+            };
             for (policy, outcome) in selecting.iter().zip(outcomes.iter_mut()) {
-                let rules = policy.rules(dir).unwrap_or_default();
-                outcome.nearest_miss = Some(self.explain_misses(
-                    dir,
-                    policy,
-                    rules,
-                    peer,
-                    dest,
-                    port,
-                    protocol,
-                    &mut explanation,
-                ));
+                outcome.nearest_miss =
+                    Some(self.explain_misses(&ctx, policy, explain.then_some(&mut explanation)));
             }
         }
         let keys = |pred: &dyn Fn(&PolicyOutcome) -> bool| -> Vec<String> {
@@ -222,7 +324,7 @@ impl Index {
         };
         let allowed_by = keys(&|o| o.allowed_by_rule.is_some());
         let denied_by = if allowed { Vec::new() } else { keys(&|_| true) };
-        if !allowed {
+        if !allowed && explain {
             // Admin-tier Accept rules that came close are worth showing next to the NetworkPolicy misses.
             self.cluster_misses(
                 &trail,
@@ -231,7 +333,7 @@ impl Index {
                 dest,
                 port,
                 protocol,
-                &mut explanation,
+                Some(&mut explanation),
                 false,
             );
         }
@@ -287,103 +389,103 @@ impl Index {
         }
     }
 
-    /// Appends the reasons every rule of `policy` missed and returns the nearest miss.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one private call site; a struct would only rename them"
-    )]
+    /// The nearest miss of `policy` (the rule that came closest to allowing the connection), and — when
+    /// `out` is given — the reasons every rule missed, appended to it. Rules are classified without
+    /// formatting; text is made only for the nearest rule unless every reason is asked for.
     fn explain_misses(
         &self,
-        dir: Direction,
+        ctx: &MissContext<'_, '_>,
         policy: &Policy,
-        rules: &[Rule],
-        peer: &Side<'_>,
-        dest: Option<&Pod>,
-        port: u16,
-        protocol: Protocol,
-        out: &mut Vec<Explanation>,
+        mut out: Option<&mut Vec<Explanation>>,
     ) -> NearestMiss {
-        let key = policy.meta.key();
+        let rules = policy.rules(ctx.dir).unwrap_or_default();
+        let ns = &*policy.meta.namespace;
         if rules.is_empty() {
-            out.push(Explanation {
-                policy: key,
-                rule: None,
-                reason: format!("policy has no {dir} rules"),
-                clause: None,
-                expected: None,
-                actual: None,
-                nearest_miss: true,
-            });
+            if let Some(out) = out {
+                out.push(Explanation {
+                    policy: policy.meta.key(),
+                    rule: None,
+                    reason: format!("policy has no {} rules", ctx.dir),
+                    clause: None,
+                    expected: None,
+                    actual: None,
+                    nearest_miss: true,
+                });
+            }
             return NearestMiss {
                 rule: None,
                 summary: "no rules".into(),
             };
         }
-        let peer_key = match dir {
+        // The nearest rule: most clauses matching, then a peer that matched in part; the first on ties.
+        let mut best: Option<((u8, bool), usize)> = None;
+        for (i, rule) in rules.iter().enumerate() {
+            let score = self.rule_score(rule, ns, ctx);
+            if best.is_none_or(|b| score > b.0) {
+                best = Some((score, i));
+            }
+        }
+        let Some((_, nearest)) = best else {
+            return NearestMiss {
+                rule: None,
+                summary: "no rules".into(),
+            };
+        };
+        let peer_key = match ctx.dir {
             Direction::Ingress => "from",
             Direction::Egress => "to",
         };
-        let mut best: Option<((u8, bool), usize, std::ops::Range<usize>)> = None;
+        let mut summary = None;
+        let key = out.is_some().then(|| policy.meta.key());
         for (i, rule) in rules.iter().enumerate() {
-            let peer_miss = self.peer_miss(rule, peer_key, &policy.meta.namespace, peer);
-            let port_miss = port_miss(rule, port, protocol, dest);
-            let score = (
-                u8::from(peer_miss.is_none()) + u8::from(port_miss.is_none()),
-                peer_miss.as_ref().is_some_and(|m| m.partial),
-            );
-            let start = out.len();
-            for m in peer_miss.into_iter().chain(port_miss) {
-                out.push(Explanation {
-                    policy: key.clone(),
-                    rule: Some(i),
-                    reason: m.reason,
-                    clause: Some(m.clause),
-                    expected: Some(m.expected),
-                    actual: Some(m.actual),
-                    nearest_miss: false,
-                });
+            if out.is_none() && i != nearest {
+                continue;
             }
-            if best.as_ref().is_none_or(|b| score > b.0) {
-                best = Some((score, i, start..out.len()));
+            let peer_miss = self.peer_miss(rule, peer_key, ns, ctx.peer);
+            let port_miss = port_miss(rule, ctx.port, ctx.protocol, ctx.dest);
+            if i == nearest {
+                summary = Some(miss_summary(i, peer_miss.as_ref(), port_miss.as_ref()));
+            }
+            if let (Some(out), Some(key)) = (out.as_deref_mut(), &key) {
+                for m in peer_miss.into_iter().chain(port_miss) {
+                    out.push(Explanation {
+                        policy: key.clone(),
+                        rule: Some(i),
+                        reason: m.reason,
+                        clause: Some(m.clause),
+                        expected: Some(m.expected),
+                        actual: Some(m.actual),
+                        nearest_miss: i == nearest,
+                    });
+                }
             }
         }
-        let Some((_, rule, span)) = best else {
-            return NearestMiss {
-                rule: None,
-                summary: "no rules".into(),
-            };
-        };
-        let entries = out.get_mut(span).unwrap_or_default();
-        for e in entries.iter_mut() {
-            e.nearest_miss = true;
-        }
-        fn text(e: &Explanation) -> (&str, &str, &str) {
-            (
-                e.reason.as_str(),
-                e.expected.as_deref().unwrap_or_default(),
-                e.actual.as_deref().unwrap_or_default(),
-            )
-        }
-        let is_port = |e: &&Explanation| e.clause.as_deref() == Some("ports");
-        let port_entry = entries.iter().find(is_port).map(text);
-        let peer_entry = entries.iter().find(|e| !is_port(e)).map(text);
-        let summary = match (peer_entry, port_entry) {
-            (None, Some((_, want, got))) => format!("rule {rule} allows {want}, not {got}"),
-            (Some((why, want, got)), None) => {
-                format!("rule {rule}: {why} (wants {want}, got {got})")
-            }
-            (Some((why, want, got)), Some((_, pwant, pgot))) => {
-                format!(
-                    "rule {rule}: {why} (wants {want}, got {got}), and allows {pwant}, not {pgot}"
-                )
-            }
-            // Unreachable for a denied direction; kept total rather than panicking.
-            (None, None) => format!("rule {rule} matches"),
-        };
         NearestMiss {
-            rule: Some(rule),
-            summary,
+            rule: Some(nearest),
+            summary: summary.unwrap_or_else(|| format!("rule {nearest} matches")),
         }
+    }
+
+    /// How close a rule came, without formatting anything: (clauses that match, whether a non-matching
+    /// peer matched in part). The same classification [`Index::peer_miss`] and [`port_miss`] report.
+    fn rule_score(&self, rule: &Rule, policy_ns: &str, ctx: &MissContext<'_, '_>) -> (u8, bool) {
+        let (peer_ok, partial) = match rule.peers.as_deref() {
+            None => (true, false),
+            Some(ps) if ps.is_empty() => (true, false),
+            Some(ps) if ps.iter().any(|p| self.peer_matches(p, policy_ns, ctx.peer)) => {
+                (true, false)
+            }
+            Some(ps) => (
+                false,
+                ps.iter()
+                    .any(|p| self.peer_partial(p, policy_ns, ctx.peer)),
+            ),
+        };
+        let port_ok = rule.ports.as_deref().is_none_or(|ps| {
+            ps.iter()
+                .any(|p| port_matches(p, ctx.port, ctx.protocol, ctx.dest))
+        });
+        (u8::from(peer_ok) + u8::from(port_ok), partial)
     }
 
     fn peer_miss(
@@ -443,7 +545,6 @@ impl Index {
                         reason: "peer has no IP address".into(),
                         expected: b.cidr.to_string(),
                         actual: other.describe(),
-                        partial: false,
                     });
                 };
                 if !b.cidr.contains(&ip) {
@@ -452,7 +553,6 @@ impl Index {
                         reason: "IP outside the CIDR".into(),
                         expected: b.cidr.to_string(),
                         actual: ip.to_string(),
-                        partial: false,
                     });
                 }
                 b.except.iter().find(|e| e.contains(&ip)).map(|e| Miss {
@@ -460,7 +560,6 @@ impl Index {
                     reason: "IP inside an except".into(),
                     expected: format!("{} except {e}", b.cidr),
                     actual: ip.to_string(),
-                    partial: true,
                 })
             }
             Peer::Pods { namespaces, pods } => {
@@ -474,7 +573,6 @@ impl Index {
                         reason: "peer is not a pod".into(),
                         expected: want(),
                         actual: other.describe(),
-                        partial: false,
                     });
                 };
                 if pod.host_network {
@@ -485,7 +583,6 @@ impl Index {
                                 .into(),
                         expected: want(),
                         actual: other.describe(),
-                        partial: false,
                     });
                 }
                 let ns_miss = match namespaces {
@@ -494,7 +591,6 @@ impl Index {
                         reason: "peer pod is not in the policy's namespace".into(),
                         expected: format!("namespace {policy_ns}"),
                         actual: format!("namespace {}", pod.namespace),
-                        partial: false,
                     }),
                     NamespaceScope::Matching(sel) => {
                         let labels = self.namespace_labels(&pod.namespace);
@@ -507,7 +603,6 @@ impl Index {
                                 pod.namespace,
                                 labels.map(ToString::to_string).unwrap_or_default()
                             ),
-                            partial: false,
                         })
                     }
                 };
@@ -519,7 +614,6 @@ impl Index {
                     reason: "pod labels do not match podSelector".into(),
                     expected: pods.to_string(),
                     actual: format!("{}/{}: {}", pod.namespace, pod.name, pod.labels),
-                    partial: true,
                 })
             }
         }
@@ -566,6 +660,5 @@ fn port_miss(rule: &Rule, port: u16, protocol: Protocol, dest: Option<&Pod>) -> 
         reason,
         expected: shown.join(", "),
         actual: format!("{protocol} {port}"),
-        partial: !same_protocol.is_empty(),
     })
 }

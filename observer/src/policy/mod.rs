@@ -58,6 +58,6 @@ pub use tiers::{
     Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, DecidingTier, Subject, Tier,
 };
 pub use verdict::{
-    DecidedBy, DirectionVerdict, EndpointInfo, EndpointKind, Explanation, NearestMiss,
+    DecidedBy, Detail, DirectionVerdict, EndpointInfo, EndpointKind, Explanation, NearestMiss,
     PolicyOutcome, RuleDecision, Verdict,
 };

@@ -115,9 +115,13 @@ impl World {
         port: u16,
         protocol: Protocol,
     ) -> std::sync::Arc<Verdict> {
-        self.index
-            .evaluate(self.ep(from), self.ep(to), port, protocol)
-            .expect("live endpoints")
+        let (src, dst) = (self.ep(from), self.ep(to));
+        let v = self
+            .index
+            .evaluate(src, dst, port, protocol)
+            .expect("live endpoints");
+        assert_brief_agrees(&self.index, src, dst, port, protocol, &v);
+        v
     }
 
     fn allowed(&self, from: &str, to: &str, port: u16) -> bool {
@@ -912,6 +916,32 @@ fn verdict_carries_policy_identity() {
 }
 
 #[test]
+fn a_brief_verdict_in_the_cache_is_explained_again_when_explanation_is_asked_for() {
+    let mut w = World::e2e();
+    w.policy("x", "deny", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 8080}]}]}));
+    let (src, dst) = (w.ep("y/a"), w.ep("x/a"));
+    let brief = w
+        .index
+        .evaluate_brief(src, dst, 80, Protocol::Tcp)
+        .expect("live endpoints");
+    assert_eq!(brief.detail, crate::policy::Detail::Brief);
+    assert!(brief.ingress.explanation.is_empty());
+    assert_eq!(
+        brief.ingress.policies[0]
+            .nearest_miss
+            .as_ref()
+            .map(|m| m.summary.as_str()),
+        Some("rule 0 allows TCP 8080, not TCP 80")
+    );
+    let full = w
+        .index
+        .evaluate(src, dst, 80, Protocol::Tcp)
+        .expect("live endpoints");
+    assert_eq!(full.detail, crate::policy::Detail::Explained);
+    assert!(!full.ingress.explanation.is_empty());
+}
+
+#[test]
 fn json_matches_the_contract() {
     let mut w = World::e2e();
     w.policy("x", "deny-all", json!({"podSelector": {}}));
@@ -1115,4 +1145,32 @@ XXXXXXXXX
 .........";
     assert_eq!(w.truth_table(80), want);
     assert_eq!(w.truth_table(53).replace('\n', ""), ".".repeat(81));
+}
+
+/// A [`Detail::Brief`] verdict is the explained one without its explanation lines: the same decision,
+/// responsible policies and nearest misses (every verdict the engine tests compute is checked this way).
+pub(super) fn assert_brief_agrees(
+    index: &Index,
+    src: Endpoint,
+    dst: Endpoint,
+    port: u16,
+    protocol: Protocol,
+    explained: &Verdict,
+) {
+    let brief = index
+        .evaluate_uncached_detail(src, dst, port, protocol, crate::policy::Detail::Brief)
+        .expect("live endpoints");
+    let mut expected = explained.clone();
+    expected.detail = crate::policy::Detail::Brief;
+    expected.egress.explanation.clear();
+    expected.ingress.explanation.clear();
+    assert_eq!(
+        brief, expected,
+        "the brief verdict differs from the explained one beyond its explanation lines"
+    );
+    // And the cached brief path hands back the cached explained verdict untouched.
+    let cached = index
+        .evaluate_brief(src, dst, port, protocol)
+        .expect("live endpoints");
+    assert_eq!(cached.detail, crate::policy::Detail::Explained);
 }

@@ -26,6 +26,8 @@ use super::verdict::{
 /// rules), and the Pass rules taken, for explanations.
 #[derive(Debug, Default)]
 pub(crate) struct Trail {
+    /// Whether explanation entries are made (a [`super::verdict::Detail::Explained`] verdict).
+    explain: bool,
     /// (cluster slot, number of its rules evaluated without a match).
     evaluated: Vec<(u32, usize)>,
     /// Explanation entries for Pass rules taken.
@@ -33,6 +35,13 @@ pub(crate) struct Trail {
 }
 
 impl Trail {
+    pub(crate) fn new(explain: bool) -> Self {
+        Self {
+            explain,
+            ..Self::default()
+        }
+    }
+
     /// The explanation entries so far (Pass rules taken), moved out.
     pub(crate) fn take_entries(&mut self) -> Vec<Explanation> {
         std::mem::take(&mut self.entries)
@@ -144,8 +153,11 @@ impl Index {
                 port,
                 protocol,
             );
-            let key = c.meta.key();
             if r.action == Action::Pass {
+                if !trail.explain {
+                    return None;
+                }
+                let key = c.meta.key();
                 let next = match tier {
                     Tier::Admin => "NetworkPolicy tier",
                     Tier::Baseline => "default (allow)",
@@ -246,44 +258,38 @@ impl Index {
         let key = c.meta.key();
         let accept = r.action == Action::Accept;
         let mut explanation = trail.take_entries();
-        let verb = if accept { "accepts" } else { "denies" };
-        let closed = if r.fail_closed {
-            " (a peer of a kind this version does not know: failed closed)"
-        } else {
-            ""
-        };
-        explanation.push(entry(
-            key.clone(),
-            Some(i),
-            format!(
-                "{} {verb} {} on {protocol} {port} ({} tier, {}){closed}",
-                rule_label(i, r),
-                peer.describe(),
-                c.tier,
-                c.priority_text()
-            ),
-        ));
-        if !ambiguous.is_empty() {
-            explanation.push(marked(
+        if trail.explain {
+            let verb = if accept { "accepts" } else { "denies" };
+            let closed = if r.fail_closed {
+                " (a peer of a kind this version does not know: failed closed)"
+            } else {
+                ""
+            };
+            explanation.push(entry(
                 key.clone(),
                 Some(i),
-                ambiguity_text(c, &ambiguous),
-                Some(CLAUSE_UNDEFINED_ORDER),
+                format!(
+                    "{} {verb} {} on {protocol} {port} ({} tier, {}){closed}",
+                    rule_label(i, r),
+                    peer.describe(),
+                    c.tier,
+                    c.priority_text()
+                ),
             ));
+            if !ambiguous.is_empty() {
+                explanation.push(marked(
+                    key.clone(),
+                    Some(i),
+                    ambiguity_text(c, &ambiguous),
+                    Some(CLAUSE_UNDEFINED_ORDER),
+                ));
+            }
         }
         let nearest = if accept {
             None
         } else {
-            self.cluster_misses(
-                trail,
-                dir,
-                peer,
-                dest,
-                port,
-                protocol,
-                &mut explanation,
-                true,
-            )
+            let out = trail.explain.then_some(&mut explanation);
+            self.cluster_misses(trail, dir, peer, dest, port, protocol, out, true)
         };
         let summary = {
             let base = format!(
@@ -397,7 +403,7 @@ impl Index {
         dest: Option<&Pod>,
         port: u16,
         protocol: Protocol,
-        out: &mut Vec<Explanation>,
+        out: Option<&mut Vec<Explanation>>,
         include_pass: bool,
     ) -> Option<String> {
         let mut best: Option<((u8, bool), &ClusterPolicy, usize, &ClusterRule)> = None;
@@ -447,6 +453,9 @@ impl Index {
             r.action,
             parts.join(", and ")
         );
+        let Some(out) = out else {
+            return Some(summary);
+        };
         for m in misses {
             out.push(Explanation {
                 policy: key.clone(),

@@ -129,9 +129,13 @@ impl World {
     }
 
     fn verdict(&self, from: &str, to: &str, port: u16, protocol: Protocol) -> Arc<Verdict> {
-        self.index
-            .evaluate(self.ep(from), self.ep(to), port, protocol)
-            .expect("live endpoints")
+        let (src, dst) = (self.ep(from), self.ep(to));
+        let v = self
+            .index
+            .evaluate(src, dst, port, protocol)
+            .expect("live endpoints");
+        super::tests::assert_brief_agrees(&self.index, src, dst, port, protocol, &v);
+        v
     }
 
     fn tcp(&self, from: &str, to: &str, port: u16) -> Arc<Verdict> {

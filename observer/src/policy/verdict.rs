@@ -147,7 +147,7 @@ pub struct DirectionVerdict {
     pub denied_by: Vec<String>,
     /// Policies with a rule that allowed the connection, sorted `namespace/name`.
     pub allowed_by: Vec<String>,
-    /// Reasons, per selecting policy.
+    /// Reasons, per selecting policy (empty in a [`Detail::Brief`] verdict).
     pub explanation: Vec<Explanation>,
     /// The tier that decided: `Admin`, `NetworkPolicy`, `Baseline`, or null when none did (default
     /// allow, not a policy subject, the pod's own node).
@@ -191,6 +191,18 @@ impl DirectionVerdict {
     }
 }
 
+/// How much of the reasons a verdict carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Detail {
+    /// Every reason: each rule's misses, Pass rules taken, the nearest cluster Accept — what
+    /// `observer explain` prints ([`crate::policy::Index::evaluate`]).
+    #[default]
+    Explained,
+    /// What a record needs: the decision, the tier, the responsible policies with each one's nearest miss;
+    /// [`DirectionVerdict::explanation`] stays empty ([`crate::policy::Index::evaluate_brief`], attribution).
+    Brief,
+}
+
 /// The full verdict for one connection, evaluated initiator → responder (replies belong to it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
@@ -208,4 +220,7 @@ pub struct Verdict {
     pub egress: DirectionVerdict,
     /// Ingress at the destination.
     pub ingress: DirectionVerdict,
+    /// Whether `explanation` was filled in ([`Detail::Explained`]) or left out ([`Detail::Brief`]).
+    #[serde(skip)]
+    pub detail: Detail,
 }

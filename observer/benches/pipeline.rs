@@ -1,6 +1,6 @@
 //! Pipeline throughput: a storm of blocked SYNs across many pod pairs, replayed as raw ring-buffer
 //! records through decode → channel tracker → attribution (policy verdicts) → JSON forensics lines, on
-//! one core. Prints events per second against the target (≥ 500,000/s) and checks that no channel was
+//! one core. Prints events per second against the target (≥ 1,000,000 per CPU-second, issue 13) and checks that no channel was
 //! lost (one record per blocked attempt).
 //!
 //! `cargo bench -p observer --bench pipeline` (no root needed).
@@ -191,11 +191,11 @@ fn main() {
         elapsed
     );
     println!(
-        "  {:.0} events per CPU-second on one core ({:.0}/s wall clock, {:.2} s CPU)  target ≥ 500,000/s: {}",
+        "  {:.0} events per CPU-second on one core ({:.0}/s wall clock, {:.2} s CPU)  target ≥ 1,000,000/s: {}",
         rate,
         wall_rate,
         cpu_secs,
-        if rate >= 500_000.0 { "met" } else { "MISSED" }
+        if rate >= 1_000_000.0 { "met" } else { "MISSED" }
     );
     println!(
         "  records written: {written} of {CHANNELS} blocked channels ({} lost); channels evicted: {}",
@@ -205,7 +205,7 @@ fn main() {
     assert_eq!(written, CHANNELS, "zero loss");
     let policy = metrics
         .blocked_channels
-        .with_label_values(&["policy", "ingress", "ns0", "default-deny"])
+        .with_label_values(&["policy", "ingress", "NetworkPolicy", "ns0", "default-deny"])
         .get();
     assert!(policy > 0, "records are attributed to policies");
 }

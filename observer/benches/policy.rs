@@ -5,7 +5,8 @@
 //! ranges and named ports.
 //!
 //! Prints index bytes per pod, measured with a counting global allocator, then criterion figures for index
-//! build, cold (uncached) and cached verdicts. Run: `cargo bench -p observer --bench policy`.
+//! build, cold (uncached) verdicts — brief (what attribution computes: decision, responsible policies, nearest
+//! misses) and explained (every reason, what `observer explain` prints) — and cached verdicts. Run: `cargo bench -p observer --bench policy`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -14,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use observer::policy::crd::ClusterNetworkPolicy;
-use observer::policy::{ClusterPolicy, Endpoint, Index, Namespace, Node, Pod, Policy, Protocol};
+use observer::policy::{
+    ClusterPolicy, Detail, Endpoint, Index, Namespace, Node, Pod, Policy, Protocol,
+};
 use serde_json::json;
 
 /// Counts live heap bytes so the index footprint is measured, not estimated.
@@ -308,28 +311,44 @@ fn bench(c: &mut Criterion) {
         })
         .count();
     println!("{decided_by_cluster} of them decided by a cluster tier in at least one direction");
-    // A quick, non-criterion ratio of cold verdicts with and without the cluster tiers (same pairs).
-    let time = |index: &Index| {
+    // Brief verdicts (what attribution computes on a cache miss) are the explained ones without their
+    // explanation lines: checked over the whole mix before anything is timed.
+    for (s, d, p) in &ps {
+        let mut explained = full
+            .evaluate_uncached(*s, *d, *p, Protocol::Tcp)
+            .expect("live");
+        let brief = full
+            .evaluate_uncached_detail(*s, *d, *p, Protocol::Tcp, Detail::Brief)
+            .expect("live");
+        explained.detail = Detail::Brief;
+        explained.egress.explanation.clear();
+        explained.ingress.explanation.clear();
+        assert_eq!(brief, explained, "brief verdict differs beyond the explanation lines");
+    }
+    // A quick, non-criterion mean over the mix, with and without the cluster tiers (same pairs).
+    let time = |index: &Index, detail: Detail| {
         let t = std::time::Instant::now();
         for _ in 0..20 {
             for (s, d, p) in &ps {
                 black_box(
                     index
-                        .evaluate_uncached(*s, *d, *p, Protocol::Tcp)
+                        .evaluate_uncached_detail(*s, *d, *p, Protocol::Tcp, detail)
                         .expect("live"),
                 );
             }
         }
         t.elapsed().as_nanos() as f64 / (20 * ps.len()) as f64
     };
-    let (a, b) = (time(&np_only), time(&full));
-    let (a2, b2) = (time(&np_only), time(&full));
-    let (np_ns, cnp_ns) = ((a + a2) / 2.0, (b + b2) / 2.0);
-    println!(
-        "cold verdict, mean over the mix: {np_ns:.0} ns NetworkPolicy only, {cnp_ns:.0} ns with 100 \
-         ClusterNetworkPolicies: ratio {:.2}× (target: ≤ 10 µs with them)",
-        cnp_ns / np_ns
-    );
+    for detail in [Detail::Brief, Detail::Explained] {
+        let (a, b) = (time(&np_only, detail), time(&full, detail));
+        let (a2, b2) = (time(&np_only, detail), time(&full, detail));
+        let (np_ns, cnp_ns) = ((a + a2) / 2.0, (b + b2) / 2.0);
+        println!(
+            "cold verdict ({detail:?}), mean over the mix: {np_ns:.0} ns NetworkPolicy only, {cnp_ns:.0} ns \
+             with 100 ClusterNetworkPolicies: ratio {:.2}× (target: ≤ 10 µs with them)",
+            cnp_ns / np_ns
+        );
+    }
 
     let mut g = c.benchmark_group("policy");
     g.sample_size(10);
@@ -340,27 +359,29 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("policy");
     let mut k = 0usize;
-    g.bench_function("verdict_cold_np_only", |b| {
-        b.iter(|| {
-            k = (k + 1) % ps.len();
-            let (s, d, p) = ps[k];
-            black_box(
-                np_only
-                    .evaluate_uncached(s, d, p, Protocol::Tcp)
-                    .expect("live"),
-            )
+    for (detail, name) in [(Detail::Brief, "brief"), (Detail::Explained, "explained")] {
+        g.bench_function(format!("verdict_cold_{name}_np_only"), |b| {
+            b.iter(|| {
+                k = (k + 1) % ps.len();
+                let (s, d, p) = ps[k];
+                black_box(
+                    np_only
+                        .evaluate_uncached_detail(s, d, p, Protocol::Tcp, detail)
+                        .expect("live"),
+                )
+            });
         });
-    });
-    g.bench_function("verdict_cold", |b| {
-        b.iter(|| {
-            k = (k + 1) % ps.len();
-            let (s, d, p) = ps[k];
-            black_box(
-                full.evaluate_uncached(s, d, p, Protocol::Tcp)
-                    .expect("live"),
-            )
+        g.bench_function(format!("verdict_cold_{name}"), |b| {
+            b.iter(|| {
+                k = (k + 1) % ps.len();
+                let (s, d, p) = ps[k];
+                black_box(
+                    full.evaluate_uncached_detail(s, d, p, Protocol::Tcp, detail)
+                        .expect("live"),
+                )
+            });
         });
-    });
+    }
     for (s, d, p) in &ps {
         let _ = full.evaluate(*s, *d, *p, Protocol::Tcp);
     }

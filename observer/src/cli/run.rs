@@ -27,7 +27,7 @@ use crate::{
     },
     channel,
     cluster::{
-        Inventory, InventoryConfig, Kind, SharedInventory, files::FileSource, kube::KubeSource,
+        Inventory, InventoryConfig, SharedInventory, files::FileSource, kube::KubeSource,
     },
     export::{ApiArgs, ApiState, Exports, KubeAuth, LogArgs, Metrics, Readiness, Recent, Surface},
     pipeline::Pipeline,
@@ -289,15 +289,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     let inv = inventory.read();
                     (inv.is_ready(), inv.counts())
                 };
-                for (kind, n) in [
-                    (Kind::Pod, counts.pods),
-                    (Kind::Namespace, counts.namespaces),
-                    (Kind::Node, counts.nodes),
-                    (Kind::NetworkPolicy, counts.policies),
-                    (Kind::Service, counts.services),
-                    (Kind::EndpointSlice, counts.endpoint_slices),
-                ] {
-                    metrics.inventory_objects.with_label_values(&[kind.as_str()]).set(i64::try_from(n).unwrap_or(i64::MAX));
+                for (kind, n) in counts.by_kind() {
+                    metrics.inventory_objects.with_label_values(&[kind]).set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
                 metrics.cluster_synced.set(i64::from(ready));
                 readiness.set_synced(ready);

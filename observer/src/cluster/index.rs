@@ -100,6 +100,27 @@ pub struct Counts {
     pub services: usize,
     /// EndpointSlices.
     pub endpoint_slices: usize,
+    /// Cluster-scoped policies per kind: ClusterNetworkPolicy, AdminNetworkPolicy,
+    /// BaselineAdminNetworkPolicy (in [`policy::PolicyKind::CLUSTER_SCOPED`] order).
+    pub cluster_policies: [usize; 3],
+}
+
+impl Counts {
+    /// `(kind, objects)` for every `observer_inventory_objects{kind}` series, cluster-scoped kinds included.
+    pub fn by_kind(&self) -> [(&'static str, usize); 9] {
+        let [cnp, anp, banp] = self.cluster_policies;
+        [
+            (super::Kind::Pod.as_str(), self.pods),
+            (super::Kind::Namespace.as_str(), self.namespaces),
+            (super::Kind::Node.as_str(), self.nodes),
+            (super::Kind::NetworkPolicy.as_str(), self.policies),
+            (super::Kind::Service.as_str(), self.services),
+            (super::Kind::EndpointSlice.as_str(), self.endpoint_slices),
+            (policy::PolicyKind::ClusterNetworkPolicy.as_str(), cnp),
+            (policy::PolicyKind::AdminNetworkPolicy.as_str(), anp),
+            (policy::PolicyKind::BaselineAdminNetworkPolicy.as_str(), banp),
+        ]
+    }
 }
 
 /// Every object of a cluster, for [`Inventory::replace`] (manifest files).
@@ -254,6 +275,18 @@ impl Inventory {
             ips: self.ips.len(),
             services: self.services.service_count(),
             endpoint_slices: self.services.slice_count(),
+            cluster_policies: {
+                let mut n = [0; 3];
+                for (kind, _) in self.cluster_policies.keys() {
+                    match kind {
+                        policy::PolicyKind::ClusterNetworkPolicy => n[0] += 1,
+                        policy::PolicyKind::AdminNetworkPolicy => n[1] += 1,
+                        policy::PolicyKind::BaselineAdminNetworkPolicy => n[2] += 1,
+                        policy::PolicyKind::NetworkPolicy => {}
+                    }
+                }
+                n
+            },
         }
     }
 
@@ -1609,9 +1642,9 @@ mod tests {
             .expect("valid");
         inv.apply_pod(&mk_pod("a", "goes", "u2", "10.0.0.2", &[]), t(0))
             .expect("valid");
-        assert!(!inv.is_synced(Kind::Pod));
+        assert!(!inv.is_synced(super::Kind::Pod));
 
-        inv.begin(Kind::Pod);
+        inv.begin(super::Kind::Pod);
         inv.stage_pod(&mk_pod("a", "stays", "u1", "10.0.0.1", &[]), t(50))
             .expect("valid");
         inv.stage_pod(&mk_pod("a", "added", "u3", "10.0.0.3", &[]), t(50))
@@ -1619,9 +1652,9 @@ mod tests {
         // Until commit, readers see the old state.
         assert!(inv.pod("a", "goes").is_some());
         assert!(inv.pod("a", "added").is_none());
-        inv.commit(Kind::Pod, t(60));
+        inv.commit(super::Kind::Pod, t(60));
 
-        assert!(inv.is_synced(Kind::Pod));
+        assert!(inv.is_synced(super::Kind::Pod));
         assert!(!inv.is_ready(), "other kinds not listed yet");
         assert!(inv.pod("a", "goes").is_none());
         assert!(inv.pod("a", "added").is_some());
@@ -1642,8 +1675,8 @@ mod tests {
             inv.commit(kind, t(60));
         }
         assert!(!inv.is_ready(), "EndpointSlices not listed yet");
-        inv.begin(Kind::EndpointSlice);
-        inv.commit(Kind::EndpointSlice, t(60));
+        inv.begin(super::Kind::EndpointSlice);
+        inv.commit(super::Kind::EndpointSlice, t(60));
         assert!(inv.is_ready());
     }
 
@@ -1662,14 +1695,14 @@ mod tests {
         inv.apply_policy(&mk_policy("x", "deny", "p1", "1", "a"), t(0))
             .expect("valid");
 
-        inv.begin(Kind::Node);
+        inv.begin(super::Kind::Node);
         inv.stage_node(&mk_node("n1", "192.168.0.1"))
             .expect("valid");
-        inv.commit(Kind::Node, t(10));
-        inv.begin(Kind::Namespace);
-        inv.commit(Kind::Namespace, t(10));
-        inv.begin(Kind::NetworkPolicy);
-        inv.commit(Kind::NetworkPolicy, t(10));
+        inv.commit(super::Kind::Node, t(10));
+        inv.begin(super::Kind::Namespace);
+        inv.commit(super::Kind::Namespace, t(10));
+        inv.begin(super::Kind::NetworkPolicy);
+        inv.commit(super::Kind::NetworkPolicy, t(10));
 
         assert!(matches!(
             inv.endpoint_at(ip("192.168.0.2"), t(11)),
@@ -1802,8 +1835,8 @@ mod tests {
         assert_eq!(denied.ingress.denied_by, ["x/deny"]);
 
         // A relist without the policy removes it from the engine too.
-        inv.begin(Kind::NetworkPolicy);
-        inv.commit(Kind::NetworkPolicy, t(2));
+        inv.begin(super::Kind::NetworkPolicy);
+        inv.commit(super::Kind::NetworkPolicy, t(2));
         assert!(verdict(&inv).allowed);
 
         inv.delete_pod("x", "server", t(3));
@@ -1811,5 +1844,26 @@ mod tests {
             inv.engine().lookup_ip(ip("10.0.0.2")),
             policy::Endpoint::External { .. }
         ));
+    }
+
+    #[test]
+    fn inventory_objects_counts_the_cluster_scoped_kinds() {
+        let mut inv = Inventory::new(InventoryConfig::default());
+        let cnp: policy::crd::ClusterNetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "deny-to-kube-system", "uid": "u1", "resourceVersion": "1"},
+            "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": {}},
+                     "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}
+        }))
+        .expect("ClusterNetworkPolicy JSON");
+        inv.apply_cluster_policy(&policy::crd::ClusterObject::Cnp(cnp))
+            .expect("valid ClusterNetworkPolicy");
+        let counts = inv.counts().by_kind();
+        let get = |kind: &str| counts.iter().find(|(k, _)| *k == kind).map(|(_, n)| *n);
+        assert_eq!(get("ClusterNetworkPolicy"), Some(1));
+        assert_eq!(get("AdminNetworkPolicy"), Some(0));
+        assert_eq!(get("BaselineAdminNetworkPolicy"), Some(0));
+        assert_eq!(get("NetworkPolicy"), Some(0));
+        inv.delete_cluster_policy(policy::PolicyKind::ClusterNetworkPolicy, "deny-to-kube-system");
+        assert_eq!(inv.counts().cluster_policies, [0, 0, 0]);
     }
 }

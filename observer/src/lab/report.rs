@@ -626,4 +626,100 @@ mod tests {
         assert!(!t.contains('\x1b'), "no colour off a terminal");
         assert!(render_text(&report, true).contains("\x1b[31mdenied!\x1b[0m"));
     }
+
+    fn result(kernel: Result<(), String>, engine_allowed: bool) -> ProbeResult {
+        ProbeResult {
+            from: "a/x".into(),
+            to: "b/y".into(),
+            src_ip: "198.18.0.2".parse().expect("ip"),
+            dst_ip: "198.18.0.3".parse().expect("ip"),
+            port: 50051,
+            protocol: Protocol::Tcp,
+            kernel: KernelOutcome {
+                allowed: kernel.is_ok(),
+                denied: false,
+                drop_reason: None,
+                error: kernel.err(),
+            },
+            engine: EngineOutcome {
+                allowed: engine_allowed,
+                egress_denied_by: Vec::new(),
+                ingress_denied_by: vec!["b/deny".into()],
+                backends: Vec::new(),
+            },
+            attribution: None,
+            agree: false,
+            disagreement: None,
+            plumbing_failure: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_probe_is_denied_only_with_the_policy_drop_seen() {
+        // The engine denies; the call failed but no drop was seen (the server was down): a disagreement.
+        let mut p = result(Err("deadline of 1s exceeded".into()), false);
+        compare(&mut p);
+        assert!(!p.agree);
+        assert_eq!(
+            p.disagreement.as_deref(),
+            Some("kernel failed without a policy drop seen, engine denied")
+        );
+        assert_eq!(p.kernel.word(), "failed");
+        // The same with NETFILTER_DROP seen: agreement.
+        p.kernel.drop_reason = Some(POLICY_DROP_REASON.into());
+        p.kernel.denied = true;
+        compare(&mut p);
+        assert!(p.agree, "{:?}", p.disagreement);
+        // Allowed by the kernel, denied by the engine.
+        let mut p = result(Ok(()), false);
+        compare(&mut p);
+        assert_eq!(
+            p.disagreement.as_deref(),
+            Some("kernel allowed, engine denied")
+        );
+        // Without the observer (drops not seen), judge counts any failure as denied.
+        let mut p = result(Err("connect: refused".into()), true);
+        p.kernel.denied = true;
+        compare(&mut p);
+        assert_eq!(
+            p.disagreement.as_deref(),
+            Some("kernel denied, engine allowed")
+        );
+    }
+
+    #[test]
+    fn the_plumbing_check_holds_records_to_the_engines_denied_by() {
+        let attribution = |policies: &[&str], records: usize| observe::Attribution {
+            cause: "policy".into(),
+            dst: None,
+            service: Vec::new(),
+            direction: Some("ingress".into()),
+            policies: policies.iter().map(|s| (*s).to_owned()).collect(),
+            kernel_reason: Some(POLICY_DROP_REASON.into()),
+            records,
+        };
+        let mut probes = vec![
+            result(Err("deadline".into()), false),
+            result(Err("deadline".into()), false),
+            result(Err("deadline".into()), false),
+            result(Err("deadline".into()), false),
+        ];
+        probes[0].attribution = Some(attribution(&["b/deny"], 1));
+        probes[1].attribution = Some(attribution(&["b/other"], 1));
+        probes[2].attribution = Some(attribution(&["b/deny"], 2));
+        check_plumbing(&mut probes);
+        assert_eq!(probes[0].plumbing_failure, None);
+        assert_eq!(
+            probes[1].plumbing_failure.as_deref(),
+            Some("the observer names [b/other], the engine denied_by [b/deny]")
+        );
+        assert_eq!(
+            probes[2].plumbing_failure.as_deref(),
+            Some("the observer wrote 2 records for one connection attempt")
+        );
+        assert_eq!(
+            probes[3].plumbing_failure.as_deref(),
+            Some("the observer reported no blocked channel")
+        );
+    }
 }

@@ -51,7 +51,9 @@ fn assert_denials_are_policy_drops(report: &Value) {
     for p in report["probes"].as_array().expect("probes") {
         if p["kernel"]["allowed"] == false {
             assert_eq!(p["kernel"]["denied"], true, "{p:#}");
-            let no_backends = p["engine"]["backends"].as_array().is_some_and(Vec::is_empty)
+            let no_backends = p["engine"]["backends"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
                 && p["to"].as_str().is_some_and(|t| t.starts_with("svc/"));
             if !no_backends {
                 assert_eq!(p["kernel"]["drop_reason"], "NETFILTER_DROP", "{p:#}");
@@ -309,10 +311,9 @@ mod random {
             value
                 .clone()
                 .prop_map(move |v| format!("{{matchLabels: {{{key}: {v}}}}}")),
-            (prop::sample::select(&["In", "NotIn"][..]), value)
-                .prop_map(move |(op, v)| format!(
-                    "{{matchExpressions: [{{key: {key}, operator: {op}, values: [{v}]}}]}}"
-                )),
+            (prop::sample::select(&["In", "NotIn"][..]), value).prop_map(move |(op, v)| format!(
+                "{{matchExpressions: [{{key: {key}, operator: {op}, values: [{v}]}}]}}"
+            )),
             prop::sample::select(&["Exists", "DoesNotExist"][..]).prop_map(move |op| format!(
                 "{{matchExpressions: [{{key: {key}, operator: {op}}}]}}"
             )),
@@ -332,14 +333,16 @@ mod random {
     fn peer() -> impl Strategy<Value = String> {
         prop_oneof![
             pod_selector().prop_map(|s| format!("{{podSelector: {s}}}")),
-            (selector("tier", &["x", "y"]), pod_selector()).prop_map(|(n, s)| format!(
-                "{{namespaceSelector: {n}, podSelector: {s}}}"
-            )),
+            (selector("tier", &["x", "y"]), pod_selector())
+                .prop_map(|(n, s)| format!("{{namespaceSelector: {n}, podSelector: {s}}}")),
             selector("tier", &["x", "y"]).prop_map(|n| format!("{{namespaceSelector: {n}}}")),
             // ipBlocks around the pods' own addresses (198.18.9.10-13, 2001:2:0:9::a-d), with excepts.
             Just("{ipBlock: {cidr: 198.18.9.0/29}}".to_owned()),
             Just("{ipBlock: {cidr: 198.18.9.0/24, except: [198.18.9.12/31]}}".to_owned()),
-            Just("{ipBlock: {cidr: \"2001:2:0:9::/120\", except: [\"2001:2:0:9::c/127\"]}}".to_owned()),
+            Just(
+                "{ipBlock: {cidr: \"2001:2:0:9::/120\", except: [\"2001:2:0:9::c/127\"]}}"
+                    .to_owned()
+            ),
             Just("{ipBlock: {cidr: \"2001:2:0:9::8/126\"}}".to_owned()),
         ]
     }

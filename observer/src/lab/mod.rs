@@ -180,13 +180,7 @@ pub fn execute(options: &Options, shared: &Mutex<Topology>) -> Result<(Report, R
             let kernel = h
                 .join()
                 .unwrap_or_else(|_| Err("probe thread panicked".into()));
-            probes.push(report::judge(
-                &plan,
-                &index,
-                *s,
-                kernel,
-                observer.is_some(),
-            ));
+            probes.push(report::judge(&plan, &index, *s, kernel, observer.is_some()));
         }
     }
     if let Some(o) = &observer {

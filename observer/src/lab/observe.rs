@@ -129,7 +129,11 @@ impl Observer {
     ///
     /// # Errors
     /// Some interface still lacks them after `within`.
-    pub fn wait_attached(&self, interfaces: &[String], within: Duration) -> Result<(), ObserveError> {
+    pub fn wait_attached(
+        &self,
+        interfaces: &[String],
+        within: Duration,
+    ) -> Result<(), ObserveError> {
         let Some(netns) = self.process.as_ref().map(|p| p.netns().to_owned()) else {
             return Err(ObserveError::NotAttached {
                 missing: interfaces.to_vec(),
@@ -142,7 +146,9 @@ impl Observer {
             let missing = run_in(&netns, move || {
                 wanted
                     .into_iter()
-                    .filter(|i| !ours_on(i, TcAttachType::Ingress) || !ours_on(i, TcAttachType::Egress))
+                    .filter(|i| {
+                        !ours_on(i, TcAttachType::Ingress) || !ours_on(i, TcAttachType::Egress)
+                    })
                     .collect::<Vec<_>>()
             })
             .unwrap_or_else(|_| interfaces.to_vec());

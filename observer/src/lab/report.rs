@@ -276,7 +276,11 @@ pub fn compare(p: &mut ProbeResult) {
         };
         format!(
             "kernel {kernel}, engine {}",
-            if p.engine.allowed { "allowed" } else { "denied" }
+            if p.engine.allowed {
+                "allowed"
+            } else {
+                "denied"
+            }
         )
     });
 }
@@ -307,8 +311,8 @@ pub fn collect_records(o: &observe::Observer, probes: &mut [ProbeResult]) {
         let rejected_without_backends = p.to.starts_with("svc/")
             && p.engine.backends.is_empty()
             && a.as_ref().is_some_and(|a| a.cause == "no_endpoints");
-        p.kernel.denied =
-            p.kernel.drop_reason.as_deref() == Some(POLICY_DROP_REASON) || rejected_without_backends;
+        p.kernel.denied = p.kernel.drop_reason.as_deref() == Some(POLICY_DROP_REASON)
+            || rejected_without_backends;
         p.attribution = a;
     }
 }
@@ -445,11 +449,7 @@ pub fn render_text(report: &Report, colour: bool) -> String {
                 let cell = here.iter().find(|p| p.from == *s && p.to == *d);
                 let _ = match cell {
                     Some(p) => {
-                        let word = format!(
-                            "{}{}",
-                            p.kernel.word(),
-                            if p.agree { "" } else { "!" }
-                        );
+                        let word = format!("{}{}", p.kernel.word(), if p.agree { "" } else { "!" });
                         write!(
                             o,
                             "  {}{}",
@@ -556,7 +556,11 @@ pub fn render_text(report: &Report, colour: bool) -> String {
             report.probes.iter().filter(|p| !p.kernel.allowed).count(),
             report.plumbing_failures
         );
-        for p in report.probes.iter().filter_map(|p| Some((p, p.plumbing_failure.as_deref()?))) {
+        for p in report
+            .probes
+            .iter()
+            .filter_map(|p| Some((p, p.plumbing_failure.as_deref()?)))
+        {
             let (p, why) = p;
             let _ = writeln!(
                 o,

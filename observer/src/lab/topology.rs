@@ -89,11 +89,7 @@ pub fn add_services(node: &str, plan: &Plan) -> Result<(), LabError> {
 ///
 /// # Errors
 /// `ip` or `sysctl` failed.
-pub fn build(
-    plan: &Plan,
-    shared: &Mutex<Topology>,
-    prefix: &str,
-) -> Result<Vec<String>, LabError> {
+pub fn build(plan: &Plan, shared: &Mutex<Topology>, prefix: &str) -> Result<Vec<String>, LabError> {
     // Each guard moves into `shared` as soon as its namespace exists, so that an interrupt removes it.
     let keep = |f: Box<dyn FnOnce(&mut Topology) + '_>| match shared.lock() {
         Ok(mut t) => f(&mut t),

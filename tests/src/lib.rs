@@ -296,13 +296,17 @@ impl Lab {
         let v6: Ipv6Addr = format!("2001:2:0:{net:x}::2").parse().expect("v6 literal");
         let gw6: Ipv6Addr = format!("2001:2:0:{net:x}::1").parse().expect("v6 literal");
         let ns = Netns::create(format!("{}-{name}", self.prefix));
-        let host = self.node_ns(node);
-        host.ip(&[
-            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ]);
-        host.ip(&["addr", "add", &format!("{gw4}/24"), "dev", host_if]);
-        host.ip(&["addr", "add", &format!("{gw6}/64"), "dev", host_if, "nodad"]);
-        host.ip(&["link", "set", host_if, "up"]);
+        // The lab's veth wiring; a /24 and /64 per pod, so the gateway's prefix routes to it.
+        observer::lab::topology::link_pod(
+            &self.node_ns(node).name,
+            &ns.name,
+            &observer::lab::topology::PodLink {
+                host_if,
+                gateways: &[(gw4.into(), 24), (gw6.into(), 64)],
+                addrs: &[(v4.into(), 24), (v6.into(), 64)],
+            },
+        )
+        .unwrap_or_else(|e| panic!("linking pod {name}: {e}"));
         if node > 0 {
             // The first node reaches this pod through the link.
             let remote = &self.nodes[node - 1];
@@ -327,11 +331,6 @@ impl Lab {
                 &link,
             ]);
         }
-        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
-        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["route", "add", "default", "via", &gw4.to_string()]);
-        ns.ip(&["-6", "route", "add", "default", "via", &gw6.to_string()]);
         self.pods.push(Pod {
             ns,
             host_if: host_if.to_owned(),

@@ -2,6 +2,7 @@
 //! DNAT) and one namespace per pod linked to it by a veth pair, each registered in a shared [`Topology`]
 //! as soon as it exists, so that an interrupt removes it.
 
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use super::netns::{self, Netns};
@@ -101,48 +102,98 @@ pub fn build(plan: &Plan, shared: &Mutex<Topology>, prefix: &str) -> Result<Vec<
     let node = NodeRef(node_name);
     node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     node.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
-    let (gw4, gw6) = (addr::GATEWAY_V4.to_string(), addr::GATEWAY_V6.to_string());
     let mut names = Vec::new();
     for (i, p) in plan.pods.iter().enumerate() {
         let ns = Netns::create(format!("{prefix}-{i}"))?;
         let name = ns.name.clone();
         keep(Box::new(|t| t.pods.push(ns)));
         let host_if = host_interface(i);
-        node.ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &name,
-        ])?;
-        node.ip(&["addr", "add", &format!("{gw4}/32"), "dev", &host_if])?;
-        node.ip(&[
-            "addr",
-            "add",
-            &format!("{gw6}/128"),
-            "dev",
-            &host_if,
-            "nodad",
-        ])?;
-        node.ip(&["link", "set", &host_if, "up"])?;
-        let pod_ip = |args: &[&str]| netns::ip(&name, args);
-        pod_ip(&["link", "set", "eth0", "up"])?;
-        for ip in &p.pod.ips {
-            let (fam, len, gw) = if ip.is_ipv4() {
-                ("-4", "32", &gw4)
-            } else {
-                ("-6", "128", &gw6)
-            };
-            let cidr = format!("{ip}/{len}");
-            node.ip(&[fam, "route", "add", &cidr, "dev", &host_if])?;
-            if ip.is_ipv4() {
-                pod_ip(&["addr", "add", &cidr, "dev", "eth0"])?;
-            } else {
-                pod_ip(&["addr", "add", &cidr, "dev", "eth0", "nodad"])?;
-            }
-            // Replace: a pod with two addresses of a family installs these once.
-            pod_ip(&[fam, "route", "replace", gw, "dev", "eth0"])?;
-            pod_ip(&[fam, "route", "replace", "default", "via", gw, "dev", "eth0"])?;
+        let addrs: Vec<(IpAddr, u8)> = p
+            .pod
+            .ips
+            .iter()
+            .map(|ip| (*ip, if ip.is_ipv4() { 32 } else { 128 }))
+            .collect();
+        link_pod(
+            &node.0,
+            &name,
+            &PodLink {
+                host_if: &host_if,
+                gateways: &[
+                    (IpAddr::V4(addr::GATEWAY_V4), 32),
+                    (IpAddr::V6(addr::GATEWAY_V6), 128),
+                ],
+                addrs: &addrs,
+            },
+        )?;
+        // Every pod's gateway is the same address: the node routes each pod address to its veth.
+        for (ip, len) in &addrs {
+            let fam = if ip.is_ipv4() { "-4" } else { "-6" };
+            node.ip(&[fam, "route", "add", &format!("{ip}/{len}"), "dev", &host_if])?;
         }
         names.push(name);
     }
     Ok(names)
+}
+
+/// How a pod namespace is linked to its node: a veth pair, `host_if` in the node and `eth0` in the pod.
+#[derive(Debug, Clone, Copy)]
+pub struct PodLink<'a> {
+    /// The node's end (≤ 15 bytes).
+    pub host_if: &'a str,
+    /// Addresses of the node's end, with their prefix length: the pod's gateways, one per family.
+    pub gateways: &'a [(IpAddr, u8)],
+    /// The pod's addresses on `eth0`, with their prefix length.
+    pub addrs: &'a [(IpAddr, u8)],
+}
+
+/// Links the pod namespace `pod` to the node namespace `node` as `link` says: both ends up, addresses
+/// without duplicate address detection, and for each family the pod has an address of, an on-link route
+/// to the gateway and the default route through it. Routes towards the pod, beyond what its gateway's
+/// prefix covers, are the caller's ([`build`] adds a /32 and /128 per pod; the test harness gives each pod
+/// a /24 and /64 of its own).
+///
+/// # Errors
+/// `ip` failed.
+pub fn link_pod(node: &str, pod: &str, link: &PodLink<'_>) -> Result<(), netns::NetnsError> {
+    let host_if = link.host_if;
+    netns::ip(
+        node,
+        &[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", pod,
+        ],
+    )?;
+    let add = |ns: &str, dev: &str, (ip, len): (IpAddr, u8)| {
+        let cidr = format!("{ip}/{len}");
+        if ip.is_ipv4() {
+            netns::ip(ns, &["addr", "add", &cidr, "dev", dev])
+        } else {
+            netns::ip(ns, &["addr", "add", &cidr, "dev", dev, "nodad"])
+        }
+    };
+    for gw in link.gateways {
+        add(node, host_if, *gw)?;
+    }
+    netns::ip(node, &["link", "set", host_if, "up"])?;
+    for a in link.addrs {
+        add(pod, "eth0", *a)?;
+    }
+    netns::ip(pod, &["link", "set", "eth0", "up"])?;
+    for (gw, _) in link.gateways {
+        if !link.addrs.iter().any(|(a, _)| a.is_ipv4() == gw.is_ipv4()) {
+            continue;
+        }
+        let fam = if gw.is_ipv4() { "-4" } else { "-6" };
+        let gw = gw.to_string();
+        netns::ip(pod, &[fam, "route", "replace", &gw, "dev", "eth0"])?;
+        netns::ip(
+            pod,
+            &[
+                fam, "route", "replace", "default", "via", &gw, "dev", "eth0",
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// The node namespace by name (its guard lives in the shared [`Topology`]).

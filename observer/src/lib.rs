@@ -16,6 +16,7 @@
 //! | [`pipeline`] | the daemon's core, one direction: events → channels → attribution → records + metrics |
 //! | [`export`] | Prometheus metrics, the JSON forensics log, the HTTP API |
 //! | [`cli`] | the command line: one module per subcommand |
+//! | `lab` | `observer lab` and the privileged tests' harness (cargo feature `lab`, on by default; the DaemonSet's image is built without it) |
 
 pub mod attribution;
 pub mod audit;
@@ -24,6 +25,7 @@ pub mod channel;
 pub mod cli;
 pub mod cluster;
 pub mod export;
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod manifest;
 pub mod pipeline;

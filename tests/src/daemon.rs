@@ -4,19 +4,19 @@
 //! securityContext ([`Daemon::start_image`]).
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::{Command, Stdio},
     time::{Duration, SystemTime},
 };
 
-use crate::{Lab, Netns, Pod, run_in, wait_for};
+use observer::lab::daemon::Process;
+
+use crate::{Lab, Netns, Pod, wait_for};
 
 /// The API address inside the node namespace (each lab has its own namespace, so no port clashes).
-pub const API: &str = "127.0.0.1:9990";
+pub use observer::lab::daemon::API;
 /// The node name the lab's pods run on (its first node).
-pub const NODE: &str = "lab-node";
+pub use observer::lab::daemon::NODE;
 
 /// How to run the daemon.
 #[derive(Clone, Debug)]
@@ -39,15 +39,11 @@ impl Default for Options {
     }
 }
 
-/// A running daemon; SIGTERM on drop.
+/// A running daemon ([`observer::lab::daemon::Process`], as `observer lab` runs it); SIGTERM on drop.
 pub struct Daemon {
-    child: Child,
-    node: String,
+    process: Process,
     /// The podman container, removed on drop (with its scratch directory).
     container: Option<(String, PathBuf)>,
-    /// Lines with the time they were read.
-    stdout: Arc<Mutex<Vec<(SystemTime, String)>>>,
-    stderr: Arc<Mutex<Vec<(SystemTime, String)>>>,
 }
 
 impl Daemon {
@@ -116,79 +112,25 @@ impl Daemon {
         Self::spawn(&lab.node, command, Some((name, scratch)))
     }
 
-    fn spawn(node: &Netns, mut command: Command, container: Option<(String, PathBuf)>) -> Self {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning observer run");
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        for (pipe, sink) in [
-            (
-                Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-                stdout.clone(),
-            ),
-            (
-                Box::new(child.stderr.take().expect("stderr")),
-                stderr.clone(),
-            ),
-        ] {
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    sink.lock().expect("lock").push((SystemTime::now(), line));
-                }
-            });
-        }
-        let d = Self {
-            child,
-            node: node.name.clone(),
-            container,
-            stdout,
-            stderr,
-        };
-        let exited = std::cell::Cell::new(false);
-        let child = std::cell::RefCell::new(d);
-        let ready = wait_for(Duration::from_secs(30), || {
-            let mut d = child.borrow_mut();
-            if matches!(d.child.try_wait(), Ok(Some(_))) {
-                // It exited: no point in waiting (give the readers a moment to drain its output).
-                exited.set(true);
-                std::thread::sleep(Duration::from_millis(200));
-                return Some(false);
+    #[track_caller]
+    fn spawn(node: &Netns, command: Command, container: Option<(String, PathBuf)>) -> Self {
+        match Process::spawn(&node.name, command, Duration::from_secs(30)) {
+            Ok(process) => Self { process, container },
+            Err(e) => {
+                Self::cleanup(container);
+                panic!("daemon not ready: {e}")
             }
-            (d.get("/readyz").is_some_and(|(code, _)| code == 200)).then_some(true)
-        });
-        let d = child.into_inner();
-        let ready = ready.filter(|ok| *ok);
-        assert!(
-            ready.is_some(),
-            "daemon not ready; stderr:\n{}",
-            d.stderr().join("\n")
-        );
-        d
+        }
     }
 
     /// `GET path` on the daemon's API: (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        let path = path.to_owned();
-        run_in(&self.node, move || -> Option<(u16, String)> {
-            let mut s =
-                std::net::TcpStream::connect_timeout(&API.parse().ok()?, Duration::from_secs(2))
-                    .ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: observer\r\n\r\n").ok()?;
-            let mut text = String::new();
-            s.read_to_string(&mut text).ok()?;
-            let code = text.split_whitespace().nth(1)?.parse().ok()?;
-            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-            Some((code, body))
-        })
+        self.process.get(path)
     }
 
     /// The daemon's process id (CPU and memory figures from /proc).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// `/metrics` text.
@@ -211,11 +153,10 @@ impl Daemon {
 
     /// Forensics records with the time this process read each line.
     pub fn records_read_at(&self) -> Vec<(SystemTime, serde_json::Value)> {
-        self.stdout
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter_map(|(t, l)| Some((*t, serde_json::from_str(l).ok()?)))
+        self.process
+            .stdout()
+            .into_iter()
+            .filter_map(|(t, l)| Some((t, serde_json::from_str(&l).ok()?)))
             .collect()
     }
 
@@ -229,18 +170,13 @@ impl Daemon {
     }
 
     pub fn stderr(&self) -> Vec<String> {
-        self.stderr
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(_, l)| l.clone())
-            .collect()
+        self.process.stderr()
     }
 
     /// Runs another `observer` subcommand in the node namespace and returns its stdout.
     pub fn observer(&self, args: &[&str]) -> String {
         let bin = std::env::var("OBSERVER_BIN").expect("OBSERVER_BIN");
-        let mut v = vec!["netns", "exec", &self.node, &bin];
+        let mut v = vec!["netns", "exec", self.process.netns(), &bin];
         v.extend_from_slice(args);
         let out = Command::new("ip").args(&v).output().expect("observer");
         assert!(
@@ -253,50 +189,40 @@ impl Daemon {
 
     /// SIGTERM, then waits; returns whether it exited cleanly.
     pub fn stop(mut self) -> bool {
-        self.terminate()
+        self.process.terminate()
     }
 
-    fn terminate(&mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+    /// Removes a podman container left by a podman client killed before `--rm` did (and its scratch
+    /// directory).
+    fn cleanup(container: Option<(String, PathBuf)>) {
+        let Some((name, scratch)) = container else {
+            return;
+        };
+        let _ = Command::new("podman")
+            .env("CONTAINERS_CONF", scratch.join("containers.conf"))
+            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
+            .args([
+                "--events-backend",
+                "file",
+                "rm",
+                "--force",
+                "--ignore",
+                &name,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status();
-        let done = wait_for(Duration::from_secs(10), || {
-            self.child.try_wait().ok().flatten()
-        });
-        match done {
-            Some(status) => status.success(),
-            None => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                false
-            }
-        }
+        let _ = std::fs::remove_dir_all(scratch);
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.terminate();
+        // The process first (SIGTERM to the podman client stops the container), then the container.
+        if self.process.running() {
+            self.process.terminate();
         }
-        if let Some((name, scratch)) = self.container.take() {
-            // `--rm` removes it when it exits; this covers a podman client killed before that.
-            let _ = Command::new("podman")
-                .env("CONTAINERS_CONF", scratch.join("containers.conf"))
-                .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
-                .args([
-                    "--events-backend",
-                    "file",
-                    "rm",
-                    "--force",
-                    "--ignore",
-                    &name,
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let _ = std::fs::remove_dir_all(scratch);
-        }
+        Self::cleanup(self.container.take());
     }
 }
 

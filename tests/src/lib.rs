@@ -20,7 +20,6 @@
 //! that global observations (kfree_skb sees every namespace) never mix tests up.
 
 use std::{
-    fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     process::Command,
     sync::{
@@ -30,34 +29,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sched::{CloneFlags, setns};
+use observer::lab::netns as labns;
 
 pub mod daemon;
 pub mod grpc;
 pub mod observe;
 pub mod storm;
 
-/// Prefix of every namespace this harness creates.
+/// Prefix of every namespace this harness creates (`observer lab` uses `obslab-`).
 pub const PREFIX: &str = "obst-";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static SUBNET: AtomicU32 = AtomicU32::new(0);
 static CLEAN: Once = Once::new();
 
-/// Runs a command and panics with its output if it fails.
+/// Runs a command and panics with its output if it fails ([`observer::lab::netns::sh`], panicking).
 #[track_caller]
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    labns::sh(args, None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Panics unless running as root (privileged tests are `#[ignore]`d and run by `./x test`).
@@ -68,63 +57,39 @@ pub fn require_root() {
     );
 }
 
-/// Removes namespaces left by earlier runs whose process is gone.
-pub fn clean_leftovers() {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
-        if let Some(pid) = pid
-            && pid as u32 != std::process::id()
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
+/// Removes namespaces left by earlier runs of these tests whose process is gone (or a zombie), the lab's
+/// way ([`observer::lab::netns::clean_leftovers`]); returns their names.
+pub fn clean_leftovers() -> Vec<String> {
+    labns::clean_leftovers(PREFIX)
 }
 
-/// A network namespace, deleted on drop.
+/// A network namespace, deleted on drop: the lab's ([`observer::lab::netns`]) with methods that panic
+/// with the failing command instead of returning it (a test wants the location).
 #[derive(Debug)]
 pub struct Netns {
     pub name: String,
 }
 
 impl Netns {
+    /// Creates the namespace: loopback up, no duplicate address detection (see
+    /// [`observer::lab::netns::create`]).
+    #[track_caller]
     pub fn create(name: String) -> Self {
-        sh(&["ip", "netns", "add", &name]);
         let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        // No duplicate address detection on lab links: a tentative link-local address delays neighbour
-        // discovery by seconds, which would show up as lost SYNs.
-        for conf in ["default", "all"] {
-            ns.exec(&[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{conf}.accept_dad=0"),
-            ]);
-        }
+        labns::create(&ns.name).unwrap_or_else(|e| panic!("{e}"));
         ns
     }
 
     /// `ip -n <ns> …`
     #[track_caller]
     pub fn ip(&self, args: &[&str]) -> String {
-        let mut v = vec!["ip", "-n", &self.name];
-        v.extend_from_slice(args);
-        sh(&v)
+        labns::ip(&self.name, args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `ip netns exec <ns> …`
     #[track_caller]
     pub fn exec(&self, args: &[&str]) -> String {
-        let mut v = vec!["ip", "netns", "exec", &self.name];
-        v.extend_from_slice(args);
-        sh(&v)
+        labns::exec(&self.name, args, None).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Runs `f` on a new thread that has entered this namespace.
@@ -146,9 +111,9 @@ pub fn spawn_in<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{name}");
+    let name = name.to_owned();
     std::thread::spawn(move || {
-        enter(&path);
+        labns::enter(&name).unwrap_or_else(|e| panic!("{e}"));
         f()
     })
 }
@@ -161,17 +126,15 @@ pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'sta
     }
 }
 
-/// Moves the calling thread into the namespace at `path`.
+/// Moves the calling thread into the namespace at `path` (`/run/netns/<name>`).
+#[track_caller]
 pub fn enter(path: &str) {
-    let f = File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-    setns(f, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+    labns::enter_path(std::path::Path::new(path)).unwrap_or_else(|e| panic!("{e}"));
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        labns::delete(&self.name);
     }
 }
 
@@ -235,7 +198,9 @@ fn fresh_subnet() -> (u8, u8, u32) {
 impl Lab {
     pub fn new() -> Self {
         require_root();
-        CLEAN.call_once(clean_leftovers);
+        CLEAN.call_once(|| {
+            clean_leftovers();
+        });
         let prefix = format!(
             "{PREFIX}{}-{}",
             std::process::id(),
@@ -331,13 +296,17 @@ impl Lab {
         let v6: Ipv6Addr = format!("2001:2:0:{net:x}::2").parse().expect("v6 literal");
         let gw6: Ipv6Addr = format!("2001:2:0:{net:x}::1").parse().expect("v6 literal");
         let ns = Netns::create(format!("{}-{name}", self.prefix));
-        let host = self.node_ns(node);
-        host.ip(&[
-            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ]);
-        host.ip(&["addr", "add", &format!("{gw4}/24"), "dev", host_if]);
-        host.ip(&["addr", "add", &format!("{gw6}/64"), "dev", host_if, "nodad"]);
-        host.ip(&["link", "set", host_if, "up"]);
+        // The lab's veth wiring; a /24 and /64 per pod, so the gateway's prefix routes to it.
+        observer::lab::topology::link_pod(
+            &self.node_ns(node).name,
+            &ns.name,
+            &observer::lab::topology::PodLink {
+                host_if,
+                gateways: &[(gw4.into(), 24), (gw6.into(), 64)],
+                addrs: &[(v4.into(), 24), (v6.into(), 64)],
+            },
+        )
+        .unwrap_or_else(|e| panic!("linking pod {name}: {e}"));
         if node > 0 {
             // The first node reaches this pod through the link.
             let remote = &self.nodes[node - 1];
@@ -362,11 +331,6 @@ impl Lab {
                 &link,
             ]);
         }
-        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
-        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["route", "add", "default", "via", &gw4.to_string()]);
-        ns.ip(&["-6", "route", "add", "default", "via", &gw6.to_string()]);
         self.pods.push(Pod {
             ns,
             host_if: host_if.to_owned(),
@@ -403,27 +367,12 @@ impl Lab {
 }
 
 /// Loads an nft ruleset into a namespace (a node's, or a pod's own), replacing the previous one.
+#[track_caller]
 pub fn nft_in(ns: &Netns, ruleset: &str) {
     ns.exec(&["nft", "flush", "ruleset"]);
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawning nft");
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(ruleset.as_bytes())
-        .expect("writing the ruleset");
-    let out = child.wait_with_output().expect("nft");
-    assert!(
-        out.status.success(),
-        "nft -f failed: {}\n{ruleset}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = labns::exec(&ns.name, &["nft", "-f", "-"], Some(ruleset)) {
+        panic!("{e}\n{ruleset}");
+    }
 }
 
 impl Default for Lab {

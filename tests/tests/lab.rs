@@ -1,7 +1,8 @@
 //! `observer lab` end to end: the demo cluster (`deploy/demo`) built as network namespaces, its policies
-//! compiled to nftables, real gRPC probes, and the differential check against the policy engine; plus
-//! the cleanup contract (Ctrl-C removes the lab) and a small randomised differential run.
-//! Root only: run through `./x test`.
+//! compiled to nftables, real gRPC probes, and the differential check against the policy engine (kernel
+//! denied = a policy drop seen by the attached observer); the plumbing check of the observer's records
+//! against the same engine; the cleanup contract (Ctrl-C removes the lab) and a randomised differential
+//! run. Root only: run through `./x test`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,9 @@ fn demo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo")
 }
 
-/// Runs `observer lab --cluster <dir> -o json`; the exit code and the parsed report.
+/// Runs `observer lab --cluster <dir> -o json`; the exit code and the parsed report, after checking that
+/// the observer was attached — its programs seen by the kernel on every pod interface before the first
+/// probe — without which no "denied" (a policy drop seen) can be trusted.
 fn lab_json(cluster: &Path) -> (i32, Value, String) {
     let out = Command::new(bin())
         .args(["lab", "-o", "json", "--cluster"])
@@ -29,7 +32,34 @@ fn lab_json(cluster: &Path) -> (i32, Value, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("observer lab printed no JSON ({e}); stderr:\n{stderr}"));
+    assert_eq!(
+        report["observer_attached"], true,
+        "the observer was not attached: no result can be trusted\n{stderr}"
+    );
+    let pods = report["pods"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        report["attached_interfaces"].as_array().map_or(0, Vec::len),
+        pods,
+        "the observer's programs on every pod interface: {report:#}"
+    );
     (out.status.code().unwrap_or(-1), report, stderr)
+}
+
+/// Every probe the kernel refused was a policy drop the observer saw (`NETFILTER_DROP` from the lab's
+/// nftables), not just a failed call.
+fn assert_denials_are_policy_drops(report: &Value) {
+    for p in report["probes"].as_array().expect("probes") {
+        if p["kernel"]["allowed"] == false {
+            assert_eq!(p["kernel"]["denied"], true, "{p:#}");
+            let no_backends = p["engine"]["backends"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+                && p["to"].as_str().is_some_and(|t| t.starts_with("svc/"));
+            if !no_backends {
+                assert_eq!(p["kernel"]["drop_reason"], "NETFILTER_DROP", "{p:#}");
+            }
+        }
+    }
 }
 
 fn namespaces_with(pid: u32) -> Vec<String> {
@@ -50,9 +80,11 @@ fn demo_matrix_matches_the_policies_and_the_engine() {
     let (code, report, stderr) = lab_json(&demo());
     assert_eq!(
         code, 0,
-        "kernel and engine disagree or the lab failed:\n{stderr}\n{report:#}"
+        "kernel and engine disagree, the plumbing check failed, or the lab failed:\n{stderr}\n{report:#}"
     );
-    assert_eq!(report["disagreements"], 0);
+    assert_eq!(report["disagreements"], 0, "differential check");
+    assert_eq!(report["plumbing_failures"], 0, "plumbing check");
+    assert_denials_are_policy_drops(&report);
     let mut matrix = BTreeMap::new();
     for p in report["probes"].as_array().expect("probes") {
         let short = |v: &Value| {
@@ -145,7 +177,7 @@ fn demo_matrix_matches_the_policies_and_the_engine() {
         serde_json::json!(["payments/allow-fraud-check", "payments/default-deny"])
     );
     // The attached observer attributes it to the same policies, from the kernel's drop.
-    assert_eq!(report["observer_attached"], true, "{stderr}");
+    assert_eq!(too_narrow["kernel"]["drop_reason"], "NETFILTER_DROP");
     let a = &too_narrow["attribution"];
     assert_eq!(a["cause"], "policy", "{a:#}");
     assert_eq!(a["direction"], "egress", "{a:#}");
@@ -251,11 +283,18 @@ fn interrupt_while_holding_removes_every_namespace() {
 }
 
 mod random {
-    //! Random small clusters (≤ 4 pods, ≤ 3 NetworkPolicies, ≤ 2 ClusterNetworkPolicies of either tier)
-    //! through `observer lab`: the nftables compiler and the policy engine must agree on every probe.
+    //! Random small clusters (≤ 4 dual-stack pods, ≤ 3 NetworkPolicies, ≤ 2 ClusterNetworkPolicies of
+    //! either tier) through `observer lab`. The differential check: the kernel (policies compiled to
+    //! nftables by `observer::lab::nft`, written without the engine) and the policy engine agree on every
+    //! probe, a denial counting only when the kernel's policy drop was seen. The plumbing check: the
+    //! observer's record of each blocked probe names exactly the engine's `denied_by` — the same engine
+    //! on both sides, so it checks capture → channel → attribution → record, not the semantics.
+    //!
+    //! `OBSERVER_LAB_CASES` (default 20) sets the number of clusters, `OBSERVER_LAB_SEED` (printed at the
+    //! start and on failure) replays a run.
 
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
     const APPS: [&str; 3] = ["web", "api", "db"];
 
@@ -263,23 +302,48 @@ mod random {
         prop::sample::select(&APPS[..])
     }
 
-    fn pod_selector() -> impl Strategy<Value = String> {
+    /// A label selector over `key` with values from `values`: empty, matchLabels, or one of the four
+    /// matchExpressions operators.
+    fn selector(key: &'static str, values: &'static [&'static str]) -> BoxedStrategy<String> {
+        let value = prop::sample::select(values);
         prop_oneof![
             Just("{}".to_owned()),
-            app().prop_map(|a| format!("{{matchLabels: {{app: {a}}}}}")),
-            Just("{matchExpressions: [{key: app, operator: NotIn, values: [db]}]}".to_owned()),
+            value
+                .clone()
+                .prop_map(move |v| format!("{{matchLabels: {{{key}: {v}}}}}")),
+            (prop::sample::select(&["In", "NotIn"][..]), value).prop_map(move |(op, v)| format!(
+                "{{matchExpressions: [{{key: {key}, operator: {op}, values: [{v}]}}]}}"
+            )),
+            prop::sample::select(&["Exists", "DoesNotExist"][..]).prop_map(move |op| format!(
+                "{{matchExpressions: [{{key: {key}, operator: {op}}}]}}"
+            )),
         ]
+        .boxed()
+    }
+
+    fn pod_selector() -> BoxedStrategy<String> {
+        // `app` is on every pod, `canary` on some: Exists/DoesNotExist select both ways.
+        prop_oneof![
+            3 => selector("app", &APPS),
+            1 => selector("canary", &["yes"]),
+        ]
+        .boxed()
     }
 
     fn peer() -> impl Strategy<Value = String> {
         prop_oneof![
             pod_selector().prop_map(|s| format!("{{podSelector: {s}}}")),
-            (prop::sample::select(&["x", "y"][..]), pod_selector()).prop_map(|(t, s)| format!(
-                "{{namespaceSelector: {{matchLabels: {{tier: {t}}}}}, podSelector: {s}}}"
-            )),
-            Just("{namespaceSelector: {}}".to_owned()),
+            (selector("tier", &["x", "y"]), pod_selector())
+                .prop_map(|(n, s)| format!("{{namespaceSelector: {n}, podSelector: {s}}}")),
+            selector("tier", &["x", "y"]).prop_map(|n| format!("{{namespaceSelector: {n}}}")),
+            // ipBlocks around the pods' own addresses (198.18.9.10-13, 2001:2:0:9::a-d), with excepts.
             Just("{ipBlock: {cidr: 198.18.9.0/29}}".to_owned()),
             Just("{ipBlock: {cidr: 198.18.9.0/24, except: [198.18.9.12/31]}}".to_owned()),
+            Just(
+                "{ipBlock: {cidr: \"2001:2:0:9::/120\", except: [\"2001:2:0:9::c/127\"]}}"
+                    .to_owned()
+            ),
+            Just("{ipBlock: {cidr: \"2001:2:0:9::8/126\"}}".to_owned()),
         ]
     }
 
@@ -288,6 +352,7 @@ mod random {
             Just("{port: 50051}".to_owned()),
             Just("{port: 8080}".to_owned()),
             Just("{port: 8000, endPort: 9000}".to_owned()),
+            Just("{port: 50000, endPort: 50051}".to_owned()),
             Just("{port: grpc}".to_owned()),
             Just("{port: http}".to_owned()),
             Just("{protocol: TCP}".to_owned()),
@@ -295,10 +360,11 @@ mod random {
         ]
     }
 
+    /// A rule: `from`/`to` and `ports` each omitted, an empty list (every peer, every port), or 1-2 items.
     fn rule(peer_key: &'static str) -> impl Strategy<Value = String> {
         (
-            prop::option::of(prop::collection::vec(peer(), 1..=2)),
-            prop::option::of(prop::collection::vec(port(), 1..=2)),
+            prop::option::of(prop::collection::vec(peer(), 0..=2)),
+            prop::option::of(prop::collection::vec(port(), 0..=2)),
         )
             .prop_map(move |(peers, ports)| {
                 let mut parts = Vec::new();
@@ -312,30 +378,40 @@ mod random {
             })
     }
 
-    fn policy() -> impl Strategy<Value = (String, String, Option<Vec<String>>, Option<Vec<String>>)>
-    {
+    /// Namespace, subject, ingress and egress rules (each omitted or a list, maybe empty), and whether
+    /// `policyTypes` is written out (omitted: Ingress, plus Egress when there are egress rules).
+    type NetworkPolicy = (
+        String,
+        String,
+        Option<Vec<String>>,
+        Option<Vec<String>>,
+        bool,
+    );
+
+    fn policy() -> impl Strategy<Value = NetworkPolicy> {
         (
             prop::sample::select(&["a", "b"][..]),
             pod_selector(),
             prop::option::of(prop::collection::vec(rule("from"), 0..=2)),
             prop::option::of(prop::collection::vec(rule("to"), 0..=2)),
+            any::<bool>(),
         )
-            .prop_map(|(ns, sel, ing, eg)| (ns.to_owned(), sel, ing, eg))
+            .prop_map(|(ns, sel, ing, eg, types)| (ns.to_owned(), sel, ing, eg, types))
     }
 
     fn cnp_peer(egress: bool) -> impl Strategy<Value = String> {
         let common = prop_oneof![
             Just("{namespaces: {}}".to_owned()),
-            prop::sample::select(&["x", "y"][..])
-                .prop_map(|t| format!("{{namespaces: {{matchLabels: {{tier: {t}}}}}}}")),
-            app().prop_map(|a| format!(
-                "{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: {a}}}}}}}}}"
+            selector("tier", &["x", "y"]).prop_map(|n| format!("{{namespaces: {n}}}")),
+            (selector("tier", &["x", "y"]), pod_selector()).prop_map(|(n, s)| format!(
+                "{{pods: {{namespaceSelector: {n}, podSelector: {s}}}}}"
             )),
         ];
         if egress {
             prop_oneof![
                 3 => common,
                 1 => Just("{networks: [198.18.9.8/30]}".to_owned()),
+                1 => Just("{networks: [\"2001:2:0:9::8/126\"]}".to_owned()),
             ]
             .boxed()
         } else {
@@ -391,10 +467,9 @@ mod random {
             prop::sample::select(&["Admin", "Baseline"][..]),
             prop_oneof![
                 Just("{namespaces: {}}".to_owned()),
-                prop::sample::select(&["x", "y"][..])
-                    .prop_map(|t| format!("{{namespaces: {{matchLabels: {{tier: {t}}}}}}}")),
-                app().prop_map(|a| format!(
-                    "{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: {a}}}}}}}}}"
+                selector("tier", &["x", "y"]).prop_map(|n| format!("{{namespaces: {n}}}")),
+                pod_selector().prop_map(|s| format!(
+                    "{{pods: {{namespaceSelector: {{}}, podSelector: {s}}}}}"
                 )),
             ],
             prop::collection::vec(cnp_rule(false), 0..=2),
@@ -409,12 +484,23 @@ mod random {
         "[{name: http, containerPort: 50051}, {name: grpc, containerPort: 8080}]",
     ];
 
+    /// A pod: namespace, app, port declarations, a `canary` label or not, IPv6 first or not (probes go
+    /// to a pod's first address).
+    type PodSpec = (&'static str, &'static str, usize, bool, bool);
+
     fn cluster() -> impl Strategy<Value = String> {
         (
             prop::sample::select(&["x", "y"][..]),
             prop::sample::select(&["x", "y"][..]),
             prop::collection::vec(
-                (prop::sample::select(&["a", "b"][..]), app(), 0..PORTS.len()),
+                (
+                    prop::sample::select(&["a", "b"][..]),
+                    app(),
+                    0..PORTS.len(),
+                    any::<bool>(),
+                    any::<bool>(),
+                )
+                    .prop_map(|p: PodSpec| p),
                 2..=4,
             ),
             prop::collection::vec(policy(), 0..=3),
@@ -425,15 +511,22 @@ mod random {
                     "apiVersion: v1\nkind: Namespace\nmetadata: {{name: a, labels: {{tier: {ta}}}}}\n---\n\
                      apiVersion: v1\nkind: Namespace\nmetadata: {{name: b, labels: {{tier: {tb}}}}}\n"
                 );
-                for (i, (ns, app, ports)) in pods.iter().enumerate() {
+                for (i, (ns, app, ports, canary, v6_first)) in pods.iter().enumerate() {
+                    let v4 = format!("{{ip: 198.18.9.{}}}", 10 + i);
+                    let v6 = format!("{{ip: \"2001:2:0:9::{:x}\"}}", 10 + i);
+                    let ips = if *v6_first {
+                        format!("{v6}, {v4}")
+                    } else {
+                        format!("{v4}, {v6}")
+                    };
+                    let canary = if *canary { ", canary: \"yes\"" } else { "" };
                     y.push_str(&format!(
-                        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: {ns}, labels: {{app: {app}}}}}\n\
-                         spec: {{containers: [{{name: c, ports: {}}}]}}\nstatus: {{podIP: 198.18.9.{}}}\n",
+                        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: {ns}, labels: {{app: {app}{canary}}}}}\n\
+                         spec: {{containers: [{{name: c, ports: {}}}]}}\nstatus: {{podIPs: [{ips}]}}\n",
                         PORTS[*ports],
-                        10 + i
                     ));
                 }
-                for (i, (ns, sel, ing, eg)) in policies.iter().enumerate() {
+                for (i, (ns, sel, ing, eg, write_types)) in policies.iter().enumerate() {
                     let mut types = Vec::new();
                     let mut spec = format!("podSelector: {sel}");
                     if let Some(r) = ing {
@@ -447,10 +540,12 @@ mod random {
                     if types.is_empty() {
                         types.push("Ingress");
                     }
+                    if *write_types {
+                        spec.push_str(&format!(", policyTypes: [{}]", types.join(", ")));
+                    }
                     y.push_str(&format!(
                         "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{i}, namespace: {ns}}}\n\
-                         spec: {{{spec}, policyTypes: [{}]}}\n",
-                        types.join(", ")
+                         spec: {{{spec}}}\n"
                     ));
                 }
                 // Distinct priorities: two overlapping policies at one priority are undefined by the API.
@@ -468,55 +563,119 @@ mod random {
             })
     }
 
+    /// The run's seed: `OBSERVER_LAB_SEED`, else from the clock.
+    fn seed() -> u64 {
+        std::env::var("OBSERVER_LAB_SEED")
+            .ok()
+            .map(|s| {
+                let s = s.trim().trim_start_matches("0x");
+                u64::from_str_radix(s, 16)
+                    .unwrap_or_else(|e| panic!("OBSERVER_LAB_SEED {s:?}: hex u64 expected: {e}"))
+            })
+            .unwrap_or_else(|| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                u64::try_from(now.as_nanos() & u128::from(u64::MAX)).unwrap_or_default()
+                    ^ u64::from(std::process::id())
+            })
+    }
+
+    /// Probes of one report where the kernel (with its drop seen) and the engine disagree, or whose
+    /// record fails the plumbing check.
+    fn failing(report: &serde_json::Value, field: &str) -> serde_json::Value {
+        report["probes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| match field {
+                "agree" => p["agree"] == false,
+                _ => !p[field].is_null(),
+            })
+            .cloned()
+            .collect()
+    }
+
     #[test]
     #[ignore = "needs root and network namespaces: run through ./x test"]
-    fn random_clusters_kernel_and_engine_agree() {
+    fn random_clusters_kernel_agrees_with_engine_and_records_pass_plumbing_check() {
         let dir = std::env::temp_dir().join(format!("obslab-prop-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut runner = TestRunner::new(Config {
-            // Bounded for ./x test; raise with OBSERVER_LAB_CASES for a longer hunt.
-            cases: std::env::var("OBSERVER_LAB_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(5),
-            max_shrink_iters: 16,
-            failure_persistence: None,
-            ..Config::default()
-        });
-        let probes = std::cell::Cell::new(0);
+        let cases: u32 = std::env::var("OBSERVER_LAB_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20);
+        let seed = seed();
+        let replay = format!("OBSERVER_LAB_SEED={seed:016x} OBSERVER_LAB_CASES={cases}");
+        eprintln!("random lab clusters: {replay}");
+        let mut bytes = [0u8; 32];
+        for chunk in bytes.chunks_mut(8) {
+            chunk.copy_from_slice(&seed.to_le_bytes());
+        }
+        let mut runner = TestRunner::new_with_rng(
+            Config {
+                cases,
+                max_shrink_iters: 16,
+                failure_persistence: None,
+                ..Config::default()
+            },
+            TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+        );
+        let counts = std::cell::Cell::new((0usize, 0usize, 0usize));
         let result = runner.run(&cluster(), |yaml| {
             let file = dir.join("cluster.yaml");
             std::fs::write(&file, &yaml).expect("writing the cluster");
             let (code, report, stderr) = super::lab_json(&file);
             prop_assert_eq!(
-                code,
+                &report["disagreements"],
                 0,
-                "kernel and engine disagree:\n{}\n{}\n{:#}",
+                "differential check: the kernel (nftables, denied = a policy drop seen) and the engine disagree:\n{}\n{}\n{:#}",
                 yaml,
                 stderr,
-                report["probes"]
-                    .as_array()
-                    .map(|a| a
-                        .iter()
-                        .filter(|p| p["agree"] == false)
-                        .cloned()
-                        .collect::<Vec<_>>())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect::<serde_json::Value>()
+                failing(&report, "agree")
             );
-            let n = report["probes"].as_array().map_or(0, Vec::len);
-            prop_assert!(n > 0, "no probes ran:\n{}\n{}", yaml, stderr);
-            probes.set(probes.get() + n);
+            prop_assert_eq!(
+                &report["plumbing_failures"],
+                0,
+                "plumbing check: the observer's records do not name what the same engine says:\n{}\n{}\n{:#}",
+                yaml,
+                stderr,
+                failing(&report, "plumbing_failure")
+            );
+            prop_assert_eq!(code, 0, "observer lab failed:\n{}\n{}", yaml, stderr);
+            let probes = report["probes"].as_array().cloned().unwrap_or_default();
+            prop_assert!(!probes.is_empty(), "no probes ran:\n{}\n{}", yaml, stderr);
+            for p in &probes {
+                if p["kernel"]["allowed"] == false {
+                    prop_assert_eq!(&p["kernel"]["drop_reason"], "NETFILTER_DROP", "{:#}", p);
+                }
+            }
+            let (n, denied, v6) = counts.get();
+            counts.set((
+                n + probes.len(),
+                denied + probes.iter().filter(|p| p["kernel"]["denied"] == true).count(),
+                v6 + probes
+                    .iter()
+                    .filter(|p| p["dst_ip"].as_str().is_some_and(|ip| ip.contains(':')))
+                    .count(),
+            ));
             Ok(())
         });
         let _ = std::fs::remove_dir_all(&dir);
-        eprintln!(
-            "{} probes over random clusters, kernel and engine agreeing",
-            probes.get()
-        );
         if let Err(e) = result {
-            panic!("{e}");
+            panic!("{e}\nreproduce with {replay}");
+        }
+        let (n, denied, v6) = counts.get();
+        eprintln!(
+            "{n} probes over {cases} random clusters ({denied} denied by a policy drop, {v6} over IPv6): kernel and engine agree, records pass the plumbing check"
+        );
+        // A generator that only ever allows (or never probes IPv6) would make the checks vacuous.
+        if cases >= 10 {
+            assert!(
+                denied > 0 && denied < n,
+                "{denied} of {n} probes denied: both outcomes expected ({replay})"
+            );
+            assert!(v6 > 0, "no IPv6 probe in {n} ({replay})");
         }
     }
 }
@@ -562,6 +721,7 @@ fn ipv6_probes_follow_per_family_sets_and_a_v6_ip_block_except() {
     let (code, report, stderr) = lab_json(&file);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(code, 0, "{stderr}\n{report:#}");
+    assert_denials_are_policy_drops(&report);
     let probes = report["probes"].as_array().expect("probes");
     assert_eq!(probes.len(), 6);
     for p in probes {

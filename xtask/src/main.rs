@@ -180,10 +180,18 @@ fn is_root() -> bool {
 
 /// Builds the daemon binary (with its eBPF object) and returns its path.
 fn build_observer(release: bool) -> anyhow::Result<PathBuf> {
+    build_observer_with(release, true)
+}
+
+/// [`build_observer`]; without the default features (`lab`), the binary the DaemonSet's image carries.
+fn build_observer_with(release: bool, lab: bool) -> anyhow::Result<PathBuf> {
     let mut c = cargo();
     c.args(["build", "-p", "observer", "--bins"]);
     if release {
         c.arg("--release");
+    }
+    if !lab {
+        c.arg("--no-default-features");
     }
     run(c)?;
     Ok(root()
@@ -208,7 +216,8 @@ fn image_name() -> anyhow::Result<String> {
 /// Builds the image with podman: the release binary and the shared libraries it loads
 /// (deploy/image/rootfs.sh) on an empty base (deploy/image/Containerfile). Returns its name.
 fn build_image() -> anyhow::Result<String> {
-    let bin = build_observer(true)?;
+    // The node daemon without `observer lab` and its harness (the `lab` feature).
+    let bin = build_observer_with(true, false)?;
     let context = root().join("target/image");
     let mut c = Command::new("sh");
     c.arg(root().join("deploy/image/rootfs.sh"))

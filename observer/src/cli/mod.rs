@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 pub mod audit;
 pub mod explain;
+#[cfg(feature = "lab")]
+pub mod lab;
 pub mod run;
 pub mod source;
 pub mod tail;
-
-use crate::lab;
 
 /// `observer`: which NetworkPolicy blocked this gRPC channel?
 #[derive(Debug, clap::Parser)]
@@ -34,6 +34,7 @@ pub enum Command {
     Tail(tail::TailArgs),
     /// Real-kernel policy lab (root): pods as network namespaces, policies as nftables, gRPC probes, and a
     /// differential check against the policy engine.
+    #[cfg(feature = "lab")]
     Lab(lab::LabArgs),
 }
 
@@ -59,6 +60,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             &mut std::io::stderr().lock(),
         ),
         Command::Tail(args) => tail::run(&args),
-        Command::Lab(args) => lab::run(args),
+        #[cfg(feature = "lab")]
+        Command::Lab(args) => lab::run(&args),
     }
 }

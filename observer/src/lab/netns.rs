@@ -1,8 +1,10 @@
-//! Network namespaces for the lab: created with `ip netns`, deleted by their guards (on drop, so also on
-//! panic), and leftovers of a crashed run (prefix [`PREFIX`], process gone) removed at the next start.
+//! Network namespaces for the lab and the privileged tests: created with `ip netns`, deleted by their
+//! guards (on drop, so also on panic), and leftovers of a crashed run (a name `<prefix><pid>-…` whose
+//! process is gone, or a zombie) removed at the next start.
 
 use std::fs::File;
 use std::io::Write as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use nix::sched::{CloneFlags, setns};
@@ -71,6 +73,52 @@ pub fn sh(args: &[&str], stdin: Option<&str>) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Creates the namespace `name` with loopback up and no duplicate address detection (tentative link-local
+/// addresses would delay neighbour discovery, and so the first probes, by seconds).
+///
+/// # Errors
+/// `ip` or `sysctl` failed.
+pub fn create(name: &str) -> Result<()> {
+    sh(&["ip", "netns", "add", name], None)?;
+    ip(name, &["link", "set", "lo", "up"])?;
+    for conf in ["default", "all"] {
+        exec(
+            name,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{conf}.accept_dad=0"),
+            ],
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Deletes the namespace `name` (its interfaces go with it); quiet when it is already gone.
+pub fn delete(name: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `ip -n <name> …`
+///
+/// # Errors
+/// `ip` failed.
+pub fn ip(name: &str, args: &[&str]) -> Result<String> {
+    sh(&[&["ip", "-n", name], args].concat(), None)
+}
+
+/// `ip netns exec <name> …`, feeding it `stdin` if given.
+///
+/// # Errors
+/// The command failed.
+pub fn exec(name: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    sh(&[&["ip", "netns", "exec", name], args].concat(), stdin)
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -79,59 +127,50 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates the namespace with loopback up and no duplicate address detection (which would delay the
-    /// first probes by seconds).
+    /// Creates the namespace (see [`create`]).
+    ///
+    /// # Errors
+    /// `ip` or `sysctl` failed; a namespace that was created is deleted again.
     pub fn create(name: String) -> Result<Self> {
-        sh(&["ip", "netns", "add", &name], None)?;
         let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        for conf in ["default", "all"] {
-            ns.exec(
-                &[
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{conf}.accept_dad=0"),
-                ],
-                None,
-            )?;
-        }
+        create(&ns.name)?;
         Ok(ns)
     }
 
     /// `ip -n <ns> …`
+    ///
+    /// # Errors
+    /// `ip` failed.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
-        let mut v = vec!["ip", "-n", &self.name];
-        v.extend_from_slice(args);
-        sh(&v, None)
+        ip(&self.name, args)
     }
 
     /// `ip netns exec <ns> …`
+    ///
+    /// # Errors
+    /// The command failed.
     pub fn exec(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let mut v = vec!["ip", "netns", "exec", &self.name];
-        v.extend_from_slice(args);
-        sh(&v, stdin)
+        exec(&self.name, args, stdin)
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        delete(&self.name);
     }
 }
 
-/// Removes namespaces with [`PREFIX`] whose creating process is gone; returns their names.
+/// Removes namespaces named `<prefix><pid>-…` whose creating process is gone (or a zombie: killed, not
+/// reaped yet); returns their names. `observer lab` uses [`PREFIX`], the privileged tests their own.
 #[must_use]
-pub fn clean_leftovers() -> Vec<String> {
+pub fn clean_leftovers(prefix: &str) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
         return Vec::new();
     };
     let mut removed = Vec::new();
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else {
+        let Some(rest) = name.strip_prefix(prefix) else {
             continue;
         };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
@@ -141,6 +180,7 @@ pub fn clean_leftovers() -> Vec<String> {
             && !alive(pid)
             && Command::new("ip")
                 .args(["netns", "del", &name])
+                .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
         {
@@ -168,17 +208,30 @@ pub fn spawn_in<T: Send + 'static>(
 ) -> std::thread::JoinHandle<Result<T>> {
     let name = name.to_owned();
     std::thread::spawn(move || {
-        let path = format!("/run/netns/{name}");
-        let file = File::open(&path).map_err(|source| NetnsError::Enter {
-            name: name.clone(),
-            source,
-        })?;
-        setns(file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Enter {
-            name,
-            source: e.into(),
-        })?;
+        enter(&name)?;
         Ok(f())
     })
+}
+
+/// Moves the calling thread into the named namespace (sockets it creates from then on live there).
+///
+/// # Errors
+/// The namespace does not exist, or `setns` was refused.
+pub fn enter(name: &str) -> Result<()> {
+    enter_path(Path::new(&format!("/run/netns/{name}")))
+}
+
+/// Moves the calling thread into the namespace at `path` (`/run/netns/<name>`, `/proc/<pid>/ns/net`).
+///
+/// # Errors
+/// The file cannot be opened, or `setns` was refused.
+pub fn enter_path(path: &Path) -> Result<()> {
+    let fail = |source: std::io::Error| NetnsError::Enter {
+        name: path.display().to_string(),
+        source,
+    };
+    let file = File::open(path).map_err(fail)?;
+    setns(file, CloneFlags::CLONE_NEWNET).map_err(|e| fail(e.into()))
 }
 
 /// Runs `f` inside the named namespace and waits for it (a panic in `f` is resumed here).

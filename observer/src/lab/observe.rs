@@ -3,24 +3,23 @@
 //! differential check compares with the engine's `denied_by`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use k8s_openapi::api::core::v1::PodIP;
+use observer_common::program;
 use serde::Serialize;
 
 use super::Plan;
+use super::daemon::{API, Process};
 use super::netns::run_in;
 use crate::manifest::Manifests;
 
-/// The daemon's API inside the node namespace (the namespace is the lab's own: no clashes).
-const API: &str = "127.0.0.1:9990";
 /// Node name given to the daemon and to every pod it is told about.
-pub const NODE: &str = "lab-node";
+pub use super::daemon::NODE;
 /// How long a SYN without answer waits before the daemon reports the channel blocked.
 pub const BLOCKED_WINDOW: Duration = Duration::from_secs(1);
 
@@ -41,6 +40,16 @@ pub enum ObserveError {
     Daemon {
         /// What happened, with its stderr.
         message: String,
+    },
+    /// The daemon is ready, but the kernel does not list its programs on every pod interface.
+    #[error(
+        "observer run's programs are not on {missing:?} (ingress and egress, TCX or netlink) within {within:?}"
+    )]
+    NotAttached {
+        /// Interfaces without both programs.
+        missing: Vec<String>,
+        /// How long the lab waited.
+        within: Duration,
     },
 }
 
@@ -66,15 +75,16 @@ pub struct Attribution {
 
 /// A running daemon; SIGTERM on drop, and its manifest directory removed.
 pub struct Observer {
-    child: Child,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
+    process: Option<Process>,
     dir: PathBuf,
 }
 
 impl Observer {
     /// Writes the lab's cluster (pods at lab addresses, all on [`NODE`]) and starts
     /// `observer run` in `node` on the lab's pod veths and `ports`; returns once `/readyz` answers 200.
+    ///
+    /// # Errors
+    /// The manifests could not be written, or the daemon did not become ready.
     pub fn start(
         manifests: &Manifests,
         plan: &Plan,
@@ -89,99 +99,81 @@ impl Observer {
         };
         std::fs::create_dir_all(&dir).map_err(write)?;
         std::fs::write(&file, lab_manifest(manifests, plan)).map_err(write)?;
+        // Removed on drop from here on, also when the daemon does not start.
+        let mut observer = Self { process: None, dir };
         let exe = std::env::current_exe().map_err(|e| ObserveError::Daemon {
             message: format!("locating the observer binary: {e}"),
         })?;
         let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
-        let mut child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", node])
             .arg(exe)
             .args(["run", "--cluster"])
             .arg(&file)
             .args(["--interfaces", "olab*", "--ports", &ports.join(",")])
             .args(["--node-name", NODE, "--listen", API, "--log-format", "json"])
-            .args(["--blocked-window", "1s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| ObserveError::Daemon {
-                message: format!("spawning: {e}"),
-            })?;
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let pipes: [(Option<Box<dyn std::io::Read + Send>>, _); 2] = [
-            (
-                child
-                    .stdout
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-                stdout.clone(),
-            ),
-            (
-                child
-                    .stderr
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-                stderr.clone(),
-            ),
-        ];
-        for (pipe, sink) in pipes {
-            let Some(pipe) = pipe else { continue };
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let Ok(mut s) = sink.lock() {
-                        s.push(line);
-                    }
-                }
-            });
-        }
-        let observer = Self {
-            child,
-            stdout,
-            stderr,
-            dir,
-        };
-        let node = node.to_owned();
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            let n = node.clone();
-            if run_in(&n, || get("/readyz"))
-                .ok()
-                .flatten()
-                .is_some_and(|c| c == 200)
-            {
-                return Ok(observer);
+            .args(["--blocked-window", "1s"]);
+        let process = Process::spawn(node, command, Duration::from_secs(20)).map_err(|e| {
+            ObserveError::Daemon {
+                message: e.to_string(),
             }
-            let exited = observer_exited(&observer);
-            if exited || Instant::now() >= end {
-                return Err(ObserveError::Daemon {
-                    message: format!(
-                        "{}; stderr:\n{}",
-                        if exited {
-                            "exited"
-                        } else {
-                            "not ready within 20 s"
-                        },
-                        observer.stderr_lines().join("\n")
-                    ),
-                });
+        })?;
+        observer.process = Some(process);
+        Ok(observer)
+    }
+
+    /// Waits until the kernel lists one of the observer's TC programs on the ingress and the egress hook
+    /// of every interface in `interfaces` (TCX links, or netlink `cls_bpf` filters), in the daemon's
+    /// namespace: evidence from the kernel, not the daemon's word, that its probes will be seen.
+    ///
+    /// # Errors
+    /// Some interface still lacks them after `within`.
+    pub fn wait_attached(
+        &self,
+        interfaces: &[String],
+        within: Duration,
+    ) -> Result<(), ObserveError> {
+        let Some(netns) = self.process.as_ref().map(|p| p.netns().to_owned()) else {
+            return Err(ObserveError::NotAttached {
+                missing: interfaces.to_vec(),
+                within,
+            });
+        };
+        let end = Instant::now() + within;
+        loop {
+            let wanted = interfaces.to_vec();
+            let missing = run_in(&netns, move || {
+                wanted
+                    .into_iter()
+                    .filter(|i| {
+                        !ours_on(i, TcAttachType::Ingress) || !ours_on(i, TcAttachType::Egress)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_else(|_| interfaces.to_vec());
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                return Err(ObserveError::NotAttached { missing, within });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Blocked records so far, by (source ip, destination ip, destination port), and for a channel through
     /// a Service also by (source ip, VIP, Service port).
     #[must_use]
     pub fn blocked(&self) -> BTreeMap<(IpAddr, IpAddr, u16), Attribution> {
-        let lines = self.stdout.lock().map(|s| s.clone()).unwrap_or_default();
+        let lines = self
+            .process
+            .as_ref()
+            .map(Process::stdout)
+            .unwrap_or_default();
         let records: Vec<serde_json::Value> = lines
             .iter()
+            .map(|(_, l)| l)
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|r| r["kind"] == "blocked")
             .collect();
@@ -255,45 +247,36 @@ impl Observer {
     }
 }
 
-fn observer_exited(o: &Observer) -> bool {
-    // try_wait needs &mut; a zero signal tells whether the process still exists.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(o.child.id()).unwrap_or(i32::MAX)),
-        None,
-    )
-    .is_err()
-}
-
-/// `GET path` on the daemon's API from the calling thread's namespace: the status code.
-fn get(path: &str) -> Option<u16> {
-    let addr = API.parse().ok()?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: observer\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
+/// Whether one of our TC programs is on `hook` of `interface` (calling thread's namespace): a TCX link,
+/// or a netlink filter (`tc` names a `cls_bpf` filter after its program).
+fn ours_on(interface: &str, hook: TcAttachType) -> bool {
+    let ours = |name: &str| program::TC_ALL.contains(&name);
+    let tcx = nix::net::if_::if_nametoindex(interface)
+        .ok()
+        .and_then(|index| SchedClassifier::query_tcx(index, hook).ok())
+        .is_some_and(|(_, progs)| progs.iter().any(|p| p.name_as_str().is_some_and(ours)));
+    if tcx {
+        return true;
+    }
+    let parent = if hook == TcAttachType::Ingress {
+        "ingress"
+    } else {
+        "egress"
+    };
+    Command::new("tc")
+        .args(["filter", "show", "dev", interface, parent])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .any(ours)
+        })
 }
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // The daemon first (it detaches), then its manifests.
+        drop(self.process.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

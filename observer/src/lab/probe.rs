@@ -35,7 +35,23 @@ pub struct Servers {
 impl Servers {
     /// Serves `grpc.health.v1` (status SERVING) on `[::]:port` (both families) for each port in the
     /// namespace `netns`; returns once every socket listens.
+    ///
+    /// # Errors
+    /// The namespace could not be entered, or a port could not be bound within 10 s.
     pub fn start(netns: &str, ports: Vec<u16>) -> Result<Self, ProbeError> {
+        let addrs = ports
+            .into_iter()
+            .map(|port| SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+            .collect();
+        Self::bind(netns, addrs)
+    }
+
+    /// Serves `grpc.health.v1` (status SERVING) on each of `addrs` in the namespace `netns`; returns once
+    /// every socket listens.
+    ///
+    /// # Errors
+    /// The namespace could not be entered, or an address could not be bound within 10 s.
+    pub fn bind(netns: &str, addrs: Vec<SocketAddr>) -> Result<Self, ProbeError> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), (u16, String)>>();
         let thread = spawn_in(netns, move || {
@@ -55,12 +71,11 @@ impl Servers {
                     .set_service_status("", tonic_health::ServingStatus::Serving)
                     .await;
                 let mut tasks = Vec::new();
-                for port in ports {
-                    let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+                for addr in addrs {
                     let listener = match tokio::net::TcpListener::bind(addr).await {
                         Ok(l) => l,
                         Err(e) => {
-                            let _ = ready_tx.send(Err((port, e.to_string())));
+                            let _ = ready_tx.send(Err((addr.port(), e.to_string())));
                             return;
                         }
                     };

@@ -582,14 +582,10 @@ items:
     #[test]
     fn probes_dial_each_vip_from_pods_that_are_not_backends() {
         let plan = plan();
-        let args = crate::lab::LabArgs {
-            cluster: Vec::new(),
+        let args = crate::lab::Selection {
             port: None,
             from: None,
             to: Some("svc/pay/payments".into()),
-            output: crate::cli::explain::Output::Json,
-            hold: false,
-            no_observer: true,
         };
         let probes = plan.probes(&args).expect("probes");
         let shown: Vec<String> = probes
@@ -603,7 +599,7 @@ items:
                 "2001:2::2 → 2001:2:0:fffe::1:443"
             ]
         );
-        let nope = crate::lab::LabArgs {
+        let nope = crate::lab::Selection {
             to: Some("svc/pay/nope".into()),
             ..args
         };

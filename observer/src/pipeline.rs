@@ -15,12 +15,25 @@ use std::{
 };
 
 use crate::{
-    attribution,
-    bpf::{KernelEvent, Kind},
-    channel::{self, Outcome, ServiceMap, Tracker},
-    cluster::{Inventory, SharedInventory},
-    export::{Record, metrics::Metrics},
+    attribution::{self, Simulated},
+    bpf::{KernelEvent, Kind, events::Side},
+    channel::{
+        self, Outcome, ServiceMap, Tracker,
+        live::{self, LiveChannel, LiveTable, SharedLive, Stale, Verdict},
+    },
+    cluster::{FeedChange, FeedOp, Inventory, PolicyFeed, SharedInventory},
+    export::{
+        Record,
+        metrics::Metrics,
+        record::{
+            self, Detail, DropSeen, Endpoint, Evidence, Lost, PolicyChange, PolicyOp, RecordKind,
+            ResetSeen, ResetSide,
+        },
+    },
 };
+
+/// At most one `lost_events` record per interval; losses in between are summed into the next.
+pub const LOST_EVENTS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// At most one `unenforced` record per (client IP, server IP, port) in this interval; the channels in
 /// between are counted in the metric and summed up in the next record's notes.
@@ -41,6 +54,19 @@ pub struct Pipeline {
     unenforced_last: HashMap<(IpAddr, IpAddr, u16), (SystemTime, u32)>,
     /// The inventory's Services generation the tracker's [`ServiceMap`] was built from.
     services_seen: Option<u64>,
+    /// Established channels, until they close (shared with `/api/v1/channels`).
+    live: SharedLive,
+    /// Write an `established` record per channel (`--log-established`).
+    log_established: bool,
+    /// The inventory's change feed position the live table has been re-evaluated up to.
+    feed_seen: Option<u64>,
+    /// Whether the inventory was ready at the last re-evaluation.
+    was_ready: bool,
+    counted_live_evicted: u64,
+    /// Lost kernel events already reported, since when, and when the last record was written.
+    lost_reported: u64,
+    lost_since: Option<SystemTime>,
+    lost_last_record: Option<SystemTime>,
 }
 
 impl Pipeline {
@@ -60,7 +86,28 @@ impl Pipeline {
             counted_evicted: 0,
             unenforced_last: HashMap::new(),
             services_seen: None,
+            live: SharedLive::new(LiveTable::new(live::Config::default())),
+            log_established: false,
+            feed_seen: None,
+            was_ready: false,
+            counted_live_evicted: 0,
+            lost_reported: 0,
+            lost_since: None,
+            lost_last_record: None,
         }
+    }
+
+    /// Bounds the live channel table with `config`, and writes an `established` record per channel when
+    /// `log_established`.
+    pub fn with_live(mut self, config: live::Config, log_established: bool) -> Self {
+        self.live = SharedLive::new(LiveTable::new(config));
+        self.log_established = log_established;
+        self
+    }
+
+    /// The live channel table (for `/api/v1/channels`).
+    pub fn live(&self) -> SharedLive {
+        self.live.clone()
     }
 
     /// Rebuilds the tracker's VIP → backends snapshot when Services or EndpointSlices changed.
@@ -79,6 +126,7 @@ impl Pipeline {
     /// Takes in a batch of kernel events; records of channels that resolved go to `records`.
     pub fn on_events(&mut self, events: &[KernelEvent], records: &mut Vec<Record>) {
         self.refresh_services();
+        let mut cut = Vec::new();
         for ev in events {
             if ev.kind == Kind::Dropped
                 && let Some(d) = &ev.drop
@@ -88,16 +136,286 @@ impl Pipeline {
                     .with_label_values(&[&*d.reason_name])
                     .inc();
             }
+            self.on_live_event(ev, &mut cut);
             self.tracker.on_event(ev, &mut self.outcomes);
         }
         self.resolve(records);
+        if !cut.is_empty() {
+            let inventory = self.inventory.read();
+            for (ch, evidence, at) in cut {
+                let record = attribution::interrupted(&ch, evidence, at, &inventory, &self.node);
+                self.settle(&ch);
+                records.push(record);
+            }
+        }
     }
 
-    /// Reports channels whose evidence settled or whose window passed. Call every few ms with
-    /// CLOCK_MONOTONIC (ns) and the wall clock.
+    /// A FIN, reset or drop of a live channel: a FIN closes it; a reset or a drop of one of its packets
+    /// (not a SYN: those are the tracker's) ends it as interrupted, once.
+    fn on_live_event(
+        &mut self,
+        ev: &KernelEvent,
+        cut: &mut Vec<(LiveChannel, Evidence, SystemTime)>,
+    ) {
+        if !matches!(ev.kind, Kind::Closed | Kind::Reset | Kind::Dropped) {
+            return;
+        }
+        let mut live = self.live.write();
+        let Some(id) = live.find(ev.client, ev.server) else {
+            return;
+        };
+        let evidence = match ev.kind {
+            Kind::Closed => None,
+            Kind::Reset => Some(Evidence {
+                reset: match ev.origin {
+                    Side::Server => Some(ResetSide::Destination),
+                    Side::Client => Some(ResetSide::Client),
+                    Side::Network => Some(ResetSide::Network),
+                    Side::Unknown => None,
+                }
+                .map(|side| ResetSeen { side }),
+                ..Evidence::default()
+            }),
+            _ => {
+                let Some(d) = ev.drop.as_ref().filter(|_| ev.tcp_flags & 0x12 != 0x02) else {
+                    return;
+                };
+                // The TCP stack's own bookkeeping (old data, out-of-window segments) and packets queued
+                // behind neighbour resolution are not a cut.
+                if d.reason_name.starts_with("TCP_") || d.reason_name.starts_with("NEIGH_") {
+                    live.touch(id, ev.monotonic_ns);
+                    return;
+                }
+                Some(Evidence {
+                    drop: Some(DropSeen {
+                        reason: d.reason_name.clone(),
+                        call_site: d.call_site.clone(),
+                        interface: ev.interface.clone(),
+                    }),
+                    ..Evidence::default()
+                })
+            }
+        };
+        let Some(ch) = live.remove(id) else {
+            return;
+        };
+        drop(live);
+        match evidence {
+            Some(evidence) => cut.push((ch, evidence, ev.time)),
+            None => self.settle(&ch),
+        }
+    }
+
+    /// A channel left the live table: it no longer counts as stale.
+    fn settle(&self, ch: &LiveChannel) {
+        settle(&self.metrics, ch);
+    }
+
+    /// Reports channels whose evidence settled or whose window passed, re-evaluates the live channels a
+    /// cluster change can affect, and forgets idle ones. Call every few ms with CLOCK_MONOTONIC (ns) and
+    /// the wall clock.
     pub fn tick(&mut self, now_ns: u64, now: SystemTime, records: &mut Vec<Record>) {
         self.tracker.tick(now_ns, now, &mut self.outcomes);
         self.resolve(records);
+        self.reevaluate(now, records);
+        let mut gone = Vec::new();
+        self.live.write().expire(now_ns, &mut gone);
+        for (ch, _) in &gone {
+            self.settle(ch);
+        }
+        self.update_live_metrics();
+    }
+
+    fn update_live_metrics(&mut self) {
+        let live = self.live.read();
+        self.metrics
+            .live_channels
+            .set(i64::try_from(live.len()).unwrap_or(i64::MAX));
+        let evicted = live.evicted();
+        drop(live);
+        self.metrics
+            .live_evicted
+            .inc_by(evicted - self.counted_live_evicted);
+        self.counted_live_evicted = evicted;
+    }
+
+    /// The kernel's lost-events counter read `total`: one `lost_events` record when it rose, at most one
+    /// per [`LOST_EVENTS_INTERVAL`] (losses in between go into the next).
+    pub fn lost_events(&mut self, total: u64, now: SystemTime, records: &mut Vec<Record>) {
+        let since = *self.lost_since.get_or_insert(now);
+        if total <= self.lost_reported {
+            return;
+        }
+        if self
+            .lost_last_record
+            .is_some_and(|t| now.duration_since(t).unwrap_or_default() < LOST_EVENTS_INTERVAL)
+        {
+            return;
+        }
+        records.push(Record {
+            schema: record::SCHEMA,
+            time: now,
+            kind: RecordKind::LostEvents,
+            node: self.node.clone(),
+            interface: None,
+            protocol: "TCP".into(),
+            src: Endpoint::none(),
+            dst: Endpoint::none(),
+            service: Vec::new(),
+            cause: None,
+            direction: None,
+            kernel_reason: None,
+            call_site: None,
+            attempts: 0,
+            evidence: None,
+            policies: Vec::new(),
+            notes: vec![
+                "the kernel's ring buffer was full: records of this interval may be missing".into(),
+            ],
+            detail: Detail {
+                lost: Some(Lost {
+                    events: total - self.lost_reported,
+                    since,
+                    total,
+                }),
+                ..Detail::default()
+            },
+        });
+        self.lost_reported = total;
+        self.lost_since = Some(now);
+        self.lost_last_record = Some(now);
+    }
+
+    /// Re-evaluates the live channels that the inventory's changes since the last call can affect.
+    fn reevaluate(&mut self, now: SystemTime, records: &mut Vec<Record>) {
+        let inventory = self.inventory.read();
+        let ready = inventory.is_ready();
+        let position = inventory.feed_position();
+        let Some(seen) = self.feed_seen else {
+            self.feed_seen = Some(position);
+            self.was_ready = ready;
+            return;
+        };
+        if seen == position && ready == self.was_ready {
+            return;
+        }
+        let since = inventory.changes_since(seen);
+        self.feed_seen = Some(since.position);
+        let became_ready = ready && !self.was_ready;
+        self.was_ready = ready;
+        if !ready {
+            return;
+        }
+        let all = |live: &LiveTable| -> Vec<u64> { live.ids().collect() };
+        if became_ready || !since.complete {
+            let ids = all(&self.live.read());
+            let change = if became_ready {
+                "the inventory synced".to_owned()
+            } else {
+                format!(
+                    "more than {} cluster changes at once",
+                    crate::cluster::FEED_CAPACITY
+                )
+            };
+            self.reevaluate_ids(&ids, &change, now, &inventory, records);
+        }
+        for change in &since.changes {
+            let ids = {
+                let live = self.live.read();
+                let mut ids: Vec<u64> = match change {
+                    FeedChange::Policy(p) if p.kind.is_namespaced() => live
+                        .ids_in_namespace(&p.namespace)
+                        .chain(live.ids_allowed_by(&p.id()))
+                        .collect(),
+                    // A cluster-scoped policy may select any pod.
+                    FeedChange::Policy(_) => all(&live),
+                    FeedChange::Pod { ips, .. } => {
+                        ips.iter().flat_map(|ip| live.ids_at_ip(*ip)).collect()
+                    }
+                    FeedChange::Namespace { name } => live.ids_in_namespace(name).collect(),
+                };
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            };
+            let text = describe(change);
+            let (made_stale, allowed_again) =
+                self.reevaluate_ids(&ids, &text, now, &inventory, records);
+            if let FeedChange::Policy(p) = change {
+                records.push(policy_changed(p, made_stale, allowed_again, &self.node));
+            }
+        }
+    }
+
+    /// Re-evaluates `ids` against the inventory now: channels allowed before and denied now become stale
+    /// (one `stale_allowed` record each), stale ones allowed now are cleared. Returns (made stale, allowed
+    /// again).
+    fn reevaluate_ids(
+        &self,
+        ids: &[u64],
+        change: &str,
+        now: SystemTime,
+        inventory: &Inventory,
+        records: &mut Vec<Record>,
+    ) -> (usize, usize) {
+        let (mut made_stale, mut allowed_again) = (0, 0);
+        let mut live = self.live.write();
+        for &id in ids {
+            let Some(ch) = live.get(id) else {
+                continue;
+            };
+            let judged = attribution::judge(inventory, ch.client, ch.server, now);
+            self.metrics.policy_evaluations.inc();
+            match (&judged.simulated, ch.verdict, &ch.stale) {
+                (Simulated::NotSynced, ..) => {}
+                (Simulated::Denied { direction, .. }, Verdict::Allowed, None) => {
+                    let Some(record) =
+                        attribution::stale_allowed(ch, &judged, change, now, &self.node)
+                    else {
+                        continue;
+                    };
+                    if ch.counted {
+                        self.metrics.stale(
+                            direction.as_str(),
+                            judged
+                                .policies
+                                .iter()
+                                .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
+                            1,
+                        );
+                    }
+                    let stale = Stale {
+                        since: now,
+                        direction: *direction,
+                        policies: judged.policies.clone(),
+                        change: change.to_owned(),
+                        counted: ch.counted,
+                    };
+                    live.set_state(id, Verdict::Denied, Some(stale));
+                    records.push(record);
+                    made_stale += 1;
+                }
+                (Simulated::Denied { .. }, _, Some(_)) => {}
+                (Simulated::Denied { .. }, _, None) => live.set_state(id, Verdict::Denied, None),
+                (Simulated::Allowed | Simulated::NoEndpoints, _, stale) => {
+                    if let Some(stale) = stale {
+                        if stale.counted {
+                            self.metrics.stale(
+                                stale.direction.as_str(),
+                                stale
+                                    .policies
+                                    .iter()
+                                    .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
+                                -1,
+                            );
+                        }
+                        allowed_again += 1;
+                    }
+                    live.set_state(id, Verdict::Allowed, None);
+                }
+            }
+        }
+        (made_stale, allowed_again)
     }
 
     /// Channels tracked now.
@@ -129,17 +447,47 @@ impl Pipeline {
                     attempts,
                     time,
                     interface,
+                    service,
+                    time_ns,
                 } => {
                     self.metrics.flows.with_label_values(&["established"]).inc();
-                    // Once per channel, from the engine's cached verdict: no per-packet cost.
-                    if inventory.is_ready() && counted_here(&inventory, client, time, &self.node) {
+                    // Once per channel, from the engine's cached verdict: no per-packet cost. The same
+                    // verdict serves `unenforced` and the live table's `allowed_by`.
+                    let counted = counted_here(&inventory, client, time, &self.node);
+                    let judged = if inventory.is_ready() {
                         self.metrics.policy_evaluations.inc();
+                        attribution::judge(&inventory, client, server, time)
+                    } else {
+                        attribution::Judged::default()
+                    };
+                    let ch = attribution::live_channel(
+                        client,
+                        server,
+                        service,
+                        interface.clone(),
+                        time,
+                        time_ns,
+                        &judged,
+                        &inventory,
+                        counted,
+                    );
+                    let (id, gone) = self.live.write().insert(ch);
+                    for (old, _) in &gone {
+                        settle(&self.metrics, old);
+                    }
+                    if self.log_established
+                        && let Some(ch) = self.live.read().get(id)
+                    {
+                        records.push(attribution::established(ch, attempts, &self.node));
+                    }
+                    if inventory.is_ready() && counted {
                         if let Some(record) = attribution::unenforced(
                             client,
                             server,
                             attempts,
                             interface.as_deref(),
                             time,
+                            &judged,
                             &inventory,
                             &self.node,
                         ) {
@@ -178,6 +526,92 @@ impl Pipeline {
                 }
             }
         }
+    }
+}
+
+/// A channel left the live table: it no longer counts as stale.
+fn settle(metrics: &Metrics, ch: &LiveChannel) {
+    if let Some(stale) = &ch.stale
+        && stale.counted
+    {
+        metrics.stale(
+            stale.direction.as_str(),
+            stale
+                .policies
+                .iter()
+                .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
+            -1,
+        );
+    }
+}
+
+/// The change a feed entry describes, in one line (`NetworkPolicy payments/allow-checkout deleted (rv
+/// 81240)`).
+fn describe(change: &FeedChange) -> String {
+    match change {
+        FeedChange::Policy(p) => {
+            let rv = match (&p.previous, &p.resource_version) {
+                (Some(a), Some(b)) => format!(" (rv {a} → {b})"),
+                (None, Some(b)) => format!(" (rv {b})"),
+                _ => String::new(),
+            };
+            let op = match p.op {
+                FeedOp::Added => "added",
+                FeedOp::Edited => "edited",
+                FeedOp::Deleted => "deleted",
+            };
+            let what = if p.op == FeedOp::Edited {
+                format!(": {}", p.summary)
+            } else {
+                String::new()
+            };
+            format!("{} {} {op}{rv}{what}", p.kind.as_str(), p.id())
+        }
+        FeedChange::Pod {
+            namespace, name, ..
+        } => format!("pod {namespace}/{name} changed (labels, IPs or phase)"),
+        FeedChange::Namespace { name } => format!("namespace {name} changed (labels)"),
+    }
+}
+
+/// The `policy_changed` record of one policy revision.
+fn policy_changed(p: &PolicyFeed, made_stale: usize, allowed_again: usize, node: &str) -> Record {
+    Record {
+        schema: record::SCHEMA,
+        time: p.at,
+        kind: RecordKind::PolicyChanged,
+        node: node.to_owned(),
+        interface: None,
+        protocol: "TCP".into(),
+        src: Endpoint::none(),
+        dst: Endpoint::none(),
+        service: Vec::new(),
+        cause: None,
+        direction: None,
+        kernel_reason: None,
+        call_site: None,
+        attempts: 0,
+        evidence: None,
+        policies: Vec::new(),
+        notes: Vec::new(),
+        detail: Detail {
+            policy_change: Some(PolicyChange {
+                kind: std::sync::Arc::from(p.kind.as_str()),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                op: match p.op {
+                    FeedOp::Added => PolicyOp::Added,
+                    FeedOp::Edited => PolicyOp::Edited,
+                    FeedOp::Deleted => PolicyOp::Deleted,
+                },
+                resource_version: p.resource_version.as_deref().unwrap_or_default().to_owned(),
+                previous_resource_version: p.previous.as_deref().map(str::to_owned),
+                summary: p.summary.clone(),
+                made_stale,
+                allowed_again,
+            }),
+            ..Detail::default()
+        },
     }
 }
 

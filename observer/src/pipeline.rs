@@ -97,10 +97,10 @@ impl Pipeline {
         }
     }
 
-    /// Bounds the live channel table with `config`, and writes an `established` record per channel when
-    /// `log_established`.
-    pub fn with_live(mut self, config: live::Config, log_established: bool) -> Self {
-        self.live = SharedLive::new(LiveTable::new(config));
+    /// Keeps the live channels in `live` (shared with `/api/v1/channels`), and writes an `established`
+    /// record per channel when `log_established`.
+    pub fn with_live(mut self, live: SharedLive, log_established: bool) -> Self {
+        self.live = live;
         self.log_established = log_established;
         self
     }
@@ -691,15 +691,26 @@ mod tests {
 
     use super::*;
     use crate::{
-        bpf::events::{DropInfo, HookPoint, Side},
+        bpf::events::{DropInfo, HookPoint},
         cluster::{Inventory, InventoryConfig},
-        export::record::{Cause, RecordKind},
+        export::record::{Cause, Direction, PolicyRef},
     };
 
     const MS: u64 = 1_000_000;
 
     /// checkout on node-a, payments on node-b, payments isolated for ingress.
     fn inventory() -> SharedInventory {
+        inventory_with(&[])
+    }
+
+    const ALLOW_CHECKOUT: &str = "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: allow-checkout, namespace: payments, uid: u-ac, resourceVersion: '7'}, spec: {podSelector: {}, ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: checkout}}}]}]}}";
+
+    fn policy(yaml: &str) -> NetworkPolicy {
+        serde_saphyr::from_str(yaml).expect("policy")
+    }
+
+    /// As [`inventory`], with `extra` policies too.
+    fn inventory_with(extra: &[&str]) -> SharedInventory {
         let ns = |n: &str| -> Namespace {
             serde_saphyr::from_str(&format!(
                 "{{apiVersion: v1, kind: Namespace, metadata: {{name: {n}}}}}"
@@ -724,7 +735,9 @@ mod tests {
                     pod("shop", "checkout", "node-a", "198.18.0.2"),
                     pod("payments", "payments", "node-b", "198.18.1.2"),
                 ],
-                policies: &[deny],
+                policies: &std::iter::once(deny)
+                    .chain(extra.iter().map(|y| policy(y)))
+                    .collect::<Vec<_>>(),
                 ..Default::default()
             },
             SystemTime::UNIX_EPOCH,
@@ -865,6 +878,252 @@ mod tests {
             "{:?}",
             last.notes
         );
+    }
+
+    /// A pipeline on node-a over `inv`, with one channel checkout:40000 → payments established at 1 s.
+    fn established(inv: &SharedInventory, m: &Metrics, records: &mut Vec<Record>) -> Pipeline {
+        let mut p = Pipeline::new(
+            channel::Config::default(),
+            m.clone(),
+            inv.clone(),
+            "node-a".into(),
+        )
+        .with_live(
+            SharedLive::new(LiveTable::new(live::Config::default())),
+            true,
+        );
+        let synack = KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x12,
+            ..event(Kind::Established, 1, 40000, "lxc-checkout")
+        };
+        p.on_events(
+            &[event(Kind::Opened, 0, 40000, "lxc-checkout"), synack],
+            records,
+        );
+        p.tick(2 * MS, at(1_001), records);
+        p
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn stale_gauge(m: &Metrics) -> i64 {
+        m.stale_channels
+            .with_label_values(&["ingress", "NetworkPolicy", "payments", "default-deny"])
+            .get()
+    }
+
+    fn of(records: &[Record], kind: RecordKind) -> Vec<&Record> {
+        records.iter().filter(|r| r.kind == kind).collect()
+    }
+
+    #[test]
+    fn a_live_channel_keeps_the_policies_that_allowed_it_and_logs_established_when_asked() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let p = established(&inv, &m, &mut records);
+        let live = p.live();
+        let table = live.read();
+        assert_eq!(table.len(), 1);
+        let ch = table.iter().next().expect("live");
+        let names: Vec<_> = ch.allowed_by.ingress.iter().map(PolicyRef::id).collect();
+        assert_eq!(names, ["payments/allow-checkout"]);
+        assert_eq!(ch.allowed_by.ingress[0].resource_version, "7");
+        assert!(ch.allowed_by.egress.is_empty());
+        let est = of(&records, RecordKind::Established);
+        assert_eq!(est.len(), 1, "{records:?}");
+        assert_eq!(&*est[0].policies[0].name, "allow-checkout");
+        assert!(of(&records, RecordKind::Unenforced).is_empty());
+        assert_eq!(m.live_channels.get(), 1);
+    }
+
+    #[test]
+    fn deleting_the_allowing_policy_makes_the_channel_stale_once_and_closing_it_clears_the_gauge() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        records.clear();
+        assert!(inv.write().delete_policy("payments", "allow-checkout", at(1_010)));
+        p.tick(3 * MS, at(1_011), &mut records);
+        // Again: nothing new.
+        p.tick(4 * MS, at(1_012), &mut records);
+        let stale = of(&records, RecordKind::StaleAllowed);
+        assert_eq!(stale.len(), 1, "{records:?}");
+        let r = stale[0];
+        assert_eq!(r.direction, Some(Direction::Ingress));
+        let names: Vec<_> = r.policies.iter().map(PolicyRef::id).collect();
+        assert_eq!(names, ["payments/default-deny"]);
+        assert_eq!(r.policies[0].resource_version, "5");
+        let c = r.detail.channel.as_ref().expect("channel");
+        assert!(
+            c.change
+                .as_deref()
+                .is_some_and(|t| t.contains("payments/allow-checkout deleted (rv 7)")),
+            "{c:?}"
+        );
+        assert!((c.up_seconds - 10.0).abs() < 1.0, "{c:?}");
+        let changed = of(&records, RecordKind::PolicyChanged);
+        assert_eq!(changed.len(), 1, "{records:?}");
+        let pc = changed[0].detail.policy_change.as_ref().expect("change");
+        assert_eq!((pc.op, pc.made_stale, pc.allowed_again), (PolicyOp::Deleted, 1, 0));
+        assert_eq!(stale_gauge(&m), 1);
+        assert_eq!(p.live().read().stale_len(), 1);
+        // The FIN: gone from the table, and from the gauge.
+        records.clear();
+        p.on_events(&[event(Kind::Closed, 5_000, 40000, "lxc-checkout")], &mut records);
+        assert!(records.is_empty(), "{records:?}");
+        assert_eq!(stale_gauge(&m), 0);
+        assert!(p.live().read().is_empty());
+    }
+
+    #[test]
+    fn restoring_the_policy_makes_a_stale_channel_allowed_again() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        inv.write().delete_policy("payments", "allow-checkout", at(1_010));
+        p.tick(3 * MS, at(1_011), &mut records);
+        assert_eq!(stale_gauge(&m), 1);
+        records.clear();
+        let mut again = policy(ALLOW_CHECKOUT);
+        again.metadata.resource_version = Some("9".into());
+        inv.write().apply_policy(&again, at(1_020)).expect("apply");
+        p.tick(4 * MS, at(1_021), &mut records);
+        assert_eq!(stale_gauge(&m), 0);
+        assert_eq!(p.live().read().stale_len(), 0);
+        let changed = of(&records, RecordKind::PolicyChanged);
+        let pc = changed[0].detail.policy_change.as_ref().expect("change");
+        assert_eq!((pc.op, pc.made_stale, pc.allowed_again), (PolicyOp::Added, 0, 1));
+        assert!(of(&records, RecordKind::StaleAllowed).is_empty());
+    }
+
+    #[test]
+    fn a_change_elsewhere_re_evaluates_no_live_channel() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        let before = m.policy_evaluations.get();
+        let elsewhere = policy(
+            "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: deny-all, namespace: other, uid: u-o, resourceVersion: '3'}, spec: {podSelector: {}}}",
+        );
+        inv.write().apply_policy(&elsewhere, at(1_010)).expect("apply");
+        p.tick(3 * MS, at(1_011), &mut records);
+        assert_eq!(m.policy_evaluations.get(), before, "no channel in namespace other");
+        assert_eq!(of(&records, RecordKind::PolicyChanged).len(), 1);
+        // A policy of payments re-evaluates the channel.
+        let mut edited = policy(ALLOW_CHECKOUT);
+        edited.metadata.resource_version = Some("8".into());
+        edited.spec.as_mut().expect("spec").ingress = Some(Vec::new());
+        inv.write().apply_policy(&edited, at(1_020)).expect("apply");
+        p.tick(4 * MS, at(1_021), &mut records);
+        assert_eq!(m.policy_evaluations.get(), before + 1);
+        let stale = of(&records, RecordKind::StaleAllowed);
+        assert_eq!(stale.len(), 1, "{records:?}");
+        let change = stale[0].detail.channel.as_ref().and_then(|c| c.change.clone());
+        assert!(
+            change.as_deref().is_some_and(|c| c.contains("edited (rv 7 → 8)")),
+            "{change:?}"
+        );
+    }
+
+    #[test]
+    fn a_drop_of_an_established_flow_is_one_interrupted_record_naming_the_policy_now_denying_it() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        inv.write().delete_policy("payments", "allow-checkout", at(1_010));
+        p.tick(3 * MS, at(1_011), &mut records);
+        assert_eq!(stale_gauge(&m), 1);
+        records.clear();
+        let drop = |t: u64| KernelEvent {
+            drop: Some(DropInfo {
+                reason: 7,
+                reason_name: Arc::from("NETFILTER_DROP"),
+                location: 0,
+                call_site: Arc::from("nft_do_chain+0x3e8"),
+            }),
+            hook: HookPoint::Drop,
+            tcp_flags: 0x18,
+            ..event(Kind::Dropped, t, 40000, "lxc-checkout")
+        };
+        // Event times are 1000 s + t ms: after the deletion at 1010 s.
+        p.on_events(&[drop(20_000), drop(20_001)], &mut records);
+        p.tick(21_000 * MS, at(1_021), &mut records);
+        let cut = of(&records, RecordKind::Interrupted);
+        assert_eq!(cut.len(), 1, "{records:?}");
+        assert_eq!(cut[0].cause, Some(Cause::Policy));
+        assert_eq!(cut[0].direction, Some(Direction::Ingress));
+        assert_eq!(&*cut[0].policies[0].name, "default-deny");
+        assert_eq!(cut[0].kernel_reason.as_deref(), Some("NETFILTER_DROP"));
+        let e = cut[0].evidence.as_ref().expect("evidence");
+        assert!(e.established && e.drop.is_some());
+        // Not a blocked attempt, and no longer stale.
+        assert!(of(&records, RecordKind::Blocked).is_empty(), "{records:?}");
+        assert_eq!(stale_gauge(&m), 0);
+    }
+
+    #[test]
+    fn a_reset_of_an_allowed_channel_is_interrupted_without_policies_and_stack_drops_are_not() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        records.clear();
+        let old_data = KernelEvent {
+            drop: Some(DropInfo {
+                reason: 70,
+                reason_name: Arc::from("TCP_OLD_DATA"),
+                location: 0,
+                call_site: Arc::from("tcp_validate_incoming+0x1"),
+            }),
+            hook: HookPoint::Drop,
+            tcp_flags: 0x10,
+            ..event(Kind::Dropped, 100, 40000, "lxc-checkout")
+        };
+        p.on_events(&[old_data], &mut records);
+        assert!(records.is_empty(), "{records:?}");
+        let rst = KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x14,
+            ..event(Kind::Reset, 200, 40000, "lxc-checkout")
+        };
+        p.on_events(&[rst.clone(), rst], &mut records);
+        let cut = of(&records, RecordKind::Interrupted);
+        assert_eq!(cut.len(), 1, "{records:?}");
+        assert!(cut[0].policies.is_empty());
+        assert_ne!(cut[0].cause, Some(Cause::Policy));
+        assert_eq!(
+            cut[0].evidence.as_ref().and_then(|e| e.reset).map(|r| r.side),
+            Some(ResetSide::Destination)
+        );
+    }
+
+    #[test]
+    fn lost_events_are_one_record_per_interval_with_the_sum() {
+        let m = Metrics::new().expect("m");
+        let mut p = pipeline("node-a", &m);
+        let mut records = Vec::new();
+        p.lost_events(0, at(100), &mut records);
+        assert!(records.is_empty());
+        p.lost_events(5, at(101), &mut records);
+        p.lost_events(9, at(102), &mut records);
+        assert_eq!(records.len(), 1);
+        let l = records[0].detail.lost.as_ref().expect("lost");
+        assert_eq!((l.events, l.since, l.total), (5, at(100), 5));
+        p.lost_events(12, at(101 + 61), &mut records);
+        assert_eq!(records.len(), 2);
+        let l = records[1].detail.lost.as_ref().expect("lost");
+        assert_eq!((l.events, l.since, l.total), (7, at(101), 12));
+        let v = serde_json::to_value(&records[1]).expect("json");
+        assert_eq!(v["kind"], "lost_events");
+        assert!(v.get("src").is_none());
     }
 
     #[test]

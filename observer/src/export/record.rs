@@ -357,7 +357,7 @@ pub struct ServiceRef {
 }
 
 /// `service`: one object, or a list when several Services front the backend.
-mod one_or_many {
+pub(crate) mod one_or_many {
     use serde::{Deserialize, Deserializer, Serialize as _, Serializer};
 
     use super::ServiceRef;

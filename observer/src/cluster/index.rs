@@ -1965,6 +1965,66 @@ mod tests {
     }
 
     #[test]
+    fn the_change_feed_names_what_changed_after_the_initial_sync_and_says_when_a_reader_fell_behind() {
+        let mut inv = Inventory::default();
+        inv.apply_pod(&mk_pod("a", "p", "u1", "10.0.0.1", &[("app", "x")]), t(0))
+            .expect("valid");
+        assert_eq!(inv.feed_position(), 0, "nothing fed before the initial sync");
+        for kind in Kind::ALL {
+            inv.commit(kind, t(1));
+        }
+        let start = inv.feed_position();
+        inv.apply_policy(&mk_policy("a", "np", "pu", "5", "x"), t(2))
+            .expect("valid");
+        inv.apply_policy(&mk_policy("a", "np", "pu", "6", "y"), t(3))
+            .expect("valid");
+        inv.apply_pod(&mk_pod("a", "p", "u1", "10.0.0.2", &[("app", "x")]), t(4))
+            .expect("valid");
+        inv.delete_policy("a", "np", t(5));
+        let since = inv.changes_since(start);
+        assert!(since.complete);
+        assert_eq!(since.position, inv.feed_position());
+        let ops: Vec<String> = since
+            .changes
+            .iter()
+            .map(|c| match c {
+                FeedChange::Policy(p) => format!(
+                    "{} {:?} {:?}->{:?} {}",
+                    p.id(),
+                    p.op,
+                    p.previous.as_deref(),
+                    p.resource_version.as_deref(),
+                    p.summary
+                ),
+                FeedChange::Pod { name, ips, .. } => format!("pod {name} {ips:?}"),
+                FeedChange::Namespace { name } => format!("ns {name}"),
+            })
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "a/np Added None->Some(\"5\") added: ingress rules 0, egress rules —",
+                "a/np Edited Some(\"5\")->Some(\"6\") podSelector changed",
+                "pod p [10.0.0.2, 10.0.0.1]",
+                "a/np Deleted None->Some(\"6\") deleted",
+            ]
+        );
+        // Nothing new since the end; a reader beyond the capacity is told to start over.
+        assert!(inv.changes_since(since.position).changes.is_empty());
+        for i in 0..FEED_CAPACITY {
+            inv.apply_pod(
+                &mk_pod("a", "p", "u1", "10.0.0.2", &[("n", &i.to_string())]),
+                t(6),
+            )
+            .expect("valid");
+        }
+        let behind = inv.changes_since(since.position);
+        assert!(!behind.complete);
+        assert_eq!(behind.changes.len(), FEED_CAPACITY);
+        assert!(inv.changes_since(behind.position - 1).complete);
+    }
+
+    #[test]
     fn generation_moves_only_on_change() {
         let mut inv = Inventory::default();
         let pod = mk_pod("a", "p", "u1", "10.0.0.1", &[]);

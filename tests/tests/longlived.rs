@@ -69,18 +69,20 @@ impl TickingServer {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 });
-                tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        async move {
-                            while !stopping.load(Ordering::Relaxed) {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        },
-                    )
-                    .await
-                    .expect("serving");
+                // Not a graceful shutdown: a connection the network cut would never finish. Leaving
+                // block_on drops the runtime, and with it every connection.
+                tokio::select! {
+                    r = tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)) => {
+                        r.expect("serving");
+                    }
+                    () = async move {
+                        while !stopping.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    } => {}
+                }
                 ticker.abort();
             });
         });

@@ -18,16 +18,21 @@ use crate::{
     channel::Blocked,
     cluster::{Endpoint as InvEndpoint, Inventory},
     export::record::{
-        self, Cause, Direction, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record,
+        self, Cause, ChannelSeen, Direction, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record,
         RecordKind, ResetSeen, ResetSide, ServiceRef,
     },
-    policy::{Protocol, verdict::DirectionVerdict},
+    channel::live::{AllowedBy, LiveChannel, Verdict},
+    policy::{
+        PolicyKind, Protocol,
+        verdict::{DirectionVerdict, PolicyOutcome},
+    },
 };
 
 /// What the policy engine predicts for a channel, as far as [`decide`] needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Simulated {
     /// The inventory has not listed every kind yet: no verdict.
+    #[default]
     NotSynced,
     /// Egress at the source and ingress at the destination both allow it.
     Allowed,
@@ -268,20 +273,27 @@ pub fn evidence(blocked: &Blocked, dst_node: Option<&str>, node: &str) -> Eviden
     e
 }
 
-/// The verdict for `client` → `server` at `at`, reduced for [`decide`], with the policies responsible.
-struct Judged {
-    simulated: Simulated,
-    policies: Vec<PolicyRef>,
-    notes: Vec<String>,
+/// The verdict for `client` → `server` at `at`, reduced for [`decide`], with the policies responsible
+/// and the policies that allowed each allowed direction.
+#[derive(Clone, Debug, Default)]
+pub struct Judged {
+    pub simulated: Simulated,
+    /// The denying policies (denied directions only), at their revision at `at`.
+    pub policies: Vec<PolicyRef>,
+    pub notes: Vec<String>,
+    /// The policies whose rules (or cluster-tier decision) allowed each allowed direction.
+    pub allowed_by: AllowedBy,
 }
 
-fn judge(inventory: &Inventory, client: SocketAddr, server: SocketAddr, at: SystemTime) -> Judged {
+/// One verdict for a channel, from the engine's cached verdict when nothing changed since `at`.
+pub fn judge(
+    inventory: &Inventory,
+    client: SocketAddr,
+    server: SocketAddr,
+    at: SystemTime,
+) -> Judged {
     if !inventory.is_ready() {
-        return Judged {
-            simulated: Simulated::NotSynced,
-            policies: Vec::new(),
-            notes: Vec::new(),
-        };
+        return Judged::default();
     }
     let then = inventory.verdict_at(client, server, Protocol::Tcp, at);
     let verdict = &then.verdict;
@@ -292,11 +304,25 @@ fn judge(inventory: &Inventory, client: SocketAddr, server: SocketAddr, at: Syst
             record::rfc3339::format(forgotten)
         ));
     }
+    let mut allowed_by = AllowedBy::default();
+    for (side, direction, out) in [
+        (&verdict.ingress, Direction::Ingress, &mut allowed_by.ingress),
+        (&verdict.egress, Direction::Egress, &mut allowed_by.egress),
+    ] {
+        if side.allowed {
+            for outcome in side.policies.iter().filter(|o| {
+                o.allowed_by_rule.is_some() || o.policy.kind != PolicyKind::NetworkPolicy
+            }) {
+                out.push(policy_ref(outcome, direction, inventory, at));
+            }
+        }
+    }
     if verdict.allowed {
         return Judged {
             simulated: Simulated::Allowed,
             policies: Vec::new(),
             notes,
+            allowed_by,
         };
     }
     let mut policies = Vec::new();
@@ -332,6 +358,7 @@ fn judge(inventory: &Inventory, client: SocketAddr, server: SocketAddr, at: Syst
         },
         policies,
         notes,
+        allowed_by,
     }
 }
 
@@ -356,8 +383,7 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
     let judged = match &via.untranslated {
         Some(u) if u.backends.is_empty() && inventory.is_ready() => Judged {
             simulated: Simulated::NoEndpoints,
-            policies: Vec::new(),
-            notes: Vec::new(),
+            ..Judged::default()
         },
         Some(u) => judge_backends(inventory, blocked.client, u, at),
         None => judge(inventory, blocked.client, blocked.server, at),
@@ -399,6 +425,7 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
             Vec::new()
         },
         notes,
+        detail: record::Detail::default(),
     }
 }
 
@@ -518,27 +545,26 @@ fn judge_backends(
         .enumerate()
         .min_by_key(|(i, (_, j))| (!matches!(j.simulated, Simulated::Denied { .. }), *i))
         .map(|(_, (_, j))| j)
-        .unwrap_or(Judged {
-            simulated: Simulated::NotSynced,
-            policies: Vec::new(),
-            notes: Vec::new(),
-        });
+        .unwrap_or_default();
     pick.notes.extend(mixed);
     pick
 }
 
 /// The record for an established connection that the policies deny (the network did not enforce them),
 /// or `None` when they allow it or the inventory is not synced. Evaluated at `at`, the establishment.
+/// `judged` is [`judge`] at `at` (computed once per channel, shared with the live table).
+#[expect(clippy::too_many_arguments, reason = "one channel's facts, each a plain value")]
 pub fn unenforced(
     client: SocketAddr,
     server: SocketAddr,
     attempts: u32,
     interface: Option<&str>,
     at: SystemTime,
+    judged: &Judged,
     inventory: &Inventory,
     node: &str,
 ) -> Option<Record> {
-    let judged = judge(inventory, client, server, at);
+    let judged = judged.clone();
     let Simulated::Denied { direction, .. } = judged.simulated else {
         return None;
     };
@@ -571,7 +597,196 @@ pub fn unenforced(
         }),
         policies: judged.policies,
         notes,
+        detail: record::Detail::default(),
     })
+}
+
+/// A channel just established, as the live table keeps it: its ends and Service as the inventory knew
+/// them at `at`, and what allowed it (`judged`, the one verdict of the channel, shared with
+/// [`unenforced`]).
+#[expect(clippy::too_many_arguments, reason = "one channel's facts, each a plain value")]
+pub fn live_channel(
+    client: SocketAddr,
+    server: SocketAddr,
+    dialed: Option<SocketAddr>,
+    interface: Option<Arc<str>>,
+    at: SystemTime,
+    at_ns: u64,
+    judged: &Judged,
+    inventory: &Inventory,
+    counted: bool,
+) -> LiveChannel {
+    let service = match dialed.and_then(|vip| inventory.service_at(vip, Protocol::Tcp).map(|s| (vip, s))) {
+        Some((vip, (svc, _))) => vec![ServiceRef {
+            namespace: Arc::clone(&svc.key.namespace),
+            name: Arc::clone(&svc.key.name),
+            ip: Some(vip.ip()),
+            port: vip.port(),
+        }],
+        None => fronting(inventory, server),
+    };
+    LiveChannel {
+        id: 0,
+        client,
+        server,
+        dialed,
+        src: endpoint(client, &inventory.endpoint_at(client.ip(), at)),
+        dst: endpoint(server, &inventory.endpoint_at(server.ip(), at)),
+        service,
+        established_at: at,
+        last_ns: at_ns,
+        interface,
+        allowed_by: judged.allowed_by.clone(),
+        verdict: match judged.simulated {
+            Simulated::NotSynced => Verdict::Unknown,
+            Simulated::Denied { .. } => Verdict::Denied,
+            Simulated::Allowed | Simulated::NoEndpoints => Verdict::Allowed,
+        },
+        stale: None,
+        counted,
+    }
+}
+
+/// A record about a live channel, `kind`, written at `at`; the caller fills in the rest.
+fn live_record(kind: RecordKind, ch: &LiveChannel, at: SystemTime, node: &str) -> Record {
+    Record {
+        schema: record::SCHEMA,
+        time: at,
+        kind,
+        node: node.to_owned(),
+        interface: ch.interface.as_deref().map(str::to_owned),
+        protocol: "TCP".into(),
+        src: ch.src.clone(),
+        dst: ch.dst.clone(),
+        service: ch.service.clone(),
+        cause: None,
+        direction: None,
+        kernel_reason: None,
+        call_site: None,
+        attempts: 1,
+        evidence: None,
+        policies: Vec::new(),
+        notes: Vec::new(),
+        detail: record::Detail {
+            channel: Some(ChannelSeen {
+                id: ch.id,
+                established_at: ch.established_at,
+                up_seconds: at
+                    .duration_since(ch.established_at)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                change: None,
+            }),
+            ..record::Detail::default()
+        },
+    }
+}
+
+/// The `established` record of a channel (`--log-established`): `policies` are those that allowed it.
+pub fn established(ch: &LiveChannel, attempts: u32, node: &str) -> Record {
+    let mut r = live_record(RecordKind::Established, ch, ch.established_at, node);
+    r.attempts = attempts;
+    r.evidence = Some(Evidence {
+        syn_retransmits: attempts.saturating_sub(1),
+        established: true,
+        ..Evidence::default()
+    });
+    r.policies = ch
+        .allowed_by
+        .egress
+        .iter()
+        .chain(&ch.allowed_by.ingress)
+        .cloned()
+        .collect();
+    if ch.verdict == Verdict::Unknown {
+        r.notes
+            .push("inventory not synced yet: no policy verdict".to_owned());
+    }
+    r
+}
+
+/// The `stale_allowed` record of a live channel the policies allowed at establishment and deny now
+/// (`judged`, evaluated at `at`), after `change`.
+pub fn stale_allowed(
+    ch: &LiveChannel,
+    judged: &Judged,
+    change: &str,
+    at: SystemTime,
+    node: &str,
+) -> Option<Record> {
+    let Simulated::Denied { direction, .. } = judged.simulated else {
+        return None;
+    };
+    let mut r = live_record(RecordKind::StaleAllowed, ch, at, node);
+    r.direction = Some(direction);
+    r.policies = judged.policies.clone();
+    r.evidence = Some(Evidence {
+        established: true,
+        ..Evidence::default()
+    });
+    if let Some(c) = &mut r.detail.channel {
+        c.change = Some(change.to_owned());
+    }
+    let was: Vec<String> = ch
+        .allowed_by
+        .egress
+        .iter()
+        .chain(&ch.allowed_by.ingress)
+        .map(|p| format!("{} (rv {})", p.id(), p.resource_version))
+        .collect();
+    r.notes.push(format!(
+        "allowed when established{}; denied ({}) since {change}: the network keeps it while its connection tracking does",
+        if was.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", was.join(", "))
+        },
+        direction.as_str()
+    ));
+    r.notes.extend(judged.notes.iter().cloned());
+    Some(r)
+}
+
+/// The `interrupted` record of a live channel the kernel cut mid-stream (`evidence`: a drop of one of
+/// its packets, or a reset), with the cause from [`decide`] on the verdict now.
+pub fn interrupted(
+    ch: &LiveChannel,
+    evidence: Evidence,
+    at: SystemTime,
+    inventory: &Inventory,
+    node: &str,
+) -> Record {
+    let judged = judge(inventory, ch.client, ch.server, at);
+    let decision = decide(&evidence, &judged.simulated);
+    let mut r = live_record(RecordKind::Interrupted, ch, at, node);
+    r.cause = Some(decision.cause);
+    r.direction = decision.direction;
+    r.kernel_reason = evidence.drop.as_ref().map(|d| d.reason.clone());
+    r.call_site = evidence.drop.as_ref().map(|d| d.call_site.clone());
+    let seen = if let Some(d) = &evidence.drop {
+        format!("a packet of the established connection was dropped ({})", d.reason)
+    } else if let Some(reset) = evidence.reset {
+        format!(
+            "the established connection was reset ({})",
+            reset.side.as_str()
+        )
+    } else {
+        "the established connection was cut".to_owned()
+    };
+    r.notes.push(seen);
+    if let Some(stale) = &ch.stale {
+        r.notes.push(format!("stale since {}", stale.change));
+    }
+    r.notes.extend(decision.notes);
+    r.notes.extend(judged.notes);
+    r.evidence = Some(Evidence {
+        established: true,
+        ..evidence
+    });
+    if decision.blame_policies {
+        r.policies = judged.policies;
+    }
+    r
 }
 
 /// Every policy selecting the pod for a denied direction (union semantics make them all responsible),
@@ -584,6 +799,18 @@ fn responsible(
     out: &mut Vec<PolicyRef>,
 ) {
     for outcome in &side.policies {
+        out.push(policy_ref(outcome, direction, inventory, at));
+    }
+}
+
+/// One policy of a verdict as records name it, at its revision at `at`.
+fn policy_ref(
+    outcome: &PolicyOutcome,
+    direction: Direction,
+    inventory: &Inventory,
+    at: SystemTime,
+) -> PolicyRef {
+    {
         let meta = &outcome.policy;
         let revision = inventory.policy_at(&meta.namespace, &meta.name, at);
         let (uid, resource_version, changed_at) = match revision {
@@ -601,7 +828,7 @@ fn responsible(
                 None,
             ),
         };
-        out.push(PolicyRef {
+        PolicyRef {
             kind: std::sync::Arc::from(meta.kind.as_str()),
             namespace: meta.namespace.clone(),
             name: meta.name.clone(),
@@ -613,7 +840,7 @@ fn responsible(
                 .as_ref()
                 .map_or_else(String::new, |m| m.summary.clone()),
             changed_at,
-        });
+        }
     }
 }
 
@@ -1162,12 +1389,15 @@ mod tests {
     fn an_established_connection_the_policies_deny_is_unenforced() {
         let inv = inventory(&[DENY_INGRESS, ALLOW_8080]);
         let b = blocked();
+        let judged = judge(&inv, b.client, b.server, b.first_seen);
+        assert!(judged.allowed_by.ingress.is_empty());
         let r = unenforced(
             b.client,
             b.server,
             1,
             Some("lxca"),
             b.first_seen,
+            &judged,
             &inv,
             "n1",
         )
@@ -1182,7 +1412,10 @@ mod tests {
         assert!(r.evidence.is_some_and(|e| e.established));
         // Allowed: nothing to report.
         let inv = inventory(&[]);
-        assert!(unenforced(b.client, b.server, 1, None, b.first_seen, &inv, "n1").is_none());
+        let judged = judge(&inv, b.client, b.server, b.first_seen);
+        assert!(
+            unenforced(b.client, b.server, 1, None, b.first_seen, &judged, &inv, "n1").is_none()
+        );
     }
 
     // ---- time-true verdicts ----

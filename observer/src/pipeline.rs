@@ -15,12 +15,25 @@ use std::{
 };
 
 use crate::{
-    attribution,
-    bpf::{KernelEvent, Kind},
-    channel::{self, Outcome, ServiceMap, Tracker},
-    cluster::{Inventory, SharedInventory},
-    export::{Record, metrics::Metrics},
+    attribution::{self, Simulated},
+    bpf::{KernelEvent, Kind, events::Side},
+    channel::{
+        self, Outcome, ServiceMap, Tracker,
+        live::{self, LiveChannel, LiveTable, SharedLive, Stale, Verdict},
+    },
+    cluster::{FeedChange, FeedOp, Inventory, PolicyFeed, SharedInventory},
+    export::{
+        Record,
+        metrics::Metrics,
+        record::{
+            self, Detail, DropSeen, Endpoint, Evidence, Lost, PolicyChange, PolicyOp, RecordKind,
+            ResetSeen, ResetSide,
+        },
+    },
 };
+
+/// At most one `lost_events` record per interval; losses in between are summed into the next.
+pub const LOST_EVENTS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// At most one `unenforced` record per (client IP, server IP, port) in this interval; the channels in
 /// between are counted in the metric and summed up in the next record's notes.
@@ -41,6 +54,19 @@ pub struct Pipeline {
     unenforced_last: HashMap<(IpAddr, IpAddr, u16), (SystemTime, u32)>,
     /// The inventory's Services generation the tracker's [`ServiceMap`] was built from.
     services_seen: Option<u64>,
+    /// Established channels, until they close (shared with `/api/v1/channels`).
+    live: SharedLive,
+    /// Write an `established` record per channel (`--log-established`).
+    log_established: bool,
+    /// The inventory's change feed position the live table has been re-evaluated up to.
+    feed_seen: Option<u64>,
+    /// Whether the inventory was ready at the last re-evaluation.
+    was_ready: bool,
+    counted_live_evicted: u64,
+    /// Lost kernel events already reported, since when, and when the last record was written.
+    lost_reported: u64,
+    lost_since: Option<SystemTime>,
+    lost_last_record: Option<SystemTime>,
 }
 
 impl Pipeline {
@@ -60,7 +86,28 @@ impl Pipeline {
             counted_evicted: 0,
             unenforced_last: HashMap::new(),
             services_seen: None,
+            live: SharedLive::new(LiveTable::new(live::Config::default())),
+            log_established: false,
+            feed_seen: None,
+            was_ready: false,
+            counted_live_evicted: 0,
+            lost_reported: 0,
+            lost_since: None,
+            lost_last_record: None,
         }
+    }
+
+    /// Keeps the live channels in `live` (shared with `/api/v1/channels`), and writes an `established`
+    /// record per channel when `log_established`.
+    pub fn with_live(mut self, live: SharedLive, log_established: bool) -> Self {
+        self.live = live;
+        self.log_established = log_established;
+        self
+    }
+
+    /// The live channel table (for `/api/v1/channels`).
+    pub fn live(&self) -> SharedLive {
+        self.live.clone()
     }
 
     /// Rebuilds the tracker's VIP → backends snapshot when Services or EndpointSlices changed.
@@ -79,6 +126,7 @@ impl Pipeline {
     /// Takes in a batch of kernel events; records of channels that resolved go to `records`.
     pub fn on_events(&mut self, events: &[KernelEvent], records: &mut Vec<Record>) {
         self.refresh_services();
+        let mut cut = Vec::new();
         for ev in events {
             if ev.kind == Kind::Dropped
                 && let Some(d) = &ev.drop
@@ -88,16 +136,286 @@ impl Pipeline {
                     .with_label_values(&[&*d.reason_name])
                     .inc();
             }
+            self.on_live_event(ev, &mut cut);
             self.tracker.on_event(ev, &mut self.outcomes);
         }
         self.resolve(records);
+        if !cut.is_empty() {
+            let inventory = self.inventory.read();
+            for (ch, evidence, at) in cut {
+                let record = attribution::interrupted(&ch, evidence, at, &inventory, &self.node);
+                self.settle(&ch);
+                records.push(record);
+            }
+        }
     }
 
-    /// Reports channels whose evidence settled or whose window passed. Call every few ms with
-    /// CLOCK_MONOTONIC (ns) and the wall clock.
+    /// A FIN, reset or drop of a live channel: a FIN closes it; a reset or a drop of one of its packets
+    /// (not a SYN: those are the tracker's) ends it as interrupted, once.
+    fn on_live_event(
+        &mut self,
+        ev: &KernelEvent,
+        cut: &mut Vec<(LiveChannel, Evidence, SystemTime)>,
+    ) {
+        if !matches!(ev.kind, Kind::Closed | Kind::Reset | Kind::Dropped) {
+            return;
+        }
+        let mut live = self.live.write();
+        let Some(id) = live.find(ev.client, ev.server) else {
+            return;
+        };
+        let evidence = match ev.kind {
+            Kind::Closed => None,
+            Kind::Reset => Some(Evidence {
+                reset: match ev.origin {
+                    Side::Server => Some(ResetSide::Destination),
+                    Side::Client => Some(ResetSide::Client),
+                    Side::Network => Some(ResetSide::Network),
+                    Side::Unknown => None,
+                }
+                .map(|side| ResetSeen { side }),
+                ..Evidence::default()
+            }),
+            _ => {
+                let Some(d) = ev.drop.as_ref().filter(|_| ev.tcp_flags & 0x12 != 0x02) else {
+                    return;
+                };
+                // The TCP stack's own bookkeeping (old data, out-of-window segments) and packets queued
+                // behind neighbour resolution are not a cut.
+                if d.reason_name.starts_with("TCP_") || d.reason_name.starts_with("NEIGH_") {
+                    live.touch(id, ev.monotonic_ns);
+                    return;
+                }
+                Some(Evidence {
+                    drop: Some(DropSeen {
+                        reason: d.reason_name.clone(),
+                        call_site: d.call_site.clone(),
+                        interface: ev.interface.clone(),
+                    }),
+                    ..Evidence::default()
+                })
+            }
+        };
+        let Some(ch) = live.remove(id) else {
+            return;
+        };
+        drop(live);
+        match evidence {
+            Some(evidence) => cut.push((ch, evidence, ev.time)),
+            None => self.settle(&ch),
+        }
+    }
+
+    /// A channel left the live table: it no longer counts as stale.
+    fn settle(&self, ch: &LiveChannel) {
+        settle(&self.metrics, ch);
+    }
+
+    /// Reports channels whose evidence settled or whose window passed, re-evaluates the live channels a
+    /// cluster change can affect, and forgets idle ones. Call every few ms with CLOCK_MONOTONIC (ns) and
+    /// the wall clock.
     pub fn tick(&mut self, now_ns: u64, now: SystemTime, records: &mut Vec<Record>) {
         self.tracker.tick(now_ns, now, &mut self.outcomes);
         self.resolve(records);
+        self.reevaluate(now, records);
+        let mut gone = Vec::new();
+        self.live.write().expire(now_ns, &mut gone);
+        for (ch, _) in &gone {
+            self.settle(ch);
+        }
+        self.update_live_metrics();
+    }
+
+    fn update_live_metrics(&mut self) {
+        let live = self.live.read();
+        self.metrics
+            .live_channels
+            .set(i64::try_from(live.len()).unwrap_or(i64::MAX));
+        let evicted = live.evicted();
+        drop(live);
+        self.metrics
+            .live_evicted
+            .inc_by(evicted - self.counted_live_evicted);
+        self.counted_live_evicted = evicted;
+    }
+
+    /// The kernel's lost-events counter read `total`: one `lost_events` record when it rose, at most one
+    /// per [`LOST_EVENTS_INTERVAL`] (losses in between go into the next).
+    pub fn lost_events(&mut self, total: u64, now: SystemTime, records: &mut Vec<Record>) {
+        let since = *self.lost_since.get_or_insert(now);
+        if total <= self.lost_reported {
+            return;
+        }
+        if self
+            .lost_last_record
+            .is_some_and(|t| now.duration_since(t).unwrap_or_default() < LOST_EVENTS_INTERVAL)
+        {
+            return;
+        }
+        records.push(Record {
+            schema: record::SCHEMA,
+            time: now,
+            kind: RecordKind::LostEvents,
+            node: self.node.clone(),
+            interface: None,
+            protocol: "TCP".into(),
+            src: Endpoint::none(),
+            dst: Endpoint::none(),
+            service: Vec::new(),
+            cause: None,
+            direction: None,
+            kernel_reason: None,
+            call_site: None,
+            attempts: 0,
+            evidence: None,
+            policies: Vec::new(),
+            notes: vec![
+                "the kernel's ring buffer was full: records of this interval may be missing".into(),
+            ],
+            detail: Detail {
+                lost: Some(Lost {
+                    events: total - self.lost_reported,
+                    since,
+                    total,
+                }),
+                ..Detail::default()
+            },
+        });
+        self.lost_reported = total;
+        self.lost_since = Some(now);
+        self.lost_last_record = Some(now);
+    }
+
+    /// Re-evaluates the live channels that the inventory's changes since the last call can affect.
+    fn reevaluate(&mut self, now: SystemTime, records: &mut Vec<Record>) {
+        let inventory = self.inventory.read();
+        let ready = inventory.is_ready();
+        let position = inventory.feed_position();
+        let Some(seen) = self.feed_seen else {
+            self.feed_seen = Some(position);
+            self.was_ready = ready;
+            return;
+        };
+        if seen == position && ready == self.was_ready {
+            return;
+        }
+        let since = inventory.changes_since(seen);
+        self.feed_seen = Some(since.position);
+        let became_ready = ready && !self.was_ready;
+        self.was_ready = ready;
+        if !ready {
+            return;
+        }
+        let all = |live: &LiveTable| -> Vec<u64> { live.ids().collect() };
+        if became_ready || !since.complete {
+            let ids = all(&self.live.read());
+            let change = if became_ready {
+                "the inventory synced".to_owned()
+            } else {
+                format!(
+                    "more than {} cluster changes at once",
+                    crate::cluster::FEED_CAPACITY
+                )
+            };
+            self.reevaluate_ids(&ids, &change, now, &inventory, records);
+        }
+        for change in &since.changes {
+            let ids = {
+                let live = self.live.read();
+                let mut ids: Vec<u64> = match change {
+                    FeedChange::Policy(p) if p.kind.is_namespaced() => live
+                        .ids_in_namespace(&p.namespace)
+                        .chain(live.ids_allowed_by(&p.id()))
+                        .collect(),
+                    // A cluster-scoped policy may select any pod.
+                    FeedChange::Policy(_) => all(&live),
+                    FeedChange::Pod { ips, .. } => {
+                        ips.iter().flat_map(|ip| live.ids_at_ip(*ip)).collect()
+                    }
+                    FeedChange::Namespace { name } => live.ids_in_namespace(name).collect(),
+                };
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            };
+            let text = describe(change);
+            let (made_stale, allowed_again) =
+                self.reevaluate_ids(&ids, &text, now, &inventory, records);
+            if let FeedChange::Policy(p) = change {
+                records.push(policy_changed(p, made_stale, allowed_again, &self.node));
+            }
+        }
+    }
+
+    /// Re-evaluates `ids` against the inventory now: channels allowed before and denied now become stale
+    /// (one `stale_allowed` record each), stale ones allowed now are cleared. Returns (made stale, allowed
+    /// again).
+    fn reevaluate_ids(
+        &self,
+        ids: &[u64],
+        change: &str,
+        now: SystemTime,
+        inventory: &Inventory,
+        records: &mut Vec<Record>,
+    ) -> (usize, usize) {
+        let (mut made_stale, mut allowed_again) = (0, 0);
+        let mut live = self.live.write();
+        for &id in ids {
+            let Some(ch) = live.get(id) else {
+                continue;
+            };
+            let judged = attribution::judge(inventory, ch.client, ch.server, now);
+            self.metrics.policy_evaluations.inc();
+            match (&judged.simulated, ch.verdict, &ch.stale) {
+                (Simulated::NotSynced, ..) => {}
+                (Simulated::Denied { direction, .. }, Verdict::Allowed, None) => {
+                    let Some(record) =
+                        attribution::stale_allowed(ch, &judged, change, now, &self.node)
+                    else {
+                        continue;
+                    };
+                    if ch.counted {
+                        self.metrics.stale(
+                            direction.as_str(),
+                            judged
+                                .policies
+                                .iter()
+                                .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
+                            1,
+                        );
+                    }
+                    let stale = Stale {
+                        since: now,
+                        direction: *direction,
+                        policies: judged.policies.clone(),
+                        change: change.to_owned(),
+                        counted: ch.counted,
+                    };
+                    live.set_state(id, Verdict::Denied, Some(stale));
+                    records.push(record);
+                    made_stale += 1;
+                }
+                (Simulated::Denied { .. }, _, Some(_)) => {}
+                (Simulated::Denied { .. }, _, None) => live.set_state(id, Verdict::Denied, None),
+                (Simulated::Allowed | Simulated::NoEndpoints, _, stale) => {
+                    if let Some(stale) = stale {
+                        if stale.counted {
+                            self.metrics.stale(
+                                stale.direction.as_str(),
+                                stale
+                                    .policies
+                                    .iter()
+                                    .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
+                                -1,
+                            );
+                        }
+                        allowed_again += 1;
+                    }
+                    live.set_state(id, Verdict::Allowed, None);
+                }
+            }
+        }
+        (made_stale, allowed_again)
     }
 
     /// Channels tracked now.
@@ -129,17 +447,47 @@ impl Pipeline {
                     attempts,
                     time,
                     interface,
+                    service,
+                    time_ns,
                 } => {
                     self.metrics.flows.with_label_values(&["established"]).inc();
-                    // Once per channel, from the engine's cached verdict: no per-packet cost.
-                    if inventory.is_ready() && counted_here(&inventory, client, time, &self.node) {
+                    // Once per channel, from the engine's cached verdict: no per-packet cost. The same
+                    // verdict serves `unenforced` and the live table's `allowed_by`.
+                    let counted = counted_here(&inventory, client, time, &self.node);
+                    let judged = if inventory.is_ready() {
                         self.metrics.policy_evaluations.inc();
+                        attribution::judge(&inventory, client, server, time)
+                    } else {
+                        attribution::Judged::default()
+                    };
+                    let ch = attribution::live_channel(
+                        client,
+                        server,
+                        service,
+                        interface.clone(),
+                        time,
+                        time_ns,
+                        &judged,
+                        &inventory,
+                        counted,
+                    );
+                    let (id, gone) = self.live.write().insert(ch);
+                    for (old, _) in &gone {
+                        settle(&self.metrics, old);
+                    }
+                    if self.log_established
+                        && let Some(ch) = self.live.read().get(id)
+                    {
+                        records.push(attribution::established(ch, attempts, &self.node));
+                    }
+                    if inventory.is_ready() && counted {
                         if let Some(record) = attribution::unenforced(
                             client,
                             server,
                             attempts,
                             interface.as_deref(),
                             time,
+                            &judged,
                             &inventory,
                             &self.node,
                         ) {
@@ -178,6 +526,92 @@ impl Pipeline {
                 }
             }
         }
+    }
+}
+
+/// A channel left the live table: it no longer counts as stale.
+fn settle(metrics: &Metrics, ch: &LiveChannel) {
+    if let Some(stale) = &ch.stale
+        && stale.counted
+    {
+        metrics.stale(
+            stale.direction.as_str(),
+            stale
+                .policies
+                .iter()
+                .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
+            -1,
+        );
+    }
+}
+
+/// The change a feed entry describes, in one line (`NetworkPolicy payments/allow-checkout deleted (rv
+/// 81240)`).
+fn describe(change: &FeedChange) -> String {
+    match change {
+        FeedChange::Policy(p) => {
+            let rv = match (&p.previous, &p.resource_version) {
+                (Some(a), Some(b)) => format!(" (rv {a} → {b})"),
+                (None, Some(b)) => format!(" (rv {b})"),
+                _ => String::new(),
+            };
+            let op = match p.op {
+                FeedOp::Added => "added",
+                FeedOp::Edited => "edited",
+                FeedOp::Deleted => "deleted",
+            };
+            let what = if p.op == FeedOp::Edited {
+                format!(": {}", p.summary)
+            } else {
+                String::new()
+            };
+            format!("{} {} {op}{rv}{what}", p.kind.as_str(), p.id())
+        }
+        FeedChange::Pod {
+            namespace, name, ..
+        } => format!("pod {namespace}/{name} changed (labels, IPs or phase)"),
+        FeedChange::Namespace { name } => format!("namespace {name} changed (labels)"),
+    }
+}
+
+/// The `policy_changed` record of one policy revision.
+fn policy_changed(p: &PolicyFeed, made_stale: usize, allowed_again: usize, node: &str) -> Record {
+    Record {
+        schema: record::SCHEMA,
+        time: p.at,
+        kind: RecordKind::PolicyChanged,
+        node: node.to_owned(),
+        interface: None,
+        protocol: "TCP".into(),
+        src: Endpoint::none(),
+        dst: Endpoint::none(),
+        service: Vec::new(),
+        cause: None,
+        direction: None,
+        kernel_reason: None,
+        call_site: None,
+        attempts: 0,
+        evidence: None,
+        policies: Vec::new(),
+        notes: Vec::new(),
+        detail: Detail {
+            policy_change: Some(PolicyChange {
+                kind: std::sync::Arc::from(p.kind.as_str()),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                op: match p.op {
+                    FeedOp::Added => PolicyOp::Added,
+                    FeedOp::Edited => PolicyOp::Edited,
+                    FeedOp::Deleted => PolicyOp::Deleted,
+                },
+                resource_version: p.resource_version.as_deref().unwrap_or_default().to_owned(),
+                previous_resource_version: p.previous.as_deref().map(str::to_owned),
+                summary: p.summary.clone(),
+                made_stale,
+                allowed_again,
+            }),
+            ..Detail::default()
+        },
     }
 }
 
@@ -257,15 +691,26 @@ mod tests {
 
     use super::*;
     use crate::{
-        bpf::events::{DropInfo, HookPoint, Side},
+        bpf::events::{DropInfo, HookPoint},
         cluster::{Inventory, InventoryConfig},
-        export::record::{Cause, RecordKind},
+        export::record::{Cause, Direction, PolicyRef},
     };
 
     const MS: u64 = 1_000_000;
 
     /// checkout on node-a, payments on node-b, payments isolated for ingress.
     fn inventory() -> SharedInventory {
+        inventory_with(&[])
+    }
+
+    const ALLOW_CHECKOUT: &str = "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: allow-checkout, namespace: payments, uid: u-ac, resourceVersion: '7'}, spec: {podSelector: {}, ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: checkout}}}]}]}}";
+
+    fn policy(yaml: &str) -> NetworkPolicy {
+        serde_saphyr::from_str(yaml).expect("policy")
+    }
+
+    /// As [`inventory`], with `extra` policies too.
+    fn inventory_with(extra: &[&str]) -> SharedInventory {
         let ns = |n: &str| -> Namespace {
             serde_saphyr::from_str(&format!(
                 "{{apiVersion: v1, kind: Namespace, metadata: {{name: {n}}}}}"
@@ -290,7 +735,9 @@ mod tests {
                     pod("shop", "checkout", "node-a", "198.18.0.2"),
                     pod("payments", "payments", "node-b", "198.18.1.2"),
                 ],
-                policies: &[deny],
+                policies: &std::iter::once(deny)
+                    .chain(extra.iter().map(|y| policy(y)))
+                    .collect::<Vec<_>>(),
                 ..Default::default()
             },
             SystemTime::UNIX_EPOCH,
@@ -431,6 +878,252 @@ mod tests {
             "{:?}",
             last.notes
         );
+    }
+
+    /// A pipeline on node-a over `inv`, with one channel checkout:40000 → payments established at 1 s.
+    fn established(inv: &SharedInventory, m: &Metrics, records: &mut Vec<Record>) -> Pipeline {
+        let mut p = Pipeline::new(
+            channel::Config::default(),
+            m.clone(),
+            inv.clone(),
+            "node-a".into(),
+        )
+        .with_live(
+            SharedLive::new(LiveTable::new(live::Config::default())),
+            true,
+        );
+        let synack = KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x12,
+            ..event(Kind::Established, 1, 40000, "lxc-checkout")
+        };
+        p.on_events(
+            &[event(Kind::Opened, 0, 40000, "lxc-checkout"), synack],
+            records,
+        );
+        p.tick(2 * MS, at(1_001), records);
+        p
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn stale_gauge(m: &Metrics) -> i64 {
+        m.stale_channels
+            .with_label_values(&["ingress", "NetworkPolicy", "payments", "default-deny"])
+            .get()
+    }
+
+    fn of(records: &[Record], kind: RecordKind) -> Vec<&Record> {
+        records.iter().filter(|r| r.kind == kind).collect()
+    }
+
+    #[test]
+    fn a_live_channel_keeps_the_policies_that_allowed_it_and_logs_established_when_asked() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let p = established(&inv, &m, &mut records);
+        let live = p.live();
+        let table = live.read();
+        assert_eq!(table.len(), 1);
+        let ch = table.iter().next().expect("live");
+        let names: Vec<_> = ch.allowed_by.ingress.iter().map(PolicyRef::id).collect();
+        assert_eq!(names, ["payments/allow-checkout"]);
+        assert_eq!(ch.allowed_by.ingress[0].resource_version, "7");
+        assert!(ch.allowed_by.egress.is_empty());
+        let est = of(&records, RecordKind::Established);
+        assert_eq!(est.len(), 1, "{records:?}");
+        assert_eq!(&*est[0].policies[0].name, "allow-checkout");
+        assert!(of(&records, RecordKind::Unenforced).is_empty());
+        assert_eq!(m.live_channels.get(), 1);
+    }
+
+    #[test]
+    fn deleting_the_allowing_policy_makes_the_channel_stale_once_and_closing_it_clears_the_gauge() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        records.clear();
+        assert!(inv.write().delete_policy("payments", "allow-checkout", at(1_010)));
+        p.tick(3 * MS, at(1_011), &mut records);
+        // Again: nothing new.
+        p.tick(4 * MS, at(1_012), &mut records);
+        let stale = of(&records, RecordKind::StaleAllowed);
+        assert_eq!(stale.len(), 1, "{records:?}");
+        let r = stale[0];
+        assert_eq!(r.direction, Some(Direction::Ingress));
+        let names: Vec<_> = r.policies.iter().map(PolicyRef::id).collect();
+        assert_eq!(names, ["payments/default-deny"]);
+        assert_eq!(r.policies[0].resource_version, "5");
+        let c = r.detail.channel.as_ref().expect("channel");
+        assert!(
+            c.change
+                .as_deref()
+                .is_some_and(|t| t.contains("payments/allow-checkout deleted (rv 7)")),
+            "{c:?}"
+        );
+        assert!((c.up_seconds - 10.0).abs() < 1.0, "{c:?}");
+        let changed = of(&records, RecordKind::PolicyChanged);
+        assert_eq!(changed.len(), 1, "{records:?}");
+        let pc = changed[0].detail.policy_change.as_ref().expect("change");
+        assert_eq!((pc.op, pc.made_stale, pc.allowed_again), (PolicyOp::Deleted, 1, 0));
+        assert_eq!(stale_gauge(&m), 1);
+        assert_eq!(p.live().read().stale_len(), 1);
+        // The FIN: gone from the table, and from the gauge.
+        records.clear();
+        p.on_events(&[event(Kind::Closed, 5_000, 40000, "lxc-checkout")], &mut records);
+        assert!(records.is_empty(), "{records:?}");
+        assert_eq!(stale_gauge(&m), 0);
+        assert!(p.live().read().is_empty());
+    }
+
+    #[test]
+    fn restoring_the_policy_makes_a_stale_channel_allowed_again() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        inv.write().delete_policy("payments", "allow-checkout", at(1_010));
+        p.tick(3 * MS, at(1_011), &mut records);
+        assert_eq!(stale_gauge(&m), 1);
+        records.clear();
+        let mut again = policy(ALLOW_CHECKOUT);
+        again.metadata.resource_version = Some("9".into());
+        inv.write().apply_policy(&again, at(1_020)).expect("apply");
+        p.tick(4 * MS, at(1_021), &mut records);
+        assert_eq!(stale_gauge(&m), 0);
+        assert_eq!(p.live().read().stale_len(), 0);
+        let changed = of(&records, RecordKind::PolicyChanged);
+        let pc = changed[0].detail.policy_change.as_ref().expect("change");
+        assert_eq!((pc.op, pc.made_stale, pc.allowed_again), (PolicyOp::Added, 0, 1));
+        assert!(of(&records, RecordKind::StaleAllowed).is_empty());
+    }
+
+    #[test]
+    fn a_change_elsewhere_re_evaluates_no_live_channel() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        let before = m.policy_evaluations.get();
+        let elsewhere = policy(
+            "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: deny-all, namespace: other, uid: u-o, resourceVersion: '3'}, spec: {podSelector: {}}}",
+        );
+        inv.write().apply_policy(&elsewhere, at(1_010)).expect("apply");
+        p.tick(3 * MS, at(1_011), &mut records);
+        assert_eq!(m.policy_evaluations.get(), before, "no channel in namespace other");
+        assert_eq!(of(&records, RecordKind::PolicyChanged).len(), 1);
+        // A policy of payments re-evaluates the channel.
+        let mut edited = policy(ALLOW_CHECKOUT);
+        edited.metadata.resource_version = Some("8".into());
+        edited.spec.as_mut().expect("spec").ingress = Some(Vec::new());
+        inv.write().apply_policy(&edited, at(1_020)).expect("apply");
+        p.tick(4 * MS, at(1_021), &mut records);
+        assert_eq!(m.policy_evaluations.get(), before + 1);
+        let stale = of(&records, RecordKind::StaleAllowed);
+        assert_eq!(stale.len(), 1, "{records:?}");
+        let change = stale[0].detail.channel.as_ref().and_then(|c| c.change.clone());
+        assert!(
+            change.as_deref().is_some_and(|c| c.contains("edited (rv 7 → 8)")),
+            "{change:?}"
+        );
+    }
+
+    #[test]
+    fn a_drop_of_an_established_flow_is_one_interrupted_record_naming_the_policy_now_denying_it() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        inv.write().delete_policy("payments", "allow-checkout", at(1_010));
+        p.tick(3 * MS, at(1_011), &mut records);
+        assert_eq!(stale_gauge(&m), 1);
+        records.clear();
+        let drop = |t: u64| KernelEvent {
+            drop: Some(DropInfo {
+                reason: 7,
+                reason_name: Arc::from("NETFILTER_DROP"),
+                location: 0,
+                call_site: Arc::from("nft_do_chain+0x3e8"),
+            }),
+            hook: HookPoint::Drop,
+            tcp_flags: 0x18,
+            ..event(Kind::Dropped, t, 40000, "lxc-checkout")
+        };
+        // Event times are 1000 s + t ms: after the deletion at 1010 s.
+        p.on_events(&[drop(20_000), drop(20_001)], &mut records);
+        p.tick(21_000 * MS, at(1_021), &mut records);
+        let cut = of(&records, RecordKind::Interrupted);
+        assert_eq!(cut.len(), 1, "{records:?}");
+        assert_eq!(cut[0].cause, Some(Cause::Policy));
+        assert_eq!(cut[0].direction, Some(Direction::Ingress));
+        assert_eq!(&*cut[0].policies[0].name, "default-deny");
+        assert_eq!(cut[0].kernel_reason.as_deref(), Some("NETFILTER_DROP"));
+        let e = cut[0].evidence.as_ref().expect("evidence");
+        assert!(e.established && e.drop.is_some());
+        // Not a blocked attempt, and no longer stale.
+        assert!(of(&records, RecordKind::Blocked).is_empty(), "{records:?}");
+        assert_eq!(stale_gauge(&m), 0);
+    }
+
+    #[test]
+    fn a_reset_of_an_allowed_channel_is_interrupted_without_policies_and_stack_drops_are_not() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        records.clear();
+        let old_data = KernelEvent {
+            drop: Some(DropInfo {
+                reason: 70,
+                reason_name: Arc::from("TCP_OLD_DATA"),
+                location: 0,
+                call_site: Arc::from("tcp_validate_incoming+0x1"),
+            }),
+            hook: HookPoint::Drop,
+            tcp_flags: 0x10,
+            ..event(Kind::Dropped, 100, 40000, "lxc-checkout")
+        };
+        p.on_events(&[old_data], &mut records);
+        assert!(records.is_empty(), "{records:?}");
+        let rst = KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x14,
+            ..event(Kind::Reset, 200, 40000, "lxc-checkout")
+        };
+        p.on_events(&[rst.clone(), rst], &mut records);
+        let cut = of(&records, RecordKind::Interrupted);
+        assert_eq!(cut.len(), 1, "{records:?}");
+        assert!(cut[0].policies.is_empty());
+        assert_ne!(cut[0].cause, Some(Cause::Policy));
+        assert_eq!(
+            cut[0].evidence.as_ref().and_then(|e| e.reset).map(|r| r.side),
+            Some(ResetSide::Destination)
+        );
+    }
+
+    #[test]
+    fn lost_events_are_one_record_per_interval_with_the_sum() {
+        let m = Metrics::new().expect("m");
+        let mut p = pipeline("node-a", &m);
+        let mut records = Vec::new();
+        p.lost_events(0, at(100), &mut records);
+        assert!(records.is_empty());
+        p.lost_events(5, at(101), &mut records);
+        p.lost_events(9, at(102), &mut records);
+        assert_eq!(records.len(), 1);
+        let l = records[0].detail.lost.as_ref().expect("lost");
+        assert_eq!((l.events, l.since, l.total), (5, at(100), 5));
+        p.lost_events(12, at(101 + 61), &mut records);
+        assert_eq!(records.len(), 2);
+        let l = records[1].detail.lost.as_ref().expect("lost");
+        assert_eq!((l.events, l.since, l.total), (7, at(101), 12));
+        let v = serde_json::to_value(&records[1]).expect("json");
+        assert_eq!(v["kind"], "lost_events");
+        assert!(v.get("src").is_none());
     }
 
     #[test]

@@ -21,6 +21,15 @@ const PRODUCERS: &[(&str, &str, &str)] = &[
         "attribution.rs",
         "kind: RecordKind::Unenforced",
     ),
+    ("established", "attribution.rs", "RecordKind::Established"),
+    ("stale_allowed", "attribution.rs", "RecordKind::StaleAllowed"),
+    ("interrupted", "attribution.rs", "RecordKind::Interrupted"),
+    (
+        "policy_changed",
+        "pipeline.rs",
+        "kind: RecordKind::PolicyChanged",
+    ),
+    ("lost_events", "pipeline.rs", "kind: RecordKind::LostEvents"),
 ];
 
 const PRODUCED: &str = "produced";

@@ -47,6 +47,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+pub mod live;
+
 use crate::bpf::{
     KernelEvent, Kind,
     events::{HookPoint, Side},
@@ -175,6 +177,10 @@ pub enum Outcome {
         time: SystemTime,
         /// The interface its SYN was seen on first.
         interface: Option<Arc<str>>,
+        /// The Service VIP:port dialed, when the SYN was seen before translation.
+        service: Option<SocketAddr>,
+        /// Kernel monotonic time of the SYN-ACK.
+        time_ns: u64,
     },
     Blocked(Box<Blocked>),
 }
@@ -416,6 +422,8 @@ impl Tracker {
                         attempts: ch.blocked.attempts,
                         time: ev.time,
                         interface: ch.blocked.seen_on.first().map(|(i, _)| i.clone()),
+                        service: ch.blocked.service,
+                        time_ns: ev.monotonic_ns,
                     });
                 }
             }

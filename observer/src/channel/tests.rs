@@ -109,6 +109,8 @@ fn an_answered_syn_is_established_not_blocked() {
             attempts: 1,
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1),
             interface: Some(Arc::from("lxca")),
+            service: None,
+            time_ns: MS,
         }]
     );
 }
@@ -394,6 +396,8 @@ fn an_allowed_call_through_a_service_is_established_once() {
             attempts: 1,
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1),
             interface: Some(Arc::from("lxca")),
+            service: Some(vip()),
+            time_ns: MS,
         }]
     );
     assert_eq!(t.opened(), 1);

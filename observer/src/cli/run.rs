@@ -25,7 +25,10 @@ use crate::{
         links::{self, AbortOnDrop, LinkChange},
         loader::{DEFAULT_INTERFACES, DEFAULT_PORTS},
     },
-    channel,
+    channel::{
+        self,
+        live::{self, LiveTable, SharedLive},
+    },
     cluster::{
         Inventory, InventoryConfig, SharedInventory, files::FileSource, kube::KubeSource,
     },
@@ -71,6 +74,16 @@ pub struct RunArgs {
     /// Also print every decoded kernel event (one line each) to stderr.
     #[arg(long, env = "OBSERVER_PRINT_EVENTS")]
     pub print_events: bool,
+    /// Write an `established` record for every established channel (off by default: one per connection).
+    #[arg(long, env = "OBSERVER_LOG_ESTABLISHED")]
+    pub log_established: bool,
+    /// Live channels kept in the table (`/api/v1/channels`, stale detection); beyond, the oldest is
+    /// evicted and counted in `observer_live_channels_evicted_total`.
+    #[arg(long, env = "OBSERVER_MAX_LIVE_CHANNELS", default_value_t = 131_072)]
+    pub max_live_channels: usize,
+    /// A live channel with no event (FIN, reset, drop) for this long is forgotten.
+    #[arg(long, env = "OBSERVER_LIVE_IDLE", value_parser = humantime::parse_duration, default_value = "24h")]
+    pub live_idle: Duration,
     #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]
@@ -187,7 +200,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // HTTP: the public listener (metrics, health), and the records API, behind Kubernetes authentication
     // when it leaves loopback.
-    let state = ApiState::new(metrics.clone(), recent.clone(), readiness.clone());
+    let live = SharedLive::new(LiveTable::new(live::Config {
+        max_channels: args.max_live_channels,
+        idle: args.live_idle,
+    }));
+    let state = ApiState::new(metrics.clone(), recent.clone(), readiness.clone())
+        .with_channels(live.clone());
     let auth = if args.api.api_needs_auth() {
         let client = ::kube::Client::try_default().await.with_context(|| {
             format!(
@@ -211,9 +229,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.api.api_listen,
             Surface::Api { auth: auth.clone() },
             if auth.is_some() {
-                "/api/v1/blocked (bearer token: TokenReview + SubjectAccessReview)"
+                "/api/v1/blocked /api/v1/channels (bearer token: TokenReview + SubjectAccessReview)"
             } else {
-                "/api/v1/blocked (loopback, no authentication)"
+                "/api/v1/blocked /api/v1/channels (loopback, no authentication)"
             },
         ),
     ] {
@@ -240,7 +258,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         inventory.clone(),
         args.node_name.clone(),
-    );
+    )
+    .with_live(live, args.log_established);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(5));
@@ -279,6 +298,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 };
                 metrics.events_lost.inc_by(lost.saturating_sub(lost_seen));
                 lost_seen = lost.max(lost_seen);
+                pipeline.lost_events(lost_seen, SystemTime::now(), &mut records);
+                emit(&mut exports, &mut records);
                 metrics.events_suppressed.inc_by(suppressed.saturating_sub(suppressed_seen));
                 suppressed_seen = suppressed.max(suppressed_seen);
                 metrics.events_malformed.inc_by(events.malformed().saturating_sub(malformed_seen));

@@ -42,7 +42,7 @@ pub struct TailArgs {
     #[arg(long, env = "OBSERVER_SINCE", default_value = "5m", value_parser = check_since)]
     pub since: String,
     /// Only these record kinds, comma-separated (`blocked`, `unenforced`, `established`, `policy_changed`,
-    /// `lost_events`), or `all`.
+    /// `lost_events`, `stale_allowed`, `interrupted`), or `all`.
     #[arg(long, env = "OBSERVER_KIND", default_value = "all")]
     pub kind: String,
     /// Output format: one-line text, or the JSON records as the daemon serves them.

@@ -63,6 +63,72 @@ pub struct VerdictAt {
     pub incomplete: Option<SystemTime>,
 }
 
+/// Changes the change feed keeps; a reader further behind re-evaluates everything.
+pub const FEED_CAPACITY: usize = 4096;
+
+/// One change after the initial sync, for readers that keep derived state (the daemon's live channel
+/// table): what to re-evaluate. See [`Inventory::changes_since`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedChange {
+    /// A policy (any kind) was added, edited or deleted.
+    Policy(PolicyFeed),
+    /// A pod was added, changed (labels, IPs, phase) or deleted: `ips` are its addresses before and after.
+    Pod {
+        namespace: Arc<str>,
+        name: Arc<str>,
+        ips: Vec<IpAddr>,
+    },
+    /// A namespace's labels changed (or it was added or deleted).
+    Namespace { name: Arc<str> },
+}
+
+/// One policy revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyFeed {
+    pub kind: policy::PolicyKind,
+    /// Empty for cluster-scoped kinds.
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub op: FeedOp,
+    /// The new resourceVersion (the last one for a deletion), when the object has one.
+    pub resource_version: Option<Arc<str>>,
+    /// The one it replaced (an edit).
+    pub previous: Option<Arc<str>>,
+    /// What changed, in one line.
+    pub summary: String,
+    /// When the inventory saw it.
+    pub at: SystemTime,
+}
+
+impl PolicyFeed {
+    /// The policy id verdicts use (`namespace/name`, `Kind/name`).
+    pub fn id(&self) -> String {
+        if self.kind.is_namespaced() {
+            format!("{}/{}", self.namespace, self.name)
+        } else {
+            format!("{}/{}", self.kind.as_str(), self.name)
+        }
+    }
+}
+
+/// What happened to a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedOp {
+    Added,
+    Edited,
+    Deleted,
+}
+
+/// The changes after a feed position.
+#[derive(Clone, Debug, Default)]
+pub struct FeedSince {
+    /// False when changes after the position fell off the feed: everything may have changed.
+    pub complete: bool,
+    pub changes: Vec<FeedChange>,
+    /// The position to ask from next time.
+    pub position: u64,
+}
+
 /// What an IP was at some time.
 #[derive(Clone, Copy, Debug)]
 pub enum Endpoint<'a> {
@@ -229,6 +295,10 @@ pub struct Inventory {
     staging: [Option<Staging>; Kind::ALL.len()],
     synced: [bool; Kind::ALL.len()],
     generation: u64,
+    /// Changes since the initial sync, for [`Inventory::changes_since`]; at most [`FEED_CAPACITY`].
+    feed: std::collections::VecDeque<FeedChange>,
+    /// The position after the newest change of `feed`.
+    feed_end: u64,
 }
 
 impl Inventory {
@@ -253,6 +323,36 @@ impl Inventory {
     /// Bumped by every change; readers cache derived results against it.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The change feed's current position (changes so far).
+    pub fn feed_position(&self) -> u64 {
+        self.feed_end
+    }
+
+    /// The changes after `position` (from [`Inventory::feed_position`] or a previous answer), oldest
+    /// first. Only changes after the initial sync are fed; a reader further behind than [`FEED_CAPACITY`]
+    /// changes gets `complete: false`.
+    pub fn changes_since(&self, position: u64) -> FeedSince {
+        let first = self.feed_end - self.feed.len() as u64;
+        let complete = position >= first;
+        let skip = usize::try_from(position.saturating_sub(first)).unwrap_or(usize::MAX);
+        FeedSince {
+            complete,
+            changes: self.feed.iter().skip(skip).cloned().collect(),
+            position: self.feed_end,
+        }
+    }
+
+    fn feed(&mut self, change: FeedChange) {
+        if !self.is_ready() {
+            return;
+        }
+        if self.feed.len() >= FEED_CAPACITY {
+            self.feed.pop_front();
+        }
+        self.feed.push_back(change);
+        self.feed_end += 1;
     }
 
     /// Whether the initial list of `kind` has been applied.
@@ -309,6 +409,11 @@ impl Inventory {
         self.release_ips(&old, &[], now);
         self.engine.delete_pod(namespace, name);
         self.generation += 1;
+        self.feed(FeedChange::Pod {
+            namespace: Arc::clone(&old.pod.namespace),
+            name: Arc::clone(&old.pod.name),
+            ips: old.ips().to_vec(),
+        });
         true
     }
 
@@ -333,6 +438,15 @@ impl Inventory {
         let old = self.pods.insert(key.clone(), Arc::clone(&entry));
         self.log(now, Prior::Pod(key, old.clone()));
         let held = holds_ips(&entry);
+        let mut ips = entry.ips().to_vec();
+        if let Some(old) = &old {
+            ips.extend(old.ips().iter().filter(|ip| !entry.ips().contains(ip)));
+        }
+        self.feed(FeedChange::Pod {
+            namespace: Arc::clone(&entry.pod.namespace),
+            name: Arc::clone(&entry.pod.name),
+            ips,
+        });
         if let Some(old) = old {
             // A re-created pod (same name, new uid) or a finished one gives up all its IPs.
             let keep: &[IpAddr] = if old.same_object(&entry) && held {
@@ -383,6 +497,9 @@ impl Inventory {
         let old = self.namespaces.insert(Arc::clone(&ns.name), ns.clone());
         self.log(now, Prior::Namespace(Arc::clone(&ns.name), old));
         self.generation += 1;
+        self.feed(FeedChange::Namespace {
+            name: Arc::clone(&ns.name),
+        });
     }
 
     /// Removes a namespace.
@@ -395,6 +512,9 @@ impl Inventory {
         let Some(old) = self.namespaces.remove(name) else {
             return false;
         };
+        self.feed(FeedChange::Namespace {
+            name: Arc::clone(&old.name),
+        });
         self.log(now, Prior::Namespace(Arc::clone(&old.name), Some(old)));
         self.engine.delete_namespace(name);
         self.generation += 1;
@@ -496,6 +616,24 @@ impl Inventory {
                 .engine
                 .policy(&key.namespace, &key.name)
                 .map(|p| Arc::new(p.clone()));
+            let previous = self
+                .policies
+                .get(&key)
+                .map(|e| Arc::from(&*e.revision.resource_version));
+            self.feed(FeedChange::Policy(PolicyFeed {
+                kind: policy::PolicyKind::NetworkPolicy,
+                namespace: Arc::clone(&key.namespace),
+                name: Arc::clone(&key.name),
+                op: if prior.is_some() {
+                    FeedOp::Edited
+                } else {
+                    FeedOp::Added
+                },
+                resource_version: non_empty(&revision.resource_version),
+                previous: previous.filter(|p: &Arc<str>| !p.is_empty()),
+                summary: policy_summary(prior.as_deref(), &compiled),
+                at: revision.seen,
+            }));
             self.log(revision.seen, Prior::Policy(key.clone(), prior));
         }
         self.engine.apply_policy(compiled);
@@ -507,9 +645,19 @@ impl Inventory {
     /// Removes a NetworkPolicy; its history says until when it was in force.
     pub fn delete_policy(&mut self, namespace: &str, name: &str, now: SystemTime) -> bool {
         let key = ObjectRef::new(namespace, name);
-        if self.policies.remove(&key).is_none() {
+        let Some(removed) = self.policies.remove(&key) else {
             return false;
-        }
+        };
+        self.feed(FeedChange::Policy(PolicyFeed {
+            kind: policy::PolicyKind::NetworkPolicy,
+            namespace: Arc::clone(&key.namespace),
+            name: Arc::clone(&key.name),
+            op: FeedOp::Deleted,
+            resource_version: non_empty(&removed.revision.resource_version),
+            previous: None,
+            summary: "deleted".to_owned(),
+            at: now,
+        }));
         if let Some(history) = self.histories.get_mut(&key) {
             history.mark_deleted(now);
         }
@@ -573,7 +721,30 @@ impl Inventory {
         {
             return;
         }
-        self.cluster_policies.insert(key, compiled.meta.clone());
+        let old = self.cluster_policies.insert(key, compiled.meta.clone());
+        let at = self.clock.0;
+        self.feed(FeedChange::Policy(PolicyFeed {
+            kind: compiled.meta.kind,
+            namespace: Arc::clone(&compiled.meta.namespace),
+            name: Arc::clone(&compiled.meta.name),
+            op: if old.is_some() {
+                FeedOp::Edited
+            } else {
+                FeedOp::Added
+            },
+            resource_version: compiled.meta.resource_version.clone(),
+            previous: old.and_then(|m| m.resource_version.clone()),
+            summary: format!(
+                "{} tier, priority {}, {} ingress and {} egress rule(s)",
+                compiled.tier.as_str(),
+                compiled
+                    .priority
+                    .map_or_else(|| "none".to_owned(), |p| p.to_string()),
+                compiled.ingress.len(),
+                compiled.egress.len()
+            ),
+            at,
+        }));
         self.engine.apply_cluster_policy(compiled);
         self.cluster_changed_at = Some(self.clock.0);
         self.generation += 1;
@@ -581,13 +752,20 @@ impl Inventory {
 
     /// Removes a cluster-scoped policy.
     pub fn delete_cluster_policy(&mut self, kind: policy::PolicyKind, name: &str) -> bool {
-        if self
-            .cluster_policies
-            .remove(&(kind, Arc::from(name)))
-            .is_none()
-        {
+        let Some(old) = self.cluster_policies.remove(&(kind, Arc::from(name))) else {
             return false;
-        }
+        };
+        let at = self.clock.0;
+        self.feed(FeedChange::Policy(PolicyFeed {
+            kind,
+            namespace: Arc::clone(&old.namespace),
+            name: Arc::clone(&old.name),
+            op: FeedOp::Deleted,
+            resource_version: old.resource_version.clone(),
+            previous: None,
+            summary: "deleted".to_owned(),
+            at,
+        }));
         self.engine.delete_cluster_policy(kind, name);
         self.cluster_changed_at = Some(self.clock.0);
         self.generation += 1;
@@ -1278,6 +1456,44 @@ impl Inventory {
     }
 }
 
+fn non_empty(s: &str) -> Option<Arc<str>> {
+    (!s.is_empty()).then(|| Arc::from(s))
+}
+
+/// What a NetworkPolicy revision changed, in one line.
+fn policy_summary(old: Option<&policy::Policy>, new: &policy::Policy) -> String {
+    let rules = |r: Option<&[policy::Rule]>| r.map_or_else(|| "—".to_owned(), |r| r.len().to_string());
+    let Some(old) = old else {
+        return format!(
+            "added: ingress rules {}, egress rules {}",
+            rules(new.ingress.as_deref()),
+            rules(new.egress.as_deref())
+        );
+    };
+    let mut parts = Vec::new();
+    if old.pod_selector != new.pod_selector {
+        parts.push("podSelector changed".to_owned());
+    }
+    for (what, a, b) in [
+        ("ingress", old.ingress.as_deref(), new.ingress.as_deref()),
+        ("egress", old.egress.as_deref(), new.egress.as_deref()),
+    ] {
+        match (a, b) {
+            (None, Some(b)) => parts.push(format!("now isolates {what} ({} rule(s))", b.len())),
+            (Some(_), None) => parts.push(format!("no longer covers {what}")),
+            (Some(a), Some(b)) if a != b => {
+                parts.push(format!("{what} rules changed ({} → {})", a.len(), b.len()))
+            }
+            _ => {}
+        }
+    }
+    if parts.is_empty() {
+        "metadata only (same rules)".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// The latest time a writer passed in (the Unix epoch before any).
 #[derive(Clone, Copy, Debug)]
 struct Clock(SystemTime);
@@ -1791,6 +2007,66 @@ mod tests {
             .map(|h| h.pod.pod.name.to_string())
             .collect();
         assert_eq!(names, ["p3", "p4"]);
+    }
+
+    #[test]
+    fn the_change_feed_names_what_changed_after_the_initial_sync_and_says_when_a_reader_fell_behind() {
+        let mut inv = Inventory::default();
+        inv.apply_pod(&mk_pod("a", "p", "u1", "10.0.0.1", &[("app", "x")]), t(0))
+            .expect("valid");
+        assert_eq!(inv.feed_position(), 0, "nothing fed before the initial sync");
+        for kind in Kind::ALL {
+            inv.commit(kind, t(1));
+        }
+        let start = inv.feed_position();
+        inv.apply_policy(&mk_policy("a", "np", "pu", "5", "x"), t(2))
+            .expect("valid");
+        inv.apply_policy(&mk_policy("a", "np", "pu", "6", "y"), t(3))
+            .expect("valid");
+        inv.apply_pod(&mk_pod("a", "p", "u1", "10.0.0.2", &[("app", "x")]), t(4))
+            .expect("valid");
+        inv.delete_policy("a", "np", t(5));
+        let since = inv.changes_since(start);
+        assert!(since.complete);
+        assert_eq!(since.position, inv.feed_position());
+        let ops: Vec<String> = since
+            .changes
+            .iter()
+            .map(|c| match c {
+                FeedChange::Policy(p) => format!(
+                    "{} {:?} {:?}->{:?} {}",
+                    p.id(),
+                    p.op,
+                    p.previous.as_deref(),
+                    p.resource_version.as_deref(),
+                    p.summary
+                ),
+                FeedChange::Pod { name, ips, .. } => format!("pod {name} {ips:?}"),
+                FeedChange::Namespace { name } => format!("ns {name}"),
+            })
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "a/np Added None->Some(\"5\") added: ingress rules 0, egress rules —",
+                "a/np Edited Some(\"5\")->Some(\"6\") podSelector changed",
+                "pod p [10.0.0.2, 10.0.0.1]",
+                "a/np Deleted None->Some(\"6\") deleted",
+            ]
+        );
+        // Nothing new since the end; a reader beyond the capacity is told to start over.
+        assert!(inv.changes_since(since.position).changes.is_empty());
+        for i in 0..FEED_CAPACITY {
+            inv.apply_pod(
+                &mk_pod("a", "p", "u1", "10.0.0.2", &[("n", &i.to_string())]),
+                t(6),
+            )
+            .expect("valid");
+        }
+        let behind = inv.changes_since(since.position);
+        assert!(!behind.complete);
+        assert_eq!(behind.changes.len(), FEED_CAPACITY);
+        assert!(inv.changes_since(behind.position - 1).complete);
     }
 
     #[test]

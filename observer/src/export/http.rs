@@ -14,6 +14,7 @@
 //! | public | `GET /readyz` | 200 once programs are attached and the inventory synced, else 503 saying which is missing |
 //! | api | `GET /api/v1/blocked?since=&limit=&kind=` | JSON array of recent records, newest last |
 //! | api | `GET /api/v1/blocked/stream?since=&kind=` | newline-delimited records as they arrive (after a replay from `since`) |
+//! | api | `GET /api/v1/channels?state=live\|stale` | the live channel table ([`super::channels`]) |
 //!
 //! `since` is an RFC 3339 time or a duration back from the server's clock (`5m`), so a client with a skewed
 //! clock still gets what it asked for. `kind` is a comma-separated list of record kinds (default: all).
@@ -44,8 +45,11 @@ use axum::{
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::channel::live::{self, LiveTable, SharedLive};
+
 use super::{
     auth::{Decision, KubeAuth},
+    channels::ChannelState,
     metrics::Metrics,
     recent::{Next, Recent},
     record::{Record, RecordKind},
@@ -128,6 +132,8 @@ pub struct ApiState {
     pub metrics: Metrics,
     pub recent: Arc<Recent>,
     pub readiness: Arc<Readiness>,
+    /// The live channel table (`/api/v1/channels`); empty until [`ApiState::with_channels`].
+    pub channels: SharedLive,
 }
 
 impl ApiState {
@@ -136,7 +142,14 @@ impl ApiState {
             metrics,
             recent,
             readiness,
+            channels: SharedLive::new(LiveTable::new(live::Config::default())),
         }
+    }
+
+    /// Serves `channels` on `/api/v1/channels`.
+    pub fn with_channels(mut self, channels: SharedLive) -> Self {
+        self.channels = channels;
+        self
     }
 }
 
@@ -197,6 +210,7 @@ fn router(shared: Shared, surface: Surface) -> Router {
             let api = Router::new()
                 .route("/api/v1/blocked", get(blocked))
                 .route("/api/v1/blocked/stream", get(stream))
+                .route("/api/v1/channels", get(channels))
                 .with_state(shared);
             match auth {
                 // A route layer: unknown paths stay 404 without asking the API server.
@@ -412,6 +426,28 @@ async fn blocked(State(s): State<Shared>, Query(q): Query<BlockedQuery>) -> Resp
         .recent
         .query(filter.since, filter.limit, |r| filter.keeps(r));
     Json(records).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ChannelsQuery {
+    state: Option<String>,
+}
+
+async fn channels(State(s): State<Shared>, Query(q): Query<ChannelsQuery>) -> Response {
+    let state = match q.state.as_deref() {
+        None | Some("all") => None,
+        Some(v) => match ChannelState::parse(v) {
+            Some(state) => Some(state),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("state: expected live, stale or all, got {v:?}"),
+                );
+            }
+        },
+    };
+    let view = super::channels::view(&s.api.channels.read(), state);
+    Json(view).into_response()
 }
 
 async fn stream(State(s): State<Shared>, Query(q): Query<BlockedQuery>) -> Response {

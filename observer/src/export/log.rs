@@ -397,14 +397,41 @@ pub struct Text<'a>(pub &'a Record);
 impl fmt::Display for Text<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = self.0;
-        write!(
-            f,
-            "{} {} {} → {}",
-            rfc3339::format(r.time),
-            r.kind.as_str(),
-            Peer(&r.src),
-            Peer(&r.dst)
-        )?;
+        write!(f, "{} {}", rfc3339::format(r.time), r.kind.as_str())?;
+        if !r.src.is_none() || !r.dst.is_none() {
+            write!(f, " {} → {}", Peer(&r.src), Peer(&r.dst))?;
+        }
+        if let Some(p) = &r.detail.policy_change {
+            let id = if p.namespace.is_empty() {
+                format!("{}/{}", p.kind, p.name)
+            } else {
+                format!("{}/{}", p.namespace, p.name)
+            };
+            write!(
+                f,
+                " {id} {} rv={} ({}) made_stale={} allowed_again={}",
+                p.op.as_str(),
+                p.resource_version,
+                p.summary,
+                p.made_stale,
+                p.allowed_again
+            )?;
+        }
+        if let Some(l) = &r.detail.lost {
+            write!(
+                f,
+                " lost={} since={} total={}",
+                l.events,
+                rfc3339::format(l.since),
+                l.total
+            )?;
+        }
+        if let Some(c) = &r.detail.channel {
+            write!(f, " channel={} up={:.0}s", c.id, c.up_seconds)?;
+            if let Some(change) = &c.change {
+                write!(f, " change=[{change}]")?;
+            }
+        }
         if !r.protocol.eq_ignore_ascii_case("TCP") {
             write!(f, " protocol={}", r.protocol)?;
         }

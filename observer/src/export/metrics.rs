@@ -54,6 +54,13 @@ pub struct Metrics {
     pub cluster_synced: IntGauge,
     /// `{kind}` — forensics records written.
     pub records: IntCounterVec,
+    /// `{direction, policy_kind, policy_namespace, policy_name}` — live channels allowed when established
+    /// and denied now, per denying policy.
+    pub stale_channels: IntGaugeVec,
+    /// Channels in the live table.
+    pub live_channels: IntGauge,
+    /// Live channels forgotten because the table was full.
+    pub live_evicted: IntCounter,
     /// `namespace/name` of the policies with their own labels.
     admitted: Arc<Mutex<HashSet<String>>>,
 }
@@ -184,6 +191,34 @@ impl Metrics {
             "Forensics records written, by kind.",
             &["kind"]
         );
+        let stale_channels = {
+            let m = IntGaugeVec::new(
+                Opts::new(
+                    "observer_stale_channels",
+                    "Live channels the policies allowed when they were established and deny now, by denied direction and denying policy (top policies; the rest as policy_name=\"other\").",
+                ),
+                &[
+                    "direction",
+                    "policy_kind",
+                    "policy_namespace",
+                    "policy_name",
+                ],
+            )
+            .map_err(|source| MetricsError::Register {
+                name: "observer_stale_channels",
+                source,
+            })?;
+            reg(Box::new(m.clone()), "observer_stale_channels")?;
+            m
+        };
+        let live_channels = gauge!(
+            "observer_live_channels",
+            "Established channels on watched ports in the live table."
+        );
+        let live_evicted = counter!(
+            "observer_live_channels_evicted_total",
+            "Live channels forgotten because the live table was full."
+        );
         let names = families.iter().map(|(n, _)| n.clone()).collect();
         Ok(Self {
             registry,
@@ -202,6 +237,9 @@ impl Metrics {
             inventory_objects,
             cluster_synced,
             records,
+            stale_channels,
+            live_channels,
+            live_evicted,
             admitted: Arc::default(),
         })
     }
@@ -235,6 +273,38 @@ impl Metrics {
         policies: impl IntoIterator<Item = P>,
     ) {
         self.per_policy(&self.unenforced_channels, &[direction], policies);
+    }
+
+    /// Adds `delta` (1: a channel became stale, -1: it closed or is allowed again) to
+    /// `observer_stale_channels` for each denying policy (labels bounded as in [`Metrics::blocked`]).
+    pub fn stale<'a, P: Into<PolicyLabels<'a>>>(
+        &self,
+        direction: &str,
+        policies: impl IntoIterator<Item = P>,
+        delta: i64,
+    ) {
+        let mut any = false;
+        for p in policies {
+            let PolicyLabels {
+                kind,
+                namespace,
+                name,
+            } = p.into();
+            any = true;
+            let (kind, ns, name) = if self.admit(kind, namespace, name) {
+                (kind, namespace, name)
+            } else {
+                ("", "", "other")
+            };
+            self.stale_channels
+                .with_label_values(&[direction, kind, ns, name])
+                .add(delta);
+        }
+        if !any {
+            self.stale_channels
+                .with_label_values(&[direction, "", "", ""])
+                .add(delta);
+        }
     }
 
     /// One increment of `counter` per policy, its labels `leading` then `policy_kind`,
@@ -402,6 +472,22 @@ mod tests {
             text.contains(r#"observer_unenforced_channels_total{direction="ingress",policy_kind="",policy_name="other",policy_namespace=""} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_stale_gauge_goes_up_and_back_down_per_policy() {
+        let m = Metrics::new().expect("metrics");
+        m.stale("ingress", [("payments", "default-deny")], 1);
+        m.stale("ingress", [("payments", "default-deny")], 1);
+        let g = || {
+            m.stale_channels
+                .with_label_values(&["ingress", "NetworkPolicy", "payments", "default-deny"])
+                .get()
+        };
+        assert_eq!(g(), 2);
+        m.stale("ingress", [("payments", "default-deny")], -1);
+        m.stale("ingress", [("payments", "default-deny")], -1);
+        assert_eq!(g(), 0);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! types.
 
 pub mod auth;
+pub mod channels;
 pub mod http;
 pub mod log;
 pub mod metrics;

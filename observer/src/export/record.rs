@@ -21,7 +21,12 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
     pub protocol: String,
+    /// The initiator; left out (and read back as [`Endpoint::none`]) on records about no channel
+    /// (`policy_changed`, `lost_events`).
+    #[serde(default = "Endpoint::none", skip_serializing_if = "Endpoint::is_none")]
     pub src: Endpoint,
+    /// The responder; as `src`.
+    #[serde(default = "Endpoint::none", skip_serializing_if = "Endpoint::is_none")]
     pub dst: Endpoint,
     /// The Service(s) the channel went through (`dst` is then the backend): an object for one, a list for
     /// several (a backend fronted by several Services, none of them seen dialed); absent when none.
@@ -45,6 +50,94 @@ pub struct Record {
     /// What the observer could not know, said plainly (inventory not synced, an end on another node).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What the kinds of long-lived channels and of the daemon itself add (flattened: `channel`,
+    /// `policy_change`, `lost`).
+    #[serde(flatten)]
+    pub detail: Detail,
+}
+
+/// The fields only some kinds carry, each left out when absent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Detail {
+    /// `established`, `stale_allowed`, `interrupted`: the live channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelSeen>,
+    /// `policy_changed`: the revision and what it did to the live channels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_change: Option<PolicyChange>,
+    /// `lost_events`: how many kernel events the ring buffer lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<Lost>,
+}
+
+/// A live channel as a record names it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelSeen {
+    /// The id `/api/v1/channels` lists it under.
+    pub id: u64,
+    /// When the handshake completed (the SYN-ACK), RFC 3339.
+    #[serde(with = "rfc3339")]
+    pub established_at: SystemTime,
+    /// How long it had been up when the record was written, in seconds.
+    pub up_seconds: f64,
+    /// `stale_allowed`: the change that made the policies deny it (`NetworkPolicy payments/allow-checkout
+    /// deleted (rv 81240)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+}
+
+/// What one policy revision was and did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChange {
+    /// `NetworkPolicy`, `ClusterNetworkPolicy`, `AdminNetworkPolicy`, `BaselineAdminNetworkPolicy`.
+    pub kind: Arc<str>,
+    /// Empty for cluster-scoped kinds.
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// `added`, `edited` or `deleted`.
+    pub op: PolicyOp,
+    /// The new revision (the last one for `deleted`); empty when the object carries none.
+    pub resource_version: String,
+    /// The revision it replaced (`edited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_resource_version: Option<String>,
+    /// What changed, in one line.
+    pub summary: String,
+    /// Live channels it made stale (allowed when established, denied now).
+    pub made_stale: usize,
+    /// Stale live channels it made allowed again.
+    pub allowed_again: usize,
+}
+
+/// What happened to a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyOp {
+    Added,
+    Edited,
+    Deleted,
+}
+
+impl PolicyOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "added",
+            Self::Edited => "edited",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+/// Kernel events lost since the previous `lost_events` record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    /// Events lost in this interval.
+    pub events: u64,
+    /// Start of the interval (the previous record, or the daemon's start), RFC 3339.
+    #[serde(with = "rfc3339")]
+    pub since: SystemTime,
+    /// Lost since the daemon started.
+    pub total: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,18 +149,24 @@ pub enum RecordKind {
     Established,
     PolicyChanged,
     LostEvents,
+    /// A live channel that the policies allowed when it was established and deny now.
+    StaleAllowed,
+    /// A live channel cut mid-stream: its packets dropped, or a reset, after establishment.
+    Interrupted,
 }
 
 impl RecordKind {
     /// Every kind, in declaration order (docs/CONTRACT.md documents each; `observer/tests/contract.rs`
     /// checks both ways). A new variant breaks the exhaustive match in this module's tests until it is
     /// listed here.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Blocked,
         Self::Unenforced,
         Self::Established,
         Self::PolicyChanged,
         Self::LostEvents,
+        Self::StaleAllowed,
+        Self::Interrupted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +176,8 @@ impl RecordKind {
             Self::Established => "established",
             Self::PolicyChanged => "policy_changed",
             Self::LostEvents => "lost_events",
+            Self::StaleAllowed => "stale_allowed",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -224,6 +325,26 @@ pub struct Endpoint {
     pub workload: Option<String>,
 }
 
+impl Endpoint {
+    /// The end of a record about no channel (`kind: none`), left out of its JSON.
+    pub fn none() -> Self {
+        Self {
+            ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            port: 0,
+            kind: "none".to_owned(),
+            namespace: None,
+            pod: None,
+            node: None,
+            workload: None,
+        }
+    }
+
+    /// Whether this is [`Endpoint::none`].
+    pub fn is_none(&self) -> bool {
+        self.kind == "none"
+    }
+}
+
 /// A Service a channel went through.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceRef {
@@ -236,7 +357,7 @@ pub struct ServiceRef {
 }
 
 /// `service`: one object, or a list when several Services front the backend.
-mod one_or_many {
+pub(crate) mod one_or_many {
     use serde::{Deserialize, Deserializer, Serialize as _, Serializer};
 
     use super::ServiceRef;
@@ -374,6 +495,7 @@ mod tests {
                 changed_at: None,
             }],
             notes: vec![],
+            detail: Detail::default(),
         }
     }
 
@@ -408,6 +530,8 @@ mod tests {
             RecordKind::Established => 2,
             RecordKind::PolicyChanged => 3,
             RecordKind::LostEvents => 4,
+            RecordKind::StaleAllowed => 5,
+            RecordKind::Interrupted => 6,
         };
         for (i, k) in RecordKind::ALL.into_iter().enumerate() {
             assert_eq!(position(k), i, "{k:?}");
@@ -421,6 +545,33 @@ mod tests {
     #[test]
     fn round_trips() {
         let r = sample();
+        let text = serde_json::to_string(&r).expect("json");
+        assert_eq!(serde_json::from_str::<Record>(&text).expect("parse"), r);
+    }
+
+    #[test]
+    fn records_about_no_channel_leave_out_src_and_dst_and_read_back() {
+        let mut r = sample();
+        r.kind = RecordKind::PolicyChanged;
+        r.src = Endpoint::none();
+        r.dst = Endpoint::none();
+        r.detail.policy_change = Some(PolicyChange {
+            kind: "NetworkPolicy".into(),
+            namespace: "payments".into(),
+            name: "allow-checkout".into(),
+            op: PolicyOp::Deleted,
+            resource_version: "81240".into(),
+            previous_resource_version: None,
+            summary: "deleted".into(),
+            made_stale: 2,
+            allowed_again: 0,
+        });
+        let v = serde_json::to_value(&r).expect("json");
+        assert!(v.get("src").is_none() && v.get("dst").is_none(), "{v}");
+        assert_eq!(v["kind"], "policy_changed");
+        assert_eq!(v["policy_change"]["op"], "deleted");
+        assert_eq!(v["policy_change"]["made_stale"], 2);
+        assert!(v.get("channel").is_none() && v.get("lost").is_none());
         let text = serde_json::to_string(&r).expect("json");
         assert_eq!(serde_json::from_str::<Record>(&text).expect("parse"), r);
     }

@@ -8,6 +8,7 @@ pub mod explain;
 pub mod run;
 pub mod source;
 pub mod tail;
+pub mod whatif;
 
 use crate::lab;
 
@@ -35,6 +36,8 @@ pub enum Command {
     /// Real-kernel policy lab (root): pods as network namespaces, policies as nftables, gRPC probes, and a
     /// differential check against the policy engine.
     Lab(lab::LabArgs),
+    /// Before `kubectl apply`: the live channels a change would deny and the blocked attempts it would allow.
+    Whatif(whatif::WhatifArgs),
 }
 
 /// Runs the chosen subcommand; the exit code is the subcommand's contract (see each module).
@@ -60,5 +63,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         ),
         Command::Tail(args) => tail::run(&args),
         Command::Lab(args) => lab::run(args),
+        Command::Whatif(args) => whatif::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
     }
 }

@@ -185,7 +185,7 @@ pub enum ChangeError {
     Manifest(#[from] ManifestError),
     /// A kind whatif does not apply.
     #[error(
-        "{file}: {object}: kind: whatif cannot apply a {kind}: it takes NetworkPolicies, ClusterNetworkPolicies, AdminNetworkPolicies, BaselineAdminNetworkPolicies and the labels of Pods and Namespaces",
+        "{file}: {object}: kind: whatif cannot apply {kind}: it takes NetworkPolicies, ClusterNetworkPolicies, AdminNetworkPolicies, BaselineAdminNetworkPolicies and the labels of Pods and Namespaces",
         file = .file.display()
     )]
     Unsupported {
@@ -330,12 +330,25 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// `namespace/name` for namespaced kinds, `Kind/name` for cluster-scoped policies, `Namespace name`.
+    /// The id verdicts use for a policy (`namespace/name`, `Kind/name` when cluster-scoped); `Pod
+    /// namespace/name`, `Namespace name` for the others.
     #[must_use]
     pub fn id(&self) -> String {
         match self.kind.as_str() {
-            "NetworkPolicy" | "Pod" => format!("{}/{}", self.namespace, self.name),
+            "NetworkPolicy" => format!("{}/{}", self.namespace, self.name),
+            "Pod" => format!("Pod {}/{}", self.namespace, self.name),
+            "Namespace" => format!("Namespace {}", self.name),
             _ => format!("{}/{}", self.kind, self.name),
+        }
+    }
+
+    /// How a person names it: `NetworkPolicy pay/allow`, `ClusterNetworkPolicy deny-all`, `Pod shop/a`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("{} {}", self.kind, self.name)
+        } else {
+            format!("{} {}/{}", self.kind, self.namespace, self.name)
         }
     }
 }
@@ -1118,6 +1131,9 @@ mod tests {
     }
 
     const CLUSTER: &str = r"
+apiVersion: v1
+kind: List
+items:
 - {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
 - {apiVersion: v1, kind: Namespace, metadata: {name: pay}}
 - apiVersion: v1
@@ -1167,7 +1183,7 @@ mod tests {
         let current = load(CLUSTER);
         assert!(current.errors.is_empty(), "{:?}", current.errors);
         let change = load(
-            "{apiVersion: v1, kind: Pod, metadata: {name: web-0, namespace: shop, labels: {app: webby}}}",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop, labels: {app: webby}}\n",
         );
         let c = apply(&current, change, false, &[]);
         assert!(c.errors.is_empty(), "{:?}", c.errors);

@@ -316,9 +316,8 @@ pub fn write_text(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
             .unwrap_or_default();
         writeln!(
             out,
-            "change: {} {} {}{labels}",
-            a.kind,
-            a.id(),
+            "change: {} {}{labels}",
+            a.describe(),
             a.action.as_str()
         )?;
     }

@@ -132,6 +132,16 @@ impl Streaming {
     }
 }
 
+/// Flushes the node's nftables ruleset on drop: the server's graceful shutdown waits for its connections,
+/// and a blackholed one would hold it for minutes.
+struct Unblock<'a>(&'a Netns);
+
+impl Drop for Unblock<'_> {
+    fn drop(&mut self) {
+        self.0.exec(&["nft", "flush", "ruleset"]);
+    }
+}
+
 impl Drop for Streaming {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -256,6 +266,7 @@ fn whatif_lists_exactly_the_channel_the_change_then_cuts() {
         &policy("allow-shop", "11", "app: frontend"),
     );
     let (a, c) = (lab.pod(0).addr(Family::V4), server_addr.ip());
+    let _unblock = Unblock(&lab.node);
     lab.nft(&format!(
         "table inet lab {{\n chain forward {{ type filter hook forward priority 0; policy accept;\n  ip saddr {a} ip daddr {c} tcp dport {PORT} drop\n  ip saddr {c} tcp sport {PORT} ip daddr {a} drop\n }}\n}}\n"
     ));

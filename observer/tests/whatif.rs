@@ -633,3 +633,51 @@ fn a_daemon_without_the_channel_table_is_exit_2_saying_so() {
         "{err}"
     );
 }
+
+fn validator() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(include_str!("../../docs/whatif.schema.json"))
+        .expect("schema is JSON");
+    jsonschema::validator_for(&schema).expect("schema compiles")
+}
+
+fn schema_errors(v: &jsonschema::Validator, doc: &Value) -> Vec<String> {
+    v.iter_errors(doc)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect()
+}
+
+#[test]
+fn every_report_matches_the_documented_json_schema() {
+    let v = validator();
+    let cases: Vec<Vec<String>> = vec![
+        vec!["-f".into(), change("risk-default-deny")],
+        vec!["-f".into(), change("allow-checkout-frontend")],
+        vec!["--delete".into(), "-f".into(), change("allow-checkout")],
+        vec!["-f".into(), change("checkout-relabeled")],
+        vec!["-f".into(), change("shop-relabeled")],
+        vec!["-f".into(), change("deny-risk")],
+        vec!["-f".into(), change("allow-frontend")],
+        vec!["-f".into(), change("unrelated")],
+        vec![
+            "-f".into(),
+            change("bad-field"),
+            "-f".into(),
+            change("unrelated"),
+        ],
+    ];
+    for case in cases {
+        let args: Vec<&str> = case.iter().map(String::as_str).collect();
+        let (_, doc) = json(&args);
+        let errors = schema_errors(&v, &doc);
+        assert!(errors.is_empty(), "{case:?}: {errors:#?}\n{doc:#}");
+    }
+    // The schema can fail: a report without its summary, a denier without its reason.
+    let (_, mut doc) = json(&["-f", &change("allow-checkout-frontend")]);
+    doc["denied"][0]["denied_by"][0]
+        .as_object_mut()
+        .expect("denier")
+        .remove("reason");
+    assert!(!schema_errors(&v, &doc).is_empty());
+    doc.as_object_mut().expect("report").remove("summary");
+    assert!(!schema_errors(&v, &doc).is_empty());
+}

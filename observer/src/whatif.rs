@@ -1008,6 +1008,30 @@ fn verdict(index: &Index, src: &Endpoint, dst: &Endpoint) -> Result<Arc<Verdict>
         .map_err(|e| e.to_string())
 }
 
+/// What [`judge`] found.
+#[derive(Clone, Debug, Default)]
+pub struct Judgement {
+    /// The counts.
+    pub summary: Summary,
+    /// Live channels the change would deny.
+    pub denied: Vec<Denied>,
+    /// Blocked attempts the change would allow.
+    pub allowed: Vec<Allowed>,
+    /// Not judged, and why.
+    pub unknown: Vec<Unknown>,
+    /// Where the daemon's evidence and the cluster given disagree (the evidence is not overruled: it is
+    /// said).
+    pub notes: Vec<String>,
+}
+
+fn pair(src: &Endpoint, dst: &Endpoint) -> String {
+    let name = |e: &Endpoint| match (&e.namespace, &e.pod) {
+        (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
+        _ => e.ip.to_string(),
+    };
+    format!("{} → {}:{}", name(src), name(dst), dst.port)
+}
+
 /// Judges every live channel and blocked attempt before (`before`) and after (`after`) the change.
 #[must_use]
 pub fn judge(
@@ -1016,12 +1040,13 @@ pub fn judge(
     changed: &HashSet<String>,
     channels: &[LiveChannel],
     blocked: &[BlockedAttempt],
-) -> (Summary, Vec<Denied>, Vec<Allowed>, Vec<Unknown>) {
+) -> Judgement {
     let mut summary = Summary {
         channels: channels.len(),
         ..Summary::default()
     };
-    let (mut denied, mut allowed, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut denied, mut allowed, mut unknown, mut notes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for c in channels {
         let judged = verdict(before, &c.src, &c.dst)
             .and_then(|b| verdict(after, &c.src, &c.dst).map(|a| (b, a)));
@@ -1039,6 +1064,13 @@ pub fn judge(
                 continue;
             }
         };
+        if b.allowed && c.state.as_deref() == Some("stale") {
+            notes.push(format!(
+                "channel #{} {}: the daemon holds it stale (denied by the policies it knows) but the cluster given allows it: the daemon may know another cluster",
+                c.id,
+                pair(&c.src, &c.dst)
+            ));
+        }
         match (b.allowed, a.allowed) {
             (true, false) => {
                 let mut by = deniers(&a.egress, Direction::Egress, changed);
@@ -1090,6 +1122,12 @@ pub fn judge(
                 continue;
             }
         };
+        if b.allowed && records.iter().any(|r| r.cause.as_deref() == Some("policy")) {
+            notes.push(format!(
+                "{}: the daemon blocked it with cause policy but the cluster given allows it: the daemon may know another cluster (or the policies changed since)",
+                pair(&latest.src, &latest.dst)
+            ));
+        }
         if b.allowed || !a.allowed {
             continue;
         }
@@ -1117,7 +1155,13 @@ pub fn judge(
             allowed_by: allowed_by.into_iter().collect(),
         });
     }
-    (summary, denied, allowed, unknown)
+    Judgement {
+        summary,
+        denied,
+        allowed,
+        unknown,
+        notes,
+    }
 }
 
 #[cfg(test)]
@@ -1192,7 +1236,9 @@ items:
             c.applied[0].labels.as_ref().expect("labels").diff(),
             "app=web → app=webby"
         );
-        let (s, denied, _, _) = judge(
+        let Judgement {
+            summary: s, denied, ..
+        } = judge(
             &current.to_index(),
             &c.after.to_index(),
             &c.policy_ids(),
@@ -1220,7 +1266,12 @@ items:
         let mut ch = channel();
         ch.src = end("198.18.9.9", 40000, "shop", "gone-0");
         let idx = current.to_index();
-        let (s, denied, _, unknown) = judge(&idx, &idx, &HashSet::new(), &[ch], &[]);
+        let Judgement {
+            summary: s,
+            denied,
+            unknown,
+            ..
+        } = judge(&idx, &idx, &HashSet::new(), &[ch], &[]);
         assert_eq!((s.unknown_channels, denied.len()), (1, 0));
         assert!(
             unknown[0]
@@ -1228,6 +1279,26 @@ items:
                 .contains("198.18.9.9 (shop/gone-0) is no pod"),
             "{unknown:?}"
         );
+    }
+
+    #[test]
+    fn a_stale_channel_the_cluster_allows_is_a_disagreement_said_in_a_note() {
+        let current = load(CLUSTER);
+        let idx = current.to_index();
+        let mut ch = channel();
+        ch.state = Some("stale".into());
+        let j = judge(&idx, &idx, &HashSet::new(), &[ch], &[]);
+        assert_eq!(j.summary.denied, 0);
+        assert_eq!(j.notes.len(), 1, "{:?}", j.notes);
+        assert!(
+            j.notes[0]
+                .starts_with("channel #1 shop/web-0 → pay/pay-0:50051: the daemon holds it stale"),
+            "{:?}",
+            j.notes
+        );
+        // The same channel, live: nothing to say.
+        let j = judge(&idx, &idx, &HashSet::new(), &[channel()], &[]);
+        assert!(j.notes.is_empty(), "{:?}", j.notes);
     }
 
     #[test]

@@ -681,3 +681,78 @@ fn every_report_matches_the_documented_json_schema() {
     doc.as_object_mut().expect("report").remove("summary");
     assert!(!schema_errors(&v, &doc).is_empty());
 }
+
+#[test]
+fn egress_and_both_directions_are_told_apart() {
+    let (code, v) = json(&["-f", &change("both-directions")]);
+    assert_eq!(code, ExitCode::from(1));
+    assert_eq!(denied_channels(&v), [1, 2, 3]);
+    let by_id = |id: u64| {
+        v["denied"]
+            .as_array()
+            .expect("denied")
+            .iter()
+            .find(|d| d["channel"] == id)
+            .cloned()
+            .expect("channel")
+    };
+    // checkout → payments: its egress and payments' ingress both deny it.
+    let both = by_id(1);
+    assert_eq!(both["direction"], "both");
+    assert_eq!(
+        denier_ids(&both),
+        [
+            "shop/egress-dns-only",
+            "pay/allow-checkout",
+            "pay/default-deny"
+        ]
+    );
+    assert_eq!(both["denied_by"][0]["direction"], "egress");
+    assert_eq!(both["denied_by"][1]["direction"], "ingress");
+    // frontend → fraud: egress only.
+    let egress = by_id(2);
+    assert_eq!(egress["direction"], "egress");
+    assert!(
+        egress["denied_by"][0]["reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("nearest miss: rule 0"),
+        "{egress}"
+    );
+}
+
+#[test]
+fn a_blocked_attempt_the_cluster_allows_is_a_disagreement_said_in_a_note() {
+    // With allow-checkout deleted, nothing changes for frontend → payments (still denied by default-deny);
+    // against a cluster where payments is not isolated at all, the daemon's `policy` cause disagrees.
+    let dir = scratch("open-cluster");
+    let open = std::fs::read_to_string(fixture("cluster.yaml"))
+        .expect("fixture")
+        .replace(
+            "policyTypes: [Ingress]}",
+            "policyTypes: [Ingress], ingress: [{}]}",
+        );
+    let cluster = dir.join("cluster.yaml");
+    std::fs::write(&cluster, open).expect("write");
+    let cluster = cluster.display().to_string();
+    let (channels, blocked, unrelated) = (
+        fixture("channels.json"),
+        fixture("blocked.jsonl"),
+        change("unrelated"),
+    );
+    let (code, out, err) = cli(&[
+        "--cluster",
+        &cluster,
+        "--channels",
+        &channels,
+        "--blocked",
+        &blocked,
+        "-f",
+        &unrelated,
+    ]);
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert!(
+        out.contains("note: shop/frontend-0 → pay/payments-0:50051: the daemon blocked it with cause policy but the cluster given allows it"),
+        "{out}"
+    );
+}

@@ -134,13 +134,14 @@ fn run_inner(args: &WhatifArgs, out: &mut dyn Write, err: &mut dyn Write) -> std
         ));
     }
     let (before, after) = (loaded.manifests.to_index(), change.after.to_index());
-    let (summary, denied, allowed, unknown) = whatif::judge(
+    let judged = whatif::judge(
         &before,
         &after,
         &change.policy_ids(),
         &evidence.channels.channels,
         &evidence.blocked,
     );
+    notes.extend(judged.notes);
     let mut errors: Vec<ErrorEntry> = change.errors.iter().map(ErrorEntry::from).collect();
     errors.extend(evidence.errors.iter().map(ErrorEntry::from));
     let report = Report {
@@ -149,10 +150,10 @@ fn run_inner(args: &WhatifArgs, out: &mut dyn Write, err: &mut dyn Write) -> std
         channels_from: evidence.channels_from,
         blocked_from: evidence.blocked_from,
         change: change.applied,
-        summary,
-        denied,
-        allowed,
-        unknown,
+        summary: judged.summary,
+        denied: judged.denied,
+        allowed: judged.allowed,
+        unknown: judged.unknown,
         notes,
         errors,
     };

@@ -28,10 +28,17 @@ pub struct WhatifArgs {
     /// The change: manifests about to be applied (NetworkPolicies, ClusterNetworkPolicies,
     /// AdminNetworkPolicies, BaselineAdminNetworkPolicies; Pods and Namespaces whose labels change), files
     /// or directories, as `kubectl apply -f` takes them.
-    #[arg(short = 'f', long = "filename", required = true, num_args = 1)]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        env = "OBSERVER_FILENAME",
+        value_delimiter = ',',
+        required = true,
+        num_args = 1
+    )]
     pub change: Vec<PathBuf>,
     /// The change removes the policies in the files (as `kubectl delete -f`).
-    #[arg(long)]
+    #[arg(long, env = "OBSERVER_DELETE")]
     pub delete: bool,
     /// The current cluster as manifest files or directories. Without it: the live cluster (kubeconfig or
     /// in-cluster), listed once.
@@ -39,17 +46,18 @@ pub struct WhatifArgs {
     pub cluster: Vec<PathBuf>,
     /// The daemon's records API (`observer run --api-listen`), for its live channels and recently blocked
     /// attempts [default: http://127.0.0.1:9991].
+    // No `OBSERVER_SERVER` here: a value set for `observer tail` would clash with --channels.
     #[arg(long, conflicts_with = "channels")]
     pub server: Option<String>,
     /// The live channels from a file of `GET /api/v1/channels` JSON instead of a daemon.
-    #[arg(long)]
+    #[arg(long, env = "OBSERVER_CHANNELS")]
     pub channels: Option<PathBuf>,
     /// With --channels: recently blocked attempts from a file of records, one JSON object per line (as
     /// `observer tail -o json` prints them).
-    #[arg(long, requires = "channels")]
+    #[arg(long, env = "OBSERVER_BLOCKED", requires = "channels")]
     pub blocked: Option<PathBuf>,
     /// From a daemon: the blocked attempts of this long ago (`30m`) or since this RFC 3339 time.
-    #[arg(long, default_value = "1h")]
+    #[arg(long, env = "OBSERVER_SINCE", default_value = "1h")]
     pub since: String,
     /// Output format.
     #[arg(

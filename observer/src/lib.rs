@@ -30,3 +30,4 @@ pub mod lab;
 pub mod manifest;
 pub mod pipeline;
 pub mod policy;
+pub mod whatif;

@@ -10,6 +10,7 @@ pub mod lab;
 pub mod run;
 pub mod source;
 pub mod tail;
+pub mod whatif;
 
 /// `observer`: which NetworkPolicy blocked this gRPC channel?
 #[derive(Debug, clap::Parser)]
@@ -36,6 +37,8 @@ pub enum Command {
     /// differential check against the policy engine.
     #[cfg(feature = "lab")]
     Lab(lab::LabArgs),
+    /// Before `kubectl apply`: the live channels a change would deny and the blocked attempts it would allow.
+    Whatif(whatif::WhatifArgs),
 }
 
 /// Runs the chosen subcommand; the exit code is the subcommand's contract (see each module).
@@ -62,5 +65,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Tail(args) => tail::run(&args),
         #[cfg(feature = "lab")]
         Command::Lab(args) => lab::run(&args),
+        Command::Whatif(args) => whatif::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
     }
 }

@@ -376,10 +376,12 @@ pub(crate) mod one_or_many {
         Many(Vec<ServiceRef>),
     }
 
+    /// An object, a list, or null (read as none).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ServiceRef>, D::Error> {
-        Ok(match OneOrMany::deserialize(d)? {
-            OneOrMany::One(one) => vec![one],
-            OneOrMany::Many(many) => many,
+        Ok(match Option::<OneOrMany>::deserialize(d)? {
+            None => Vec::new(),
+            Some(OneOrMany::One(one)) => vec![one],
+            Some(OneOrMany::Many(many)) => many,
         })
     }
 }

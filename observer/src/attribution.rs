@@ -22,6 +22,7 @@ use crate::{
         RecordKind, ResetSeen, ResetSide, ServiceRef,
     },
     policy::{Protocol, explain::DirectionVerdict},
+    usage,
 };
 
 /// What the policy engine predicts for a channel, as far as [`decide`] needs it.
@@ -273,6 +274,8 @@ struct Judged {
     simulated: Simulated,
     policies: Vec<PolicyRef>,
     notes: Vec<String>,
+    /// When allowed: the policies and rules that allowed it (the verdict's `allowed_by`), for usage.
+    allowed_by: Vec<usage::Hit>,
 }
 
 fn judge(inventory: &Inventory, client: SocketAddr, server: SocketAddr, at: SystemTime) -> Judged {
@@ -281,6 +284,7 @@ fn judge(inventory: &Inventory, client: SocketAddr, server: SocketAddr, at: Syst
             simulated: Simulated::NotSynced,
             policies: Vec::new(),
             notes: Vec::new(),
+            allowed_by: Vec::new(),
         };
     }
     let then = inventory.verdict_at(client, server, Protocol::Tcp, at);
@@ -293,10 +297,23 @@ fn judge(inventory: &Inventory, client: SocketAddr, server: SocketAddr, at: Syst
         ));
     }
     if verdict.allowed {
+        let allowed_by = [
+            (&verdict.egress, crate::policy::Direction::Egress),
+            (&verdict.ingress, crate::policy::Direction::Ingress),
+        ]
+        .into_iter()
+        .flat_map(|(side, d)| {
+            side.policies
+                .iter()
+                .filter(|o| o.allowed_by_rule.is_some())
+                .map(move |o| usage::Hit::of(&o.policy, d, o.allowed_by_rule))
+        })
+        .collect();
         return Judged {
             simulated: Simulated::Allowed,
             policies: Vec::new(),
             notes,
+            allowed_by,
         };
     }
     let mut policies = Vec::new();
@@ -332,6 +349,7 @@ fn judge(inventory: &Inventory, client: SocketAddr, server: SocketAddr, at: Syst
         },
         policies,
         notes,
+        allowed_by: Vec::new(),
     }
 }
 
@@ -358,6 +376,7 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
             simulated: Simulated::NoEndpoints,
             policies: Vec::new(),
             notes: Vec::new(),
+            allowed_by: Vec::new(),
         },
         Some(u) => judge_backends(inventory, blocked.client, u, at),
         None => judge(inventory, blocked.client, blocked.server, at),
@@ -522,6 +541,7 @@ fn judge_backends(
             simulated: Simulated::NotSynced,
             policies: Vec::new(),
             notes: Vec::new(),
+            allowed_by: Vec::new(),
         });
     pick.notes.extend(mixed);
     pick
@@ -538,9 +558,35 @@ pub fn unenforced(
     inventory: &Inventory,
     node: &str,
 ) -> Option<Record> {
+    established(client, server, attempts, interface, at, inventory, node).unenforced
+}
+
+/// What one verdict at establishment says about an established channel.
+#[derive(Debug, Default)]
+pub struct Established {
+    /// The `unenforced` record when the policies deny it.
+    pub unenforced: Option<Record>,
+    /// When they allow it: the policies and rules that did (for [`usage`]).
+    pub allowed_by: Vec<usage::Hit>,
+}
+
+/// Judges an established channel once, at `at` (the engine's cached verdict): the `unenforced` record if
+/// the policies deny it, else the policies and rules that allowed it.
+pub fn established(
+    client: SocketAddr,
+    server: SocketAddr,
+    attempts: u32,
+    interface: Option<&str>,
+    at: SystemTime,
+    inventory: &Inventory,
+    node: &str,
+) -> Established {
     let judged = judge(inventory, client, server, at);
     let Simulated::Denied { direction, .. } = judged.simulated else {
-        return None;
+        return Established {
+            unenforced: None,
+            allowed_by: judged.allowed_by,
+        };
     };
     let src = endpoint(client, &inventory.endpoint_at(client.ip(), at));
     let dst = endpoint(server, &inventory.endpoint_at(server.ip(), at));
@@ -549,7 +595,7 @@ pub fn unenforced(
         direction.as_str()
     )];
     notes.extend(judged.notes);
-    Some(Record {
+    let unenforced = Some(Record {
         schema: record::SCHEMA,
         time: at,
         kind: RecordKind::Unenforced,
@@ -571,7 +617,11 @@ pub fn unenforced(
         }),
         policies: judged.policies,
         notes,
-    })
+    });
+    Established {
+        unenforced,
+        allowed_by: Vec::new(),
+    }
 }
 
 /// Every policy selecting the pod for a denied direction (union semantics make them all responsible),
@@ -613,6 +663,11 @@ fn responsible(
                 .as_ref()
                 .map_or_else(String::new, |m| m.summary.clone()),
             changed_at,
+            rule: side
+                .decision
+                .as_ref()
+                .filter(|d| d.action == crate::policy::Action::Deny && d.policy == meta.key())
+                .map(|d| d.rule),
         });
     }
 }

@@ -20,6 +20,7 @@ use crate::{
     channel::{self, Outcome, ServiceMap, Tracker},
     cluster::{Inventory, SharedInventory},
     export::{Record, metrics::Metrics},
+    usage::{self, SharedUsage, Usage},
 };
 
 /// At most one `unenforced` record per (client IP, server IP, port) in this interval; the channels in
@@ -41,6 +42,8 @@ pub struct Pipeline {
     unenforced_last: HashMap<(IpAddr, IpAddr, u16), (SystemTime, u32)>,
     /// The inventory's Services generation the tracker's [`ServiceMap`] was built from.
     services_seen: Option<u64>,
+    /// Per-policy and per-rule usage (read by the HTTP API).
+    usage: SharedUsage,
 }
 
 impl Pipeline {
@@ -60,7 +63,13 @@ impl Pipeline {
             counted_evicted: 0,
             unenforced_last: HashMap::new(),
             services_seen: None,
+            usage: Usage::shared(SystemTime::now()),
         }
+    }
+
+    /// The usage table this pipeline writes (for the HTTP API).
+    pub fn usage(&self) -> SharedUsage {
+        self.usage.clone()
     }
 
     /// Rebuilds the tracker's VIP → backends snapshot when Services or EndpointSlices changed.
@@ -134,7 +143,7 @@ impl Pipeline {
                     // Once per channel, from the engine's cached verdict: no per-packet cost.
                     if inventory.is_ready() && counted_here(&inventory, client, time, &self.node) {
                         self.metrics.policy_evaluations.inc();
-                        if let Some(record) = attribution::unenforced(
+                        let judged = attribution::established(
                             client,
                             server,
                             attempts,
@@ -142,7 +151,9 @@ impl Pipeline {
                             time,
                             &inventory,
                             &self.node,
-                        ) {
+                        );
+                        count_usage(&self.usage, &self.metrics, &judged.allowed_by, true, time);
+                        if let Some(record) = judged.unenforced {
                             self.metrics.unenforced(
                                 record.direction.map_or("", |d| d.as_str()),
                                 record
@@ -169,6 +180,10 @@ impl Pipeline {
                                 .iter()
                                 .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
                         );
+                        if !record.policies.is_empty() {
+                            let hits: Vec<_> = usage::Hit::from_record(&record.policies).collect();
+                            count_usage(&self.usage, &self.metrics, &hits, false, record.time);
+                        }
                     } else if let Some(n) = &record.src.node {
                         record.notes.push(format!(
                             "counted in observer_blocked_channels_total on the client's node {n}"
@@ -179,6 +194,21 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Counts one channel in the usage table and `observer_policy_channels_total`.
+fn count_usage(
+    table: &SharedUsage,
+    metrics: &Metrics,
+    hits: &[usage::Hit],
+    allowed: bool,
+    at: SystemTime,
+) {
+    if hits.is_empty() {
+        return;
+    }
+    usage::lock(table).add(hits, allowed, at);
+    metrics.policy_channels(allowed, hits);
 }
 
 /// Every TCP VIP:port of the inventory's Services with all its backends (ready or not: a snapshot may lag

@@ -67,7 +67,14 @@ impl Pipeline {
         }
     }
 
-    /// The usage table this pipeline writes (for the HTTP API).
+    /// Counts usage in `table` (shared with the HTTP API) instead of a table of its own.
+    #[must_use]
+    pub fn with_usage(mut self, table: SharedUsage) -> Self {
+        self.usage = table;
+        self
+    }
+
+    /// The usage table this pipeline writes.
     pub fn usage(&self) -> SharedUsage {
         self.usage.clone()
     }

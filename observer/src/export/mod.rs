@@ -3,6 +3,7 @@
 //! types.
 
 pub mod auth;
+pub mod events;
 pub mod http;
 pub mod log;
 pub mod metrics;
@@ -12,7 +13,7 @@ pub mod record;
 use std::sync::Arc;
 
 pub use auth::KubeAuth;
-pub use http::{ApiArgs, ApiState, Readiness, Surface, serve};
+pub use http::{ApiArgs, ApiState, Readiness, Surface, UsageSource, serve};
 pub use log::{LogArgs, LogError, LogWriter, Rotation};
 pub use metrics::Metrics;
 pub use recent::Recent;

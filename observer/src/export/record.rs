@@ -56,18 +56,24 @@ pub enum RecordKind {
     Established,
     PolicyChanged,
     LostEvents,
+    /// A connection that the current policies no longer allow still flows (allowed by a revision before).
+    StaleAllowed,
+    /// An established channel was cut.
+    Interrupted,
 }
 
 impl RecordKind {
     /// Every kind, in declaration order (docs/CONTRACT.md documents each; `observer/tests/contract.rs`
     /// checks both ways). A new variant breaks the exhaustive match in this module's tests until it is
     /// listed here.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Blocked,
         Self::Unenforced,
         Self::Established,
         Self::PolicyChanged,
         Self::LostEvents,
+        Self::StaleAllowed,
+        Self::Interrupted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +83,8 @@ impl RecordKind {
             Self::Established => "established",
             Self::PolicyChanged => "policy_changed",
             Self::LostEvents => "lost_events",
+            Self::StaleAllowed => "stale_allowed",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -413,6 +421,8 @@ mod tests {
             RecordKind::Established => 2,
             RecordKind::PolicyChanged => 3,
             RecordKind::LostEvents => 4,
+            RecordKind::StaleAllowed => 5,
+            RecordKind::Interrupted => 6,
         };
         for (i, k) in RecordKind::ALL.into_iter().enumerate() {
             assert_eq!(position(k), i, "{k:?}");

@@ -17,6 +17,8 @@ use crate::{Lab, Netns, Pod, run_in, wait_for};
 pub const API: &str = "127.0.0.1:9990";
 /// The node name the lab's pods run on (its first node).
 pub const NODE: &str = "lab-node";
+/// The records API listener (`--api-listen`, the daemon's default): `/api/*`.
+pub const RECORDS_API: &str = "127.0.0.1:9991";
 
 /// How to run the daemon.
 #[derive(Clone, Debug)]
@@ -171,10 +173,19 @@ impl Daemon {
 
     /// `GET path` on the daemon's API: (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.get_from(API, path)
+    }
+
+    /// `GET path` on the records API listener ([`RECORDS_API`], `/api/*`): (status, body).
+    pub fn get_api(&self, path: &str) -> Option<(u16, String)> {
+        self.get_from(RECORDS_API, path)
+    }
+
+    fn get_from(&self, addr: &'static str, path: &str) -> Option<(u16, String)> {
         let path = path.to_owned();
         run_in(&self.node, move || -> Option<(u16, String)> {
             let mut s =
-                std::net::TcpStream::connect_timeout(&API.parse().ok()?, Duration::from_secs(2))
+                std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2))
                     .ok()?;
             s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
             write!(s, "GET {path} HTTP/1.0\r\nHost: observer\r\n\r\n").ok()?;

@@ -253,7 +253,10 @@ impl Usage {
                 (
                     &p.meta,
                     [
-                        (Direction::Ingress, p.ingress.as_ref().map_or(0, |r| r.len())),
+                        (
+                            Direction::Ingress,
+                            p.ingress.as_ref().map_or(0, |r| r.len()),
+                        ),
                         (Direction::Egress, p.egress.as_ref().map_or(0, |r| r.len())),
                     ],
                 )
@@ -286,7 +289,8 @@ impl Usage {
             rules.sort_by_key(|r| (r.direction.as_str(), r.index));
             policies.push(PolicyRow::new(key, usage.counts, rules, false));
         }
-        policies.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+        policies
+            .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
         Report {
             since: self.since,
             node: node.to_owned(),
@@ -299,25 +303,29 @@ impl Usage {
     #[must_use]
     pub fn never_hit(&self, engine: &policy::Index) -> (usize, usize) {
         let (mut policies, mut rules) = (0, 0);
-        let mut count = |key: PolicyKey, sides: [(Direction, usize); 2]| match self.policies.get(&key) {
-            None => policies += 1,
-            Some(u) => {
-                for (d, n) in sides {
-                    rules += (0..n)
-                        .filter(|i| {
-                            !u.rules
-                                .iter()
-                                .any(|(rd, ri, _)| *rd == d && *ri as usize == *i)
-                        })
-                        .count();
+        let mut count =
+            |key: PolicyKey, sides: [(Direction, usize); 2]| match self.policies.get(&key) {
+                None => policies += 1,
+                Some(u) => {
+                    for (d, n) in sides {
+                        rules += (0..n)
+                            .filter(|i| {
+                                !u.rules
+                                    .iter()
+                                    .any(|(rd, ri, _)| *rd == d && *ri as usize == *i)
+                            })
+                            .count();
+                    }
                 }
-            }
-        };
+            };
         for p in engine.policies() {
             count(
                 PolicyKey::of(&p.meta),
                 [
-                    (Direction::Ingress, p.ingress.as_ref().map_or(0, |r| r.len())),
+                    (
+                        Direction::Ingress,
+                        p.ingress.as_ref().map_or(0, |r| r.len()),
+                    ),
                     (Direction::Egress, p.egress.as_ref().map_or(0, |r| r.len())),
                 ],
             );
@@ -485,10 +493,18 @@ mod tests {
             t(5),
         );
         u.allowed(
-            &[hit("payments", "allow-checkout", Direction::Ingress, Some(1))],
+            &[hit(
+                "payments",
+                "allow-checkout",
+                Direction::Ingress,
+                Some(1),
+            )],
             t(3),
         );
-        u.denied(&[hit("payments", "allow-checkout", Direction::Ingress, None)], t(7));
+        u.denied(
+            &[hit("payments", "allow-checkout", Direction::Ingress, None)],
+            t(7),
+        );
         let k = key("payments", "allow-checkout");
         let c = u.policy(&k);
         assert_eq!((c.allowed, c.denied, c.hits()), (2, 1, 3));
@@ -506,10 +522,18 @@ mod tests {
         let engine = engine(&[ALLOW, DENY, IDLE]);
         let mut u = Usage::new(t(0));
         u.allowed(
-            &[hit("payments", "allow-checkout", Direction::Ingress, Some(1))],
+            &[hit(
+                "payments",
+                "allow-checkout",
+                Direction::Ingress,
+                Some(1),
+            )],
             t(10),
         );
-        u.denied(&[hit("payments", "default-deny", Direction::Ingress, None)], t(11));
+        u.denied(
+            &[hit("payments", "default-deny", Direction::Ingress, None)],
+            t(11),
+        );
         // A policy hit and deleted since stays listed, not present.
         u.denied(&[hit("shop", "gone", Direction::Egress, None)], t(12));
         let v: Value = serde_json::to_value(u.report(&engine, "node-a")).expect("json");
@@ -575,6 +599,9 @@ mod tests {
         assert_eq!(hits.len(), 2);
         assert_eq!(hits[0], hit("a", "np", Direction::Egress, None));
         assert_eq!(hits[1].policy.id(), "ClusterNetworkPolicy/deny-db");
-        assert_eq!((hits[1].direction, hits[1].rule), (Direction::Ingress, Some(2)));
+        assert_eq!(
+            (hits[1].direction, hits[1].rule),
+            (Direction::Ingress, Some(2))
+        );
     }
 }

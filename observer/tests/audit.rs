@@ -625,7 +625,10 @@ fn server_usage_from_the_daemons_table_gives_never_hit_findings() {
     never.sort();
     assert_eq!(
         never,
-        [("shop/busy".to_owned(), Some(1)), ("shop/idle".to_owned(), None)]
+        [
+            ("shop/busy".to_owned(), Some(1)),
+            ("shop/idle".to_owned(), None)
+        ]
     );
     assert!(
         !doc["notes"]

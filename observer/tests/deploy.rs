@@ -614,7 +614,11 @@ fn check_rbac(objects: &Objects, origin: &str) {
         let resources = rule.resources.as_deref().unwrap_or_default();
         if groups == ["events.k8s.io"] {
             // `--events`: the only write, on Events only.
-            assert_eq!(resources, ["events"], "{origin}: the write rule is for events only");
+            assert_eq!(
+                resources,
+                ["events"],
+                "{origin}: the write rule is for events only"
+            );
             assert_eq!(
                 verbs,
                 BTreeSet::from(["create", "patch"]),

@@ -155,9 +155,9 @@ async fn a_denied_channel_is_a_warning_on_the_pod_whose_side_denied_it() {
     let egress = on("shop");
     assert_eq!(egress["regarding"]["name"], "checkout");
     assert!(
-        egress["note"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("Egress to pod payments/payments-0 (198.18.1.2) on TCP 50051")),
+        egress["note"].as_str().is_some_and(
+            |n| n.starts_with("Egress to pod payments/payments-0 (198.18.1.2) on TCP 50051")
+        ),
         "{egress:#}"
     );
     let (_, metrics) = w.stop().await;
@@ -174,9 +174,24 @@ async fn a_denied_channel_is_a_warning_on_the_pod_whose_side_denied_it() {
 async fn both_directions_mean_both_pods_and_other_kinds_have_their_own_reasons() {
     let w = Writer::start(config()).await;
     w.offer(&record("blocked", "both", "checkout", deny("ingress")));
-    w.offer(&record("unenforced", "ingress", "checkout", deny("ingress")));
-    w.offer(&record("stale_allowed", "egress", "checkout", deny("egress")));
-    w.offer(&record("interrupted", "ingress", "checkout", deny("ingress")));
+    w.offer(&record(
+        "unenforced",
+        "ingress",
+        "checkout",
+        deny("ingress"),
+    ));
+    w.offer(&record(
+        "stale_allowed",
+        "egress",
+        "checkout",
+        deny("egress"),
+    ));
+    w.offer(&record(
+        "interrupted",
+        "ingress",
+        "checkout",
+        deny("ingress"),
+    ));
     let events = w.until("five Events", |e| e.len() == 5).await;
     let mut seen: Vec<(String, String)> = events
         .iter()
@@ -349,7 +364,8 @@ async fn api_errors_are_counted_and_the_writer_carries_on() {
     assert!(w.api.events().is_empty());
     // The next occurrence creates it.
     w.offer(&r);
-    w.until("the Event after the failure", |e| e.len() == 1).await;
+    w.until("the Event after the failure", |e| e.len() == 1)
+        .await;
     // A failed series PATCH is retried at the next flush with the full count.
     w.api.fail_events(500, 1);
     w.offer(&r);

@@ -50,7 +50,13 @@ fn usage_counts_the_allowing_the_denying_and_the_never_hit_policy() {
         namespace_yaml("shop", &[("team", "shop")]),
         namespace_yaml("payments", &[("team", "payments")]),
         namespace_yaml("ledger", &[("team", "ledger")]),
-        pod_yaml(lab.pod(0), "shop", "checkout-0", &[("app", "checkout")], &[]),
+        pod_yaml(
+            lab.pod(0),
+            "shop",
+            "checkout-0",
+            &[("app", "checkout")],
+            &[],
+        ),
         pod_yaml(
             lab.pod(1),
             "payments",
@@ -58,7 +64,13 @@ fn usage_counts_the_allowing_the_denying_and_the_never_hit_policy() {
             &[("app", "payments")],
             &[("grpc", PORT)],
         ),
-        pod_yaml(lab.pod(2), "shop", "intruder-0", &[("app", "intruder")], &[]),
+        pod_yaml(
+            lab.pod(2),
+            "shop",
+            "intruder-0",
+            &[("app", "intruder")],
+            &[],
+        ),
         pod_yaml(
             lab.pod(3),
             "ledger",
@@ -113,10 +125,7 @@ fn usage_counts_the_allowing_the_denying_and_the_never_hit_policy() {
         assert_eq!(row(&before, id)["hits"], 0, "{before:#}");
     }
 
-    lab.forward_rule(&format!(
-        "ip saddr {} tcp dport {PORT} drop",
-        lab.pod(2).v4
-    ));
+    lab.forward_rule(&format!("ip saddr {} tcp dport {PORT} drop", lab.pod(2).v4));
     for _ in 0..2 {
         grpc::call(&lab.pod(0).ns, to(1), Duration::from_secs(2))
             .expect("checkout → payments is allowed");
@@ -126,7 +135,11 @@ fn usage_counts_the_allowing_the_denying_and_the_never_hit_policy() {
         "the intruder's egress is dropped"
     );
     let blocked = daemon.wait_record(WAIT, |r| r["kind"] == "blocked");
-    assert!(blocked.is_some(), "no blocked record: {:?}", daemon.stderr());
+    assert!(
+        blocked.is_some(),
+        "no blocked record: {:?}",
+        daemon.stderr()
+    );
 
     let u = wait_for(WAIT, || {
         let u = usage(&daemon);

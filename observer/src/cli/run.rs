@@ -359,7 +359,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The Event writer flushes its pending series once the queue closes.
     drop(event_sink);
     if let Some(task) = event_writer
-        && tokio::time::timeout(Duration::from_secs(3), task).await.is_err()
+        && tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .is_err()
     {
         tracing::warn!("Kubernetes Events: the last series updates were not written in time");
     }

@@ -252,13 +252,13 @@ fn note(record: &Record, reason: &str, peer: &Endpoint, incoming: bool) -> Strin
         reason::NOT_ENFORCED => format!(
             "{way}{service} on {port} was established although {ids} deny it: the network does not enforce them"
         ),
-        reason::STALE_ALLOWED => format!(
-            "{way}{service} on {port} still flows although {ids} no longer allow it"
-        ),
-        _ if ids.is_empty() => format!("{way}{service} on {port}: the established channel was interrupted"),
-        _ => format!(
-            "{way}{service} on {port}: the established channel was interrupted ({ids})"
-        ),
+        reason::STALE_ALLOWED => {
+            format!("{way}{service} on {port} still flows although {ids} no longer allow it")
+        }
+        _ if ids.is_empty() => {
+            format!("{way}{service} on {port}: the established channel was interrupted")
+        }
+        _ => format!("{way}{service} on {port}: the established channel was interrupted ({ids})"),
     };
     if !misses.is_empty() {
         line.push_str("; nearest miss: ");
@@ -445,7 +445,8 @@ impl Correlator {
             self.series.remove(&oldest);
         }
         if self.buckets.len() > self.config.cache_max {
-            self.buckets.retain(|p, _| self.series.keys().any(|k| &k.pod == p));
+            self.buckets
+                .retain(|p, _| self.series.keys().any(|k| &k.pod == p));
         }
         let name = self.name_for(&o.pod, o.time);
         let event = self.event(&name, o, &note);
@@ -471,7 +472,8 @@ impl Correlator {
             .iter()
             .filter(|(_, s)| {
                 s.count != s.written
-                    && (force || now.saturating_duration_since(s.written_at) >= self.config.series_flush)
+                    && (force
+                        || now.saturating_duration_since(s.written_at) >= self.config.series_flush)
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -569,7 +571,10 @@ impl Correlator {
 }
 
 fn micro(t: SystemTime) -> MicroTime {
-    MicroTime(k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))
+    MicroTime(
+        k8s_openapi::jiff::Timestamp::try_from(t)
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
 }
 
 /// The pipeline's end of the queue: cheap to clone, never waits.
@@ -624,7 +629,8 @@ async fn write(
     metrics: Metrics,
     flush: Duration,
 ) {
-    let mut tick = tokio::time::interval(flush.clamp(Duration::from_millis(10), Duration::from_secs(1)));
+    let mut tick =
+        tokio::time::interval(flush.clamp(Duration::from_millis(10), Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
@@ -660,7 +666,10 @@ async fn apply(client: &Client, correlator: &mut Correlator, action: Action, met
             let reason = crate_reason(event.reason.as_deref());
             let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
             match api.create(&PostParams::default(), &event).await {
-                Ok(_) => metrics.kube_events.with_label_values(&[reason, "create"]).inc(),
+                Ok(_) => metrics
+                    .kube_events
+                    .with_label_values(&[reason, "create"])
+                    .inc(),
                 Err(source) => {
                     metrics.kube_event_errors.with_label_values(&[reason]).inc();
                     correlator.forget(&namespace, &name);
@@ -691,7 +700,10 @@ async fn apply(client: &Client, correlator: &mut Correlator, action: Action, met
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
             {
-                Ok(_) => metrics.kube_events.with_label_values(&[reason, "patch"]).inc(),
+                Ok(_) => metrics
+                    .kube_events
+                    .with_label_values(&[reason, "patch"])
+                    .inc(),
                 Err(source) => {
                     metrics.kube_event_errors.with_label_values(&[reason]).inc();
                     // Gone (expired after the API server's event TTL): the next repeat starts a new
@@ -748,7 +760,10 @@ mod tests {
         let obs = observations(&record("blocked", "ingress", deny()));
         assert_eq!(obs.len(), 1);
         let o = &obs[0];
-        assert_eq!((&*o.pod.namespace, &*o.pod.name), ("payments", "payments-0"));
+        assert_eq!(
+            (&*o.pod.namespace, &*o.pod.name),
+            ("payments", "payments-0")
+        );
         assert_eq!(o.reason, "NetworkPolicyDenied");
         assert_eq!(o.type_, "Warning");
         assert_eq!(
@@ -763,7 +778,11 @@ mod tests {
     fn egress_goes_to_the_source_both_to_both_and_unattributed_blocks_to_none() {
         let egress = observations(&record("blocked", "egress", deny()));
         assert_eq!(&*egress[0].pod.name, "checkout-7d9f");
-        assert!(egress[0].note.starts_with("Egress to pod payments/payments-0 (198.18.1.2) on TCP 50051"));
+        assert!(
+            egress[0]
+                .note
+                .starts_with("Egress to pod payments/payments-0 (198.18.1.2) on TCP 50051")
+        );
         let both = observations(&record("blocked", "both", deny()));
         assert_eq!(both.len(), 2);
         assert!(observations(&record("blocked", "ingress", json!([]))).is_empty());
@@ -800,7 +819,10 @@ mod tests {
         let Action::Create(ev) = c.observe(&obs("m"), t0) else {
             panic!("first is a create")
         };
-        assert_eq!(ev.regarding.as_ref().and_then(|r| r.uid.as_deref()), Some("uid-1"));
+        assert_eq!(
+            ev.regarding.as_ref().and_then(|r| r.uid.as_deref()),
+            Some("uid-1")
+        );
         assert_eq!(ev.reporting_controller.as_deref(), Some("observer"));
         for _ in 1..100 {
             assert_eq!(c.observe(&obs("m"), t0), Action::Counted);
@@ -808,10 +830,20 @@ mod tests {
         assert!(c.flush(t0, false).is_empty(), "debounced");
         let patches = c.flush(t0 + Duration::from_secs(10), false);
         assert!(
-            matches!(patches.as_slice(), [Action::Patch { count: 100, note: None, .. }]),
+            matches!(
+                patches.as_slice(),
+                [Action::Patch {
+                    count: 100,
+                    note: None,
+                    ..
+                }]
+            ),
             "{patches:?}"
         );
-        assert!(c.flush(t0 + Duration::from_secs(30), false).is_empty(), "nothing new");
+        assert!(
+            c.flush(t0 + Duration::from_secs(30), false).is_empty(),
+            "nothing new"
+        );
     }
 
     #[test]
@@ -819,12 +851,18 @@ mod tests {
         let t0 = Instant::now();
         let mut c = correlator(EventsConfig::default(), t0);
         for i in 0..10 {
-            assert!(matches!(c.observe(&obs(&format!("m{i}")), t0), Action::Create(_)));
+            assert!(matches!(
+                c.observe(&obs(&format!("m{i}")), t0),
+                Action::Create(_)
+            ));
         }
         let Action::Create(ev) = c.observe(&obs("m10"), t0) else {
             panic!("the 11th distinct message starts the combined Event")
         };
-        assert_eq!(ev.note.as_deref(), Some("(combined from similar events): m10"));
+        assert_eq!(
+            ev.note.as_deref(),
+            Some("(combined from similar events): m10")
+        );
         assert_eq!(c.observe(&obs("m11"), t0), Action::Counted);
         // A message of the first ten still has its own Event.
         assert_eq!(c.observe(&obs("m3"), t0), Action::Counted);

@@ -379,7 +379,10 @@ async fn serve(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Some(rest) = uri.path().strip_prefix("/apis/events.k8s.io/v1/namespaces/") {
+    if let Some(rest) = uri
+        .path()
+        .strip_prefix("/apis/events.k8s.io/v1/namespaces/")
+    {
         return events(&shared, &method, rest, &body);
     }
     if method == Method::POST {
@@ -456,7 +459,10 @@ fn events(shared: &Shared, method: &Method, rest: &str, body: &[u8]) -> Response
                 return status(StatusCode::BAD_REQUEST, "not JSON");
             };
             let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
-                return status(StatusCode::UNPROCESSABLE_ENTITY, "metadata.name: Required value");
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "metadata.name: Required value",
+                );
             };
             let key = format!("{namespace}/{name}");
             if store.events.contains_key(&key) {

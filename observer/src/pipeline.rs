@@ -471,6 +471,35 @@ mod tests {
     }
 
     #[test]
+    fn a_blocked_channel_counts_as_denied_usage_once_on_the_clients_node() {
+        let (ma, mb) = (Metrics::new().expect("m"), Metrics::new().expect("m"));
+        let (mut a, mut b) = (pipeline("node-a", &ma), pipeline("node-b", &mb));
+        let mut records = Vec::new();
+        for p in [&mut a, &mut b] {
+            p.on_events(
+                &[event(Kind::Opened, 0, 40000, "lxc-checkout")],
+                &mut records,
+            );
+            p.tick(3_100 * MS, SystemTime::UNIX_EPOCH, &mut records);
+        }
+        assert_eq!(records.len(), 2, "{records:?}");
+        let key = usage::PolicyKey {
+            kind: crate::policy::PolicyKind::NetworkPolicy,
+            namespace: "payments".into(),
+            name: "default-deny".into(),
+        };
+        let counted = |p: &Pipeline| usage::lock(&p.usage()).policy(&key);
+        assert_eq!((counted(&a).denied, counted(&a).allowed), (1, 0));
+        assert!(counted(&a).last_denied.is_some());
+        assert_eq!(counted(&b).hits(), 0, "the server's node does not count it");
+        assert!(
+            ma.encode()
+                .expect("metrics")
+                .contains(r#"observer_policy_channels_total{policy_kind="NetworkPolicy",policy_name="default-deny",policy_namespace="payments",verdict="denied"} 1"#)
+        );
+    }
+
+    #[test]
     fn the_servers_node_does_not_report_an_unenforced_channel_of_a_client_on_another_node() {
         let m = Metrics::new().expect("m");
         let mut p = pipeline("node-b", &m);

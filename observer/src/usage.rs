@@ -202,6 +202,9 @@ impl Usage {
                     None => {
                         let mut c = Counts::default();
                         c.add(allowed, at);
+                        // Rules are hit once each at most: no spare capacity (a policy's first hit
+                        // rule would otherwise reserve four).
+                        entry.rules.reserve_exact(1);
                         entry.rules.push((hit.direction, rule, c));
                     }
                 }

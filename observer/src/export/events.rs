@@ -345,6 +345,9 @@ pub enum Action {
     Counted,
 }
 
+/// Looks up a pod's `metadata.uid`.
+pub type UidLookup = Box<dyn Fn(&PodKey) -> Option<String> + Send>;
+
 /// The correlator: aggregation, series and rate limits, no I/O.
 pub struct Correlator {
     config: EventsConfig,
@@ -354,14 +357,14 @@ pub struct Correlator {
     buckets: HashMap<PodKey, Bucket>,
     node: Bucket,
     /// Pod UIDs (for `regarding.uid`, which `kubectl describe pod` selects on).
-    uid: Box<dyn Fn(&PodKey) -> Option<String> + Send>,
+    uid: UidLookup,
     seq: u64,
 }
 
 impl Correlator {
     pub fn new(
         config: EventsConfig,
-        uid: Box<dyn Fn(&PodKey) -> Option<String> + Send>,
+        uid: UidLookup,
         now: Instant,
     ) -> Self {
         let node = Bucket::full(config.node_burst, now);
@@ -607,7 +610,7 @@ pub fn start(
     inventory: Option<SharedInventory>,
 ) -> (EventSink, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(config.queue.max(1));
-    let uid: Box<dyn Fn(&PodKey) -> Option<String> + Send> = match inventory {
+    let uid: UidLookup = match inventory {
         Some(inv) => Box::new(move |p: &PodKey| {
             inv.read()
                 .pod(&p.namespace, &p.name)

@@ -362,11 +362,7 @@ pub struct Correlator {
 }
 
 impl Correlator {
-    pub fn new(
-        config: EventsConfig,
-        uid: UidLookup,
-        now: Instant,
-    ) -> Self {
+    pub fn new(config: EventsConfig, uid: UidLookup, now: Instant) -> Self {
         let node = Bucket::full(config.node_burst, now);
         Self {
             config,
@@ -537,7 +533,9 @@ impl Correlator {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        format!("{}.{:x}{:x}", pod.name, nanos, self.seq)
+        // A name is at most 253 characters: keep room for the suffix.
+        let base: String = pod.name.chars().take(200).collect();
+        format!("{base}.{nanos:x}{:x}", self.seq)
     }
 
     fn event(&self, name: &str, o: &Observation, note: &str) -> Event {

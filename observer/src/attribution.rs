@@ -26,6 +26,7 @@ use crate::{
         PolicyKind, Protocol,
         verdict::{DirectionVerdict, PolicyOutcome},
     },
+    usage,
 };
 
 /// What the policy engine predicts for a channel, as far as [`decide`] needs it.
@@ -283,6 +284,8 @@ pub struct Judged {
     pub notes: Vec<String>,
     /// The policies whose rules (or cluster-tier decision) allowed each allowed direction.
     pub allowed_by: AllowedBy,
+    /// When allowed: the policies and rules that allowed it, for usage.
+    pub hits: Vec<usage::Hit>,
 }
 
 /// One verdict for a channel, from the engine's cached verdict when nothing changed since `at`.
@@ -313,16 +316,29 @@ pub fn judge(
             for outcome in side.policies.iter().filter(|o| {
                 o.allowed_by_rule.is_some() || o.policy.kind != PolicyKind::NetworkPolicy
             }) {
-                out.push(policy_ref(outcome, direction, inventory, at));
+                out.push(policy_ref(outcome, side, direction, inventory, at));
             }
         }
     }
     if verdict.allowed {
+        let hits = [
+            (&verdict.egress, crate::policy::Direction::Egress),
+            (&verdict.ingress, crate::policy::Direction::Ingress),
+        ]
+        .into_iter()
+        .flat_map(|(side, d)| {
+            side.policies
+                .iter()
+                .filter(|o| o.allowed_by_rule.is_some())
+                .map(move |o| usage::Hit::of(&o.policy, d, o.allowed_by_rule))
+        })
+        .collect();
         return Judged {
             simulated: Simulated::Allowed,
             policies: Vec::new(),
             notes,
             allowed_by,
+            hits,
         };
     }
     let mut policies = Vec::new();
@@ -359,6 +375,7 @@ pub fn judge(
         policies,
         notes,
         allowed_by,
+        hits: Vec::new(),
     }
 }
 
@@ -799,13 +816,14 @@ fn responsible(
     out: &mut Vec<PolicyRef>,
 ) {
     for outcome in &side.policies {
-        out.push(policy_ref(outcome, direction, inventory, at));
+        out.push(policy_ref(outcome, side, direction, inventory, at));
     }
 }
 
 /// One policy of a verdict as records name it, at its revision at `at`.
 fn policy_ref(
     outcome: &PolicyOutcome,
+    side: &DirectionVerdict,
     direction: Direction,
     inventory: &Inventory,
     at: SystemTime,
@@ -840,6 +858,11 @@ fn policy_ref(
                 .as_ref()
                 .map_or_else(String::new, |m| m.summary.clone()),
             changed_at,
+            rule: side
+                .decision
+                .as_ref()
+                .filter(|d| d.action == crate::policy::Action::Deny && d.policy == meta.key())
+                .map(|d| d.rule),
         }
     }
 }

@@ -14,7 +14,8 @@
 //! | [`audit`] | `observer audit`: the policy mistakes that break gRPC channels, as findings |
 //! | [`attribution`] | blocked channel + inventory + verdict → forensics record (cause, direction, policies) |
 //! | [`pipeline`] | the daemon's core, one direction: events → channels → attribution → records + metrics |
-//! | [`export`] | Prometheus metrics, the JSON forensics log, the HTTP API |
+//! | [`export`] | Prometheus metrics, the JSON forensics log, the HTTP API, Kubernetes Events |
+//! | [`usage`] | per-policy and per-rule usage: channels allowed and denied, last hits |
 //! | [`cli`] | the command line: one module per subcommand |
 //! | `lab` | `observer lab` and the privileged tests' harness (cargo feature `lab`, on by default; the DaemonSet's image is built without it) |
 
@@ -31,3 +32,4 @@ pub mod manifest;
 pub mod pipeline;
 pub mod policy;
 pub mod whatif;
+pub mod usage;

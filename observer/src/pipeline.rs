@@ -30,6 +30,7 @@ use crate::{
             ResetSeen, ResetSide,
         },
     },
+    usage::{self, SharedUsage, Usage},
 };
 
 /// At most one `lost_events` record per interval; losses in between are summed into the next.
@@ -67,6 +68,8 @@ pub struct Pipeline {
     lost_reported: u64,
     lost_since: Option<SystemTime>,
     lost_last_record: Option<SystemTime>,
+    /// Per-policy and per-rule usage (read by the HTTP API).
+    usage: SharedUsage,
 }
 
 impl Pipeline {
@@ -94,7 +97,20 @@ impl Pipeline {
             lost_reported: 0,
             lost_since: None,
             lost_last_record: None,
+            usage: Usage::shared(SystemTime::now()),
         }
+    }
+
+    /// Counts usage in `table` (shared with the HTTP API) instead of a table of its own.
+    #[must_use]
+    pub fn with_usage(mut self, table: SharedUsage) -> Self {
+        self.usage = table;
+        self
+    }
+
+    /// The usage table this pipeline writes.
+    pub fn usage(&self) -> SharedUsage {
+        self.usage.clone()
     }
 
     /// Keeps the live channels in `live` (shared with `/api/v1/channels`), and writes an `established`
@@ -475,13 +491,17 @@ impl Pipeline {
                     for (old, _) in &gone {
                         settle(&self.metrics, old);
                     }
+                    if counted {
+                        count_usage(&self.usage, &self.metrics, &judged.hits, true, time);
+                    }
                     if self.log_established
                         && let Some(ch) = self.live.read().get(id)
                     {
                         records.push(attribution::established(ch, attempts, &self.node));
                     }
-                    if inventory.is_ready() && counted {
-                        if let Some(record) = attribution::unenforced(
+                    if inventory.is_ready()
+                        && counted
+                        && let Some(record) = attribution::unenforced(
                             client,
                             server,
                             attempts,
@@ -490,16 +510,16 @@ impl Pipeline {
                             &judged,
                             &inventory,
                             &self.node,
-                        ) {
-                            self.metrics.unenforced(
-                                record.direction.map_or("", |d| d.as_str()),
-                                record
-                                    .policies
-                                    .iter()
-                                    .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
-                            );
-                            records.extend(rate_limit(&mut self.unenforced_last, record));
-                        }
+                        )
+                    {
+                        self.metrics.unenforced(
+                            record.direction.map_or("", |d| d.as_str()),
+                            record
+                                .policies
+                                .iter()
+                                .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
+                        );
+                        records.extend(rate_limit(&mut self.unenforced_last, record));
                     }
                 }
                 Outcome::Blocked(blocked) => {
@@ -517,6 +537,10 @@ impl Pipeline {
                                 .iter()
                                 .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
                         );
+                        if !record.policies.is_empty() {
+                            let hits: Vec<_> = usage::Hit::from_record(&record.policies).collect();
+                            count_usage(&self.usage, &self.metrics, &hits, false, record.time);
+                        }
                     } else if let Some(n) = &record.src.node {
                         record.notes.push(format!(
                             "counted in observer_blocked_channels_total on the client's node {n}"
@@ -613,6 +637,21 @@ fn policy_changed(p: &PolicyFeed, made_stale: usize, allowed_again: usize, node:
             ..Detail::default()
         },
     }
+}
+
+/// Counts one channel in the usage table and `observer_policy_channels_total`.
+fn count_usage(
+    table: &SharedUsage,
+    metrics: &Metrics,
+    hits: &[usage::Hit],
+    allowed: bool,
+    at: SystemTime,
+) {
+    if hits.is_empty() {
+        return;
+    }
+    usage::lock(table).add(hits, allowed, at);
+    metrics.policy_channels(allowed, hits);
 }
 
 /// Every TCP VIP:port of the inventory's Services with all its backends (ready or not: a snapshot may lag
@@ -1124,6 +1163,35 @@ mod tests {
         let v = serde_json::to_value(&records[1]).expect("json");
         assert_eq!(v["kind"], "lost_events");
         assert!(v.get("src").is_none());
+    }
+
+    #[test]
+    fn a_blocked_channel_counts_as_denied_usage_once_on_the_clients_node() {
+        let (ma, mb) = (Metrics::new().expect("m"), Metrics::new().expect("m"));
+        let (mut a, mut b) = (pipeline("node-a", &ma), pipeline("node-b", &mb));
+        let mut records = Vec::new();
+        for p in [&mut a, &mut b] {
+            p.on_events(
+                &[event(Kind::Opened, 0, 40000, "lxc-checkout")],
+                &mut records,
+            );
+            p.tick(3_100 * MS, SystemTime::UNIX_EPOCH, &mut records);
+        }
+        assert_eq!(records.len(), 2, "{records:?}");
+        let key = usage::PolicyKey {
+            kind: crate::policy::PolicyKind::NetworkPolicy,
+            namespace: "payments".into(),
+            name: "default-deny".into(),
+        };
+        let counted = |p: &Pipeline| usage::lock(&p.usage()).policy(&key);
+        assert_eq!((counted(&a).denied, counted(&a).allowed), (1, 0));
+        assert!(counted(&a).last_denied.is_some());
+        assert_eq!(counted(&b).hits(), 0, "the server's node does not count it");
+        assert!(
+            ma.encode()
+                .expect("metrics")
+                .contains(r#"observer_policy_channels_total{policy_kind="NetworkPolicy",policy_name="default-deny",policy_namespace="payments",verdict="denied"} 1"#)
+        );
     }
 
     #[test]

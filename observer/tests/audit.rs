@@ -11,7 +11,7 @@ use clap::Parser as _;
 use observer::audit::{self, Check, Finding, Severity};
 use observer::cli::{Cli, Command};
 use observer::export::{
-    ApiState, Metrics, Readiness, Recent, Record,
+    ApiState, Metrics, Readiness, Recent, Record, UsageSource,
     http::{Surface, serve},
 };
 use observer::manifest::Manifests;
@@ -434,6 +434,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(records: &[Value]) -> Self {
+        Self::serving(records, None)
+    }
+
+    /// A daemon that also serves `GET /api/v1/policies/usage` from `usage`.
+    fn serving(records: &[Value], usage: Option<UsageSource>) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -442,11 +447,14 @@ impl Daemon {
             let r: Record = serde_json::from_value(r.clone()).expect("record");
             recent.push(r);
         }
-        let state = ApiState::new(
+        let mut state = ApiState::new(
             Metrics::new().expect("metrics"),
             recent,
             Arc::new(Readiness::new()),
         );
+        if let Some(usage) = usage {
+            state = state.with_usage(usage);
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -538,6 +546,97 @@ fn server_evidence_adds_the_top_blocked_pairs_and_says_usage_is_not_served() {
             .expect("f")
             .iter()
             .any(|f| f["check"] == "never-hit")
+    );
+}
+
+/// The daemon's own usage report (not a hand-written JSON) is what `audit --server` reads: a policy never
+/// hit and a never-hit rule of a hit policy are findings, a hit rule is not.
+#[test]
+fn server_usage_from_the_daemons_table_gives_never_hit_findings() {
+    use observer::{
+        cluster::{Inventory, InventoryConfig, SharedInventory},
+        policy::Direction,
+        usage::{Hit, PolicyKey, Usage},
+    };
+    let now = std::time::SystemTime::now();
+    let mut inv = Inventory::new(InventoryConfig::default());
+    for p in [
+        r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "busy", "namespace": "shop"},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 50051}]}, {"ports": [{"port": 8080}]}]}}"#,
+        r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "idle", "namespace": "shop"},
+            "spec": {"podSelector": {}, "egress": [{}]}}"#,
+    ] {
+        let np = serde_json::from_str(p).expect("policy");
+        inv.apply_policy(&np, now).expect("valid policy");
+    }
+    let table = Usage::shared(now);
+    let busy = PolicyKey {
+        kind: observer::policy::PolicyKind::NetworkPolicy,
+        namespace: "shop".into(),
+        name: "busy".into(),
+    };
+    for _ in 0..3 {
+        table.lock().expect("lock").allowed(
+            &[Hit {
+                policy: busy.clone(),
+                direction: Direction::Ingress,
+                rule: Some(0),
+            }],
+            now,
+        );
+    }
+    let daemon = Daemon::serving(
+        &[],
+        Some(UsageSource {
+            table,
+            inventory: SharedInventory::new(inv),
+            node: "node-a".into(),
+        }),
+    );
+    let (code, out, err) = cli(&[
+        "--cluster",
+        &path(&repo("deploy/demo")),
+        "--server",
+        &daemon.url,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    let doc: Value = serde_json::from_str(&out).expect("JSON");
+    assert_valid(
+        &validator(include_str!("../../docs/audit.schema.json")),
+        &doc,
+        "with usage",
+    );
+    let mut never: Vec<(String, Option<u64>)> = doc["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["check"] == "never-hit")
+        .map(|f| {
+            (
+                f["policy"]["id"].as_str().expect("id").to_owned(),
+                f["rule"].as_u64(),
+            )
+        })
+        .collect();
+    never.sort();
+    assert_eq!(
+        never,
+        [
+            ("shop/busy".to_owned(), Some(1)),
+            ("shop/idle".to_owned(), None)
+        ]
+    );
+    assert!(
+        !doc["notes"]
+            .as_array()
+            .expect("notes")
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.contains("policies/usage"))),
+        "{doc:#}"
     );
 }
 

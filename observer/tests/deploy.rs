@@ -1,6 +1,6 @@
 //! `deploy/` checked without a cluster: every manifest parses into its Kubernetes type (and has no field its
 //! type does not know), the DaemonSet matches `deploy/CAPABILITIES.md` (capabilities, host paths), RBAC is
-//! read-only on exactly six resources, every metric the dashboard and the alerts use is one the daemon
+//! read-only on exactly nine resources (plus create/patch on events), every metric the dashboard and the alerts use is one the daemon
 //! registers, every PromQL expression parses, the Dockerfile's toolchain cannot drift from `./x`, and the
 //! kustomizations render with `kubectl kustomize`. `./x test` sets `OBSERVER_REQUIRE_KUBECTL=1` (and `./x
 //! setup` installs kubectl where it is missing), so there a missing kubectl fails; a plain `cargo test`
@@ -610,11 +610,27 @@ fn check_rbac(objects: &Objects, origin: &str) {
             "{origin}: nonResourceURLs"
         );
         let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
-        assert_eq!(
-            verbs,
-            BTreeSet::from(["get", "list", "watch"]),
-            "{origin}: verbs must be exactly get/list/watch"
-        );
+        let groups = rule.api_groups.as_deref().unwrap_or_default();
+        let resources = rule.resources.as_deref().unwrap_or_default();
+        if groups == ["events.k8s.io"] {
+            // `--events`: the only write, on Events only.
+            assert_eq!(
+                resources,
+                ["events"],
+                "{origin}: the write rule is for events only"
+            );
+            assert_eq!(
+                verbs,
+                BTreeSet::from(["create", "patch"]),
+                "{origin}: events: exactly create/patch"
+            );
+        } else {
+            assert_eq!(
+                verbs,
+                BTreeSet::from(["get", "list", "watch"]),
+                "{origin}: verbs must be exactly get/list/watch"
+            );
+        }
         for group in rule.api_groups.as_deref().unwrap_or_default() {
             for resource in rule.resources.as_deref().unwrap_or_default() {
                 assert!(
@@ -634,11 +650,15 @@ fn check_rbac(objects: &Objects, origin: &str) {
         ("policy.networking.k8s.io", "adminnetworkpolicies"),
         ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
         ("discovery.k8s.io", "endpointslices"),
+        ("events.k8s.io", "events"),
     ]
     .iter()
     .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
     .collect();
-    assert_eq!(granted, expected, "{origin}: exactly the nine resources");
+    assert_eq!(
+        granted, expected,
+        "{origin}: exactly the nine resources read, and events written"
+    );
 
     assert_eq!(
         objects.cluster_role_bindings.len(),
@@ -1077,7 +1097,7 @@ fn capabilities_md_lists_the_expected_capabilities() {
 }
 
 #[test]
-fn rbac_is_read_only_on_nine_resources() {
+fn rbac_reads_nine_resources_and_writes_only_events() {
     let objects = base_objects();
     check_rbac(&objects, "deploy/base");
 }
@@ -1376,6 +1396,9 @@ fn dashboard_is_import_ready_and_uses_only_registered_metrics() {
         "observer_attached_interfaces",
         "observer_inventory_objects",
         "observer_cluster_synced",
+        "observer_policy_channels_total",
+        "observer_policies_never_hit",
+        "observer_kube_events_suppressed_total",
     ] {
         assert!(used.contains(family), "no panel shows {family}");
     }

@@ -16,7 +16,7 @@ use crate::{Lab, Netns, Pod, wait_for};
 /// The API address inside the node namespace (each lab has its own namespace, so no port clashes).
 pub use observer::lab::daemon::API;
 /// The node name the lab's pods run on (its first node).
-pub use observer::lab::daemon::NODE;
+pub use observer::lab::daemon::{NODE, RECORDS_API};
 
 /// How to run the daemon.
 #[derive(Clone, Debug)]
@@ -126,6 +126,11 @@ impl Daemon {
     /// `GET path` on the daemon's API: (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         self.process.get(path)
+    }
+
+    /// `GET path` on the records API listener ([`RECORDS_API`], `/api/*`): (status, body).
+    pub fn get_api(&self, path: &str) -> Option<(u16, String)> {
+        self.process.get_api(path)
     }
 
     /// The daemon's process id (CPU and memory figures from /proc).

@@ -303,7 +303,7 @@ fn never_hit(v: &Value, server: &str, out: &mut Vec<Finding>, notes: &mut Vec<St
             let mut f = Finding::new(
                 Check::NeverHit,
                 format!(
-                    "{} {direction} rule {index} allowed no connection seen since {since}",
+                    "{} {direction} rule {index} decided no connection seen since {since}",
                     policy.id
                 ),
                 "if the traffic it is for exists, check its peers and ports; otherwise it may be removed".into(),

@@ -401,6 +401,7 @@ mod tests {
             resource_version: "1".into(),
             nearest_miss: String::new(),
             changed_at: None,
+            rule: None,
         }
     }
 

@@ -32,8 +32,13 @@ use crate::{
     cluster::{
         Inventory, InventoryConfig, SharedInventory, files::FileSource, kube::KubeSource,
     },
-    export::{ApiArgs, ApiState, Exports, KubeAuth, LogArgs, Metrics, Readiness, Recent, Surface},
+    export::{
+        ApiArgs, ApiState, Exports, KubeAuth, LogArgs, Metrics, Readiness, Recent, Surface,
+        UsageSource,
+        events::{self, EventSink, EventsConfig},
+    },
     pipeline::Pipeline,
+    usage::Usage,
 };
 
 #[derive(Debug, Args)]
@@ -84,6 +89,11 @@ pub struct RunArgs {
     /// A live channel with no event (FIN, reset, drop) for this long is forgotten.
     #[arg(long, env = "OBSERVER_LIVE_IDLE", value_parser = humantime::parse_duration, default_value = "24h")]
     pub live_idle: Duration,
+    /// Write Kubernetes Events (events.k8s.io/v1) on the pods whose side denied a channel
+    /// (`NetworkPolicyDenied`), and for unenforced, stale-allowed and interrupted channels; correlated and
+    /// rate-limited like client-go's (docs/CONTRACT.md, "Kubernetes Events"). Needs the Kubernetes API.
+    #[arg(long, env = "OBSERVER_EVENTS")]
+    pub events: bool,
     #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]
@@ -204,8 +214,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_channels: args.max_live_channels,
         idle: args.live_idle,
     }));
+    let usage = Usage::shared(SystemTime::now());
     let state = ApiState::new(metrics.clone(), recent.clone(), readiness.clone())
-        .with_channels(live.clone());
+        .with_channels(live.clone())
+        .with_usage(UsageSource {
+            table: usage.clone(),
+            inventory: inventory.clone(),
+            node: args.node_name.clone(),
+        });
+    // Kubernetes Events: a writer task fed through a bounded queue (the loop below never waits on it).
+    let (event_sink, event_writer) = if args.events {
+        let client = ::kube::Client::try_default()
+            .await
+            .context("--events writes Kubernetes Events: connecting to the Kubernetes API")?;
+        let config = EventsConfig {
+            instance: if args.node_name.is_empty() {
+                events::CONTROLLER.to_owned()
+            } else {
+                args.node_name.clone()
+            },
+            ..EventsConfig::default()
+        };
+        tracing::info!(instance = %config.instance, "writing Kubernetes Events (events.k8s.io/v1)");
+        let (sink, task) = events::start(client, config, metrics.clone(), Some(inventory.clone()));
+        (Some(sink), Some(task))
+    } else {
+        (None, None)
+    };
     let auth = if args.api.api_needs_auth() {
         let client = ::kube::Client::try_default().await.with_context(|| {
             format!(
@@ -259,7 +294,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         inventory.clone(),
         args.node_name.clone(),
     )
-    .with_live(live, args.log_established);
+    .with_live(live, args.log_established)
+    .with_usage(usage.clone());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(5));
@@ -285,11 +321,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 pipeline.on_events(&batch, &mut records);
                 batch.clear();
                 pipeline.tick(monotonic_ns(), SystemTime::now(), &mut records);
-                emit(&mut exports, &mut records);
+                emit(&mut exports, event_sink.as_ref(), &mut records);
             }
             _ = tick.tick() => {
                 pipeline.tick(monotonic_ns(), SystemTime::now(), &mut records);
-                emit(&mut exports, &mut records);
+                emit(&mut exports, event_sink.as_ref(), &mut records);
             }
             _ = housekeeping.tick() => {
                 let (lost, suppressed, attached) = match datapath.lock() {
@@ -299,7 +335,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 metrics.events_lost.inc_by(lost.saturating_sub(lost_seen));
                 lost_seen = lost.max(lost_seen);
                 pipeline.lost_events(lost_seen, SystemTime::now(), &mut records);
-                emit(&mut exports, &mut records);
+                emit(&mut exports, event_sink.as_ref(), &mut records);
                 metrics.events_suppressed.inc_by(suppressed.saturating_sub(suppressed_seen));
                 suppressed_seen = suppressed.max(suppressed_seen);
                 metrics.events_malformed.inc_by(events.malformed().saturating_sub(malformed_seen));
@@ -314,6 +350,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     metrics.inventory_objects.with_label_values(&[kind]).set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
                 metrics.cluster_synced.set(i64::from(ready));
+                let (never_policies, never_rules) = {
+                    let inv = inventory.read();
+                    crate::usage::lock(&usage).never_hit(inv.engine())
+                };
+                metrics.policies_never_hit.with_label_values(&["policy"]).set(i64::try_from(never_policies).unwrap_or(i64::MAX));
+                metrics.policies_never_hit.with_label_values(&["rule"]).set(i64::try_from(never_rules).unwrap_or(i64::MAX));
                 readiness.set_synced(ready);
             }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break Ok(()) }
@@ -327,6 +369,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         if let Ok(Err(e)) = server.await {
             tracing::warn!(error = %e, "HTTP listener");
         }
+    }
+    // The Event writer flushes its pending series once the queue closes.
+    drop(event_sink);
+    if let Some(task) = event_writer
+        && tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("Kubernetes Events: the last series updates were not written in time");
     }
     if let Err(e) = exports.log.flush() {
         tracing::warn!(error = %e, "flushing the forensics log");
@@ -347,9 +398,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-fn emit(exports: &mut Exports, records: &mut Vec<crate::export::Record>) {
+fn emit(
+    exports: &mut Exports,
+    events: Option<&EventSink>,
+    records: &mut Vec<crate::export::Record>,
+) {
     if records.is_empty() {
         return;
+    }
+    if let Some(sink) = events {
+        for r in records.iter() {
+            sink.offer(r);
+        }
     }
     if let Err(e) = exports.emit_all(records.drain(..)) {
         tracing::warn!(error = %e, "writing the forensics log");

@@ -15,6 +15,7 @@
 //! | api | `GET /api/v1/blocked?since=&limit=&kind=` | JSON array of recent records, newest last |
 //! | api | `GET /api/v1/blocked/stream?since=&kind=` | newline-delimited records as they arrive (after a replay from `since`) |
 //! | api | `GET /api/v1/channels?state=live\|stale` | the live channel table ([`super::channels`]) |
+//! | api | `GET /api/v1/policies/usage` | per-policy and per-rule usage, every policy of the inventory ([`crate::usage::Report`]) |
 //!
 //! `since` is an RFC 3339 time or a duration back from the server's clock (`5m`), so a client with a skewed
 //! clock still gets what it asked for. `kind` is a comma-separated list of record kinds (default: all).
@@ -134,6 +135,17 @@ pub struct ApiState {
     pub readiness: Arc<Readiness>,
     /// The live channel table (`/api/v1/channels`); empty until [`ApiState::with_channels`].
     pub channels: SharedLive,
+    /// Per-policy usage and the inventory its report lists every policy from; `None`: not served (404).
+    pub usage: Option<UsageSource>,
+}
+
+/// What `GET /api/v1/policies/usage` reads.
+#[derive(Clone)]
+pub struct UsageSource {
+    pub table: crate::usage::SharedUsage,
+    pub inventory: crate::cluster::SharedInventory,
+    /// This node's name (in the report).
+    pub node: String,
 }
 
 impl ApiState {
@@ -143,12 +155,20 @@ impl ApiState {
             recent,
             readiness,
             channels: SharedLive::new(LiveTable::new(live::Config::default())),
+            usage: None,
         }
     }
 
     /// Serves `channels` on `/api/v1/channels`.
     pub fn with_channels(mut self, channels: SharedLive) -> Self {
         self.channels = channels;
+        self
+    }
+
+    /// Serves `GET /api/v1/policies/usage` from `usage`.
+    #[must_use]
+    pub fn with_usage(mut self, usage: UsageSource) -> Self {
+        self.usage = Some(usage);
         self
     }
 }
@@ -211,6 +231,7 @@ fn router(shared: Shared, surface: Surface) -> Router {
                 .route("/api/v1/blocked", get(blocked))
                 .route("/api/v1/blocked/stream", get(stream))
                 .route("/api/v1/channels", get(channels))
+                .route("/api/v1/policies/usage", get(policy_usage))
                 .with_state(shared);
             match auth {
                 // A route layer: unknown paths stay 404 without asking the API server.
@@ -518,6 +539,21 @@ fn json_line(r: &Record) -> Bytes {
     });
     v.push(b'\n');
     Bytes::from(v)
+}
+
+/// The usage table against the inventory's current policies (every one listed, hit or not).
+async fn policy_usage(State(s): State<Shared>) -> Response {
+    let Some(u) = &s.api.usage else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this daemon does not keep policy usage".into(),
+        );
+    };
+    let report = {
+        let inventory = u.inventory.read();
+        crate::usage::lock(&u.table).report(inventory.engine(), &u.node)
+    };
+    Json(report).into_response()
 }
 
 fn error(status: StatusCode, message: String) -> Response {

@@ -669,6 +669,7 @@ mod tests {
             resource_version: "81234".into(),
             nearest_miss: "rule 0 allows TCP 8080, not TCP 50051".into(),
             changed_at: Some("2026-11-26T14:01:58.000Z".into()),
+            rule: None,
         });
         assert_eq!(
             Text(&r).to_string(),

@@ -61,6 +61,17 @@ pub struct Metrics {
     pub live_channels: IntGauge,
     /// Live channels forgotten because the table was full.
     pub live_evicted: IntCounter,
+    /// `{verdict, policy_kind, policy_namespace, policy_name}` — channels each policy allowed or denied
+    /// (usage; top policies, the rest as `policy_name="other"`).
+    pub policy_channels: IntCounterVec,
+    /// `{object}` — policies / rules in the inventory that no channel hit since the start.
+    pub policies_never_hit: IntGaugeVec,
+    /// `{reason, action}` — Kubernetes Events written (`create`, `patch`).
+    pub kube_events: IntCounterVec,
+    /// `{reason}` — Kubernetes Events not written: rate limit or full queue.
+    pub kube_events_suppressed: IntCounterVec,
+    /// `{reason}` — Kubernetes Event API calls that failed.
+    pub kube_event_errors: IntCounterVec,
     /// `namespace/name` of the policies with their own labels.
     admitted: Arc<Mutex<HashSet<String>>>,
 }
@@ -219,6 +230,41 @@ impl Metrics {
             "observer_live_channels_evicted_total",
             "Live channels forgotten because the live table was full."
         );
+        let policy_channels = counter_vec!(
+            "observer_policy_channels_total",
+            "Channels each policy decided (usage), by verdict (allowed, denied) and policy (top policies; the rest as policy_name=\"other\").",
+            &["verdict", "policy_kind", "policy_namespace", "policy_name"]
+        );
+        let policies_never_hit = {
+            let m = IntGaugeVec::new(
+                Opts::new(
+                    "observer_policies_never_hit",
+                    "Policies (object=\"policy\") and rules of hit policies (object=\"rule\") in the inventory that no channel seen on this node hit since the daemon started.",
+                ),
+                &["object"],
+            )
+            .map_err(|source| MetricsError::Register {
+                name: "observer_policies_never_hit",
+                source,
+            })?;
+            reg(Box::new(m.clone()), "observer_policies_never_hit")?;
+            m
+        };
+        let kube_events = counter_vec!(
+            "observer_kube_events_total",
+            "Kubernetes Events written (observer run --events), by Event reason and action (create, patch).",
+            &["reason", "action"]
+        );
+        let kube_events_suppressed = counter_vec!(
+            "observer_kube_events_suppressed_total",
+            "Kubernetes Events not written because the per-object or per-node rate limit was exhausted or the queue was full, by Event reason.",
+            &["reason"]
+        );
+        let kube_event_errors = counter_vec!(
+            "observer_kube_event_errors_total",
+            "Kubernetes Event API calls that failed (never fatal), by Event reason.",
+            &["reason"]
+        );
         let names = families.iter().map(|(n, _)| n.clone()).collect();
         Ok(Self {
             registry,
@@ -240,6 +286,11 @@ impl Metrics {
             stale_channels,
             live_channels,
             live_evicted,
+            policy_channels,
+            policies_never_hit,
+            kube_events,
+            kube_events_suppressed,
+            kube_event_errors,
             admitted: Arc::default(),
         })
     }
@@ -305,6 +356,21 @@ impl Metrics {
                 .with_label_values(&[direction, "", "", ""])
                 .add(delta);
         }
+    }
+
+    /// Counts one channel a policy allowed or denied, once per distinct policy of `hits` (usage).
+    pub fn policy_channels(&self, allowed: bool, hits: &[crate::usage::Hit]) {
+        let verdict = if allowed { "allowed" } else { "denied" };
+        let distinct = hits
+            .iter()
+            .enumerate()
+            .filter(|(i, h)| !hits[..*i].iter().any(|o| o.policy == h.policy))
+            .map(|(_, h)| PolicyLabels {
+                kind: h.policy.kind.as_str(),
+                namespace: &h.policy.namespace,
+                name: &h.policy.name,
+            });
+        self.per_policy(&self.policy_channels, &[verdict], distinct);
     }
 
     /// One increment of `counter` per policy, its labels `leading` then `policy_kind`,

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod channels;
+pub mod events;
 pub mod http;
 pub mod log;
 pub mod metrics;
@@ -13,7 +14,7 @@ pub mod record;
 use std::sync::Arc;
 
 pub use auth::KubeAuth;
-pub use http::{ApiArgs, ApiState, Readiness, Surface, serve};
+pub use http::{ApiArgs, ApiState, Readiness, Surface, UsageSource, serve};
 pub use log::{LogArgs, LogError, LogWriter, Rotation};
 pub use metrics::Metrics;
 pub use recent::Recent;

@@ -404,6 +404,10 @@ pub struct PolicyRef {
     /// When this revision was written (or first seen), RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_at: Option<String>,
+    /// The index of the cluster-scoped policy's `Deny` rule that decided (`spec.ingress[rule]` or
+    /// `spec.egress[rule]`); absent for a NetworkPolicy, which denies by having no matching rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
 }
 
 impl PolicyRef {
@@ -495,6 +499,7 @@ mod tests {
                 resource_version: "81233".into(),
                 nearest_miss: "no rules".into(),
                 changed_at: None,
+                rule: None,
             }],
             notes: vec![],
             detail: Detail::default(),

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::netns::run_in;
 
-/// The API address inside a node namespace (each lab has its own namespace: no port clashes).
+/// The public listener inside a node namespace (each lab has its own namespace: no port clashes):
+/// `/metrics`, `/healthz`, `/readyz`.
 pub const API: &str = "127.0.0.1:9990";
+/// The records API listener (`--api-listen`, the daemon's default): `/api/*`.
+pub const RECORDS_API: &str = "127.0.0.1:9991";
 /// The node name a lab's daemon runs as and its pods run on.
 pub const NODE: &str = "lab-node";
 
@@ -136,9 +139,19 @@ impl Process {
     /// `GET path` on the daemon's API, from inside its namespace: (status, body).
     #[must_use]
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.get_from(API, path)
+    }
+
+    /// `GET path` on the records API listener ([`RECORDS_API`], `/api/*`): (status, body).
+    pub fn get_api(&self, path: &str) -> Option<(u16, String)> {
+        self.get_from(RECORDS_API, path)
+    }
+
+    /// `GET path` on `addr` inside the node namespace: (status, body).
+    pub fn get_from(&self, addr: &'static str, path: &str) -> Option<(u16, String)> {
         let path = path.to_owned();
         run_in(&self.netns, move || -> Option<(u16, String)> {
-            let addr = API.parse().ok()?;
+            let addr = addr.parse().ok()?;
             let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
             write!(s, "GET {path} HTTP/1.0\r\nHost: observer\r\n\r\n").ok()?;

@@ -5,7 +5,10 @@
 //! registered with [`FakeApiServer::add_token`]) and SubjectAccessReviews (non-resource grants registered
 //! with [`FakeApiServer::grant`]), as the authentication and authorisation APIs do. The optional
 //! `policy.networking.k8s.io` kinds are served (API discovery and collections) only after
-//! [`FakeApiServer::serve`], as a CRD would be.
+//! [`FakeApiServer::serve`], as a CRD would be. events.k8s.io/v1 Events are accepted as the Event API
+//! does (`POST` creates, `PATCH` applies a JSON merge patch, 409 on a name taken, 404 on an unknown one), kept
+//! for tests to read back ([`FakeApiServer::events`]); [`FakeApiServer::fail_events`] makes the next writes
+//! fail with a given status.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
@@ -119,6 +122,12 @@ struct Store {
     access_reviews: usize,
     /// CRD-backed resources currently served (discovery and collections).
     served: std::collections::HashSet<Resource>,
+    /// events.k8s.io/v1 Events by `namespace/name`.
+    events: BTreeMap<String, Value>,
+    /// Event writes accepted: (creates, patches).
+    event_writes: (usize, usize),
+    /// The next this-many Event writes fail with this status.
+    event_failures: Option<(StatusCode, usize)>,
 }
 
 struct Shared {
@@ -206,6 +215,22 @@ impl FakeApiServer {
     pub fn reviews(&self) -> (usize, usize) {
         let store = self.shared.store();
         (store.token_reviews, store.access_reviews)
+    }
+
+    /// Every Event written so far, sorted by `namespace/name`.
+    pub fn events(&self) -> Vec<Value> {
+        self.shared.store().events.values().cloned().collect()
+    }
+
+    /// Event writes accepted so far: (creates, patches).
+    pub fn event_writes(&self) -> (usize, usize) {
+        self.shared.store().event_writes
+    }
+
+    /// Makes the next `n` Event writes (creates and patches) fail with `status`.
+    pub fn fail_events(&self, status: u16, n: usize) {
+        let status = StatusCode::from_u16(status).expect("an HTTP status");
+        self.shared.store().event_failures = Some((status, n));
     }
 
     /// A kube-rs configuration pointing at this server (plain HTTP, no auth).
@@ -354,6 +379,12 @@ async fn serve(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
+    if let Some(rest) = uri
+        .path()
+        .strip_prefix("/apis/events.k8s.io/v1/namespaces/")
+    {
+        return events(&shared, &method, rest, &body);
+    }
     if method == Method::POST {
         return review(&shared, uri.path(), &body);
     }
@@ -377,6 +408,101 @@ async fn serve(
         watch_response(&shared, resource, from)
     } else {
         list_response(&shared, resource).await
+    }
+}
+
+fn status(code: StatusCode, message: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
+        "reason": code.canonical_reason().unwrap_or_default(), "code": code.as_u16()});
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// events.k8s.io/v1 `namespaces/{ns}/events[/{name}]`: `POST` creates, `PATCH` merges, `GET` reads.
+fn events(shared: &Shared, method: &Method, rest: &str, body: &[u8]) -> Response {
+    let mut parts = rest.split('/');
+    let (Some(namespace), Some("events")) = (parts.next(), parts.next()) else {
+        return status(StatusCode::NOT_FOUND, "no such collection");
+    };
+    let name = parts.next();
+    let mut store = shared.store();
+    if *method != Method::GET
+        && let Some((code, left)) = store.event_failures
+        && left > 0
+    {
+        store.event_failures = Some((code, left - 1));
+        return status(code, "injected failure");
+    }
+    match (method.clone(), name) {
+        (Method::POST, None) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+                return status(StatusCode::BAD_REQUEST, "not JSON");
+            };
+            let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "metadata.name: Required value",
+                );
+            };
+            let key = format!("{namespace}/{name}");
+            if store.events.contains_key(&key) {
+                return status(StatusCode::CONFLICT, "already exists");
+            }
+            store.rv += 1;
+            object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+            object["metadata"]["namespace"] = json!(namespace);
+            object["apiVersion"] = json!("events.k8s.io/v1");
+            object["kind"] = json!("Event");
+            store.events.insert(key, object.clone());
+            store.event_writes.0 += 1;
+            (
+                StatusCode::CREATED,
+                [(header::CONTENT_TYPE, "application/json")],
+                object.to_string(),
+            )
+                .into_response()
+        }
+        (Method::PATCH, Some(name)) => {
+            let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+                return status(StatusCode::BAD_REQUEST, "not JSON");
+            };
+            let key = format!("{namespace}/{name}");
+            store.rv += 1;
+            let rv = store.rv;
+            let Some(object) = store.events.get_mut(&key) else {
+                return status(StatusCode::NOT_FOUND, "events.events.k8s.io not found");
+            };
+            merge(object, &patch);
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let object = object.clone();
+            store.event_writes.1 += 1;
+            json_response(&object)
+        }
+        (Method::GET, Some(name)) => match store.events.get(&format!("{namespace}/{name}")) {
+            Some(object) => json_response(object),
+            None => status(StatusCode::NOT_FOUND, "events.events.k8s.io not found"),
+        },
+        _ => status(StatusCode::METHOD_NOT_ALLOWED, "not supported by the fake"),
     }
 }
 

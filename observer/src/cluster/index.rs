@@ -2011,7 +2011,7 @@ mod tests {
         );
         // Nothing new since the end; a reader beyond the capacity is told to start over.
         assert!(inv.changes_since(since.position).changes.is_empty());
-        for i in 0..FEED_CAPACITY {
+        for i in 0..=FEED_CAPACITY {
             inv.apply_pod(
                 &mk_pod("a", "p", "u1", "10.0.0.2", &[("n", &i.to_string())]),
                 t(6),
@@ -2021,7 +2021,9 @@ mod tests {
         let behind = inv.changes_since(since.position);
         assert!(!behind.complete);
         assert_eq!(behind.changes.len(), FEED_CAPACITY);
-        assert!(inv.changes_since(behind.position - 1).complete);
+        let oldest_kept = behind.position - FEED_CAPACITY as u64;
+        assert!(inv.changes_since(oldest_kept).complete);
+        assert!(!inv.changes_since(oldest_kept - 1).complete);
     }
 
     #[test]

@@ -105,17 +105,38 @@ fn inventory(at: SystemTime) -> SharedInventory {
         inv.stage_namespace(&ns).expect("valid");
     }
     for i in 0..CLIENTS {
-        inv.stage_pod(&pod("shop", &format!("checkout-{i}"), "checkout", &client_ip(i)), at)
-            .expect("valid");
+        inv.stage_pod(
+            &pod("shop", &format!("checkout-{i}"), "checkout", &client_ip(i)),
+            at,
+        )
+        .expect("valid");
     }
     for i in 0..SERVERS {
-        inv.stage_pod(&pod("payments", &format!("payments-{i}"), "payments", &server_ip(i)), at)
-            .expect("valid");
+        inv.stage_pod(
+            &pod(
+                "payments",
+                &format!("payments-{i}"),
+                "payments",
+                &server_ip(i),
+            ),
+            at,
+        )
+        .expect("valid");
     }
     for p in [
-        policy("payments", "default-deny", "1", serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"]})),
-        policy("payments", "allow-checkout", "2", serde_json::json!({"podSelector": {},
-            "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "checkout"}}}]}]})),
+        policy(
+            "payments",
+            "default-deny",
+            "1",
+            serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        ),
+        policy(
+            "payments",
+            "allow-checkout",
+            "2",
+            serde_json::json!({"podSelector": {},
+            "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "checkout"}}}]}]}),
+        ),
     ] {
         inv.stage_policy(&p, at).expect("valid");
     }
@@ -198,7 +219,12 @@ fn main() {
     let t0 = Instant::now();
     inv.write()
         .apply_policy(
-            &policy("other", "deny-all", "3", serde_json::json!({"podSelector": {}})),
+            &policy(
+                "other",
+                "deny-all",
+                "3",
+                serde_json::json!({"podSelector": {}}),
+            ),
             now,
         )
         .expect("apply");

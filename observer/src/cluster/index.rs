@@ -1417,7 +1417,8 @@ fn non_empty(s: &str) -> Option<Arc<str>> {
 
 /// What a NetworkPolicy revision changed, in one line.
 fn policy_summary(old: Option<&policy::Policy>, new: &policy::Policy) -> String {
-    let rules = |r: Option<&[policy::Rule]>| r.map_or_else(|| "—".to_owned(), |r| r.len().to_string());
+    let rules =
+        |r: Option<&[policy::Rule]>| r.map_or_else(|| "—".to_owned(), |r| r.len().to_string());
     let Some(old) = old else {
         return format!(
             "added: ingress rules {}, egress rules {}",
@@ -1965,11 +1966,16 @@ mod tests {
     }
 
     #[test]
-    fn the_change_feed_names_what_changed_after_the_initial_sync_and_says_when_a_reader_fell_behind() {
+    fn the_change_feed_names_what_changed_after_the_initial_sync_and_says_when_a_reader_fell_behind()
+     {
         let mut inv = Inventory::default();
         inv.apply_pod(&mk_pod("a", "p", "u1", "10.0.0.1", &[("app", "x")]), t(0))
             .expect("valid");
-        assert_eq!(inv.feed_position(), 0, "nothing fed before the initial sync");
+        assert_eq!(
+            inv.feed_position(),
+            0,
+            "nothing fed before the initial sync"
+        );
         for kind in Kind::ALL {
             inv.commit(kind, t(1));
         }

@@ -480,8 +480,9 @@ impl Pipeline {
                     {
                         records.push(attribution::established(ch, attempts, &self.node));
                     }
-                    if inventory.is_ready() && counted {
-                        if let Some(record) = attribution::unenforced(
+                    if inventory.is_ready()
+                        && counted
+                        && let Some(record) = attribution::unenforced(
                             client,
                             server,
                             attempts,
@@ -490,16 +491,16 @@ impl Pipeline {
                             &judged,
                             &inventory,
                             &self.node,
-                        ) {
-                            self.metrics.unenforced(
-                                record.direction.map_or("", |d| d.as_str()),
-                                record
-                                    .policies
-                                    .iter()
-                                    .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
-                            );
-                            records.extend(rate_limit(&mut self.unenforced_last, record));
-                        }
+                        )
+                    {
+                        self.metrics.unenforced(
+                            record.direction.map_or("", |d| d.as_str()),
+                            record
+                                .policies
+                                .iter()
+                                .map(|p| (&*p.kind, &*p.namespace, &*p.name)),
+                        );
+                        records.extend(rate_limit(&mut self.unenforced_last, record));
                     }
                 }
                 Outcome::Blocked(blocked) => {

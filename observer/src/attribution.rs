@@ -16,12 +16,12 @@ use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 use crate::{
     bpf::events::Side,
     channel::Blocked,
+    channel::live::{AllowedBy, LiveChannel, Verdict},
     cluster::{Endpoint as InvEndpoint, Inventory},
     export::record::{
-        self, Cause, ChannelSeen, Direction, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record,
-        RecordKind, ResetSeen, ResetSide, ServiceRef,
+        self, Cause, ChannelSeen, Direction, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef,
+        Record, RecordKind, ResetSeen, ResetSide, ServiceRef,
     },
-    channel::live::{AllowedBy, LiveChannel, Verdict},
     policy::{
         PolicyKind, Protocol,
         verdict::{DirectionVerdict, PolicyOutcome},
@@ -309,7 +309,11 @@ pub fn judge(
     }
     let mut allowed_by = AllowedBy::default();
     for (side, direction, out) in [
-        (&verdict.ingress, Direction::Ingress, &mut allowed_by.ingress),
+        (
+            &verdict.ingress,
+            Direction::Ingress,
+            &mut allowed_by.ingress,
+        ),
         (&verdict.egress, Direction::Egress, &mut allowed_by.egress),
     ] {
         if side.allowed {
@@ -570,7 +574,10 @@ fn judge_backends(
 /// The record for an established connection that the policies deny (the network did not enforce them),
 /// or `None` when they allow it or the inventory is not synced. Evaluated at `at`, the establishment.
 /// `judged` is [`judge`] at `at` (computed once per channel, shared with the live table).
-#[expect(clippy::too_many_arguments, reason = "one channel's facts, each a plain value")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one channel's facts, each a plain value"
+)]
 pub fn unenforced(
     client: SocketAddr,
     server: SocketAddr,
@@ -621,7 +628,10 @@ pub fn unenforced(
 /// A channel just established, as the live table keeps it: its ends and Service as the inventory knew
 /// them at `at`, and what allowed it (`judged`, the one verdict of the channel, shared with
 /// [`unenforced`]).
-#[expect(clippy::too_many_arguments, reason = "one channel's facts, each a plain value")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one channel's facts, each a plain value"
+)]
 pub fn live_channel(
     client: SocketAddr,
     server: SocketAddr,
@@ -633,15 +643,16 @@ pub fn live_channel(
     inventory: &Inventory,
     counted: bool,
 ) -> LiveChannel {
-    let service = match dialed.and_then(|vip| inventory.service_at(vip, Protocol::Tcp).map(|s| (vip, s))) {
-        Some((vip, (svc, _))) => vec![ServiceRef {
-            namespace: Arc::clone(&svc.key.namespace),
-            name: Arc::clone(&svc.key.name),
-            ip: Some(vip.ip()),
-            port: vip.port(),
-        }],
-        None => fronting(inventory, server),
-    };
+    let service =
+        match dialed.and_then(|vip| inventory.service_at(vip, Protocol::Tcp).map(|s| (vip, s))) {
+            Some((vip, (svc, _))) => vec![ServiceRef {
+                namespace: Arc::clone(&svc.key.namespace),
+                name: Arc::clone(&svc.key.name),
+                ip: Some(vip.ip()),
+                port: vip.port(),
+            }],
+            None => fronting(inventory, server),
+        };
     LiveChannel {
         id: 0,
         client,
@@ -781,7 +792,10 @@ pub fn interrupted(
     r.kernel_reason = evidence.drop.as_ref().map(|d| d.reason.clone());
     r.call_site = evidence.drop.as_ref().map(|d| d.call_site.clone());
     let seen = if let Some(d) = &evidence.drop {
-        format!("a packet of the established connection was dropped ({})", d.reason)
+        format!(
+            "a packet of the established connection was dropped ({})",
+            d.reason
+        )
     } else if let Some(reset) = evidence.reset {
         format!(
             "the established connection was reset ({})",
@@ -1437,7 +1451,17 @@ mod tests {
         let inv = inventory(&[]);
         let judged = judge(&inv, b.client, b.server, b.first_seen);
         assert!(
-            unenforced(b.client, b.server, 1, None, b.first_seen, &judged, &inv, "n1").is_none()
+            unenforced(
+                b.client,
+                b.server,
+                1,
+                None,
+                b.first_seen,
+                &judged,
+                &inv,
+                "n1"
+            )
+            .is_none()
         );
     }
 

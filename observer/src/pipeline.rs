@@ -986,7 +986,10 @@ mod tests {
         let mut records = Vec::new();
         let mut p = established(&inv, &m, &mut records);
         records.clear();
-        assert!(inv.write().delete_policy("payments", "allow-checkout", at(1_010)));
+        assert!(
+            inv.write()
+                .delete_policy("payments", "allow-checkout", at(1_010))
+        );
         p.tick(3 * MS, at(1_011), &mut records);
         // Again: nothing new.
         p.tick(4 * MS, at(1_012), &mut records);
@@ -1008,12 +1011,18 @@ mod tests {
         let changed = of(&records, RecordKind::PolicyChanged);
         assert_eq!(changed.len(), 1, "{records:?}");
         let pc = changed[0].detail.policy_change.as_ref().expect("change");
-        assert_eq!((pc.op, pc.made_stale, pc.allowed_again), (PolicyOp::Deleted, 1, 0));
+        assert_eq!(
+            (pc.op, pc.made_stale, pc.allowed_again),
+            (PolicyOp::Deleted, 1, 0)
+        );
         assert_eq!(stale_gauge(&m), 1);
         assert_eq!(p.live().read().stale_len(), 1);
         // The FIN: gone from the table, and from the gauge.
         records.clear();
-        p.on_events(&[event(Kind::Closed, 5_000, 40000, "lxc-checkout")], &mut records);
+        p.on_events(
+            &[event(Kind::Closed, 5_000, 40000, "lxc-checkout")],
+            &mut records,
+        );
         assert!(records.is_empty(), "{records:?}");
         assert_eq!(stale_gauge(&m), 0);
         assert!(p.live().read().is_empty());
@@ -1025,7 +1034,8 @@ mod tests {
         let m = Metrics::new().expect("m");
         let mut records = Vec::new();
         let mut p = established(&inv, &m, &mut records);
-        inv.write().delete_policy("payments", "allow-checkout", at(1_010));
+        inv.write()
+            .delete_policy("payments", "allow-checkout", at(1_010));
         p.tick(3 * MS, at(1_011), &mut records);
         assert_eq!(stale_gauge(&m), 1);
         records.clear();
@@ -1037,7 +1047,10 @@ mod tests {
         assert_eq!(p.live().read().stale_len(), 0);
         let changed = of(&records, RecordKind::PolicyChanged);
         let pc = changed[0].detail.policy_change.as_ref().expect("change");
-        assert_eq!((pc.op, pc.made_stale, pc.allowed_again), (PolicyOp::Added, 0, 1));
+        assert_eq!(
+            (pc.op, pc.made_stale, pc.allowed_again),
+            (PolicyOp::Added, 0, 1)
+        );
         assert!(of(&records, RecordKind::StaleAllowed).is_empty());
     }
 
@@ -1051,9 +1064,15 @@ mod tests {
         let elsewhere = policy(
             "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: deny-all, namespace: other, uid: u-o, resourceVersion: '3'}, spec: {podSelector: {}}}",
         );
-        inv.write().apply_policy(&elsewhere, at(1_010)).expect("apply");
+        inv.write()
+            .apply_policy(&elsewhere, at(1_010))
+            .expect("apply");
         p.tick(3 * MS, at(1_011), &mut records);
-        assert_eq!(m.policy_evaluations.get(), before, "no channel in namespace other");
+        assert_eq!(
+            m.policy_evaluations.get(),
+            before,
+            "no channel in namespace other"
+        );
         assert_eq!(of(&records, RecordKind::PolicyChanged).len(), 1);
         // A policy of payments re-evaluates the channel.
         let mut edited = policy(ALLOW_CHECKOUT);
@@ -1064,9 +1083,15 @@ mod tests {
         assert_eq!(m.policy_evaluations.get(), before + 1);
         let stale = of(&records, RecordKind::StaleAllowed);
         assert_eq!(stale.len(), 1, "{records:?}");
-        let change = stale[0].detail.channel.as_ref().and_then(|c| c.change.clone());
+        let change = stale[0]
+            .detail
+            .channel
+            .as_ref()
+            .and_then(|c| c.change.clone());
         assert!(
-            change.as_deref().is_some_and(|c| c.contains("edited (rv 7 → 8)")),
+            change
+                .as_deref()
+                .is_some_and(|c| c.contains("edited (rv 7 → 8)")),
             "{change:?}"
         );
     }
@@ -1077,7 +1102,8 @@ mod tests {
         let m = Metrics::new().expect("m");
         let mut records = Vec::new();
         let mut p = established(&inv, &m, &mut records);
-        inv.write().delete_policy("payments", "allow-checkout", at(1_010));
+        inv.write()
+            .delete_policy("payments", "allow-checkout", at(1_010));
         p.tick(3 * MS, at(1_011), &mut records);
         assert_eq!(stale_gauge(&m), 1);
         records.clear();
@@ -1139,7 +1165,11 @@ mod tests {
         assert!(cut[0].policies.is_empty());
         assert_ne!(cut[0].cause, Some(Cause::Policy));
         assert_eq!(
-            cut[0].evidence.as_ref().and_then(|e| e.reset).map(|r| r.side),
+            cut[0]
+                .evidence
+                .as_ref()
+                .and_then(|e| e.reset)
+                .map(|r| r.side),
             Some(ResetSide::Destination)
         );
     }

@@ -22,7 +22,11 @@ const PRODUCERS: &[(&str, &str, &str)] = &[
         "kind: RecordKind::Unenforced",
     ),
     ("established", "attribution.rs", "RecordKind::Established"),
-    ("stale_allowed", "attribution.rs", "RecordKind::StaleAllowed"),
+    (
+        "stale_allowed",
+        "attribution.rs",
+        "RecordKind::StaleAllowed",
+    ),
     ("interrupted", "attribution.rs", "RecordKind::Interrupted"),
     (
         "policy_changed",

@@ -138,8 +138,7 @@ impl Stream {
                     .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
                     .into_inner();
                 while !stopping.load(Ordering::Relaxed) {
-                    match tokio::time::timeout(Duration::from_millis(200), stream.message()).await
-                    {
+                    match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
                         Ok(Ok(Some(_))) => {
                             count.fetch_add(1, Ordering::Relaxed);
                         }
@@ -247,7 +246,10 @@ impl Shop {
         ]
         .concat();
         manifests.write("cluster.yaml", &cluster);
-        manifests.write("policies.yaml", &[default_deny(), allow_checkout()].concat());
+        manifests.write(
+            "policies.yaml",
+            &[default_deny(), allow_checkout()].concat(),
+        );
         Self { lab, manifests }
     }
 
@@ -281,11 +283,9 @@ fn api_get(node: &Netns, path: &str) -> Option<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let path = path.to_owned();
     node.run(move || -> Option<(u16, String)> {
-        let mut s = std::net::TcpStream::connect_timeout(
-            &API_LISTEN.parse().ok()?,
-            Duration::from_secs(2),
-        )
-        .ok()?;
+        let mut s =
+            std::net::TcpStream::connect_timeout(&API_LISTEN.parse().ok()?, Duration::from_secs(2))
+                .ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(s, "GET {path} HTTP/1.0\r\nHost: observer\r\n\r\n").ok()?;
         let mut text = String::new();
@@ -316,12 +316,16 @@ fn names(r: &Value) -> Vec<String> {
 const STALE_SERIES: &str = r#"observer_stale_channels{direction="ingress",policy_kind="NetworkPolicy",policy_name="default-deny",policy_namespace="payments"}"#;
 
 fn of_kind(d: &Daemon, kind: &str) -> Vec<Value> {
-    d.records().into_iter().filter(|r| r["kind"] == kind).collect()
+    d.records()
+        .into_iter()
+        .filter(|r| r["kind"] == kind)
+        .collect()
 }
 
 #[test]
 #[ignore = "needs root: network namespaces and eBPF"]
-fn a_policy_deleted_under_conntrack_enforcement_leaves_one_stale_allowed_channel_that_keeps_working() {
+fn a_policy_deleted_under_conntrack_enforcement_leaves_one_stale_allowed_channel_that_keeps_working()
+ {
     let shop = Shop::new();
     shop.enforce_allowed();
     let _server = TickingServer::start(&shop.lab.pod(1).ns, shop.payments());
@@ -339,7 +343,10 @@ fn a_policy_deleted_under_conntrack_enforcement_leaves_one_stale_allowed_channel
     let ch = &listed["channels"][0];
     assert_eq!(ch["state"], "live", "{ch}");
     assert_eq!(ch["dst"]["pod"], "payments-0", "{ch}");
-    assert_eq!(ch["allowed_by"]["ingress"][0]["name"], "allow-checkout", "{ch}");
+    assert_eq!(
+        ch["allowed_by"]["ingress"][0]["name"], "allow-checkout",
+        "{ch}"
+    );
     assert_eq!(
         ch["allowed_by"]["ingress"][0]["resource_version"], "81240",
         "{ch}"
@@ -368,7 +375,11 @@ fn a_policy_deleted_under_conntrack_enforcement_leaves_one_stale_allowed_channel
             .is_some_and(|c| c.contains("payments/allow-checkout deleted")),
         "{stale}"
     );
-    assert!(stale["channel"]["up_seconds"].as_f64().is_some_and(|s| s > 0.0));
+    assert!(
+        stale["channel"]["up_seconds"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0)
+    );
     let changed = daemon
         .wait_record(WAIT, |r| r["kind"] == "policy_changed")
         .expect("a policy_changed record");
@@ -379,12 +390,14 @@ fn a_policy_deleted_under_conntrack_enforcement_leaves_one_stale_allowed_channel
     // The stream keeps working, and the gauge and the API say it is stale.
     assert!(stream.flows(3), "messages still flow after the change");
     assert_eq!(daemon.metric(STALE_SERIES), 1.0, "{}", daemon.metrics());
-    let (code, body) =
-        api_get(&shop.lab.node, "/api/v1/channels?state=stale").expect("channels");
+    let (code, body) = api_get(&shop.lab.node, "/api/v1/channels?state=stale").expect("channels");
     assert_eq!(code, 200);
     let v: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(v["channels"].as_array().map(Vec::len), Some(1), "{v}");
-    assert_eq!(v["channels"][0]["stale"]["policies"][0]["name"], "default-deny");
+    assert_eq!(
+        v["channels"][0]["stale"]["policies"][0]["name"],
+        "default-deny"
+    );
     assert_eq!(v["channels"][0]["stale"]["direction"], "ingress");
 
     // The stream closes: the gauge goes back to 0 and the table empties.
@@ -396,7 +409,11 @@ fn a_policy_deleted_under_conntrack_enforcement_leaves_one_stale_allowed_channel
     assert!(closed.is_some(), "{}", daemon.metrics());
     // Exactly one stale_allowed, and nothing interrupted.
     assert_eq!(of_kind(&daemon, "stale_allowed").len(), 1);
-    assert!(of_kind(&daemon, "interrupted").is_empty(), "{:?}", daemon.records());
+    assert!(
+        of_kind(&daemon, "interrupted").is_empty(),
+        "{:?}",
+        daemon.records()
+    );
     assert!(daemon.stop(), "clean shutdown");
 }
 
@@ -438,7 +455,12 @@ fn a_policy_deleted_under_per_packet_enforcement_interrupts_the_stream_naming_th
     assert!(!stream.flows(2), "the stream is cut");
     // One record per channel, not per drop; and the channel left the table.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(of_kind(&daemon, "interrupted").len(), 1, "{:?}", daemon.records());
+    assert_eq!(
+        of_kind(&daemon, "interrupted").len(),
+        1,
+        "{:?}",
+        daemon.records()
+    );
     assert_eq!(daemon.metric("observer_live_channels"), 0.0);
     assert_eq!(daemon.metric(STALE_SERIES), 0.0);
     drop(stream);

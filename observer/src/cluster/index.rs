@@ -1462,7 +1462,8 @@ fn non_empty(s: &str) -> Option<Arc<str>> {
 
 /// What a NetworkPolicy revision changed, in one line.
 fn policy_summary(old: Option<&policy::Policy>, new: &policy::Policy) -> String {
-    let rules = |r: Option<&[policy::Rule]>| r.map_or_else(|| "—".to_owned(), |r| r.len().to_string());
+    let rules =
+        |r: Option<&[policy::Rule]>| r.map_or_else(|| "—".to_owned(), |r| r.len().to_string());
     let Some(old) = old else {
         return format!(
             "added: ingress rules {}, egress rules {}",
@@ -2010,11 +2011,16 @@ mod tests {
     }
 
     #[test]
-    fn the_change_feed_names_what_changed_after_the_initial_sync_and_says_when_a_reader_fell_behind() {
+    fn the_change_feed_names_what_changed_after_the_initial_sync_and_says_when_a_reader_fell_behind()
+     {
         let mut inv = Inventory::default();
         inv.apply_pod(&mk_pod("a", "p", "u1", "10.0.0.1", &[("app", "x")]), t(0))
             .expect("valid");
-        assert_eq!(inv.feed_position(), 0, "nothing fed before the initial sync");
+        assert_eq!(
+            inv.feed_position(),
+            0,
+            "nothing fed before the initial sync"
+        );
         for kind in Kind::ALL {
             inv.commit(kind, t(1));
         }
@@ -2056,7 +2062,7 @@ mod tests {
         );
         // Nothing new since the end; a reader beyond the capacity is told to start over.
         assert!(inv.changes_since(since.position).changes.is_empty());
-        for i in 0..FEED_CAPACITY {
+        for i in 0..=FEED_CAPACITY {
             inv.apply_pod(
                 &mk_pod("a", "p", "u1", "10.0.0.2", &[("n", &i.to_string())]),
                 t(6),
@@ -2066,7 +2072,9 @@ mod tests {
         let behind = inv.changes_since(since.position);
         assert!(!behind.complete);
         assert_eq!(behind.changes.len(), FEED_CAPACITY);
-        assert!(inv.changes_since(behind.position - 1).complete);
+        let oldest_kept = behind.position - FEED_CAPACITY as u64;
+        assert!(inv.changes_since(oldest_kept).complete);
+        assert!(!inv.changes_since(oldest_kept - 1).complete);
     }
 
     #[test]

@@ -120,3 +120,111 @@ pub fn view(table: &LiveTable, state: Option<ChannelState>) -> Channels {
         evicted: table.evicted(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use super::*;
+    use crate::channel::live::{self, AllowedBy, Stale, Verdict};
+
+    fn end(ip: &str, port: u16, ns: &str, pod: &str) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().expect("ip"),
+            port,
+            kind: "pod".into(),
+            namespace: Some(ns.into()),
+            pod: Some(pod.into()),
+            node: Some("n1".into()),
+            workload: None,
+        }
+    }
+
+    fn policy(name: &str, rv: &str) -> PolicyRef {
+        PolicyRef {
+            kind: "NetworkPolicy".into(),
+            namespace: "payments".into(),
+            name: name.into(),
+            direction: Direction::Ingress,
+            uid: "u".into(),
+            resource_version: rv.into(),
+            nearest_miss: String::new(),
+            changed_at: None,
+        }
+    }
+
+    fn table() -> LiveTable {
+        let mut t = LiveTable::new(live::Config::default());
+        for port in [40000u16, 40001] {
+            let client = SocketAddr::new("198.18.0.2".parse().expect("ip"), port);
+            t.insert(LiveChannel {
+                id: 0,
+                client,
+                server: "198.18.1.2:50051".parse().expect("addr"),
+                dialed: None,
+                src: end("198.18.0.2", port, "shop", "checkout-0"),
+                dst: end("198.18.1.2", 50051, "payments", "payments-0"),
+                service: Vec::new(),
+                established_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
+                last_ns: 0,
+                interface: Some("lxca".into()),
+                allowed_by: AllowedBy {
+                    ingress: vec![policy("allow-checkout", "81240")],
+                    egress: Vec::new(),
+                },
+                verdict: Verdict::Allowed,
+                stale: None,
+                counted: true,
+            });
+        }
+        let id = t.ids().next().expect("one");
+        t.set_state(
+            id,
+            Verdict::Denied,
+            Some(Stale {
+                since: SystemTime::UNIX_EPOCH + Duration::from_secs(2_000),
+                direction: Direction::Ingress,
+                policies: vec![policy("default-deny", "81233")],
+                change: "NetworkPolicy payments/allow-checkout deleted (rv 81240)".into(),
+                counted: true,
+            }),
+        );
+        t
+    }
+
+    #[test]
+    fn the_view_has_the_documented_shape_filters_by_state_and_reads_back() {
+        let t = table();
+        let all = view(&t, None);
+        let v = serde_json::to_value(&all).expect("json");
+        assert_eq!(v["total"], 2);
+        assert_eq!(v["evicted"], 0);
+        let stale = &v["channels"][0];
+        assert_eq!(stale["state"], "stale");
+        assert_eq!(stale["established_at"], "1970-01-01T00:16:40.000Z");
+        assert_eq!(stale["interface"], "lxca");
+        assert!(stale.get("service").is_none(), "absent when none");
+        assert_eq!(
+            stale["allowed_by"]["ingress"][0]["resource_version"],
+            "81240"
+        );
+        assert_eq!(stale["allowed_by"]["egress"], serde_json::json!([]));
+        assert_eq!(stale["stale"]["direction"], "ingress");
+        assert_eq!(stale["stale"]["policies"][0]["name"], "default-deny");
+        assert!(
+            stale["stale"]["change"]
+                .as_str()
+                .is_some_and(|c| c.contains("deleted"))
+        );
+        assert_eq!(v["channels"][1]["state"], "live");
+        assert!(v["channels"][1].get("stale").is_none());
+        let back: Channels = serde_json::from_value(v).expect("reads back");
+        assert_eq!(back, all);
+
+        let only = view(&t, ChannelState::parse("stale"));
+        assert_eq!(only.channels.len(), 1);
+        assert_eq!(only.total, 2);
+        assert_eq!(view(&t, ChannelState::parse("live")).channels.len(), 1);
+        assert_eq!(ChannelState::parse("gone"), None);
+    }
+}

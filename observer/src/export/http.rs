@@ -865,6 +865,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn channels_serves_the_live_table_and_refuses_an_unknown_state() {
+        let server = Server::start().await;
+        let (status, _, body) = server.get("/api/v1/channels").await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"channels": [], "total": 0, "evicted": 0})
+        );
+        for q in ["state=live", "state=stale", "state=all"] {
+            let (status, _, body) = server.get(&format!("/api/v1/channels?{q}")).await;
+            assert_eq!(status, 200, "{q}: {body}");
+        }
+        let (status, _, body) = server.get("/api/v1/channels?state=closed").await;
+        assert_eq!(status, 400, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert!(
+            v["error"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("state: ")),
+            "{v}"
+        );
+        // Not on the public listener.
+        let (status, _, _) = server.get_from(server.public, "/api/v1/channels").await;
+        assert_eq!(status, 404);
+        server.stop().await;
+    }
+
+    #[tokio::test]
     async fn stream_replays_then_delivers_records_pushed_after_connecting() {
         let server = Server::start().await;
         server.state.recent.push(record(1));

@@ -750,6 +750,71 @@ mod tests {
     }
 
     #[test]
+    fn text_shows_live_channel_policy_change_and_lost_events_details() {
+        use crate::export::record::{ChannelSeen, Detail, Endpoint, Lost, PolicyChange, PolicyOp};
+        let mut r = record(312);
+        r.kind = RecordKind::StaleAllowed;
+        r.cause = None;
+        r.kernel_reason = None;
+        r.detail.channel = Some(ChannelSeen {
+            id: 7,
+            established_at: r.time,
+            up_seconds: 42.4,
+            change: Some("NetworkPolicy payments/allow-checkout deleted (rv 81240)".into()),
+        });
+        let text = Text(&r).to_string();
+        assert!(
+            text.starts_with("2026-11-26T14:02:03.123Z stale_allowed shop/checkout-7d9f:40312 → "),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                " channel=7 up=42s change=[NetworkPolicy payments/allow-checkout deleted (rv 81240)]"
+            ),
+            "{text}"
+        );
+        let mut r = record(1);
+        r.kind = RecordKind::PolicyChanged;
+        r.src = Endpoint::none();
+        r.dst = Endpoint::none();
+        r.policies.clear();
+        r.cause = None;
+        r.direction = None;
+        r.kernel_reason = None;
+        r.detail = Detail {
+            policy_change: Some(PolicyChange {
+                kind: "NetworkPolicy".into(),
+                namespace: "payments".into(),
+                name: "allow-checkout".into(),
+                op: PolicyOp::Deleted,
+                resource_version: "81240".into(),
+                previous_resource_version: None,
+                summary: "deleted".into(),
+                made_stale: 3,
+                allowed_again: 0,
+            }),
+            lost: Some(Lost {
+                events: 5,
+                since: r.time,
+                total: 9,
+            }),
+            ..Detail::default()
+        };
+        let text = Text(&r).to_string();
+        assert!(!text.contains('→'), "{text}");
+        assert!(
+            text.contains(
+                "policy_changed payments/allow-checkout deleted rv=81240 (deleted) made_stale=3 allowed_again=0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(" lost=5 since=2026-11-26T14:02:03.123Z total=9"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn text_shows_the_evidence_apart_from_the_verdict() {
         use crate::export::record::{Evidence, IcmpSeen, ResetSeen, ResetSide};
         let mut r = record(312);

@@ -26,9 +26,7 @@ use crate::{
         loader::{DEFAULT_INTERFACES, DEFAULT_PORTS},
     },
     channel,
-    cluster::{
-        Inventory, InventoryConfig, SharedInventory, files::FileSource, kube::KubeSource,
-    },
+    cluster::{Inventory, InventoryConfig, SharedInventory, files::FileSource, kube::KubeSource},
     export::{ApiArgs, ApiState, Exports, KubeAuth, LogArgs, Metrics, Readiness, Recent, Surface},
     pipeline::Pipeline,
 };

@@ -272,8 +272,15 @@ impl Index {
             v.explanation = trail.take_entries();
             return v;
         }
+        // Sorted `namespace/name`. The index interns namespace names, so the policies of one namespace (all
+        // of a pod's NetworkPolicies) share the pointer: compare names only then, not equal strings.
         selecting.sort_by(|a, b| {
-            (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
+            let ns = if Arc::ptr_eq(&a.meta.namespace, &b.meta.namespace) {
+                std::cmp::Ordering::Equal
+            } else {
+                a.meta.namespace.cmp(&b.meta.namespace)
+            };
+            ns.then_with(|| a.meta.name.cmp(&b.meta.name))
         });
 
         let mut outcomes = Vec::with_capacity(selecting.len());

@@ -323,7 +323,10 @@ fn bench(c: &mut Criterion) {
         explained.detail = Detail::Brief;
         explained.egress.explanation.clear();
         explained.ingress.explanation.clear();
-        assert_eq!(brief, explained, "brief verdict differs beyond the explanation lines");
+        assert_eq!(
+            brief, explained,
+            "brief verdict differs beyond the explanation lines"
+        );
     }
     // A quick, non-criterion mean over the mix, with and without the cluster tiers (same pairs).
     let time = |index: &Index, detail: Detail| {

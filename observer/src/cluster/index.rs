@@ -184,7 +184,10 @@ impl Counts {
             (super::Kind::EndpointSlice.as_str(), self.endpoint_slices),
             (policy::PolicyKind::ClusterNetworkPolicy.as_str(), cnp),
             (policy::PolicyKind::AdminNetworkPolicy.as_str(), anp),
-            (policy::PolicyKind::BaselineAdminNetworkPolicy.as_str(), banp),
+            (
+                policy::PolicyKind::BaselineAdminNetworkPolicy.as_str(),
+                banp,
+            ),
         ]
     }
 }
@@ -2147,7 +2150,10 @@ mod tests {
         assert_eq!(get("AdminNetworkPolicy"), Some(0));
         assert_eq!(get("BaselineAdminNetworkPolicy"), Some(0));
         assert_eq!(get("NetworkPolicy"), Some(0));
-        inv.delete_cluster_policy(policy::PolicyKind::ClusterNetworkPolicy, "deny-to-kube-system");
+        inv.delete_cluster_policy(
+            policy::PolicyKind::ClusterNetworkPolicy,
+            "deny-to-kube-system",
+        );
         assert_eq!(inv.counts().cluster_policies, [0, 0, 0]);
     }
 }

@@ -183,7 +183,15 @@ impl Index {
         detail: Detail,
     ) -> Verdict {
         let egress = self.direction(Direction::Egress, src, dst, dst.pod, port, protocol, detail);
-        let ingress = self.direction(Direction::Ingress, dst, src, dst.pod, port, protocol, detail);
+        let ingress = self.direction(
+            Direction::Ingress,
+            dst,
+            src,
+            dst.pod,
+            port,
+            protocol,
+            detail,
+        );
         Verdict {
             allowed: egress.allowed && ingress.allowed,
             from: src.info(),
@@ -264,8 +272,15 @@ impl Index {
             v.explanation = trail.take_entries();
             return v;
         }
+        // Sorted `namespace/name`. The index interns namespace names, so the policies of one namespace (all
+        // of a pod's NetworkPolicies) share the pointer: compare names only then, not equal strings.
         selecting.sort_by(|a, b| {
-            (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
+            let ns = if Arc::ptr_eq(&a.meta.namespace, &b.meta.namespace) {
+                std::cmp::Ordering::Equal
+            } else {
+                a.meta.namespace.cmp(&b.meta.namespace)
+            };
+            ns.then_with(|| a.meta.name.cmp(&b.meta.name))
         });
 
         let mut outcomes = Vec::with_capacity(selecting.len());
@@ -470,15 +485,13 @@ impl Index {
     /// peer matched in part). The same classification [`Index::peer_miss`] and [`port_miss`] report.
     fn rule_score(&self, rule: &Rule, policy_ns: &str, ctx: &MissContext<'_, '_>) -> (u8, bool) {
         let (peer_ok, partial) = match rule.peers.as_deref() {
-            None => (true, false),
-            Some(ps) if ps.is_empty() => (true, false),
+            None | Some([]) => (true, false),
             Some(ps) if ps.iter().any(|p| self.peer_matches(p, policy_ns, ctx.peer)) => {
                 (true, false)
             }
             Some(ps) => (
                 false,
-                ps.iter()
-                    .any(|p| self.peer_partial(p, policy_ns, ctx.peer)),
+                ps.iter().any(|p| self.peer_partial(p, policy_ns, ctx.peer)),
             ),
         };
         let port_ok = rule.ports.as_deref().is_none_or(|ps| {

@@ -918,7 +918,11 @@ fn verdict_carries_policy_identity() {
 #[test]
 fn a_brief_verdict_in_the_cache_is_explained_again_when_explanation_is_asked_for() {
     let mut w = World::e2e();
-    w.policy("x", "deny", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 8080}]}]}));
+    w.policy(
+        "x",
+        "deny",
+        json!({"podSelector": {}, "ingress": [{"ports": [{"port": 8080}]}]}),
+    );
     let (src, dst) = (w.ep("y/a"), w.ep("x/a"));
     let brief = w
         .index

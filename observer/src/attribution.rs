@@ -1578,9 +1578,14 @@ mod tests {
         let b = blocked();
         let then = inv.verdict_at(b.client, b.server, Protocol::Tcp, b.first_seen);
         assert!(!then.historical);
-        let now = inv
-            .engine()
-            .evaluate_ips(b.client.ip(), b.server.ip(), 50051, Protocol::Tcp);
+        // Attribution asks for brief verdicts (no explanation lines): the same cached one.
+        let now = inv.engine().evaluate_ips_detail(
+            b.client.ip(),
+            b.server.ip(),
+            50051,
+            Protocol::Tcp,
+            crate::policy::Detail::Brief,
+        );
         assert!(Arc::ptr_eq(&then.verdict, &now), "the cached verdict");
     }
 

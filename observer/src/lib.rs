@@ -31,5 +31,5 @@ pub mod lab;
 pub mod manifest;
 pub mod pipeline;
 pub mod policy;
-pub mod whatif;
 pub mod usage;
+pub mod whatif;

@@ -54,7 +54,10 @@ pub struct LiveChannel {
     /// The server: the backend, when the channel went through a Service.
     pub dst: Endpoint,
     /// The Service(s) the channel went through: an object, a list, or absent.
-    #[serde(default, deserialize_with = "crate::export::record::one_or_many::deserialize")]
+    #[serde(
+        default,
+        deserialize_with = "crate::export::record::one_or_many::deserialize"
+    )]
     pub service: Vec<ServiceRef>,
     /// RFC 3339.
     #[serde(default)]
@@ -77,7 +80,10 @@ pub struct BlockedAttempt {
     /// The server (the backend through a Service).
     pub dst: Endpoint,
     /// The Service(s) dialed.
-    #[serde(default, deserialize_with = "crate::export::record::one_or_many::deserialize")]
+    #[serde(
+        default,
+        deserialize_with = "crate::export::record::one_or_many::deserialize"
+    )]
     pub service: Vec<ServiceRef>,
     /// The record's cause (`policy`, `no_listener`, …).
     #[serde(default)]

@@ -29,9 +29,7 @@ use crate::{
         self,
         live::{self, LiveTable, SharedLive},
     },
-    cluster::{
-        Inventory, InventoryConfig, SharedInventory, files::FileSource, kube::KubeSource,
-    },
+    cluster::{Inventory, InventoryConfig, SharedInventory, files::FileSource, kube::KubeSource},
     export::{
         ApiArgs, ApiState, Exports, KubeAuth, LogArgs, Metrics, Readiness, Recent, Surface,
         UsageSource,

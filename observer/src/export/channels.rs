@@ -150,6 +150,7 @@ mod tests {
             resource_version: rv.into(),
             nearest_miss: String::new(),
             changed_at: None,
+            rule: None,
         }
     }
 

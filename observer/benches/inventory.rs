@@ -22,7 +22,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use observer::cluster::{Inventory, InventoryConfig, Kind};
+use observer::cluster::{Inventory, InventoryConfig, ObjectKind};
 use observer::policy::Protocol;
 
 const PODS: usize = 100_000;
@@ -221,16 +221,16 @@ fn mk_policy(i: usize, generation: usize) -> NetworkPolicy {
 }
 
 fn relist(inv: &mut Inventory, pods: &[Pod], policies: &[NetworkPolicy], now: SystemTime) {
-    inv.begin(Kind::NetworkPolicy);
+    inv.begin(ObjectKind::NetworkPolicy);
     for p in policies {
         inv.stage_policy(p, now).expect("valid policy");
     }
-    inv.commit(Kind::NetworkPolicy, now);
-    inv.begin(Kind::Pod);
+    inv.commit(ObjectKind::NetworkPolicy, now);
+    inv.begin(ObjectKind::Pod);
     for p in pods {
         inv.stage_pod(p, now).expect("valid pod");
     }
-    inv.commit(Kind::Pod, now);
+    inv.commit(ObjectKind::Pod, now);
 }
 
 fn vip(i: usize) -> IpAddr {
@@ -340,7 +340,7 @@ fn initial(
     }
     let pods_took = pods_start.elapsed();
     let pod_bytes = live() - before_pods;
-    for kind in Kind::ALL {
+    for kind in ObjectKind::ALL {
         inv.commit(kind, t0);
     }
     (pods_took, pod_bytes)

@@ -31,7 +31,7 @@ use observer::{
         self,
         live::{self, LiveTable, SharedLive},
     },
-    cluster::{Inventory, InventoryConfig, Kind as ObjectKind, SharedInventory},
+    cluster::{Inventory, InventoryConfig, ObjectKind, SharedInventory},
     export::{metrics::Metrics, record::RecordKind},
     pipeline::Pipeline,
 };

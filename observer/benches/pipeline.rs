@@ -17,7 +17,7 @@ use k8s_openapi::api::{
 use observer::{
     bpf::{events::Decoder, reasons::DropReasons},
     channel,
-    cluster::{Inventory, InventoryConfig, Kind, SharedInventory},
+    cluster::{Inventory, InventoryConfig, ObjectKind, SharedInventory},
     export::metrics::Metrics,
     pipeline::Pipeline,
 };
@@ -40,7 +40,7 @@ fn pod_ip(i: usize) -> [u8; 4] {
 fn inventory() -> SharedInventory {
     let now = SystemTime::now();
     let mut inv = Inventory::new(InventoryConfig::default());
-    for kind in Kind::ALL {
+    for kind in ObjectKind::ALL {
         inv.begin(kind);
     }
     for n in 0..NAMESPACES {
@@ -73,12 +73,12 @@ fn inventory() -> SharedInventory {
         }
     }
     for kind in [
-        Kind::Namespace,
-        Kind::Node,
-        Kind::NetworkPolicy,
-        Kind::Pod,
-        Kind::Service,
-        Kind::EndpointSlice,
+        ObjectKind::Namespace,
+        ObjectKind::Node,
+        ObjectKind::NetworkPolicy,
+        ObjectKind::Pod,
+        ObjectKind::Service,
+        ObjectKind::EndpointSlice,
     ] {
         inv.commit(kind, now);
     }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use criterion::{Criterion, criterion_group, criterion_main};
 use observer::policy::crd::ClusterNetworkPolicy;
 use observer::policy::{
-    ClusterPolicy, Detail, Endpoint, Index, Namespace, Node, Pod, Policy, Protocol,
+    ClusterPolicy, Detail, ResolvedEnd, Index, Namespace, Node, Pod, Policy, Protocol,
 };
 use serde_json::json;
 
@@ -229,7 +229,7 @@ fn build_np_only(c: &Cluster) -> Index {
 }
 
 /// Deterministic connection mix: same namespace, cross namespace, external.
-fn pairs(index: &Index) -> Vec<(Endpoint, Endpoint, u16)> {
+fn pairs(index: &Index) -> Vec<(ResolvedEnd, ResolvedEnd, u16)> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
         x ^= x << 13;

@@ -17,9 +17,9 @@ use crate::{
     bpf::events::Side,
     channel::Blocked,
     channel::live::{AllowedBy, LiveChannel, Verdict},
-    cluster::{Endpoint as InvEndpoint, Inventory},
+    cluster::{Inventory, IpOwner},
     export::record::{
-        self, Cause, ChannelSeen, Direction, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef,
+        self, Cause, ChannelSeen, Directions, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef,
         Record, RecordKind, ResetSeen, ResetSide, ServiceRef,
     },
     policy::{
@@ -42,7 +42,7 @@ pub enum Simulated {
     NoEndpoints,
     /// Denied in `direction` by `policies` (`namespace/name`, for notes).
     Denied {
-        direction: Direction,
+        direction: Directions,
         policies: Vec<String>,
     },
 }
@@ -52,7 +52,7 @@ pub enum Simulated {
 pub struct Decision {
     pub cause: Cause,
     /// The denied direction, when policies are the cause.
-    pub direction: Option<Direction>,
+    pub direction: Option<Directions>,
     /// Whether the denying policies are named as responsible (`policies` of the record).
     pub blame_policies: bool,
     pub notes: Vec<String>,
@@ -68,7 +68,7 @@ impl Decision {
         }
     }
 
-    fn policy(direction: Direction) -> Self {
+    fn policy(direction: Directions) -> Self {
         Self {
             direction: Some(direction),
             blame_policies: true,
@@ -150,7 +150,7 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
 
     let local_drop = evidence.drop.as_ref().filter(|d| d.interface.is_some());
     let foreign_drop = evidence.drop.as_ref().filter(|d| d.interface.is_none());
-    let outcome = |denied: Option<(Direction, String)>, allowed_note: String| match denied {
+    let outcome = |denied: Option<(Directions, String)>, allowed_note: String| match denied {
         Some((direction, _)) => Decision::policy(direction),
         None => Decision::new(Cause::NoPolicy).note(allowed_note),
     };
@@ -311,10 +311,10 @@ pub fn judge(
     for (side, direction, out) in [
         (
             &verdict.ingress,
-            Direction::Ingress,
+            Directions::Ingress,
             &mut allowed_by.ingress,
         ),
-        (&verdict.egress, Direction::Egress, &mut allowed_by.egress),
+        (&verdict.egress, Directions::Egress, &mut allowed_by.egress),
     ] {
         if side.allowed {
             for outcome in side.policies.iter().filter(|o| {
@@ -351,7 +351,7 @@ pub fn judge(
     if egress {
         responsible(
             &verdict.egress,
-            Direction::Egress,
+            Directions::Egress,
             inventory,
             at,
             &mut policies,
@@ -360,16 +360,16 @@ pub fn judge(
     if ingress {
         responsible(
             &verdict.ingress,
-            Direction::Ingress,
+            Directions::Ingress,
             inventory,
             at,
             &mut policies,
         );
     }
     let direction = match (egress, ingress) {
-        (true, true) => Direction::Both,
-        (true, false) => Direction::Egress,
-        _ => Direction::Ingress,
+        (true, true) => Directions::Both,
+        (true, false) => Directions::Egress,
+        _ => Directions::Ingress,
     };
     Judged {
         simulated: Simulated::Denied {
@@ -824,7 +824,7 @@ pub fn interrupted(
 /// at the revision in force at `at`, with its nearest miss.
 fn responsible(
     side: &DirectionVerdict,
-    direction: Direction,
+    direction: Directions,
     inventory: &Inventory,
     at: SystemTime,
     out: &mut Vec<PolicyRef>,
@@ -838,7 +838,7 @@ fn responsible(
 fn policy_ref(
     outcome: &PolicyOutcome,
     side: &DirectionVerdict,
-    direction: Direction,
+    direction: Directions,
     inventory: &Inventory,
     at: SystemTime,
 ) -> PolicyRef {
@@ -882,7 +882,7 @@ fn policy_ref(
 }
 
 /// One end as the inventory knew it.
-fn endpoint(addr: SocketAddr, then: &InvEndpoint<'_>) -> Endpoint {
+fn endpoint(addr: SocketAddr, then: &IpOwner<'_>) -> Endpoint {
     let bare = |kind: &str| Endpoint {
         ip: addr.ip(),
         port: addr.port(),
@@ -893,18 +893,18 @@ fn endpoint(addr: SocketAddr, then: &InvEndpoint<'_>) -> Endpoint {
         workload: None,
     };
     match then {
-        InvEndpoint::Pod(h) => Endpoint {
+        IpOwner::Pod(h) => Endpoint {
             namespace: Some(h.pod.pod.namespace.clone()),
             pod: Some(h.pod.pod.name.clone()),
             node: h.pod.pod.node_name.clone(),
             workload: h.pod.workload.as_ref().map(ToString::to_string),
             ..bare("pod")
         },
-        InvEndpoint::Node(n) => Endpoint {
+        IpOwner::Node(n) => Endpoint {
             node: Some(n.name.clone()),
             ..bare("node")
         },
-        InvEndpoint::External => bare("external"),
+        IpOwner::External => bare("external"),
     }
 }
 
@@ -921,7 +921,7 @@ mod tests {
     use crate::{
         bpf::events::HookPoint,
         channel::DropEvidence,
-        cluster::{InventoryConfig, Kind},
+        cluster::{InventoryConfig, ObjectKind},
     };
 
     const CLUSTER: &str = r#"
@@ -966,7 +966,7 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let docs: Vec<serde_json::Value> = serde_saphyr::from_str(CLUSTER).expect("cluster YAML");
         let mut inv = Inventory::new(InventoryConfig::default());
-        for kind in Kind::ALL {
+        for kind in ObjectKind::ALL {
             inv.begin(kind);
         }
         for d in docs {
@@ -990,12 +990,12 @@ mod tests {
             inv.stage_policy(&policy(p), now).expect("valid policy");
         }
         for kind in [
-            Kind::Namespace,
-            Kind::Node,
-            Kind::NetworkPolicy,
-            Kind::Pod,
-            Kind::Service,
-            Kind::EndpointSlice,
+            ObjectKind::Namespace,
+            ObjectKind::Node,
+            ObjectKind::NetworkPolicy,
+            ObjectKind::Pod,
+            ObjectKind::Service,
+            ObjectKind::EndpointSlice,
         ] {
             inv.commit(kind, now);
         }
@@ -1032,7 +1032,7 @@ mod tests {
     fn ingress_deny_names_every_selecting_policy_of_the_destination() {
         let r = attribute(&blocked(), &inventory(&[DENY_INGRESS, ALLOW_8080]), "n1");
         assert_eq!(r.cause, Some(Cause::Policy));
-        assert_eq!(r.direction, Some(Direction::Ingress));
+        assert_eq!(r.direction, Some(Directions::Ingress));
         let names: Vec<_> = r
             .policies
             .iter()
@@ -1059,16 +1059,16 @@ mod tests {
     #[test]
     fn egress_deny_names_the_sources_policy() {
         let r = attribute(&blocked(), &inventory(&[DENY_EGRESS]), "n1");
-        assert_eq!(r.direction, Some(Direction::Egress));
+        assert_eq!(r.direction, Some(Directions::Egress));
         assert_eq!(r.policies.len(), 1);
         assert_eq!(&*r.policies[0].name, "no-egress");
-        assert_eq!(r.policies[0].direction, Direction::Egress);
+        assert_eq!(r.policies[0].direction, Directions::Egress);
     }
 
     #[test]
     fn both_directions_denied_is_both() {
         let r = attribute(&blocked(), &inventory(&[DENY_EGRESS, DENY_INGRESS]), "n1");
-        assert_eq!(r.direction, Some(Direction::Both));
+        assert_eq!(r.direction, Some(Directions::Both));
         assert_eq!(r.policies.len(), 2);
     }
 
@@ -1076,7 +1076,7 @@ mod tests {
 
     fn deny() -> Simulated {
         Simulated::Denied {
-            direction: Direction::Ingress,
+            direction: Directions::Ingress,
             policies: vec!["payments/default-deny".into()],
         }
     }
@@ -1174,7 +1174,7 @@ mod tests {
     fn row_kernel_drop_and_deny_is_policy() {
         let d = decide(&drop_here(), &deny());
         assert_eq!(d.cause, Cause::Policy);
-        assert_eq!(d.direction, Some(Direction::Ingress));
+        assert_eq!(d.direction, Some(Directions::Ingress));
         assert!(d.blame_policies);
         assert!(d.notes.is_empty(), "{:?}", d.notes);
     }
@@ -1441,7 +1441,7 @@ mod tests {
         .expect("unenforced record");
         assert_eq!(r.kind, RecordKind::Unenforced);
         assert_eq!(r.cause, None);
-        assert_eq!(r.direction, Some(Direction::Ingress));
+        assert_eq!(r.direction, Some(Directions::Ingress));
         let names: Vec<_> = r.policies.iter().map(|p| p.name.to_string()).collect();
         assert_eq!(names, ["allow-frontend", "default-deny"]);
         assert!(r.policies[0].nearest_miss.contains("8080"));
@@ -1539,7 +1539,7 @@ mod tests {
         .expect("valid pod");
         let r = attribute(&blocked(), &inv, "n1");
         assert_eq!(r.cause, Some(Cause::Policy), "{:?}", r.notes);
-        assert_eq!(r.direction, Some(Direction::Egress));
+        assert_eq!(r.direction, Some(Directions::Egress));
         let later = Blocked {
             first_seen: at(2_002),
             ..blocked()
@@ -1611,7 +1611,7 @@ mod tests {
         assert_eq!(r.dst.pod.as_deref(), Some("payments-0"));
         assert_eq!(r.dst.port, 50051);
         assert_eq!(r.cause, Some(Cause::Policy));
-        assert_eq!(r.direction, Some(Direction::Ingress));
+        assert_eq!(r.direction, Some(Directions::Ingress));
         assert_eq!(&*r.policies[0].name, "default-deny");
     }
 
@@ -1624,7 +1624,7 @@ mod tests {
             ..blocked()
         };
         let r = attribute(&b, &inventory(&[EGRESS_443]), "n1");
-        assert_eq!(r.direction, Some(Direction::Egress));
+        assert_eq!(r.direction, Some(Directions::Egress));
         assert_eq!(&*r.policies[0].name, "only-443");
         assert!(
             r.policies[0].nearest_miss.contains("443"),
@@ -1676,7 +1676,7 @@ mod tests {
         };
         let r = attribute(&b, &inventory(&[DENY_INGRESS]), "n1");
         assert_eq!(r.cause, Some(Cause::Policy));
-        assert_eq!(r.direction, Some(Direction::Ingress));
+        assert_eq!(r.direction, Some(Directions::Ingress));
         assert_eq!(r.dst.kind, "service");
         assert!(
             r.notes.iter().any(|n| n.contains("no translated packet")),

@@ -682,9 +682,9 @@ pub fn service_map(inventory: &Inventory) -> ServiceMap {
 /// node, whose observer sees the attempt leave (see the module documentation).
 fn counted_here(inventory: &Inventory, client: SocketAddr, at: SystemTime, node: &str) -> bool {
     let client_node = match inventory.endpoint_at(client.ip(), at) {
-        crate::cluster::Endpoint::Pod(h) => h.pod.node().map(str::to_owned),
-        crate::cluster::Endpoint::Node(n) => Some(n.name.to_string()),
-        crate::cluster::Endpoint::External => None,
+        crate::cluster::IpOwner::Pod(h) => h.pod.node().map(str::to_owned),
+        crate::cluster::IpOwner::Node(n) => Some(n.name.to_string()),
+        crate::cluster::IpOwner::External => None,
     };
     node.is_empty() || client_node.is_none_or(|n| n == node)
 }
@@ -732,7 +732,7 @@ mod tests {
     use crate::{
         bpf::events::{DropInfo, HookPoint},
         cluster::{Inventory, InventoryConfig},
-        export::record::{Cause, Direction, PolicyRef},
+        export::record::{Cause, Directions, PolicyRef},
     };
 
     const MS: u64 = 1_000_000;
@@ -996,7 +996,7 @@ mod tests {
         let stale = of(&records, RecordKind::StaleAllowed);
         assert_eq!(stale.len(), 1, "{records:?}");
         let r = stale[0];
-        assert_eq!(r.direction, Some(Direction::Ingress));
+        assert_eq!(r.direction, Some(Directions::Ingress));
         let names: Vec<_> = r.policies.iter().map(PolicyRef::id).collect();
         assert_eq!(names, ["payments/default-deny"]);
         assert_eq!(r.policies[0].resource_version, "5");
@@ -1124,7 +1124,7 @@ mod tests {
         let cut = of(&records, RecordKind::Interrupted);
         assert_eq!(cut.len(), 1, "{records:?}");
         assert_eq!(cut[0].cause, Some(Cause::Policy));
-        assert_eq!(cut[0].direction, Some(Direction::Ingress));
+        assert_eq!(cut[0].direction, Some(Directions::Ingress));
         assert_eq!(&*cut[0].policies[0].name, "default-deny");
         assert_eq!(cut[0].kernel_reason.as_deref(), Some("NETFILTER_DROP"));
         let e = cut[0].evidence.as_ref().expect("evidence");

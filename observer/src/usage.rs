@@ -58,8 +58,8 @@ impl Hit {
         policies.iter().filter_map(|p| {
             let kind = kind_named(&p.kind)?;
             let direction = match p.direction {
-                record::Direction::Egress => Direction::Egress,
-                record::Direction::Ingress | record::Direction::Both => Direction::Ingress,
+                record::Directions::Egress => Direction::Egress,
+                record::Directions::Ingress | record::Directions::Both => Direction::Ingress,
             };
             Some(Self {
                 policy: PolicyKey {

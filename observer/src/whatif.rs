@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::export::record::{Direction, Endpoint, ServiceRef};
+use crate::export::record::{Directions, Endpoint, ServiceRef};
 use crate::manifest::{ManifestError, Manifests, Skipped};
 use crate::policy::{self, DecidedBy, DecidingTier, DirectionVerdict, Index, Protocol, Verdict};
 
@@ -705,7 +705,7 @@ pub struct Denier {
     /// `NetworkPolicy`, `ClusterNetworkPolicy`, `AdminNetworkPolicy`, `BaselineAdminNetworkPolicy`.
     pub kind: String,
     /// `egress` (at the client) or `ingress` (at the server).
-    pub direction: Direction,
+    pub direction: Directions,
     /// `metadata.resourceVersion`, when known.
     pub resource_version: Option<String>,
     /// `Admin`, `NetworkPolicy` or `Baseline`.
@@ -720,7 +720,7 @@ pub struct Denier {
 
 fn deniers(
     side: &DirectionVerdict,
-    direction: Direction,
+    direction: Directions,
     changed: &HashSet<String>,
 ) -> Vec<Denier> {
     if side.allowed {
@@ -784,11 +784,11 @@ fn deniers(
 }
 
 /// Egress denied, ingress denied, or both, from which sides are now denied.
-fn direction_of(egress: bool, ingress: bool) -> Option<Direction> {
+fn direction_of(egress: bool, ingress: bool) -> Option<Directions> {
     match (egress, ingress) {
-        (true, true) => Some(Direction::Both),
-        (true, false) => Some(Direction::Egress),
-        (false, true) => Some(Direction::Ingress),
+        (true, true) => Some(Directions::Both),
+        (true, false) => Some(Directions::Egress),
+        (false, true) => Some(Directions::Ingress),
         (false, false) => None,
     }
 }
@@ -808,7 +808,7 @@ pub struct Denied {
     /// RFC 3339, as the daemon said.
     pub established_at: Option<String>,
     /// The sides that would deny it.
-    pub direction: Direction,
+    pub direction: Directions,
     /// Every policy denying it after the change, per denied direction.
     pub denied_by: Vec<Denier>,
 }
@@ -832,7 +832,7 @@ pub struct Allowed {
     /// the way).
     pub causes: Vec<String>,
     /// The sides that denied it before the change.
-    pub direction: Direction,
+    pub direction: Directions,
     /// The policies that denied it before the change.
     pub was_denied_by: Vec<Denier>,
     /// The policies with a rule that allows it after the change (both sides).
@@ -953,14 +953,14 @@ impl From<&InputError> for ErrorEntry {
 }
 
 /// One end resolved in an index, or why it could not be.
-fn resolve(index: &Index, e: &Endpoint) -> Result<policy::Endpoint, String> {
+fn resolve(index: &Index, e: &Endpoint) -> Result<policy::ResolvedEnd, String> {
     let found = index.lookup_ip(e.ip);
     let named = match (&e.namespace, &e.pod) {
         (Some(ns), Some(pod)) => Some(format!("{ns}/{pod}")),
         _ => None,
     };
     match found {
-        policy::Endpoint::Pod { id, .. } => {
+        policy::ResolvedEnd::Pod { id, .. } => {
             let Some(pod) = index.pod(id) else {
                 return Err(format!("{} is no pod of the cluster", e.ip));
             };
@@ -973,8 +973,8 @@ fn resolve(index: &Index, e: &Endpoint) -> Result<policy::Endpoint, String> {
                 _ => Ok(found),
             }
         }
-        policy::Endpoint::Node { .. } => Ok(found),
-        policy::Endpoint::External { .. } => match e.kind.as_str() {
+        policy::ResolvedEnd::Node { .. } => Ok(found),
+        policy::ResolvedEnd::External { .. } => match e.kind.as_str() {
             "pod" => Err(format!(
                 "{} ({}) is no pod of the cluster given: not judged",
                 e.ip,
@@ -1065,8 +1065,8 @@ pub fn judge(
         }
         match (b.allowed, a.allowed) {
             (true, false) => {
-                let mut by = deniers(&a.egress, Direction::Egress, changed);
-                by.extend(deniers(&a.ingress, Direction::Ingress, changed));
+                let mut by = deniers(&a.egress, Directions::Egress, changed);
+                by.extend(deniers(&a.ingress, Directions::Ingress, changed));
                 summary.denied += 1;
                 denied.push(Denied {
                     channel: c.id,
@@ -1075,7 +1075,7 @@ pub fn judge(
                     services: c.service.clone(),
                     established_at: c.established_at.clone(),
                     direction: direction_of(!a.egress.allowed, !a.ingress.allowed)
-                        .unwrap_or(Direction::Both),
+                        .unwrap_or(Directions::Both),
                     denied_by: by,
                 });
             }
@@ -1123,8 +1123,8 @@ pub fn judge(
         if b.allowed || !a.allowed {
             continue;
         }
-        let mut was = deniers(&b.egress, Direction::Egress, changed);
-        was.extend(deniers(&b.ingress, Direction::Ingress, changed));
+        let mut was = deniers(&b.egress, Directions::Egress, changed);
+        was.extend(deniers(&b.ingress, Directions::Ingress, changed));
         let allowed_by: BTreeSet<String> = a
             .egress
             .allowed_by
@@ -1142,7 +1142,7 @@ pub fn judge(
             last_seen: latest.time.clone(),
             causes: causes.into_iter().collect(),
             direction: direction_of(!b.egress.allowed, !b.ingress.allowed)
-                .unwrap_or(Direction::Both),
+                .unwrap_or(Directions::Both),
             was_denied_by: was,
             allowed_by: allowed_by.into_iter().collect(),
         });
@@ -1238,7 +1238,7 @@ items:
             &[],
         );
         assert_eq!(s.denied, 1);
-        assert_eq!(denied[0].direction, Direction::Ingress);
+        assert_eq!(denied[0].direction, Directions::Ingress);
         assert_eq!(denied[0].denied_by[0].id, "pay/allow-web");
         assert_eq!(
             denied[0].denied_by[0].resource_version.as_deref(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use observer::cluster::kube::{KubeSource, spawn};
-use observer::cluster::{Endpoint, Inventory, InventoryConfig, Kind, SharedInventory, SourceStats};
+use observer::cluster::{IpOwner, Inventory, InventoryConfig, ObjectKind, SharedInventory, SourceStats};
 use serde_json::{Value, json};
 use support::fake_apiserver::{FakeApiServer, Resource};
 
@@ -156,14 +156,14 @@ async fn ready_only_after_every_kind_is_listed() {
     let fixture = Fixture::watch(server, inventory);
     fixture
         .wait("pods, namespaces and nodes listed", |inv| {
-            inv.is_synced(Kind::Pod) && inv.is_synced(Kind::Namespace) && inv.is_synced(Kind::Node)
+            inv.is_synced(ObjectKind::Pod) && inv.is_synced(ObjectKind::Namespace) && inv.is_synced(ObjectKind::Node)
         })
         .await;
     assert!(
         !fixture.inventory.read().is_ready(),
         "policies not listed yet"
     );
-    assert!(!fixture.inventory.read().is_synced(Kind::NetworkPolicy));
+    assert!(!fixture.inventory.read().is_synced(ObjectKind::NetworkPolicy));
 
     fixture.server.release(Resource::NetworkPolicies);
     fixture.wait("ready", |inv| inv.is_ready()).await;
@@ -180,7 +180,7 @@ async fn ready_only_after_every_kind_is_listed() {
     assert!(inv.namespace("shop").is_some());
     let node_ip: IpAddr = "192.168.0.1".parse().expect("IP");
     assert!(
-        matches!(inv.endpoint_at(node_ip, SystemTime::now()), Endpoint::Node(n) if &*n.name == "n1")
+        matches!(inv.endpoint_at(node_ip, SystemTime::now()), IpOwner::Node(n) if &*n.name == "n1")
     );
     let revision = &inv.policy("shop", "allow").expect("listed policy").revision;
     assert_eq!(revision.uid.as_ref(), "p1");
@@ -356,7 +356,7 @@ async fn malformed_objects_are_skipped_and_counted() {
         .wait("ready despite bad objects", |inv| inv.is_ready())
         .await;
 
-    assert_eq!(fixture.stats.malformed(Kind::Pod), 2);
+    assert_eq!(fixture.stats.malformed(ObjectKind::Pod), 2);
     let last = fixture.stats.last_error().expect("error text kept");
     assert!(last.contains("shop/bad-"), "{last}");
     {
@@ -381,7 +381,7 @@ async fn malformed_objects_are_skipped_and_counted() {
         .await;
     fixture
         .wait("bad policy counted", |_| {
-            fixture.stats.malformed(Kind::NetworkPolicy) == 1
+            fixture.stats.malformed(ObjectKind::NetworkPolicy) == 1
         })
         .await;
     assert!(fixture.inventory.read().policy("shop", "broken").is_none());

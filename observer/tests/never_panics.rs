@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use observer::manifest::Manifests;
-use observer::policy::{DecidedBy, Endpoint, Protocol};
+use observer::policy::{DecidedBy, ResolvedEnd, Protocol};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -171,7 +171,7 @@ proptest! {
         let mut m = Manifests::default();
         m.add_str(Path::new("gen.json"), &doc.to_string());
         let index = m.to_index();
-        let mut ends: Vec<Endpoint> = index.pods().map(|(id, p)| Endpoint::Pod { id, ip: p.ips.first().copied() }).collect();
+        let mut ends: Vec<ResolvedEnd> = index.pods().map(|(id, p)| ResolvedEnd::Pod { id, ip: p.ips.first().copied() }).collect();
         ends.push(index.lookup_ip("198.18.0.1".parse().expect("ip")));
         ends.push(index.lookup_ip("203.0.113.5".parse().expect("ip")));
         ends.push(index.lookup_ip("fd00:1::5".parse().expect("ip")));

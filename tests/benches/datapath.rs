@@ -72,7 +72,7 @@ fn storm() {
     let started = std::time::Instant::now();
     const SECS: u64 = 60;
     let storm = {
-        let pod = observer_tests::Pod {
+        let pod = observer_tests::LabPod {
             ns: observer_tests::Netns {
                 name: lab.pod(0).ns.name.clone(),
             },

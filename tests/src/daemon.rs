@@ -11,7 +11,7 @@ use std::{
 
 use observer::lab::daemon::Process;
 
-use crate::{Lab, Netns, Pod, wait_for};
+use crate::{Lab, LabPod, Netns, wait_for};
 
 /// The API address inside the node namespace (each lab has its own namespace, so no port clashes).
 pub use observer::lab::daemon::API;
@@ -286,7 +286,7 @@ fn run_args<'a>(cluster: &'a str, options: &'a Options, extra: &[&'a str]) -> Ve
 
 /// A Pod manifest for a lab pod: its IPs (v4 and v6), on the lab's node.
 pub fn pod_yaml(
-    pod: &Pod,
+    pod: &LabPod,
     namespace: &str,
     name: &str,
     labels: &[(&str, &str)],
@@ -298,7 +298,7 @@ pub fn pod_yaml(
 /// [`pod_yaml`] for a pod on the node called `node`.
 pub fn pod_yaml_on(
     node: &str,
-    pod: &Pod,
+    pod: &LabPod,
     namespace: &str,
     name: &str,
     labels: &[(&str, &str)],

@@ -140,7 +140,7 @@ impl Drop for Netns {
 
 /// A pod: its namespace and addresses; its host-side veth lives in its node's namespace.
 #[derive(Debug)]
-pub struct Pod {
+pub struct LabPod {
     pub ns: Netns,
     /// Host-side interface name (in the node namespace).
     pub host_if: String,
@@ -150,7 +150,7 @@ pub struct Pod {
     pub v6: Ipv6Addr,
 }
 
-impl Pod {
+impl LabPod {
     pub fn addr(&self, family: Family) -> IpAddr {
         match family {
             Family::V4 => IpAddr::V4(self.v4),
@@ -168,7 +168,7 @@ pub enum Family {
 /// A node namespace routing between pod namespaces.
 #[derive(Debug)]
 pub struct Lab {
-    pub pods: Vec<Pod>,
+    pub pods: Vec<LabPod>,
     pub node: Netns,
     /// More nodes, each linked to `node` (see [`Lab::add_node`]).
     pub nodes: Vec<RemoteNode>,
@@ -284,12 +284,12 @@ impl Lab {
     }
 
     /// Adds a pod with host-side interface `host_if` (≤ 15 bytes) and fresh addresses.
-    pub fn add_pod(&mut self, name: &str, host_if: &str) -> &Pod {
+    pub fn add_pod(&mut self, name: &str, host_if: &str) -> &LabPod {
         self.add_pod_on(0, name, host_if)
     }
 
     /// Adds a pod on node `node` (0: the first; see [`Lab::add_node`]).
-    pub fn add_pod_on(&mut self, node: usize, name: &str, host_if: &str) -> &Pod {
+    pub fn add_pod_on(&mut self, node: usize, name: &str, host_if: &str) -> &LabPod {
         let (hi, lo, net) = fresh_subnet();
         let v4 = Ipv4Addr::new(198, hi, lo, 2);
         let gw4 = Ipv4Addr::new(198, hi, lo, 1);
@@ -331,7 +331,7 @@ impl Lab {
                 &link,
             ]);
         }
-        self.pods.push(Pod {
+        self.pods.push(LabPod {
             ns,
             host_if: host_if.to_owned(),
             node,
@@ -341,7 +341,7 @@ impl Lab {
         self.pods.last().expect("just pushed")
     }
 
-    pub fn pod(&self, i: usize) -> &Pod {
+    pub fn pod(&self, i: usize) -> &LabPod {
         &self.pods[i]
     }
 
@@ -405,7 +405,7 @@ pub fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
 }
 
 /// A plain TCP connect from `pod` with a timeout; `Ok` when the handshake completed.
-pub fn tcp_connect(pod: &Pod, to: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+pub fn tcp_connect(pod: &LabPod, to: SocketAddr, timeout: Duration) -> std::io::Result<()> {
     pod.ns
         .run(move || std::net::TcpStream::connect_timeout(&to, timeout).map(drop))
 }
@@ -460,7 +460,7 @@ pub struct RedirectTo {
 
 impl RedirectTo {
     /// Towards `pod`: its host-side veth in `node` and the MAC addresses of both ends.
-    pub fn pod(node: &Netns, pod: &Pod) -> Self {
+    pub fn pod(node: &Netns, pod: &LabPod) -> Self {
         let host_if = pod.host_if.clone();
         let (ifindex, src_mac) = node.run(move || {
             let i = nix::net::if_::if_nametoindex(host_if.as_str()).expect("host veth index");

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::Pod;
+use crate::LabPod;
 
 /// What a storm sent.
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +70,7 @@ pub fn syn_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, seq: u32
 /// Sends SYNs from `pod` to `dst:dport` at up to `rate` per second for `duration`, from `threads`
 /// threads; returns what was sent. Every SYN has its own source port and sequence number.
 pub fn syn_storm(
-    pod: &Pod,
+    pod: &LabPod,
     dst: Ipv4Addr,
     dport: u16,
     rate: u64,

@@ -44,7 +44,7 @@ fn syn_storm_is_counted_and_a_real_blocked_channel_is_still_attributed() {
     let storm = {
         let (pod_ns, src, dst) = (lab.pod(0).ns.name.clone(), lab.pod(0).v4, lab.pod(1).v4);
         std::thread::spawn(move || {
-            let pod = observer_tests::Pod {
+            let pod = observer_tests::LabPod {
                 ns: observer_tests::Netns { name: pod_ns },
                 host_if: String::new(),
                 v4: src,

@@ -24,7 +24,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::export::record::{Direction, Endpoint, PolicyRef, ServiceRef};
+use crate::export::record::{Directions, Endpoint, PolicyRef, ServiceRef};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
@@ -70,7 +70,7 @@ pub enum Verdict {
 pub struct Stale {
     /// When the change was seen.
     pub since: SystemTime,
-    pub direction: Direction,
+    pub direction: Directions,
     /// The policies denying it now, at their current revision.
     pub policies: Vec<PolicyRef>,
     /// The change that did it, in one line.
@@ -396,7 +396,7 @@ mod tests {
             kind: "NetworkPolicy".into(),
             namespace: ns.into(),
             name: name.into(),
-            direction: Direction::Ingress,
+            direction: Directions::Ingress,
             uid: "u".into(),
             resource_version: "1".into(),
             nearest_miss: String::new(),
@@ -481,7 +481,7 @@ mod tests {
         let (id, _) = t.insert(channel(40000, 0));
         let stale = Stale {
             since: SystemTime::UNIX_EPOCH,
-            direction: Direction::Ingress,
+            direction: Directions::Ingress,
             policies: vec![allowed("payments", "default-deny")],
             change: "NetworkPolicy payments/allow-checkout deleted".into(),
             counted: true,

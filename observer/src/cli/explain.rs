@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::cluster::{Inventory, InventoryConfig, ServiceEntry};
 use crate::manifest::Manifests;
-use crate::policy::{DecidedBy, DirectionVerdict, Endpoint, Index, Protocol, Verdict, tiers_eval};
+use crate::policy::{DecidedBy, DirectionVerdict, ResolvedEnd, Index, Protocol, Verdict, tiers_eval};
 
 /// Exit code for unusable input.
 pub const EXIT_UNUSABLE: u8 = 2;
@@ -124,7 +124,7 @@ pub fn resolve_endpoint(
     index: &Index,
     flag: &'static str,
     value: &str,
-) -> Result<Endpoint, EndpointError> {
+) -> Result<ResolvedEnd, EndpointError> {
     if let Ok(ip) = value.trim().parse::<IpAddr>() {
         return Ok(index.lookup_ip(ip));
     }
@@ -147,8 +147,8 @@ pub fn resolve_endpoint(
 }
 
 /// A pod endpoint uses the pod IP of the other side's address family (dual-stack pods have two).
-fn match_family(index: &Index, e: Endpoint, other: Endpoint) -> Endpoint {
-    let (Endpoint::Pod { id, ip }, Some(want)) = (e, other.ip()) else {
+fn match_family(index: &Index, e: ResolvedEnd, other: ResolvedEnd) -> ResolvedEnd {
+    let (ResolvedEnd::Pod { id, ip }, Some(want)) = (e, other.ip()) else {
         return e;
     };
     let same = index.pod(id).and_then(|p| {
@@ -157,7 +157,7 @@ fn match_family(index: &Index, e: Endpoint, other: Endpoint) -> Endpoint {
             .copied()
             .find(|a| a.is_ipv4() == want.is_ipv4())
     });
-    Endpoint::Pod {
+    ResolvedEnd::Pod {
         id,
         ip: same.or(ip),
     }
@@ -332,12 +332,12 @@ fn matrix(
     output: Output,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
-    let mut pods: Vec<(String, Endpoint)> = index
+    let mut pods: Vec<(String, ResolvedEnd)> = index
         .pods()
         .map(|(id, p)| {
             (
                 format!("{}/{}", p.namespace, p.name),
-                Endpoint::Pod {
+                ResolvedEnd::Pod {
                     id,
                     ip: p.ips.first().copied(),
                 },
@@ -499,7 +499,7 @@ impl ServiceOutcome {
 /// The verdict from `src` to every ready backend of `service`'s port `port`.
 fn backend_verdicts(
     inventory: &Inventory,
-    src: Endpoint,
+    src: ResolvedEnd,
     service: &ServiceEntry,
     port: u16,
     protocol: Protocol,
@@ -590,7 +590,7 @@ fn explain_service(
             .map(|b| b.addr.ip())
     });
     let src = match family {
-        Some(ip) => match_family(engine, src, Endpoint::External { ip }),
+        Some(ip) => match_family(engine, src, ResolvedEnd::External { ip }),
         None => src,
     };
     let (_, from_selector) = inventory.resolve_backends(svc, service_port);

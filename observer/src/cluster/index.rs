@@ -18,7 +18,7 @@ use super::model::{
 };
 use super::service::{Backend, Fronting, ServiceEntry, ServicePort, Services, SliceEntry};
 use super::timeline::{Holding, IpTimeline, PolicyHistory, Reach};
-use super::{Error, Kind};
+use super::{Error, ObjectKind};
 use crate::policy;
 
 /// Bounds and windows of the time-aware parts of the inventory.
@@ -131,7 +131,7 @@ pub struct FeedSince {
 
 /// What an IP was at some time.
 #[derive(Clone, Copy, Debug)]
-pub enum Endpoint<'a> {
+pub enum IpOwner<'a> {
     /// A pod held it (check [`Holding::to`] to tell a deleted pod).
     Pod(&'a Holding),
     /// A node's address (host-network pods included).
@@ -176,12 +176,12 @@ impl Counts {
     pub fn by_kind(&self) -> [(&'static str, usize); 9] {
         let [cnp, anp, banp] = self.cluster_policies;
         [
-            (super::Kind::Pod.as_str(), self.pods),
-            (super::Kind::Namespace.as_str(), self.namespaces),
-            (super::Kind::Node.as_str(), self.nodes),
-            (super::Kind::NetworkPolicy.as_str(), self.policies),
-            (super::Kind::Service.as_str(), self.services),
-            (super::Kind::EndpointSlice.as_str(), self.endpoint_slices),
+            (super::ObjectKind::Pod.as_str(), self.pods),
+            (super::ObjectKind::Namespace.as_str(), self.namespaces),
+            (super::ObjectKind::Node.as_str(), self.nodes),
+            (super::ObjectKind::NetworkPolicy.as_str(), self.policies),
+            (super::ObjectKind::Service.as_str(), self.services),
+            (super::ObjectKind::EndpointSlice.as_str(), self.endpoint_slices),
             (policy::PolicyKind::ClusterNetworkPolicy.as_str(), cnp),
             (policy::PolicyKind::AdminNetworkPolicy.as_str(), anp),
             (
@@ -241,29 +241,29 @@ enum Staging {
 }
 
 impl Staging {
-    fn new(kind: Kind) -> Self {
+    fn new(kind: ObjectKind) -> Self {
         match kind {
-            Kind::Pod => Self::Pods {
+            ObjectKind::Pod => Self::Pods {
                 seen: HashSet::new(),
                 changed: Vec::new(),
             },
-            Kind::Namespace => Self::Namespaces {
+            ObjectKind::Namespace => Self::Namespaces {
                 seen: HashSet::new(),
                 changed: Vec::new(),
             },
-            Kind::Node => Self::Nodes {
+            ObjectKind::Node => Self::Nodes {
                 seen: HashSet::new(),
                 changed: Vec::new(),
             },
-            Kind::NetworkPolicy => Self::Policies {
+            ObjectKind::NetworkPolicy => Self::Policies {
                 seen: HashSet::new(),
                 changed: Vec::new(),
             },
-            Kind::Service => Self::Services {
+            ObjectKind::Service => Self::Services {
                 seen: HashSet::new(),
                 changed: Vec::new(),
             },
-            Kind::EndpointSlice => Self::Slices {
+            ObjectKind::EndpointSlice => Self::Slices {
                 seen: HashSet::new(),
                 changed: Vec::new(),
             },
@@ -295,8 +295,8 @@ pub struct Inventory {
     changes: ChangeLog,
     /// The latest time any writer passed in (for the few writes that take none).
     clock: Clock,
-    staging: [Option<Staging>; Kind::ALL.len()],
-    synced: [bool; Kind::ALL.len()],
+    staging: [Option<Staging>; ObjectKind::ALL.len()],
+    synced: [bool; ObjectKind::ALL.len()],
     generation: u64,
     /// Changes since the initial sync, for [`Inventory::changes_since`]; at most [`FEED_CAPACITY`].
     feed: std::collections::VecDeque<FeedChange>,
@@ -359,7 +359,7 @@ impl Inventory {
     }
 
     /// Whether the initial list of `kind` has been applied.
-    pub fn is_synced(&self, kind: Kind) -> bool {
+    pub fn is_synced(&self, kind: ObjectKind) -> bool {
         self.synced[kind.index()]
     }
 
@@ -877,7 +877,7 @@ impl Inventory {
         let holders: Vec<&Holding> = ends
             .iter()
             .filter_map(|(_, e)| match e {
-                Endpoint::Pod(h) => Some(*h),
+                IpOwner::Pod(h) => Some(*h),
                 _ => None,
             })
             .collect();
@@ -891,7 +891,7 @@ impl Inventory {
         let mut nodes: BTreeSet<Arc<str>> = BTreeSet::new();
         for (_, end) in &ends {
             match end {
-                Endpoint::Pod(holding) => {
+                IpOwner::Pod(holding) => {
                     // The state then, if it changed since and was this same pod; else the holder's own
                     // state (it did not change, or the inventory heard of it just after `at`).
                     let pod = match then.pods.get(&holding.pod.key()) {
@@ -901,10 +901,10 @@ impl Inventory {
                     nodes.extend(pod.pod.node_name.clone());
                     index.apply_pod(Arc::clone(&pod.pod));
                 }
-                Endpoint::Node(node) => {
+                IpOwner::Node(node) => {
                     nodes.insert(Arc::clone(&node.name));
                 }
-                Endpoint::External => {}
+                IpOwner::External => {}
             }
         }
         for node in nodes.iter().filter_map(|n| self.nodes.get(n)) {
@@ -941,8 +941,8 @@ impl Inventory {
                 index.apply_policy((**prior).clone());
             }
         }
-        let resolve = |(addr, end): &(SocketAddr, Endpoint<'_>)| match end {
-            Endpoint::Pod(h) => index
+        let resolve = |(addr, end): &(SocketAddr, IpOwner<'_>)| match end {
+            IpOwner::Pod(h) => index
                 .pod_endpoint(&h.pod.pod.namespace, &h.pod.pod.name)
                 .map(|e| with_ip(e, addr.ip()))
                 .unwrap_or_else(|| index.lookup_ip(addr.ip())),
@@ -983,13 +983,13 @@ impl Inventory {
     /// is found by address; one deleted or moved since, by name while the engine still has it.
     fn verdict_now(
         &self,
-        ends: &[(SocketAddr, Endpoint<'_>); 2],
+        ends: &[(SocketAddr, IpOwner<'_>); 2],
         protocol: policy::Protocol,
     ) -> Arc<policy::Verdict> {
         let engine = &self.engine;
-        let resolve = |(addr, end): &(SocketAddr, Endpoint<'_>)| match end {
-            Endpoint::Pod(h) if h.to.is_none() => engine.lookup_ip(addr.ip()),
-            Endpoint::Pod(h) => engine
+        let resolve = |(addr, end): &(SocketAddr, IpOwner<'_>)| match end {
+            IpOwner::Pod(h) if h.to.is_none() => engine.lookup_ip(addr.ip()),
+            IpOwner::Pod(h) => engine
                 .pod_endpoint(&h.pod.pod.namespace, &h.pod.pod.name)
                 .map_or_else(|| engine.lookup_ip(addr.ip()), |e| with_ip(e, addr.ip())),
             _ => engine.lookup_ip(addr.ip()),
@@ -1152,13 +1152,13 @@ impl Inventory {
     // ---- lookups ----
 
     /// What `ip` was at `at`: a pod (possibly deleted since), a node, or nothing known.
-    pub fn endpoint_at(&self, ip: IpAddr, at: SystemTime) -> Endpoint<'_> {
+    pub fn endpoint_at(&self, ip: IpAddr, at: SystemTime) -> IpOwner<'_> {
         if let Some(holding) = self.pod_at(ip, at) {
-            return Endpoint::Pod(holding);
+            return IpOwner::Pod(holding);
         }
         match self.node_ips.get(&ip).and_then(|n| self.nodes.get(n)) {
-            Some(node) => Endpoint::Node(node),
-            None => Endpoint::External,
+            Some(node) => IpOwner::Node(node),
+            None => IpOwner::External,
         }
     }
 
@@ -1191,7 +1191,7 @@ impl Inventory {
 
     /// Starts a relist of `kind` (the watch restarted): until [`Inventory::commit`], staged objects are
     /// invisible and the current state stays as it was.
-    pub fn begin(&mut self, kind: Kind) {
+    pub fn begin(&mut self, kind: ObjectKind) {
         self.staging[kind.index()] = Some(Staging::new(kind));
     }
 
@@ -1203,7 +1203,7 @@ impl Inventory {
     }
 
     fn stage_pod_entry(&mut self, entry: PodEntry, now: SystemTime) {
-        match &mut self.staging[Kind::Pod.index()] {
+        match &mut self.staging[ObjectKind::Pod.index()] {
             Some(Staging::Pods { seen, changed }) => {
                 let key = entry.key();
                 if !self.pods.get(&key).is_some_and(|old| **old == entry) {
@@ -1223,7 +1223,7 @@ impl Inventory {
     }
 
     fn stage_namespace_compact(&mut self, ns: policy::Namespace) {
-        match &mut self.staging[Kind::Namespace.index()] {
+        match &mut self.staging[ObjectKind::Namespace.index()] {
             Some(Staging::Namespaces { seen, changed }) => {
                 seen.insert(Arc::clone(&ns.name));
                 if !self.namespaces.get(&ns.name).is_some_and(|old| *old == ns) {
@@ -1242,7 +1242,7 @@ impl Inventory {
     }
 
     fn stage_node_compact(&mut self, node: policy::Node) {
-        match &mut self.staging[Kind::Node.index()] {
+        match &mut self.staging[ObjectKind::Node.index()] {
             Some(Staging::Nodes { seen, changed }) => {
                 seen.insert(Arc::clone(&node.name));
                 if !self.nodes.get(&node.name).is_some_and(|old| **old == node) {
@@ -1263,7 +1263,7 @@ impl Inventory {
     fn stage_policy_compiled(&mut self, compiled: policy::Policy, revision: PolicyRevision) {
         let key = Self::policy_key(&compiled);
         let current = self.is_current_policy(&key, &revision);
-        match &mut self.staging[Kind::NetworkPolicy.index()] {
+        match &mut self.staging[ObjectKind::NetworkPolicy.index()] {
             Some(Staging::Policies { seen, changed }) => {
                 seen.insert(key.clone());
                 if !current {
@@ -1277,7 +1277,7 @@ impl Inventory {
     /// Stages a listed Service. Without a [`Inventory::begin`] it is applied at once.
     pub fn stage_service(&mut self, svc: &Service) -> Result<(), Error> {
         let entry = ServiceEntry::from_k8s(svc, &mut self.interner)?;
-        match &mut self.staging[Kind::Service.index()] {
+        match &mut self.staging[ObjectKind::Service.index()] {
             Some(Staging::Services { seen, changed }) => {
                 seen.insert(entry.key.clone());
                 if !self.services.has_service(&entry) {
@@ -1292,7 +1292,7 @@ impl Inventory {
     /// Stages a listed EndpointSlice. Without a [`Inventory::begin`] it is applied at once.
     pub fn stage_endpoint_slice(&mut self, slice: &EndpointSlice) -> Result<(), Error> {
         let entry = SliceEntry::from_k8s(slice, &mut self.interner)?;
-        match &mut self.staging[Kind::EndpointSlice.index()] {
+        match &mut self.staging[ObjectKind::EndpointSlice.index()] {
             Some(Staging::Slices { seen, changed }) => {
                 seen.insert(entry.key.clone());
                 if !self.services.has_slice(&entry) {
@@ -1306,7 +1306,7 @@ impl Inventory {
 
     /// Ends the relist of `kind`: staged objects replace the current ones, objects not listed are deleted
     /// (at `now`), and the kind counts as synced. Without a pending relist this only marks it synced.
-    pub fn commit(&mut self, kind: Kind, now: SystemTime) {
+    pub fn commit(&mut self, kind: ObjectKind, now: SystemTime) {
         self.clock.advance(now);
         let staged = self.staging[kind.index()].take();
         match staged {
@@ -1412,7 +1412,7 @@ impl Inventory {
         objects: &ClusterObjects<'_>,
         now: SystemTime,
     ) -> Result<(), Vec<Error>> {
-        for kind in Kind::ALL {
+        for kind in ObjectKind::ALL {
             self.begin(kind);
         }
         let mut errors = Vec::new();
@@ -1441,12 +1441,12 @@ impl Inventory {
         }
         // Namespaces and policies first: each pod then finds its selecting policies once.
         for kind in [
-            Kind::Namespace,
-            Kind::Node,
-            Kind::NetworkPolicy,
-            Kind::Pod,
-            Kind::Service,
-            Kind::EndpointSlice,
+            ObjectKind::Namespace,
+            ObjectKind::Node,
+            ObjectKind::NetworkPolicy,
+            ObjectKind::Pod,
+            ObjectKind::Service,
+            ObjectKind::EndpointSlice,
         ] {
             self.commit(kind, now);
         }
@@ -1515,10 +1515,10 @@ impl Clock {
 }
 
 /// A pod endpoint with the connection's address (a pod may have several).
-fn with_ip(e: policy::index::Endpoint, ip: IpAddr) -> policy::index::Endpoint {
+fn with_ip(e: policy::index::ResolvedEnd, ip: IpAddr) -> policy::index::ResolvedEnd {
     match e {
-        policy::index::Endpoint::Pod { id, .. } => {
-            policy::index::Endpoint::Pod { id, ip: Some(ip) }
+        policy::index::ResolvedEnd::Pod { id, .. } => {
+            policy::index::ResolvedEnd::Pod { id, ip: Some(ip) }
         }
         other => other,
     }
@@ -1677,7 +1677,7 @@ mod tests {
         inv.apply_pod(&mk_pod("a", "p", "u1", "10.0.0.1", &[("app", "x")]), t(0))
             .expect("valid");
         let entry = inv.pod("a", "p").expect("applied");
-        let policy::Endpoint::Pod { id, .. } = inv.engine().lookup_ip(ip("10.0.0.1")) else {
+        let policy::ResolvedEnd::Pod { id, .. } = inv.engine().lookup_ip(ip("10.0.0.1")) else {
             panic!("the engine knows the pod's IP");
         };
         let engine_pod = inv.engine().pod(id).expect("in the engine");
@@ -1816,7 +1816,7 @@ mod tests {
         }
         inv.apply_pod(&host, t(0)).expect("valid");
         assert!(
-            matches!(inv.endpoint_at(ip("192.168.0.10"), t(1)), Endpoint::Node(n) if &*n.name == "n1")
+            matches!(inv.endpoint_at(ip("192.168.0.10"), t(1)), IpOwner::Node(n) if &*n.name == "n1")
         );
 
         inv.apply_pod(&mk_pod("a", "job", "u2", "10.0.0.7", &[]), t(0))
@@ -1838,7 +1838,7 @@ mod tests {
         );
         assert!(matches!(
             inv.endpoint_at(ip("203.0.113.1"), t(25)),
-            Endpoint::External
+            IpOwner::External
         ));
     }
 
@@ -1862,9 +1862,9 @@ mod tests {
             .expect("valid");
         inv.apply_pod(&mk_pod("a", "goes", "u2", "10.0.0.2", &[]), t(0))
             .expect("valid");
-        assert!(!inv.is_synced(super::Kind::Pod));
+        assert!(!inv.is_synced(super::ObjectKind::Pod));
 
-        inv.begin(super::Kind::Pod);
+        inv.begin(super::ObjectKind::Pod);
         inv.stage_pod(&mk_pod("a", "stays", "u1", "10.0.0.1", &[]), t(50))
             .expect("valid");
         inv.stage_pod(&mk_pod("a", "added", "u3", "10.0.0.3", &[]), t(50))
@@ -1872,9 +1872,9 @@ mod tests {
         // Until commit, readers see the old state.
         assert!(inv.pod("a", "goes").is_some());
         assert!(inv.pod("a", "added").is_none());
-        inv.commit(super::Kind::Pod, t(60));
+        inv.commit(super::ObjectKind::Pod, t(60));
 
-        assert!(inv.is_synced(super::Kind::Pod));
+        assert!(inv.is_synced(super::ObjectKind::Pod));
         assert!(!inv.is_ready(), "other kinds not listed yet");
         assert!(inv.pod("a", "goes").is_none());
         assert!(inv.pod("a", "added").is_some());
@@ -1886,17 +1886,17 @@ mod tests {
         );
 
         for kind in [
-            Kind::Namespace,
-            Kind::Node,
-            Kind::NetworkPolicy,
-            Kind::Service,
+            ObjectKind::Namespace,
+            ObjectKind::Node,
+            ObjectKind::NetworkPolicy,
+            ObjectKind::Service,
         ] {
             inv.begin(kind);
             inv.commit(kind, t(60));
         }
         assert!(!inv.is_ready(), "EndpointSlices not listed yet");
-        inv.begin(super::Kind::EndpointSlice);
-        inv.commit(super::Kind::EndpointSlice, t(60));
+        inv.begin(super::ObjectKind::EndpointSlice);
+        inv.commit(super::ObjectKind::EndpointSlice, t(60));
         assert!(inv.is_ready());
     }
 
@@ -1915,22 +1915,22 @@ mod tests {
         inv.apply_policy(&mk_policy("x", "deny", "p1", "1", "a"), t(0))
             .expect("valid");
 
-        inv.begin(super::Kind::Node);
+        inv.begin(super::ObjectKind::Node);
         inv.stage_node(&mk_node("n1", "192.168.0.1"))
             .expect("valid");
-        inv.commit(super::Kind::Node, t(10));
-        inv.begin(super::Kind::Namespace);
-        inv.commit(super::Kind::Namespace, t(10));
-        inv.begin(super::Kind::NetworkPolicy);
-        inv.commit(super::Kind::NetworkPolicy, t(10));
+        inv.commit(super::ObjectKind::Node, t(10));
+        inv.begin(super::ObjectKind::Namespace);
+        inv.commit(super::ObjectKind::Namespace, t(10));
+        inv.begin(super::ObjectKind::NetworkPolicy);
+        inv.commit(super::ObjectKind::NetworkPolicy, t(10));
 
         assert!(matches!(
             inv.endpoint_at(ip("192.168.0.2"), t(11)),
-            Endpoint::External
+            IpOwner::External
         ));
         assert!(matches!(
             inv.endpoint_at(ip("192.168.0.1"), t(11)),
-            Endpoint::Node(_)
+            IpOwner::Node(_)
         ));
         assert!(inv.namespace("x").is_none());
         assert!(inv.policy("x", "deny").is_none());
@@ -2024,7 +2024,7 @@ mod tests {
             0,
             "nothing fed before the initial sync"
         );
-        for kind in Kind::ALL {
+        for kind in ObjectKind::ALL {
             inv.commit(kind, t(1));
         }
         let start = inv.feed_position();
@@ -2122,14 +2122,14 @@ mod tests {
         assert_eq!(denied.ingress.denied_by, ["x/deny"]);
 
         // A relist without the policy removes it from the engine too.
-        inv.begin(super::Kind::NetworkPolicy);
-        inv.commit(super::Kind::NetworkPolicy, t(2));
+        inv.begin(super::ObjectKind::NetworkPolicy);
+        inv.commit(super::ObjectKind::NetworkPolicy, t(2));
         assert!(verdict(&inv).allowed);
 
         inv.delete_pod("x", "server", t(3));
         assert!(matches!(
             inv.engine().lookup_ip(ip("10.0.0.2")),
-            policy::Endpoint::External { .. }
+            policy::ResolvedEnd::External { .. }
         ));
     }
 

@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
-use super::{Inventory, Kind, SharedInventory, SourceStats};
+use super::{Inventory, ObjectKind, SharedInventory, SourceStats};
 
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,7 +54,7 @@ pub enum Error {
     #[error("{kind} {object}: not a valid object")]
     Decode {
         /// Its kind.
-        kind: Kind,
+        kind: ObjectKind,
         /// `namespace/name` as far as known.
         object: String,
         /// The decoding error (it names the field).
@@ -65,7 +65,7 @@ pub enum Error {
     #[error("{kind} {object}: skipped")]
     Object {
         /// Its kind.
-        kind: Kind,
+        kind: ObjectKind,
         /// `namespace/name` as far as known.
         object: String,
         /// What was wrong.
@@ -76,7 +76,7 @@ pub enum Error {
     #[error("watching {kind}")]
     Watch {
         /// The kind being watched.
-        kind: Kind,
+        kind: ObjectKind,
         /// What failed.
         #[source]
         source: watcher::Error,
@@ -248,7 +248,7 @@ trait Watched:
     + Send
     + 'static
 {
-    const INVENTORY_KIND: Kind;
+    const INVENTORY_KIND: ObjectKind;
     /// Whether managed fields carry information the inventory keeps (their times, for policies).
     const KEEP_MANAGED_TIMES: bool = false;
     fn stage(inventory: &mut Inventory, object: &Self, now: SystemTime) -> super::Result<()>;
@@ -257,7 +257,7 @@ trait Watched:
 }
 
 impl Watched for Pod {
-    const INVENTORY_KIND: Kind = Kind::Pod;
+    const INVENTORY_KIND: ObjectKind = ObjectKind::Pod;
     fn stage(inventory: &mut Inventory, object: &Self, now: SystemTime) -> super::Result<()> {
         inventory.stage_pod(object, now)
     }
@@ -270,7 +270,7 @@ impl Watched for Pod {
 }
 
 impl Watched for Namespace {
-    const INVENTORY_KIND: Kind = Kind::Namespace;
+    const INVENTORY_KIND: ObjectKind = ObjectKind::Namespace;
     fn stage(inventory: &mut Inventory, object: &Self, _now: SystemTime) -> super::Result<()> {
         inventory.stage_namespace(object)
     }
@@ -283,7 +283,7 @@ impl Watched for Namespace {
 }
 
 impl Watched for Node {
-    const INVENTORY_KIND: Kind = Kind::Node;
+    const INVENTORY_KIND: ObjectKind = ObjectKind::Node;
     fn stage(inventory: &mut Inventory, object: &Self, _now: SystemTime) -> super::Result<()> {
         inventory.stage_node(object)
     }
@@ -296,7 +296,7 @@ impl Watched for Node {
 }
 
 impl Watched for NetworkPolicy {
-    const INVENTORY_KIND: Kind = Kind::NetworkPolicy;
+    const INVENTORY_KIND: ObjectKind = ObjectKind::NetworkPolicy;
     const KEEP_MANAGED_TIMES: bool = true;
     fn stage(inventory: &mut Inventory, object: &Self, now: SystemTime) -> super::Result<()> {
         inventory.stage_policy(object, now)
@@ -310,7 +310,7 @@ impl Watched for NetworkPolicy {
 }
 
 impl Watched for Service {
-    const INVENTORY_KIND: Kind = Kind::Service;
+    const INVENTORY_KIND: ObjectKind = ObjectKind::Service;
     fn stage(inventory: &mut Inventory, object: &Self, _now: SystemTime) -> super::Result<()> {
         inventory.stage_service(object)
     }
@@ -323,7 +323,7 @@ impl Watched for Service {
 }
 
 impl Watched for EndpointSlice {
-    const INVENTORY_KIND: Kind = Kind::EndpointSlice;
+    const INVENTORY_KIND: ObjectKind = ObjectKind::EndpointSlice;
     fn stage(inventory: &mut Inventory, object: &Self, _now: SystemTime) -> super::Result<()> {
         inventory.stage_endpoint_slice(object)
     }

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use index::{
-    ClusterObjects, Counts, Endpoint, FEED_CAPACITY, FeedChange, FeedOp, FeedSince, Inventory,
+    ClusterObjects, Counts, IpOwner, FEED_CAPACITY, FeedChange, FeedOp, FeedSince, Inventory,
     InventoryConfig, PolicyEntry, PolicyFeed, VerdictAt,
 };
 pub use model::{
@@ -54,7 +54,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The kinds the inventory holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
+pub enum ObjectKind {
     /// `v1/Pod`.
     Pod,
     /// `v1/Namespace`.
@@ -69,7 +69,7 @@ pub enum Kind {
     EndpointSlice,
 }
 
-impl Kind {
+impl ObjectKind {
     /// Every kind, in a fixed order.
     pub const ALL: [Self; 6] = [
         Self::Pod,
@@ -97,7 +97,7 @@ impl Kind {
     }
 }
 
-impl std::fmt::Display for Kind {
+impl std::fmt::Display for ObjectKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -110,7 +110,7 @@ pub enum Error {
     #[error("invalid {kind}: {}", join(errors))]
     Invalid {
         /// Kind of the object.
-        kind: Kind,
+        kind: ObjectKind,
         /// What is wrong, field by field.
         errors: Vec<crate::policy::CompileError>,
     },
@@ -126,7 +126,7 @@ pub enum Error {
     #[error("{kind} {object}: invalid {field} {value:?}")]
     InvalidField {
         /// Kind of the object.
-        kind: Kind,
+        kind: ObjectKind,
         /// `namespace/name` of the object.
         object: String,
         /// The field.
@@ -167,7 +167,7 @@ impl SharedInventory {
 /// logs; a source never stops over any of these.
 #[derive(Debug, Default)]
 pub struct SourceStats {
-    malformed: [AtomicU64; Kind::ALL.len()],
+    malformed: [AtomicU64; ObjectKind::ALL.len()],
     errors: AtomicU64,
     relists: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -175,13 +175,13 @@ pub struct SourceStats {
 
 impl SourceStats {
     /// Objects of `kind` skipped because they could not be decoded or converted.
-    pub fn malformed(&self, kind: Kind) -> u64 {
+    pub fn malformed(&self, kind: ObjectKind) -> u64 {
         self.malformed[kind.index()].load(Ordering::Relaxed)
     }
 
     /// Objects skipped, all kinds together.
     pub fn malformed_total(&self) -> u64 {
-        Kind::ALL.iter().map(|k| self.malformed(*k)).sum()
+        ObjectKind::ALL.iter().map(|k| self.malformed(*k)).sum()
     }
 
     /// Errors recovered from: failed lists and watches (API server), failed reloads (files).
@@ -202,7 +202,7 @@ impl SourceStats {
             .clone()
     }
 
-    pub(crate) fn record_malformed(&self, kind: Kind, error: &dyn std::error::Error) {
+    pub(crate) fn record_malformed(&self, kind: ObjectKind, error: &dyn std::error::Error) {
         self.malformed[kind.index()].fetch_add(1, Ordering::Relaxed);
         self.remember(error);
     }

@@ -14,7 +14,7 @@ use crate::policy::{self, Labels, Protocol};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::{Error, Kind};
+use super::{Error, ObjectKind};
 
 /// Shares the strings that repeat across thousands of objects (namespaces, label keys and values, nodes).
 ///
@@ -298,7 +298,7 @@ impl PodEntry {
     /// This is the one conversion of pods for every source (API server watches and manifest files).
     pub fn from_k8s(pod: &Pod, interner: &mut Interner) -> Result<Self, Error> {
         let compact = policy::Pod::from_k8s(pod).map_err(|errors| Error::Invalid {
-            kind: Kind::Pod,
+            kind: ObjectKind::Pod,
             errors,
         })?;
         let mut other_ports = Vec::new();
@@ -329,7 +329,7 @@ impl PodEntry {
             .flat_map(|c| c.ports.iter().flatten());
         for p in init {
             let invalid = |field: &'static str, value: String| Error::InvalidField {
-                kind: Kind::Pod,
+                kind: ObjectKind::Pod,
                 object: format!("{}/{}", compact.namespace, compact.name),
                 field,
                 value,
@@ -463,7 +463,7 @@ pub fn namespace_from_k8s(
     interner: &mut Interner,
 ) -> Result<policy::Namespace, Error> {
     let compact = policy::Namespace::from_k8s(ns).map_err(|errors| Error::Invalid {
-        kind: Kind::Namespace,
+        kind: ObjectKind::Namespace,
         errors,
     })?;
     Ok(share_namespace(compact, interner))
@@ -479,7 +479,7 @@ fn share_namespace(mut ns: policy::Namespace, interner: &mut Interner) -> policy
 /// Converts a Node (its InternalIP and ExternalIP addresses).
 pub fn node_from_k8s(node: &Node, interner: &mut Interner) -> Result<policy::Node, Error> {
     let compact = policy::Node::from_k8s(node).map_err(|errors| Error::Invalid {
-        kind: Kind::Node,
+        kind: ObjectKind::Node,
         errors,
     })?;
     Ok(share_node(compact, interner))
@@ -498,7 +498,7 @@ pub fn policy_from_k8s(
     interner: &mut Interner,
 ) -> Result<(policy::Policy, PolicyRevision), Error> {
     let compiled = policy::Policy::compile(np).map_err(|errors| Error::Invalid {
-        kind: Kind::NetworkPolicy,
+        kind: ObjectKind::NetworkPolicy,
         errors,
     })?;
     Ok((

@@ -24,7 +24,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::model::{Interner, ObjectRef};
-use super::{Error, Kind};
+use super::{Error, ObjectKind};
 use crate::policy::{Labels, Protocol};
 
 /// The label the EndpointSlice controller puts on every slice: the name of its Service.
@@ -111,7 +111,7 @@ impl ServiceEntry {
         let name = meta.name.as_deref().unwrap_or_default();
         let object = format!("{namespace}/{name}");
         let invalid = |field: &'static str, value: String| Error::InvalidField {
-            kind: Kind::Service,
+            kind: ObjectKind::Service,
             object: object.clone(),
             field,
             value,
@@ -282,7 +282,7 @@ impl SliceEntry {
         let name = meta.name.as_deref().unwrap_or_default();
         let object = format!("{namespace}/{name}");
         let invalid = |field: &'static str, value: String| Error::InvalidField {
-            kind: Kind::EndpointSlice,
+            kind: ObjectKind::EndpointSlice,
             object: object.clone(),
             field,
             value,

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{Direction, Endpoint, PolicyRef, ServiceRef, one_or_many, rfc3339};
+use super::record::{Directions, Endpoint, PolicyRef, ServiceRef, one_or_many, rfc3339};
 use crate::channel::live::{LiveChannel, LiveTable};
 
 /// The answer of `/api/v1/channels`.
@@ -73,7 +73,7 @@ pub struct AllowedByView {
 pub struct StaleView {
     #[serde(with = "rfc3339")]
     pub since: SystemTime,
-    pub direction: Direction,
+    pub direction: Directions,
     /// The policies denying it now, at their revision now.
     pub policies: Vec<PolicyRef>,
     /// The change that made it stale.
@@ -145,7 +145,7 @@ mod tests {
             kind: "NetworkPolicy".into(),
             namespace: "payments".into(),
             name: name.into(),
-            direction: Direction::Ingress,
+            direction: Directions::Ingress,
             uid: "u".into(),
             resource_version: rv.into(),
             nearest_miss: String::new(),
@@ -184,7 +184,7 @@ mod tests {
             Verdict::Denied,
             Some(Stale {
                 since: SystemTime::UNIX_EPOCH + Duration::from_secs(2_000),
-                direction: Direction::Ingress,
+                direction: Directions::Ingress,
                 policies: vec![policy("default-deny", "81233")],
                 change: "NetworkPolicy payments/allow-checkout deleted (rv 81240)".into(),
                 counted: true,

@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 
 use super::{
     metrics::Metrics,
-    record::{Direction, Endpoint, Record},
+    record::{Directions, Endpoint, Record},
 };
 use crate::cluster::SharedInventory;
 
@@ -161,9 +161,9 @@ pub fn observations(record: &Record) -> Vec<Observation> {
     };
     // The side(s) that decided: ingress → destination, egress → source; no direction → the client.
     let (on_src, on_dst) = match record.direction {
-        Some(Direction::Ingress) => (false, true),
-        Some(Direction::Egress) => (true, false),
-        Some(Direction::Both) => (true, true),
+        Some(Directions::Ingress) => (false, true),
+        Some(Directions::Egress) => (true, false),
+        Some(Directions::Both) => (true, true),
         None => (true, false),
     };
     let mut out = Vec::new();

@@ -535,7 +535,7 @@ impl fmt::Display for Peer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::record::{Cause, Direction, PolicyRef, RecordKind};
+    use crate::export::record::{Cause, Directions, PolicyRef, RecordKind};
 
     fn record(n: u32) -> Record {
         let json = format!(
@@ -664,7 +664,7 @@ mod tests {
             kind: "NetworkPolicy".into(),
             namespace: "payments".into(),
             name: "allow-frontend".into(),
-            direction: Direction::Ingress,
+            direction: Directions::Ingress,
             uid: "u2".into(),
             resource_version: "81234".into(),
             nearest_miss: "rule 0 allows TCP 8080, not TCP 50051".into(),
@@ -847,7 +847,7 @@ mod tests {
         assert!(Text(&r).to_string().contains("icmp=3/13 evidence_on=n2"));
         r.kind = RecordKind::Unenforced;
         r.cause = None;
-        r.direction = Some(Direction::Ingress);
+        r.direction = Some(Directions::Ingress);
         r.evidence = Some(Evidence {
             established: true,
             ..Evidence::default()

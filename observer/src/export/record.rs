@@ -35,7 +35,7 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
     /// `egress`, `ingress`, `both`, or null.
-    pub direction: Option<Direction>,
+    pub direction: Option<Directions>,
     /// The kernel's drop reason (`NETFILTER_DROP`), when a drop was seen.
     pub kernel_reason: Option<Arc<str>>,
     /// Where the kernel dropped it (`nft_do_chain+0x3e8`).
@@ -210,15 +210,17 @@ impl Cause {
     }
 }
 
+/// The direction(s) a record is about, as the field `direction` says it: one, or both (the client's egress
+/// and the server's ingress). A policy rule's own direction is [`crate::policy::Direction`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Direction {
+pub enum Directions {
     Egress,
     Ingress,
     Both,
 }
 
-impl Direction {
+impl Directions {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Egress => "egress",
@@ -396,7 +398,7 @@ pub struct PolicyRef {
     /// Empty for cluster-scoped kinds.
     pub namespace: Arc<str>,
     pub name: Arc<str>,
-    pub direction: Direction,
+    pub direction: Directions,
     pub uid: String,
     pub resource_version: String,
     /// The rule that came closest and why it missed (`rule 0 allows port 8080, not 50051`).
@@ -477,7 +479,7 @@ mod tests {
             },
             service: Vec::new(),
             cause: Some(Cause::Policy),
-            direction: Some(Direction::Egress),
+            direction: Some(Directions::Egress),
             kernel_reason: Some("NETFILTER_DROP".into()),
             call_site: None,
             attempts: 4,
@@ -494,7 +496,7 @@ mod tests {
                 kind: "NetworkPolicy".into(),
                 namespace: "shop".into(),
                 name: "default-deny".into(),
-                direction: Direction::Egress,
+                direction: Directions::Egress,
                 uid: "u1".into(),
                 resource_version: "81233".into(),
                 nearest_miss: "no rules".into(),

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::addr::Mapping;
 use super::plan::{LabPod, Plan, ProbeSpec, Target};
 use super::{nft, observe};
-use crate::policy::{Endpoint, Index, Protocol};
+use crate::policy::{ResolvedEnd, Index, Protocol};
 
 /// The kernel's answer to a probe.
 #[derive(Debug, Clone, Serialize)]
@@ -166,10 +166,10 @@ pub fn judge(
     let src = &plan.pods[s.src];
     let endpoint = |p: &LabPod, ip: IpAddr| match index.pod_endpoint(&p.pod.namespace, &p.pod.name)
     {
-        Some(Endpoint::Pod { id, .. }) => Endpoint::Pod { id, ip: Some(ip) },
-        _ => Endpoint::External { ip },
+        Some(ResolvedEnd::Pod { id, .. }) => ResolvedEnd::Pod { id, ip: Some(ip) },
+        _ => ResolvedEnd::External { ip },
     };
-    let verdict = |dst: Endpoint, port: u16| match index.evaluate(
+    let verdict = |dst: ResolvedEnd, port: u16| match index.evaluate(
         endpoint(src, s.src_ip),
         dst,
         port,

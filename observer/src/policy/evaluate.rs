@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use std::sync::Arc;
 
-use super::index::{Endpoint, Index, IndexError};
+use super::index::{ResolvedEnd, Index, IndexError};
 use super::model::{
     Direction, NamespaceScope, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule,
 };
@@ -62,8 +62,8 @@ impl Index {
     /// [`IndexError::StaleEndpoint`] when an endpoint was looked up before its pod or node went away.
     pub fn evaluate(
         &self,
-        src: Endpoint,
-        dst: Endpoint,
+        src: ResolvedEnd,
+        dst: ResolvedEnd,
         port: u16,
         protocol: Protocol,
     ) -> Result<Arc<Verdict>, IndexError> {
@@ -78,8 +78,8 @@ impl Index {
     /// [`IndexError::StaleEndpoint`] when an endpoint was looked up before its pod or node went away.
     pub fn evaluate_brief(
         &self,
-        src: Endpoint,
-        dst: Endpoint,
+        src: ResolvedEnd,
+        dst: ResolvedEnd,
         port: u16,
         protocol: Protocol,
     ) -> Result<Arc<Verdict>, IndexError> {
@@ -88,8 +88,8 @@ impl Index {
 
     fn evaluate_detail(
         &self,
-        src: Endpoint,
-        dst: Endpoint,
+        src: ResolvedEnd,
+        dst: ResolvedEnd,
         port: u16,
         protocol: Protocol,
         detail: Detail,
@@ -149,8 +149,8 @@ impl Index {
     /// [`IndexError::StaleEndpoint`] when an endpoint refers to a pod or node that is gone.
     pub fn evaluate_uncached(
         &self,
-        src: Endpoint,
-        dst: Endpoint,
+        src: ResolvedEnd,
+        dst: ResolvedEnd,
         port: u16,
         protocol: Protocol,
     ) -> Result<Verdict, IndexError> {
@@ -164,8 +164,8 @@ impl Index {
     /// [`IndexError::StaleEndpoint`] when an endpoint refers to a pod or node that is gone.
     pub fn evaluate_uncached_detail(
         &self,
-        src: Endpoint,
-        dst: Endpoint,
+        src: ResolvedEnd,
+        dst: ResolvedEnd,
         port: u16,
         protocol: Protocol,
         detail: Detail,

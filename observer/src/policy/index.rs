@@ -20,11 +20,11 @@ use super::verdict::Verdict;
 /// Errors of index lookups.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IndexError {
-    /// An [`Endpoint`] that refers to a pod or node that has since been deleted or replaced.
+    /// An [`ResolvedEnd`] that refers to a pod or node that has since been deleted or replaced.
     #[error("endpoint {endpoint:?} is stale (deleted or replaced since it was looked up)")]
     StaleEndpoint {
         /// The endpoint.
-        endpoint: Endpoint,
+        endpoint: ResolvedEnd,
     },
 }
 
@@ -45,7 +45,7 @@ pub struct NodeId {
 
 /// One end of a connection, resolved against the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
+pub enum ResolvedEnd {
     /// A pod, with the address the connection uses (if the pod has one).
     Pod {
         /// Which pod.
@@ -67,7 +67,7 @@ pub enum Endpoint {
     },
 }
 
-impl Endpoint {
+impl ResolvedEnd {
     /// The address the connection uses, if known.
     #[must_use]
     pub fn ip(&self) -> Option<IpAddr> {
@@ -169,7 +169,7 @@ impl<T> Slab<T> {
     }
 }
 
-pub(crate) type CacheKey = (Endpoint, Endpoint, u16, Protocol);
+pub(crate) type CacheKey = (ResolvedEnd, ResolvedEnd, u16, Protocol);
 
 /// Verdicts computed at one index generation; bounded so a port scan cannot grow it without limit.
 #[derive(Debug, Default)]
@@ -676,26 +676,26 @@ impl Index {
 
     /// The endpoint behind an address: a pod, a node, or external.
     #[must_use]
-    pub fn lookup_ip(&self, ip: IpAddr) -> Endpoint {
+    pub fn lookup_ip(&self, ip: IpAddr) -> ResolvedEnd {
         match self.by_ip.get(&ip) {
-            Some(IpOwner::Pod(id)) => Endpoint::Pod {
+            Some(IpOwner::Pod(id)) => ResolvedEnd::Pod {
                 id: *id,
                 ip: Some(ip),
             },
-            Some(IpOwner::Node(id)) => Endpoint::Node {
+            Some(IpOwner::Node(id)) => ResolvedEnd::Node {
                 id: *id,
                 ip: Some(ip),
             },
-            None => Endpoint::External { ip },
+            None => ResolvedEnd::External { ip },
         }
     }
 
     /// The endpoint of a pod by name, using its first IP (a hostNetwork pod keeps its pod identity here).
     #[must_use]
-    pub fn pod_endpoint(&self, namespace: &str, name: &str) -> Option<Endpoint> {
+    pub fn pod_endpoint(&self, namespace: &str, name: &str) -> Option<ResolvedEnd> {
         let slot = *self.pods_by_name.get(namespace)?.get(name)?;
         let e = self.pods.get(slot)?;
-        Some(Endpoint::Pod {
+        Some(ResolvedEnd::Pod {
             id: PodId {
                 slot,
                 stamp: e.stamp,

@@ -1,11 +1,11 @@
-//! One end of a connection as evaluation sees it: resolved from an [`Endpoint`] against the index, with
+//! One end of a connection as evaluation sees it: resolved from an [`ResolvedEnd`] against the index, with
 //! the port-matching helpers both the NetworkPolicy and the cluster-tier evaluators use.
 //!
 //! Layering (no cycles): `index` (data) ← `side` ← `tiers_eval` (Admin/Baseline) ← `evaluate` (verdicts).
 
 use std::net::IpAddr;
 
-use super::index::{Endpoint, Index, IndexError};
+use super::index::{ResolvedEnd, Index, IndexError};
 use super::model::{Pod, PortMatch, PortSpec, Protocol};
 use super::verdict::{EndpointInfo, EndpointKind};
 
@@ -71,10 +71,10 @@ impl<'a> Side<'a> {
 }
 
 impl Index {
-    pub(crate) fn resolve(&self, e: Endpoint) -> Result<Side<'_>, IndexError> {
+    pub(crate) fn resolve(&self, e: ResolvedEnd) -> Result<Side<'_>, IndexError> {
         match e {
-            Endpoint::External { ip } => Ok(Side::external(ip)),
-            Endpoint::Pod { id, ip } => {
+            ResolvedEnd::External { ip } => Ok(Side::external(ip)),
+            ResolvedEnd::Pod { id, ip } => {
                 let entry = self
                     .pod_entry(id)
                     .ok_or(IndexError::StaleEndpoint { endpoint: e })?;
@@ -92,7 +92,7 @@ impl Index {
                     node_name_for_info: None,
                 })
             }
-            Endpoint::Node { id, ip } => {
+            ResolvedEnd::Node { id, ip } => {
                 let node = self
                     .node(id)
                     .ok_or(IndexError::StaleEndpoint { endpoint: e })?;

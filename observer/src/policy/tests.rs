@@ -98,7 +98,7 @@ impl World {
         w
     }
 
-    fn ep(&self, s: &str) -> Endpoint {
+    fn ep(&self, s: &str) -> ResolvedEnd {
         match s.parse::<IpAddr>() {
             Ok(a) => self.index.lookup_ip(a),
             Err(_) => {
@@ -848,7 +848,7 @@ fn host_network_pod_not_subject_to_policy() {
     assert!(v.allowed);
     assert!(!v.ingress.applies);
     // The address belongs to the node, not to the hostNetwork pod.
-    assert!(matches!(w.ep("192.0.2.2"), Endpoint::Node { .. }));
+    assert!(matches!(w.ep("192.0.2.2"), ResolvedEnd::Node { .. }));
 }
 
 #[test]
@@ -1020,7 +1020,7 @@ fn index_forgets_deleted_policy_and_pod() {
     w.index.delete_pod("x", "a");
     assert!(matches!(
         w.index.lookup_ip(ip("198.18.0.10")),
-        Endpoint::External { .. }
+        ResolvedEnd::External { .. }
     ));
 }
 
@@ -1155,8 +1155,8 @@ XXXXXXXXX
 /// responsible policies and nearest misses (every verdict the engine tests compute is checked this way).
 pub(super) fn assert_brief_agrees(
     index: &Index,
-    src: Endpoint,
-    dst: Endpoint,
+    src: ResolvedEnd,
+    dst: ResolvedEnd,
     port: u16,
     protocol: Protocol,
     explained: &Verdict,

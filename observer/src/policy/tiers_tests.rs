@@ -121,7 +121,7 @@ impl World {
         Self { index }
     }
 
-    fn ep(&self, s: &str) -> Endpoint {
+    fn ep(&self, s: &str) -> ResolvedEnd {
         match s.split_once('/') {
             Some((ns, name)) => self.index.pod_endpoint(ns, name).expect("known pod"),
             None => self.index.lookup_ip(s.parse().expect("IP literal")),

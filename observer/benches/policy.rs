@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use criterion::{Criterion, criterion_group, criterion_main};
 use observer::policy::crd::ClusterNetworkPolicy;
 use observer::policy::{
-    ClusterPolicy, Detail, ResolvedEnd, Index, Namespace, Node, Pod, Policy, Protocol,
+    ClusterPolicy, Detail, Index, Namespace, Node, Pod, Policy, Protocol, ResolvedEnd,
 };
 use serde_json::json;
 

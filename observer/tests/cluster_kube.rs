@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use observer::cluster::kube::{KubeSource, spawn};
-use observer::cluster::{IpOwner, Inventory, InventoryConfig, ObjectKind, SharedInventory, SourceStats};
+use observer::cluster::{
+    Inventory, InventoryConfig, IpOwner, ObjectKind, SharedInventory, SourceStats,
+};
 use serde_json::{Value, json};
 use support::fake_apiserver::{FakeApiServer, Resource};
 
@@ -156,14 +158,21 @@ async fn ready_only_after_every_kind_is_listed() {
     let fixture = Fixture::watch(server, inventory);
     fixture
         .wait("pods, namespaces and nodes listed", |inv| {
-            inv.is_synced(ObjectKind::Pod) && inv.is_synced(ObjectKind::Namespace) && inv.is_synced(ObjectKind::Node)
+            inv.is_synced(ObjectKind::Pod)
+                && inv.is_synced(ObjectKind::Namespace)
+                && inv.is_synced(ObjectKind::Node)
         })
         .await;
     assert!(
         !fixture.inventory.read().is_ready(),
         "policies not listed yet"
     );
-    assert!(!fixture.inventory.read().is_synced(ObjectKind::NetworkPolicy));
+    assert!(
+        !fixture
+            .inventory
+            .read()
+            .is_synced(ObjectKind::NetworkPolicy)
+    );
 
     fixture.server.release(Resource::NetworkPolicies);
     fixture.wait("ready", |inv| inv.is_ready()).await;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use observer::manifest::Manifests;
-use observer::policy::{DecidedBy, ResolvedEnd, Protocol};
+use observer::policy::{DecidedBy, Protocol, ResolvedEnd};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

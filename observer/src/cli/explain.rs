@@ -19,7 +19,9 @@ use serde::Serialize;
 
 use crate::cluster::{Inventory, InventoryConfig, ServiceEntry};
 use crate::manifest::Manifests;
-use crate::policy::{DecidedBy, DirectionVerdict, ResolvedEnd, Index, Protocol, Verdict, tiers_eval};
+use crate::policy::{
+    DecidedBy, DirectionVerdict, Index, Protocol, ResolvedEnd, Verdict, tiers_eval,
+};
 
 /// Exit code for unusable input.
 pub const EXIT_UNUSABLE: u8 = 2;

@@ -181,7 +181,10 @@ impl Counts {
             (super::ObjectKind::Node.as_str(), self.nodes),
             (super::ObjectKind::NetworkPolicy.as_str(), self.policies),
             (super::ObjectKind::Service.as_str(), self.services),
-            (super::ObjectKind::EndpointSlice.as_str(), self.endpoint_slices),
+            (
+                super::ObjectKind::EndpointSlice.as_str(),
+                self.endpoint_slices,
+            ),
             (policy::PolicyKind::ClusterNetworkPolicy.as_str(), cnp),
             (policy::PolicyKind::AdminNetworkPolicy.as_str(), anp),
             (

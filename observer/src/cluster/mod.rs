@@ -38,8 +38,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use index::{
-    ClusterObjects, Counts, IpOwner, FEED_CAPACITY, FeedChange, FeedOp, FeedSince, Inventory,
-    InventoryConfig, PolicyEntry, PolicyFeed, VerdictAt,
+    ClusterObjects, Counts, FEED_CAPACITY, FeedChange, FeedOp, FeedSince, Inventory,
+    InventoryConfig, IpOwner, PolicyEntry, PolicyFeed, VerdictAt,
 };
 pub use model::{
     ContainerPort, Interner, ObjectRef, PodEntry, PolicyRevision, Uid, Workload, WorkloadKind,

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::addr::Mapping;
 use super::plan::{LabPod, Plan, ProbeSpec, Target};
 use super::{nft, observe};
-use crate::policy::{ResolvedEnd, Index, Protocol};
+use crate::policy::{Index, Protocol, ResolvedEnd};
 
 /// The kernel's answer to a probe.
 #[derive(Debug, Clone, Serialize)]

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use std::sync::Arc;
 
-use super::index::{ResolvedEnd, Index, IndexError};
+use super::index::{Index, IndexError, ResolvedEnd};
 use super::model::{
     Direction, NamespaceScope, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule,
 };

@@ -49,7 +49,7 @@ mod tests;
 mod tiers_tests;
 
 pub use compile::CompileError;
-pub use index::{ResolvedEnd, Index, IndexError, NodeId, PodId};
+pub use index::{Index, IndexError, NodeId, PodId, ResolvedEnd};
 pub use model::{
     Direction, IpBlock, Labels, NamedPort, Namespace, NamespaceScope, Node, Operator, Peer, Pod,
     Policy, PolicyKind, PolicyMeta, PortMatch, PortSpec, Protocol, Requirement, Rule, Selector,

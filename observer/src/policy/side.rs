@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use super::index::{ResolvedEnd, Index, IndexError};
+use super::index::{Index, IndexError, ResolvedEnd};
 use super::model::{Pod, PortMatch, PortSpec, Protocol};
 use super::verdict::{EndpointInfo, EndpointKind};
 

@@ -26,8 +26,8 @@ use crate::{
         Record,
         metrics::Metrics,
         record::{
-            self, Detail, DropSeen, Endpoint, Evidence, Lost, PolicyChange, PolicyOp, RecordKind,
-            ResetSeen, ResetSide,
+            Detail, DropSeen, Evidence, Lost, PolicyChange, PolicyOp, RecordKind, ResetSeen,
+            ResetSide,
         },
     },
     usage::{self, SharedUsage, Usage},
@@ -268,27 +268,11 @@ impl Pipeline {
         {
             return;
         }
-        records.push(Record {
-            schema: record::SCHEMA,
-            time: now,
-            kind: RecordKind::LostEvents,
-            node: self.node.clone(),
-            interface: None,
-            protocol: "TCP".into(),
-            src: Endpoint::none(),
-            dst: Endpoint::none(),
-            service: Vec::new(),
-            cause: None,
-            direction: None,
-            kernel_reason: None,
-            call_site: None,
-            attempts: 0,
-            evidence: None,
-            policies: Vec::new(),
-            notes: vec![
-                "the kernel's ring buffer was full: records of this interval may be missing".into(),
-            ],
-            detail: Detail {
+        let mut record = Record::about_no_channel(
+            RecordKind::LostEvents,
+            now,
+            &self.node,
+            Detail {
                 lost: Some(Lost {
                     events: total - self.lost_reported,
                     since,
@@ -296,7 +280,11 @@ impl Pipeline {
                 }),
                 ..Detail::default()
             },
-        });
+        );
+        record.notes.push(
+            "the kernel's ring buffer was full: records of this interval may be missing".into(),
+        );
+        records.push(record);
         self.lost_reported = total;
         self.lost_since = Some(now);
         self.lost_last_record = Some(now);
@@ -600,25 +588,11 @@ fn describe(change: &FeedChange) -> String {
 
 /// The `policy_changed` record of one policy revision.
 fn policy_changed(p: &PolicyFeed, made_stale: usize, allowed_again: usize, node: &str) -> Record {
-    Record {
-        schema: record::SCHEMA,
-        time: p.at,
-        kind: RecordKind::PolicyChanged,
-        node: node.to_owned(),
-        interface: None,
-        protocol: "TCP".into(),
-        src: Endpoint::none(),
-        dst: Endpoint::none(),
-        service: Vec::new(),
-        cause: None,
-        direction: None,
-        kernel_reason: None,
-        call_site: None,
-        attempts: 0,
-        evidence: None,
-        policies: Vec::new(),
-        notes: Vec::new(),
-        detail: Detail {
+    Record::about_no_channel(
+        RecordKind::PolicyChanged,
+        p.at,
+        node,
+        Detail {
             policy_change: Some(PolicyChange {
                 kind: std::sync::Arc::from(p.kind.as_str()),
                 namespace: p.namespace.clone(),
@@ -636,7 +610,7 @@ fn policy_changed(p: &PolicyFeed, made_stale: usize, allowed_again: usize, node:
             }),
             ..Detail::default()
         },
-    }
+    )
 }
 
 /// Counts one channel in the usage table and `observer_policy_channels_total`.

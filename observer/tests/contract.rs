@@ -28,12 +28,8 @@ const PRODUCERS: &[(&str, &str, &str)] = &[
         "RecordKind::StaleAllowed",
     ),
     ("interrupted", "attribution.rs", "RecordKind::Interrupted"),
-    (
-        "policy_changed",
-        "pipeline.rs",
-        "kind: RecordKind::PolicyChanged",
-    ),
-    ("lost_events", "pipeline.rs", "kind: RecordKind::LostEvents"),
+    ("policy_changed", "pipeline.rs", "RecordKind::PolicyChanged"),
+    ("lost_events", "pipeline.rs", "RecordKind::LostEvents"),
 ];
 
 const PRODUCED: &str = "produced";

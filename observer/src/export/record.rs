@@ -56,6 +56,38 @@ pub struct Record {
     pub detail: Detail,
 }
 
+impl Record {
+    /// A record about no channel (`policy_changed`, `lost_events`): no ends (left out of its JSON), no
+    /// cause, no policies; the caller fills `notes` and `detail`.
+    pub fn about_no_channel(
+        kind: RecordKind,
+        time: SystemTime,
+        node: &str,
+        detail: Detail,
+    ) -> Self {
+        Self {
+            schema: SCHEMA,
+            time,
+            kind,
+            node: node.to_owned(),
+            interface: None,
+            protocol: "TCP".into(),
+            src: Endpoint::none(),
+            dst: Endpoint::none(),
+            service: Vec::new(),
+            cause: None,
+            direction: None,
+            kernel_reason: None,
+            call_site: None,
+            attempts: 0,
+            evidence: None,
+            policies: Vec::new(),
+            notes: Vec::new(),
+            detail,
+        }
+    }
+}
+
 /// The fields only some kinds carry, each left out when absent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Detail {

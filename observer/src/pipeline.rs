@@ -841,6 +841,88 @@ mod tests {
         // The cluster-wide sum counts the attempt once, on the client's node.
         assert_eq!(blocked_total(&ma) + blocked_total(&mb), 1);
         assert_eq!(blocked_total(&ma), 1);
+        // And it is one Kubernetes Event: written by the client's node, on the pod that denied it.
+        assert_eq!(
+            kube_events(&records),
+            [("node-a".to_owned(), "payments/payments".to_owned())]
+        );
+    }
+
+    /// The Kubernetes Events the nodes' records become, as (writing node, namespace/pod).
+    fn kube_events(records: &[Record]) -> Vec<(String, String)> {
+        records
+            .iter()
+            .flat_map(|r| {
+                crate::export::events::observations(r).into_iter().map(|o| {
+                    (
+                        r.node.clone(),
+                        format!("{}/{}", o.pod.namespace, o.pod.name),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cross_node_channel_cut_or_made_stale_is_one_kubernetes_event_though_both_nodes_record_it()
+    {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let (ma, mb) = (Metrics::new().expect("m"), Metrics::new().expect("m"));
+        let mut records = Vec::new();
+        // Both nodes saw the channel established (checkout on node-a, payments on node-b).
+        let mut a = established_on("node-a", &inv, &ma, &mut records);
+        let mut b = established_on("node-b", &inv, &mb, &mut records);
+        records.clear();
+        inv.write()
+            .delete_policy("payments", "allow-checkout", at(1_010));
+        a.tick(3 * MS, at(1_011), &mut records);
+        b.tick(3 * MS, at(1_011), &mut records);
+        let stale = of(&records, RecordKind::StaleAllowed);
+        assert_eq!(stale.len(), 2, "both nodes record it: {records:?}");
+        // Stale: the client's node writes the Event, on payments (ingress).
+        assert_eq!(
+            kube_events(&records),
+            [("node-a".to_owned(), "payments/payments".to_owned())]
+        );
+        records.clear();
+        // Then the cut: payments' node drops the packets, and both nodes see the server's reset.
+        let drop = KernelEvent {
+            drop: Some(DropInfo {
+                reason: 7,
+                reason_name: Arc::from("NETFILTER_DROP"),
+                location: 0,
+                call_site: Arc::from("nft_do_chain+0x3e8"),
+            }),
+            hook: HookPoint::Drop,
+            tcp_flags: 0x18,
+            ..event(Kind::Dropped, 20_000, 40000, "eth0")
+        };
+        b.on_events(&[drop], &mut records);
+        let rst = KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x14,
+            ..event(Kind::Reset, 20_001, 40000, "lxc-checkout")
+        };
+        a.on_events(&[rst], &mut records);
+        b.tick(21_000 * MS, at(1_021), &mut records);
+        a.tick(21_000 * MS, at(1_021), &mut records);
+        assert_eq!(
+            of(&records, RecordKind::Interrupted).len(),
+            2,
+            "{records:?}"
+        );
+        // Interrupted: each node writes Events about its own pods only. payments' node saw the drop
+        // (ingress: the Event is on payments); checkout's node saw a reset, which names no side
+        // (the Event is on checkout, the client).
+        let mut events = kube_events(&records);
+        events.sort();
+        assert_eq!(
+            events,
+            [
+                ("node-a".to_owned(), "shop/checkout".to_owned()),
+                ("node-b".to_owned(), "payments/payments".to_owned()),
+            ]
+        );
     }
 
     #[test]
@@ -895,11 +977,21 @@ mod tests {
 
     /// A pipeline on node-a over `inv`, with one channel checkout:40000 → payments established at 1 s.
     fn established(inv: &SharedInventory, m: &Metrics, records: &mut Vec<Record>) -> Pipeline {
+        established_on("node-a", inv, m, records)
+    }
+
+    /// As [`established`], on `node`.
+    fn established_on(
+        node: &str,
+        inv: &SharedInventory,
+        m: &Metrics,
+        records: &mut Vec<Record>,
+    ) -> Pipeline {
         let mut p = Pipeline::new(
             channel::Config::default(),
             m.clone(),
             inv.clone(),
-            "node-a".into(),
+            node.into(),
         )
         .with_live(
             SharedLive::new(LiveTable::new(live::Config::default())),

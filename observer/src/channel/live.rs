@@ -8,6 +8,7 @@
 //!                                                  ├─ by_namespace: each pod end's namespace → ids
 //!                                                  └─ by_policy:    policy id that allowed it → ids
 //!  Kind::Closed / Reset / Dropped ──▶ remove / interrupted
+//!  Kind::RetransmitTimeout ──▶ LiveTable::retransmitted (the end's stall) ──▶ interrupted at N RTOs
 //!  inventory change feed ──▶ ids an index names ──▶ re-evaluated (the pipeline)
 //! ```
 //!
@@ -24,7 +25,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::export::record::{Directions, Endpoint, PolicyRef, ServiceRef};
+use crate::export::record::{
+    ChannelSide, Directions, Endpoint, PolicyRef, RetransmitsSeen, ServiceRef,
+};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
@@ -101,6 +104,42 @@ pub struct LiveChannel {
     pub stale: Option<Stale>,
     /// Whether this node counts the channel in the metrics (the client's node).
     pub counted: bool,
+    /// The current stall of each end's socket (`[client, server]`): consecutive retransmission timeouts
+    /// reported by the kernel, none while its packets are acknowledged.
+    pub stalls: [Option<Stall>; 2],
+}
+
+/// Consecutive retransmission timeouts of one end's socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stall {
+    /// The kernel's consecutive-RTO count at the last report.
+    pub rtos: u16,
+    /// When the first RTO of this stall was reported.
+    pub since: SystemTime,
+}
+
+/// Index of an end in [`LiveChannel::stalls`].
+fn stall_index(side: ChannelSide) -> usize {
+    match side {
+        ChannelSide::Client => 0,
+        ChannelSide::Server => 1,
+    }
+}
+
+impl LiveChannel {
+    /// The evidence of the longest current stall, if any end is stalled.
+    pub fn retransmits(&self) -> Option<RetransmitsSeen> {
+        [ChannelSide::Client, ChannelSide::Server]
+            .into_iter()
+            .filter_map(|side| {
+                self.stalls[stall_index(side)].map(|s| RetransmitsSeen {
+                    rtos: s.rtos,
+                    since: s.since,
+                    side,
+                })
+            })
+            .max_by_key(|r| r.rtos)
+    }
 }
 
 impl LiveChannel {
@@ -306,6 +345,28 @@ impl LiveTable {
         }
     }
 
+    /// One end's socket reported `rtos` consecutive retransmission timeouts at `at` (kernel time `now_ns`):
+    /// its stall, started now when the count did not rise (the previous stall ended with an ACK that made
+    /// progress, and this is a new one). Returns the stall's evidence; `None` for an unknown channel.
+    pub fn retransmitted(
+        &mut self,
+        id: u64,
+        side: ChannelSide,
+        rtos: u16,
+        at: SystemTime,
+        now_ns: u64,
+    ) -> Option<RetransmitsSeen> {
+        let ch = self.channels.get_mut(&id)?;
+        ch.last_ns = ch.last_ns.max(now_ns);
+        let slot = &mut ch.stalls[stall_index(side)];
+        let since = match *slot {
+            Some(s) if rtos > s.rtos => s.since,
+            _ => at,
+        };
+        *slot = Some(Stall { rtos, since });
+        Some(RetransmitsSeen { rtos, since, side })
+    }
+
     /// Forgets channels with no event for `idle`, oldest first (an old channel with a recent event stops
     /// the walk: it is looked at again later).
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<(LiveChannel, Gone)>) {
@@ -426,6 +487,7 @@ mod tests {
             verdict: Verdict::Allowed,
             stale: None,
             counted: true,
+            stalls: [None; 2],
         }
     }
 

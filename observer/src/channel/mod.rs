@@ -474,7 +474,7 @@ impl Tracker {
                     }
                 }
             }
-            Kind::Reset | Kind::Closed => {}
+            Kind::Reset | Kind::Closed | Kind::RetransmitTimeout => {}
         }
     }
 

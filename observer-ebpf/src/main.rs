@@ -37,8 +37,8 @@ use observer_common::{
     BUCKET_SLOTS, Bucket, DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, DROPS_SEEN_MAX_ENTRIES,
     DropKey, EVENTS_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6, FLOWS_MAX_ENTRIES, FlowKey,
     FlowStats, Hook, LOST_EVENTS, LOST_SLOTS, MAX_DROP_REASONS, MAX_IPV6_EXT_HEADERS,
-    OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES, RateConfig, SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW,
-    RTO_SEEN_MAX_ENTRIES, RtoKey, RtoSeen, SkbOffsets, SockOffsets, flow_state, tcp_flags,
+    OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES, RTO_SEEN_MAX_ENTRIES, RateConfig, RtoKey, RtoSeen,
+    SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW, SkbOffsets, SockOffsets, flow_state, tcp_flags,
 };
 
 #[unsafe(no_mangle)]
@@ -1111,4 +1111,3 @@ fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
     }
     Ok(())
 }
-

@@ -1321,6 +1321,63 @@ mod tests {
         assert_eq!(d.cause, Cause::Unknown);
     }
 
+    fn stalled(rtos: u16) -> Evidence {
+        Evidence {
+            established: true,
+            retransmits: Some(record::RetransmitsSeen {
+                rtos,
+                since: SystemTime::UNIX_EPOCH,
+                side: record::ChannelSide::Server,
+            }),
+            ..Evidence::default()
+        }
+    }
+
+    #[test]
+    fn row_retransmission_timeouts_and_deny_is_policy_said_to_be_inferred() {
+        let d = decide(&stalled(3), &deny());
+        assert_eq!(d.cause, Cause::Policy);
+        assert_eq!(d.direction, Some(Directions::Ingress));
+        assert!(d.blame_policies);
+        assert!(
+            has_note(&d, "3 consecutive retransmission timeouts of the server")
+                && has_note(&d, "inferred")
+                && has_note(&d, "payments/default-deny"),
+            "{:?}",
+            d.notes
+        );
+    }
+
+    #[test]
+    fn row_retransmission_timeouts_and_allow_is_no_policy_lost_beyond_this_node() {
+        let d = decide(&stalled(4), &Simulated::Allowed);
+        assert_eq!(d.cause, Cause::NoPolicy);
+        assert!(!d.blame_policies);
+        assert!(
+            has_note(&d, "4 consecutive retransmission timeouts")
+                && has_note(&d, "no drop seen on this node")
+                && has_note(&d, "beyond this node"),
+            "{:?}",
+            d.notes
+        );
+    }
+
+    #[test]
+    fn a_drop_or_a_reset_from_the_destination_outranks_retransmission_timeouts() {
+        let both = Evidence {
+            retransmits: stalled(3).retransmits,
+            ..drop_here()
+        };
+        let d = decide(&both, &Simulated::Allowed);
+        assert!(has_note(&d, "NETFILTER_DROP"), "{:?}", d.notes);
+        assert!(!has_note(&d, "retransmission"), "{:?}", d.notes);
+        let reset = Evidence {
+            retransmits: stalled(3).retransmits,
+            ..reset(ResetSide::Destination)
+        };
+        assert_eq!(decide(&reset, &deny()).cause, Cause::NoListener);
+    }
+
     // ---- evidence from the tracker ----
 
     #[test]

@@ -1174,7 +1174,8 @@ mod tests {
     }
 
     #[test]
-    fn three_retransmission_timeouts_interrupt_an_allowed_channel_once_with_no_policy_and_the_stall() {
+    fn three_retransmission_timeouts_interrupt_an_allowed_channel_once_with_no_policy_and_the_stall()
+     {
         let inv = inventory_with(&[ALLOW_CHECKOUT]);
         let m = Metrics::new().expect("m");
         let mut records = Vec::new();
@@ -1211,12 +1212,14 @@ mod tests {
         assert_eq!(rtx.rtos, 3);
         assert_eq!(rtx.side, ChannelSide::Server);
         // Since the first RTO of the stall (1000 s + 1 s), not the third.
-        assert_eq!(rtx.since, SystemTime::UNIX_EPOCH + Duration::from_secs(1_001));
+        assert_eq!(
+            rtx.since,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_001)
+        );
         assert!(
-            r.notes
-                .iter()
-                .any(|n| n.contains("3 consecutive retransmission timeouts of the server")
-                    && n.contains("no drop seen on this node")),
+            r.notes.iter().any(|n| n
+                .contains("3 consecutive retransmission timeouts of the server")
+                && n.contains("no drop seen on this node")),
             "{:?}",
             r.notes
         );
@@ -1224,7 +1227,10 @@ mod tests {
         let json = serde_json::to_value(r).expect("json");
         assert_eq!(json["evidence"]["retransmits"]["rtos"], 3, "{json}");
         assert_eq!(json["evidence"]["retransmits"]["side"], "server", "{json}");
-        assert!(json["evidence"]["retransmits"]["since"].is_string(), "{json}");
+        assert!(
+            json["evidence"]["retransmits"]["since"].is_string(),
+            "{json}"
+        );
     }
 
     #[test]
@@ -1252,10 +1258,7 @@ mod tests {
         let ch = live.iter().next().expect("still live");
         assert_eq!(
             ch.retransmits().map(|r| (r.rtos, r.since)),
-            Some((
-                2,
-                SystemTime::UNIX_EPOCH + Duration::from_millis(1_009_000)
-            )),
+            Some((2, SystemTime::UNIX_EPOCH + Duration::from_millis(1_009_000))),
             "the new stall started at its first RTO"
         );
         drop(live);

@@ -477,7 +477,7 @@ const BLACK_HOLE: &str = "obsbh0";
 #[test]
 #[ignore = "needs root: network namespaces and eBPF"]
 fn packets_vanishing_where_no_drop_is_seen_interrupt_the_stream_after_three_retransmission_timeouts()
-{
+ {
     let shop = Shop::new();
     shop.enforce_allowed();
     let _server = TickingServer::start(&shop.lab.pod(1).ns, shop.payments());
@@ -533,11 +533,9 @@ fn packets_vanishing_where_no_drop_is_seen_interrupt_the_stream_after_three_retr
     assert!(evidence["retransmits"]["since"].is_string(), "{cut}");
     assert_eq!(cut["dst"]["pod"], "payments-0", "{cut}");
     assert!(
-        cut["notes"]
-            .as_array()
-            .is_some_and(|n| n.iter().any(|n| n
-                .as_str()
-                .is_some_and(|n| n.contains("retransmission timeouts")))),
+        cut["notes"].as_array().is_some_and(|n| n.iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.contains("retransmission timeouts")))),
         "{cut}"
     );
     assert!(!stream.flows(2), "the stream is stalled");
@@ -551,7 +549,11 @@ fn packets_vanishing_where_no_drop_is_seen_interrupt_the_stream_after_three_retr
         "{:?}",
         daemon.records()
     );
-    assert!(of_kind(&daemon, "blocked").is_empty(), "{:?}", daemon.records());
+    assert!(
+        of_kind(&daemon, "blocked").is_empty(),
+        "{:?}",
+        daemon.records()
+    );
     assert_eq!(daemon.metric("observer_live_channels"), 0.0);
     let rto_lines: Vec<String> = daemon
         .stderr()

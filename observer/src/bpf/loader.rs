@@ -850,7 +850,7 @@ fn tracepoint_field(text: &str, name: &str) -> Option<u32> {
         let l = l.trim();
         let decl = l.strip_prefix("field:")?.split(';').next()?.trim_end();
         let decl = decl.split('[').next()?;
-        let ident = decl.rsplit(|c: char| c == ' ' || c == '*').next()?;
+        let ident = decl.rsplit([' ', '*']).next()?;
         if ident != name {
             return None;
         }
@@ -938,8 +938,7 @@ fn sock_offsets(btf: &Btf) -> (SockOffsets, bool) {
     let format = read_tracepoint_format(
         "tcp/tcp_retransmit_skb",
         &[
-            "skaddr", "state", "sport", "dport", "family", "saddr", "daddr", "saddr_v6",
-            "daddr_v6",
+            "skaddr", "state", "sport", "dport", "family", "saddr", "daddr", "saddr_v6", "daddr_v6",
         ],
     );
     let have_format = if let Some(f) = format {
@@ -1042,4 +1041,45 @@ pub fn current_netns() -> u32 {
     std::fs::metadata("/proc/thread-self/ns/net")
         .map(|m| u32::try_from(m.ino()).unwrap_or(0))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `events/tcp/tcp_retransmit_skb/format` on Linux 6.18 (abridged).
+    const FORMAT: &str = "name: tcp_retransmit_skb
+ID: 2281
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:34;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:38;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:42;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:58;\tsize:16;\tsigned:0;
+\tfield:int err;\toffset:76;\tsize:4;\tsigned:1;
+";
+
+    #[test]
+    fn tracepoint_fields_are_found_by_their_exact_name() {
+        let at = |name| tracepoint_field(FORMAT, name);
+        assert_eq!(at("skaddr"), Some(16));
+        assert_eq!(at("skbaddr"), Some(8));
+        assert_eq!(at("state"), Some(24));
+        assert_eq!(at("sport"), Some(28));
+        assert_eq!(at("dport"), Some(30));
+        assert_eq!(at("family"), Some(32));
+        // An array's name, not a longer name ending like it.
+        assert_eq!(at("saddr"), Some(34));
+        assert_eq!(at("daddr"), Some(38));
+        assert_eq!(at("saddr_v6"), Some(42));
+        assert_eq!(at("daddr_v6"), Some(58));
+        assert_eq!(at("addr"), None);
+        assert_eq!(at("reason"), None);
+    }
 }

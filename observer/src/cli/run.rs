@@ -442,7 +442,11 @@ pub fn print_event(out: &mut impl std::io::Write, ev: &KernelEvent) -> std::io::
         write!(out, " icmp={t}/{c}")?;
     }
     if ev.kind == crate::bpf::Kind::RetransmitTimeout {
-        write!(out, " rtos={} by={:?} netns={}", ev.syn_count, ev.origin, ev.netns)?;
+        write!(
+            out,
+            " rtos={} by={:?} netns={}",
+            ev.syn_count, ev.origin, ev.netns
+        )?;
     } else if ev.syn_count > 1 {
         write!(out, " syns={}", ev.syn_count)?;
     }

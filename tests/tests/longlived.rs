@@ -478,9 +478,30 @@ const BLACK_HOLE: &str = "obsbh0";
 #[ignore = "needs root: network namespaces and eBPF"]
 fn packets_vanishing_where_no_drop_is_seen_interrupt_the_stream_after_three_retransmission_timeouts()
  {
+    black_hole_cuts_the_stream(Family::V4);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and eBPF"]
+fn packets_vanishing_where_no_drop_is_seen_interrupt_an_ipv6_stream_after_three_retransmission_timeouts()
+ {
+    black_hole_cuts_the_stream(Family::V6);
+}
+
+/// The channel checkout → payments over `family`; then everything towards payments routed into a black
+/// hole: exactly one `interrupted`, from retransmission timeouts, with no drop.
+fn black_hole_cuts_the_stream(family: Family) {
     let shop = Shop::new();
-    shop.enforce_allowed();
-    let _server = TickingServer::start(&shop.lab.pod(1).ns, shop.payments());
+    let payments = SocketAddr::new(shop.lab.pod(1).addr(family), PORT);
+    let (ip, prefix, fam) = match family {
+        Family::V4 => ("ip", "32", "-4"),
+        Family::V6 => ("ip6", "128", "-6"),
+    };
+    shop.lab.forward_rule(&format!(
+        "ct state established,related accept\n  {ip} saddr {} tcp dport {PORT} accept\n  tcp dport {PORT} drop",
+        shop.lab.pod(0).addr(family)
+    ));
+    let _server = TickingServer::start(&shop.lab.pod(1).ns, payments);
     let daemon = Daemon::start(&shop.lab, &shop.manifests.dir, &["--print-events"]);
     assert!(
         daemon
@@ -490,7 +511,7 @@ fn packets_vanishing_where_no_drop_is_seen_interrupt_the_stream_after_three_retr
         "the startup line names the retransmission program: {:?}",
         daemon.stderr()
     );
-    let stream = Stream::open(&shop.lab.pod(0).ns, shop.payments());
+    let stream = Stream::open(&shop.lab.pod(0).ns, payments);
     assert!(stream.flows(3), "the stream carries messages");
     wait_for(WAIT, || {
         (daemon.metric("observer_live_channels") == 1.0).then_some(())
@@ -503,8 +524,8 @@ fn packets_vanishing_where_no_drop_is_seen_interrupt_the_stream_after_three_retr
     let node = &shop.lab.node;
     node.ip(&["link", "add", BLACK_HOLE, "type", "ifb"]);
     node.ip(&["link", "set", BLACK_HOLE, "up"]);
-    let payments = format!("{}/32", shop.payments().ip());
-    node.ip(&["route", "replace", &payments, "dev", BLACK_HOLE]);
+    let route = format!("{}/{prefix}", payments.ip());
+    node.ip(&[fam, "route", "replace", &route, "dev", BLACK_HOLE]);
 
     // Three RTOs at the 200 ms minimum, doubling: ~1.4 s; more when the RTT estimate is higher.
     let cut = daemon
@@ -541,7 +562,9 @@ fn packets_vanishing_where_no_drop_is_seen_interrupt_the_stream_after_three_retr
     assert!(!stream.flows(2), "the stream is stalled");
 
     // One record per channel, not per RTO; the channel left the table; the kernel reported RTOs as
-    // state changes (one event per socket and count: a handful, not one per retransmitted packet).
+    // state changes (one event per socket and count: a handful, not one per retransmitted packet). The
+    // program sees every namespace of the machine: other tests' stalled channels are reported too (and
+    // ignored by this daemon, which has no live channel of theirs), so only this channel's are counted.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         of_kind(&daemon, "interrupted").len(),
@@ -558,8 +581,9 @@ fn packets_vanishing_where_no_drop_is_seen_interrupt_the_stream_after_three_retr
     let rto_lines: Vec<String> = daemon
         .stderr()
         .into_iter()
-        .filter(|l| l.contains("retransmit_timeout"))
+        .filter(|l| l.contains("retransmit_timeout") && l.contains(&format!("→ {payments} ")))
         .collect();
+    assert!(!rto_lines.is_empty(), "{:?}", daemon.stderr());
     eprintln!("the kernel's RTO events:\n{}", rto_lines.join("\n"));
     for side in ["Server", "Client"] {
         let counts: Vec<&str> = rto_lines

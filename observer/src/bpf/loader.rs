@@ -1065,6 +1065,36 @@ format:
 \tfield:int err;\toffset:76;\tsize:4;\tsigned:1;
 ";
 
+    /// The classic-tracepoint fallback is never attached on a kernel where `tp_btf` works: loading it
+    /// here keeps it verifiable (no attachment, nothing leaves the process).
+    #[test]
+    #[ignore = "needs root: loads eBPF programs (sudo ./x test runs it)"]
+    fn the_retransmission_fallback_program_passes_the_verifier() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "run as root (sudo ./x test)"
+        );
+        let btf = Btf::vmlinux().expect("kernel BTF");
+        let (offsets, _) = sock_offsets(&btf);
+        assert_ne!(offsets.retransmits, OFFSET_UNKNOWN);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(global::SOCK_OFFSETS, &offsets, true)
+            .load(OBJECT)
+            .expect("the object loads");
+        for name in [
+            program::TCP_RETRANSMIT_TRACEPOINT,
+            program::KFREE_SKB_TRACEPOINT,
+        ] {
+            let p: &mut TracePoint = ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("{name} in the object"))
+                .try_into()
+                .expect("a tracepoint program");
+            p.load()
+                .unwrap_or_else(|e| panic!("{name} passes the verifier: {e:?}"));
+        }
+    }
+
     #[test]
     fn tracepoint_fields_are_found_by_their_exact_name() {
         let at = |name| tracepoint_field(FORMAT, name);

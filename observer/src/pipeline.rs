@@ -264,7 +264,7 @@ impl Pipeline {
         match evidence {
             Some(evidence) => {
                 let evidence = Evidence {
-                    retransmits: ch.retransmits(),
+                    retransmits: ch.retransmits(ev.time),
                     ..evidence
                 };
                 cut.push((ch, evidence, ev.time));
@@ -1257,7 +1257,8 @@ mod tests {
         let live = live.read();
         let ch = live.iter().next().expect("still live");
         assert_eq!(
-            ch.retransmits().map(|r| (r.rtos, r.since)),
+            ch.retransmits(SystemTime::UNIX_EPOCH + Duration::from_millis(1_009_500))
+                .map(|r| (r.rtos, r.since)),
             Some((2, SystemTime::UNIX_EPOCH + Duration::from_millis(1_009_000))),
             "the new stall started at its first RTO"
         );
@@ -1318,6 +1319,31 @@ mod tests {
         let e = cut[0].evidence.as_ref().expect("evidence");
         assert!(e.drop.is_some());
         assert_eq!(e.retransmits.map(|r| r.rtos), Some(2));
+    }
+
+    #[test]
+    fn a_stall_that_ended_long_before_a_reset_is_not_its_evidence() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        records.clear();
+        // Two RTOs, then (the kernel does not say so) progress; a reset 10 minutes later.
+        p.on_events(
+            &[rto(1_000, 1, Side::Server), rto(1_400, 2, Side::Server)],
+            &mut records,
+        );
+        let rst = KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x14,
+            ..event(Kind::Reset, 601_400, 40000, "lxc-checkout")
+        };
+        p.on_events(&[rst], &mut records);
+        let cut = of(&records, RecordKind::Interrupted);
+        assert_eq!(cut.len(), 1, "{records:?}");
+        let e = cut[0].evidence.as_ref().expect("evidence");
+        assert!(e.reset.is_some());
+        assert_eq!(e.retransmits, None, "{e:?}");
     }
 
     #[test]

@@ -116,6 +116,20 @@ pub struct Stall {
     pub rtos: u16,
     /// When the first RTO of this stall was reported.
     pub since: SystemTime,
+    /// When the last one was.
+    pub last: SystemTime,
+}
+
+/// Linux's largest retransmission timeout (`TCP_RTO_MAX`): a stall still in progress reports another RTO
+/// within this long, so a stall whose last report is older has ended (an ACK made progress; the kernel
+/// reports no progress, only the next stall).
+pub const RTO_MAX: Duration = Duration::from_secs(120);
+
+impl Stall {
+    /// Whether the stall may still be in progress at `at`.
+    fn current(&self, at: SystemTime) -> bool {
+        at.duration_since(self.last).unwrap_or_default() <= RTO_MAX
+    }
 }
 
 /// Index of an end in [`LiveChannel::stalls`].
@@ -127,12 +141,13 @@ fn stall_index(side: ChannelSide) -> usize {
 }
 
 impl LiveChannel {
-    /// The evidence of the longest current stall, if any end is stalled.
-    pub fn retransmits(&self) -> Option<RetransmitsSeen> {
+    /// The evidence of the longest stall still in progress at `at`, if any end is stalled.
+    pub fn retransmits(&self, at: SystemTime) -> Option<RetransmitsSeen> {
         [ChannelSide::Client, ChannelSide::Server]
             .into_iter()
             .filter_map(|side| {
-                self.stalls[stall_index(side)].map(|s| RetransmitsSeen {
+                let stall = self.stalls[stall_index(side)].filter(|s| s.current(at));
+                stall.map(|s| RetransmitsSeen {
                     rtos: s.rtos,
                     since: s.since,
                     side,
@@ -346,8 +361,9 @@ impl LiveTable {
     }
 
     /// One end's socket reported `rtos` consecutive retransmission timeouts at `at` (kernel time `now_ns`):
-    /// its stall, started now when the count did not rise (the previous stall ended with an ACK that made
-    /// progress, and this is a new one). Returns the stall's evidence; `None` for an unknown channel.
+    /// its stall, started now when the count did not rise or the last report is older than [`RTO_MAX`]
+    /// (the previous stall ended with an ACK that made progress, and this is a new one). Returns the
+    /// stall's evidence; `None` for an unknown channel.
     pub fn retransmitted(
         &mut self,
         id: u64,
@@ -360,10 +376,14 @@ impl LiveTable {
         ch.last_ns = ch.last_ns.max(now_ns);
         let slot = &mut ch.stalls[stall_index(side)];
         let since = match *slot {
-            Some(s) if rtos > s.rtos => s.since,
+            Some(s) if rtos > s.rtos && s.current(at) => s.since,
             _ => at,
         };
-        *slot = Some(Stall { rtos, since });
+        *slot = Some(Stall {
+            rtos,
+            since,
+            last: at,
+        });
         Some(RetransmitsSeen { rtos, since, side })
     }
 
@@ -557,6 +577,44 @@ mod tests {
         t.set_state(id, Verdict::Denied, None);
         assert_eq!(t.stale_len(), 0);
         assert_eq!(t.get(id).expect("live").verdict, Verdict::Denied);
+    }
+
+    #[test]
+    fn a_stall_runs_while_the_count_rises_and_ends_after_the_largest_rto() {
+        let mut t = table(4);
+        let (id, _) = t.insert(channel(40000, 0));
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let server = ChannelSide::Server;
+        assert_eq!(
+            t.retransmitted(id, server, 1, at(10), 1).map(|r| r.since),
+            Some(at(10))
+        );
+        let r = t.retransmitted(id, server, 2, at(11), 2).expect("live");
+        assert_eq!((r.rtos, r.since, r.side), (2, at(10), server));
+        // The client's own stall is separate; the longest is the channel's.
+        t.retransmitted(id, ChannelSide::Client, 1, at(11), 3);
+        let ch = t.get(id).expect("live");
+        assert_eq!(ch.retransmits(at(12)).map(|r| r.side), Some(server));
+        assert_eq!(ch.last_ns, 3, "a report is activity");
+        // No report for longer than the largest RTO: that stall ended.
+        let later = at(11) + RTO_MAX + Duration::from_secs(1);
+        assert_eq!(ch.retransmits(later), None);
+        // A count that did not rise, or rose after the stall ended (reports lost): a new stall.
+        let r = t.retransmitted(id, server, 1, at(40), 4).expect("live");
+        assert_eq!(r.since, at(40));
+        let much_later = at(40) + RTO_MAX + Duration::from_secs(1);
+        let r = t.retransmitted(id, server, 3, much_later, 5).expect("live");
+        assert_eq!(r.since, much_later);
+        // Within the largest RTO, a rising count is the same stall.
+        let r = t
+            .retransmitted(id, server, 4, much_later + RTO_MAX, 6)
+            .expect("live");
+        assert_eq!(r.since, much_later);
+        assert_eq!(
+            t.retransmitted(9, server, 1, at(1), 1),
+            None,
+            "unknown channel"
+        );
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
         Simulated::Denied {
             direction,
             policies,
-        } => Some((*direction, policies.join(", "))),
+        } => Some((*direction, policies.as_slice())),
         _ => None,
     };
     let reset = evidence.reset.map(|r| r.side);
@@ -119,8 +119,9 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
         let d = Decision::new(Cause::NoListener);
         return match (verdict, denied) {
             (_, Some((direction, names))) => d.note(format!(
-                "the policies deny it ({} by {names}) but the SYN reached the destination, which reset it: they were not enforced",
-                direction.as_str()
+                "the policies deny it ({} by {}) but the SYN reached the destination, which reset it: they were not enforced",
+                direction.as_str(),
+                names.join(", ")
             )),
             (Simulated::NotSynced, _) => {
                 d.note("inventory not synced yet: policies not evaluated")
@@ -150,47 +151,49 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
 
     let local_drop = evidence.drop.as_ref().filter(|d| d.interface.is_some());
     let foreign_drop = evidence.drop.as_ref().filter(|d| d.interface.is_none());
-    let outcome = |denied: Option<(Directions, String)>, allowed_note: String| match denied {
-        Some((direction, _)) => Decision::policy(direction),
-        None => Decision::new(Cause::NoPolicy).note(allowed_note),
-    };
+    // The note is formatted only when it is used (a denied channel has none).
+    fn outcome(
+        denied: Option<(Directions, &[String])>,
+        allowed_note: impl FnOnce() -> String,
+    ) -> Decision {
+        match denied {
+            Some((direction, _)) => Decision::policy(direction),
+            None => Decision::new(Cause::NoPolicy).note(allowed_note()),
+        }
+    }
 
     if let Some(d) = local_drop {
-        return outcome(
-            denied,
+        return outcome(denied, || {
             format!(
                 "the policies allow it: the kernel dropped it ({} at {})",
                 d.reason, d.call_site
-            ),
-        );
+            )
+        });
     }
     if let Some(icmp) = evidence.icmp {
-        return outcome(
-            denied,
+        return outcome(denied, || {
             format!(
                 "the policies allow it: the network rejected it (ICMP type {} code {})",
                 icmp.icmp_type, icmp.code
-            ),
-        );
+            )
+        });
     }
     if reset == Some(ResetSide::Network) {
-        return outcome(
-            denied,
-            "the policies allow it: the network on this node reset it".into(),
-        );
+        return outcome(denied, || {
+            "the policies allow it: the network on this node reset it".into()
+        });
     }
     let elsewhere = evidence
         .other_node
         .as_deref()
         .map(|n| format!("the SYN left this node: the evidence is on the destination's node {n}"));
     if let Some(d) = foreign_drop {
-        let mut decision = outcome(
-            denied,
+        let mut decision = outcome(denied, || {
             format!(
                 "the policies allow it: dropped in another network namespace ({} at {})",
                 d.reason, d.call_site
-            ),
-        )
+            )
+        })
         .note(format!(
             "the drop ({}) happened outside this node's interfaces",
             d.reason
@@ -385,22 +388,129 @@ pub fn judge(
 
 /// Builds the record for a blocked channel seen on `node`.
 pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record {
-    let at = blocked.first_seen;
-    let (src_inv, dst_inv) = (
-        inventory.endpoint_at(blocked.client.ip(), at),
-        inventory.endpoint_at(blocked.server.ip(), at),
-    );
-    let src = endpoint(blocked.client, &src_inv);
-    let mut dst = endpoint(blocked.server, &dst_inv);
+    attribute_with(&mut Cache::default(), blocked, inventory, node)
+}
+
+/// What a blocked channel's record takes from the inventory, for one (client IP, server address, Service
+/// dialed): the two ends, the Service(s), the verdict and the responsible policies at their revisions. A
+/// storm of blocked SYNs between the same pods resolves it once. An entry serves a channel only while the
+/// inventory is unchanged (same generations), the channel's time is after every change
+/// ([`Inventory::is_current_at`]) and both addresses still resolve to the same holders at that time; the
+/// record's own fields (time, client port, evidence, and the cause and notes that follow from it) are
+/// always per channel.
+#[derive(Debug, Default)]
+pub struct Cache {
+    /// The inventory's generation and Services generation the entries were resolved at.
+    generations: Option<(u64, u64)>,
+    entries: std::collections::HashMap<CacheKey, CacheEntry, foldhash::fast::RandomState>,
+}
+
+/// Entries kept at most; beyond, the cache starts over (a storm across more pairs than this resolves
+/// each channel afresh, as without a cache).
+const CACHE_ENTRIES_MAX: usize = 65_536;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CacheKey {
+    client: std::net::IpAddr,
+    server: SocketAddr,
+    service: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    /// Who held the client's and the server's address when the entry was resolved.
+    holders: [Holder; 2],
+    resolved: Resolved,
+}
+
+/// What [`Inventory::endpoint_at`] answered, kept to compare: a tenure's reach ends with time alone.
+#[derive(Debug)]
+enum Holder {
+    Pod {
+        pod: Arc<crate::cluster::PodEntry>,
+        from: SystemTime,
+        to: Option<SystemTime>,
+    },
+    Node(Arc<crate::policy::Node>),
+    External,
+}
+
+impl Holder {
+    fn of(owner: &IpOwner<'_>) -> Self {
+        match owner {
+            IpOwner::Pod(h) => Self::Pod {
+                pod: Arc::clone(&h.pod),
+                from: h.from,
+                to: h.to,
+            },
+            IpOwner::Node(n) => Self::Node(Arc::clone(n)),
+            IpOwner::External => Self::External,
+        }
+    }
+
+    fn is(&self, owner: &IpOwner<'_>) -> bool {
+        match (self, owner) {
+            (Self::Pod { pod, from, to }, IpOwner::Pod(h)) => {
+                Arc::ptr_eq(pod, &h.pod) && *from == h.from && *to == h.to
+            }
+            (Self::Node(n), IpOwner::Node(m)) => Arc::ptr_eq(n, m),
+            (Self::External, IpOwner::External) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The inventory's side of a blocked channel's record (see [`Cache`]).
+#[derive(Debug)]
+struct Resolved {
+    src: Endpoint,
+    dst: Endpoint,
+    services: Vec<ServiceRef>,
+    service_note: Option<String>,
+    judged: Judged,
+}
+
+impl Cache {
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether entries may serve (and be kept for) a channel at `at`; drops them all when the inventory
+    /// changed since they were resolved.
+    fn usable(&mut self, inventory: &Inventory, at: SystemTime) -> bool {
+        let generations = (inventory.generation(), inventory.services_generation());
+        if self.generations != Some(generations) {
+            self.entries.clear();
+            self.generations = Some(generations);
+        }
+        inventory.is_ready() && inventory.is_current_at(at)
+    }
+}
+
+/// The ends, Service(s) and verdict of a blocked channel, from the inventory at `at` (`ends`: what its
+/// client and server addresses were then). Also whether the result holds for any channel between the same
+/// addresses (false for a VIP never translated: its verdict depends on the backends' tenures too).
+fn resolve(
+    blocked: &Blocked,
+    inventory: &Inventory,
+    ends: &[IpOwner<'_>; 2],
+    at: SystemTime,
+) -> (Resolved, bool) {
+    let src = endpoint(blocked.client, &ends[0]);
+    let mut dst = endpoint(blocked.server, &ends[1]);
     let via = through_service(blocked, inventory);
-    let mut service_notes = Vec::new();
+    let mut service_note = None;
     if let Some(vip) = &via.untranslated {
         dst.kind = "service".to_owned();
         dst.namespace = Some(Arc::clone(&vip.namespace));
-        service_notes.push(vip.note.clone());
+        service_note = Some(vip.note.clone());
     }
-    let dst_node = (dst.kind == "pod").then_some(dst.node.as_deref()).flatten();
-    let evidence = evidence(blocked, dst_node, node);
     let judged = match &via.untranslated {
         Some(u) if u.backends.is_empty() && inventory.is_ready() => Judged {
             simulated: Simulated::NoEndpoints,
@@ -409,11 +519,78 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         Some(u) => judge_backends(inventory, blocked.client, u, at),
         None => judge(inventory, blocked.client, blocked.server, at),
     };
+    let cacheable = via.untranslated.is_none();
+    (
+        Resolved {
+            src,
+            dst,
+            services: via.services,
+            service_note,
+            judged,
+        },
+        cacheable,
+    )
+}
+
+/// As [`attribute`], taking the inventory's side of the record from `cache` when it holds (see [`Cache`]).
+pub fn attribute_with(
+    cache: &mut Cache,
+    blocked: &Blocked,
+    inventory: &Inventory,
+    node: &str,
+) -> Record {
+    let at = blocked.first_seen;
+    let ends = [
+        inventory.endpoint_at(blocked.client.ip(), at),
+        inventory.endpoint_at(blocked.server.ip(), at),
+    ];
+    let key = CacheKey {
+        client: blocked.client.ip(),
+        server: blocked.server,
+        service: blocked.service,
+    };
+    let usable = cache.usable(inventory, at);
+    let fresh = usable
+        && cache
+            .entries
+            .get(&key)
+            .is_some_and(|e| e.holders[0].is(&ends[0]) && e.holders[1].is(&ends[1]));
+    let built;
+    let resolved: &Resolved = if fresh {
+        &cache.entries[&key].resolved
+    } else {
+        let (resolved, cacheable) = resolve(blocked, inventory, &ends, at);
+        if usable && cacheable {
+            if cache.entries.len() >= CACHE_ENTRIES_MAX {
+                cache.entries.clear();
+            }
+            let entry = CacheEntry {
+                holders: [Holder::of(&ends[0]), Holder::of(&ends[1])],
+                resolved,
+            };
+            &cache
+                .entries
+                .entry(key)
+                .insert_entry(entry)
+                .into_mut()
+                .resolved
+        } else {
+            built = resolved;
+            &built
+        }
+    };
+    let mut src = resolved.src.clone();
+    src.port = blocked.client.port();
+    let dst = resolved.dst.clone();
+    let judged = &resolved.judged;
+
+    let dst_node = (dst.kind == "pod").then_some(dst.node.as_deref()).flatten();
+    let evidence = evidence(blocked, dst_node, node);
     let decision = decide(&evidence, &judged.simulated);
 
     let mut notes = decision.notes;
-    notes.extend(service_notes);
-    notes.extend(judged.notes);
+    notes.extend(resolved.service_note.iter().cloned());
+    notes.extend(judged.notes.iter().cloned());
     for (side, e) in [("source", &src), ("destination", &dst)] {
         if let Some(n) = &e.node
             && !node.is_empty()
@@ -433,7 +610,7 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         protocol: "TCP".into(),
         src,
         dst,
-        service: via.services,
+        service: resolved.services.clone(),
         cause: Some(decision.cause),
         direction: decision.direction,
         kernel_reason: blocked.drop.as_ref().map(|d| d.reason.clone()),
@@ -441,7 +618,7 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         attempts: blocked.attempts,
         evidence: Some(evidence),
         policies: if decision.blame_policies {
-            judged.policies
+            judged.policies.clone()
         } else {
             Vec::new()
         },
@@ -1503,6 +1680,133 @@ mod tests {
 
     fn pod(yaml: &str) -> Pod {
         serde_saphyr::from_str(yaml).expect("pod YAML")
+    }
+
+    // ---- the attribution cache ----
+
+    /// The record through `cache` is the record without it.
+    #[track_caller]
+    fn cached(cache: &mut Cache, b: &Blocked, inv: &Inventory) -> Record {
+        let r = attribute_with(cache, b, inv, "n1");
+        assert_eq!(r, attribute(b, inv, "n1"));
+        r
+    }
+
+    fn blocked_at(secs: u64, client_port: u16) -> Blocked {
+        Blocked {
+            client: SocketAddr::new(blocked().client.ip(), client_port),
+            first_seen: at(secs),
+            blocked_at: at(secs),
+            ..blocked()
+        }
+    }
+
+    #[test]
+    fn the_cache_serves_one_pair_once_with_each_channels_own_fields() {
+        let inv = inventory(&[DENY_INGRESS]);
+        let mut cache = Cache::default();
+        let r = cached(&mut cache, &blocked_at(2_000, 40_000), &inv);
+        assert_eq!(cache.len(), 1);
+        let mut b = blocked_at(2_005, 40_001);
+        b.attempts = 3;
+        b.drop = None;
+        let again = cached(&mut cache, &b, &inv);
+        assert_eq!(cache.len(), 1, "the same pair is one entry");
+        assert_eq!(again.src.port, 40_001);
+        assert_eq!(again.attempts, 3);
+        assert_eq!(again.cause, Some(Cause::Policy));
+        assert_ne!(again.notes, r.notes, "notes follow each channel's evidence");
+        // Another server port is another entry (the verdict depends on it).
+        let mut other = blocked_at(2_006, 40_002);
+        other.server.set_port(8080);
+        cached(&mut cache, &other, &inv);
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn the_cache_follows_policy_edits_and_still_judges_past_channels_by_the_past() {
+        let mut inv = inventory(&[DENY_INGRESS]);
+        let mut cache = Cache::default();
+        assert_eq!(
+            cached(&mut cache, &blocked_at(2_000, 40_000), &inv).cause,
+            Some(Cause::Policy)
+        );
+        // default-deny is rewritten to allow everything at 2001.
+        let edited = DENY_INGRESS
+            .replace("'81233'", "'81240'")
+            .replace("podSelector: {}", "podSelector: {}, ingress: [{}]");
+        inv.apply_policy(&policy(&edited), at(2_001))
+            .expect("valid edit");
+        let after = cached(&mut cache, &blocked_at(2_002, 40_001), &inv);
+        assert_eq!(after.cause, Some(Cause::NoPolicy));
+        // A channel from before the edit, reported after it, is judged by the revision then — also when
+        // the cache holds an entry for the pair resolved after the edit.
+        let before = cached(&mut cache, &blocked_at(2_000, 40_002), &inv);
+        assert_eq!(before.cause, Some(Cause::Policy));
+        assert_eq!(before.policies[0].resource_version, "81233");
+        assert_eq!(
+            cached(&mut cache, &blocked_at(2_003, 40_003), &inv).cause,
+            Some(Cause::NoPolicy)
+        );
+        // Edited back to deny everything: the next channel names the new revision.
+        inv.apply_policy(
+            &policy(DENY_INGRESS.replace("'81233'", "'81250'").as_str()),
+            at(2_004),
+        )
+        .expect("valid edit");
+        let r = cached(&mut cache, &blocked_at(2_005, 40_004), &inv);
+        assert_eq!(r.cause, Some(Cause::Policy));
+        assert_eq!(r.policies[0].resource_version, "81250");
+    }
+
+    #[test]
+    fn the_cache_follows_an_ip_to_its_new_pod_and_a_deleted_pods_reach_ending() {
+        let mut inv = inventory(&[DENY_INGRESS]);
+        let mut cache = Cache::default();
+        cached(&mut cache, &blocked_at(2_000, 40_000), &inv);
+        assert!(inv.delete_pod("payments", "payments-0", at(2_001)));
+        // Within `lookup_after` of the deletion the address still names the deleted pod...
+        let soon = cached(&mut cache, &blocked_at(2_030, 40_001), &inv);
+        assert_eq!(soon.dst.pod.as_deref(), Some("payments-0"));
+        // ...and after it nothing, with no change in between: the entry above must not serve.
+        let late = cached(&mut cache, &blocked_at(2_100, 40_002), &inv);
+        assert_eq!(late.dst.kind, "external");
+        assert_eq!(late.dst.pod, None);
+        // A new pod takes the address: channels after it name it, channels before it the old one.
+        inv.apply_pod(
+            &pod("{apiVersion: v1, kind: Pod, metadata: {name: cache-0, namespace: shop, uid: p9, labels: {app: cache}}, spec: {nodeName: n1, containers: [{name: c, image: i}]}, status: {podIP: 198.18.1.2, podIPs: [{ip: 198.18.1.2}]}}"),
+            at(2_200),
+        )
+        .expect("valid pod");
+        let now = cached(&mut cache, &blocked_at(2_201, 40_003), &inv);
+        assert_eq!(now.dst.pod.as_deref(), Some("cache-0"));
+        assert_eq!(now.cause, Some(Cause::NoPolicy));
+        let then = cached(&mut cache, &blocked_at(2_000, 40_004), &inv);
+        assert_eq!(then.dst.pod.as_deref(), Some("payments-0"));
+        assert_eq!(then.cause, Some(Cause::Policy));
+    }
+
+    #[test]
+    fn the_cache_follows_relabelled_pods() {
+        let mut inv = inventory(&[DENY_EGRESS]);
+        let mut cache = Cache::default();
+        assert_eq!(
+            cached(&mut cache, &blocked_at(2_000, 40_000), &inv).direction,
+            Some(Directions::Egress)
+        );
+        inv.apply_pod(
+            &pod("{apiVersion: v1, kind: Pod, metadata: {name: checkout-7d9f5c-x1, namespace: shop, uid: p1, labels: {app: web}}, spec: {nodeName: n1, containers: [{name: c, image: i}]}, status: {podIP: 198.18.0.2, podIPs: [{ip: 198.18.0.2}]}}"),
+            at(2_001),
+        )
+        .expect("valid pod");
+        assert_eq!(
+            cached(&mut cache, &blocked_at(2_002, 40_001), &inv).cause,
+            Some(Cause::NoPolicy)
+        );
+        assert_eq!(
+            cached(&mut cache, &blocked_at(2_000, 40_002), &inv).cause,
+            Some(Cause::Policy)
+        );
     }
 
     #[test]

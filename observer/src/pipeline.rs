@@ -70,6 +70,8 @@ pub struct Pipeline {
     lost_last_record: Option<SystemTime>,
     /// Per-policy and per-rule usage (read by the HTTP API).
     usage: SharedUsage,
+    /// The inventory's side of blocked channels' records, per pair of ends (see [`attribution::Cache`]).
+    attribution_cache: attribution::Cache,
 }
 
 impl Pipeline {
@@ -98,6 +100,7 @@ impl Pipeline {
             lost_since: None,
             lost_last_record: None,
             usage: Usage::shared(SystemTime::now()),
+            attribution_cache: attribution::Cache::default(),
         }
     }
 
@@ -515,7 +518,12 @@ impl Pipeline {
                     if inventory.is_ready() {
                         self.metrics.policy_evaluations.inc();
                     }
-                    let mut record = attribution::attribute(&blocked, &inventory, &self.node);
+                    let mut record = attribution::attribute_with(
+                        &mut self.attribution_cache,
+                        &blocked,
+                        &inventory,
+                        &self.node,
+                    );
                     if counted_here(&inventory, blocked.client, blocked.first_seen, &self.node) {
                         self.metrics.blocked(
                             record.cause.map_or("unknown", |c| c.as_str()),
@@ -655,12 +663,12 @@ pub fn service_map(inventory: &Inventory) -> ServiceMap {
 /// Whether this node counts a channel: yes unless the client is a pod or node of the cluster on another
 /// node, whose observer sees the attempt leave (see the module documentation).
 fn counted_here(inventory: &Inventory, client: SocketAddr, at: SystemTime, node: &str) -> bool {
-    let client_node = match inventory.endpoint_at(client.ip(), at) {
-        crate::cluster::IpOwner::Pod(h) => h.pod.node().map(str::to_owned),
-        crate::cluster::IpOwner::Node(n) => Some(n.name.to_string()),
-        crate::cluster::IpOwner::External => None,
-    };
-    node.is_empty() || client_node.is_none_or(|n| n == node)
+    node.is_empty()
+        || match inventory.endpoint_at(client.ip(), at) {
+            crate::cluster::IpOwner::Pod(h) => h.pod.node().is_none_or(|n| n == node),
+            crate::cluster::IpOwner::Node(n) => *n.name == *node,
+            crate::cluster::IpOwner::External => true,
+        }
 }
 
 /// Lets the record through if its pair had none in the last [`UNENFORCED_INTERVAL`], noting the channels

@@ -73,7 +73,7 @@ pub struct Metrics {
     /// `{reason}` — Kubernetes Event API calls that failed.
     pub kube_event_errors: IntCounterVec,
     /// `namespace/name` of the policies with their own labels.
-    admitted: Arc<Mutex<HashSet<String>>>,
+    admitted: Arc<Mutex<Admitted>>,
 }
 
 impl Metrics {
@@ -415,12 +415,16 @@ impl Metrics {
         let Ok(mut admitted) = self.admitted.lock() else {
             return false;
         };
-        let key = format!("{kind}:{ns}/{name}");
-        if admitted.contains(&key) {
+        let Admitted { policies, key } = &mut *admitted;
+        // The key is built in a buffer kept with the set: no allocation for a policy already admitted
+        // (every record names one).
+        key.clear();
+        key.extend([kind, ":", ns, "/", name]);
+        if policies.contains(key.as_str()) {
             return true;
         }
-        if admitted.len() < Self::POLICY_LABELS_MAX {
-            admitted.insert(key);
+        if policies.len() < Self::POLICY_LABELS_MAX {
+            policies.insert(key.clone());
             return true;
         }
         false
@@ -434,6 +438,13 @@ impl Metrics {
             .map_err(MetricsError::Encode)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
+}
+
+/// The policies admitted to their own labels (`kind:namespace/name`), and a buffer to build a key in.
+#[derive(Debug, Default)]
+struct Admitted {
+    policies: HashSet<String, foldhash::fast::RandomState>,
+    key: String,
 }
 
 /// The policy labels of one responsible policy: `policy_kind` (`NetworkPolicy`, `ClusterNetworkPolicy`,

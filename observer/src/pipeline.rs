@@ -24,7 +24,7 @@ use crate::{
     cluster::{FeedChange, FeedOp, Inventory, PolicyFeed, SharedInventory},
     export::{
         Record,
-        metrics::Metrics,
+        metrics::{Flow, Metrics},
         record::{
             Detail, DropSeen, Evidence, Lost, PolicyChange, PolicyOp, RecordKind, ResetSeen,
             ResetSide,
@@ -150,10 +150,7 @@ impl Pipeline {
             if ev.kind == Kind::Dropped
                 && let Some(d) = &ev.drop
             {
-                self.metrics
-                    .kernel_drops
-                    .with_label_values(&[&*d.reason_name])
-                    .inc();
+                self.metrics.kernel_drop(&d.reason_name);
             }
             self.on_live_event(ev, &mut cut);
             self.tracker.on_event(ev, &mut self.outcomes);
@@ -433,8 +430,7 @@ impl Pipeline {
     fn resolve(&mut self, records: &mut Vec<Record>) {
         let opened = self.tracker.opened();
         self.metrics
-            .flows
-            .with_label_values(&["opened"])
+            .flow(Flow::Opened)
             .inc_by(opened - self.counted_opened);
         self.counted_opened = opened;
         let evicted = self.tracker.evicted();
@@ -457,7 +453,7 @@ impl Pipeline {
                     service,
                     time_ns,
                 } => {
-                    self.metrics.flows.with_label_values(&["established"]).inc();
+                    self.metrics.flow(Flow::Established).inc();
                     // Once per channel, from the engine's cached verdict: no per-packet cost. The same
                     // verdict serves `unenforced` and the live table's `allowed_by`.
                     let counted = counted_here(&inventory, client, time, &self.node);
@@ -514,7 +510,7 @@ impl Pipeline {
                     }
                 }
                 Outcome::Blocked(blocked) => {
-                    self.metrics.flows.with_label_values(&["blocked"]).inc();
+                    self.metrics.flow(Flow::Blocked).inc();
                     if inventory.is_ready() {
                         self.metrics.policy_evaluations.inc();
                     }
@@ -524,7 +520,8 @@ impl Pipeline {
                         &inventory,
                         &self.node,
                     );
-                    if counted_here(&inventory, blocked.client, blocked.first_seen, &self.node) {
+                    // The record's source is the client as the inventory knew it then: no second lookup.
+                    if counted_for(&record.src, &self.node) {
                         self.metrics.blocked(
                             record.cause.map_or("unknown", |c| c.as_str()),
                             record.direction.map_or("", |d| d.as_str()),
@@ -669,6 +666,11 @@ fn counted_here(inventory: &Inventory, client: SocketAddr, at: SystemTime, node:
             crate::cluster::IpOwner::Node(n) => *n.name == *node,
             crate::cluster::IpOwner::External => true,
         }
+}
+
+/// [`counted_here`] for a client already resolved into a record's end.
+fn counted_for(client: &crate::export::record::Endpoint, node: &str) -> bool {
+    node.is_empty() || client.node.as_deref().is_none_or(|n| n == node)
 }
 
 /// Lets the record through if its pair had none in the last [`UNENFORCED_INTERVAL`], noting the channels

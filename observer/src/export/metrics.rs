@@ -74,6 +74,31 @@ pub struct Metrics {
     pub kube_event_errors: IntCounterVec,
     /// `namespace/name` of the policies with their own labels.
     admitted: Arc<Mutex<Admitted>>,
+    /// The `flows` child of each [`Flow`], fetched on first use (`with_label_values` hashes its labels
+    /// on every call: the pipeline counts one per channel).
+    flow_children: Arc<[std::sync::OnceLock<IntCounter>; 3]>,
+    /// The `kernel_drops` children of the reasons seen, by the reason name's address (the decoder hands
+    /// out one shared `Arc<str>` per reason): no label hashing per drop.
+    drop_children: Arc<Mutex<Vec<(Arc<str>, IntCounter)>>>,
+}
+
+/// A state of `observer_flows_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Opened,
+    Established,
+    Blocked,
+}
+
+impl Flow {
+    /// The `state` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::Established => "established",
+            Self::Blocked => "blocked",
+        }
+    }
 }
 
 impl Metrics {
@@ -292,6 +317,8 @@ impl Metrics {
             kube_events_suppressed,
             kube_event_errors,
             admitted: Arc::default(),
+            flow_children: Arc::default(),
+            drop_children: Arc::default(),
         })
     }
 
@@ -303,6 +330,34 @@ impl Metrics {
     /// Every registered family with its variable label names (docs/CONTRACT.md lists them; a test checks).
     pub fn families(&self) -> &[(String, Vec<String>)] {
         &self.families
+    }
+
+    /// `observer_flows_total{state}`.
+    pub fn flow(&self, state: Flow) -> &IntCounter {
+        let i = match state {
+            Flow::Opened => 0,
+            Flow::Established => 1,
+            Flow::Blocked => 2,
+        };
+        self.flow_children[i].get_or_init(|| self.flows.with_label_values(&[state.as_str()]))
+    }
+
+    /// Counts one packet freed by the kernel with `reason` in `observer_kernel_drops_total`.
+    pub fn kernel_drop(&self, reason: &Arc<str>) {
+        let Ok(mut children) = self.drop_children.lock() else {
+            self.kernel_drops.with_label_values(&[&**reason]).inc();
+            return;
+        };
+        if let Some((_, c)) = children.iter().find(|(r, _)| Arc::ptr_eq(r, reason)) {
+            c.inc();
+            return;
+        }
+        let c = self.kernel_drops.with_label_values(&[&**reason]);
+        c.inc();
+        // Bounded: reasons are a kernel enum; names from elsewhere (tests) just take the slow path.
+        if children.len() < 256 {
+            children.push((Arc::clone(reason), c));
+        }
     }
 
     /// Counts one blocked channel for each responsible policy (or once without policy labels). Policies

@@ -80,6 +80,8 @@ pub struct Metrics {
     /// The `kernel_drops` children of the reasons seen, by the reason name's address (the decoder hands
     /// out one shared `Arc<str>` per reason): no label hashing per drop.
     drop_children: Arc<Mutex<Vec<(Arc<str>, IntCounter)>>>,
+    /// See [`Metrics::per_policy`].
+    policy_children: Arc<Mutex<PolicyChildren>>,
 }
 
 /// A state of `observer_flows_total`.
@@ -319,6 +321,7 @@ impl Metrics {
             admitted: Arc::default(),
             flow_children: Arc::default(),
             drop_children: Arc::default(),
+            policy_children: Arc::default(),
         })
     }
 
@@ -368,7 +371,7 @@ impl Metrics {
         direction: &str,
         policies: impl IntoIterator<Item = P>,
     ) {
-        self.per_policy(&self.blocked_channels, &[cause, direction], policies);
+        self.per_policy(Family::Blocked, &[cause, direction], policies);
     }
 
     /// Counts one unenforced channel for each policy that should have denied it (policies as in
@@ -378,7 +381,7 @@ impl Metrics {
         direction: &str,
         policies: impl IntoIterator<Item = P>,
     ) {
-        self.per_policy(&self.unenforced_channels, &[direction], policies);
+        self.per_policy(Family::Unenforced, &[direction], policies);
     }
 
     /// Adds `delta` (1: a channel became stale, -1: it closed or is allowed again) to
@@ -425,20 +428,55 @@ impl Metrics {
                 namespace: &h.policy.namespace,
                 name: &h.policy.name,
             });
-        self.per_policy(&self.policy_channels, &[verdict], distinct);
+        self.per_policy(Family::PolicyChannels, &[verdict], distinct);
     }
 
     /// One increment of `counter` per policy, its labels `leading` then `policy_kind`,
     /// `policy_namespace`, `policy_name` (bounded by [`Metrics::admit`]); once with empty policy labels
     /// when there is none.
+    ///
+    /// The child counter of each label set is kept (by the labels as given, before folding): one lookup
+    /// per policy instead of [`Metrics::admit`] and `with_label_values`, which hash the labels each.
+    /// Whether a policy is admitted never changes once decided, so the kept child stays right.
     fn per_policy<'a, P: Into<PolicyLabels<'a>>>(
         &self,
-        counter: &IntCounterVec,
+        family: Family,
         leading: &[&str],
         policies: impl IntoIterator<Item = P>,
     ) {
-        let mut labels: Vec<&str> = leading.to_vec();
-        let n = labels.len();
+        let counter = match family {
+            Family::Blocked => &self.blocked_channels,
+            Family::Unenforced => &self.unenforced_channels,
+            Family::PolicyChannels => &self.policy_channels,
+        };
+        let Ok(mut children) = self.policy_children.lock() else {
+            return;
+        };
+        let PolicyChildren { map, key } = &mut *children;
+        let mut count = |kind: &str, namespace: &str, name: &str, admit: bool| {
+            key.clear();
+            key.push(char::from(b'0' + family as u8));
+            for l in leading.iter().chain([&kind, &namespace, &name]) {
+                key.push('\0');
+                key.push_str(l);
+            }
+            if let Some(c) = map.get(key.as_str()) {
+                c.inc();
+                return;
+            }
+            let (kind, ns, name) = if !admit || self.admit(kind, namespace, name) {
+                (kind, namespace, name)
+            } else {
+                ("", "", "other")
+            };
+            let mut labels: Vec<&str> = leading.to_vec();
+            labels.extend([kind, ns, name]);
+            let c = counter.with_label_values(&labels);
+            c.inc();
+            if map.len() < POLICY_CHILDREN_MAX {
+                map.insert(key.as_str().into(), c);
+            }
+        };
         let mut any = false;
         for p in policies {
             let PolicyLabels {
@@ -447,19 +485,10 @@ impl Metrics {
                 name,
             } = p.into();
             any = true;
-            let (kind, ns, name) = if self.admit(kind, namespace, name) {
-                (kind, namespace, name)
-            } else {
-                ("", "", "other")
-            };
-            labels.truncate(n);
-            labels.extend([kind, ns, name]);
-            counter.with_label_values(&labels).inc();
+            count(kind, namespace, name, true);
         }
         if !any {
-            labels.truncate(n);
-            labels.extend(["", "", ""]);
-            counter.with_label_values(&labels).inc();
+            count("", "", "", false);
         }
     }
 
@@ -493,6 +522,24 @@ impl Metrics {
             .map_err(MetricsError::Encode)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
+}
+
+/// The counter families with policy labels.
+#[derive(Clone, Copy, Debug)]
+enum Family {
+    Blocked,
+    Unenforced,
+    PolicyChannels,
+}
+
+/// Child counters kept at most (label sets of admitted policies × leading labels are few).
+const POLICY_CHILDREN_MAX: usize = 16_384;
+
+/// The child counter of each (family, leading labels, policy labels as given), and a buffer for the key.
+#[derive(Debug, Default)]
+struct PolicyChildren {
+    map: std::collections::HashMap<Box<str>, IntCounter, foldhash::fast::RandomState>,
+    key: String,
 }
 
 /// The policies admitted to their own labels (`kind:namespace/name`), and a buffer to build a key in.

@@ -507,7 +507,7 @@ fn resolve(
     let via = through_service(blocked, inventory);
     let mut service_note = None;
     if let Some(vip) = &via.untranslated {
-        dst.kind = "service".to_owned();
+        dst.kind = "service".into();
         dst.namespace = Some(Arc::clone(&vip.namespace));
         service_note = Some(vip.note.clone());
     }
@@ -1024,16 +1024,13 @@ fn policy_ref(
         let revision = inventory.policy_at(&meta.namespace, &meta.name, at);
         let (uid, resource_version, changed_at) = match revision {
             Some((rev, changed)) => (
-                rev.uid.to_string(),
-                rev.resource_version.to_string(),
-                Some(record::rfc3339::format(changed)),
+                Arc::from(rev.uid.to_string()),
+                Arc::from(&*rev.resource_version),
+                Some(Arc::from(record::rfc3339::format(changed))),
             ),
             None => (
-                meta.uid.as_deref().unwrap_or_default().to_owned(),
-                meta.resource_version
-                    .as_deref()
-                    .unwrap_or_default()
-                    .to_owned(),
+                Arc::from(meta.uid.as_deref().unwrap_or_default()),
+                Arc::from(meta.resource_version.as_deref().unwrap_or_default()),
                 None,
             ),
         };
@@ -1047,7 +1044,7 @@ fn policy_ref(
             nearest_miss: outcome
                 .nearest_miss
                 .as_ref()
-                .map_or_else(String::new, |m| m.summary.clone()),
+                .map_or_else(|| Arc::from(""), |m| Arc::from(&*m.summary)),
             changed_at,
             rule: side
                 .decision
@@ -1060,10 +1057,10 @@ fn policy_ref(
 
 /// One end as the inventory knew it.
 fn endpoint(addr: SocketAddr, then: &IpOwner<'_>) -> Endpoint {
-    let bare = |kind: &str| Endpoint {
+    let bare = |kind: &'static str| Endpoint {
         ip: addr.ip(),
         port: addr.port(),
-        kind: kind.to_owned(),
+        kind: std::borrow::Cow::Borrowed(kind),
         namespace: None,
         pod: None,
         node: None,
@@ -1217,8 +1214,8 @@ mod tests {
             .collect();
         assert_eq!(names, ["payments/allow-frontend", "payments/default-deny"]);
         let af = &r.policies[0];
-        assert_eq!(af.uid, "u-af");
-        assert_eq!(af.resource_version, "7");
+        assert_eq!(&*af.uid, "u-af");
+        assert_eq!(&*af.resource_version, "7");
         assert!(af.nearest_miss.contains("8080"), "{}", af.nearest_miss);
         assert_eq!(r.kernel_reason.as_deref(), Some("NETFILTER_DROP"));
         assert_eq!(r.src.workload.as_deref(), Some("Deployment/checkout"));
@@ -1622,7 +1619,7 @@ mod tests {
         let names: Vec<_> = r.policies.iter().map(|p| p.name.to_string()).collect();
         assert_eq!(names, ["allow-frontend", "default-deny"]);
         assert!(r.policies[0].nearest_miss.contains("8080"));
-        assert_eq!(r.policies[1].resource_version, "81233");
+        assert_eq!(&*r.policies[1].resource_version, "81233");
         assert!(r.evidence.is_some_and(|e| e.established));
         // Allowed: nothing to report.
         let inv = inventory(&[]);
@@ -1660,7 +1657,7 @@ mod tests {
         let r = attribute(&blocked(), &inv, "n1");
         assert_eq!(r.cause, Some(Cause::Policy), "{:?}", r.notes);
         assert_eq!(r.policies.len(), 1);
-        assert_eq!(r.policies[0].resource_version, "81233");
+        assert_eq!(&*r.policies[0].resource_version, "81233");
         // A drop after the edit is judged by the edit.
         let later = Blocked {
             first_seen: at(2_002),
@@ -1743,7 +1740,7 @@ mod tests {
         // the cache holds an entry for the pair resolved after the edit.
         let before = cached(&mut cache, &blocked_at(2_000, 40_002), &inv);
         assert_eq!(before.cause, Some(Cause::Policy));
-        assert_eq!(before.policies[0].resource_version, "81233");
+        assert_eq!(&*before.policies[0].resource_version, "81233");
         assert_eq!(
             cached(&mut cache, &blocked_at(2_003, 40_003), &inv).cause,
             Some(Cause::NoPolicy)
@@ -1756,7 +1753,7 @@ mod tests {
         .expect("valid edit");
         let r = cached(&mut cache, &blocked_at(2_005, 40_004), &inv);
         assert_eq!(r.cause, Some(Cause::Policy));
-        assert_eq!(r.policies[0].resource_version, "81250");
+        assert_eq!(&*r.policies[0].resource_version, "81250");
     }
 
     #[test]

@@ -954,7 +954,7 @@ mod tests {
         let ch = table.iter().next().expect("live");
         let names: Vec<_> = ch.allowed_by.ingress.iter().map(PolicyRef::id).collect();
         assert_eq!(names, ["payments/allow-checkout"]);
-        assert_eq!(ch.allowed_by.ingress[0].resource_version, "7");
+        assert_eq!(&*ch.allowed_by.ingress[0].resource_version, "7");
         assert!(ch.allowed_by.egress.is_empty());
         let est = of(&records, RecordKind::Established);
         assert_eq!(est.len(), 1, "{records:?}");
@@ -983,7 +983,7 @@ mod tests {
         assert_eq!(r.direction, Some(Directions::Ingress));
         let names: Vec<_> = r.policies.iter().map(PolicyRef::id).collect();
         assert_eq!(names, ["payments/default-deny"]);
-        assert_eq!(r.policies[0].resource_version, "5");
+        assert_eq!(&*r.policies[0].resource_version, "5");
         let c = r.detail.channel.as_ref().expect("channel");
         assert!(
             c.change

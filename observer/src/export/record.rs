@@ -2,7 +2,7 @@
 //! and what `observer tail` prints. Stable contract: `docs/CONTRACT.md` ("Forensics record"), kept in step
 //! by `observer/tests/contract.rs`. Consumers filter on `kind` and ignore unknown fields.
 
-use std::{net::IpAddr, sync::Arc, time::SystemTime};
+use std::{borrow::Cow, net::IpAddr, sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,8 @@ pub struct Record {
     /// The interface the channel was seen on first (the client's side when it is on this node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    pub protocol: String,
+    /// `TCP`: a static string, not allocated per record.
+    pub protocol: Cow<'static, str>,
     /// The initiator; left out (and read back as [`Endpoint::none`]) on records about no channel
     /// (`policy_changed`, `lost_events`).
     #[serde(default = "Endpoint::none", skip_serializing_if = "Endpoint::is_none")]
@@ -346,8 +347,8 @@ pub struct IcmpSeen {
 pub struct Endpoint {
     pub ip: IpAddr,
     pub port: u16,
-    /// `pod`, `node` or `external`.
-    pub kind: String,
+    /// `pod`, `node`, `external` (or `service`, `none`): a static string, not allocated per record.
+    pub kind: Cow<'static, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -365,7 +366,7 @@ impl Endpoint {
         Self {
             ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             port: 0,
-            kind: "none".to_owned(),
+            kind: Cow::Borrowed("none"),
             namespace: None,
             pod: None,
             node: None,
@@ -431,13 +432,14 @@ pub struct PolicyRef {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
     pub direction: Directions,
-    pub uid: String,
-    pub resource_version: String,
+    /// Shared strings (as `kind`, `namespace`, `name`): records of one policy revision share them.
+    pub uid: Arc<str>,
+    pub resource_version: Arc<str>,
     /// The rule that came closest and why it missed (`rule 0 allows port 8080, not 50051`).
-    pub nearest_miss: String,
+    pub nearest_miss: Arc<str>,
     /// When this revision was written (or first seen), RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub changed_at: Option<String>,
+    pub changed_at: Option<Arc<str>>,
     /// The index of the cluster-scoped policy's `Deny` rule that decided (`spec.ingress[rule]` or
     /// `spec.egress[rule]`); absent for a NetworkPolicy, which denies by having no matching rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -932,8 +934,8 @@ mod tests {
             namespace: "".into(),
             name: "tenants".into(),
             direction: Directions::Both,
-            uid: String::new(),
-            resource_version: String::new(),
+            uid: "".into(),
+            resource_version: "".into(),
             nearest_miss: "rule 1 allows port 8080, not 50051".into(),
             changed_at: None,
             rule: Some(0),

@@ -402,7 +402,8 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
 pub struct Cache {
     /// The inventory's generation and Services generation the entries were resolved at.
     generations: Option<(u64, u64)>,
-    entries: std::collections::HashMap<CacheKey, CacheEntry, foldhash::fast::RandomState>,
+    /// Boxed: the table holds keys and pointers only, so that a probe touches little memory.
+    entries: std::collections::HashMap<CacheKey, Box<CacheEntry>, foldhash::fast::RandomState>,
 }
 
 /// Entries kept at most; beyond, the cache starts over (a storm across more pairs than this resolves
@@ -564,10 +565,10 @@ pub fn attribute_with(
             if cache.entries.len() >= CACHE_ENTRIES_MAX {
                 cache.entries.clear();
             }
-            let entry = CacheEntry {
+            let entry = Box::new(CacheEntry {
                 holders: [Holder::of(&ends[0]), Holder::of(&ends[1])],
                 resolved,
-            };
+            });
             &cache
                 .entries
                 .entry(key)

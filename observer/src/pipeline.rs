@@ -24,7 +24,7 @@ use crate::{
     cluster::{FeedChange, FeedOp, Inventory, PolicyFeed, SharedInventory},
     export::{
         Record,
-        metrics::{Flow, Metrics},
+        metrics::{Flow, KernelDrops, Metrics},
         record::{
             Detail, DropSeen, Evidence, Lost, PolicyChange, PolicyOp, RecordKind, ResetSeen,
             ResetSide,
@@ -72,6 +72,8 @@ pub struct Pipeline {
     usage: SharedUsage,
     /// The inventory's side of blocked channels' records, per pair of ends (see [`attribution::Cache`]).
     attribution_cache: attribution::Cache,
+    /// `observer_kernel_drops_total`, counted without label hashing.
+    kernel_drops: KernelDrops,
 }
 
 impl Pipeline {
@@ -81,6 +83,7 @@ impl Pipeline {
         inventory: SharedInventory,
         node: String,
     ) -> Self {
+        let kernel_drops = metrics.kernel_drops_counter();
         Self {
             tracker: Tracker::new(config),
             metrics,
@@ -101,6 +104,7 @@ impl Pipeline {
             lost_last_record: None,
             usage: Usage::shared(SystemTime::now()),
             attribution_cache: attribution::Cache::default(),
+            kernel_drops,
         }
     }
 
@@ -150,7 +154,7 @@ impl Pipeline {
             if ev.kind == Kind::Dropped
                 && let Some(d) = &ev.drop
             {
-                self.metrics.kernel_drop(&d.reason_name);
+                self.kernel_drops.inc(&d.reason_name);
             }
             self.on_live_event(ev, &mut cut);
             self.tracker.on_event(ev, &mut self.outcomes);

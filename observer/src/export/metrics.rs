@@ -77,11 +77,32 @@ pub struct Metrics {
     /// The `flows` child of each [`Flow`], fetched on first use (`with_label_values` hashes its labels
     /// on every call: the pipeline counts one per channel).
     flow_children: Arc<[std::sync::OnceLock<IntCounter>; 3]>,
-    /// The `kernel_drops` children of the reasons seen, by the reason name's address (the decoder hands
-    /// out one shared `Arc<str>` per reason): no label hashing per drop.
-    drop_children: Arc<Mutex<Vec<(Arc<str>, IntCounter)>>>,
     /// See [`Metrics::per_policy`].
     policy_children: Arc<Mutex<PolicyChildren>>,
+}
+
+/// `observer_kernel_drops_total` as one writer (the pipeline) counts it: the child of each reason seen,
+/// found by the reason name's address (the decoder hands out one shared `Arc<str>` per reason), so that a
+/// drop costs no label hashing and no lock.
+pub struct KernelDrops {
+    family: IntCounterVec,
+    children: Vec<(Arc<str>, IntCounter)>,
+}
+
+impl KernelDrops {
+    /// Counts one packet freed by the kernel with `reason`.
+    pub fn inc(&mut self, reason: &Arc<str>) {
+        if let Some((_, c)) = self.children.iter().find(|(r, _)| Arc::ptr_eq(r, reason)) {
+            c.inc();
+            return;
+        }
+        let c = self.family.with_label_values(&[&**reason]);
+        c.inc();
+        // Bounded: reasons are a kernel enum; names made up elsewhere (tests) take the slow path.
+        if self.children.len() < 256 {
+            self.children.push((Arc::clone(reason), c));
+        }
+    }
 }
 
 /// A state of `observer_flows_total`.
@@ -320,7 +341,6 @@ impl Metrics {
             kube_event_errors,
             admitted: Arc::default(),
             flow_children: Arc::default(),
-            drop_children: Arc::default(),
             policy_children: Arc::default(),
         })
     }
@@ -345,21 +365,11 @@ impl Metrics {
         self.flow_children[i].get_or_init(|| self.flows.with_label_values(&[state.as_str()]))
     }
 
-    /// Counts one packet freed by the kernel with `reason` in `observer_kernel_drops_total`.
-    pub fn kernel_drop(&self, reason: &Arc<str>) {
-        let Ok(mut children) = self.drop_children.lock() else {
-            self.kernel_drops.with_label_values(&[&**reason]).inc();
-            return;
-        };
-        if let Some((_, c)) = children.iter().find(|(r, _)| Arc::ptr_eq(r, reason)) {
-            c.inc();
-            return;
-        }
-        let c = self.kernel_drops.with_label_values(&[&**reason]);
-        c.inc();
-        // Bounded: reasons are a kernel enum; names from elsewhere (tests) just take the slow path.
-        if children.len() < 256 {
-            children.push((Arc::clone(reason), c));
+    /// Counters of `observer_kernel_drops_total` for one thread to keep (see [`KernelDrops`]).
+    pub fn kernel_drops_counter(&self) -> KernelDrops {
+        KernelDrops {
+            family: self.kernel_drops.clone(),
+            children: Vec::new(),
         }
     }
 

@@ -490,9 +490,31 @@ mod json {
 
     use super::{DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record, ResetSeen, ServiceRef};
 
+    /// Whether `s` holds a byte JSON escapes (a control character, `"` or `\\`): eight bytes at a time.
+    pub(super) fn needs_escape(s: &[u8]) -> bool {
+        const LO: u64 = 0x0101_0101_0101_0101;
+        const HI: u64 = 0x8080_8080_8080_8080;
+        // A byte of `x` is zero → its high bit in the result (exact for the first zero byte, which is
+        // all that matters for "any").
+        let zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
+        let mut chunks = s.chunks_exact(8);
+        for c in &mut chunks {
+            let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            // Control characters (< 0x20), then `"` and `\\`; bytes ≥ 0x80 (UTF-8) are masked out.
+            let control = x.wrapping_sub(LO * 0x20) & !x & HI;
+            if control | zero(x ^ (LO * u64::from(b'"'))) | zero(x ^ (LO * u64::from(b'\\'))) != 0 {
+                return true;
+            }
+        }
+        chunks
+            .remainder()
+            .iter()
+            .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    }
+
     /// `"s"`, escaped as `serde_json` escapes it.
     pub(super) fn str(out: &mut Vec<u8>, s: &str) {
-        if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        if needs_escape(s.as_bytes()) {
             // Writing to a Vec cannot fail.
             let _ = serde_json::to_writer(&mut *out, s);
         } else {
@@ -884,6 +906,25 @@ mod tests {
             String::from_utf8_lossy(&fast),
             String::from_utf8_lossy(&serde)
         );
+    }
+
+    #[test]
+    fn the_escape_scan_finds_every_byte_json_escapes_at_every_position() {
+        for b in 0..=255u8 {
+            for len in 1..20 {
+                for at in 0..len {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let naive = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(
+                        json::needs_escape(&bytes),
+                        naive,
+                        "byte {b:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(!json::needs_escape("ünïcödé ✓ naïve".as_bytes()));
     }
 
     #[test]

@@ -395,7 +395,8 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
 /// dialed): the two ends, the Service(s), the verdict and the responsible policies at their revisions. A
 /// storm of blocked SYNs between the same pods resolves it once. An entry serves a channel only while the
 /// inventory is unchanged (same generations), the channel's time is after every change
-/// ([`Inventory::is_current_at`]) and both addresses still resolve to the same holders at that time; the
+/// ([`Inventory::is_current_at`]) and within the times the ends' lookups hold (see [`Validity`]): no
+/// lookup at all for a hit. The
 /// record's own fields (time, client port, evidence, and the cause and notes that follow from it) are
 /// always per channel.
 #[derive(Debug, Default)]
@@ -419,45 +420,37 @@ struct CacheKey {
 
 #[derive(Debug)]
 struct CacheEntry {
-    /// Who held the client's and the server's address when the entry was resolved.
-    holders: [Holder; 2],
+    /// The times the entry serves: from the channel it was resolved for, up to when an end's lookup
+    /// answer runs out by time alone (see [`Validity`]).
+    valid: Validity,
     resolved: Resolved,
 }
 
-/// What [`Inventory::endpoint_at`] answered, kept to compare: a tenure's reach ends with time alone.
-#[derive(Debug)]
-enum Holder {
-    Pod {
-        pod: Arc<crate::cluster::PodEntry>,
-        from: SystemTime,
-        to: Option<SystemTime>,
-    },
-    Node(Arc<crate::policy::Node>),
-    External,
+/// When the answers of [`Inventory::endpoint_at`] for both ends, given at `from`, stay the same for
+/// later times with no change to the inventory (every tenure began and ended at or before `from`, as
+/// [`Inventory::is_current_at`] ensures): a pod holding an address still holds it; a pod whose tenure
+/// ended at `to` is still found up to `to + lookup_after`, the last time it is; no holder stays no holder.
+#[derive(Clone, Copy, Debug)]
+struct Validity {
+    from: SystemTime,
+    until: Option<SystemTime>,
 }
 
-impl Holder {
-    fn of(owner: &IpOwner<'_>) -> Self {
-        match owner {
-            IpOwner::Pod(h) => Self::Pod {
-                pod: Arc::clone(&h.pod),
-                from: h.from,
-                to: h.to,
-            },
-            IpOwner::Node(n) => Self::Node(Arc::clone(n)),
-            IpOwner::External => Self::External,
-        }
+impl Validity {
+    fn of(ends: &[IpOwner<'_>; 2], from: SystemTime, inventory: &Inventory) -> Self {
+        let reach = inventory.config().lookup_after;
+        let until = ends
+            .iter()
+            .filter_map(|e| match e {
+                IpOwner::Pod(h) => h.to.and_then(|to| to.checked_add(reach)),
+                _ => None,
+            })
+            .min();
+        Self { from, until }
     }
 
-    fn is(&self, owner: &IpOwner<'_>) -> bool {
-        match (self, owner) {
-            (Self::Pod { pod, from, to }, IpOwner::Pod(h)) => {
-                Arc::ptr_eq(pod, &h.pod) && *from == h.from && *to == h.to
-            }
-            (Self::Node(n), IpOwner::Node(m)) => Arc::ptr_eq(n, m),
-            (Self::External, IpOwner::External) => true,
-            _ => false,
-        }
+    fn covers(&self, at: SystemTime) -> bool {
+        self.from <= at && self.until.is_none_or(|u| at <= u)
     }
 }
 
@@ -541,32 +534,28 @@ pub fn attribute_with(
     node: &str,
 ) -> Record {
     let at = blocked.first_seen;
-    let ends = [
-        inventory.endpoint_at(blocked.client.ip(), at),
-        inventory.endpoint_at(blocked.server.ip(), at),
-    ];
     let key = CacheKey {
         client: blocked.client.ip(),
         server: blocked.server,
         service: blocked.service,
     };
     let usable = cache.usable(inventory, at);
-    let fresh = usable
-        && cache
-            .entries
-            .get(&key)
-            .is_some_and(|e| e.holders[0].is(&ends[0]) && e.holders[1].is(&ends[1]));
+    let fresh = usable && cache.entries.get(&key).is_some_and(|e| e.valid.covers(at));
     let built;
     let resolved: &Resolved = if fresh {
         &cache.entries[&key].resolved
     } else {
+        let ends = [
+            inventory.endpoint_at(blocked.client.ip(), at),
+            inventory.endpoint_at(blocked.server.ip(), at),
+        ];
         let (resolved, cacheable) = resolve(blocked, inventory, &ends, at);
         if usable && cacheable {
             if cache.entries.len() >= CACHE_ENTRIES_MAX {
                 cache.entries.clear();
             }
             let entry = Box::new(CacheEntry {
-                holders: [Holder::of(&ends[0]), Holder::of(&ends[1])],
+                valid: Validity::of(&ends, at, inventory),
                 resolved,
             });
             &cache
@@ -1770,6 +1759,9 @@ mod tests {
         let late = cached(&mut cache, &blocked_at(2_100, 40_002), &inv);
         assert_eq!(late.dst.kind, "external");
         assert_eq!(late.dst.pod, None);
+        // A channel reported late, from before the entry's time, is looked up at its own time.
+        let earlier = cached(&mut cache, &blocked_at(2_030, 40_005), &inv);
+        assert_eq!(earlier.dst.pod.as_deref(), Some("payments-0"));
         // A new pod takes the address: channels after it name it, channels before it the old one.
         inv.apply_pod(
             &pod("{apiVersion: v1, kind: Pod, metadata: {name: cache-0, namespace: shop, uid: p9, labels: {app: cache}}, spec: {nodeName: n1, containers: [{name: c, image: i}]}, status: {podIP: 198.18.1.2, podIPs: [{ip: 198.18.1.2}]}}"),

@@ -1196,7 +1196,17 @@ impl Inventory {
             .checked_sub(self.config.retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         self.changes.prune(horizon);
-        self.ips.retain(|_, timeline| !timeline.prune(horizon));
+        let mut forgot = false;
+        self.ips.retain(|_, timeline| {
+            let before = timeline.holders().count();
+            let empty = timeline.prune(horizon);
+            forgot |= empty || timeline.holders().count() != before;
+            !empty
+        });
+        // Lookups at old times answer differently now: results cached against the generation go.
+        if forgot {
+            self.generation += 1;
+        }
         self.histories
             .retain(|_, history| !history.expired(horizon));
     }

@@ -462,6 +462,8 @@ struct Resolved {
     services: Vec<ServiceRef>,
     service_note: Option<String>,
     judged: Judged,
+    /// `judged.policies`, shared by the records.
+    policies: Arc<[PolicyRef]>,
 }
 
 impl Cache {
@@ -520,6 +522,7 @@ fn resolve(
             dst,
             services: via.services,
             service_note,
+            policies: judged.policies.as_slice().into(),
             judged,
         },
         cacheable,
@@ -608,9 +611,9 @@ pub fn attribute_with(
         attempts: blocked.attempts,
         evidence: Some(evidence),
         policies: if decision.blame_policies {
-            judged.policies.clone()
+            Arc::clone(&resolved.policies)
         } else {
-            Vec::new()
+            Arc::default()
         },
         notes,
         detail: record::Detail::default(),
@@ -786,7 +789,7 @@ pub fn unenforced(
             established: true,
             ..Evidence::default()
         }),
-        policies: judged.policies,
+        policies: judged.policies.into(),
         notes,
         detail: record::Detail::default(),
     })
@@ -860,7 +863,7 @@ fn live_record(kind: RecordKind, ch: &LiveChannel, at: SystemTime, node: &str) -
         call_site: None,
         attempts: 1,
         evidence: None,
-        policies: Vec::new(),
+        policies: Arc::default(),
         notes: Vec::new(),
         detail: record::Detail {
             channel: Some(ChannelSeen {
@@ -914,7 +917,7 @@ pub fn stale_allowed(
     };
     let mut r = live_record(RecordKind::StaleAllowed, ch, at, node);
     r.direction = Some(direction);
-    r.policies = judged.policies.clone();
+    r.policies = judged.policies.as_slice().into();
     r.evidence = Some(Evidence {
         established: true,
         ..Evidence::default()
@@ -982,7 +985,7 @@ pub fn interrupted(
         ..evidence
     });
     if decision.blame_policies {
-        r.policies = judged.policies;
+        r.policies = judged.policies.into();
     }
     r
 }

@@ -656,7 +656,8 @@ mod tests {
     fn text_one_liner_snapshot() {
         let mut r = record(312);
         r.call_site = Some("nft_do_chain+0x3e8".into());
-        r.policies.push(PolicyRef {
+        let mut policies = r.policies.to_vec();
+        policies.push(PolicyRef {
             kind: "NetworkPolicy".into(),
             namespace: "payments".into(),
             name: "allow-frontend".into(),
@@ -667,6 +668,7 @@ mod tests {
             changed_at: Some("2026-11-26T14:01:58.000Z".into()),
             rule: None,
         });
+        r.policies = policies.into();
         assert_eq!(
             Text(&r).to_string(),
             "2026-11-26T14:02:03.123Z blocked shop/checkout-7d9f:40312 → payments/payments-0:50051 \
@@ -681,7 +683,7 @@ mod tests {
     fn text_names_the_services_a_channel_went_through() {
         use crate::export::record::ServiceRef;
         let mut r = record(312);
-        r.policies.clear();
+        r.policies = Default::default();
         r.kernel_reason = None;
         r.interface = None;
         r.dst.port = 8443;
@@ -734,7 +736,7 @@ mod tests {
         r.direction = None;
         r.kernel_reason = None;
         r.interface = None;
-        r.policies.clear();
+        r.policies = Default::default();
         r.notes = vec!["inventory not synced".into()];
         r.node = String::new();
         r.protocol = "SCTP".into();
@@ -773,7 +775,7 @@ mod tests {
         r.kind = RecordKind::PolicyChanged;
         r.src = Endpoint::none();
         r.dst = Endpoint::none();
-        r.policies.clear();
+        r.policies = Default::default();
         r.cause = None;
         r.direction = None;
         r.kernel_reason = None;
@@ -817,7 +819,7 @@ mod tests {
         r.cause = Some(Cause::NoListener);
         r.direction = None;
         r.kernel_reason = None;
-        r.policies.clear();
+        r.policies = Default::default();
         r.evidence = Some(Evidence {
             syn_retransmits: 0,
             reset: Some(ResetSeen {

@@ -47,7 +47,8 @@ pub struct Record {
     /// What the kernel showed, apart from the policy engine's verdict (see [`Evidence`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
-    pub policies: Vec<PolicyRef>,
+    /// Shared: the records of one pair of ends name the same policies (attribution resolves them once).
+    pub policies: Arc<[PolicyRef]>,
     /// What the observer could not know, said plainly (inventory not synced, an end on another node).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -82,7 +83,7 @@ impl Record {
             call_site: None,
             attempts: 0,
             evidence: None,
-            policies: Vec::new(),
+            policies: Arc::default(),
             notes: Vec::new(),
             detail,
         }
@@ -813,7 +814,8 @@ mod tests {
                 nearest_miss: "no rules".into(),
                 changed_at: None,
                 rule: None,
-            }],
+            }]
+            .into(),
             notes: vec![],
             detail: Detail::default(),
         }
@@ -968,9 +970,10 @@ mod tests {
             established: true,
             other_node: Some("n2".into()),
         });
-        r.policies[0].changed_at = Some("2026-11-26T14:01:58.000Z".into());
-        r.policies[0].rule = Some(3);
-        r.policies.push(PolicyRef {
+        let mut policies = r.policies.to_vec();
+        policies[0].changed_at = Some("2026-11-26T14:01:58.000Z".into());
+        policies[0].rule = Some(3);
+        policies.push(PolicyRef {
             kind: "AdminNetworkPolicy".into(),
             namespace: "".into(),
             name: "tenants".into(),
@@ -981,6 +984,7 @@ mod tests {
             changed_at: None,
             rule: Some(0),
         });
+        r.policies = policies.into();
         r.service = vec![service("payments", Some("198.18.200.10"))];
         same_json(&r);
         r.service.push(service("headless", None));

@@ -616,7 +616,7 @@ pub fn attribute_with(
             Arc::default()
         },
         notes,
-        detail: record::Detail::default(),
+        detail: Box::default(),
     }
 }
 
@@ -791,7 +791,7 @@ pub fn unenforced(
         }),
         policies: judged.policies.into(),
         notes,
-        detail: record::Detail::default(),
+        detail: Box::default(),
     })
 }
 
@@ -865,7 +865,7 @@ fn live_record(kind: RecordKind, ch: &LiveChannel, at: SystemTime, node: &str) -
         evidence: None,
         policies: Arc::default(),
         notes: Vec::new(),
-        detail: record::Detail {
+        detail: Box::new(record::Detail {
             channel: Some(ChannelSeen {
                 id: ch.id,
                 established_at: ch.established_at,
@@ -876,7 +876,7 @@ fn live_record(kind: RecordKind, ch: &LiveChannel, at: SystemTime, node: &str) -
                 change: None,
             }),
             ..record::Detail::default()
-        },
+        }),
     }
 }
 

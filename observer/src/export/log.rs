@@ -779,7 +779,7 @@ mod tests {
         r.cause = None;
         r.direction = None;
         r.kernel_reason = None;
-        r.detail = Detail {
+        *r.detail = Detail {
             policy_change: Some(PolicyChange {
                 kind: "NetworkPolicy".into(),
                 namespace: "payments".into(),

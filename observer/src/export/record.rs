@@ -54,8 +54,9 @@ pub struct Record {
     pub notes: Vec<String>,
     /// What the kinds of long-lived channels and of the daemon itself add (flattened: `channel`,
     /// `policy_change`, `lost`).
+    /// Boxed: most records carry none of it, and a smaller `Record` is cheaper to move.
     #[serde(flatten)]
-    pub detail: Detail,
+    pub detail: Box<Detail>,
 }
 
 impl Record {
@@ -85,7 +86,7 @@ impl Record {
             evidence: None,
             policies: Arc::default(),
             notes: Vec::new(),
-            detail,
+            detail: Box::new(detail),
         }
     }
 }
@@ -817,7 +818,7 @@ mod tests {
             }]
             .into(),
             notes: vec![],
-            detail: Detail::default(),
+            detail: Box::default(),
         }
     }
 

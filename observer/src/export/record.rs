@@ -499,19 +499,16 @@ mod json {
         // A byte of `x` is zero → its high bit in the result (exact for the first zero byte, which is
         // all that matters for "any").
         let zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
-        let mut chunks = s.chunks_exact(8);
-        for c in &mut chunks {
-            let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let (chunks, rest) = s.as_chunks::<8>();
+        for c in chunks {
+            let x = u64::from_le_bytes(*c);
             // Control characters (< 0x20), then `"` and `\\`; bytes ≥ 0x80 (UTF-8) are masked out.
             let control = x.wrapping_sub(LO * 0x20) & !x & HI;
             if control | zero(x ^ (LO * u64::from(b'"'))) | zero(x ^ (LO * u64::from(b'\\'))) != 0 {
                 return true;
             }
         }
-        chunks
-            .remainder()
-            .iter()
-            .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
     }
 
     /// `"s"`, escaped as `serde_json` escapes it.

@@ -40,12 +40,6 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
-    #[error("encoding a {kind} record as JSON: {source}")]
-    Encode {
-        kind: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
 }
 
 /// How records are written: `json` (the stable schema-1 contract) or `text` (for people).

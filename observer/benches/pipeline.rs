@@ -18,7 +18,7 @@ use observer::{
     bpf::{events::Decoder, reasons::DropReasons},
     channel,
     cluster::{Inventory, InventoryConfig, ObjectKind, SharedInventory},
-    export::metrics::Metrics,
+    export::{log, metrics::Metrics},
     pipeline::Pipeline,
 };
 use observer_common::{Event, EventKind, FAMILY_V4, FlowKey, Hook, Origin};
@@ -172,9 +172,9 @@ fn main() {
         // Time advances with the events: settle each batch.
         let last = events.last().map_or(0, |e| e.monotonic_ns);
         pipeline.tick(last + 20_000_000, SystemTime::now(), &mut records);
+        // As the daemon's forensics log encodes them: one JSON line each, into one reused buffer.
         for r in records.drain(..) {
-            serde_json::to_writer(&mut out, &r).expect("json");
-            out.push(b'\n');
+            log::encode(log::Format::Json, &r, &mut out).expect("json");
             written += 1;
         }
         out.clear();

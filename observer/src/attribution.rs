@@ -115,7 +115,7 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
         Simulated::Denied {
             direction,
             policies,
-        } => Some((*direction, policies.join(", "))),
+        } => Some((*direction, policies.as_slice())),
         _ => None,
     };
     let reset = evidence.reset.map(|r| r.side);
@@ -124,8 +124,9 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
         let d = Decision::new(Cause::NoListener);
         return match (verdict, denied) {
             (_, Some((direction, names))) => d.note(format!(
-                "the policies deny it ({} by {names}) but the SYN reached the destination, which reset it: they were not enforced",
-                direction.as_str()
+                "the policies deny it ({} by {}) but the SYN reached the destination, which reset it: they were not enforced",
+                direction.as_str(),
+                names.join(", ")
             )),
             (Simulated::NotSynced, _) => {
                 d.note("inventory not synced yet: policies not evaluated")
@@ -155,47 +156,49 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
 
     let local_drop = evidence.drop.as_ref().filter(|d| d.interface.is_some());
     let foreign_drop = evidence.drop.as_ref().filter(|d| d.interface.is_none());
-    let outcome = |denied: Option<(Directions, String)>, allowed_note: String| match denied {
-        Some((direction, _)) => Decision::policy(direction),
-        None => Decision::new(Cause::NoPolicy).note(allowed_note),
-    };
+    // The note is formatted only when it is used (a denied channel has none).
+    fn outcome(
+        denied: Option<(Directions, &[String])>,
+        allowed_note: impl FnOnce() -> String,
+    ) -> Decision {
+        match denied {
+            Some((direction, _)) => Decision::policy(direction),
+            None => Decision::new(Cause::NoPolicy).note(allowed_note()),
+        }
+    }
 
     if let Some(d) = local_drop {
-        return outcome(
-            denied,
+        return outcome(denied, || {
             format!(
                 "the policies allow it: the kernel dropped it ({} at {})",
                 d.reason, d.call_site
-            ),
-        );
+            )
+        });
     }
     if let Some(icmp) = evidence.icmp {
-        return outcome(
-            denied,
+        return outcome(denied, || {
             format!(
                 "the policies allow it: the network rejected it (ICMP type {} code {})",
                 icmp.icmp_type, icmp.code
-            ),
-        );
+            )
+        });
     }
     if reset == Some(ResetSide::Network) {
-        return outcome(
-            denied,
-            "the policies allow it: the network on this node reset it".into(),
-        );
+        return outcome(denied, || {
+            "the policies allow it: the network on this node reset it".into()
+        });
     }
     let elsewhere = evidence
         .other_node
         .as_deref()
         .map(|n| format!("the SYN left this node: the evidence is on the destination's node {n}"));
     if let Some(d) = foreign_drop {
-        let mut decision = outcome(
-            denied,
+        let mut decision = outcome(denied, || {
             format!(
                 "the policies allow it: dropped in another network namespace ({} at {})",
                 d.reason, d.call_site
-            ),
-        )
+            )
+        })
         .note(format!(
             "the drop ({}) happened outside this node's interfaces",
             d.reason
@@ -213,8 +216,9 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
         );
         return match denied {
             Some((direction, names)) => Decision::policy(direction).note(format!(
-                "{seen}: the policies deny it now ({} by {names}), inferred — no drop on this node names them",
-                direction.as_str()
+                "{seen}: the policies deny it now ({} by {}), inferred — no drop on this node names them",
+                direction.as_str(),
+                names.join(", ")
             )),
             None => Decision::new(Cause::NoPolicy).note(format!(
                 "the policies allow it: {seen}: its packets are lost beyond this node (another node, the network between, a route)"
@@ -409,22 +413,125 @@ pub fn judge(
 
 /// Builds the record for a blocked channel seen on `node`.
 pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record {
-    let at = blocked.first_seen;
-    let (src_inv, dst_inv) = (
-        inventory.endpoint_at(blocked.client.ip(), at),
-        inventory.endpoint_at(blocked.server.ip(), at),
-    );
-    let src = endpoint(blocked.client, &src_inv);
-    let mut dst = endpoint(blocked.server, &dst_inv);
-    let via = through_service(blocked, inventory);
-    let mut service_notes = Vec::new();
-    if let Some(vip) = &via.untranslated {
-        dst.kind = "service".to_owned();
-        dst.namespace = Some(Arc::clone(&vip.namespace));
-        service_notes.push(vip.note.clone());
+    attribute_with(&mut Cache::default(), blocked, inventory, node)
+}
+
+/// What a blocked channel's record takes from the inventory, for one (client IP, server address, Service
+/// dialed): the two ends, the Service(s), the verdict and the responsible policies at their revisions. A
+/// storm of blocked SYNs between the same pods resolves it once. An entry serves a channel only while the
+/// inventory is unchanged (same generations), the channel's time is after every change
+/// ([`Inventory::is_current_at`]) and within the times the ends' lookups hold (see [`Validity`]): no
+/// lookup at all for a hit. The
+/// record's own fields (time, client port, evidence, and the cause and notes that follow from it) are
+/// always per channel.
+#[derive(Debug, Default)]
+pub struct Cache {
+    /// The inventory's generation and Services generation the entries were resolved at.
+    generations: Option<(u64, u64)>,
+    /// Boxed: the table holds keys and pointers only, so that a probe touches little memory.
+    entries: std::collections::HashMap<CacheKey, Box<CacheEntry>, foldhash::fast::RandomState>,
+}
+
+/// Entries kept at most; beyond, the cache starts over (a storm across more pairs than this resolves
+/// each channel afresh, as without a cache).
+const CACHE_ENTRIES_MAX: usize = 65_536;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CacheKey {
+    client: std::net::IpAddr,
+    server: SocketAddr,
+    service: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    /// The times the entry serves: from the channel it was resolved for, up to when an end's lookup
+    /// answer runs out by time alone (see [`Validity`]).
+    valid: Validity,
+    resolved: Resolved,
+}
+
+/// When the answers of [`Inventory::endpoint_at`] for both ends, given at `from`, stay the same for
+/// later times with no change to the inventory (every tenure began and ended at or before `from`, as
+/// [`Inventory::is_current_at`] ensures): a pod holding an address still holds it; a pod whose tenure
+/// ended at `to` is still found up to `to + lookup_after`, the last time it is; no holder stays no holder.
+#[derive(Clone, Copy, Debug)]
+struct Validity {
+    from: SystemTime,
+    until: Option<SystemTime>,
+}
+
+impl Validity {
+    fn of(ends: &[IpOwner<'_>; 2], from: SystemTime, inventory: &Inventory) -> Self {
+        let reach = inventory.config().lookup_after;
+        let until = ends
+            .iter()
+            .filter_map(|e| match e {
+                IpOwner::Pod(h) => h.to.and_then(|to| to.checked_add(reach)),
+                _ => None,
+            })
+            .min();
+        Self { from, until }
     }
-    let dst_node = (dst.kind == "pod").then_some(dst.node.as_deref()).flatten();
-    let evidence = evidence(blocked, dst_node, node);
+
+    fn covers(&self, at: SystemTime) -> bool {
+        self.from <= at && self.until.is_none_or(|u| at <= u)
+    }
+}
+
+/// The inventory's side of a blocked channel's record (see [`Cache`]).
+#[derive(Debug)]
+struct Resolved {
+    src: Endpoint,
+    dst: Endpoint,
+    services: Vec<ServiceRef>,
+    service_note: Option<String>,
+    judged: Judged,
+    /// `judged.policies`, shared by the records.
+    policies: Arc<[PolicyRef]>,
+}
+
+impl Cache {
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether entries may serve (and be kept for) a channel at `at`; drops them all when the inventory
+    /// changed since they were resolved.
+    fn usable(&mut self, inventory: &Inventory, at: SystemTime) -> bool {
+        let generations = (inventory.generation(), inventory.services_generation());
+        if self.generations != Some(generations) {
+            self.entries.clear();
+            self.generations = Some(generations);
+        }
+        inventory.is_ready() && inventory.is_current_at(at)
+    }
+}
+
+/// The ends, Service(s) and verdict of a blocked channel, from the inventory at `at` (`ends`: what its
+/// client and server addresses were then). Also whether the result holds for any channel between the same
+/// addresses (false for a VIP never translated: its verdict depends on the backends' tenures too).
+fn resolve(
+    blocked: &Blocked,
+    inventory: &Inventory,
+    ends: &[IpOwner<'_>; 2],
+    at: SystemTime,
+) -> (Resolved, bool) {
+    let src = endpoint(blocked.client, &ends[0]);
+    let mut dst = endpoint(blocked.server, &ends[1]);
+    let via = through_service(blocked, inventory);
+    let mut service_note = None;
+    if let Some(vip) = &via.untranslated {
+        dst.kind = "service".into();
+        dst.namespace = Some(Arc::clone(&vip.namespace));
+        service_note = Some(vip.note.clone());
+    }
     let judged = match &via.untranslated {
         Some(u) if u.backends.is_empty() && inventory.is_ready() => Judged {
             simulated: Simulated::NoEndpoints,
@@ -433,11 +540,75 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         Some(u) => judge_backends(inventory, blocked.client, u, at),
         None => judge(inventory, blocked.client, blocked.server, at),
     };
+    let cacheable = via.untranslated.is_none();
+    (
+        Resolved {
+            src,
+            dst,
+            services: via.services,
+            service_note,
+            policies: judged.policies.as_slice().into(),
+            judged,
+        },
+        cacheable,
+    )
+}
+
+/// As [`attribute`], taking the inventory's side of the record from `cache` when it holds (see [`Cache`]).
+pub fn attribute_with(
+    cache: &mut Cache,
+    blocked: &Blocked,
+    inventory: &Inventory,
+    node: &str,
+) -> Record {
+    let at = blocked.first_seen;
+    let key = CacheKey {
+        client: blocked.client.ip(),
+        server: blocked.server,
+        service: blocked.service,
+    };
+    let usable = cache.usable(inventory, at);
+    let fresh = usable && cache.entries.get(&key).is_some_and(|e| e.valid.covers(at));
+    let built;
+    let resolved: &Resolved = if fresh {
+        &cache.entries[&key].resolved
+    } else {
+        let ends = [
+            inventory.endpoint_at(blocked.client.ip(), at),
+            inventory.endpoint_at(blocked.server.ip(), at),
+        ];
+        let (resolved, cacheable) = resolve(blocked, inventory, &ends, at);
+        if usable && cacheable {
+            if cache.entries.len() >= CACHE_ENTRIES_MAX {
+                cache.entries.clear();
+            }
+            let entry = Box::new(CacheEntry {
+                valid: Validity::of(&ends, at, inventory),
+                resolved,
+            });
+            &cache
+                .entries
+                .entry(key)
+                .insert_entry(entry)
+                .into_mut()
+                .resolved
+        } else {
+            built = resolved;
+            &built
+        }
+    };
+    let mut src = resolved.src.clone();
+    src.port = blocked.client.port();
+    let dst = resolved.dst.clone();
+    let judged = &resolved.judged;
+
+    let dst_node = (dst.kind == "pod").then_some(dst.node.as_deref()).flatten();
+    let evidence = evidence(blocked, dst_node, node);
     let decision = decide(&evidence, &judged.simulated);
 
     let mut notes = decision.notes;
-    notes.extend(service_notes);
-    notes.extend(judged.notes);
+    notes.extend(resolved.service_note.iter().cloned());
+    notes.extend(judged.notes.iter().cloned());
     for (side, e) in [("source", &src), ("destination", &dst)] {
         if let Some(n) = &e.node
             && !node.is_empty()
@@ -457,7 +628,7 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         protocol: "TCP".into(),
         src,
         dst,
-        service: via.services,
+        service: resolved.services.clone(),
         cause: Some(decision.cause),
         direction: decision.direction,
         kernel_reason: blocked.drop.as_ref().map(|d| d.reason.clone()),
@@ -465,12 +636,12 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
         attempts: blocked.attempts,
         evidence: Some(evidence),
         policies: if decision.blame_policies {
-            judged.policies
+            Arc::clone(&resolved.policies)
         } else {
-            Vec::new()
+            Arc::default()
         },
         notes,
-        detail: record::Detail::default(),
+        detail: Box::default(),
     }
 }
 
@@ -643,9 +814,9 @@ pub fn unenforced(
             established: true,
             ..Evidence::default()
         }),
-        policies: judged.policies,
+        policies: judged.policies.into(),
         notes,
-        detail: record::Detail::default(),
+        detail: Box::default(),
     })
 }
 
@@ -718,9 +889,9 @@ fn live_record(kind: RecordKind, ch: &LiveChannel, at: SystemTime, node: &str) -
         call_site: None,
         attempts: 1,
         evidence: None,
-        policies: Vec::new(),
+        policies: Arc::default(),
         notes: Vec::new(),
-        detail: record::Detail {
+        detail: Box::new(record::Detail {
             channel: Some(ChannelSeen {
                 id: ch.id,
                 established_at: ch.established_at,
@@ -731,7 +902,7 @@ fn live_record(kind: RecordKind, ch: &LiveChannel, at: SystemTime, node: &str) -
                 change: None,
             }),
             ..record::Detail::default()
-        },
+        }),
     }
 }
 
@@ -772,7 +943,7 @@ pub fn stale_allowed(
     };
     let mut r = live_record(RecordKind::StaleAllowed, ch, at, node);
     r.direction = Some(direction);
-    r.policies = judged.policies.clone();
+    r.policies = judged.policies.as_slice().into();
     r.evidence = Some(Evidence {
         established: true,
         ..Evidence::default()
@@ -847,7 +1018,7 @@ pub fn interrupted(
         ..evidence
     });
     if decision.blame_policies {
-        r.policies = judged.policies;
+        r.policies = judged.policies.into();
     }
     r
 }
@@ -879,16 +1050,13 @@ fn policy_ref(
         let revision = inventory.policy_at(&meta.namespace, &meta.name, at);
         let (uid, resource_version, changed_at) = match revision {
             Some((rev, changed)) => (
-                rev.uid.to_string(),
-                rev.resource_version.to_string(),
-                Some(record::rfc3339::format(changed)),
+                Arc::from(rev.uid.to_string()),
+                Arc::from(&*rev.resource_version),
+                Some(Arc::from(record::rfc3339::format(changed))),
             ),
             None => (
-                meta.uid.as_deref().unwrap_or_default().to_owned(),
-                meta.resource_version
-                    .as_deref()
-                    .unwrap_or_default()
-                    .to_owned(),
+                Arc::from(meta.uid.as_deref().unwrap_or_default()),
+                Arc::from(meta.resource_version.as_deref().unwrap_or_default()),
                 None,
             ),
         };
@@ -902,7 +1070,7 @@ fn policy_ref(
             nearest_miss: outcome
                 .nearest_miss
                 .as_ref()
-                .map_or_else(String::new, |m| m.summary.clone()),
+                .map_or_else(|| Arc::from(""), |m| Arc::from(&*m.summary)),
             changed_at,
             rule: side
                 .decision
@@ -915,10 +1083,10 @@ fn policy_ref(
 
 /// One end as the inventory knew it.
 fn endpoint(addr: SocketAddr, then: &IpOwner<'_>) -> Endpoint {
-    let bare = |kind: &str| Endpoint {
+    let bare = |kind: &'static str| Endpoint {
         ip: addr.ip(),
         port: addr.port(),
-        kind: kind.to_owned(),
+        kind: std::borrow::Cow::Borrowed(kind),
         namespace: None,
         pod: None,
         node: None,
@@ -1072,8 +1240,8 @@ mod tests {
             .collect();
         assert_eq!(names, ["payments/allow-frontend", "payments/default-deny"]);
         let af = &r.policies[0];
-        assert_eq!(af.uid, "u-af");
-        assert_eq!(af.resource_version, "7");
+        assert_eq!(&*af.uid, "u-af");
+        assert_eq!(&*af.resource_version, "7");
         assert!(af.nearest_miss.contains("8080"), "{}", af.nearest_miss);
         assert_eq!(r.kernel_reason.as_deref(), Some("NETFILTER_DROP"));
         assert_eq!(r.src.workload.as_deref(), Some("Deployment/checkout"));
@@ -1534,7 +1702,7 @@ mod tests {
         let names: Vec<_> = r.policies.iter().map(|p| p.name.to_string()).collect();
         assert_eq!(names, ["allow-frontend", "default-deny"]);
         assert!(r.policies[0].nearest_miss.contains("8080"));
-        assert_eq!(r.policies[1].resource_version, "81233");
+        assert_eq!(&*r.policies[1].resource_version, "81233");
         assert!(r.evidence.is_some_and(|e| e.established));
         // Allowed: nothing to report.
         let inv = inventory(&[]);
@@ -1572,7 +1740,7 @@ mod tests {
         let r = attribute(&blocked(), &inv, "n1");
         assert_eq!(r.cause, Some(Cause::Policy), "{:?}", r.notes);
         assert_eq!(r.policies.len(), 1);
-        assert_eq!(r.policies[0].resource_version, "81233");
+        assert_eq!(&*r.policies[0].resource_version, "81233");
         // A drop after the edit is judged by the edit.
         let later = Blocked {
             first_seen: at(2_002),
@@ -1592,6 +1760,136 @@ mod tests {
 
     fn pod(yaml: &str) -> Pod {
         serde_saphyr::from_str(yaml).expect("pod YAML")
+    }
+
+    // ---- the attribution cache ----
+
+    /// The record through `cache` is the record without it.
+    #[track_caller]
+    fn cached(cache: &mut Cache, b: &Blocked, inv: &Inventory) -> Record {
+        let r = attribute_with(cache, b, inv, "n1");
+        assert_eq!(r, attribute(b, inv, "n1"));
+        r
+    }
+
+    fn blocked_at(secs: u64, client_port: u16) -> Blocked {
+        Blocked {
+            client: SocketAddr::new(blocked().client.ip(), client_port),
+            first_seen: at(secs),
+            blocked_at: at(secs),
+            ..blocked()
+        }
+    }
+
+    #[test]
+    fn the_cache_serves_one_pair_once_with_each_channels_own_fields() {
+        let inv = inventory(&[DENY_INGRESS]);
+        let mut cache = Cache::default();
+        let r = cached(&mut cache, &blocked_at(2_000, 40_000), &inv);
+        assert_eq!(cache.len(), 1);
+        let mut b = blocked_at(2_005, 40_001);
+        b.attempts = 3;
+        b.drop = None;
+        let again = cached(&mut cache, &b, &inv);
+        assert_eq!(cache.len(), 1, "the same pair is one entry");
+        assert_eq!(again.src.port, 40_001);
+        assert_eq!(again.attempts, 3);
+        assert_eq!(again.cause, Some(Cause::Policy));
+        assert_ne!(again.notes, r.notes, "notes follow each channel's evidence");
+        // Another server port is another entry (the verdict depends on it).
+        let mut other = blocked_at(2_006, 40_002);
+        other.server.set_port(8080);
+        cached(&mut cache, &other, &inv);
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn the_cache_follows_policy_edits_and_still_judges_past_channels_by_the_past() {
+        let mut inv = inventory(&[DENY_INGRESS]);
+        let mut cache = Cache::default();
+        assert_eq!(
+            cached(&mut cache, &blocked_at(2_000, 40_000), &inv).cause,
+            Some(Cause::Policy)
+        );
+        // default-deny is rewritten to allow everything at 2001.
+        let edited = DENY_INGRESS
+            .replace("'81233'", "'81240'")
+            .replace("podSelector: {}", "podSelector: {}, ingress: [{}]");
+        inv.apply_policy(&policy(&edited), at(2_001))
+            .expect("valid edit");
+        let after = cached(&mut cache, &blocked_at(2_002, 40_001), &inv);
+        assert_eq!(after.cause, Some(Cause::NoPolicy));
+        // A channel from before the edit, reported after it, is judged by the revision then — also when
+        // the cache holds an entry for the pair resolved after the edit.
+        let before = cached(&mut cache, &blocked_at(2_000, 40_002), &inv);
+        assert_eq!(before.cause, Some(Cause::Policy));
+        assert_eq!(&*before.policies[0].resource_version, "81233");
+        assert_eq!(
+            cached(&mut cache, &blocked_at(2_003, 40_003), &inv).cause,
+            Some(Cause::NoPolicy)
+        );
+        // Edited back to deny everything: the next channel names the new revision.
+        inv.apply_policy(
+            &policy(DENY_INGRESS.replace("'81233'", "'81250'").as_str()),
+            at(2_004),
+        )
+        .expect("valid edit");
+        let r = cached(&mut cache, &blocked_at(2_005, 40_004), &inv);
+        assert_eq!(r.cause, Some(Cause::Policy));
+        assert_eq!(&*r.policies[0].resource_version, "81250");
+    }
+
+    #[test]
+    fn the_cache_follows_an_ip_to_its_new_pod_and_a_deleted_pods_reach_ending() {
+        let mut inv = inventory(&[DENY_INGRESS]);
+        let mut cache = Cache::default();
+        cached(&mut cache, &blocked_at(2_000, 40_000), &inv);
+        assert!(inv.delete_pod("payments", "payments-0", at(2_001)));
+        // Within `lookup_after` of the deletion the address still names the deleted pod...
+        let soon = cached(&mut cache, &blocked_at(2_030, 40_001), &inv);
+        assert_eq!(soon.dst.pod.as_deref(), Some("payments-0"));
+        // ...and after it nothing, with no change in between: the entry above must not serve.
+        let late = cached(&mut cache, &blocked_at(2_100, 40_002), &inv);
+        assert_eq!(late.dst.kind, "external");
+        assert_eq!(late.dst.pod, None);
+        // A channel reported late, from before the entry's time, is looked up at its own time.
+        let earlier = cached(&mut cache, &blocked_at(2_030, 40_005), &inv);
+        assert_eq!(earlier.dst.pod.as_deref(), Some("payments-0"));
+        // A new pod takes the address: channels after it name it, channels before it the old one.
+        inv.apply_pod(
+            &pod("{apiVersion: v1, kind: Pod, metadata: {name: cache-0, namespace: shop, uid: p9, labels: {app: cache}}, spec: {nodeName: n1, containers: [{name: c, image: i}]}, status: {podIP: 198.18.1.2, podIPs: [{ip: 198.18.1.2}]}}"),
+            at(2_200),
+        )
+        .expect("valid pod");
+        let now = cached(&mut cache, &blocked_at(2_201, 40_003), &inv);
+        assert_eq!(now.dst.pod.as_deref(), Some("cache-0"));
+        assert_eq!(now.cause, Some(Cause::NoPolicy));
+        let then = cached(&mut cache, &blocked_at(2_000, 40_004), &inv);
+        assert_eq!(then.dst.pod.as_deref(), Some("payments-0"));
+        assert_eq!(then.cause, Some(Cause::Policy));
+    }
+
+    #[test]
+    fn the_cache_follows_relabelled_pods() {
+        let mut inv = inventory(&[DENY_EGRESS]);
+        let mut cache = Cache::default();
+        assert_eq!(
+            cached(&mut cache, &blocked_at(2_000, 40_000), &inv).direction,
+            Some(Directions::Egress)
+        );
+        inv.apply_pod(
+            &pod("{apiVersion: v1, kind: Pod, metadata: {name: checkout-7d9f5c-x1, namespace: shop, uid: p1, labels: {app: web}}, spec: {nodeName: n1, containers: [{name: c, image: i}]}, status: {podIP: 198.18.0.2, podIPs: [{ip: 198.18.0.2}]}}"),
+            at(2_001),
+        )
+        .expect("valid pod");
+        assert_eq!(
+            cached(&mut cache, &blocked_at(2_002, 40_001), &inv).cause,
+            Some(Cause::NoPolicy)
+        );
+        assert_eq!(
+            cached(&mut cache, &blocked_at(2_000, 40_002), &inv).cause,
+            Some(Cause::Policy)
+        );
     }
 
     #[test]

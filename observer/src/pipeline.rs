@@ -24,7 +24,7 @@ use crate::{
     cluster::{FeedChange, FeedOp, Inventory, PolicyFeed, SharedInventory},
     export::{
         Record,
-        metrics::Metrics,
+        metrics::{Flow, KernelDrops, Metrics},
         record::{
             ChannelSide, Detail, DropSeen, Evidence, Lost, PolicyChange, PolicyOp, RecordKind,
             ResetSeen, ResetSide,
@@ -76,6 +76,10 @@ pub struct Pipeline {
     usage: SharedUsage,
     /// Consecutive RTOs of one end that cut a live channel.
     cut_after_rtos: u16,
+    /// The inventory's side of blocked channels' records, per pair of ends (see [`attribution::Cache`]).
+    attribution_cache: attribution::Cache,
+    /// `observer_kernel_drops_total`, counted without label hashing.
+    kernel_drops: KernelDrops,
 }
 
 impl Pipeline {
@@ -85,6 +89,7 @@ impl Pipeline {
         inventory: SharedInventory,
         node: String,
     ) -> Self {
+        let kernel_drops = metrics.kernel_drops_counter();
         Self {
             tracker: Tracker::new(config),
             metrics,
@@ -105,6 +110,8 @@ impl Pipeline {
             lost_last_record: None,
             usage: Usage::shared(SystemTime::now()),
             cut_after_rtos: DEFAULT_CUT_AFTER_RTOS,
+            attribution_cache: attribution::Cache::default(),
+            kernel_drops,
         }
     }
 
@@ -162,10 +169,7 @@ impl Pipeline {
             if ev.kind == Kind::Dropped
                 && let Some(d) = &ev.drop
             {
-                self.metrics
-                    .kernel_drops
-                    .with_label_values(&[&*d.reason_name])
-                    .inc();
+                self.kernel_drops.inc(&d.reason_name);
             }
             self.on_live_event(ev, &mut cut);
             self.tracker.on_event(ev, &mut self.outcomes);
@@ -481,8 +485,7 @@ impl Pipeline {
     fn resolve(&mut self, records: &mut Vec<Record>) {
         let opened = self.tracker.opened();
         self.metrics
-            .flows
-            .with_label_values(&["opened"])
+            .flow(Flow::Opened)
             .inc_by(opened - self.counted_opened);
         self.counted_opened = opened;
         let evicted = self.tracker.evicted();
@@ -505,7 +508,7 @@ impl Pipeline {
                     service,
                     time_ns,
                 } => {
-                    self.metrics.flows.with_label_values(&["established"]).inc();
+                    self.metrics.flow(Flow::Established).inc();
                     // Once per channel, from the engine's cached verdict: no per-packet cost. The same
                     // verdict serves `unenforced` and the live table's `allowed_by`.
                     let counted = counted_here(&inventory, client, time, &self.node);
@@ -562,12 +565,18 @@ impl Pipeline {
                     }
                 }
                 Outcome::Blocked(blocked) => {
-                    self.metrics.flows.with_label_values(&["blocked"]).inc();
+                    self.metrics.flow(Flow::Blocked).inc();
                     if inventory.is_ready() {
                         self.metrics.policy_evaluations.inc();
                     }
-                    let mut record = attribution::attribute(&blocked, &inventory, &self.node);
-                    if counted_here(&inventory, blocked.client, blocked.first_seen, &self.node) {
+                    let mut record = attribution::attribute_with(
+                        &mut self.attribution_cache,
+                        &blocked,
+                        &inventory,
+                        &self.node,
+                    );
+                    // The record's source is the client as the inventory knew it then: no second lookup.
+                    if counted_for(&record.src, &self.node) {
                         self.metrics.blocked(
                             record.cause.map_or("unknown", |c| c.as_str()),
                             record.direction.map_or("", |d| d.as_str()),
@@ -706,12 +715,17 @@ pub fn service_map(inventory: &Inventory) -> ServiceMap {
 /// Whether this node counts a channel: yes unless the client is a pod or node of the cluster on another
 /// node, whose observer sees the attempt leave (see the module documentation).
 fn counted_here(inventory: &Inventory, client: SocketAddr, at: SystemTime, node: &str) -> bool {
-    let client_node = match inventory.endpoint_at(client.ip(), at) {
-        crate::cluster::IpOwner::Pod(h) => h.pod.node().map(str::to_owned),
-        crate::cluster::IpOwner::Node(n) => Some(n.name.to_string()),
-        crate::cluster::IpOwner::External => None,
-    };
-    node.is_empty() || client_node.is_none_or(|n| n == node)
+    node.is_empty()
+        || match inventory.endpoint_at(client.ip(), at) {
+            crate::cluster::IpOwner::Pod(h) => h.pod.node().is_none_or(|n| n == node),
+            crate::cluster::IpOwner::Node(n) => *n.name == *node,
+            crate::cluster::IpOwner::External => true,
+        }
+}
+
+/// [`counted_here`] for a client already resolved into a record's end.
+fn counted_for(client: &crate::export::record::Endpoint, node: &str) -> bool {
+    node.is_empty() || client.node.as_deref().is_none_or(|n| n == node)
 }
 
 /// Lets the record through if its pair had none in the last [`UNENFORCED_INTERVAL`], noting the channels
@@ -1087,7 +1101,7 @@ mod tests {
         let ch = table.iter().next().expect("live");
         let names: Vec<_> = ch.allowed_by.ingress.iter().map(PolicyRef::id).collect();
         assert_eq!(names, ["payments/allow-checkout"]);
-        assert_eq!(ch.allowed_by.ingress[0].resource_version, "7");
+        assert_eq!(&*ch.allowed_by.ingress[0].resource_version, "7");
         assert!(ch.allowed_by.egress.is_empty());
         let est = of(&records, RecordKind::Established);
         assert_eq!(est.len(), 1, "{records:?}");
@@ -1116,7 +1130,7 @@ mod tests {
         assert_eq!(r.direction, Some(Directions::Ingress));
         let names: Vec<_> = r.policies.iter().map(PolicyRef::id).collect();
         assert_eq!(names, ["payments/default-deny"]);
-        assert_eq!(r.policies[0].resource_version, "5");
+        assert_eq!(&*r.policies[0].resource_version, "5");
         let c = r.detail.channel.as_ref().expect("channel");
         assert!(
             c.change

@@ -974,7 +974,7 @@ fn resolve(index: &Index, e: &Endpoint) -> Result<policy::ResolvedEnd, String> {
             }
         }
         policy::ResolvedEnd::Node { .. } => Ok(found),
-        policy::ResolvedEnd::External { .. } => match e.kind.as_str() {
+        policy::ResolvedEnd::External { .. } => match &*e.kind {
             "pod" => Err(format!(
                 "{} ({}) is no pod of the cluster given: not judged",
                 e.ip,

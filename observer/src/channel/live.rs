@@ -480,7 +480,7 @@ mod tests {
             direction: Directions::Ingress,
             uid: "u".into(),
             resource_version: "1".into(),
-            nearest_miss: String::new(),
+            nearest_miss: "".into(),
             changed_at: None,
             rule: None,
         }

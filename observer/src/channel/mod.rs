@@ -212,6 +212,21 @@ struct Channel {
     translated: Option<Key>,
 }
 
+/// Drops the join entries pointing at `ch` (under `key`): its VIP leg and its post-NAT alias.
+fn unlink(
+    vip_legs: &mut HashMap<SocketAddr, Key, foldhash::fast::RandomState>,
+    aliases: &mut HashMap<Key, Key, foldhash::fast::RandomState>,
+    key: &Key,
+    ch: &Channel,
+) {
+    if vip_legs.get(&key.client) == Some(key) {
+        vip_legs.remove(&key.client);
+    }
+    if let Some(post) = ch.translated {
+        aliases.remove(&post);
+    }
+}
+
 /// Tracks connection attempts. Feed every event to [`Tracker::on_event`] and call [`Tracker::tick`]
 /// regularly (every few ms) with the current monotonic time.
 pub struct Tracker {
@@ -294,12 +309,7 @@ impl Tracker {
     }
 
     fn unlink(&mut self, key: &Key, ch: &Channel) {
-        if self.vip_legs.get(&key.client) == Some(key) {
-            self.vip_legs.remove(&key.client);
-        }
-        if let Some(post) = ch.translated {
-            self.aliases.remove(&post);
-        }
+        unlink(&mut self.vip_legs, &mut self.aliases, key, ch);
     }
 
     /// Connection attempts seen so far.
@@ -348,13 +358,22 @@ impl Tracker {
             }),
             translated: None,
         };
-        if let Some(old) = self.channels.remove(&key) {
-            self.unlink(&key, &old);
+        let vip_leg = ch.blocked.service.is_some();
+        // One probe of the table: a new attempt replaces an old one of the same 4-tuple in place.
+        let (slot, old) = match self.channels.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let old = std::mem::replace(o.get_mut(), ch);
+                (o.into_mut(), Some(old))
+            }
+            std::collections::hash_map::Entry::Vacant(v) => (v.insert(ch), None),
+        };
+        if let Some(old) = old {
+            unlink(&mut self.vip_legs, &mut self.aliases, &key, &old);
         }
-        if ch.blocked.service.is_some() {
+        if vip_leg {
             self.vip_legs.insert(key.client, key);
         }
-        self.channels.entry(key).or_insert(ch)
+        slot
     }
 
     fn evict_one(&mut self) {

@@ -283,7 +283,8 @@ pub struct Inventory {
     pods: HashMap<ObjectRef, Arc<PodEntry>>,
     namespaces: HashMap<Arc<str>, policy::Namespace>,
     nodes: HashMap<Arc<str>, Arc<policy::Node>>,
-    node_ips: HashMap<IpAddr, Arc<str>>,
+    /// Address maps on foldhash: looked up twice per record (SipHash showed in the pipeline's profile).
+    node_ips: HashMap<IpAddr, Arc<str>, foldhash::fast::RandomState>,
     policies: HashMap<ObjectRef, PolicyEntry>,
     histories: HashMap<ObjectRef, PolicyHistory>,
     /// Cluster-scoped policies in force (compiled into the engine), by kind and name.
@@ -291,7 +292,7 @@ pub struct Inventory {
     /// When a cluster-scoped policy last changed (by the inventory's clock). Their past revisions are not
     /// kept: a verdict as of an earlier time uses the current ones and says so (`VerdictAt::incomplete`).
     cluster_changed_at: Option<SystemTime>,
-    ips: HashMap<IpAddr, IpTimeline>,
+    ips: HashMap<IpAddr, IpTimeline, foldhash::fast::RandomState>,
     services: Services,
     engine: policy::Index,
     /// What changed since the initial sync, with the state it replaced (verdicts as of a past time).
@@ -334,6 +335,16 @@ impl Inventory {
     /// The change feed's current position (changes so far).
     pub fn feed_position(&self) -> u64 {
         self.feed_end
+    }
+
+    /// Whether lookups at `at` see the inventory as it is now: no change (that the inventory's clock saw,
+    /// cluster-scoped policies included) is after `at`. Results derived at two such times under the same
+    /// [`Inventory::generation`] agree, except where an IP tenure's reach ends with time alone
+    /// (`lookup_after`): callers that keep such results compare [`Inventory::endpoint_at`] too.
+    pub fn is_current_at(&self, at: SystemTime) -> bool {
+        at >= self.clock.0
+            && !self.changes.changed_since(at)
+            && self.cluster_changed_since(at).is_none()
     }
 
     /// The changes after `position` (from [`Inventory::feed_position`] or a previous answer), oldest
@@ -1185,7 +1196,17 @@ impl Inventory {
             .checked_sub(self.config.retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         self.changes.prune(horizon);
-        self.ips.retain(|_, timeline| !timeline.prune(horizon));
+        let mut forgot = false;
+        self.ips.retain(|_, timeline| {
+            let before = timeline.holders().count();
+            let empty = timeline.prune(horizon);
+            forgot |= empty || timeline.holders().count() != before;
+            !empty
+        });
+        // Lookups at old times answer differently now: results cached against the generation go.
+        if forgot {
+            self.generation += 1;
+        }
         self.histories
             .retain(|_, history| !history.expired(horizon));
     }

@@ -148,7 +148,7 @@ mod tests {
             direction: Directions::Ingress,
             uid: "u".into(),
             resource_version: rv.into(),
-            nearest_miss: String::new(),
+            nearest_miss: "".into(),
             changed_at: None,
             rule: None,
         }

@@ -73,7 +73,55 @@ pub struct Metrics {
     /// `{reason}` — Kubernetes Event API calls that failed.
     pub kube_event_errors: IntCounterVec,
     /// `namespace/name` of the policies with their own labels.
-    admitted: Arc<Mutex<HashSet<String>>>,
+    admitted: Arc<Mutex<Admitted>>,
+    /// The `flows` child of each [`Flow`], fetched on first use (`with_label_values` hashes its labels
+    /// on every call: the pipeline counts one per channel).
+    flow_children: Arc<[std::sync::OnceLock<IntCounter>; 3]>,
+    /// See [`Metrics::per_policy`].
+    policy_children: Arc<Mutex<PolicyChildren>>,
+}
+
+/// `observer_kernel_drops_total` as one writer (the pipeline) counts it: the child of each reason seen,
+/// found by the reason name's address (the decoder hands out one shared `Arc<str>` per reason), so that a
+/// drop costs no label hashing and no lock.
+pub struct KernelDrops {
+    family: IntCounterVec,
+    children: Vec<(Arc<str>, IntCounter)>,
+}
+
+impl KernelDrops {
+    /// Counts one packet freed by the kernel with `reason`.
+    pub fn inc(&mut self, reason: &Arc<str>) {
+        if let Some((_, c)) = self.children.iter().find(|(r, _)| Arc::ptr_eq(r, reason)) {
+            c.inc();
+            return;
+        }
+        let c = self.family.with_label_values(&[&**reason]);
+        c.inc();
+        // Bounded: reasons are a kernel enum; names made up elsewhere (tests) take the slow path.
+        if self.children.len() < 256 {
+            self.children.push((Arc::clone(reason), c));
+        }
+    }
+}
+
+/// A state of `observer_flows_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Opened,
+    Established,
+    Blocked,
+}
+
+impl Flow {
+    /// The `state` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::Established => "established",
+            Self::Blocked => "blocked",
+        }
+    }
 }
 
 impl Metrics {
@@ -292,6 +340,8 @@ impl Metrics {
             kube_events_suppressed,
             kube_event_errors,
             admitted: Arc::default(),
+            flow_children: Arc::default(),
+            policy_children: Arc::default(),
         })
     }
 
@@ -305,6 +355,24 @@ impl Metrics {
         &self.families
     }
 
+    /// `observer_flows_total{state}`.
+    pub fn flow(&self, state: Flow) -> &IntCounter {
+        let i = match state {
+            Flow::Opened => 0,
+            Flow::Established => 1,
+            Flow::Blocked => 2,
+        };
+        self.flow_children[i].get_or_init(|| self.flows.with_label_values(&[state.as_str()]))
+    }
+
+    /// Counters of `observer_kernel_drops_total` for one thread to keep (see [`KernelDrops`]).
+    pub fn kernel_drops_counter(&self) -> KernelDrops {
+        KernelDrops {
+            family: self.kernel_drops.clone(),
+            children: Vec::new(),
+        }
+    }
+
     /// Counts one blocked channel for each responsible policy (or once without policy labels). Policies
     /// are `(namespace, name)` (a NetworkPolicy) or `(kind, namespace, name)`.
     pub fn blocked<'a, P: Into<PolicyLabels<'a>>>(
@@ -313,7 +381,7 @@ impl Metrics {
         direction: &str,
         policies: impl IntoIterator<Item = P>,
     ) {
-        self.per_policy(&self.blocked_channels, &[cause, direction], policies);
+        self.per_policy(Family::Blocked, &[cause, direction], policies);
     }
 
     /// Counts one unenforced channel for each policy that should have denied it (policies as in
@@ -323,7 +391,7 @@ impl Metrics {
         direction: &str,
         policies: impl IntoIterator<Item = P>,
     ) {
-        self.per_policy(&self.unenforced_channels, &[direction], policies);
+        self.per_policy(Family::Unenforced, &[direction], policies);
     }
 
     /// Adds `delta` (1: a channel became stale, -1: it closed or is allowed again) to
@@ -370,20 +438,55 @@ impl Metrics {
                 namespace: &h.policy.namespace,
                 name: &h.policy.name,
             });
-        self.per_policy(&self.policy_channels, &[verdict], distinct);
+        self.per_policy(Family::PolicyChannels, &[verdict], distinct);
     }
 
     /// One increment of `counter` per policy, its labels `leading` then `policy_kind`,
     /// `policy_namespace`, `policy_name` (bounded by [`Metrics::admit`]); once with empty policy labels
     /// when there is none.
+    ///
+    /// The child counter of each label set is kept (by the labels as given, before folding): one lookup
+    /// per policy instead of [`Metrics::admit`] and `with_label_values`, which hash the labels each.
+    /// Whether a policy is admitted never changes once decided, so the kept child stays right.
     fn per_policy<'a, P: Into<PolicyLabels<'a>>>(
         &self,
-        counter: &IntCounterVec,
+        family: Family,
         leading: &[&str],
         policies: impl IntoIterator<Item = P>,
     ) {
-        let mut labels: Vec<&str> = leading.to_vec();
-        let n = labels.len();
+        let counter = match family {
+            Family::Blocked => &self.blocked_channels,
+            Family::Unenforced => &self.unenforced_channels,
+            Family::PolicyChannels => &self.policy_channels,
+        };
+        let Ok(mut children) = self.policy_children.lock() else {
+            return;
+        };
+        let PolicyChildren { map, key } = &mut *children;
+        let mut count = |kind: &str, namespace: &str, name: &str, admit: bool| {
+            key.clear();
+            key.push(char::from(b'0' + family as u8));
+            for l in leading.iter().chain([&kind, &namespace, &name]) {
+                key.push('\0');
+                key.push_str(l);
+            }
+            if let Some(c) = map.get(key.as_str()) {
+                c.inc();
+                return;
+            }
+            let (kind, ns, name) = if !admit || self.admit(kind, namespace, name) {
+                (kind, namespace, name)
+            } else {
+                ("", "", "other")
+            };
+            let mut labels: Vec<&str> = leading.to_vec();
+            labels.extend([kind, ns, name]);
+            let c = counter.with_label_values(&labels);
+            c.inc();
+            if map.len() < POLICY_CHILDREN_MAX {
+                map.insert(key.as_str().into(), c);
+            }
+        };
         let mut any = false;
         for p in policies {
             let PolicyLabels {
@@ -392,19 +495,10 @@ impl Metrics {
                 name,
             } = p.into();
             any = true;
-            let (kind, ns, name) = if self.admit(kind, namespace, name) {
-                (kind, namespace, name)
-            } else {
-                ("", "", "other")
-            };
-            labels.truncate(n);
-            labels.extend([kind, ns, name]);
-            counter.with_label_values(&labels).inc();
+            count(kind, namespace, name, true);
         }
         if !any {
-            labels.truncate(n);
-            labels.extend(["", "", ""]);
-            counter.with_label_values(&labels).inc();
+            count("", "", "", false);
         }
     }
 
@@ -415,12 +509,16 @@ impl Metrics {
         let Ok(mut admitted) = self.admitted.lock() else {
             return false;
         };
-        let key = format!("{kind}:{ns}/{name}");
-        if admitted.contains(&key) {
+        let Admitted { policies, key } = &mut *admitted;
+        // The key is built in a buffer kept with the set: no allocation for a policy already admitted
+        // (every record names one).
+        key.clear();
+        key.extend([kind, ":", ns, "/", name]);
+        if policies.contains(key.as_str()) {
             return true;
         }
-        if admitted.len() < Self::POLICY_LABELS_MAX {
-            admitted.insert(key);
+        if policies.len() < Self::POLICY_LABELS_MAX {
+            policies.insert(key.clone());
             return true;
         }
         false
@@ -434,6 +532,31 @@ impl Metrics {
             .map_err(MetricsError::Encode)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
+}
+
+/// The counter families with policy labels.
+#[derive(Clone, Copy, Debug)]
+enum Family {
+    Blocked,
+    Unenforced,
+    PolicyChannels,
+}
+
+/// Child counters kept at most (label sets of admitted policies × leading labels are few).
+const POLICY_CHILDREN_MAX: usize = 16_384;
+
+/// The child counter of each (family, leading labels, policy labels as given), and a buffer for the key.
+#[derive(Debug, Default)]
+struct PolicyChildren {
+    map: std::collections::HashMap<Box<str>, IntCounter, foldhash::fast::RandomState>,
+    key: String,
+}
+
+/// The policies admitted to their own labels (`kind:namespace/name`), and a buffer to build a key in.
+#[derive(Debug, Default)]
+struct Admitted {
+    policies: HashSet<String, foldhash::fast::RandomState>,
+    key: String,
 }
 
 /// The policy labels of one responsible policy: `policy_kind` (`NetworkPolicy`, `ClusterNetworkPolicy`,

@@ -359,6 +359,22 @@ impl Datapath {
         self.drop_program
     }
 
+    /// Detaches and unloads the drop program (`kfree_skb`): the TC programs then run alone. For the
+    /// datapath benchmark, which separates the costs of the two; the daemon never calls it.
+    pub fn detach_drop_program(&mut self) {
+        let Some(p) = self.ebpf.program_mut(self.drop_program) else {
+            return;
+        };
+        let unloaded = match p {
+            aya::programs::Program::BtfTracePoint(p) => p.unload(),
+            aya::programs::Program::TracePoint(p) => p.unload(),
+            _ => Ok(()),
+        };
+        if let Err(e) = unloaded {
+            tracing::warn!(program = self.drop_program, error = %e, "detaching the drop program");
+        }
+    }
+
     pub fn reasons(&self) -> &Arc<DropReasons> {
         &self.reasons
     }

@@ -387,3 +387,55 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for RateConfig {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RATE: RateConfig = RateConfig {
+        per_second: 1_000,
+        burst: 2,
+    };
+
+    #[test]
+    fn a_bucket_lets_its_burst_through_then_refuses() {
+        let mut b = Bucket::default();
+        // Long idle (t = 10 s since 0): refilled to the burst.
+        let t = 10_000_000_000;
+        assert!(b.take(t, RATE));
+        assert!(b.take(t, RATE));
+        assert!(!b.take(t, RATE), "the burst of 2 is spent");
+        assert_eq!(b.milli_tokens, 0);
+    }
+
+    #[test]
+    fn a_bucket_refills_at_its_rate() {
+        let mut b = Bucket::default();
+        let t = 10_000_000_000;
+        assert!(b.take(t, RATE) && b.take(t, RATE));
+        // 1,000 per second: one token per ms; half a ms is not enough.
+        assert!(!b.take(t + 500_000, RATE));
+        assert!(b.take(t + 1_000_000, RATE));
+        assert!(!b.take(t + 1_000_000, RATE));
+    }
+
+    #[test]
+    fn sources_spread_over_the_slots() {
+        let mut seen = [false; BUCKET_SLOTS as usize];
+        for i in 0..=255u8 {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[198, 18, 1, i]);
+            let s = Bucket::slot(&a);
+            assert!(s < BUCKET_SLOTS);
+            seen[s as usize] = true;
+        }
+        assert!(seen.iter().filter(|s| **s).count() > 200);
+    }
+
+    #[test]
+    fn the_wakeup_threshold_is_a_fraction_of_the_ring() {
+        assert!(EVENTS_WAKEUP_BYTES > 0 && EVENTS_WAKEUP_BYTES < u64::from(EVENTS_BYTES));
+        // Many events fit below it: wakeups stay rare.
+        assert!(EVENTS_WAKEUP_BYTES / (size_of::<Event>() as u64 + 8) >= 1_000);
+    }
+}

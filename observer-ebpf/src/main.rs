@@ -319,15 +319,15 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
 
-    // The fast exit: nothing but two inlined array reads before it. The server owns the watched port.
+    // The fast exit, first: only SYN, FIN and RST change a flow's state, so data and pure ACKs (nearly
+    // every packet) leave after one flag test, watched or not, with no map operation at all.
+    if flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
+        return Ok(());
+    }
+    // Then the watched ports: two inlined reads of the bitmap. The server owns the watched port.
     let all_ports = CONFIG_ALL_PORTS.load() != 0;
     let dport_watched = all_ports || watched(dport);
     if !dport_watched && !watched(sport) {
-        return Ok(());
-    }
-    // Only SYN, FIN and RST change a flow's state: data and pure ACKs of a watched flow cost no map
-    // operation at all.
-    if flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
         return Ok(());
     }
 
@@ -622,7 +622,8 @@ fn emit(
 #[inline(always)]
 fn wakeup() -> u64 {
     let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    if waiting / EVENTS_WAKEUP_BYTES != waiting.saturating_sub(EVENT_RECORD_BYTES) / EVENTS_WAKEUP_BYTES
+    if waiting / EVENTS_WAKEUP_BYTES
+        != waiting.saturating_sub(EVENT_RECORD_BYTES) / EVENTS_WAKEUP_BYTES
     {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {

@@ -162,6 +162,13 @@ impl Decoder {
         self
     }
 
+    /// Reads the kernel's symbols now rather than at the first drop (`/proc/kallsyms`: tens of
+    /// thousands of lines, parsed and sorted): the daemon pays it at startup, not in the middle of the
+    /// first incident, while it should be reading events.
+    pub fn load_symbols(&self) {
+        self.symbols.get_or_init(Symbols::kallsyms);
+    }
+
     fn call_site(&self, location: u64) -> Arc<str> {
         let name = || Arc::from(self.symbols.get_or_init(Symbols::kallsyms).name(location));
         match self.call_sites.lock() {
@@ -329,6 +336,11 @@ impl EventReader {
             n += 1;
         }
         n
+    }
+
+    /// See [`Decoder::load_symbols`].
+    pub fn load_symbols(&self) {
+        self.decoder.load_symbols();
     }
 
     /// Records that could not be decoded so far.

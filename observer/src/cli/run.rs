@@ -175,6 +175,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut datapath = Datapath::load(&config)?;
     let mut events = datapath.events()?;
+    events.load_symbols();
     tracing::info!(
         drop_program = datapath.drop_program(),
         drop_reasons = datapath.reasons().len(),

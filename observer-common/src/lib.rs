@@ -3,9 +3,10 @@
 //! ```text
 //!  TC ingress/egress ──┐                          ┌─▶ FLOWS (LRU hash FlowKey → FlowStats), read on demand
 //!  (observer-ebpf)     ├─ state changes only ───▶ EVENTS (ring buffer of Event)
-//!  tp_btf/kfree_skb ───┘   (new flows through     └─▶ LOST (per-CPU u64 counters: failed reservations,
+//!  tp_btf/kfree_skb ───┤   (new flows through     └─▶ LOST (per-CPU u64 counters: failed reservations,
 //!                           a per-source, per-CPU       events suppressed by the new-flow token bucket)
 //!                           token bucket: BUCKETS)
+//!  tp_btf/tcp_retransmit_skb ┘ (an established socket's RTO count rising: RTO_SEEN keeps the last one sent)
 //!  user space writes:  IGNORED_REASONS (array u8 per drop reason), globals (CONFIG_*: the watched-port
 //!                      bitmap, kernel struct offsets, all-ports mode, new-flow rate)
 //! ```
@@ -31,6 +32,10 @@ pub mod program {
     pub const TC_ALL: [&str; 4] = [TC_INGRESS, TC_EGRESS, TC_INGRESS_ALT, TC_EGRESS_ALT];
     pub const KFREE_SKB_BTF: &str = "kfree_skb_btf";
     pub const KFREE_SKB_TRACEPOINT: &str = "kfree_skb_tracepoint";
+    /// Retransmission timeouts of established sockets (`tp_btf/tcp_retransmit_skb`), and the classic
+    /// tracepoint fallback (`tcp/tcp_retransmit_skb`, needs tracefs).
+    pub const TCP_RETRANSMIT_BTF: &str = "tcp_retransmit_btf";
+    pub const TCP_RETRANSMIT_TRACEPOINT: &str = "tcp_retransmit_tracepoint";
 }
 
 /// Map names.
@@ -41,6 +46,8 @@ pub mod map {
     pub const DROPS_SEEN: &str = "DROPS_SEEN";
     pub const LOST: &str = "LOST";
     pub const BUCKETS: &str = "BUCKETS";
+    /// LRU hash [`crate::RtoKey`] → [`crate::RtoSeen`]: the last RTO count reported per socket.
+    pub const RTO_SEEN: &str = "RTO_SEEN";
 }
 
 /// Names of the read-only globals user space sets at load time.
@@ -58,6 +65,8 @@ pub mod global {
     /// [`crate::RateConfig`]: the new-flow token bucket (events per second and burst, per source
     /// bucket and CPU).
     pub const NEW_FLOW_RATE: &str = "CONFIG_NEW_FLOW_RATE";
+    /// [`crate::SockOffsets`]: socket struct offsets read from BTF (the retransmission program).
+    pub const SOCK_OFFSETS: &str = "CONFIG_SOCK_OFFSETS";
 }
 
 /// Capacity of the flow table (entries; LRU-evicted beyond).
@@ -135,6 +144,13 @@ pub enum EventKind {
     Closed = 6,
     /// The kernel freed a packet of the flow with a drop reason ([`Event::reason`], [`Event::location`]).
     Dropped = 7,
+    /// A retransmission timeout of an established socket: the socket's consecutive-RTO count
+    /// (`icsk_retransmits`, reset when an ACK makes progress) changed and is ≥ 1. The count is in
+    /// [`Event::syn_count`], the retransmitting end in [`Event::origin`] (the client: this socket dialed the
+    /// watched port; the server: it owns it), [`Event::hook`] is [`Hook::Socket`], `key.ifindex` is 0 and
+    /// [`Event::netns`] is the socket's namespace. A state change, never per packet: at most one event per
+    /// socket and count per stall (RTOs back off exponentially, so a stalled flow sends a handful).
+    RetransmitTimeout = 8,
 }
 
 impl EventKind {
@@ -147,6 +163,7 @@ impl EventKind {
             5 => Self::Rejected,
             6 => Self::Closed,
             7 => Self::Dropped,
+            8 => Self::RetransmitTimeout,
             _ => return None,
         })
     }
@@ -184,6 +201,8 @@ pub enum Hook {
     Ingress = 1,
     /// Packet leaving the host through the interface (towards the pod).
     Egress = 2,
+    /// A socket's own event (`tcp_retransmit_skb`): no interface.
+    Socket = 3,
 }
 
 impl Hook {
@@ -191,6 +210,7 @@ impl Hook {
         match v {
             1 => Self::Ingress,
             2 => Self::Egress,
+            3 => Self::Socket,
             _ => Self::Drop,
         }
     }
@@ -327,6 +347,8 @@ pub struct Event {
     /// ICMP type and code for [`EventKind::Rejected`].
     pub icmp_type: u8,
     pub icmp_code: u8,
+    /// SYNs of the attempt seen; for [`EventKind::RetransmitTimeout`], the socket's consecutive
+    /// retransmission timeouts (≥ 1).
     pub syn_count: u16,
     /// Kernel `enum skb_drop_reason` value for [`EventKind::Dropped`] (numbers differ between kernels).
     pub reason: u32,
@@ -368,6 +390,68 @@ const _: () = assert!(size_of::<SkbOffsets>() == 40);
 /// An offset the running kernel's BTF did not have.
 pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 
+/// Offsets (bytes, from the start of `struct sock`) of the socket members the retransmission program
+/// reads, resolved from BTF by user space. The `sock_common` members are at the start of `struct sock`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockOffsets {
+    /// `sock_common.skc_daddr`, `skc_rcv_saddr` (__be32), `skc_dport` (__be16), `skc_num` (u16, host
+    /// order), `skc_family` (u16), `skc_state` (u8).
+    pub daddr: u32,
+    pub rcv_saddr: u32,
+    pub dport: u32,
+    pub num: u32,
+    pub family: u32,
+    pub state: u32,
+    /// `sock_common.skc_v6_daddr`, `skc_v6_rcv_saddr` (16 bytes); [`OFFSET_UNKNOWN`] without IPv6.
+    pub v6_daddr: u32,
+    pub v6_rcv_saddr: u32,
+    /// `sock_common.skc_net` (a `possible_net_t`: the `struct net` pointer) and `net.ns.inum`;
+    /// [`OFFSET_UNKNOWN`] when unknown (events then carry no namespace).
+    pub net: u32,
+    pub net_inum: u32,
+    /// `inet_connection_sock.icsk_retransmits` (u8): consecutive RTOs, reset when an ACK makes progress.
+    pub retransmits: u32,
+    /// `tcp_sock.snd_una` (u32): tells one stall from the next when the count starts over.
+    pub snd_una: u32,
+    /// Classic tracepoint `tcp/tcp_retransmit_skb` field offsets (only used by the fallback program):
+    /// `skaddr`, `state` (int), `sport`, `dport` (host order), `family`, `saddr`, `daddr` (4 bytes),
+    /// `saddr_v6`, `daddr_v6` (16 bytes).
+    pub tp_skaddr: u32,
+    pub tp_state: u32,
+    pub tp_sport: u32,
+    pub tp_dport: u32,
+    pub tp_family: u32,
+    pub tp_saddr: u32,
+    pub tp_daddr: u32,
+    pub tp_saddr_v6: u32,
+    pub tp_daddr_v6: u32,
+}
+const _: () = assert!(size_of::<SockOffsets>() == 84);
+
+/// Capacity of `RTO_SEEN` (sockets in a retransmission-timeout stall at once; LRU beyond).
+pub const RTO_SEEN_MAX_ENTRIES: u32 = 16_384;
+
+/// Key of `RTO_SEEN`: one socket (its address, and the flow it carries, so that a reused socket address
+/// is a new key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RtoKey {
+    pub sock: u64,
+    pub flow: FlowKey,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<RtoKey>() == 56);
+
+/// Value of `RTO_SEEN`: the count last reported and the unacknowledged sequence number of that stall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RtoSeen {
+    pub count: u32,
+    pub snd_una: u32,
+}
+const _: () = assert!(size_of::<RtoSeen>() == 8);
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -386,6 +470,12 @@ mod user {
     unsafe impl aya::Pod for Bucket {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RateConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RtoKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RtoSeen {}
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@
 //!   interface); and send an [`Event`] only when a flow changes state.
 //! - `kfree_skb_btf` (`tp_btf/kfree_skb`), with `kfree_skb_tracepoint` as the fallback for kernels without
 //!   BTF-enabled tracepoints: report drops of watched-port TCP packets with the kernel's drop reason.
+//! - `tcp_retransmit_btf` (`tp_btf/tcp_retransmit_skb`), with `tcp_retransmit_tracepoint` as the
+//!   fallback: report an established watched-port socket's retransmission timeouts as a state change
+//!   (its consecutive-RTO count rising), never per packet.
 //!
 //! Floods are bounded: events of new flows (and drops) pass a per-CPU token bucket chosen by the
 //! client's address ([`admit`]); what it holds back is counted in `LOST[SUPPRESSED_EVENTS]`, and flows
@@ -40,8 +43,9 @@ use observer_common::{
     BUCKET_SLOTS, Bucket, DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, DROPS_SEEN_MAX_ENTRIES,
     DropKey, EVENTS_BYTES, EVENTS_WAKEUP_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6,
     FLOWS_MAX_ENTRIES, FlowKey, FlowStats, Hook, LOST_EVENTS, LOST_SLOTS, MAX_DROP_REASONS,
-    MAX_IPV6_EXT_HEADERS, OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES, RateConfig, SUPPRESSED_EVENTS,
-    SYN_REPORT_ALL_BELOW, SkbOffsets, flow_state, tcp_flags,
+    MAX_IPV6_EXT_HEADERS, OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES, RTO_SEEN_MAX_ENTRIES,
+    RateConfig, RtoKey, RtoSeen, SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW, SkbOffsets, SockOffsets,
+    flow_state, tcp_flags,
 };
 
 #[unsafe(no_mangle)]
@@ -869,3 +873,252 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+// ---------------------------------------------------------------------------------------------------------
+// Retransmission timeouts: `tcp_retransmit_btf` (`tp_btf/tcp_retransmit_skb`) and its classic-tracepoint
+// fallback `tcp_retransmit_tracepoint`. A drop this node's kernel does not see (a cloud network, a
+// security group, a black-hole route elsewhere) leaves an established channel stalled with no drop
+// event; its sender's retransmission timeouts are the evidence. Only RTOs are reported, not fast
+// retransmits or loss probes (their socket's consecutive-RTO count is 0), and only when that count
+// changes: one event per socket per count per stall, and RTOs back off exponentially, so a stalled flow
+// sends a handful of events in all. The TC path is untouched.
+
+#[unsafe(no_mangle)]
+static CONFIG_SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
+    daddr: OFFSET_UNKNOWN,
+    rcv_saddr: OFFSET_UNKNOWN,
+    dport: OFFSET_UNKNOWN,
+    num: OFFSET_UNKNOWN,
+    family: OFFSET_UNKNOWN,
+    state: OFFSET_UNKNOWN,
+    v6_daddr: OFFSET_UNKNOWN,
+    v6_rcv_saddr: OFFSET_UNKNOWN,
+    net: OFFSET_UNKNOWN,
+    net_inum: OFFSET_UNKNOWN,
+    retransmits: OFFSET_UNKNOWN,
+    snd_una: OFFSET_UNKNOWN,
+    tp_skaddr: 0,
+    tp_state: 0,
+    tp_sport: 0,
+    tp_dport: 0,
+    tp_family: 0,
+    tp_saddr: 0,
+    tp_daddr: 0,
+    tp_saddr_v6: 0,
+    tp_daddr_v6: 0,
+});
+
+#[map]
+static RTO_SEEN: LruHashMap<RtoKey, RtoSeen> =
+    LruHashMap::with_max_entries(RTO_SEEN_MAX_ENTRIES, 0);
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const TCP_ESTABLISHED: u8 = 1;
+
+/// What the retransmission programs know of the socket before reading its RTO count.
+struct Sock {
+    state: u8,
+    family: u16,
+    local_port: u16,
+    remote_port: u16,
+    /// Network order; IPv4 in the first four bytes.
+    v4_local: [u8; 4],
+    v4_remote: [u8; 4],
+    v6_local: [u8; 16],
+    v6_remote: [u8; 16],
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    if let Ok(s) = read_sock(sk) {
+        let _ = on_retransmit(sk, &s);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_tracepoint(ctx: TracePointContext) -> u32 {
+    let off = CONFIG_SOCK_OFFSETS.load();
+    // SAFETY: offsets come from the tracepoint's format file, read by user space at load time.
+    let fields = unsafe {
+        (
+            ctx.read_at::<u64>(off.tp_skaddr as usize),
+            ctx.read_at::<i32>(off.tp_state as usize),
+            ctx.read_at::<u16>(off.tp_sport as usize),
+            ctx.read_at::<u16>(off.tp_dport as usize),
+            ctx.read_at::<u16>(off.tp_family as usize),
+        )
+    };
+    let (Ok(sk), Ok(state), Ok(sport), Ok(dport), Ok(family)) = fields else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let addrs = unsafe {
+        (
+            ctx.read_at::<[u8; 4]>(off.tp_saddr as usize),
+            ctx.read_at::<[u8; 4]>(off.tp_daddr as usize),
+            ctx.read_at::<[u8; 16]>(off.tp_saddr_v6 as usize),
+            ctx.read_at::<[u8; 16]>(off.tp_daddr_v6 as usize),
+        )
+    };
+    let (Ok(v4_local), Ok(v4_remote), Ok(v6_local), Ok(v6_remote)) = addrs else {
+        return 0;
+    };
+    let s = Sock {
+        state: state as u8,
+        family,
+        local_port: sport,
+        remote_port: dport,
+        v4_local,
+        v4_remote,
+        v6_local,
+        v6_remote,
+    };
+    let _ = on_retransmit(sk as *const u8, &s);
+    0
+}
+
+/// The socket's addresses, ports, family and state, from `struct sock_common`.
+#[inline(always)]
+fn read_sock(sk: *const u8) -> Result<Sock, ()> {
+    if sk.is_null() {
+        return Err(());
+    }
+    let off = CONFIG_SOCK_OFFSETS.load();
+    let family: u16 = kread(sk, off.family)?;
+    let (v6_local, v6_remote) = if family == AF_INET6 && off.v6_daddr != OFFSET_UNKNOWN {
+        (kread(sk, off.v6_rcv_saddr)?, kread(sk, off.v6_daddr)?)
+    } else {
+        ([0u8; 16], [0u8; 16])
+    };
+    Ok(Sock {
+        state: kread(sk, off.state)?,
+        family,
+        local_port: kread(sk, off.num)?,
+        remote_port: u16::from_be(kread(sk, off.dport)?),
+        v4_local: kread(sk, off.rcv_saddr)?,
+        v4_remote: kread(sk, off.daddr)?,
+        v6_local,
+        v6_remote,
+    })
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`): an IPv4 flow on a dual-stack socket.
+#[inline(always)]
+fn v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff
+}
+
+fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
+    // Established channels only: SYN retransmissions are the TC programs' (SynRetransmit), and a closing
+    // socket is no longer a live channel.
+    if s.state != TCP_ESTABLISHED {
+        return Ok(());
+    }
+    let (lport, rport) = (s.local_port, s.remote_port);
+    // The server owns the watched port: remote port watched → this end is the client.
+    let this_is_client = if CONFIG_ALL_PORTS.load() != 0 {
+        rport <= lport
+    } else if watched(rport) {
+        true
+    } else if watched(lport) {
+        false
+    } else {
+        return Ok(());
+    };
+    let off = CONFIG_SOCK_OFFSETS.load();
+    if off.retransmits == OFFSET_UNKNOWN {
+        return Err(());
+    }
+    // Fast retransmits and tail loss probes leave the count at 0: not a timeout, not reported, no map
+    // operation.
+    let rtos: u8 = kread(sk, off.retransmits)?;
+    if rtos == 0 {
+        return Ok(());
+    }
+    let snd_una: u32 = if off.snd_una == OFFSET_UNKNOWN {
+        0
+    } else {
+        kread(sk, off.snd_una).unwrap_or(0)
+    };
+
+    let mut local = [0u8; 16];
+    let mut remote = [0u8; 16];
+    let family = if s.family == AF_INET || (s.family == AF_INET6 && v4_mapped(&s.v6_remote)) {
+        local[..4].copy_from_slice(&s.v4_local);
+        remote[..4].copy_from_slice(&s.v4_remote);
+        FAMILY_V4
+    } else if s.family == AF_INET6 {
+        local = s.v6_local;
+        remote = s.v6_remote;
+        FAMILY_V6
+    } else {
+        return Ok(());
+    };
+    let ip = Ip {
+        family,
+        src: local,
+        dst: remote,
+    };
+    // Oriented client → server like every flow key; no interface (a socket's event).
+    let key = flow_key(&ip, lport, rport, this_is_client, 0);
+
+    let seen_key = RtoKey {
+        sock: sk as u64,
+        flow: key,
+        _pad: 0,
+    };
+    let now_seen = RtoSeen {
+        count: u32::from(rtos),
+        snd_una,
+    };
+    match RTO_SEEN.get_ptr_mut(&seen_key) {
+        // SAFETY: live map value.
+        Some(last) if unsafe { *last } == now_seen => return Ok(()),
+        // SAFETY: live map value.
+        Some(last) => unsafe { *last = now_seen },
+        None => {
+            let _ = RTO_SEEN.insert(&seen_key, &now_seen, 0);
+        }
+    }
+
+    let netns: u32 = if off.net == OFFSET_UNKNOWN || off.net_inum == OFFSET_UNKNOWN {
+        0
+    } else {
+        match kread::<*const u8>(sk, off.net) {
+            Ok(net) if !net.is_null() => kread(net, off.net_inum).unwrap_or(0),
+            _ => 0,
+        }
+    };
+    let now = now();
+    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        // SAFETY: every field is written.
+        unsafe {
+            entry.as_mut_ptr().write(Event {
+                ts_ns: now,
+                key,
+                kind: EventKind::RetransmitTimeout as u8,
+                origin: if this_is_client {
+                    Origin::Client as u8
+                } else {
+                    Origin::Server as u8
+                },
+                hook: Hook::Socket as u8,
+                tcp_flags: 0,
+                icmp_type: 0,
+                icmp_code: 0,
+                syn_count: u16::from(rtos),
+                reason: 0,
+                location: 0,
+                netns,
+                _pad: 0,
+            });
+        }
+        entry.submit(wakeup());
+    } else {
+        count(LOST_EVENTS);
+    }
+    Ok(())
+}

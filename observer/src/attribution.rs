@@ -105,6 +105,11 @@ impl Decision {
 /// | silence | allow | `unknown` | nothing explains it |
 /// | client reset, nothing else | deny | `policy` | the client gave up; no drop seen on this node |
 /// | client reset, nothing else | allow | `unknown` | the client gave up before any answer |
+///
+/// One more row for live channels (`interrupted`), after the drops and before silence:
+///
+/// | retransmission timeouts of an established channel, no drop here | deny | `policy` | inferred: no drop names them |
+/// | retransmission timeouts, no drop here | allow | `no_policy` | lost beyond this node |
 pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
     let denied = match verdict {
         Simulated::Denied {
@@ -199,6 +204,24 @@ pub fn decide(evidence: &Evidence, verdict: &Simulated) -> Decision {
         return decision;
     }
 
+    // An established channel stalled: its packets went unacknowledged and nothing here dropped them.
+    if let Some(r) = &evidence.retransmits {
+        let seen = format!(
+            "{} consecutive retransmission timeouts of the {} and no drop seen on this node",
+            r.rtos,
+            r.side.as_str()
+        );
+        return match denied {
+            Some((direction, names)) => Decision::policy(direction).note(format!(
+                "{seen}: the policies deny it now ({} by {names}), inferred — no drop on this node names them",
+                direction.as_str()
+            )),
+            None => Decision::new(Cause::NoPolicy).note(format!(
+                "the policies allow it: {seen}: its packets are lost beyond this node (another node, the network between, a route)"
+            )),
+        };
+    }
+
     // Silence: nothing answered, nothing dropped or rejected here.
     let client_gave_up = (reset == Some(ResetSide::Client))
         .then_some("the client reset its own attempt before any answer");
@@ -261,6 +284,7 @@ pub fn evidence(blocked: &Blocked, dst_node: Option<&str>, node: &str) -> Eviden
         icmp,
         established: false,
         other_node: None,
+        retransmits: None,
     };
     let answered_here =
         local_drop || e.icmp.is_some() || reset.is_some_and(|r| r.side != ResetSide::Client);
@@ -672,6 +696,7 @@ pub fn live_channel(
         },
         stale: None,
         counted,
+        stalls: [None; 2],
     }
 }
 
@@ -800,6 +825,13 @@ pub fn interrupted(
         format!(
             "the established connection was reset ({})",
             reset.side.as_str()
+        )
+    } else if let Some(r) = &evidence.retransmits {
+        format!(
+            "the established connection stalled: {} consecutive retransmission timeouts of the {} since {}",
+            r.rtos,
+            r.side.as_str(),
+            record::rfc3339::format(r.since)
         )
     } else {
         "the established connection was cut".to_owned()
@@ -1287,6 +1319,63 @@ mod tests {
     fn row_client_reset_and_allow_is_unknown() {
         let d = decide(&reset(ResetSide::Client), &Simulated::Allowed);
         assert_eq!(d.cause, Cause::Unknown);
+    }
+
+    fn stalled(rtos: u16) -> Evidence {
+        Evidence {
+            established: true,
+            retransmits: Some(record::RetransmitsSeen {
+                rtos,
+                since: SystemTime::UNIX_EPOCH,
+                side: record::ChannelSide::Server,
+            }),
+            ..Evidence::default()
+        }
+    }
+
+    #[test]
+    fn row_retransmission_timeouts_and_deny_is_policy_said_to_be_inferred() {
+        let d = decide(&stalled(3), &deny());
+        assert_eq!(d.cause, Cause::Policy);
+        assert_eq!(d.direction, Some(Directions::Ingress));
+        assert!(d.blame_policies);
+        assert!(
+            has_note(&d, "3 consecutive retransmission timeouts of the server")
+                && has_note(&d, "inferred")
+                && has_note(&d, "payments/default-deny"),
+            "{:?}",
+            d.notes
+        );
+    }
+
+    #[test]
+    fn row_retransmission_timeouts_and_allow_is_no_policy_lost_beyond_this_node() {
+        let d = decide(&stalled(4), &Simulated::Allowed);
+        assert_eq!(d.cause, Cause::NoPolicy);
+        assert!(!d.blame_policies);
+        assert!(
+            has_note(&d, "4 consecutive retransmission timeouts")
+                && has_note(&d, "no drop seen on this node")
+                && has_note(&d, "beyond this node"),
+            "{:?}",
+            d.notes
+        );
+    }
+
+    #[test]
+    fn a_drop_or_a_reset_from_the_destination_outranks_retransmission_timeouts() {
+        let both = Evidence {
+            retransmits: stalled(3).retransmits,
+            ..drop_here()
+        };
+        let d = decide(&both, &Simulated::Allowed);
+        assert!(has_note(&d, "NETFILTER_DROP"), "{:?}", d.notes);
+        assert!(!has_note(&d, "retransmission"), "{:?}", d.notes);
+        let reset = Evidence {
+            retransmits: stalled(3).retransmits,
+            ..reset(ResetSide::Destination)
+        };
+        assert_eq!(decide(&reset, &deny()).cause, Cause::NoListener);
     }
 
     // ---- evidence from the tracker ----

@@ -26,8 +26,8 @@ use crate::{
         Record,
         metrics::Metrics,
         record::{
-            Detail, DropSeen, Evidence, Lost, PolicyChange, PolicyOp, RecordKind, ResetSeen,
-            ResetSide,
+            ChannelSide, Detail, DropSeen, Evidence, Lost, PolicyChange, PolicyOp, RecordKind,
+            ResetSeen, ResetSide,
         },
     },
     usage::{self, SharedUsage, Usage},
@@ -39,6 +39,10 @@ pub const LOST_EVENTS_INTERVAL: Duration = Duration::from_secs(60);
 /// At most one `unenforced` record per (client IP, server IP, port) in this interval; the channels in
 /// between are counted in the metric and summed up in the next record's notes.
 pub const UNENFORCED_INTERVAL: Duration = Duration::from_secs(60);
+/// Consecutive retransmission timeouts of one end after which a live channel is `interrupted`
+/// (`--cut-after-rtos`): ~1.4 s of silence at Linux's minimum RTO of 200 ms, doubling each time.
+pub const DEFAULT_CUT_AFTER_RTOS: u16 = 3;
+
 /// Pairs remembered for the rate limit; beyond, the oldest are forgotten.
 const UNENFORCED_PAIRS_MAX: usize = 4096;
 
@@ -70,6 +74,8 @@ pub struct Pipeline {
     lost_last_record: Option<SystemTime>,
     /// Per-policy and per-rule usage (read by the HTTP API).
     usage: SharedUsage,
+    /// Consecutive RTOs of one end that cut a live channel.
+    cut_after_rtos: u16,
 }
 
 impl Pipeline {
@@ -98,7 +104,16 @@ impl Pipeline {
             lost_since: None,
             lost_last_record: None,
             usage: Usage::shared(SystemTime::now()),
+            cut_after_rtos: DEFAULT_CUT_AFTER_RTOS,
         }
+    }
+
+    /// A live channel whose end reaches `n` consecutive retransmission timeouts is `interrupted`
+    /// (at least 1).
+    #[must_use]
+    pub fn with_cut_after_rtos(mut self, n: u16) -> Self {
+        self.cut_after_rtos = n.max(1);
+        self
     }
 
     /// Counts usage in `table` (shared with the HTTP API) instead of a table of its own.
@@ -166,20 +181,50 @@ impl Pipeline {
         }
     }
 
-    /// A FIN, reset or drop of a live channel: a FIN closes it; a reset or a drop of one of its packets
-    /// (not a SYN: those are the tracker's) ends it as interrupted, once.
+    /// A FIN, reset, drop or retransmission timeout of a live channel: a FIN closes it; a reset or a
+    /// drop of one of its packets (not a SYN: those are the tracker's) ends it as interrupted, once; so
+    /// does the `--cut-after-rtos`th consecutive retransmission timeout of one of its ends, when no drop
+    /// or reset said more (those come first: the stall then only adds to their evidence).
     fn on_live_event(
         &mut self,
         ev: &KernelEvent,
         cut: &mut Vec<(LiveChannel, Evidence, SystemTime)>,
     ) {
-        if !matches!(ev.kind, Kind::Closed | Kind::Reset | Kind::Dropped) {
+        if !matches!(
+            ev.kind,
+            Kind::Closed | Kind::Reset | Kind::Dropped | Kind::RetransmitTimeout
+        ) {
             return;
         }
         let mut live = self.live.write();
         let Some(id) = live.find(ev.client, ev.server) else {
             return;
         };
+        if ev.kind == Kind::RetransmitTimeout {
+            let side = match ev.origin {
+                Side::Client => ChannelSide::Client,
+                Side::Server => ChannelSide::Server,
+                Side::Network | Side::Unknown => return,
+            };
+            let Some(stall) = live.retransmitted(id, side, ev.syn_count, ev.time, ev.monotonic_ns)
+            else {
+                return;
+            };
+            if stall.rtos < self.cut_after_rtos {
+                return;
+            }
+            if let Some(ch) = live.remove(id) {
+                cut.push((
+                    ch,
+                    Evidence {
+                        retransmits: Some(stall),
+                        ..Evidence::default()
+                    },
+                    ev.time,
+                ));
+            }
+            return;
+        }
         let evidence = match ev.kind {
             Kind::Closed => None,
             Kind::Reset => Some(Evidence {
@@ -217,7 +262,13 @@ impl Pipeline {
         };
         drop(live);
         match evidence {
-            Some(evidence) => cut.push((ch, evidence, ev.time)),
+            Some(evidence) => {
+                let evidence = Evidence {
+                    retransmits: ch.retransmits(ev.time),
+                    ..evidence
+                };
+                cut.push((ch, evidence, ev.time));
+            }
             None => self.settle(&ch),
         }
     }
@@ -841,6 +892,88 @@ mod tests {
         // The cluster-wide sum counts the attempt once, on the client's node.
         assert_eq!(blocked_total(&ma) + blocked_total(&mb), 1);
         assert_eq!(blocked_total(&ma), 1);
+        // And it is one Kubernetes Event: written by the client's node, on the pod that denied it.
+        assert_eq!(
+            kube_events(&records),
+            [("node-a".to_owned(), "payments/payments".to_owned())]
+        );
+    }
+
+    /// The Kubernetes Events the nodes' records become, as (writing node, namespace/pod).
+    fn kube_events(records: &[Record]) -> Vec<(String, String)> {
+        records
+            .iter()
+            .flat_map(|r| {
+                crate::export::events::observations(r).into_iter().map(|o| {
+                    (
+                        r.node.clone(),
+                        format!("{}/{}", o.pod.namespace, o.pod.name),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cross_node_channel_cut_or_made_stale_is_one_kubernetes_event_though_both_nodes_record_it()
+    {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let (ma, mb) = (Metrics::new().expect("m"), Metrics::new().expect("m"));
+        let mut records = Vec::new();
+        // Both nodes saw the channel established (checkout on node-a, payments on node-b).
+        let mut a = established_on("node-a", &inv, &ma, &mut records);
+        let mut b = established_on("node-b", &inv, &mb, &mut records);
+        records.clear();
+        inv.write()
+            .delete_policy("payments", "allow-checkout", at(1_010));
+        a.tick(3 * MS, at(1_011), &mut records);
+        b.tick(3 * MS, at(1_011), &mut records);
+        let stale = of(&records, RecordKind::StaleAllowed);
+        assert_eq!(stale.len(), 2, "both nodes record it: {records:?}");
+        // Stale: the client's node writes the Event, on payments (ingress).
+        assert_eq!(
+            kube_events(&records),
+            [("node-a".to_owned(), "payments/payments".to_owned())]
+        );
+        records.clear();
+        // Then the cut: payments' node drops the packets, and both nodes see the server's reset.
+        let drop = KernelEvent {
+            drop: Some(DropInfo {
+                reason: 7,
+                reason_name: Arc::from("NETFILTER_DROP"),
+                location: 0,
+                call_site: Arc::from("nft_do_chain+0x3e8"),
+            }),
+            hook: HookPoint::Drop,
+            tcp_flags: 0x18,
+            ..event(Kind::Dropped, 20_000, 40000, "eth0")
+        };
+        b.on_events(&[drop], &mut records);
+        let rst = KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x14,
+            ..event(Kind::Reset, 20_001, 40000, "lxc-checkout")
+        };
+        a.on_events(&[rst], &mut records);
+        b.tick(21_000 * MS, at(1_021), &mut records);
+        a.tick(21_000 * MS, at(1_021), &mut records);
+        assert_eq!(
+            of(&records, RecordKind::Interrupted).len(),
+            2,
+            "{records:?}"
+        );
+        // Interrupted: each node writes Events about its own pods only. payments' node saw the drop
+        // (ingress: the Event is on payments); checkout's node saw a reset, which names no side
+        // (the Event is on checkout, the client).
+        let mut events = kube_events(&records);
+        events.sort();
+        assert_eq!(
+            events,
+            [
+                ("node-a".to_owned(), "shop/checkout".to_owned()),
+                ("node-b".to_owned(), "payments/payments".to_owned()),
+            ]
+        );
     }
 
     #[test]
@@ -895,11 +1028,21 @@ mod tests {
 
     /// A pipeline on node-a over `inv`, with one channel checkout:40000 → payments established at 1 s.
     fn established(inv: &SharedInventory, m: &Metrics, records: &mut Vec<Record>) -> Pipeline {
+        established_on("node-a", inv, m, records)
+    }
+
+    /// As [`established`], on `node`.
+    fn established_on(
+        node: &str,
+        inv: &SharedInventory,
+        m: &Metrics,
+        records: &mut Vec<Record>,
+    ) -> Pipeline {
         let mut p = Pipeline::new(
             channel::Config::default(),
             m.clone(),
             inv.clone(),
-            "node-a".into(),
+            node.into(),
         )
         .with_live(
             SharedLive::new(LiveTable::new(live::Config::default())),
@@ -1106,6 +1249,242 @@ mod tests {
         // Not a blocked attempt, and no longer stale.
         assert!(of(&records, RecordKind::Blocked).is_empty(), "{records:?}");
         assert_eq!(stale_gauge(&m), 0);
+    }
+
+    /// A retransmission timeout of the channel checkout:40000 → payments: `rtos` consecutive, by `side`.
+    fn rto(at_ms: u64, rtos: u16, side: Side) -> KernelEvent {
+        KernelEvent {
+            interface: None,
+            ifindex: 0,
+            hook: HookPoint::Socket,
+            origin: side,
+            tcp_flags: 0,
+            syn_count: rtos,
+            netns: 4_026_532_001,
+            ..event(Kind::RetransmitTimeout, at_ms, 40000, "lxc-checkout")
+        }
+    }
+
+    #[test]
+    fn three_retransmission_timeouts_interrupt_an_allowed_channel_once_with_no_policy_and_the_stall()
+     {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        records.clear();
+        p.on_events(
+            &[rto(1_000, 1, Side::Server), rto(1_400, 2, Side::Server)],
+            &mut records,
+        );
+        p.tick(1_500 * MS, at(1_002), &mut records);
+        assert!(records.is_empty(), "two RTOs keep it live: {records:?}");
+        assert_eq!(p.live().read().len(), 1);
+        // The third, then more of them and a late drop: still one record.
+        p.on_events(
+            &[
+                rto(2_200, 3, Side::Server),
+                rto(3_800, 4, Side::Server),
+                rto(2_300, 3, Side::Client),
+            ],
+            &mut records,
+        );
+        p.tick(4_000 * MS, at(1_004), &mut records);
+        let cut = of(&records, RecordKind::Interrupted);
+        assert_eq!(cut.len(), 1, "{records:?}");
+        assert_eq!(records.len(), 1, "{records:?}");
+        let r = cut[0];
+        assert_eq!(r.cause, Some(Cause::NoPolicy));
+        assert_eq!(r.direction, None);
+        assert!(r.policies.is_empty());
+        assert_eq!(r.kernel_reason, None);
+        let e = r.evidence.as_ref().expect("evidence");
+        assert!(e.established && e.drop.is_none() && e.reset.is_none());
+        let rtx = e.retransmits.expect("the stall");
+        assert_eq!(rtx.rtos, 3);
+        assert_eq!(rtx.side, ChannelSide::Server);
+        // Since the first RTO of the stall (1000 s + 1 s), not the third.
+        assert_eq!(
+            rtx.since,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_001)
+        );
+        assert!(
+            r.notes.iter().any(|n| n
+                .contains("3 consecutive retransmission timeouts of the server")
+                && n.contains("no drop seen on this node")),
+            "{:?}",
+            r.notes
+        );
+        assert_eq!(p.live().read().len(), 0);
+        let json = serde_json::to_value(r).expect("json");
+        assert_eq!(json["evidence"]["retransmits"]["rtos"], 3, "{json}");
+        assert_eq!(json["evidence"]["retransmits"]["side"], "server", "{json}");
+        assert!(
+            json["evidence"]["retransmits"]["since"].is_string(),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn progress_between_retransmission_timeouts_keeps_the_channel_live() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        records.clear();
+        // Two RTOs, an ACK made progress (the count starts over), two more: never three in a row.
+        p.on_events(
+            &[
+                rto(1_000, 1, Side::Server),
+                rto(1_400, 2, Side::Server),
+                rto(9_000, 1, Side::Server),
+                rto(9_400, 2, Side::Server),
+                rto(9_500, 2, Side::Client),
+            ],
+            &mut records,
+        );
+        p.tick(10_000 * MS, at(1_010), &mut records);
+        assert!(records.is_empty(), "{records:?}");
+        let live = p.live();
+        let live = live.read();
+        let ch = live.iter().next().expect("still live");
+        assert_eq!(
+            ch.retransmits(SystemTime::UNIX_EPOCH + Duration::from_millis(1_009_500))
+                .map(|r| (r.rtos, r.since)),
+            Some((2, SystemTime::UNIX_EPOCH + Duration::from_millis(1_009_000))),
+            "the new stall started at its first RTO"
+        );
+        drop(live);
+        // With --cut-after-rtos 2 the same reports would have cut it.
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records).with_cut_after_rtos(2);
+        records.clear();
+        p.on_events(
+            &[rto(1_000, 1, Side::Client), rto(1_400, 2, Side::Client)],
+            &mut records,
+        );
+        let cut = of(&records, RecordKind::Interrupted);
+        assert_eq!(cut.len(), 1, "{records:?}");
+        let rtx = cut[0]
+            .evidence
+            .as_ref()
+            .and_then(|e| e.retransmits)
+            .expect("stall");
+        assert_eq!((rtx.rtos, rtx.side), (2, ChannelSide::Client));
+    }
+
+    #[test]
+    fn a_drop_after_retransmission_timeouts_is_one_record_with_the_drop_first() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        records.clear();
+        let drop = KernelEvent {
+            drop: Some(DropInfo {
+                reason: 7,
+                reason_name: Arc::from("NETFILTER_DROP"),
+                location: 0,
+                call_site: Arc::from("nft_do_chain+0x3e8"),
+            }),
+            hook: HookPoint::Drop,
+            tcp_flags: 0x18,
+            ..event(Kind::Dropped, 1_500, 40000, "lxc-checkout")
+        };
+        p.on_events(
+            &[
+                rto(1_000, 1, Side::Server),
+                rto(1_400, 2, Side::Server),
+                drop,
+                rto(2_200, 3, Side::Server),
+                rto(3_800, 4, Side::Server),
+            ],
+            &mut records,
+        );
+        p.tick(4_000 * MS, at(1_004), &mut records);
+        let cut = of(&records, RecordKind::Interrupted);
+        assert_eq!(cut.len(), 1, "{records:?}");
+        assert_eq!(records.len(), 1, "{records:?}");
+        // The drop decides (the policies allow it: the kernel's reason), the stall is kept as evidence.
+        assert_eq!(cut[0].cause, Some(Cause::NoPolicy));
+        assert_eq!(cut[0].kernel_reason.as_deref(), Some("NETFILTER_DROP"));
+        let e = cut[0].evidence.as_ref().expect("evidence");
+        assert!(e.drop.is_some());
+        assert_eq!(e.retransmits.map(|r| r.rtos), Some(2));
+    }
+
+    #[test]
+    fn a_stall_that_ended_long_before_a_reset_is_not_its_evidence() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        records.clear();
+        // Two RTOs, then (the kernel does not say so) progress; a reset 10 minutes later.
+        p.on_events(
+            &[rto(1_000, 1, Side::Server), rto(1_400, 2, Side::Server)],
+            &mut records,
+        );
+        let rst = KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x14,
+            ..event(Kind::Reset, 601_400, 40000, "lxc-checkout")
+        };
+        p.on_events(&[rst], &mut records);
+        let cut = of(&records, RecordKind::Interrupted);
+        assert_eq!(cut.len(), 1, "{records:?}");
+        let e = cut[0].evidence.as_ref().expect("evidence");
+        assert!(e.reset.is_some());
+        assert_eq!(e.retransmits, None, "{e:?}");
+    }
+
+    #[test]
+    fn retransmission_timeouts_of_a_channel_the_policies_now_deny_name_them_as_inferred() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        inv.write()
+            .delete_policy("payments", "allow-checkout", at(1_010));
+        p.tick(3 * MS, at(1_011), &mut records);
+        records.clear();
+        p.on_events(
+            &[
+                rto(20_000, 1, Side::Server),
+                rto(20_400, 2, Side::Server),
+                rto(21_200, 3, Side::Server),
+            ],
+            &mut records,
+        );
+        let cut = of(&records, RecordKind::Interrupted);
+        assert_eq!(cut.len(), 1, "{records:?}");
+        assert_eq!(cut[0].cause, Some(Cause::Policy));
+        assert_eq!(cut[0].direction, Some(Directions::Ingress));
+        assert_eq!(&*cut[0].policies[0].name, "default-deny");
+        assert_eq!(cut[0].kernel_reason, None);
+        assert!(
+            cut[0].notes.iter().any(|n| n.contains("inferred")),
+            "{:?}",
+            cut[0].notes
+        );
+        assert_eq!(stale_gauge(&m), 0);
+    }
+
+    #[test]
+    fn retransmission_timeouts_of_an_unknown_flow_are_ignored() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let m = Metrics::new().expect("m");
+        let mut records = Vec::new();
+        let mut p = established(&inv, &m, &mut records);
+        records.clear();
+        let other = KernelEvent {
+            client: "198.18.0.2:40999".parse().expect("addr"),
+            ..rto(1_000, 5, Side::Server)
+        };
+        p.on_events(&[other], &mut records);
+        p.tick(2_000 * MS, at(1_002), &mut records);
+        assert!(records.is_empty(), "{records:?}");
+        assert_eq!(p.live().read().len(), 1);
     }
 
     #[test]

@@ -316,3 +316,48 @@ fn the_document_parser_finds_what_it_must() {
     assert_eq!(variant("policy_changed"), "PolicyChanged");
     assert!(!section(doc, "## A").contains("## B"));
 }
+
+#[test]
+fn every_evidence_field_is_documented_and_the_reverse() {
+    use observer::export::record::{
+        ChannelSide, DropSeen, Evidence, IcmpSeen, ResetSeen, ResetSide, RetransmitsSeen,
+    };
+    // Every field set, so that none is skipped when serialised.
+    let full = Evidence {
+        syn_retransmits: 1,
+        drop: Some(DropSeen {
+            reason: "NETFILTER_DROP".into(),
+            call_site: "nft_do_chain+0x3e8".into(),
+            interface: Some("lxca".into()),
+        }),
+        reset: Some(ResetSeen {
+            side: ResetSide::Destination,
+        }),
+        icmp: Some(IcmpSeen {
+            icmp_type: 3,
+            code: 13,
+        }),
+        established: true,
+        other_node: Some("node-b".into()),
+        retransmits: Some(RetransmitsSeen {
+            rtos: 3,
+            since: std::time::SystemTime::UNIX_EPOCH,
+            side: ChannelSide::Server,
+        }),
+    };
+    let json = serde_json::to_value(&full).expect("evidence serialises");
+    let produced: BTreeSet<String> = json
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect();
+    let documented: BTreeSet<String> = table(&section(&contract(), "### Evidence"))
+        .iter()
+        .flat_map(|row| code_spans(&row[0]))
+        .collect();
+    assert_eq!(
+        produced, documented,
+        "docs/CONTRACT.md's Evidence table and the serialised `Evidence` differ"
+    );
+}

@@ -383,3 +383,85 @@ async fn api_errors_are_counted_and_the_writer_carries_on() {
         2
     );
 }
+
+/// `record` as the observer of `node` writes it, with checkout on node-a and payments-0 on node-b.
+fn on_node(kind: &str, direction: &str, node: &str) -> Record {
+    let mut r = record(kind, direction, "checkout", deny(direction));
+    r.node = node.into();
+    r.src.node = Some("node-a".into());
+    r.dst.node = Some("node-b".into());
+    r
+}
+
+#[tokio::test]
+async fn a_channel_both_nodes_record_is_one_event_on_the_api_server() {
+    // One API server, the observers of both nodes writing to it.
+    let api = FakeApiServer::start().await;
+    let metrics = Metrics::new().expect("metrics");
+    let mut writers = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let client = kube::Client::try_from(api.config()).expect("client");
+        let config = EventsConfig {
+            instance: node.into(),
+            ..config()
+        };
+        writers.push((
+            node,
+            events::start(client, config, metrics.clone(), Some(inventory())),
+        ));
+    }
+    // Each node records the denied attempt, the stale channel and the cut: the Event is written once.
+    // A denial or a stale channel by the client's node; a cut by the node of the pod it is about.
+    for (node, (sink, _)) in &writers {
+        for kind in ["blocked", "stale_allowed", "interrupted"] {
+            sink.offer(&on_node(kind, "ingress", node));
+        }
+    }
+    let mut seen = Vec::new();
+    for _ in 0..500 {
+        seen = api.events();
+        if seen.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (_, (sink, task)) in writers {
+        drop(sink);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the writer ends")
+            .expect("no panic");
+    }
+    let mut written: Vec<(String, String)> = api
+        .events()
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().expect("reason").to_owned(),
+                e["reportingInstance"]
+                    .as_str()
+                    .expect("instance")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            ("ChannelInterrupted", "node-b"),
+            ("NetworkPolicyDenied", "node-a"),
+            ("NetworkPolicyStaleAllowed", "node-a"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned())),
+        "{seen:#?}"
+    );
+    for e in api.events() {
+        assert_eq!(e["regarding"]["name"], "payments-0", "{e:#}");
+        assert_eq!(
+            e["series"],
+            Value::Null,
+            "written once, not repeated: {e:#}"
+        );
+    }
+}

@@ -573,7 +573,8 @@ fn iperf(client: &Netns, server: &str, port: u16, secs: u32, extra: &[&str]) -> 
 /// all, in that order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
-    /// Our TC programs on both veths (TCX), no drop program, nothing reading the ring buffer.
+    /// Our TC programs on both veths (TCX), no tracing program (drop, retransmission), nothing reading
+    /// the ring buffer.
     Tc,
     /// The `kfree_skb` drop program alone (no TC program, nothing reading).
     Drop,
@@ -601,7 +602,9 @@ impl Variant {
 
     fn describe(self) -> &'static str {
         match self {
-            Self::Tc => "TC programs on both veths only (no drop program, no reader)",
+            Self::Tc => {
+                "TC programs on both veths only (no tracing program: drop, retransmission; no reader)"
+            }
             Self::Drop => "kfree_skb drop program only (no TC program, no reader)",
             Self::Daemon => {
                 "observer run attached to an idle veth only (drop program, reader, timers; no TC program on the path)"
@@ -734,7 +737,7 @@ fn throughput() {
                     })
                     .expect("loading the datapath");
                     if !drop {
-                        d.detach_drop_program();
+                        d.detach_tracing_programs();
                     }
                     dp = Some(d);
                 }

@@ -7,7 +7,11 @@
 //! - with `ct state established accept` (conntrack-based CNIs) the stream survives: exactly one
 //!   `stale_allowed` record naming the policy that denies it now, `/api/v1/channels?state=stale` lists it,
 //!   `observer_stale_channels` is 1 and back to 0 once the stream closes;
-//! - without it (per-packet enforcement) the stream is cut: one `interrupted` record naming the policy.
+//! - without it (per-packet enforcement) the stream is cut: one `interrupted` record naming the policy;
+//! - with the policies unchanged, packets to payments routed into a black hole no kernel drop reason
+//!   names (an `ifb` device: it frees what it is given with `consume_skb`, as the dummy driver this
+//!   kernel lacks would): the ends' retransmission timeouts cut it: one `interrupted` record with
+//!   `evidence.retransmits` and no drop.
 //!
 //! Root only: run through `./x test`.
 
@@ -463,6 +467,138 @@ fn a_policy_deleted_under_per_packet_enforcement_interrupts_the_stream_naming_th
     );
     assert_eq!(daemon.metric("observer_live_channels"), 0.0);
     assert_eq!(daemon.metric(STALE_SERIES), 0.0);
+    drop(stream);
+    assert!(daemon.stop(), "clean shutdown");
+}
+
+/// The interface of the black hole in the node namespace (removed with the namespace).
+const BLACK_HOLE: &str = "obsbh0";
+
+#[test]
+#[ignore = "needs root: network namespaces and eBPF"]
+fn packets_vanishing_where_no_drop_is_seen_interrupt_the_stream_after_three_retransmission_timeouts()
+ {
+    black_hole_cuts_the_stream(Family::V4);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and eBPF"]
+fn packets_vanishing_where_no_drop_is_seen_interrupt_an_ipv6_stream_after_three_retransmission_timeouts()
+ {
+    black_hole_cuts_the_stream(Family::V6);
+}
+
+/// The channel checkout → payments over `family`; then everything towards payments routed into a black
+/// hole: exactly one `interrupted`, from retransmission timeouts, with no drop.
+fn black_hole_cuts_the_stream(family: Family) {
+    let shop = Shop::new();
+    let payments = SocketAddr::new(shop.lab.pod(1).addr(family), PORT);
+    let (ip, prefix, fam) = match family {
+        Family::V4 => ("ip", "32", "-4"),
+        Family::V6 => ("ip6", "128", "-6"),
+    };
+    shop.lab.forward_rule(&format!(
+        "ct state established,related accept\n  {ip} saddr {} tcp dport {PORT} accept\n  tcp dport {PORT} drop",
+        shop.lab.pod(0).addr(family)
+    ));
+    let _server = TickingServer::start(&shop.lab.pod(1).ns, payments);
+    let daemon = Daemon::start(&shop.lab, &shop.manifests.dir, &["--print-events"]);
+    assert!(
+        daemon
+            .stderr()
+            .iter()
+            .any(|l| l.contains("retransmit_program") && l.contains("tcp_retransmit_btf")),
+        "the startup line names the retransmission program: {:?}",
+        daemon.stderr()
+    );
+    let stream = Stream::open(&shop.lab.pod(0).ns, payments);
+    assert!(stream.flows(3), "the stream carries messages");
+    wait_for(WAIT, || {
+        (daemon.metric("observer_live_channels") == 1.0).then_some(())
+    })
+    .expect("one live channel");
+
+    // Everything towards payments now goes into a device that frees it without a drop reason
+    // (`ifb_xmit`: dev_kfree_skb, i.e. consume_skb): checkout's ACKs and data vanish, payments' data
+    // still arrives. No nft rule changes, no policy changes.
+    let node = &shop.lab.node;
+    node.ip(&["link", "add", BLACK_HOLE, "type", "ifb"]);
+    node.ip(&["link", "set", BLACK_HOLE, "up"]);
+    let route = format!("{}/{prefix}", payments.ip());
+    node.ip(&[fam, "route", "replace", &route, "dev", BLACK_HOLE]);
+
+    // Three RTOs at the 200 ms minimum, doubling: ~1.4 s; more when the RTT estimate is higher.
+    let cut = daemon
+        .wait_record(Duration::from_secs(30), |r| r["kind"] == "interrupted")
+        .unwrap_or_else(|| {
+            panic!(
+                "no interrupted record; records: {:?}\nstderr: {:?}",
+                daemon.records(),
+                daemon.stderr()
+            )
+        });
+    // The policies allow it and nothing on this node dropped it: what was seen, said as such.
+    assert_eq!(cut["cause"], "no_policy", "{cut}");
+    assert!(cut["direction"].is_null(), "{cut}");
+    assert_eq!(names(&cut), Vec::<String>::new(), "{cut}");
+    assert!(cut["kernel_reason"].is_null(), "no kernel drop: {cut}");
+    let evidence = &cut["evidence"];
+    assert_eq!(evidence["established"], true, "{cut}");
+    assert!(evidence["drop"].is_null(), "no kernel drop: {cut}");
+    assert!(evidence["reset"].is_null(), "{cut}");
+    assert_eq!(evidence["retransmits"]["rtos"], 3, "{cut}");
+    assert!(
+        ["client", "server"].contains(&evidence["retransmits"]["side"].as_str().unwrap_or("")),
+        "{cut}"
+    );
+    assert!(evidence["retransmits"]["since"].is_string(), "{cut}");
+    assert_eq!(cut["dst"]["pod"], "payments-0", "{cut}");
+    assert!(
+        cut["notes"].as_array().is_some_and(|n| n.iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.contains("retransmission timeouts")))),
+        "{cut}"
+    );
+    assert!(!stream.flows(2), "the stream is stalled");
+
+    // One record per channel, not per RTO; the channel left the table; the kernel reported RTOs as
+    // state changes (one event per socket and count: a handful, not one per retransmitted packet). The
+    // program sees every namespace of the machine: other tests' stalled channels are reported too (and
+    // ignored by this daemon, which has no live channel of theirs), so only this channel's are counted.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        of_kind(&daemon, "interrupted").len(),
+        1,
+        "{:?}",
+        daemon.records()
+    );
+    assert!(
+        of_kind(&daemon, "blocked").is_empty(),
+        "{:?}",
+        daemon.records()
+    );
+    assert_eq!(daemon.metric("observer_live_channels"), 0.0);
+    let rto_lines: Vec<String> = daemon
+        .stderr()
+        .into_iter()
+        .filter(|l| l.contains("retransmit_timeout") && l.contains(&format!("→ {payments} ")))
+        .collect();
+    assert!(!rto_lines.is_empty(), "{:?}", daemon.stderr());
+    eprintln!("the kernel's RTO events:\n{}", rto_lines.join("\n"));
+    for side in ["Server", "Client"] {
+        let counts: Vec<&str> = rto_lines
+            .iter()
+            .filter(|l| l.contains(&format!("by={side}")))
+            .filter_map(|l| l.split("rtos=").nth(1)?.split_whitespace().next())
+            .collect();
+        let mut sorted = counts.clone();
+        sorted.dedup();
+        assert_eq!(counts, sorted, "one event per count: {rto_lines:#?}");
+    }
+    assert!(
+        rto_lines.len() <= 2 * 6,
+        "a handful of events, not one per packet: {rto_lines:#?}"
+    );
     drop(stream);
     assert!(daemon.stop(), "clean shutdown");
 }

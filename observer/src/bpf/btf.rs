@@ -408,4 +408,31 @@ mod tests {
                 .any(|(n, _)| n == "SKB_DROP_REASON_NETFILTER_DROP")
         );
     }
+
+    #[test]
+    fn running_kernel_has_the_members_the_retransmit_program_reads() {
+        let btf = Btf::vmlinux().expect("/sys/kernel/btf/vmlinux readable");
+        for member in [
+            "skc_daddr",
+            "skc_rcv_saddr",
+            "skc_dport",
+            "skc_num",
+            "skc_family",
+            "skc_state",
+            "skc_v6_daddr",
+            "skc_v6_rcv_saddr",
+            "skc_net",
+        ] {
+            btf.member_offset("sock_common", member).expect(member);
+        }
+        // The consecutive-RTO count lies past `struct sock` (an inet_connection_sock embeds it first).
+        let sock_end = btf
+            .member_offset("inet_connection_sock", "icsk_inet")
+            .expect("icsk_inet");
+        let retransmits = btf
+            .member_offset("inet_connection_sock", "icsk_retransmits")
+            .expect("icsk_retransmits");
+        assert!(retransmits > sock_end, "{retransmits} > {sock_end}");
+        btf.member_offset("tcp_sock", "snd_una").expect("snd_una");
+    }
 }

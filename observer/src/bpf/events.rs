@@ -22,6 +22,8 @@ pub enum DecodeError {
     Kind { kind: u8 },
     #[error("unknown address family {family}")]
     Family { family: u8 },
+    #[error("retransmission-timeout event with an RTO count of 0")]
+    NoRtos,
 }
 
 /// A decoded kernel event.
@@ -41,11 +43,14 @@ pub struct KernelEvent {
     pub hook: HookPoint,
     pub origin: Side,
     pub tcp_flags: u8,
+    /// SYNs of the attempt seen; for [`Kind::RetransmitTimeout`], the retransmitting socket's consecutive
+    /// retransmission timeouts (≥ 1; reset by the kernel when an ACK makes progress).
     pub syn_count: u16,
     /// ICMP type/code of a rejection.
     pub icmp: Option<(u8, u8)>,
     pub drop: Option<DropInfo>,
-    /// Network namespace inode of a drop's interface (0 when unknown or for TC events).
+    /// Network namespace inode of a drop's interface or of a retransmitting socket (0 when unknown or for
+    /// TC events).
     pub netns: u32,
 }
 
@@ -60,6 +65,9 @@ pub enum Kind {
     Rejected,
     Closed,
     Dropped,
+    /// An established socket's retransmission timeouts rose ([`KernelEvent::syn_count`] has the count,
+    /// [`KernelEvent::origin`] the retransmitting end).
+    RetransmitTimeout,
 }
 
 impl From<EventKind> for Kind {
@@ -72,6 +80,7 @@ impl From<EventKind> for Kind {
             EventKind::Rejected => Self::Rejected,
             EventKind::Closed => Self::Closed,
             EventKind::Dropped => Self::Dropped,
+            EventKind::RetransmitTimeout => Self::RetransmitTimeout,
         }
     }
 }
@@ -86,6 +95,7 @@ impl Kind {
             Self::Rejected => "rejected",
             Self::Closed => "closed",
             Self::Dropped => "dropped",
+            Self::RetransmitTimeout => "retransmit_timeout",
         }
     }
 }
@@ -98,6 +108,8 @@ pub enum HookPoint {
     Egress,
     /// Freed by the kernel (`kfree_skb`).
     Drop,
+    /// A socket's own event (`tcp_retransmit_skb`): no interface.
+    Socket,
 }
 
 /// Which side sent the packet behind the event.
@@ -186,6 +198,10 @@ impl Decoder {
         let raw = parse(bytes)?;
         let kind = EventKind::from_u8(raw.kind).ok_or(DecodeError::Kind { kind: raw.kind })?;
         let (client, server) = endpoints(&raw.key)?;
+        let socket = kind == EventKind::RetransmitTimeout;
+        if socket && raw.syn_count == 0 {
+            return Err(DecodeError::NoRtos);
+        }
         let drop = (kind == EventKind::Dropped).then(|| DropInfo {
             reason: raw.reason,
             reason_name: self.reasons.name(raw.reason),
@@ -197,7 +213,7 @@ impl Decoder {
             + Duration::from_nanos(u64::try_from(wall_ns.max(0)).unwrap_or(u64::MAX));
         // A drop in another namespace has an ifindex from that namespace: never name it after ours.
         let foreign = raw.netns != 0 && self.netns != 0 && raw.netns != self.netns;
-        let interface = if foreign {
+        let interface = if foreign || socket {
             None
         } else {
             self.interfaces
@@ -217,6 +233,7 @@ impl Decoder {
                 Hook::Ingress => HookPoint::Ingress,
                 Hook::Egress => HookPoint::Egress,
                 Hook::Drop => HookPoint::Drop,
+                Hook::Socket => HookPoint::Socket,
             },
             origin: match Origin::from_u8(raw.origin) {
                 Origin::Unknown => Side::Unknown,
@@ -322,7 +339,10 @@ impl EventReader {
         while let Some(item) = ring.next() {
             match self.decoder.decode(&item) {
                 Ok(ev) => out.push(ev),
-                Err(_) => self.malformed += 1,
+                Err(err) => {
+                    self.malformed += 1;
+                    tracing::debug!(%err, "malformed kernel event");
+                }
             }
         }
         out.len() - before
@@ -422,6 +442,40 @@ mod tests {
         e.key.server_addr = "2001:2::3".parse::<Ipv6Addr>().expect("v6").octets();
         let ev = decoder().decode(&bytes(&e)).expect("valid");
         assert_eq!(ev.server, "[2001:2::3]:50051".parse().expect("addr"));
+    }
+
+    #[test]
+    fn decodes_a_retransmission_timeout_with_its_count_side_and_namespace() {
+        let mut e = raw(EventKind::RetransmitTimeout as u8, FAMILY_V4);
+        e.key.ifindex = 0;
+        e.hook = Hook::Socket as u8;
+        e.origin = Origin::Server as u8;
+        e.tcp_flags = 0;
+        e.syn_count = 3;
+        e.netns = 4_026_532_000;
+        let ev = decoder()
+            .with_interfaces(
+                Arc::new(std::sync::RwLock::new(
+                    [(0, Arc::from("lo"))].into_iter().collect(),
+                )),
+                4_026_532_000,
+            )
+            .decode(&bytes(&e))
+            .expect("valid");
+        assert_eq!(ev.kind, Kind::RetransmitTimeout);
+        assert_eq!(ev.kind.as_str(), "retransmit_timeout");
+        assert_eq!(ev.syn_count, 3);
+        assert_eq!(ev.origin, Side::Server);
+        assert_eq!(ev.hook, HookPoint::Socket);
+        assert_eq!(ev.netns, 4_026_532_000);
+        assert_eq!(ev.client, "198.18.0.2:40000".parse().expect("addr"));
+        assert_eq!(ev.server, "198.18.0.3:50051".parse().expect("addr"));
+        // A socket's event has no interface, whatever the ifindex table holds.
+        assert_eq!(ev.interface, None);
+        assert!(ev.drop.is_none());
+
+        e.syn_count = 0;
+        assert_eq!(decoder().decode(&bytes(&e)), Err(DecodeError::NoRtos));
     }
 
     #[test]

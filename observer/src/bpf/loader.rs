@@ -36,7 +36,7 @@ use aya::{
 };
 use observer_common::{
     DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, FlowKey, FlowStats, LOST_EVENTS, OFFSET_UNKNOWN,
-    RateConfig, SUPPRESSED_EVENTS, SkbOffsets, global, map, program,
+    RateConfig, SUPPRESSED_EVENTS, SkbOffsets, SockOffsets, global, map, program,
 };
 
 use super::{
@@ -213,6 +213,8 @@ pub struct Datapath {
     names: Arc<RwLock<HashMap<u32, Arc<str>>>>,
     reasons: Arc<DropReasons>,
     drop_program: &'static str,
+    /// The retransmission-timeout program in use, or why none could be attached.
+    retransmit_program: Result<&'static str, String>,
     /// Inode of the network namespace the interfaces are attached in.
     netns: u32,
     /// Kernel ids of our TC programs, `[hook][copy]`.
@@ -265,6 +267,7 @@ impl Datapath {
             offsets.tp_location = f.location;
             offsets.tp_reason = f.reason;
         }
+        let (sock_offsets, retransmit_format) = sock_offsets(&btf);
         let all_ports = u8::from(config.all_ports);
         let watched_ports = observer_common::port_bitmap(&config.ports);
         let repeat_ns = u64::try_from(config.drop_repeat.as_nanos()).unwrap_or(u64::MAX);
@@ -279,6 +282,7 @@ impl Datapath {
             .override_global(global::SKB_OFFSETS, &offsets, true)
             .override_global(global::DROP_REPEAT_NS, &repeat_ns, true)
             .override_global(global::NEW_FLOW_RATE, &rate, true)
+            .override_global(global::SOCK_OFFSETS, &sock_offsets, true)
             .load(OBJECT)
             .map_err(LoadError::Load)?;
 
@@ -334,6 +338,14 @@ impl Datapath {
         }
 
         let drop_program = attach_drop_program(&mut ebpf, &btf, tp_format.is_some())?;
+        let retransmit_program =
+            attach_retransmit_program(&mut ebpf, &sock_offsets, retransmit_format);
+        if let Err(error) = &retransmit_program {
+            tracing::warn!(
+                %error,
+                "no retransmission-timeout program attached: live channels stalled by drops this node does not see will not be reported"
+            );
+        }
 
         Ok(Self {
             ebpf,
@@ -343,6 +355,7 @@ impl Datapath {
             names: Arc::default(),
             reasons,
             drop_program,
+            retransmit_program,
             netns: current_netns(),
             program_ids,
             leftovers_removed: 0,
@@ -359,19 +372,35 @@ impl Datapath {
         self.drop_program
     }
 
-    /// Detaches and unloads the drop program (`kfree_skb`): the TC programs then run alone. For the
-    /// datapath benchmark, which separates the costs of the two; the daemon never calls it.
-    pub fn detach_drop_program(&mut self) {
-        let Some(p) = self.ebpf.program_mut(self.drop_program) else {
-            return;
-        };
-        let unloaded = match p {
-            aya::programs::Program::BtfTracePoint(p) => p.unload(),
-            aya::programs::Program::TracePoint(p) => p.unload(),
-            _ => Ok(()),
-        };
-        if let Err(e) = unloaded {
-            tracing::warn!(program = self.drop_program, error = %e, "detaching the drop program");
+    /// The retransmission-timeout program in use (`tcp_retransmit_btf` or the classic tracepoint
+    /// fallback), or why none could be attached (optional: startup goes on without it).
+    pub fn retransmit_program(&self) -> Result<&'static str, &str> {
+        match &self.retransmit_program {
+            Ok(name) => Ok(name),
+            Err(why) => Err(why),
+        }
+    }
+
+    /// Detaches and unloads the tracing programs (the drop program on `kfree_skb`, and the
+    /// retransmission program when attached): the TC programs then run alone. For the datapath
+    /// benchmark, which separates their costs; the daemon never calls it.
+    pub fn detach_tracing_programs(&mut self) {
+        let names = [
+            Some(self.drop_program),
+            self.retransmit_program.as_ref().ok().copied(),
+        ];
+        for name in names.into_iter().flatten() {
+            let Some(p) = self.ebpf.program_mut(name) else {
+                continue;
+            };
+            let unloaded = match p {
+                aya::programs::Program::BtfTracePoint(p) => p.unload(),
+                aya::programs::Program::TracePoint(p) => p.unload(),
+                _ => Ok(()),
+            };
+            if let Err(e) = unloaded {
+                tracing::warn!(program = name, error = %e, "detaching a tracing program");
+            }
         }
     }
 
@@ -818,26 +847,38 @@ struct TracepointFormat {
 }
 
 fn tracepoint_format() -> Option<TracepointFormat> {
+    let f = read_tracepoint_format("skb/kfree_skb", &["skbaddr", "location", "reason"])?;
+    Some(TracepointFormat {
+        skbaddr: f[0],
+        location: f[1],
+        reason: f[2],
+    })
+}
+
+/// The offsets of `fields` of the classic tracepoint `event` (`group/name`) from its tracefs format file,
+/// in the order asked; `None` when tracefs is not mounted or a field is missing.
+fn read_tracepoint_format(event: &str, fields: &[&str]) -> Option<Vec<u32>> {
     let text = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
-        .find_map(|root| {
-            std::fs::read_to_string(format!("{root}/events/skb/kfree_skb/format")).ok()
-        })?;
-    let field = |name: &str| -> Option<u32> {
-        text.lines().find_map(|l| {
-            let l = l.trim();
-            let decl = l.strip_prefix("field:")?.split(';').next()?;
-            if !decl.trim_end().ends_with(name) {
-                return None;
-            }
-            let off = l.split("offset:").nth(1)?.split(';').next()?;
-            off.trim().parse().ok()
-        })
-    };
-    Some(TracepointFormat {
-        skbaddr: field("skbaddr")?,
-        location: field("location")?,
-        reason: field("reason")?,
+        .find_map(|root| std::fs::read_to_string(format!("{root}/events/{event}/format")).ok())?;
+    fields
+        .iter()
+        .map(|name| tracepoint_field(&text, name))
+        .collect()
+}
+
+/// The offset of field `name` in a tracefs format file's text (`field:__u8 saddr[4]; offset:34; …`).
+fn tracepoint_field(text: &str, name: &str) -> Option<u32> {
+    text.lines().find_map(|l| {
+        let l = l.trim();
+        let decl = l.strip_prefix("field:")?.split(';').next()?.trim_end();
+        let decl = decl.split('[').next()?;
+        let ident = decl.rsplit([' ', '*']).next()?;
+        if ident != name {
+            return None;
+        }
+        let off = l.split("offset:").nth(1)?.split(';').next()?;
+        off.trim().parse().ok()
     })
 }
 
@@ -884,6 +925,120 @@ fn attach_drop_program(
     }
 }
 
+/// The `struct sock` offsets of the retransmission program from BTF, plus the classic tracepoint's field
+/// offsets when tracefs is mounted (`None` otherwise). Members this kernel lacks are [`OFFSET_UNKNOWN`]:
+/// without `icsk_retransmits` the program reports nothing and is not attached.
+fn sock_offsets(btf: &Btf) -> (SockOffsets, bool) {
+    let sc = |m: &str| {
+        btf.member_offset("sock_common", m)
+            .unwrap_or(OFFSET_UNKNOWN)
+    };
+    let mut o = SockOffsets {
+        daddr: sc("skc_daddr"),
+        rcv_saddr: sc("skc_rcv_saddr"),
+        dport: sc("skc_dport"),
+        num: sc("skc_num"),
+        family: sc("skc_family"),
+        state: sc("skc_state"),
+        v6_daddr: sc("skc_v6_daddr"),
+        v6_rcv_saddr: sc("skc_v6_rcv_saddr"),
+        net: sc("skc_net"),
+        net_inum: match (
+            btf.member_offset("net", "ns"),
+            btf.member_offset("ns_common", "inum"),
+        ) {
+            (Ok(ns), Ok(inum)) => ns + inum,
+            _ => OFFSET_UNKNOWN,
+        },
+        retransmits: btf
+            .member_offset("inet_connection_sock", "icsk_retransmits")
+            .unwrap_or(OFFSET_UNKNOWN),
+        snd_una: btf
+            .member_offset("tcp_sock", "snd_una")
+            .unwrap_or(OFFSET_UNKNOWN),
+        ..SockOffsets::default()
+    };
+    let format = read_tracepoint_format(
+        "tcp/tcp_retransmit_skb",
+        &[
+            "skaddr", "state", "sport", "dport", "family", "saddr", "daddr", "saddr_v6", "daddr_v6",
+        ],
+    );
+    let have_format = if let Some(f) = format {
+        [
+            o.tp_skaddr,
+            o.tp_state,
+            o.tp_sport,
+            o.tp_dport,
+            o.tp_family,
+            o.tp_saddr,
+            o.tp_daddr,
+            o.tp_saddr_v6,
+            o.tp_daddr_v6,
+        ] = [f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]];
+        true
+    } else {
+        false
+    };
+    (o, have_format)
+}
+
+/// Attaches the retransmission-timeout program: `tp_btf/tcp_retransmit_skb`, else the classic
+/// tracepoint. Optional: the error says why neither could be attached.
+fn attach_retransmit_program(
+    ebpf: &mut Ebpf,
+    offsets: &SockOffsets,
+    have_tracepoint: bool,
+) -> Result<&'static str, String> {
+    let needed = [
+        ("inet_connection_sock.icsk_retransmits", offsets.retransmits),
+        ("sock_common.skc_state", offsets.state),
+        ("sock_common.skc_family", offsets.family),
+        ("sock_common.skc_num", offsets.num),
+        ("sock_common.skc_dport", offsets.dport),
+        ("sock_common.skc_daddr", offsets.daddr),
+        ("sock_common.skc_rcv_saddr", offsets.rcv_saddr),
+    ];
+    if let Some((name, _)) = needed.iter().find(|(_, o)| *o == OFFSET_UNKNOWN) {
+        return Err(format!("this kernel's BTF has no {name}"));
+    }
+    let btf_err = match (|| -> Result<(), String> {
+        let kbtf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
+        let p: &mut BtfTracePoint = ebpf
+            .program_mut(program::TCP_RETRANSMIT_BTF)
+            .ok_or("missing from the object")?
+            .try_into()
+            .map_err(|e: ProgramError| e.to_string())?;
+        p.load("tcp_retransmit_skb", &kbtf)
+            .map_err(|e| e.to_string())?;
+        p.attach().map_err(|e| e.to_string())?;
+        Ok(())
+    })() {
+        Ok(()) => return Ok(program::TCP_RETRANSMIT_BTF),
+        Err(e) => e,
+    };
+    let classic = (|| -> Result<(), String> {
+        if !have_tracepoint {
+            return Err("tracefs is not mounted (no events/tcp/tcp_retransmit_skb/format)".into());
+        }
+        let p: &mut TracePoint = ebpf
+            .program_mut(program::TCP_RETRANSMIT_TRACEPOINT)
+            .ok_or("missing from the object")?
+            .try_into()
+            .map_err(|e: ProgramError| e.to_string())?;
+        p.load().map_err(|e| e.to_string())?;
+        p.attach("tcp", "tcp_retransmit_skb")
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    match classic {
+        Ok(()) => Ok(program::TCP_RETRANSMIT_TRACEPOINT),
+        Err(classic) => Err(format!(
+            "tp_btf/tcp_retransmit_skb failed ({btf_err}); tracepoint tcp/tcp_retransmit_skb failed ({classic})"
+        )),
+    }
+}
+
 /// Adds a clsact qdisc; whether we created it (false when one was there).
 fn add_clsact(ifindex: u32, name: &str) -> Result<bool, LoadError> {
     match aya::programs::tc::qdisc_add_clsact(ifindex) {
@@ -909,4 +1064,75 @@ pub fn current_netns() -> u32 {
     std::fs::metadata("/proc/thread-self/ns/net")
         .map(|m| u32::try_from(m.ino()).unwrap_or(0))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `events/tcp/tcp_retransmit_skb/format` on Linux 6.18 (abridged).
+    const FORMAT: &str = "name: tcp_retransmit_skb
+ID: 2281
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:34;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:38;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:42;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:58;\tsize:16;\tsigned:0;
+\tfield:int err;\toffset:76;\tsize:4;\tsigned:1;
+";
+
+    /// The classic-tracepoint fallback is never attached on a kernel where `tp_btf` works: loading it
+    /// here keeps it verifiable (no attachment, nothing leaves the process).
+    #[test]
+    #[ignore = "needs root: loads eBPF programs (sudo ./x test runs it)"]
+    fn the_retransmission_fallback_program_passes_the_verifier() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "run as root (sudo ./x test)"
+        );
+        let btf = Btf::vmlinux().expect("kernel BTF");
+        let (offsets, _) = sock_offsets(&btf);
+        assert_ne!(offsets.retransmits, OFFSET_UNKNOWN);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(global::SOCK_OFFSETS, &offsets, true)
+            .load(OBJECT)
+            .expect("the object loads");
+        for name in [
+            program::TCP_RETRANSMIT_TRACEPOINT,
+            program::KFREE_SKB_TRACEPOINT,
+        ] {
+            let p: &mut TracePoint = ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("{name} in the object"))
+                .try_into()
+                .expect("a tracepoint program");
+            p.load()
+                .unwrap_or_else(|e| panic!("{name} passes the verifier: {e:?}"));
+        }
+    }
+
+    #[test]
+    fn tracepoint_fields_are_found_by_their_exact_name() {
+        let at = |name| tracepoint_field(FORMAT, name);
+        assert_eq!(at("skaddr"), Some(16));
+        assert_eq!(at("skbaddr"), Some(8));
+        assert_eq!(at("state"), Some(24));
+        assert_eq!(at("sport"), Some(28));
+        assert_eq!(at("dport"), Some(30));
+        assert_eq!(at("family"), Some(32));
+        // An array's name, not a longer name ending like it.
+        assert_eq!(at("saddr"), Some(34));
+        assert_eq!(at("daddr"), Some(38));
+        assert_eq!(at("saddr_v6"), Some(42));
+        assert_eq!(at("daddr_v6"), Some(58));
+        assert_eq!(at("addr"), None);
+        assert_eq!(at("reason"), None);
+    }
 }

@@ -8,6 +8,7 @@
 //!                                                  ├─ by_namespace: each pod end's namespace → ids
 //!                                                  └─ by_policy:    policy id that allowed it → ids
 //!  Kind::Closed / Reset / Dropped ──▶ remove / interrupted
+//!  Kind::RetransmitTimeout ──▶ LiveTable::retransmitted (the end's stall) ──▶ interrupted at N RTOs
 //!  inventory change feed ──▶ ids an index names ──▶ re-evaluated (the pipeline)
 //! ```
 //!
@@ -24,7 +25,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::export::record::{Directions, Endpoint, PolicyRef, ServiceRef};
+use crate::export::record::{
+    ChannelSide, Directions, Endpoint, PolicyRef, RetransmitsSeen, ServiceRef,
+};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
@@ -101,6 +104,57 @@ pub struct LiveChannel {
     pub stale: Option<Stale>,
     /// Whether this node counts the channel in the metrics (the client's node).
     pub counted: bool,
+    /// The current stall of each end's socket (`[client, server]`): consecutive retransmission timeouts
+    /// reported by the kernel, none while its packets are acknowledged.
+    pub stalls: [Option<Stall>; 2],
+}
+
+/// Consecutive retransmission timeouts of one end's socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stall {
+    /// The kernel's consecutive-RTO count at the last report.
+    pub rtos: u16,
+    /// When the first RTO of this stall was reported.
+    pub since: SystemTime,
+    /// When the last one was.
+    pub last: SystemTime,
+}
+
+/// Linux's largest retransmission timeout (`TCP_RTO_MAX`): a stall still in progress reports another RTO
+/// within this long, so a stall whose last report is older has ended (an ACK made progress; the kernel
+/// reports no progress, only the next stall).
+pub const RTO_MAX: Duration = Duration::from_secs(120);
+
+impl Stall {
+    /// Whether the stall may still be in progress at `at`.
+    fn current(&self, at: SystemTime) -> bool {
+        at.duration_since(self.last).unwrap_or_default() <= RTO_MAX
+    }
+}
+
+/// Index of an end in [`LiveChannel::stalls`].
+fn stall_index(side: ChannelSide) -> usize {
+    match side {
+        ChannelSide::Client => 0,
+        ChannelSide::Server => 1,
+    }
+}
+
+impl LiveChannel {
+    /// The evidence of the longest stall still in progress at `at`, if any end is stalled.
+    pub fn retransmits(&self, at: SystemTime) -> Option<RetransmitsSeen> {
+        [ChannelSide::Client, ChannelSide::Server]
+            .into_iter()
+            .filter_map(|side| {
+                let stall = self.stalls[stall_index(side)].filter(|s| s.current(at));
+                stall.map(|s| RetransmitsSeen {
+                    rtos: s.rtos,
+                    since: s.since,
+                    side,
+                })
+            })
+            .max_by_key(|r| r.rtos)
+    }
 }
 
 impl LiveChannel {
@@ -306,6 +360,33 @@ impl LiveTable {
         }
     }
 
+    /// One end's socket reported `rtos` consecutive retransmission timeouts at `at` (kernel time `now_ns`):
+    /// its stall, started now when the count did not rise or the last report is older than [`RTO_MAX`]
+    /// (the previous stall ended with an ACK that made progress, and this is a new one). Returns the
+    /// stall's evidence; `None` for an unknown channel.
+    pub fn retransmitted(
+        &mut self,
+        id: u64,
+        side: ChannelSide,
+        rtos: u16,
+        at: SystemTime,
+        now_ns: u64,
+    ) -> Option<RetransmitsSeen> {
+        let ch = self.channels.get_mut(&id)?;
+        ch.last_ns = ch.last_ns.max(now_ns);
+        let slot = &mut ch.stalls[stall_index(side)];
+        let since = match *slot {
+            Some(s) if rtos > s.rtos && s.current(at) => s.since,
+            _ => at,
+        };
+        *slot = Some(Stall {
+            rtos,
+            since,
+            last: at,
+        });
+        Some(RetransmitsSeen { rtos, since, side })
+    }
+
     /// Forgets channels with no event for `idle`, oldest first (an old channel with a recent event stops
     /// the walk: it is looked at again later).
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<(LiveChannel, Gone)>) {
@@ -426,6 +507,7 @@ mod tests {
             verdict: Verdict::Allowed,
             stale: None,
             counted: true,
+            stalls: [None; 2],
         }
     }
 
@@ -495,6 +577,44 @@ mod tests {
         t.set_state(id, Verdict::Denied, None);
         assert_eq!(t.stale_len(), 0);
         assert_eq!(t.get(id).expect("live").verdict, Verdict::Denied);
+    }
+
+    #[test]
+    fn a_stall_runs_while_the_count_rises_and_ends_after_the_largest_rto() {
+        let mut t = table(4);
+        let (id, _) = t.insert(channel(40000, 0));
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let server = ChannelSide::Server;
+        assert_eq!(
+            t.retransmitted(id, server, 1, at(10), 1).map(|r| r.since),
+            Some(at(10))
+        );
+        let r = t.retransmitted(id, server, 2, at(11), 2).expect("live");
+        assert_eq!((r.rtos, r.since, r.side), (2, at(10), server));
+        // The client's own stall is separate; the longest is the channel's.
+        t.retransmitted(id, ChannelSide::Client, 1, at(11), 3);
+        let ch = t.get(id).expect("live");
+        assert_eq!(ch.retransmits(at(12)).map(|r| r.side), Some(server));
+        assert_eq!(ch.last_ns, 3, "a report is activity");
+        // No report for longer than the largest RTO: that stall ended.
+        let later = at(11) + RTO_MAX + Duration::from_secs(1);
+        assert_eq!(ch.retransmits(later), None);
+        // A count that did not rise, or rose after the stall ended (reports lost): a new stall.
+        let r = t.retransmitted(id, server, 1, at(40), 4).expect("live");
+        assert_eq!(r.since, at(40));
+        let much_later = at(40) + RTO_MAX + Duration::from_secs(1);
+        let r = t.retransmitted(id, server, 3, much_later, 5).expect("live");
+        assert_eq!(r.since, much_later);
+        // Within the largest RTO, a rising count is the same stall.
+        let r = t
+            .retransmitted(id, server, 4, much_later + RTO_MAX, 6)
+            .expect("live");
+        assert_eq!(r.since, much_later);
+        assert_eq!(
+            t.retransmitted(9, server, 1, at(1), 1),
+            None,
+            "unknown channel"
+        );
     }
 
     #[test]

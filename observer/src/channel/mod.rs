@@ -372,6 +372,11 @@ impl Tracker {
 
     /// Takes in one kernel event; conclusions go to `out`.
     pub fn on_event(&mut self, ev: &KernelEvent, out: &mut Vec<Outcome>) {
+        // A socket's retransmission timeouts are about live channels (the pipeline's), never an attempt:
+        // not even a Service join may come of them.
+        if ev.kind == Kind::RetransmitTimeout {
+            return;
+        }
         let key = self.resolve(Key {
             client: ev.client,
             server: ev.server,
@@ -474,7 +479,7 @@ impl Tracker {
                     }
                 }
             }
-            Kind::Reset | Kind::Closed => {}
+            Kind::Reset | Kind::Closed | Kind::RetransmitTimeout => {}
         }
     }
 

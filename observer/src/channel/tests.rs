@@ -504,3 +504,35 @@ fn join_entries_are_forgotten_with_their_channel() {
     );
     assert_eq!(blocked(&out)[0].service, None);
 }
+
+#[test]
+fn retransmission_timeouts_are_no_attempt_of_the_trackers() {
+    let rto = |at_ms| KernelEvent {
+        interface: None,
+        ifindex: 0,
+        origin: Side::Server,
+        tcp_flags: 0,
+        syn_count: 3,
+        ..ev(Kind::RetransmitTimeout, at_ms, "lxca", HookPoint::Socket)
+    };
+    // Alone: nothing opens.
+    let mut t = Tracker::new(Config::default());
+    assert!(run(&mut t, &[rto(0)], 10_000).is_empty());
+    // Beside an answered attempt: it stays established, counted once.
+    let mut t = Tracker::new(Config::default());
+    let out = run(
+        &mut t,
+        &[
+            syn(0, "lxca", HookPoint::Ingress),
+            rto(0),
+            ev(Kind::Established, 1, "lxca", HookPoint::Egress),
+            rto(2),
+        ],
+        10_000,
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        matches!(out[0], Outcome::Established { attempts: 1, .. }),
+        "{out:?}"
+    );
+}

@@ -87,6 +87,12 @@ pub struct RunArgs {
     /// A live channel with no event (FIN, reset, drop) for this long is forgotten.
     #[arg(long, env = "OBSERVER_LIVE_IDLE", value_parser = humantime::parse_duration, default_value = "24h")]
     pub live_idle: Duration,
+    /// A live channel whose sender reaches this many consecutive retransmission timeouts (with no FIN,
+    /// reset or drop seen) ends as `interrupted`: its packets vanish where this node's kernel cannot see
+    /// (docs/CONTRACT.md, "Interrupted by retransmission timeouts"). Fewer, then an ACK that makes
+    /// progress, keep it live.
+    #[arg(long, env = "OBSERVER_CUT_AFTER_RTOS", default_value_t = crate::pipeline::DEFAULT_CUT_AFTER_RTOS, value_parser = clap::value_parser!(u16).range(1..))]
+    pub cut_after_rtos: u16,
     /// Write Kubernetes Events (events.k8s.io/v1) on the pods whose side denied a channel
     /// (`NetworkPolicyDenied`), and for unenforced, stale-allowed and interrupted channels; correlated and
     /// rate-limited like client-go's (docs/CONTRACT.md, "Kubernetes Events"). Needs the Kubernetes API.
@@ -178,6 +184,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     events.load_symbols();
     tracing::info!(
         drop_program = datapath.drop_program(),
+        retransmit_program = datapath.retransmit_program().unwrap_or("none (see the warning above)"),
         drop_reasons = datapath.reasons().len(),
         ports = ?if args.all_ports { None } else { Some(&args.ports) },
         interfaces = ?interfaces,
@@ -294,6 +301,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.node_name.clone(),
     )
     .with_live(live, args.log_established)
+    .with_cut_after_rtos(args.cut_after_rtos)
     .with_usage(usage.clone());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -434,7 +442,13 @@ pub fn print_event(out: &mut impl std::io::Write, ev: &KernelEvent) -> std::io::
     if let Some((t, c)) = ev.icmp {
         write!(out, " icmp={t}/{c}")?;
     }
-    if ev.syn_count > 1 {
+    if ev.kind == crate::bpf::Kind::RetransmitTimeout {
+        write!(
+            out,
+            " rtos={} by={:?} netns={}",
+            ev.syn_count, ev.origin, ev.netns
+        )?;
+    } else if ev.syn_count > 1 {
         write!(out, " syns={}", ev.syn_count)?;
     }
     writeln!(out)

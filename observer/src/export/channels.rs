@@ -176,6 +176,7 @@ mod tests {
                 verdict: Verdict::Allowed,
                 stale: None,
                 counted: true,
+                stalls: [None; 2],
             });
         }
         let id = t.ids().next().expect("one");

@@ -153,7 +153,8 @@ pub struct Observation {
     pub time: SystemTime,
 }
 
-/// The Events a record becomes: none, or one per pod whose side it concerns.
+/// The Events a record becomes on this node: none, or one per pod whose side it concerns that this node
+/// reports ([`written_here`]).
 #[must_use]
 pub fn observations(record: &Record) -> Vec<Observation> {
     let Some(reason) = reason_of(record) else {
@@ -172,7 +173,7 @@ pub fn observations(record: &Record) -> Vec<Observation> {
         (on_dst, &record.dst, &record.src, true),
     ] {
         let Some(pod) = pod_of(me) else { continue };
-        if !here {
+        if !here || !written_here(record, me) {
             continue;
         }
         out.push(Observation {
@@ -185,6 +186,29 @@ pub fn observations(record: &Record) -> Vec<Observation> {
         });
     }
     out
+}
+
+/// Whether this node writes the Event about `about` (one end of `record`): a channel between pods on two
+/// nodes is seen, and recorded, by the observers of both, and must still be one Event.
+///
+/// - `interrupted`: the node of the pod the Event is about. A cut is evidence only the node that saw it
+///   has (a drop on the server's node, a retransmission timeout on one end), and a pod's own node sees
+///   every packet of its channels.
+/// - Every other kind: the client's node, which counts the channel in the metrics (its attempt always
+///   leaves there; both nodes judge it against the same inventory, so both records name the same
+///   policies).
+///
+/// An end whose node is not known (outside the cluster, a pod not yet scheduled) and a daemon without a
+/// node name write the Events of what they saw. A pod on a node without an observer gets only the Events
+/// the client's node writes.
+#[must_use]
+pub fn written_here(record: &Record, about: &Endpoint) -> bool {
+    let writer = if record.kind.as_str() == "interrupted" {
+        about
+    } else {
+        &record.src
+    };
+    record.node.is_empty() || writer.node.as_deref().is_none_or(|n| n == record.node)
 }
 
 /// The Event reason of a record, if it becomes one: `blocked` only when policies are named.
@@ -359,12 +383,19 @@ pub struct Correlator {
     /// Pod UIDs (for `regarding.uid`, which `kubectl describe pod` selects on).
     uid: UidLookup,
     seq: u64,
+    /// Folded into Event names (see `name_for`).
+    instance_hash: u32,
 }
 
 impl Correlator {
     pub fn new(config: EventsConfig, uid: UidLookup, now: Instant) -> Self {
         let node = Bucket::full(config.node_burst, now);
+        // FNV-1a (32 bits): stable across runs and builds, unlike the std hasher.
+        let instance_hash = config.instance.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
         Self {
+            instance_hash,
             config,
             series: HashMap::new(),
             similar: HashMap::new(),
@@ -525,8 +556,9 @@ impl Correlator {
         self.series.get(&key).map(|s| s.count)
     }
 
-    /// `{pod}.{unix nanos in hex}`, as client-go names Events (plus a sequence against same-nanosecond
-    /// collisions).
+    /// `{pod}.{unix nanos in hex}`, as client-go names Events, plus a sequence against same-nanosecond
+    /// collisions and a hash of this node's name: the observers of two nodes name Events about one pod
+    /// at the same record time apart.
     fn name_for(&mut self, pod: &PodKey, at: SystemTime) -> String {
         self.seq += 1;
         let nanos = at
@@ -535,7 +567,7 @@ impl Correlator {
             .as_nanos();
         // A name is at most 253 characters: keep room for the suffix.
         let base: String = pod.name.chars().take(200).collect();
-        format!("{base}.{nanos:x}{:x}", self.seq)
+        format!("{base}.{nanos:x}{:x}{:08x}", self.seq, self.instance_hash)
     }
 
     fn event(&self, name: &str, o: &Observation, note: &str) -> Event {

@@ -503,6 +503,9 @@ impl fmt::Display for Text<'_> {
             if e.established {
                 f.write_str(" established")?;
             }
+            if let Some(r) = e.retransmits {
+                write!(f, " rtos={} by={}", r.rtos, r.side.as_str())?;
+            }
             if let Some(n) = &e.other_node {
                 write!(f, " evidence_on={n}")?;
             }
@@ -860,6 +863,23 @@ mod tests {
             Text(&r)
         );
         assert!(Text(&r).to_string().contains(" established attempts=4"));
+        r.kind = RecordKind::Interrupted;
+        r.evidence = Some(Evidence {
+            established: true,
+            retransmits: Some(crate::export::record::RetransmitsSeen {
+                rtos: 3,
+                since: std::time::SystemTime::UNIX_EPOCH,
+                side: crate::export::record::ChannelSide::Server,
+            }),
+            ..Evidence::default()
+        });
+        assert!(
+            Text(&r)
+                .to_string()
+                .contains(" established rtos=3 by=server attempts=4"),
+            "{}",
+            Text(&r)
+        );
     }
 
     #[test]

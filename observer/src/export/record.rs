@@ -284,12 +284,19 @@ pub struct Evidence {
     /// and nothing came back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other_node: Option<Arc<str>>,
+    /// Consecutive retransmission timeouts of an established channel's socket (`interrupted` records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<RetransmitsSeen>,
 }
 
 impl Evidence {
     /// Nothing answered and nothing was dropped or rejected here.
     pub fn is_silence(&self) -> bool {
-        self.drop.is_none() && self.reset.is_none() && self.icmp.is_none() && !self.established
+        self.drop.is_none()
+            && self.reset.is_none()
+            && self.icmp.is_none()
+            && !self.established
+            && self.retransmits.is_none()
     }
 }
 
@@ -303,6 +310,35 @@ pub struct DropSeen {
     /// The interface, when the drop happened in this node's network namespace; null for a drop seen in
     /// another network namespace of the machine.
     pub interface: Option<Arc<str>>,
+}
+
+/// Retransmission timeouts of an established channel: its packets went unacknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetransmitsSeen {
+    /// Consecutive RTOs of the retransmitting socket (the kernel's `icsk_retransmits`).
+    pub rtos: u16,
+    /// When the first RTO of this stall was seen, RFC 3339.
+    #[serde(with = "rfc3339")]
+    pub since: SystemTime,
+    /// The end whose socket retransmitted.
+    pub side: ChannelSide,
+}
+
+/// One end of a channel, by role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelSide {
+    Client,
+    Server,
+}
+
+impl ChannelSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
 }
 
 /// A reset before any SYN-ACK.

@@ -75,6 +75,11 @@ pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 pub const DROPS_SEEN_MAX_ENTRIES: u32 = 16_384;
 /// Size of the ring buffer in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Events are submitted without waking the reader (`BPF_RB_NO_WAKEUP`): user space finds them at its
+/// next poll (every few milliseconds, `observer::bpf::events::POLL`). The event whose record makes the
+/// waiting data cross a multiple of this many bytes wakes it (`BPF_RB_FORCE_WAKEUP`), so a burst is
+/// read before the ring fills. A SYN's event then costs no interrupt and no thread wakeup.
+pub const EVENTS_WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 8;
 /// Entries of `IGNORED_REASONS` (drop reasons above this are never ignored).
 pub const MAX_DROP_REASONS: u32 = 1024;
 /// Bytes of the watched-port bitmap (one bit per TCP port).
@@ -276,6 +281,43 @@ pub struct Bucket {
 }
 const _: () = assert!(size_of::<Bucket>() == 16);
 
+impl Bucket {
+    /// Refills the bucket for the time since its last use and takes one event's token if there is
+    /// one: whether the event may go up. The kernel programs' `admit` (and the benchmark's floor of it)
+    /// run exactly this.
+    #[inline(always)]
+    pub fn take(&mut self, now: u64, cfg: RateConfig) -> bool {
+        let cap = u64::from(cfg.burst) * 1000;
+        let elapsed = now.wrapping_sub(self.last_ns);
+        // per_second events per 10^9 ns = per_second thousandths of an event per 10^6 ns.
+        let refill = if elapsed >= 1_000_000_000 {
+            cap
+        } else {
+            elapsed * u64::from(cfg.per_second) / 1_000_000
+        };
+        let tokens = self.milli_tokens.saturating_add(refill).min(cap);
+        self.last_ns = now;
+        if tokens >= 1000 {
+            self.milli_tokens = tokens - 1000;
+            true
+        } else {
+            self.milli_tokens = tokens;
+            false
+        }
+    }
+
+    /// The bucket slot a client address hashes to (`< BUCKET_SLOTS`).
+    #[inline(always)]
+    pub fn slot(client: &[u8; 16]) -> u32 {
+        let w =
+            |i: usize| u32::from_ne_bytes([client[i], client[i + 1], client[i + 2], client[i + 3]]);
+        let mut h = w(0) ^ w(4) ^ w(8) ^ w(12);
+        h ^= h >> 16;
+        h ^= h >> 8;
+        h % BUCKET_SLOTS
+    }
+}
+
 /// The new-flow token bucket's settings (a read-only global).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -434,4 +476,56 @@ mod user {
     unsafe impl aya::Pod for RtoKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RtoSeen {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RATE: RateConfig = RateConfig {
+        per_second: 1_000,
+        burst: 2,
+    };
+
+    #[test]
+    fn a_bucket_lets_its_burst_through_then_refuses() {
+        let mut b = Bucket::default();
+        // Long idle (t = 10 s since 0): refilled to the burst.
+        let t = 10_000_000_000;
+        assert!(b.take(t, RATE));
+        assert!(b.take(t, RATE));
+        assert!(!b.take(t, RATE), "the burst of 2 is spent");
+        assert_eq!(b.milli_tokens, 0);
+    }
+
+    #[test]
+    fn a_bucket_refills_at_its_rate() {
+        let mut b = Bucket::default();
+        let t = 10_000_000_000;
+        assert!(b.take(t, RATE) && b.take(t, RATE));
+        // 1,000 per second: one token per ms; half a ms is not enough.
+        assert!(!b.take(t + 500_000, RATE));
+        assert!(b.take(t + 1_000_000, RATE));
+        assert!(!b.take(t + 1_000_000, RATE));
+    }
+
+    #[test]
+    fn sources_spread_over_the_slots() {
+        let mut seen = [false; BUCKET_SLOTS as usize];
+        for i in 0..=255u8 {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[198, 18, 1, i]);
+            let s = Bucket::slot(&a);
+            assert!(s < BUCKET_SLOTS);
+            seen[s as usize] = true;
+        }
+        assert!(seen.iter().filter(|s| **s).count() > 200);
+    }
+
+    #[test]
+    fn the_wakeup_threshold_is_a_fraction_of_the_ring() {
+        assert!(EVENTS_WAKEUP_BYTES > 0 && EVENTS_WAKEUP_BYTES < u64::from(EVENTS_BYTES));
+        // Many events fit below it: wakeups stay rare.
+        assert!(EVENTS_WAKEUP_BYTES / (size_of::<Event>() as u64 + 8) >= 1_000);
+    }
 }

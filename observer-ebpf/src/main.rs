@@ -18,6 +18,9 @@
 //! it held back take no flow-table entry. Retransmitted SYNs of one attempt are counted in the entry and
 //! reported only while few, then at powers of two.
 //!
+//! Events are submitted without waking user space while the ring buffer holds little ([`wakeup`]): the
+//! reader polls it every few milliseconds, and is woken only once a burst fills an eighth of the ring.
+//!
 //! The programs never change a packet's fate: every TC path returns `TC_ACT_UNSPEC` (`TCX_NEXT`), so
 //! programs and qdisc filters behind ours run as if we were not there.
 #![no_std]
@@ -27,7 +30,10 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::{__sk_buff, BPF_F_NO_COMMON_LRU, TC_ACT_UNSPEC},
+    bindings::{
+        __sk_buff, BPF_F_NO_COMMON_LRU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        TC_ACT_UNSPEC,
+    },
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, classifier, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
@@ -35,10 +41,11 @@ use aya_ebpf::{
 };
 use observer_common::{
     BUCKET_SLOTS, Bucket, DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, DROPS_SEEN_MAX_ENTRIES,
-    DropKey, EVENTS_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6, FLOWS_MAX_ENTRIES, FlowKey,
-    FlowStats, Hook, LOST_EVENTS, LOST_SLOTS, MAX_DROP_REASONS, MAX_IPV6_EXT_HEADERS,
-    OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES, RTO_SEEN_MAX_ENTRIES, RateConfig, RtoKey, RtoSeen,
-    SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW, SkbOffsets, SockOffsets, flow_state, tcp_flags,
+    DropKey, EVENTS_BYTES, EVENTS_WAKEUP_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6,
+    FLOWS_MAX_ENTRIES, FlowKey, FlowStats, Hook, LOST_EVENTS, LOST_SLOTS, MAX_DROP_REASONS,
+    MAX_IPV6_EXT_HEADERS, OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES, RTO_SEEN_MAX_ENTRIES,
+    RateConfig, RtoKey, RtoSeen, SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW, SkbOffsets, SockOffsets,
+    flow_state, tcp_flags,
 };
 
 #[unsafe(no_mangle)]
@@ -316,15 +323,15 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
 
-    // The fast exit: nothing but two inlined array reads before it. The server owns the watched port.
+    // The fast exit, first: only SYN, FIN and RST change a flow's state, so data and pure ACKs (nearly
+    // every packet) leave after one flag test, watched or not, with no map operation at all.
+    if flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
+        return Ok(());
+    }
+    // Then the watched ports: two inlined reads of the bitmap. The server owns the watched port.
     let all_ports = CONFIG_ALL_PORTS.load() != 0;
     let dport_watched = all_ports || watched(dport);
     if !dport_watched && !watched(sport) {
-        return Ok(());
-    }
-    // Only SYN, FIN and RST change a flow's state: data and pure ACKs of a watched flow cost no map
-    // operation at all.
-    if flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
         return Ok(());
     }
 
@@ -441,30 +448,13 @@ fn admit(client: &[u8; 16], now: u64) -> bool {
     if cfg.per_second == 0 {
         return true;
     }
-    let w = |i: usize| u32::from_ne_bytes([client[i], client[i + 1], client[i + 2], client[i + 3]]);
-    let mut h = w(0) ^ w(4) ^ w(8) ^ w(12);
-    h ^= h >> 16;
-    h ^= h >> 8;
-    let Some(b) = BUCKETS.get_ptr_mut(h % BUCKET_SLOTS) else {
+    let Some(b) = BUCKETS.get_ptr_mut(Bucket::slot(client)) else {
         return true;
     };
     // SAFETY: a per-CPU array slot: no other writer on this CPU while the program runs.
-    let b = unsafe { &mut *b };
-    let cap = u64::from(cfg.burst) * 1000;
-    let elapsed = now.wrapping_sub(b.last_ns);
-    // per_second events per 10^9 ns = per_second thousandths of an event per 10^6 ns.
-    let refill = if elapsed >= 1_000_000_000 {
-        cap
-    } else {
-        elapsed * u64::from(cfg.per_second) / 1_000_000
-    };
-    let tokens = b.milli_tokens.saturating_add(refill).min(cap);
-    b.last_ns = now;
-    if tokens >= 1000 {
-        b.milli_tokens = tokens - 1000;
+    if unsafe { &mut *b }.take(now, cfg) {
         true
     } else {
-        b.milli_tokens = tokens;
         count(SUPPRESSED_EVENTS);
         false
     }
@@ -593,7 +583,7 @@ fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> 
             (*entry.as_mut_ptr()).icmp_type = icmp_type;
             (*entry.as_mut_ptr()).icmp_code = icmp_code;
         }
-        entry.submit(0);
+        entry.submit(wakeup());
     } else {
         count(LOST_EVENTS);
     }
@@ -621,11 +611,32 @@ fn emit(
             syn_count,
             now,
         );
-        entry.submit(0);
+        entry.submit(wakeup());
     } else {
         count(LOST_EVENTS);
     }
 }
+
+/// The submit flags of a reserved event: no wakeup while the ring holds little (user space polls it
+/// every few milliseconds), and one wakeup each time the data waiting crosses a multiple of
+/// [`EVENTS_WAKEUP_BYTES`] (this record included, as reserved). Not one per event above it: with the
+/// reader behind, a wakeup per event would raise an interrupt per event, which costs microseconds on a
+/// VM. With plain flags (0) the kernel would wake the reader for nearly every event (each one it had
+/// caught up with). Two CPUs crossing together may both miss the wakeup: the next poll reads it.
+#[inline(always)]
+fn wakeup() -> u64 {
+    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    if waiting / EVENTS_WAKEUP_BYTES
+        != waiting.saturating_sub(EVENT_RECORD_BYTES) / EVENTS_WAKEUP_BYTES
+    {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
+
+/// Bytes one event takes in the ring buffer: its 8-byte record header and the event, rounded up to 8.
+const EVENT_RECORD_BYTES: u64 = (8 + size_of::<Event>() as u64).next_multiple_of(8);
 
 #[expect(
     clippy::too_many_arguments,
@@ -846,7 +857,7 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
                 _pad: 0,
             });
         }
-        entry.submit(0);
+        entry.submit(wakeup());
     } else {
         count(LOST_EVENTS);
     }
@@ -1105,7 +1116,7 @@ fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
                 _pad: 0,
             });
         }
-        entry.submit(0);
+        entry.submit(wakeup());
     } else {
         count(LOST_EVENTS);
     }

@@ -283,8 +283,11 @@ fn per_packet() {
     })
     .expect("loading the datapath");
     let mut events = dp.events().expect("ring buffer");
+    // Two copies of the fixtures: the empty program (borrowed by the closure below) and the floors.
+    let mut fixtures_empty =
+        aya::Ebpf::load(observer_tests::FIXTURES_OBJECT).expect("loading fixtures");
     let mut fixtures = aya::Ebpf::load(observer_tests::FIXTURES_OBJECT).expect("loading fixtures");
-    let empty: &mut aya::programs::SchedClassifier = fixtures
+    let empty: &mut aya::programs::SchedClassifier = fixtures_empty
         .program_mut("test_pass")
         .expect("test_pass")
         .try_into()
@@ -292,21 +295,7 @@ fn per_packet() {
     empty.load().expect("load test_pass");
 
     let run_empty = |packet: &[u8], repeat: u32| -> f64 {
-        use aya::programs::TestRun as _;
-        let p: &aya::programs::SchedClassifier = fixtures
-            .program("test_pass")
-            .expect("test_pass")
-            .try_into()
-            .expect("classifier");
-        p.test_run(aya::programs::TestRunOptions {
-            data_in: Some(packet),
-            repeat,
-            ..Default::default()
-        })
-        .expect("test run")
-        .duration
-        .as_secs_f64()
-            * 1e9
+        run_fixture(&fixtures_empty, "test_pass", packet, repeat)
     };
 
     let cases: [(&str, Vec<u8>, u32, f64); 3] = [
@@ -356,6 +345,7 @@ fn per_packet() {
     // a SYN with its event. With repeat = 1 every run is a new flow, but the per-call timing and cold
     // caches then dominate both sides: printed as well, without a target.
     let repeat = u32::from(observer_common::SYN_REPORT_ALL_BELOW) - 1;
+    let mut batch = 0u32;
     for (name, repeat, target) in [
         (
             "watched SYN + its event (new flow, retransmissions)",
@@ -368,48 +358,168 @@ fn per_packet() {
             f64::NAN,
         ),
     ] {
-        const FLOWS: u32 = 3_000;
         let suppressed_before = dp.suppressed_events();
         let lost_before = dp.lost_events();
-        let mut ours = Vec::new();
-        let mut base = Vec::new();
         let mut sent_up = 0usize;
-        for round in 0..ROUNDS as u32 {
-            let mut o = 0.0;
-            let mut b = 0.0;
-            for i in 0..FLOWS {
-                let n = (repeat * 100 + round) * FLOWS + i;
-                // A distinct (address, port) per flow: 2^17 addresses in 198.18.0.0/15, then the port.
-                let packet = frame_from(
-                    [198, 18 + ((n >> 16) & 1) as u8, (n >> 8) as u8, n as u8],
-                    1024 + (n >> 17) as u16,
-                    WATCHED,
-                    0x02,
-                    n,
-                    0,
-                );
-                b += run_empty(&packet, repeat);
-                o += dp
-                    .test_run(observer_common::program::TC_INGRESS, &packet, repeat)
+        let (b, o) = per_call(
+            batch,
+            repeat,
+            &run_empty,
+            &mut |packet, repeat| {
+                dp.test_run(observer_common::program::TC_INGRESS, packet, repeat)
                     .expect("test run")
                     .as_secs_f64()
-                    * 1e9;
-                if i % 500 == 499 {
-                    sent_up += events.drain();
-                }
-            }
-            sent_up += events.drain();
-            base.push(b / f64::from(FLOWS));
-            ours.push(o / f64::from(FLOWS));
-        }
-        report(name, median(base), median(ours), target);
+                    * 1e9
+            },
+            &mut || sent_up += events.drain(),
+        );
+        batch += 1;
+        report(name, b, o, target);
         println!(
             "    {} runs: {sent_up} events sent up (BPF_PROG_TEST_RUN frees its packet through kfree_skb, so each call adds a drop event too), {} suppressed, {} lost",
-            FLOWS * ROUNDS as u32 * repeat,
+            FLOWS_PER_ROUND * ROUNDS as u32 * repeat,
             dp.suppressed_events() - suppressed_before,
             dp.lost_events() - lost_before
         );
     }
+
+    // The floors: one kernel operation each (tests/fixtures-ebpf `floor_*`, the daemon's map kinds and
+    // types), run exactly like the SYN row above, each over the empty program in the same run.
+    let mut floor_ring =
+        aya::maps::RingBuf::try_from(fixtures.take_map("FLOOR_EVENTS").expect("FLOOR_EVENTS"))
+            .expect("ring buffer");
+    for name in [
+        "floor_clock",
+        "floor_ringbuf",
+        "floor_ringbuf_no_wakeup",
+        "floor_flow",
+        "floor_admit",
+    ] {
+        let p: &mut aya::programs::SchedClassifier = fixtures
+            .program_mut(name)
+            .expect("floor program")
+            .try_into()
+            .expect("classifier");
+        p.load().expect("load floor program");
+    }
+    println!(
+        "  floors of the SYN + its event row (fixture programs, {FLOWS_PER_ROUND} new flows × {repeat} runs per round; ns over the empty program):"
+    );
+    let flow_batch = batch + 3;
+    for (name, what, flows) in [
+        ("floor_clock", "bpf_ktime_get_ns", batch),
+        (
+            "floor_ringbuf",
+            "ring buffer: reserve an Event, write, submit",
+            batch + 1,
+        ),
+        (
+            "floor_ringbuf_no_wakeup",
+            "the same, submit with BPF_RB_NO_WAKEUP",
+            batch + 2,
+        ),
+        (
+            "floor_flow",
+            "flow table: lookup, insert if new",
+            flow_batch,
+        ),
+        // The same flows again: every run finds its entry (the first one per call from a cold cache).
+        (
+            "floor_flow",
+            "flow table: the same flows again (lookups only)",
+            flow_batch,
+        ),
+        (
+            "floor_admit",
+            "token bucket: per-CPU slot, clock, refill",
+            batch + 4,
+        ),
+    ] {
+        let mut drained = 0usize;
+        let (b, o) = per_call(
+            flows,
+            repeat,
+            &run_empty,
+            &mut |packet, repeat| run_fixture(&fixtures, name, packet, repeat),
+            &mut || {
+                while floor_ring.next().is_some() {
+                    drained += 1;
+                }
+            },
+        );
+        println!(
+            "    {what:<48} empty {b:6.1} ns  floor {o:6.1} ns  = empty + {:5.1} ns ({:4.2}×){}",
+            o - b,
+            o / b,
+            if drained > 0 {
+                format!(", {drained} records")
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+/// New flows per round of the per-call rows (distinct client address and port each).
+const FLOWS_PER_ROUND: u32 = 3_000;
+
+/// The per-call methodology of the SYN rows: per round, [`FLOWS_PER_ROUND`] new flows' SYNs, each run
+/// `repeat` times in one call by the empty program and by `ours`, alternating; `drain` every 500 calls
+/// (the ring buffer's reader). Returns the medians over rounds of the mean ns per run (empty, ours).
+/// `batch` keeps flows of different rows apart.
+fn per_call(
+    batch: u32,
+    repeat: u32,
+    run_empty: &dyn Fn(&[u8], u32) -> f64,
+    ours: &mut dyn FnMut(&[u8], u32) -> f64,
+    drain: &mut dyn FnMut(),
+) -> (f64, f64) {
+    let mut o_rounds = Vec::new();
+    let mut b_rounds = Vec::new();
+    for round in 0..ROUNDS as u32 {
+        let mut o = 0.0;
+        let mut b = 0.0;
+        for i in 0..FLOWS_PER_ROUND {
+            let n = (batch * ROUNDS as u32 + round) * FLOWS_PER_ROUND + i;
+            // A distinct (address, port) per flow: 2^17 addresses in 198.18.0.0/15, then the port.
+            let packet = frame_from(
+                [198, 18 + ((n >> 16) & 1) as u8, (n >> 8) as u8, n as u8],
+                1024 + (n >> 17) as u16,
+                WATCHED,
+                0x02,
+                n,
+                0,
+            );
+            b += run_empty(&packet, repeat);
+            o += ours(&packet, repeat);
+            if i % 500 == 499 {
+                drain();
+            }
+        }
+        drain();
+        b_rounds.push(b / f64::from(FLOWS_PER_ROUND));
+        o_rounds.push(o / f64::from(FLOWS_PER_ROUND));
+    }
+    (median(b_rounds), median(o_rounds))
+}
+
+/// Runs a loaded fixture program with BPF_PROG_TEST_RUN; ns per run.
+fn run_fixture(fixtures: &aya::Ebpf, name: &str, packet: &[u8], repeat: u32) -> f64 {
+    use aya::programs::TestRun as _;
+    let p: &aya::programs::SchedClassifier = fixtures
+        .program(name)
+        .expect("fixture program")
+        .try_into()
+        .expect("classifier");
+    p.test_run(aya::programs::TestRunOptions {
+        data_in: Some(packet),
+        repeat,
+        ..Default::default()
+    })
+    .expect("test run")
+    .duration
+    .as_secs_f64()
+        * 1e9
 }
 
 fn report(name: &str, b: f64, o: f64, target: f64) {
@@ -458,10 +568,120 @@ fn iperf(client: &Netns, server: &str, port: u16, secs: u32, extra: &[&str]) -> 
         .expect("bits_per_second")
 }
 
+/// What one throughput variant switches on and off between the runs of a pair (issue 13: which part of
+/// the observer costs throughput). `OBSERVER_THROUGHPUT=tc,drop,daemon,full,legacy` selects (default:
+/// all, in that order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// Our TC programs on both veths (TCX), no tracing program (drop, retransmission), nothing reading
+    /// the ring buffer.
+    Tc,
+    /// The `kfree_skb` drop program alone (no TC program, nothing reading).
+    Drop,
+    /// `observer run` attached to an idle pod's veth only: its drop program, ring-buffer reader, timers,
+    /// link follower and HTTP listeners run; no TC program on the measured path.
+    Daemon,
+    /// `observer run` attached to every lab veth: everything (the product as deployed).
+    Full,
+    /// The row measured before: TC programs switched, the drop program attached in both runs of a pair.
+    Legacy,
+}
+
+impl Variant {
+    const ALL: [Self; 5] = [Self::Tc, Self::Drop, Self::Daemon, Self::Full, Self::Legacy];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tc => "tc",
+            Self::Drop => "drop",
+            Self::Daemon => "daemon",
+            Self::Full => "full",
+            Self::Legacy => "legacy",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Tc => {
+                "TC programs on both veths only (no tracing program: drop, retransmission; no reader)"
+            }
+            Self::Drop => "kfree_skb drop program only (no TC program, no reader)",
+            Self::Daemon => {
+                "observer run attached to an idle veth only (drop program, reader, timers; no TC program on the path)"
+            }
+            Self::Full => "observer run attached to every lab veth (everything)",
+            Self::Legacy => {
+                "TC programs switched, drop program attached in both runs (the row before)"
+            }
+        }
+    }
+
+    fn selected() -> Vec<Self> {
+        match std::env::var("OBSERVER_THROUGHPUT") {
+            Ok(list) if !list.trim().is_empty() => list
+                .split(',')
+                .map(|n| {
+                    *Self::ALL
+                        .iter()
+                        .find(|v| v.name() == n.trim())
+                        .unwrap_or_else(|| {
+                            panic!("OBSERVER_THROUGHPUT: unknown variant {n:?} (tc, drop, daemon, full, legacy)")
+                        })
+                })
+                .collect(),
+            _ => Self::ALL.to_vec(),
+        }
+    }
+}
+
+/// Commands to the thread holding an in-process datapath in the lab's node namespace.
+enum Cmd {
+    /// Load the programs (the drop program attached or not); nothing on the interfaces yet.
+    Load {
+        drop: bool,
+    },
+    Unload,
+    /// Attach (true) or detach the TC programs on the two measured veths.
+    Tc(bool),
+}
+
+/// Context switches (voluntary and not) of every thread of a process so far: how often it woke.
+fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// The machine's load averages, printed next to every figure (the machine is shared).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
 fn throughput() {
+    use observer_tests::{
+        daemon::{Daemon, ManifestDir, Options, namespace_yaml, pod_yaml},
+        storm::cpu_time,
+    };
+    let variants = Variant::selected();
     let mut lab = Lab::new();
     lab.add_pod("a", "lxca");
     lab.add_pod("b", "lxcb");
+    // An idle pod: where the `daemon` variant attaches, so that the daemon is ready with no program on
+    // the measured path.
+    lab.add_pod("z", "lxcz");
     let server_ip = lab.pod(1).v4.to_string();
     let mut server = Command::new("ip")
         .args([
@@ -477,22 +697,25 @@ fn throughput() {
         .spawn()
         .expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(500));
+    let manifests = ManifestDir::new(&lab);
+    manifests.write(
+        "cluster.yaml",
+        &[
+            namespace_yaml("x", &[]),
+            pod_yaml(lab.pod(0), "x", "a", &[("app", "a")], &[]),
+            pod_yaml(lab.pod(1), "x", "b", &[("app", "b")], &[("grpc", WATCHED)]),
+            pod_yaml(lab.pod(2), "x", "z", &[("app", "z")], &[]),
+        ]
+        .concat(),
+    );
+    let daemon_bin = std::env::var("OBSERVER_BIN").ok();
 
-    // The datapath lives on a thread inside the node namespace; attach/detach on command.
-    let (tx, rx) = std::sync::mpsc::channel::<bool>();
+    // The in-process datapath lives on a thread inside the node namespace; it does what it is told.
+    let (tx, rx) = std::sync::mpsc::channel::<Cmd>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let node_path = format!("/run/netns/{}", lab.node.name);
     let worker = std::thread::spawn(move || {
         enter(&node_path);
-        let mut dp = Datapath::load(&DatapathConfig {
-            interfaces: vec!["lxc*".into()],
-            ports: vec![WATCHED],
-            all_ports: false,
-            attach_mode: AttachMode::Auto,
-            drop_repeat: Duration::from_secs(10),
-            ..DatapathConfig::default()
-        })
-        .expect("loading the datapath");
         let ifs: Vec<(u32, String)> = ["lxca", "lxcb"]
             .iter()
             .map(|n| {
@@ -500,18 +723,50 @@ fn throughput() {
                 (i, (*n).to_owned())
             })
             .collect();
-        while let Ok(attach) = rx.recv() {
-            for (i, n) in &ifs {
-                if attach {
-                    dp.attach(*i, n).expect("attach");
-                } else {
-                    dp.detach(*i);
+        let mut dp: Option<Datapath> = None;
+        while let Ok(cmd) = rx.recv() {
+            match cmd {
+                Cmd::Load { drop } => {
+                    let mut d = Datapath::load(&DatapathConfig {
+                        interfaces: vec!["lxc*".into()],
+                        ports: vec![WATCHED],
+                        all_ports: false,
+                        attach_mode: AttachMode::Auto,
+                        drop_repeat: Duration::from_secs(10),
+                        ..DatapathConfig::default()
+                    })
+                    .expect("loading the datapath");
+                    if !drop {
+                        d.detach_tracing_programs();
+                    }
+                    dp = Some(d);
+                }
+                Cmd::Unload => {
+                    if let Some(d) = dp.take() {
+                        d.shutdown();
+                    }
+                }
+                Cmd::Tc(attach) => {
+                    let d = dp.as_mut().expect("loaded before attaching");
+                    for (i, n) in &ifs {
+                        if attach {
+                            d.attach(*i, n).expect("attach");
+                        } else {
+                            d.detach(*i);
+                        }
+                    }
                 }
             }
             let _ = done_tx.send(());
         }
-        dp.shutdown();
+        if let Some(d) = dp {
+            d.shutdown();
+        }
     });
+    let command = |cmd: Cmd| {
+        tx.send(cmd).expect("worker alive");
+        done_rx.recv().expect("worker answered");
+    };
 
     // Offloads on, offloads off (segmentation and receive offloads of every lab veth end, inside the
     // lab's namespaces), and small packets (MSS 88, offloads off: one packet per 88 bytes of data).
@@ -527,7 +782,7 @@ fn throughput() {
         }
     };
     let secs = 2;
-    let variants: [(&str, bool, &[&str]); 3] = [
+    let rows: [(&str, bool, &[&str]); 3] = [
         ("TCP, offloads on", true, &[]),
         ("TCP, offloads off", false, &[]),
         (
@@ -537,50 +792,120 @@ fn throughput() {
         ),
     ];
     println!(
-        "iperf3 TCP to a watched port through the lab, {secs} s per run, {ROUNDS_THROUGHPUT} pairs of runs with and without the observer (TCX on both veths)"
+        "iperf3 TCP to a watched port through the lab, {secs} s per run, {ROUNDS_THROUGHPUT} pairs of runs with and without (order alternating); load average {}",
+        load_average()
     );
-    for (name, on, extra) in variants {
-        offloads(on);
-        // Pairs of runs next to each other in time (the order alternating), so that each pair shares
-        // the machine's load; the figure is the median of the pairs' ratios.
-        let mut with = Vec::new();
-        let mut without = Vec::new();
-        let mut ratios = Vec::new();
-        for round in 0..ROUNDS_THROUGHPUT {
-            let mut pair = [0.0; 2];
-            for attach in [round % 2 == 0, round % 2 != 0] {
-                tx.send(attach).expect("worker alive");
-                done_rx.recv().expect("worker answered");
-                let bps = iperf(&lab.pod(0).ns, &server_ip, WATCHED, secs, extra);
-                pair[usize::from(!attach)] = bps;
-                if attach {
-                    with.push(bps)
-                } else {
-                    without.push(bps)
+    for variant in variants {
+        if matches!(variant, Variant::Daemon | Variant::Full) && daemon_bin.is_none() {
+            println!(
+                "  [{}] skipped: set OBSERVER_BIN to the observer binary",
+                variant.name()
+            );
+            continue;
+        }
+        println!("  [{}] {}", variant.name(), variant.describe());
+        match variant {
+            Variant::Tc => command(Cmd::Load { drop: false }),
+            Variant::Legacy => command(Cmd::Load { drop: true }),
+            _ => {}
+        }
+        let mut daemon: Option<Daemon> = None;
+        let daemon_pid = std::cell::Cell::new(None::<u32>);
+        let mut set = |with: bool| match variant {
+            Variant::Tc | Variant::Legacy => command(Cmd::Tc(with)),
+            Variant::Drop => command(if with {
+                Cmd::Load { drop: true }
+            } else {
+                Cmd::Unload
+            }),
+            Variant::Daemon | Variant::Full => {
+                // Stopped (and its programs detached) before the next run; started and ready before a
+                // run with it.
+                if let Some(d) = daemon.take() {
+                    daemon_pid.set(None);
+                    d.stop();
+                }
+                if with {
+                    let options = Options {
+                        interfaces: if variant == Variant::Full {
+                            "lxc*".to_owned()
+                        } else {
+                            "lxcz".to_owned()
+                        },
+                        ..Options::default()
+                    };
+                    let d = Daemon::start_on(&lab.node, &manifests.dir, &options, &[]);
+                    daemon_pid.set(Some(d.pid()));
+                    daemon = Some(d);
                 }
             }
-            ratios.push(pair[0] / pair[1]);
-        }
-        let (w, wo) = (median(with), median(without));
-        let ratio = median(ratios.clone());
-        let (lo, hi) = (
-            ratios.iter().copied().fold(f64::MAX, f64::min),
-            ratios.iter().copied().fold(0.0, f64::max),
-        );
-        let unit = if extra.is_empty() {
-            format!("{:.2} / {:.2} Gbit/s", w / 1e9, wo / 1e9)
-        } else {
-            // Data packets per second at 88 bytes of payload each.
-            format!(
-                "{:.0} / {:.0} kpps",
-                w / 8.0 / 88.0 / 1e3,
-                wo / 8.0 / 88.0 / 1e3
-            )
         };
-        println!(
-            "  {name:<38} with/without observer (medians): {unit}; median of paired ratios {ratio:.3}× (pairs {lo:.2}–{hi:.2})  target ≥ 0.97×: {}",
-            if ratio >= 0.97 { "met" } else { "MISSED" }
-        );
+        for (name, on, extra) in rows {
+            offloads(on);
+            // Pairs of runs next to each other in time (the order alternating), so that each pair
+            // shares the machine's load; the figure is the median of the pairs' ratios.
+            let mut with = Vec::new();
+            let mut without = Vec::new();
+            let mut ratios = Vec::new();
+            let load_before = load_average();
+            // The daemon's own CPU time and thread wakeups (context switches) during its runs.
+            let mut daemon_use = (Duration::ZERO, 0u64, Duration::ZERO);
+            for round in 0..ROUNDS_THROUGHPUT {
+                let mut pair = [0.0; 2];
+                for attach in [round % 2 == 0, round % 2 != 0] {
+                    set(attach);
+                    let pid = daemon_pid.get();
+                    let before = pid.map(|p| (cpu_time(p), switches(p), std::time::Instant::now()));
+                    let bps = iperf(&lab.pod(0).ns, &server_ip, WATCHED, secs, extra);
+                    if let (Some(p), Some((cpu, sw, at))) = (pid, before) {
+                        daemon_use.0 += cpu_time(p).saturating_sub(cpu);
+                        daemon_use.1 += switches(p).saturating_sub(sw);
+                        daemon_use.2 += at.elapsed();
+                    }
+                    pair[usize::from(!attach)] = bps;
+                    if attach {
+                        with.push(bps)
+                    } else {
+                        without.push(bps)
+                    }
+                }
+                ratios.push(pair[0] / pair[1]);
+            }
+            set(false);
+            let (w, wo) = (median(with), median(without));
+            let ratio = median(ratios.clone());
+            let (lo, hi) = (
+                ratios.iter().copied().fold(f64::MAX, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+            );
+            let unit = if extra.is_empty() {
+                format!("{:.2} / {:.2} Gbit/s", w / 1e9, wo / 1e9)
+            } else {
+                // Data packets per second at 88 bytes of payload each.
+                format!(
+                    "{:.0} / {:.0} kpps",
+                    w / 8.0 / 88.0 / 1e3,
+                    wo / 8.0 / 88.0 / 1e3
+                )
+            };
+            println!(
+                "    {name:<38} with/without (medians): {unit}; median of paired ratios {ratio:.3}× (pairs {lo:.2}–{hi:.2})  target ≥ 0.97×: {}  load {load_before} → {}",
+                if ratio >= 0.97 { "met" } else { "MISSED" },
+                load_average()
+            );
+            if !daemon_use.2.is_zero() {
+                let wall = daemon_use.2.as_secs_f64();
+                println!(
+                    "      the daemon during its runs: {:.1} ms CPU per second ({:.2} % of a core), {:.0} context switches per second",
+                    daemon_use.0.as_secs_f64() * 1e3 / wall,
+                    daemon_use.0.as_secs_f64() * 100.0 / wall,
+                    daemon_use.1 as f64 / wall
+                );
+            }
+        }
+        if matches!(variant, Variant::Tc | Variant::Legacy) {
+            command(Cmd::Unload);
+        }
     }
     drop(tx);
     let _ = worker.join();

@@ -174,6 +174,13 @@ impl Decoder {
         self
     }
 
+    /// Reads the kernel's symbols now rather than at the first drop (`/proc/kallsyms`: tens of
+    /// thousands of lines, parsed and sorted): the daemon pays it at startup, not in the middle of the
+    /// first incident, while it should be reading events.
+    pub fn load_symbols(&self) {
+        self.symbols.get_or_init(Symbols::kallsyms);
+    }
+
     fn call_site(&self, location: u64) -> Arc<str> {
         let name = || Arc::from(self.symbols.get_or_init(Symbols::kallsyms).name(location));
         match self.call_sites.lock() {
@@ -282,6 +289,11 @@ fn clock_offset_ns() -> i128 {
     ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC)
 }
 
+/// How often the reader looks at the ring buffer when the kernel has not woken it: events below the
+/// wakeup threshold wait at most this long (the drop-to-record budget is 50 ms at p99, and evidence
+/// settles for 10 ms anyway).
+pub const POLL: Duration = Duration::from_millis(5);
+
 /// Reads the `EVENTS` ring buffer asynchronously.
 pub struct EventReader {
     fd: AsyncFd<RingBuf<MapData>>,
@@ -302,24 +314,19 @@ impl EventReader {
     }
 
     /// Waits for events and appends every available one to `out` (at least one unless only malformed
-    /// records arrived).
+    /// records arrived). The kernel wakes the reader only once the ring holds
+    /// [`observer_common::EVENTS_WAKEUP_BYTES`]; below that, events are found by reading the ring on
+    /// entry and then every [`POLL`]. Cancel-safe: records are read and returned in one poll.
     pub async fn next_batch(&mut self, out: &mut Vec<KernelEvent>) -> std::io::Result<()> {
         loop {
-            let mut guard = self.fd.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            let before = out.len();
-            while let Some(item) = ring.next() {
-                match self.decoder.decode(&item) {
-                    Ok(ev) => out.push(ev),
-                    Err(err) => {
-                        self.malformed += 1;
-                        tracing::debug!(%err, "malformed kernel event");
-                    }
-                }
-            }
-            guard.clear_ready();
-            if out.len() > before {
+            if self.read_available(out) > 0 {
                 return Ok(());
+            }
+            match tokio::time::timeout(POLL, self.fd.readable_mut()).await {
+                // Cleared before the ring is read again: a record submitted after the read wakes us
+                // (if it crosses the threshold) rather than being lost to a stale readiness.
+                Ok(guard) => guard?.clear_ready(),
+                Err(_elapsed) => {}
             }
         }
     }
@@ -332,7 +339,10 @@ impl EventReader {
         while let Some(item) = ring.next() {
             match self.decoder.decode(&item) {
                 Ok(ev) => out.push(ev),
-                Err(_) => self.malformed += 1,
+                Err(err) => {
+                    self.malformed += 1;
+                    tracing::debug!(%err, "malformed kernel event");
+                }
             }
         }
         out.len() - before
@@ -346,6 +356,11 @@ impl EventReader {
             n += 1;
         }
         n
+    }
+
+    /// See [`Decoder::load_symbols`].
+    pub fn load_symbols(&self) {
+        self.decoder.load_symbols();
     }
 
     /// Records that could not be decoded so far.

@@ -381,6 +381,29 @@ impl Datapath {
         }
     }
 
+    /// Detaches and unloads the tracing programs (the drop program on `kfree_skb`, and the
+    /// retransmission program when attached): the TC programs then run alone. For the datapath
+    /// benchmark, which separates their costs; the daemon never calls it.
+    pub fn detach_tracing_programs(&mut self) {
+        let names = [
+            Some(self.drop_program),
+            self.retransmit_program.as_ref().ok().copied(),
+        ];
+        for name in names.into_iter().flatten() {
+            let Some(p) = self.ebpf.program_mut(name) else {
+                continue;
+            };
+            let unloaded = match p {
+                aya::programs::Program::BtfTracePoint(p) => p.unload(),
+                aya::programs::Program::TracePoint(p) => p.unload(),
+                _ => Ok(()),
+            };
+            if let Err(e) = unloaded {
+                tracing::warn!(program = name, error = %e, "detaching a tracing program");
+            }
+        }
+    }
+
     pub fn reasons(&self) -> &Arc<DropReasons> {
         &self.reasons
     }

@@ -181,6 +181,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut datapath = Datapath::load(&config)?;
     let mut events = datapath.events()?;
+    events.load_symbols();
     tracing::info!(
         drop_program = datapath.drop_program(),
         retransmit_program = datapath.retransmit_program().unwrap_or("none (see the warning above)"),

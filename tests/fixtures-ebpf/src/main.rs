@@ -9,15 +9,26 @@
 //!   with `bpf_redirect` (to the egress of `REDIRECT_IFINDEX`) or `bpf_redirect_peer` (into the network
 //!   namespace of `REDIRECT_IFINDEX`'s veth peer, skipping the host side as Cilium does); ARP and
 //!   neighbour discovery pass untouched. Configured per load through the globals below.
+//! - `floor_*`: the floors of a SYN with its event, one kernel operation each, with the daemon's own
+//!   types and map kinds (the datapath benchmark runs them like the SYN row and reports each over the
+//!   empty program): `floor_clock` (`bpf_ktime_get_ns`), `floor_ringbuf` (reserve an [`Event`], write
+//!   it, submit it; `floor_ringbuf_no_wakeup` submits with `BPF_RB_NO_WAKEUP`), `floor_flow` (the
+//!   flow-table lookup, and the insert of an entry when the packet's flow is new: the first SYN's work)
+//!   and `floor_admit` (the new-flow token bucket: the per-CPU slot, the clock, [`Bucket::take`]).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     Global,
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_redirect, bpf_redirect_peer},
-    macros::classifier,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_RB_NO_WAKEUP, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer},
+    macros::{classifier, map},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
+};
+use observer_common::{
+    BUCKET_SLOTS, Bucket, DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, EVENTS_BYTES, Event,
+    FAMILY_V4, FLOWS_MAX_ENTRIES, FlowKey, FlowStats, RateConfig,
 };
 
 /// Where `cni_redirect*` send TCP packets.
@@ -102,6 +113,118 @@ fn is_tcp(ctx: &TcContext) -> bool {
 fn rewrite_macs(ctx: &TcContext) -> Result<(), i64> {
     let macs = REDIRECT_MACS.load();
     ctx.store(0, &macs, 0)
+}
+
+/// The floors' maps: the same kinds, sizes and flags as the daemon's `EVENTS`, `FLOWS`, `BUCKETS`.
+#[map]
+static FLOOR_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+static FLOOR_FLOWS: LruHashMap<FlowKey, FlowStats> =
+    LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, BPF_F_NO_COMMON_LRU);
+#[map]
+static FLOOR_BUCKETS: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(BUCKET_SLOTS, 0);
+
+#[inline(always)]
+fn clock() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[classifier]
+pub fn floor_clock(_ctx: TcContext) -> i32 {
+    // A helper call: the compiler cannot drop it.
+    let _ = clock();
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn ringbuf(flags: u64) {
+    if let Some(mut entry) = FLOOR_EVENTS.reserve::<Event>(0) {
+        let ev = entry.as_mut_ptr();
+        // SAFETY: a reserved slot of size_of::<Event>() bytes; Event is plain old data.
+        unsafe {
+            core::ptr::write_bytes(ev, 0, 1);
+            (*ev).kind = 1;
+        }
+        entry.submit(flags);
+    }
+}
+
+#[classifier]
+pub fn floor_ringbuf(_ctx: TcContext) -> i32 {
+    ringbuf(0);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn floor_ringbuf_no_wakeup(_ctx: TcContext) -> i32 {
+    ringbuf(u64::from(BPF_RB_NO_WAKEUP));
+    TC_ACT_UNSPEC
+}
+
+/// The flow key of an IPv4 TCP packet without options (the benchmark's frames), or none.
+#[inline(always)]
+fn ipv4_key(ctx: &TcContext) -> Option<FlowKey> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 14 + 20 + 4 > end {
+        return None;
+    }
+    let mut key = FlowKey {
+        client_addr: [0; 16],
+        server_addr: [0; 16],
+        client_port: 0,
+        server_port: 0,
+        ifindex: 0,
+        family: FAMILY_V4,
+        _pad: [0; 3],
+    };
+    // SAFETY: bounds checked above.
+    unsafe {
+        let p = start as *const u8;
+        key.client_addr[..4].copy_from_slice(&*p.add(14 + 12).cast::<[u8; 4]>());
+        key.server_addr[..4].copy_from_slice(&*p.add(14 + 16).cast::<[u8; 4]>());
+        key.client_port = u16::from_be_bytes([*p.add(34), *p.add(35)]);
+        key.server_port = u16::from_be_bytes([*p.add(36), *p.add(37)]);
+    }
+    Some(key)
+}
+
+#[classifier]
+pub fn floor_flow(ctx: TcContext) -> i32 {
+    let Some(key) = ipv4_key(&ctx) else {
+        return TC_ACT_UNSPEC;
+    };
+    match FLOOR_FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a live map value.
+        Some(st) => unsafe { (*st).syn_count = (*st).syn_count.wrapping_add(1) },
+        None => {
+            let st = FlowStats {
+                first_seen_ns: 0,
+                isn: 0,
+                syn_count: 1,
+                flags_seen: 0x02,
+                state: 1,
+            };
+            let _ = FLOOR_FLOWS.insert(&key, &st, 0);
+        }
+    }
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn floor_admit(ctx: TcContext) -> i32 {
+    let Some(key) = ipv4_key(&ctx) else {
+        return TC_ACT_UNSPEC;
+    };
+    let cfg = RateConfig {
+        per_second: DEFAULT_NEW_FLOW_RATE,
+        burst: DEFAULT_NEW_FLOW_BURST,
+    };
+    if let Some(b) = FLOOR_BUCKETS.get_ptr_mut(Bucket::slot(&key.client_addr)) {
+        // SAFETY: a per-CPU array slot, no other writer on this CPU.
+        let _ = unsafe { &mut *b }.take(clock(), cfg);
+    }
+    TC_ACT_UNSPEC
 }
 
 #[cfg(not(test))]

@@ -75,10 +75,10 @@ pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 pub const DROPS_SEEN_MAX_ENTRIES: u32 = 16_384;
 /// Size of the ring buffer in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
-/// Events are submitted without waking the reader (`BPF_RB_NO_WAKEUP`): user space finds them at its
-/// next poll (every few milliseconds, `observer::bpf::events::POLL`). The event whose record makes the
-/// waiting data cross a multiple of this many bytes wakes it (`BPF_RB_FORCE_WAKEUP`), so a burst is
-/// read before the ring fills. A SYN's event then costs no interrupt and no thread wakeup.
+/// Events are submitted with plain flags: the kernel wakes the reader only for the first record it has
+/// not seen, and user space reads at most one batch per few milliseconds
+/// (`observer::bpf::events::COALESCE`). The event whose record makes the waiting data cross a multiple
+/// of this many bytes also wakes it (`BPF_RB_FORCE_WAKEUP`), so a burst is read before the ring fills.
 pub const EVENTS_WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 8;
 /// Entries of `IGNORED_REASONS` (drop reasons above this are never ignored).
 pub const MAX_DROP_REASONS: u32 = 1024;

@@ -31,8 +31,7 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{
-        __sk_buff, BPF_F_NO_COMMON_LRU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        TC_ACT_UNSPEC,
+        __sk_buff, BPF_F_NO_COMMON_LRU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, TC_ACT_UNSPEC,
     },
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, classifier, map, tracepoint},
@@ -617,12 +616,14 @@ fn emit(
     }
 }
 
-/// The submit flags of a reserved event: no wakeup while the ring holds little (user space polls it
-/// every few milliseconds), and one wakeup each time the data waiting crosses a multiple of
-/// [`EVENTS_WAKEUP_BYTES`] (this record included, as reserved). Not one per event above it: with the
-/// reader behind, a wakeup per event would raise an interrupt per event, which costs microseconds on a
-/// VM. With plain flags (0) the kernel would wake the reader for nearly every event (each one it had
-/// caught up with). Two CPUs crossing together may both miss the wakeup: the next poll reads it.
+/// The submit flags of a reserved event. Plain flags (0): the kernel wakes the reader only when it had
+/// caught up, i.e. this record is the first it has not read (exact, also when CPUs race: see
+/// `bpf_ringbuf_commit`). An idle daemon is woken at once by the first event, for no cost the rest of the
+/// time; a reader behind in a burst is not woken per event and reads at most every few milliseconds
+/// (`observer::bpf::events::COALESCE`). Plus one forced wakeup each time the data waiting crosses a
+/// multiple of [`EVENTS_WAKEUP_BYTES`] (this record included, as reserved), so a burst is read before
+/// the ring fills. Not a forced wakeup per event above it: with the reader behind, that would raise an
+/// interrupt per event, which costs microseconds on a VM.
 #[inline(always)]
 fn wakeup() -> u64 {
     let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
@@ -631,7 +632,7 @@ fn wakeup() -> u64 {
     {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
-        u64::from(BPF_RB_NO_WAKEUP)
+        0
     }
 }
 

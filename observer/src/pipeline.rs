@@ -46,6 +46,11 @@ pub const DEFAULT_CUT_AFTER_RTOS: u16 = 3;
 /// Pairs remembered for the rate limit; beyond, the oldest are forgotten.
 const UNENFORCED_PAIRS_MAX: usize = 4096;
 
+/// The tick while a channel's evidence settles (see [`Pipeline::next_tick`]).
+pub const TICK_BUSY: Duration = Duration::from_millis(5);
+/// The tick otherwise.
+pub const TICK_IDLE: Duration = Duration::from_millis(100);
+
 /// Events in, records out.
 pub struct Pipeline {
     tracker: Tracker,
@@ -280,6 +285,19 @@ impl Pipeline {
     /// A channel left the live table: it no longer counts as stale.
     fn settle(&self, ch: &LiveChannel) {
         settle(&self.metrics, ch);
+    }
+
+    /// How long until the next [`Pipeline::tick`] is due: [`TICK_BUSY`] while a channel's evidence
+    /// settles (its record is due within milliseconds), [`TICK_IDLE`] otherwise (attempts' windows are
+    /// seconds long; cluster changes and idle channels need no finer grain). An idle daemon then wakes
+    /// ten times a second instead of two hundred: on a node whose CPUs are busy forwarding, each wakeup
+    /// costs the workload more than its own CPU time (measured in BENCHMARKS.md).
+    pub fn next_tick(&self) -> Duration {
+        if self.tracker.is_settling() {
+            TICK_BUSY
+        } else {
+            TICK_IDLE
+        }
     }
 
     /// Reports channels whose evidence settled or whose window passed, re-evaluates the live channels a

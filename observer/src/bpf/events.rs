@@ -289,16 +289,23 @@ fn clock_offset_ns() -> i128 {
     ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC)
 }
 
-/// How often the reader looks at the ring buffer when the kernel has not woken it: events below the
-/// wakeup threshold wait at most this long (the drop-to-record budget is 50 ms at p99, and evidence
-/// settles for 10 ms anyway).
-pub const POLL: Duration = Duration::from_millis(5);
+/// The least time between two batches: a reader the kernel keeps waking (a flood) reads at most this
+/// often, so a flood costs the daemon a bounded number of wakeups, and an idle daemon none (the kernel
+/// wakes it for the first event after it caught up). Within the drop-to-record budget (50 ms at p99;
+/// evidence settles for 10 ms anyway).
+pub const COALESCE: Duration = Duration::from_millis(5);
+
+/// How often the reader looks at the ring buffer when nothing woke it: belt and braces, the kernel's
+/// wakeup of a reader that had caught up is exact.
+pub const POLL: Duration = Duration::from_millis(100);
 
 /// Reads the `EVENTS` ring buffer asynchronously.
 pub struct EventReader {
     fd: AsyncFd<RingBuf<MapData>>,
     decoder: Decoder,
     malformed: u64,
+    /// When the last batch was returned (see [`COALESCE`]).
+    last_batch: Option<tokio::time::Instant>,
 }
 
 impl EventReader {
@@ -310,21 +317,27 @@ impl EventReader {
             })?,
             decoder,
             malformed: 0,
+            last_batch: None,
         })
     }
 
     /// Waits for events and appends every available one to `out` (at least one unless only malformed
-    /// records arrived). The kernel wakes the reader only once the ring holds
-    /// [`observer_common::EVENTS_WAKEUP_BYTES`]; below that, events are found by reading the ring on
-    /// entry and then every [`POLL`]. Cancel-safe: records are read and returned in one poll.
+    /// records arrived), at most one batch per [`COALESCE`]. The kernel wakes the reader for the first
+    /// event after it caught up, and each time the ring's waiting data crosses
+    /// [`observer_common::EVENTS_WAKEUP_BYTES`]; the ring is also read every [`POLL`]. Cancel-safe:
+    /// records are read and returned in one poll.
     pub async fn next_batch(&mut self, out: &mut Vec<KernelEvent>) -> std::io::Result<()> {
+        if let Some(last) = self.last_batch {
+            tokio::time::sleep_until(last + COALESCE).await;
+        }
         loop {
             if self.read_available(out) > 0 {
+                self.last_batch = Some(tokio::time::Instant::now());
                 return Ok(());
             }
             match tokio::time::timeout(POLL, self.fd.readable_mut()).await {
                 // Cleared before the ring is read again: a record submitted after the read wakes us
-                // (if it crosses the threshold) rather than being lost to a stale readiness.
+                // rather than being lost to a stale readiness.
                 Ok(guard) => guard?.clear_ready(),
                 Err(_elapsed) => {}
             }

@@ -331,6 +331,12 @@ impl Tracker {
         self.channels.is_empty()
     }
 
+    /// Whether a channel's evidence is settling: its record is due within the settle time, so the
+    /// caller should tick at a fine grain (see [`Tracker::tick`]).
+    pub fn is_settling(&self) -> bool {
+        !self.settling.is_empty()
+    }
+
     fn open(&mut self, key: Key, ev: &KernelEvent) -> &mut Channel {
         if self.channels.len() >= self.config.max_channels {
             self.evict_one();

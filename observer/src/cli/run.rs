@@ -305,8 +305,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .with_usage(usage.clone());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The pipeline's tick: fine while evidence settles, coarse otherwise (`Pipeline::next_tick`).
+    let mut next_tick = tokio::time::Instant::now() + pipeline.next_tick();
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut batch: Vec<KernelEvent> = Vec::new();
     let mut records = Vec::new();
@@ -329,10 +329,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 batch.clear();
                 pipeline.tick(monotonic_ns(), SystemTime::now(), &mut records);
                 emit(&mut exports, event_sink.as_ref(), &mut records);
+                next_tick = tokio::time::Instant::now() + pipeline.next_tick();
             }
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(next_tick) => {
                 pipeline.tick(monotonic_ns(), SystemTime::now(), &mut records);
                 emit(&mut exports, event_sink.as_ref(), &mut records);
+                next_tick = tokio::time::Instant::now() + pipeline.next_tick();
             }
             _ = housekeeping.tick() => {
                 let (lost, suppressed, attached) = match datapath.lock() {

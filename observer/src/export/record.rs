@@ -527,8 +527,8 @@ mod json {
     use std::{io::Write as _, net::IpAddr, time::SystemTime};
 
     use super::{
-        Detail, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record, ResetSeen, RetransmitsSeen,
-        ServiceRef,
+        Detail, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record, ResetSeen,
+        RetransmitsSeen, ServiceRef,
     };
 
     /// Whether `s` holds a byte JSON escapes (a control character, `"` or `\\`): eight bytes at a time.

@@ -861,6 +861,39 @@ mod tests {
         }
     }
 
+    /// nft dropped a packet of the flow (`tcp_flags`: 0x02 for its SYN, 0x18 for data).
+    fn nft_drop(at_ms: u64, iface: &str, tcp_flags: u8) -> KernelEvent {
+        KernelEvent {
+            drop: Some(DropInfo {
+                reason: 7,
+                reason_name: Arc::from("NETFILTER_DROP"),
+                location: 0,
+                call_site: Arc::from("nft_do_chain+0x3e8"),
+            }),
+            hook: HookPoint::Drop,
+            tcp_flags,
+            ..event(Kind::Dropped, at_ms, 40000, iface)
+        }
+    }
+
+    /// The server's SYN-ACK.
+    fn synack(at_ms: u64, port: u16, iface: &str) -> KernelEvent {
+        KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x12,
+            ..event(Kind::Established, at_ms, port, iface)
+        }
+    }
+
+    /// A reset from the server.
+    fn server_reset(at_ms: u64, port: u16, iface: &str) -> KernelEvent {
+        KernelEvent {
+            origin: Side::Server,
+            tcp_flags: 0x14,
+            ..event(Kind::Reset, at_ms, port, iface)
+        }
+    }
+
     fn pipeline(node: &str, metrics: &Metrics) -> Pipeline {
         Pipeline::new(
             channel::Config::default(),
@@ -894,16 +927,7 @@ mod tests {
         );
         a.tick(3_100 * MS, SystemTime::UNIX_EPOCH, &mut records);
         // node-b: the SYN arrives on the uplink and nft drops it.
-        let drop = KernelEvent {
-            drop: Some(DropInfo {
-                reason: 7,
-                reason_name: Arc::from("NETFILTER_DROP"),
-                location: 0,
-                call_site: Arc::from("nft_do_chain+0x3e8"),
-            }),
-            hook: HookPoint::Drop,
-            ..event(Kind::Dropped, 0, 40000, "eth0")
-        };
+        let drop = nft_drop(0, "eth0", 0x02);
         b.on_events(&[event(Kind::Opened, 0, 40000, "eth0"), drop], &mut records);
         b.tick(20 * MS, SystemTime::UNIX_EPOCH, &mut records);
 
@@ -969,23 +993,9 @@ mod tests {
         );
         records.clear();
         // Then the cut: payments' node drops the packets, and both nodes see the server's reset.
-        let drop = KernelEvent {
-            drop: Some(DropInfo {
-                reason: 7,
-                reason_name: Arc::from("NETFILTER_DROP"),
-                location: 0,
-                call_site: Arc::from("nft_do_chain+0x3e8"),
-            }),
-            hook: HookPoint::Drop,
-            tcp_flags: 0x18,
-            ..event(Kind::Dropped, 20_000, 40000, "eth0")
-        };
+        let drop = nft_drop(20_000, "eth0", 0x18);
         b.on_events(&[drop], &mut records);
-        let rst = KernelEvent {
-            origin: Side::Server,
-            tcp_flags: 0x14,
-            ..event(Kind::Reset, 20_001, 40000, "lxc-checkout")
-        };
+        let rst = server_reset(20_001, 40000, "lxc-checkout");
         a.on_events(&[rst], &mut records);
         b.tick(21_000 * MS, at(1_021), &mut records);
         a.tick(21_000 * MS, at(1_021), &mut records);
@@ -1015,11 +1025,7 @@ mod tests {
         let mut records = Vec::new();
         for (i, port) in [40000u16, 40001, 40002].into_iter().enumerate() {
             let t = i as u64 * 10;
-            let synack = KernelEvent {
-                origin: Side::Server,
-                tcp_flags: 0x12,
-                ..event(Kind::Established, t + 1, port, "lxc-checkout")
-            };
+            let synack = synack(t + 1, port, "lxc-checkout");
             p.on_events(
                 &[event(Kind::Opened, t, port, "lxc-checkout"), synack],
                 &mut records,
@@ -1040,11 +1046,7 @@ mod tests {
         );
         // After the interval, the next one is recorded with the count held back.
         let later = UNENFORCED_INTERVAL.as_millis() as u64 + 100;
-        let synack = KernelEvent {
-            origin: Side::Server,
-            tcp_flags: 0x12,
-            ..event(Kind::Established, later + 1, 40010, "lxc-checkout")
-        };
+        let synack = synack(later + 1, 40010, "lxc-checkout");
         p.on_events(
             &[event(Kind::Opened, later, 40010, "lxc-checkout"), synack],
             &mut records,
@@ -1080,11 +1082,7 @@ mod tests {
             SharedLive::new(LiveTable::new(live::Config::default())),
             true,
         );
-        let synack = KernelEvent {
-            origin: Side::Server,
-            tcp_flags: 0x12,
-            ..event(Kind::Established, 1, 40000, "lxc-checkout")
-        };
+        let synack = synack(1, 40000, "lxc-checkout");
         p.on_events(
             &[event(Kind::Opened, 0, 40000, "lxc-checkout"), synack],
             records,
@@ -1256,17 +1254,7 @@ mod tests {
         p.tick(3 * MS, at(1_011), &mut records);
         assert_eq!(stale_gauge(&m), 1);
         records.clear();
-        let drop = |t: u64| KernelEvent {
-            drop: Some(DropInfo {
-                reason: 7,
-                reason_name: Arc::from("NETFILTER_DROP"),
-                location: 0,
-                call_site: Arc::from("nft_do_chain+0x3e8"),
-            }),
-            hook: HookPoint::Drop,
-            tcp_flags: 0x18,
-            ..event(Kind::Dropped, t, 40000, "lxc-checkout")
-        };
+        let drop = |t: u64| nft_drop(t, "lxc-checkout", 0x18);
         // Event times are 1000 s + t ms: after the deletion at 1010 s.
         p.on_events(&[drop(20_000), drop(20_001)], &mut records);
         p.tick(21_000 * MS, at(1_021), &mut records);
@@ -1412,17 +1400,7 @@ mod tests {
         let mut records = Vec::new();
         let mut p = established(&inv, &m, &mut records);
         records.clear();
-        let drop = KernelEvent {
-            drop: Some(DropInfo {
-                reason: 7,
-                reason_name: Arc::from("NETFILTER_DROP"),
-                location: 0,
-                call_site: Arc::from("nft_do_chain+0x3e8"),
-            }),
-            hook: HookPoint::Drop,
-            tcp_flags: 0x18,
-            ..event(Kind::Dropped, 1_500, 40000, "lxc-checkout")
-        };
+        let drop = nft_drop(1_500, "lxc-checkout", 0x18);
         p.on_events(
             &[
                 rto(1_000, 1, Side::Server),
@@ -1457,11 +1435,7 @@ mod tests {
             &[rto(1_000, 1, Side::Server), rto(1_400, 2, Side::Server)],
             &mut records,
         );
-        let rst = KernelEvent {
-            origin: Side::Server,
-            tcp_flags: 0x14,
-            ..event(Kind::Reset, 601_400, 40000, "lxc-checkout")
-        };
+        let rst = server_reset(601_400, 40000, "lxc-checkout");
         p.on_events(&[rst], &mut records);
         let cut = of(&records, RecordKind::Interrupted);
         assert_eq!(cut.len(), 1, "{records:?}");
@@ -1539,11 +1513,7 @@ mod tests {
         };
         p.on_events(&[old_data], &mut records);
         assert!(records.is_empty(), "{records:?}");
-        let rst = KernelEvent {
-            origin: Side::Server,
-            tcp_flags: 0x14,
-            ..event(Kind::Reset, 200, 40000, "lxc-checkout")
-        };
+        let rst = server_reset(200, 40000, "lxc-checkout");
         p.on_events(&[rst.clone(), rst], &mut records);
         let cut = of(&records, RecordKind::Interrupted);
         assert_eq!(cut.len(), 1, "{records:?}");
@@ -1614,11 +1584,7 @@ mod tests {
         let m = Metrics::new().expect("m");
         let mut p = pipeline("node-b", &m);
         let mut records = Vec::new();
-        let synack = KernelEvent {
-            origin: Side::Server,
-            tcp_flags: 0x12,
-            ..event(Kind::Established, 1, 40000, "eth0")
-        };
+        let synack = synack(1, 40000, "eth0");
         p.on_events(
             &[event(Kind::Opened, 0, 40000, "eth0"), synack],
             &mut records,

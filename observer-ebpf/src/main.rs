@@ -410,7 +410,7 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
             None
         };
         if let Some(kind) = kind {
-            emit(&key, kind, origin, hook, flags, st.syn_count, now());
+            send(event(&key, kind, origin, hook, flags, st.syn_count, now()));
         }
         return Ok(());
     }
@@ -435,7 +435,7 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
     }
     let st = new_flow(state, seq, flags, now);
     let _ = FLOWS.insert(&key, &st, 0);
-    emit(&key, kind, origin, hook, flags, st.syn_count, now);
+    send(event(&key, kind, origin, hook, flags, st.syn_count, now));
     Ok(())
 }
 
@@ -566,9 +566,10 @@ fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> 
         None if admit(&key.client_addr, now) => 0,
         None => return Ok(()),
     };
-    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
-        fill(
-            entry.as_mut_ptr(),
+    send(Event {
+        icmp_type,
+        icmp_code,
+        ..event(
             &key,
             EventKind::Rejected,
             Origin::Network,
@@ -576,40 +577,17 @@ fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> 
             0,
             syn_count,
             now,
-        );
-        // SAFETY: fill wrote every field.
-        unsafe {
-            (*entry.as_mut_ptr()).icmp_type = icmp_type;
-            (*entry.as_mut_ptr()).icmp_code = icmp_code;
-        }
-        entry.submit(wakeup());
-    } else {
-        count(LOST_EVENTS);
-    }
+        )
+    });
     Ok(())
 }
 
+/// Sends one event up: reserved, written and submitted (see [`wakeup`]); a full ring is counted in
+/// `LOST[LOST_EVENTS]`. Every program's events go through here.
 #[inline(always)]
-fn emit(
-    key: &FlowKey,
-    kind: EventKind,
-    origin: Origin,
-    hook: Hook,
-    flags: u8,
-    syn_count: u16,
-    now: u64,
-) {
+fn send(ev: Event) {
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
-        fill(
-            entry.as_mut_ptr(),
-            key,
-            kind,
-            origin,
-            hook,
-            flags,
-            syn_count,
-            now,
-        );
+        entry.write(ev);
         entry.submit(wakeup());
     } else {
         count(LOST_EVENTS);
@@ -639,13 +617,14 @@ fn wakeup() -> u64 {
 /// Bytes one event takes in the ring buffer: its 8-byte record header and the event, rounded up to 8.
 const EVENT_RECORD_BYTES: u64 = (8 + size_of::<Event>() as u64).next_multiple_of(8);
 
+/// An event of a flow, with the fields only some kinds carry (ICMP type and code, drop reason and
+/// location, namespace) at 0: callers set theirs with `..event(…)`.
 #[expect(
     clippy::too_many_arguments,
-    reason = "every field of the event, written in one place"
+    reason = "every field every kind carries, written in one place"
 )]
 #[inline(always)]
-fn fill(
-    ev: *mut Event,
+fn event(
     key: &FlowKey,
     kind: EventKind,
     origin: Origin,
@@ -653,24 +632,21 @@ fn fill(
     flags: u8,
     syn_count: u16,
     now: u64,
-) {
-    // SAFETY: `ev` points to a reserved ring-buffer slot of the right size; every field is written.
-    unsafe {
-        ev.write(Event {
-            ts_ns: now,
-            key: *key,
-            kind: kind as u8,
-            origin: origin as u8,
-            hook: hook as u8,
-            tcp_flags: flags,
-            icmp_type: 0,
-            icmp_code: 0,
-            syn_count,
-            reason: 0,
-            location: 0,
-            netns: 0,
-            _pad: 0,
-        });
+) -> Event {
+    Event {
+        ts_ns: now,
+        key: *key,
+        kind: kind as u8,
+        origin: origin as u8,
+        hook: hook as u8,
+        tcp_flags: flags,
+        icmp_type: 0,
+        icmp_code: 0,
+        syn_count,
+        reason: 0,
+        location: 0,
+        netns: 0,
+        _pad: 0,
     }
 }
 
@@ -835,33 +811,17 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
         }
     }
 
-    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
-        // SAFETY: every field is written.
-        unsafe {
-            entry.as_mut_ptr().write(Event {
-                ts_ns: now,
-                key,
-                kind: EventKind::Dropped as u8,
-                origin: if to_server {
-                    Origin::Client as u8
-                } else {
-                    Origin::Server as u8
-                },
-                hook: Hook::Drop as u8,
-                tcp_flags: flags,
-                icmp_type: 0,
-                icmp_code: 0,
-                syn_count: 0,
-                reason,
-                location,
-                netns,
-                _pad: 0,
-            });
-        }
-        entry.submit(wakeup());
+    let origin = if to_server {
+        Origin::Client
     } else {
-        count(LOST_EVENTS);
-    }
+        Origin::Server
+    };
+    send(Event {
+        reason,
+        location,
+        netns,
+        ..event(&key, EventKind::Dropped, origin, Hook::Drop, flags, 0, now)
+    });
     Ok(())
 }
 
@@ -1094,32 +1054,22 @@ fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
         }
     };
     let now = now();
-    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
-        // SAFETY: every field is written.
-        unsafe {
-            entry.as_mut_ptr().write(Event {
-                ts_ns: now,
-                key,
-                kind: EventKind::RetransmitTimeout as u8,
-                origin: if this_is_client {
-                    Origin::Client as u8
-                } else {
-                    Origin::Server as u8
-                },
-                hook: Hook::Socket as u8,
-                tcp_flags: 0,
-                icmp_type: 0,
-                icmp_code: 0,
-                syn_count: u16::from(rtos),
-                reason: 0,
-                location: 0,
-                netns,
-                _pad: 0,
-            });
-        }
-        entry.submit(wakeup());
+    let origin = if this_is_client {
+        Origin::Client
     } else {
-        count(LOST_EVENTS);
-    }
+        Origin::Server
+    };
+    send(Event {
+        netns,
+        ..event(
+            &key,
+            EventKind::RetransmitTimeout,
+            origin,
+            Hook::Socket,
+            0,
+            u16::from(rtos),
+            now,
+        )
+    });
     Ok(())
 }

@@ -1286,6 +1286,35 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_only_the_servers_node_sees_is_one_kubernetes_event_on_the_server_from_its_node() {
+        let inv = inventory_with(&[ALLOW_CHECKOUT]);
+        let (ma, mb) = (Metrics::new().expect("m"), Metrics::new().expect("m"));
+        let mut records = Vec::new();
+        let mut a = established_on("node-a", &inv, &ma, &mut records);
+        let mut b = established_on("node-b", &inv, &mb, &mut records);
+        records.clear();
+        // The server streams into a black hole: its socket times out, on its node; the client waits.
+        b.on_events(
+            &[
+                rto(1_000, 1, Side::Server),
+                rto(1_400, 2, Side::Server),
+                rto(2_200, 3, Side::Server),
+            ],
+            &mut records,
+        );
+        a.tick(3_000 * MS, at(1_003), &mut records);
+        b.tick(3_000 * MS, at(1_003), &mut records);
+        let cut = of(&records, RecordKind::Interrupted);
+        assert_eq!(cut.len(), 1, "{records:?}");
+        assert_eq!(cut[0].node, "node-b");
+        assert_eq!(cut[0].direction, None);
+        assert_eq!(
+            kube_events(&records),
+            [("node-b".to_owned(), "payments/payments".to_owned())]
+        );
+    }
+
+    #[test]
     fn three_retransmission_timeouts_interrupt_an_allowed_channel_once_with_no_policy_and_the_stall()
      {
         let inv = inventory_with(&[ALLOW_CHECKOUT]);

@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 
 use super::{
     metrics::Metrics,
-    record::{Directions, Endpoint, Record},
+    record::{ChannelSide, Directions, Endpoint, Record},
 };
 use crate::cluster::SharedInventory;
 
@@ -160,11 +160,19 @@ pub fn observations(record: &Record) -> Vec<Observation> {
     let Some(reason) = reason_of(record) else {
         return Vec::new();
     };
-    // The side(s) that decided: ingress → destination, egress → source; no direction → the client.
+    // The side(s) that decided: ingress → destination, egress → source. No direction: the end whose
+    // socket timed out when a stall cut the channel (its node saw it: often the only one, as a server
+    // streaming into a black hole retransmits while its client waits), the client otherwise.
+    let stalled = record
+        .evidence
+        .as_ref()
+        .and_then(|e| e.retransmits)
+        .map(|r| r.side);
     let (on_src, on_dst) = match record.direction {
         Some(Directions::Ingress) => (false, true),
         Some(Directions::Egress) => (true, false),
         Some(Directions::Both) => (true, true),
+        None if stalled == Some(ChannelSide::Server) => (false, true),
         None => (true, false),
     };
     let mut out = Vec::new();

@@ -19,8 +19,8 @@ use crate::{
     channel::live::{AllowedBy, LiveChannel, Verdict},
     cluster::{Inventory, IpOwner},
     export::record::{
-        self, Cause, ChannelSeen, Directions, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef,
-        Record, RecordKind, ResetSeen, ResetSide, ServiceRef,
+        self, Cause, ChannelSeen, Directions, DropSeen, Endpoint, Evidence, Fragments, IcmpSeen,
+        PolicyRef, Record, RecordKind, Rendered, ResetSeen, ResetSide, ServiceRef,
     },
     policy::{
         PolicyKind, Protocol,
@@ -430,6 +430,18 @@ pub struct Cache {
     generations: Option<(u64, u64)>,
     /// Boxed: the table holds keys and pointers only, so that a probe touches little memory.
     entries: std::collections::HashMap<CacheKey, Box<CacheEntry>, foldhash::fast::RandomState>,
+    /// The node's name as the records share it (one `Arc` for every record, not a `String` each).
+    node: Option<Arc<str>>,
+}
+
+impl Cache {
+    /// `node` as a shared string: the one kept when it is the same name as last time.
+    fn node(&mut self, node: &str) -> Arc<str> {
+        match &self.node {
+            Some(n) if &**n == node => Arc::clone(n),
+            _ => Arc::clone(self.node.insert(Arc::from(node))),
+        }
+    }
 }
 
 /// Entries kept at most; beyond, the cache starts over (a storm across more pairs than this resolves
@@ -449,6 +461,7 @@ struct CacheEntry {
     /// answer runs out by time alone (see [`Validity`]).
     valid: Validity,
     resolved: Resolved,
+    rendered: Rendered,
 }
 
 /// When the answers of [`Inventory::endpoint_at`] for both ends, given at `from`, stay the same for
@@ -562,6 +575,7 @@ pub fn attribute_with(
     node: &str,
 ) -> Record {
     let at = blocked.first_seen;
+    let node_name = cache.node(node);
     let key = CacheKey {
         client: blocked.client.ip(),
         server: blocked.server,
@@ -570,8 +584,9 @@ pub fn attribute_with(
     let usable = cache.usable(inventory, at);
     let fresh = usable && cache.entries.get(&key).is_some_and(|e| e.valid.covers(at));
     let built;
-    let resolved: &Resolved = if fresh {
-        &cache.entries[&key].resolved
+    let (resolved, rendered): (&Resolved, Rendered) = if fresh {
+        let entry = &cache.entries[&key];
+        (&entry.resolved, entry.rendered.clone())
     } else {
         let ends = [
             inventory.endpoint_at(blocked.client.ip(), at),
@@ -582,19 +597,22 @@ pub fn attribute_with(
             if cache.entries.len() >= CACHE_ENTRIES_MAX {
                 cache.entries.clear();
             }
+            // Rendered with the entry: its records then copy their ends' and policies' JSON.
+            let rendered = Rendered(Some(Arc::new(Fragments::new(
+                &resolved.src,
+                &resolved.dst,
+                &resolved.policies,
+            ))));
             let entry = Box::new(CacheEntry {
                 valid: Validity::of(&ends, at, inventory),
                 resolved,
+                rendered: rendered.clone(),
             });
-            &cache
-                .entries
-                .entry(key)
-                .insert_entry(entry)
-                .into_mut()
-                .resolved
+            let entry = cache.entries.entry(key).insert_entry(entry).into_mut();
+            (&entry.resolved, rendered)
         } else {
             built = resolved;
-            &built
+            (&built, Rendered::default())
         }
     };
     let mut src = resolved.src.clone();
@@ -623,8 +641,8 @@ pub fn attribute_with(
         schema: record::SCHEMA,
         time: blocked.blocked_at,
         kind: RecordKind::Blocked,
-        node: node.to_owned(),
-        interface: blocked.seen_on.first().map(|(i, _)| i.to_string()),
+        node: node_name,
+        interface: blocked.seen_on.first().map(|(i, _)| Arc::clone(i)),
         protocol: "TCP".into(),
         src,
         dst,
@@ -642,6 +660,7 @@ pub fn attribute_with(
         },
         notes,
         detail: Box::default(),
+        rendered,
     }
 }
 
@@ -798,8 +817,8 @@ pub fn unenforced(
         schema: record::SCHEMA,
         time: at,
         kind: RecordKind::Unenforced,
-        node: node.to_owned(),
-        interface: interface.map(str::to_owned),
+        node: node.into(),
+        interface: interface.map(Arc::from),
         protocol: "TCP".into(),
         src,
         dst,
@@ -817,6 +836,7 @@ pub fn unenforced(
         policies: judged.policies.into(),
         notes,
         detail: Box::default(),
+        rendered: Rendered::default(),
     })
 }
 
@@ -877,8 +897,8 @@ fn live_record(kind: RecordKind, ch: &LiveChannel, at: SystemTime, node: &str) -
         schema: record::SCHEMA,
         time: at,
         kind,
-        node: node.to_owned(),
-        interface: ch.interface.as_deref().map(str::to_owned),
+        node: node.into(),
+        interface: ch.interface.as_deref().map(Arc::from),
         protocol: "TCP".into(),
         src: ch.src.clone(),
         dst: ch.dst.clone(),
@@ -903,6 +923,7 @@ fn live_record(kind: RecordKind, ch: &LiveChannel, at: SystemTime, node: &str) -
             }),
             ..record::Detail::default()
         }),
+        rendered: Rendered::default(),
     }
 }
 
@@ -1097,7 +1118,7 @@ fn endpoint(addr: SocketAddr, then: &IpOwner<'_>) -> Endpoint {
             namespace: Some(h.pod.pod.namespace.clone()),
             pod: Some(h.pod.pod.name.clone()),
             node: h.pod.pod.node_name.clone(),
-            workload: h.pod.workload.as_ref().map(ToString::to_string),
+            workload: h.pod.workload.as_ref().map(|w| Arc::from(w.to_string())),
             ..bare("pod")
         },
         IpOwner::Node(n) => Endpoint {
@@ -1211,7 +1232,9 @@ mod tests {
             blocked_at: t,
             blocked_at_ns: 0,
             attempts: 1,
-            seen_on: vec![(Arc::from("lxca"), HookPoint::Ingress)],
+            seen_on: [(Arc::from("lxca"), HookPoint::Ingress)]
+                .into_iter()
+                .collect(),
             drop: Some(DropEvidence {
                 reason: Arc::from("NETFILTER_DROP"),
                 call_site: "nft_do_chain+0x3e8".into(),
@@ -1769,7 +1792,61 @@ mod tests {
     fn cached(cache: &mut Cache, b: &Blocked, inv: &Inventory) -> Record {
         let r = attribute_with(cache, b, inv, "n1");
         assert_eq!(r, attribute(b, inv, "n1"));
+        same_json(&r);
         r
+    }
+
+    /// The record's JSON (its memo's parts included) is serde_json's, byte for byte.
+    #[track_caller]
+    fn same_json(r: &Record) {
+        let mut fast = Vec::new();
+        r.write_json(&mut fast);
+        let serde = serde_json::to_vec(r).expect("json");
+        assert_eq!(
+            String::from_utf8_lossy(&fast),
+            String::from_utf8_lossy(&serde)
+        );
+    }
+
+    #[test]
+    fn a_cached_records_rendered_parts_are_used_only_while_its_fields_are_those_rendered() {
+        let inv = inventory(&[DENY_INGRESS]);
+        let mut cache = Cache::default();
+        cached(&mut cache, &blocked_at(2_000, 40_000), &inv);
+        let r = cached(&mut cache, &blocked_at(2_001, 40_001), &inv);
+        assert!(
+            r.rendered.0.is_some(),
+            "a cache hit carries its entry's JSON"
+        );
+        assert!(!r.policies.is_empty() && r.dst.pod.is_some());
+        // Changed after attribution, every part is written from the record's fields.
+        let changes: [fn(&mut Record); 6] = [
+            |r| r.src.pod = Some("another".into()),
+            |r| r.src.port = 1,
+            |r| r.dst.workload = None,
+            |r| r.dst.port = 8080,
+            |r| r.dst.ip = "198.18.9.9".parse().expect("ip"),
+            |r| {
+                r.policies = r
+                    .policies
+                    .iter()
+                    .cloned()
+                    .rev()
+                    .chain(r.policies.iter().cloned())
+                    .collect()
+            },
+        ];
+        for change in changes {
+            let mut changed = r.clone();
+            change(&mut changed);
+            let mut fresh = changed.clone();
+            fresh.rendered = Rendered::default();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            changed.write_json(&mut a);
+            fresh.write_json(&mut b);
+            assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+            same_json(&changed);
+        }
     }
 
     fn blocked_at(secs: u64, client_port: u16) -> Blocked {

@@ -148,7 +148,7 @@ struct PolicyUsage {
 #[derive(Debug)]
 pub struct Usage {
     since: SystemTime,
-    policies: HashMap<PolicyKey, PolicyUsage>,
+    policies: HashMap<PolicyKey, PolicyUsage, foldhash::fast::RandomState>,
 }
 
 /// The table shared by the pipeline (writer) and the HTTP API (reader).
@@ -160,7 +160,7 @@ impl Usage {
     pub fn new(since: SystemTime) -> Self {
         Self {
             since,
-            policies: HashMap::new(),
+            policies: HashMap::default(),
         }
     }
 
@@ -296,7 +296,7 @@ impl Usage {
             .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
         Report {
             since: self.since,
-            node: node.to_owned(),
+            node: node.into(),
             policies,
         }
     }

@@ -11,7 +11,26 @@ use observer_tests::{Lab, Netns, enter, require_root};
 
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 7;
-const ROUNDS_THROUGHPUT: usize = 9;
+/// Pairs of runs per throughput row, and seconds per run: `OBSERVER_THROUGHPUT_PAIRS` (default 9) and
+/// `OBSERVER_THROUGHPUT_SECS` (default 2). More and longer pairs narrow the median on a noisy machine.
+fn throughput_pairs_and_secs() -> (usize, u32) {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .unwrap_or_else(|| panic!("{name}: a positive integer, not {v:?}"))
+            })
+            .unwrap_or(default)
+    };
+    (
+        usize::try_from(env("OBSERVER_THROUGHPUT_PAIRS", 9)).unwrap_or(9),
+        u32::try_from(env("OBSERVER_THROUGHPUT_SECS", 2)).unwrap_or(2),
+    )
+}
 const WATCHED: u16 = 50051;
 
 fn main() {
@@ -550,6 +569,12 @@ fn iperf(client: &Netns, server: &str, port: u16, secs: u32, extra: &[&str]) -> 
         &secs,
         "-J",
     ];
+    // The client on CPU 0 and the server on CPU 1 (`-A client,server`), every run: without it the
+    // scheduler sometimes puts both on one CPU for a whole run, and single runs differ by ±15 % for that
+    // alone. The observer's daemon and softirqs still run where the kernel puts them.
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
+        args.extend_from_slice(&["-A", "0,1"]);
+    }
     args.extend_from_slice(extra);
     let out = Command::new("ip")
         .args(&args)
@@ -781,7 +806,7 @@ fn throughput() {
             ns.exec(&["ethtool", "-K", dev, "tso", v, "gso", v, "gro", v]);
         }
     };
-    let secs = 2;
+    let (pairs, secs) = throughput_pairs_and_secs();
     let rows: [(&str, bool, &[&str]); 3] = [
         ("TCP, offloads on", true, &[]),
         ("TCP, offloads off", false, &[]),
@@ -792,7 +817,7 @@ fn throughput() {
         ),
     ];
     println!(
-        "iperf3 TCP to a watched port through the lab, {secs} s per run, {ROUNDS_THROUGHPUT} pairs of runs with and without (order alternating); load average {}",
+        "iperf3 TCP to a watched port through the lab, client pinned to CPU 0 and server to CPU 1, {secs} s per run, {pairs} pairs of runs with and without (order alternating); load average {}",
         load_average()
     );
     for variant in variants {
@@ -850,7 +875,7 @@ fn throughput() {
             let load_before = load_average();
             // The daemon's own CPU time and thread wakeups (context switches) during its runs.
             let mut daemon_use = (Duration::ZERO, 0u64, Duration::ZERO);
-            for round in 0..ROUNDS_THROUGHPUT {
+            for round in 0..pairs {
                 let mut pair = [0.0; 2];
                 for attach in [round % 2 == 0, round % 2 != 0] {
                     set(attach);

@@ -47,6 +47,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use smallvec::SmallVec;
+
 pub mod live;
 
 use crate::bpf::{
@@ -101,8 +103,9 @@ pub struct Blocked {
     pub blocked_at_ns: u64,
     /// SYNs seen so far (1 + retransmissions).
     pub attempts: u32,
-    /// Interfaces the SYN was seen on, in order (client side first when it is on this node).
-    pub seen_on: Vec<(Arc<str>, HookPoint)>,
+    /// Interfaces the SYN was seen on, in order (client side first when it is on this node). Inline up
+    /// to two (a pod's veth and the uplink): opening and reporting an attempt allocate no list.
+    pub seen_on: SmallVec<[(Arc<str>, HookPoint); 2]>,
     pub drop: Option<DropEvidence>,
     /// A reset before any SYN-ACK, and which side sent it (a client's own reset does not resolve the
     /// attempt: the window still does).
@@ -355,7 +358,7 @@ impl Tracker {
                 blocked_at: ev.time,
                 blocked_at_ns: ev.monotonic_ns,
                 attempts: u32::from(ev.syn_count.max(1)),
-                seen_on: Vec::new(),
+                seen_on: SmallVec::new(),
                 drop: None,
                 reset_by: None,
                 rejected: None,

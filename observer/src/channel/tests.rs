@@ -133,7 +133,10 @@ fn a_dropped_syn_is_one_blocked_record_with_its_reason() {
     assert_eq!(b.len(), 1, "{out:?}");
     let d = b[0].drop.as_ref().expect("drop evidence");
     assert_eq!(&*d.reason, "NETFILTER_DROP");
-    assert_eq!(b[0].seen_on, vec![(Arc::from("lxca"), HookPoint::Ingress)]);
+    assert_eq!(
+        b[0].seen_on.as_slice(),
+        [(Arc::from("lxca"), HookPoint::Ingress)]
+    );
 }
 
 #[test]

@@ -216,7 +216,7 @@ pub fn written_here(record: &Record, about: &Endpoint) -> bool {
     } else {
         &record.src
     };
-    record.node.is_empty() || writer.node.as_deref().is_none_or(|n| n == record.node)
+    record.node.is_empty() || writer.node.as_deref().is_none_or(|n| n == &*record.node)
 }
 
 /// The Event reason of a record, if it becomes one: `blocked` only when policies are named.

@@ -735,7 +735,7 @@ mod tests {
         r.interface = None;
         r.policies = Default::default();
         r.notes = vec!["inventory not synced".into()];
-        r.node = String::new();
+        r.node = "".into();
         r.protocol = "SCTP".into();
         assert_eq!(
             Text(&r).to_string(),

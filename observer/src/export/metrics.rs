@@ -428,6 +428,15 @@ impl Metrics {
 
     /// Counts one channel a policy allowed or denied, once per distinct policy of `hits` (usage).
     pub fn policy_channels(&self, allowed: bool, hits: &[crate::usage::Hit]) {
+        self.each_policy_channel(allowed, hits, IntCounter::inc);
+    }
+
+    fn each_policy_channel(
+        &self,
+        allowed: bool,
+        hits: &[crate::usage::Hit],
+        f: impl FnMut(&IntCounter),
+    ) {
         let verdict = if allowed { "allowed" } else { "denied" };
         let distinct = hits
             .iter()
@@ -438,7 +447,7 @@ impl Metrics {
                 namespace: &h.policy.namespace,
                 name: &h.policy.name,
             });
-        self.per_policy(Family::PolicyChannels, &[verdict], distinct);
+        self.each_policy_counter(Family::PolicyChannels, &[verdict], distinct, f);
     }
 
     /// One increment of `counter` per policy, its labels `leading` then `policy_kind`,
@@ -453,6 +462,44 @@ impl Metrics {
         family: Family,
         leading: &[&str],
         policies: impl IntoIterator<Item = P>,
+    ) {
+        self.each_policy_counter(family, leading, policies, IntCounter::inc);
+    }
+
+    /// The child counters of `observer_blocked_channels_total` that [`Metrics::blocked`] increments for
+    /// these labels, to be kept and incremented by the caller (the same children, in the same number).
+    pub fn blocked_counters<'a, P: Into<PolicyLabels<'a>>>(
+        &self,
+        cause: &str,
+        direction: &str,
+        policies: impl IntoIterator<Item = P>,
+    ) -> Vec<IntCounter> {
+        let mut out = Vec::new();
+        self.each_policy_counter(Family::Blocked, &[cause, direction], policies, |c| {
+            out.push(c.clone())
+        });
+        out
+    }
+
+    /// The child counters [`Metrics::policy_channels`] increments for `hits`, as
+    /// [`Metrics::blocked_counters`].
+    pub fn policy_channels_counters(
+        &self,
+        allowed: bool,
+        hits: &[crate::usage::Hit],
+    ) -> Vec<IntCounter> {
+        let mut out = Vec::new();
+        self.each_policy_channel(allowed, hits, |c| out.push(c.clone()));
+        out
+    }
+
+    /// Calls `f` with each child counter of `family` for `policies` (see [`Metrics::per_policy`]).
+    fn each_policy_counter<'a, P: Into<PolicyLabels<'a>>>(
+        &self,
+        family: Family,
+        leading: &[&str],
+        policies: impl IntoIterator<Item = P>,
+        mut f: impl FnMut(&IntCounter),
     ) {
         let counter = match family {
             Family::Blocked => &self.blocked_channels,
@@ -471,7 +518,7 @@ impl Metrics {
                 key.push_str(l);
             }
             if let Some(c) = map.get(key.as_str()) {
-                c.inc();
+                f(c);
                 return;
             }
             let (kind, ns, name) = if !admit || self.admit(kind, namespace, name) {
@@ -482,7 +529,7 @@ impl Metrics {
             let mut labels: Vec<&str> = leading.to_vec();
             labels.extend([kind, ns, name]);
             let c = counter.with_label_values(&labels);
-            c.inc();
+            f(&c);
             if map.len() < POLICY_CHILDREN_MAX {
                 map.insert(key.as_str().into(), c);
             }

@@ -16,10 +16,11 @@ pub struct Record {
     #[serde(with = "rfc3339")]
     pub time: SystemTime,
     pub kind: RecordKind,
-    pub node: String,
+    /// Shared: every record of a daemon names the same node.
+    pub node: Arc<str>,
     /// The interface the channel was seen on first (the client's side when it is on this node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
+    pub interface: Option<Arc<str>>,
     /// `TCP`: a static string, not allocated per record.
     pub protocol: Cow<'static, str>,
     /// The initiator; left out (and read back as [`Endpoint::none`]) on records about no channel
@@ -57,6 +58,91 @@ pub struct Record {
     /// Boxed: most records carry none of it, and a smaller `Record` is cheaper to move.
     #[serde(flatten)]
     pub detail: Box<Detail>,
+    /// The JSON of the parts this record shares with others of the same pair of ends, written once (see
+    /// [`Rendered`]); not part of the record's value.
+    #[serde(skip)]
+    pub rendered: Rendered,
+}
+
+/// JSON already written for parts a record shares with every record of the same pair of ends — its
+/// ends and the policies — rendered once per entry of attribution's cache instead of per record (a storm
+/// of blocked SYNs between the same pods writes the same names thousands of times). A memo, not part of
+/// the record's value (equal whatever it holds, never serialised). The writer uses a part only while the
+/// record's field is still the very value it was rendered from (the same `Arc`s, compared by pointer):
+/// a record changed after attribution is written from its fields, so the memo can never make the JSON
+/// differ from serde_json's.
+#[derive(Clone, Debug, Default)]
+pub struct Rendered(pub Option<Arc<Fragments>>);
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// See [`Rendered`].
+#[derive(Debug)]
+pub struct Fragments {
+    /// The source as rendered (its port is per record, written between `src_head` and `src_tail`).
+    src: Endpoint,
+    /// `{"ip":"…","port":`
+    src_head: Box<[u8]>,
+    /// `,"kind":"pod",…}`
+    src_tail: Box<[u8]>,
+    dst: Endpoint,
+    dst_json: Box<[u8]>,
+    policies: Arc<[PolicyRef]>,
+    policies_json: Box<[u8]>,
+}
+
+impl Fragments {
+    /// Renders the parts of records from `src` (any port), `dst` and `policies`.
+    pub fn new(src: &Endpoint, dst: &Endpoint, policies: &Arc<[PolicyRef]>) -> Self {
+        let mut head = Vec::new();
+        json::endpoint_head(&mut head, src);
+        let mut tail = Vec::new();
+        json::endpoint_tail(&mut tail, src);
+        let mut dst_json = Vec::new();
+        json::endpoint(&mut dst_json, dst);
+        let mut policies_json = Vec::new();
+        json::list(&mut policies_json, policies, json::policy);
+        Self {
+            src: src.clone(),
+            src_head: head.into(),
+            src_tail: tail.into(),
+            dst: dst.clone(),
+            dst_json: dst_json.into(),
+            policies: Arc::clone(policies),
+            policies_json: policies_json.into(),
+        }
+    }
+}
+
+/// `a` and `b` are the same end by identity: the same address and kind, and the same shared strings (by
+/// pointer: no string is read). Ports are not compared.
+fn same_end(a: &Endpoint, b: &Endpoint) -> bool {
+    fn same(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+        match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+    let Endpoint {
+        ip,
+        port: _,
+        kind,
+        namespace,
+        pod,
+        node,
+        workload,
+    } = a;
+    *ip == b.ip
+        && *kind == b.kind
+        && same(namespace, &b.namespace)
+        && same(pod, &b.pod)
+        && same(node, &b.node)
+        && same(workload, &b.workload)
 }
 
 impl Record {
@@ -72,7 +158,7 @@ impl Record {
             schema: SCHEMA,
             time,
             kind,
-            node: node.to_owned(),
+            node: node.into(),
             interface: None,
             protocol: "TCP".into(),
             src: Endpoint::none(),
@@ -87,6 +173,7 @@ impl Record {
             policies: Arc::default(),
             notes: Vec::new(),
             detail: Box::new(detail),
+            rendered: Rendered::default(),
         }
     }
 }
@@ -395,7 +482,7 @@ pub struct Endpoint {
     pub node: Option<Arc<str>>,
     /// `Deployment/checkout`, `StatefulSet/payments`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<String>,
+    pub workload: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -524,7 +611,7 @@ pub mod rfc3339 {
 /// pass over strings that need none (names, kinds, causes), integers and times formatted without
 /// allocating. The rare parts (`detail`, strings that need escaping) go through `serde_json` itself.
 mod json {
-    use std::{io::Write as _, net::IpAddr, time::SystemTime};
+    use std::{io::Write as _, net::IpAddr, sync::Arc, time::SystemTime};
 
     use super::{
         Detail, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record, ResetSeen,
@@ -584,20 +671,112 @@ mod json {
         }
     }
 
-    fn ip(out: &mut Vec<u8>, ip: &IpAddr) {
+    pub(super) fn ip(out: &mut Vec<u8>, ip: &IpAddr) {
         out.push(b'"');
-        let _ = write!(out, "{ip}");
+        match ip {
+            // Dotted quad by hand (the formatter's machinery costs more than the digits).
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'.');
+                    }
+                    if octet >= 100 {
+                        out.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        out.push(b'0' + octet / 10 % 10);
+                    }
+                    out.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(_) => {
+                let _ = write!(out, "{ip}");
+            }
+        }
         out.push(b'"');
     }
 
-    /// RFC 3339 with milliseconds, UTC, as [`super::rfc3339::format`] writes it, without allocating.
+    thread_local! {
+        /// The last second formatted (`2026-11-26T14:02:03`) and its Unix time: records come in bursts
+        /// within one second, and only the milliseconds differ.
+        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    }
+
+    /// RFC 3339 with milliseconds, UTC, as [`super::rfc3339::format`] writes it
+    /// (`humantime::format_rfc3339_millis`), without allocating.
     pub(super) fn time(out: &mut Vec<u8>, t: SystemTime) {
         out.push(b'"');
-        let _ = write!(out, "{}", humantime::format_rfc3339_millis(t));
+        match t.duration_since(SystemTime::UNIX_EPOCH) {
+            // humantime's range: years up to 9999.
+            Ok(d) if d.as_secs() < 253_402_300_800 => {
+                let secs = d.as_secs();
+                let (at, mut text) = SECOND.get();
+                if at != secs {
+                    text = civil(secs);
+                    SECOND.set((secs, text));
+                }
+                out.extend_from_slice(&text);
+                let ms = d.subsec_millis();
+                out.extend_from_slice(&[
+                    b'.',
+                    b'0' + (ms / 100) as u8,
+                    b'0' + (ms / 10 % 10) as u8,
+                    b'0' + (ms % 10) as u8,
+                    b'Z',
+                ]);
+            }
+            _ => {
+                let _ = write!(out, "{}", humantime::format_rfc3339_millis(t));
+            }
+        }
         out.push(b'"');
     }
 
-    fn endpoint(out: &mut Vec<u8>, e: &Endpoint) {
+    /// `YYYY-MM-DDTHH:MM:SS` of a Unix time (proleptic Gregorian, UTC; H. Hinnant's `civil_from_days`).
+    fn civil(secs: u64) -> [u8; 19] {
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z % 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + u64::from(month <= 2);
+        let mut text = *b"0000-00-00T00:00:00";
+        let mut put = |at: usize, v: u64, width: usize| {
+            let mut v = v;
+            for i in (0..width).rev() {
+                text[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, year, 4);
+        put(5, month, 2);
+        put(8, day, 2);
+        put(11, rem / 3_600, 2);
+        put(14, rem / 60 % 60, 2);
+        put(17, rem % 60, 2);
+        text
+    }
+
+    pub(super) fn endpoint(out: &mut Vec<u8>, e: &Endpoint) {
+        endpoint_head(out, e);
+        uint(out, e.port.into());
+        endpoint_tail(out, e);
+    }
+
+    /// An endpoint up to its port's value: `{"ip":"…","port":`.
+    pub(super) fn endpoint_head(out: &mut Vec<u8>, e: &Endpoint) {
+        out.extend_from_slice(b"{\"ip\":");
+        ip(out, &e.ip);
+        out.extend_from_slice(b",\"port\":");
+    }
+
+    /// An endpoint after its port's value: `,"kind":…}`.
+    pub(super) fn endpoint_tail(out: &mut Vec<u8>, e: &Endpoint) {
         // Exhaustive on purpose, as in `evidence`.
         let Endpoint {
             ip: _,
@@ -608,13 +787,7 @@ mod json {
             node: _,
             workload: _,
         } = e;
-        let mut first = true;
-        out.push(b'{');
-        key(out, &mut first, "ip");
-        ip(out, &e.ip);
-        key(out, &mut first, "port");
-        uint(out, e.port.into());
-        key(out, &mut first, "kind");
+        out.extend_from_slice(b",\"kind\":");
         str(out, &e.kind);
         for (name, v) in [
             ("namespace", e.namespace.as_deref()),
@@ -623,7 +796,9 @@ mod json {
             ("workload", e.workload.as_deref()),
         ] {
             if let Some(v) = v {
-                key(out, &mut first, name);
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
                 str(out, v);
             }
         }
@@ -710,7 +885,7 @@ mod json {
         out.push(b'}');
     }
 
-    fn policy(out: &mut Vec<u8>, p: &PolicyRef) {
+    pub(super) fn policy(out: &mut Vec<u8>, p: &PolicyRef) {
         // Exhaustive on purpose, as in `evidence`.
         let PolicyRef {
             kind: _,
@@ -748,7 +923,7 @@ mod json {
         out.push(b'}');
     }
 
-    fn list<T>(out: &mut Vec<u8>, items: &[T], each: impl Fn(&mut Vec<u8>, &T)) {
+    pub(super) fn list<T>(out: &mut Vec<u8>, items: &[T], each: impl Fn(&mut Vec<u8>, &T)) {
         out.push(b'[');
         for (i, item) in items.iter().enumerate() {
             if i > 0 {
@@ -781,7 +956,9 @@ mod json {
             policies: _,
             notes: _,
             detail: _,
+            rendered: _,
         } = r;
+        let memo = r.rendered.0.as_deref();
         let Detail {
             channel: _,
             policy_change: _,
@@ -803,10 +980,24 @@ mod json {
         }
         key(out, &mut first, "protocol");
         str(out, &r.protocol);
-        for (name, e) in [("src", &r.src), ("dst", &r.dst)] {
-            if !e.is_none() {
-                key(out, &mut first, name);
-                endpoint(out, e);
+        if !r.src.is_none() {
+            key(out, &mut first, "src");
+            match memo {
+                Some(m) if super::same_end(&r.src, &m.src) => {
+                    out.extend_from_slice(&m.src_head);
+                    uint(out, r.src.port.into());
+                    out.extend_from_slice(&m.src_tail);
+                }
+                _ => endpoint(out, &r.src),
+            }
+        }
+        if !r.dst.is_none() {
+            key(out, &mut first, "dst");
+            match memo {
+                Some(m) if super::same_end(&r.dst, &m.dst) && r.dst.port == m.dst.port => {
+                    out.extend_from_slice(&m.dst_json);
+                }
+                _ => endpoint(out, &r.dst),
             }
         }
         match r.service.as_slice() {
@@ -839,7 +1030,12 @@ mod json {
             evidence(out, e);
         }
         key(out, &mut first, "policies");
-        list(out, &r.policies, policy);
+        match memo {
+            Some(m) if Arc::ptr_eq(&r.policies, &m.policies) => {
+                out.extend_from_slice(&m.policies_json)
+            }
+            _ => list(out, &r.policies, policy),
+        }
         if !r.notes.is_empty() {
             key(out, &mut first, "notes");
             list(out, &r.notes, |out, n| str(out, n));
@@ -873,6 +1069,7 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn sample() -> Record {
         Record {
@@ -929,6 +1126,7 @@ mod tests {
             .into(),
             notes: vec![],
             detail: Box::default(),
+            rendered: Rendered::default(),
         }
     }
 
@@ -1038,6 +1236,41 @@ mod tests {
             }
         }
         assert!(!json::needs_escape("ünïcödé ✓ naïve".as_bytes()));
+    }
+
+    #[test]
+    fn times_and_addresses_are_written_as_the_formatters_write_them() {
+        // Every day from 1970 to 2100 at a moving time of day, then the edges of humantime's range; each
+        // formatted twice, so that the second of the first is the cached one.
+        let mut secs: Vec<u64> = (0..47_500u64)
+            .map(|d| d * 86_400 + d * 7_919 % 86_400)
+            .collect();
+        secs.extend([0, 59, 951_782_400, 4_107_542_399, 253_402_300_799]);
+        for s in secs {
+            for ms in [0u64, 7, 999] {
+                let t = SystemTime::UNIX_EPOCH + Duration::from_millis(s * 1_000 + ms);
+                for _ in 0..2 {
+                    let mut out = Vec::new();
+                    json::time(&mut out, t);
+                    assert_eq!(
+                        String::from_utf8_lossy(&out),
+                        format!("\"{}\"", humantime::format_rfc3339_millis(t))
+                    );
+                }
+            }
+        }
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "198.18.0.255",
+            "255.255.255.255",
+            "2001:2::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let mut out = Vec::new();
+            json::ip(&mut out, &ip.parse().expect("ip"));
+            assert_eq!(String::from_utf8_lossy(&out), format!("\"{ip}\""));
+        }
     }
 
     #[test]

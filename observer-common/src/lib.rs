@@ -231,6 +231,76 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 44);
 
+impl FlowKey {
+    /// The key as its eleven 32-bit words (native order): what the flow-table hash and key comparison
+    /// read. `FlowKey` is `repr(C)`, 44 bytes, 4-aligned, with no implicit padding.
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; 11] {
+        // SAFETY: size 44 = 11 × 4, alignment 4 (the `u32` field), every byte initialized (explicit
+        // `_pad`), and any bit pattern is a valid `u32`.
+        unsafe { &*(self as *const Self).cast::<[u32; 11]>() }
+    }
+
+    /// Whether two keys are equal, word by word (no byte loop, no `memcmp`: the eBPF target has none).
+    #[inline(always)]
+    pub fn same(&self, other: &Self) -> bool {
+        let (a, b) = (self.words(), other.words());
+        let mut diff = 0;
+        let mut i = 0;
+        while i < 11 {
+            diff |= a[i] ^ b[i];
+            i += 1;
+        }
+        diff == 0
+    }
+
+    /// The direct-mapped flow table's slot of this key (`< FLOW_SLOTS`): a multilinear hash (each word
+    /// times its own odd 64-bit constant, summed, the top bits taken), i.e. eleven independent
+    /// multiplications the CPU runs in parallel instead of a serial chain. `seed` is chosen per load,
+    /// so which flows collide is not predictable from outside.
+    #[inline(always)]
+    pub fn slot(&self, seed: u64) -> u32 {
+        const C: [u64; 11] = [
+            0x9e37_79b9_7f4a_7c15,
+            0xc2b2_ae3d_27d4_eb4f,
+            0x1656_67b1_9e37_79f9,
+            0x85eb_ca77_c2b2_ae63,
+            0x27d4_eb2f_1656_67c5,
+            0xff51_afd7_ed55_8ccd,
+            0xc4ce_b9fe_1a85_ec53,
+            0x94d0_49bb_1331_11eb,
+            0xbf58_476d_1ce4_e5b9,
+            0xd6e8_feb8_6659_fd93,
+            0xa076_1d64_78bd_642f,
+        ];
+        let w = self.words();
+        let mut h = seed;
+        let mut i = 0;
+        while i < 11 {
+            h = h.wrapping_add(u64::from(w[i] ^ (seed as u32)).wrapping_mul(C[i]));
+            i += 1;
+        }
+        (h >> (64 - FLOW_SLOTS_BITS)) as u32
+    }
+}
+
+/// log2 of [`FLOW_SLOTS`].
+pub const FLOW_SLOTS_BITS: u32 = 16;
+/// Slots of the direct-mapped flow table (a power of two).
+pub const FLOW_SLOTS: u32 = 1 << FLOW_SLOTS_BITS;
+
+/// One slot of the direct-mapped flow table: the flow that owns it and its state. A slot whose
+/// `key.family` is 0 is empty. 64 bytes: one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub key: FlowKey,
+    pub _pad: u32,
+    pub stats: FlowStats,
+}
+const _: () = assert!(size_of::<FlowSlot>() == 64);
+const _: () = assert!(FLOW_SLOTS.is_power_of_two() && FLOW_SLOTS >= FLOWS_MAX_ENTRIES);
+
 /// Key of `DROPS_SEEN`: one drop report per flow and reason per repeat window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -460,6 +530,8 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Event {}
     // SAFETY: as above.

@@ -1,7 +1,7 @@
 //! The kernel/user ABI of observer, defined once for both sides.
 //!
 //! ```text
-//!  TC ingress/egress ──┐                          ┌─▶ FLOWS (LRU hash FlowKey → FlowStats), read on demand
+//!  TC ingress/egress ──┐                          ┌─▶ FLOWS (hashed array of FlowSet), read on demand
 //!  (observer-ebpf)     ├─ state changes only ───▶ EVENTS (ring buffer of Event)
 //!  tp_btf/kfree_skb ───┤   (new flows through     └─▶ LOST (per-CPU u64 counters: failed reservations,
 //!                           a per-source, per-CPU       events suppressed by the new-flow token bucket)
@@ -67,9 +67,12 @@ pub mod global {
     pub const NEW_FLOW_RATE: &str = "CONFIG_NEW_FLOW_RATE";
     /// [`crate::SockOffsets`]: socket struct offsets read from BTF (the retransmission program).
     pub const SOCK_OFFSETS: &str = "CONFIG_SOCK_OFFSETS";
+    /// `u64`: the seed of the flow table's hash ([`crate::FlowKey::hash`]), random per load.
+    pub const FLOW_SEED: &str = "CONFIG_FLOW_SEED";
 }
 
-/// Capacity of the flow table (entries; LRU-evicted beyond).
+/// Capacity of the flow table (flows; see [`FLOW_SLOTS`]: a new flow takes a slot of its set, evicting
+/// the set's oldest if none is free).
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of the drop de-duplication table.
 pub const DROPS_SEEN_MAX_ENTRIES: u32 = 16_384;
@@ -217,7 +220,7 @@ impl Hook {
 }
 
 /// A TCP connection as seen on one interface, oriented client → server (the server owns the watched port,
-/// or received the first SYN). Key of `FLOWS`.
+/// or received the first SYN). The key of a [`FlowSlot`] of `FLOWS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -254,12 +257,12 @@ impl FlowKey {
         diff == 0
     }
 
-    /// The direct-mapped flow table's slot of this key (`< FLOW_SLOTS`): a multilinear hash (each word
-    /// times its own odd 64-bit constant, summed, the top bits taken), i.e. eleven independent
-    /// multiplications the CPU runs in parallel instead of a serial chain. `seed` is chosen per load,
-    /// so which flows collide is not predictable from outside.
+    /// The flow table's hash of this key: a multilinear hash (each word, mixed with the seed, times its
+    /// own odd 64-bit constant, summed; the caller takes the top bits), i.e. eleven independent
+    /// multiplications the CPU runs in parallel instead of a serial chain. `seed` is chosen per load
+    /// (`CONFIG_FLOW_SEED`), so which flows collide is not predictable from outside.
     #[inline(always)]
-    pub fn slot(&self, seed: u64) -> u32 {
+    pub fn hash(&self, seed: u64) -> u64 {
         const C: [u64; 11] = [
             0x9e37_79b9_7f4a_7c15,
             0xc2b2_ae3d_27d4_eb4f,
@@ -280,17 +283,35 @@ impl FlowKey {
             h = h.wrapping_add(u64::from(w[i] ^ (seed as u32)).wrapping_mul(C[i]));
             i += 1;
         }
-        (h >> (64 - FLOW_SLOTS_BITS)) as u32
+        h
+    }
+
+    /// The key's slot in a direct-mapped table of [`FLOW_SLOTS`] slots (`< FLOW_SLOTS`).
+    #[inline(always)]
+    pub fn slot(&self, seed: u64) -> u32 {
+        (self.hash(seed) >> (64 - FLOW_SLOTS_BITS)) as u32
+    }
+
+    /// The key's set in `FLOWS` (`< FLOW_SETS`): the top bits of [`FlowKey::hash`].
+    #[inline(always)]
+    pub fn set(&self, seed: u64) -> u32 {
+        (self.hash(seed) >> (64 - FLOW_SETS_BITS)) as u32
     }
 }
 
 /// log2 of [`FLOW_SLOTS`].
 pub const FLOW_SLOTS_BITS: u32 = 16;
-/// Slots of the direct-mapped flow table (a power of two).
+/// Flows the flow table holds: [`FLOW_SETS`] sets of [`FLOW_WAYS`] slots (a power of two).
 pub const FLOW_SLOTS: u32 = 1 << FLOW_SLOTS_BITS;
+/// Slots per set of the flow table: a key can live in any slot of its set (1: direct-mapped).
+pub const FLOW_WAYS: usize = 1;
+/// log2 of [`FLOW_SETS`].
+pub const FLOW_SETS_BITS: u32 = FLOW_SLOTS_BITS - FLOW_WAYS.trailing_zeros();
+/// Sets of the flow table (entries of the `FLOWS` array).
+pub const FLOW_SETS: u32 = 1 << FLOW_SETS_BITS;
 
-/// One slot of the direct-mapped flow table: the flow that owns it and its state. A slot whose
-/// `key.family` is 0 is empty. 64 bytes: one cache line.
+/// One slot of the flow table: the flow that owns it and its state. A slot whose `key.family` is 0 is
+/// empty. 64 bytes: one cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowSlot {
@@ -299,7 +320,20 @@ pub struct FlowSlot {
     pub stats: FlowStats,
 }
 const _: () = assert!(size_of::<FlowSlot>() == 64);
-const _: () = assert!(FLOW_SLOTS.is_power_of_two() && FLOW_SLOTS >= FLOWS_MAX_ENTRIES);
+
+/// One entry of `FLOWS` (an array map of [`FLOW_SETS`] of them): the [`FLOW_WAYS`] slots a key hashing
+/// to it may take.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSet {
+    pub ways: [FlowSlot; FLOW_WAYS],
+}
+const _: () = assert!(size_of::<FlowSet>() == 64 * FLOW_WAYS);
+const _: () = assert!(
+    FLOW_WAYS.is_power_of_two()
+        && FLOW_SETS as usize * FLOW_WAYS == FLOW_SLOTS as usize
+        && FLOW_SLOTS == FLOWS_MAX_ENTRIES
+);
 
 /// Key of `DROPS_SEEN`: one drop report per flow and reason per repeat window.
 #[repr(C)]
@@ -321,9 +355,10 @@ pub mod flow_state {
     pub const CLOSED: u8 = 5;
 }
 
-/// The handshake state of one flow on one interface. Value of `FLOWS`. Written only by packets carrying
-/// SYN, FIN or RST (and ICMP errors about the flow): a plain data or ACK packet leaves the map alone, so
-/// an established connection costs no map write (nothing in user space reads per-packet counters).
+/// The handshake state of one flow on one interface, in its [`FlowSlot`] of `FLOWS`. Written only by
+/// packets carrying SYN, FIN or RST (and ICMP errors about the flow): a plain data or ACK packet leaves
+/// the map alone, so an established connection costs no map write (nothing in user space reads
+/// per-packet counters).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowStats {
@@ -427,7 +462,11 @@ pub struct Event {
     /// Network namespace inode of the interface, for drops (kfree_skb sees every namespace: an ifindex
     /// means nothing without it); 0 for TC events, which are in the observer's namespace.
     pub netns: u32,
-    pub _pad: u32,
+    /// For [`EventKind::Opened`] and [`EventKind::SynRetransmit`]: the SYN's sequence number, i.e. the
+    /// attempt's initial sequence number (a retransmitted SYN carries the same one, a new attempt on
+    /// the same 4-tuple another); 0 for other kinds. The flow table can evict an attempt while its SYN
+    /// is still being retransmitted: the next SYN then comes up as `Opened` again, with this ISN.
+    pub isn: u32,
 }
 const _: () = assert!(size_of::<Event>() == 80);
 
@@ -532,6 +571,8 @@ mod user {
     unsafe impl aya::Pod for FlowStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowSet {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Event {}
     // SAFETY: as above.

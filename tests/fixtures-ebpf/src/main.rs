@@ -37,9 +37,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use observer_common::{
-    BUCKET_SLOTS, Bucket, DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, EVENTS_BYTES, Event,
-    EVENTS_WAKEUP_BYTES, FAMILY_V4, FLOW_SLOTS, FLOWS_MAX_ENTRIES, FlowKey, FlowSlot, FlowStats,
-    RateConfig,
+    BUCKET_SLOTS, Bucket, DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, EVENTS_BYTES,
+    EVENTS_WAKEUP_BYTES, Event, FAMILY_V4, FLOW_SLOTS, FLOWS_MAX_ENTRIES, FlowKey, FlowSlot,
+    FlowStats, RateConfig,
 };
 
 /// Where `cni_redirect*` send TCP packets.
@@ -367,7 +367,7 @@ fn direct_event(ctx: &TcContext, coarse: bool, two_way: bool) {
             reason: 0,
             location: 0,
             netns: 0,
-            _pad: 0,
+            isn: 0,
         });
         let waiting = FLOOR_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
         let record = (8 + core::mem::size_of::<Event>() as u64).next_multiple_of(8);

@@ -76,12 +76,12 @@ static CONFIG_NEW_FLOW_RATE: Global<RateConfig> = Global::new(RateConfig {
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
-/// The flow table: a hashed array of [`FlowSet`]s ([`FlowKey::set`] with [`CONFIG_FLOW_SEED`]), each of
-/// [`FLOW_WAYS`] slots. Not a hash map: an array lookup is inlined by the verifier (no helper call, no
-/// bucket lock, no LRU list), which is what brings a SYN with its event under 5× an empty program (the
-/// LRU hash's lookup and insert alone cost more than that budget; see BENCHMARKS.md). See [`flow_slot`]
-/// for what it changes: a new flow evicts the oldest flow of its set, not the least recently used of
-/// the whole table.
+/// The flow table: a set-associative cache of flows, a hashed array of [`FlowSet`]s ([`FlowKey::set`]
+/// with [`CONFIG_FLOW_SEED`]), each of [`FLOW_WAYS`] slots (4 MiB in all, as the LRU hash it replaced).
+/// Not a hash map: an array lookup is inlined by the verifier (no helper call, no bucket lock, no LRU
+/// list), which is what brings a SYN with its event under 5× an empty program (the LRU hash's lookup
+/// and insert alone cost more than that budget; see BENCHMARKS.md). See [`flow_slot`] for what it
+/// changes: a new flow evicts the oldest flow of its set, not the least recently used of the table.
 static FLOWS: Array<FlowSet> = Array::with_max_entries(FLOW_SETS, 0);
 #[map]
 static IGNORED_REASONS: Array<u8> = Array::with_max_entries(MAX_DROP_REASONS, 0);
@@ -513,15 +513,23 @@ fn opening_isn(syn: bool, ack: bool, seq: u32) -> u32 {
 /// closed), else the one whose attempt started first. A pointer into `FLOWS`, valid for the program's
 /// run; none only if the set index were out of range (never).
 ///
-/// What this changes against the LRU hash it replaced (65,536 entries, least recently used evicted
-/// only once all were taken): a flow can be evicted while the table is far from full, by a new flow of
-/// its set. With [`FLOW_WAYS`] = 1 (direct-mapped) a live flow survives `n` later new flows with
-/// probability (1 − 1/65,536)^n: 98.5 % after 1,000, 86 % after 10,000. What the daemon then sees:
-/// - a retransmitted SYN of an evicted attempt comes up as `Opened` again, with `syn_count` 1 (its
-///   ISN is the attempt's: [`Event::isn`]);
+/// What this changes against the LRU hash it replaced (65,536 entries, the least recently used evicted
+/// only once all were taken): a flow can be evicted while the table is far from full, by new flows of
+/// its set. A flow is the newest of its set when it takes its slot; each later new flow of the set
+/// takes a free slot or evicts the set's oldest, so with all set-mates live it goes at the
+/// [`FLOW_WAYS`]-th (4th) later new flow of its set. After `n` new flows on the node (each interface
+/// a connection crosses is one), its set got Poisson(n / 16,384) of them: evicted with probability
+/// 6 × 10⁻⁷ after 1,000 new flows, 0.35 % after 10,000, 11 % after 30,000 (direct-mapped, one way:
+/// 1.5 %, 14 %, 37 %). A SYN storm is admitted at the token bucket's rate (1,000/s per source bucket
+/// and CPU), so a real attempt's slot outlives its SYN retransmissions (1, 3, 7 s) with probability
+/// ≈ 99 % against a 2,000/s storm. What the daemon sees of an eviction:
+/// - a retransmitted SYN of an evicted attempt comes up as `Opened` again, with `syn_count` 1 and the
+///   attempt's ISN ([`Event::isn`]: the same attempt, which the channel tracker can tell from a new
+///   one on the same 4-tuple);
 /// - a SYN-ACK, FIN or RST of an evicted flow comes up as for a flow never seen (`Established`,
 ///   `Closed`, `Reset`), as before when the LRU evicted;
-/// - the evicting flow's own events are unaffected.
+/// - long-lived connections go first (their attempt started first): what is left of them is a FIN or
+///   an RST, which comes up either way.
 ///
 /// New flows held back by the token bucket take no slot, so a flood evicts at most the bucket's rate.
 #[inline(always)]

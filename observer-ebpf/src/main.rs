@@ -26,7 +26,7 @@
 #![no_std]
 #![no_main]
 
-use core::mem::{align_of, size_of};
+use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _, Global,
@@ -42,7 +42,7 @@ use observer_common::{
     FLOW_WAYS, FlowKey, FlowSet, FlowSlot, FlowStats, Hook, LOST_EVENTS, LOST_SLOTS,
     MAX_DROP_REASONS, MAX_IPV6_EXT_HEADERS, OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES,
     RTO_SEEN_MAX_ENTRIES, RateConfig, RtoKey, RtoSeen, SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW,
-    SkbOffsets, SockOffsets, flow_state, tcp_flags,
+    SkbOffsets, SockOffsets, flow_state, put_words, tcp_flags,
 };
 
 #[unsafe(no_mangle)]
@@ -189,7 +189,7 @@ fn watched(port: u16) -> bool {
 
 /// The addresses of an IP packet (IPv4 in the first four bytes), as the 32-bit words of
 /// [`FlowKey::words`] (each word's bytes in network order): built and copied word by word, never as
-/// byte arrays (see [`put`]).
+/// byte arrays (see [`put_words`]).
 struct Ip {
     family: u8,
     src: [u32; 4],
@@ -212,28 +212,6 @@ impl Ip {
 fn addr_words(a: &[u8; 16]) -> [u32; 4] {
     let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
     [w(0), w(4), w(8), w(12)]
-}
-
-/// Writes `v` to `dst` as `W`-sized words with volatile stores. LLVM otherwise turns a struct copy, or
-/// a run of zero fields, into a call to `memmove` / `memset`, which the BPF target implements as a byte
-/// loop: the SYN path had five of them (a 44-byte key copy alone ~220 instructions). Volatile stores
-/// are neither merged nor turned into calls.
-///
-/// # Safety
-/// `dst` valid for writes of a `T` and aligned for `W`; `T` free of implicit padding.
-#[inline(always)]
-unsafe fn put<T, W: Copy>(dst: *mut T, v: &T) {
-    const {
-        assert!(size_of::<T>() % size_of::<W>() == 0 && align_of::<T>() >= align_of::<W>());
-    }
-    let src = (v as *const T).cast::<W>();
-    let dst = dst.cast::<W>();
-    let mut i = 0;
-    while i < size_of::<T>() / size_of::<W>() {
-        // SAFETY: in bounds of both (the assertion above), aligned (the caller, and T's alignment).
-        unsafe { core::ptr::write_volatile(dst.add(i), *src.add(i)) };
-        i += 1;
-    }
 }
 
 /// The network header without its addresses: enough for the watched-port check. Addresses are copied
@@ -443,7 +421,10 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
                 let now = now();
                 // SAFETY: the slot's stats (8-aligned), no implicit padding.
                 unsafe {
-                    put::<FlowStats, u64>(st, &new_flow(flow_state::SYN_SENT, seq, flags, now))
+                    put_words::<FlowStats, u64>(
+                        st,
+                        &new_flow(flow_state::SYN_SENT, seq, flags, now),
+                    )
                 };
                 admit(&key.client_addr, now).then_some(EventKind::Opened)
             } else {
@@ -492,8 +473,8 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
     let st = new_flow(state, seq, flags, now);
     // SAFETY: a slot of the array map (8-aligned, 64 bytes); the types have no implicit padding.
     unsafe {
-        put::<FlowKey, u32>(&raw mut slot.key, &key);
-        put::<FlowStats, u64>(&raw mut slot.stats, &st);
+        put_words::<FlowKey, u32>(&raw mut slot.key, &key);
+        put_words::<FlowStats, u64>(&raw mut slot.stats, &st);
     }
     send(Event {
         isn: opening_isn(syn, ack, seq),
@@ -614,7 +595,8 @@ fn flow_key(ip: &Ip, sport: u16, dport: u16, to_server: bool, ifindex: u32) -> F
     } else {
         (&ip.dst, &ip.src, dport, sport)
     };
-    // Word by word, in `FlowKey`'s layout (a struct literal's 3-byte `_pad` is a `memset` call).
+    // Word by word, in `FlowKey`'s field order (addresses, client then server port, ifindex, family
+    // then padding): a struct literal's 3-byte `_pad` is a `memset` call.
     let (c, s) = (cport.to_ne_bytes(), sport.to_ne_bytes());
     let words: [u32; 11] = [
         client[0],
@@ -629,10 +611,7 @@ fn flow_key(ip: &Ip, sport: u16, dport: u16, to_server: bool, ifindex: u32) -> F
         ifindex,
         u32::from_ne_bytes([ip.family, 0, 0, 0]),
     ];
-    const { assert!(size_of::<FlowKey>() == size_of::<[u32; 11]>()) };
-    // SAFETY: FlowKey is repr(C), 44 bytes, every bit pattern valid; the words follow its field
-    // order (addresses, client then server port, ifindex, family then padding).
-    unsafe { core::mem::transmute::<[u32; 11], FlowKey>(words) }
+    FlowKey::from_words(words)
 }
 
 /// ICMP / ICMPv6 destination unreachable quoting a TCP header: the flow was rejected by the network
@@ -713,7 +692,7 @@ fn send(ev: Event) {
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
         // SAFETY: a reserved record of size_of::<Event>() bytes, 8-aligned; Event has no implicit
         // padding.
-        unsafe { put::<Event, u64>(entry.as_mut_ptr(), &ev) };
+        unsafe { put_words::<Event, u64>(entry.as_mut_ptr(), &ev) };
         entry.submit(wakeup());
     } else {
         count(LOST_EVENTS);

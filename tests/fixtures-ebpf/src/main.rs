@@ -39,7 +39,7 @@ use aya_ebpf::{
 use observer_common::{
     BUCKET_SLOTS, Bucket, DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, EVENTS_BYTES,
     EVENTS_WAKEUP_BYTES, Event, FAMILY_V4, FLOW_SLOTS, FLOWS_MAX_ENTRIES, FlowKey, FlowSlot,
-    FlowStats, RateConfig,
+    FlowStats, RateConfig, put_words,
 };
 
 /// Where `cni_redirect*` send TCP packets.
@@ -151,13 +151,41 @@ pub fn floor_clock(_ctx: TcContext) -> i32 {
 #[inline(always)]
 fn ringbuf(flags: u64) {
     if let Some(mut entry) = FLOOR_EVENTS.reserve::<Event>(0) {
-        let ev = entry.as_mut_ptr();
-        // SAFETY: a reserved slot of size_of::<Event>() bytes; Event is plain old data.
-        unsafe {
-            core::ptr::write_bytes(ev, 0, 1);
-            (*ev).kind = 1;
-        }
+        // SAFETY: a reserved record of size_of::<Event>() bytes, 8-aligned; Event has no implicit
+        // padding.
+        unsafe { put_words::<Event, u64>(entry.as_mut_ptr(), &event(&FLOOR_KEY, 0, 1)) };
         entry.submit(flags);
+    }
+}
+
+/// A key for the floors that need one without a packet.
+const FLOOR_KEY: FlowKey = FlowKey {
+    client_addr: [0; 16],
+    server_addr: [0; 16],
+    client_port: 0,
+    server_port: 0,
+    ifindex: 0,
+    family: FAMILY_V4,
+    _pad: [0; 3],
+};
+
+/// An event as the daemon's TC programs send it (the fields they leave at 0 included).
+#[inline(always)]
+fn event(key: &FlowKey, now: u64, syn_count: u16) -> Event {
+    Event {
+        ts_ns: now,
+        key: *key,
+        kind: 1,
+        origin: 0,
+        hook: 0,
+        tcp_flags: 0x02,
+        icmp_type: 0,
+        icmp_code: 0,
+        syn_count,
+        reason: 0,
+        location: 0,
+        netns: 0,
+        isn: 0,
     }
 }
 
@@ -180,24 +208,42 @@ fn ipv4_key(ctx: &TcContext) -> Option<FlowKey> {
     if start + 14 + 20 + 4 > end {
         return None;
     }
-    let mut key = FlowKey {
-        client_addr: [0; 16],
-        server_addr: [0; 16],
-        client_port: 0,
-        server_port: 0,
-        ifindex: 0,
-        family: FAMILY_V4,
-        _pad: [0; 3],
-    };
     // SAFETY: bounds checked above.
-    unsafe {
+    let (client, server, cport, sport) = unsafe {
         let p = start as *const u8;
-        key.client_addr[..4].copy_from_slice(&*p.add(14 + 12).cast::<[u8; 4]>());
-        key.server_addr[..4].copy_from_slice(&*p.add(14 + 16).cast::<[u8; 4]>());
-        key.client_port = u16::from_be_bytes([*p.add(34), *p.add(35)]);
-        key.server_port = u16::from_be_bytes([*p.add(36), *p.add(37)]);
+        (
+            *p.add(14 + 12).cast::<[u8; 4]>(),
+            *p.add(14 + 16).cast::<[u8; 4]>(),
+            u16::from_be_bytes([*p.add(34), *p.add(35)]).to_ne_bytes(),
+            u16::from_be_bytes([*p.add(36), *p.add(37)]).to_ne_bytes(),
+        )
+    };
+    // Word by word, as the daemon's `flow_key` (a struct literal's 3-byte padding is a memset call).
+    Some(FlowKey::from_words([
+        u32::from_ne_bytes(client),
+        0,
+        0,
+        0,
+        u32::from_ne_bytes(server),
+        0,
+        0,
+        0,
+        u32::from_ne_bytes([cport[0], cport[1], sport[0], sport[1]]),
+        0,
+        u32::from_ne_bytes([FAMILY_V4, 0, 0, 0]),
+    ]))
+}
+
+/// A flow's state after its first SYN.
+#[inline(always)]
+fn syn_stats(now: u64) -> FlowStats {
+    FlowStats {
+        first_seen_ns: now,
+        isn: 0,
+        syn_count: 1,
+        flags_seen: 0x02,
+        state: 1,
     }
-    Some(key)
 }
 
 #[classifier]
@@ -209,14 +255,7 @@ pub fn floor_flow(ctx: TcContext) -> i32 {
         // SAFETY: a live map value.
         Some(st) => unsafe { (*st).syn_count = (*st).syn_count.wrapping_add(1) },
         None => {
-            let st = FlowStats {
-                first_seen_ns: 0,
-                isn: 0,
-                syn_count: 1,
-                flags_seen: 0x02,
-                state: 1,
-            };
-            let _ = FLOOR_FLOWS.insert(&key, &st, 0);
+            let _ = FLOOR_FLOWS.insert(&key, &syn_stats(0), 0);
         }
     }
     TC_ACT_UNSPEC
@@ -256,14 +295,11 @@ fn direct(key: &FlowKey, now: u64) -> Option<(bool, u16)> {
         slot.stats.syn_count = slot.stats.syn_count.wrapping_add(1);
         Some((false, slot.stats.syn_count))
     } else {
-        slot.key = *key;
-        slot.stats = FlowStats {
-            first_seen_ns: now,
-            isn: 0,
-            syn_count: 1,
-            flags_seen: 0x02,
-            state: 1,
-        };
+        // SAFETY: an array-map slot (8-aligned); the types have no implicit padding.
+        unsafe {
+            put_words::<FlowKey, u32>(&raw mut slot.key, key);
+            put_words::<FlowStats, u64>(&raw mut slot.stats, &syn_stats(now));
+        }
         Some((true, 1))
     }
 }
@@ -299,14 +335,11 @@ fn assoc(key: &FlowKey, now: u64) -> Option<(bool, u16)> {
         0
     };
     let slot = &mut set[victim & 1];
-    slot.key = *key;
-    slot.stats = FlowStats {
-        first_seen_ns: now,
-        isn: 0,
-        syn_count: 1,
-        flags_seen: 0x02,
-        state: 1,
-    };
+    // SAFETY: an array-map slot (8-aligned); the types have no implicit padding.
+    unsafe {
+        put_words::<FlowKey, u32>(&raw mut slot.key, key);
+        put_words::<FlowStats, u64>(&raw mut slot.stats, &syn_stats(now));
+    }
     Some((true, 1))
 }
 
@@ -354,21 +387,8 @@ fn direct_event(ctx: &TcContext, coarse: bool, two_way: bool) {
         }
     }
     if let Some(mut entry) = FLOOR_EVENTS.reserve::<Event>(0) {
-        entry.write(Event {
-            ts_ns: now,
-            key,
-            kind: 1,
-            origin: 0,
-            hook: 0,
-            tcp_flags: 0x02,
-            icmp_type: 0,
-            icmp_code: 0,
-            syn_count,
-            reason: 0,
-            location: 0,
-            netns: 0,
-            isn: 0,
-        });
+        // SAFETY: a reserved record of size_of::<Event>() bytes, 8-aligned; no implicit padding.
+        unsafe { put_words::<Event, u64>(entry.as_mut_ptr(), &event(&key, now, syn_count)) };
         let waiting = FLOOR_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
         let record = (8 + core::mem::size_of::<Event>() as u64).next_multiple_of(8);
         let flags = if waiting / EVENTS_WAKEUP_BYTES

@@ -221,6 +221,8 @@ pub struct Datapath {
     program_ids: [[u32; 2]; 2],
     /// Filters of an earlier (crashed) run of ours removed so far.
     leftovers_removed: u64,
+    /// The flow table's hash seed of this load (`CONFIG_FLOW_SEED`).
+    flow_seed: u64,
 }
 
 impl Datapath {
@@ -365,6 +367,7 @@ impl Datapath {
             netns: current_netns(),
             program_ids,
             leftovers_removed: 0,
+            flow_seed,
         })
     }
 
@@ -809,6 +812,12 @@ impl Datapath {
             .filter(|slot| slot.key.family != 0)
             .map(|slot| (slot.key, slot.stats))
             .collect()
+    }
+
+    /// The seed of this load's flow-table hash: which set of `FLOWS` a key takes is
+    /// `key.set(flow_seed)` (`observer_common::FlowKey::set`). For tests of the table's eviction.
+    pub fn flow_seed(&self) -> u64 {
+        self.flow_seed
     }
 
     /// Runs a loaded TC program on `packet` `repeat` times in the kernel (BPF_PROG_TEST_RUN) and returns

@@ -361,7 +361,7 @@ const _: () = assert!(
 pub unsafe fn put_words<T, W: Copy>(dst: *mut T, v: &T) {
     const {
         assert!(
-            size_of::<T>() % size_of::<W>() == 0
+            size_of::<T>().is_multiple_of(size_of::<W>())
                 && core::mem::align_of::<T>() >= core::mem::align_of::<W>()
         );
     }

@@ -402,7 +402,8 @@ pub mod flow_state {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowStats {
-    /// When the flow's first SYN/FIN/RST was seen (CLOCK_MONOTONIC ns).
+    /// When the flow's first SYN/FIN/RST was seen (CLOCK_MONOTONIC ns; the coarse clock for a SYN,
+    /// as [`Event::ts_ns`]).
     pub first_seen_ns: u64,
     /// Initial sequence number of the SYN that opened the flow (detects retransmissions vs new attempts).
     pub isn: u32,
@@ -478,7 +479,9 @@ const _: () = assert!(size_of::<RateConfig>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event was produced.
+    /// CLOCK_MONOTONIC ns when the event was produced (`bpf_ktime_get_ns()`), except for a client's
+    /// SYN ([`EventKind::Opened`], [`EventKind::SynRetransmit`]): `bpf_ktime_get_coarse_ns()`, the last
+    /// timer tick's time, at most one tick (1/CONFIG_HZ) earlier.
     pub ts_ns: u64,
     pub key: FlowKey,
     /// [`EventKind`] as `u8`.

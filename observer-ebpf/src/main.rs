@@ -31,7 +31,7 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, classifier, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TcContext, TracePointContext},
@@ -418,7 +418,7 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
                     .then_some(EventKind::SynRetransmit)
             } else if st.isn != seq || is_final(st.state) {
                 // A new attempt on the same 4-tuple (the port was reused): as new as a new flow.
-                let now = now();
+                let now = syn_clock();
                 // SAFETY: the slot's stats (8-aligned), no implicit padding.
                 unsafe {
                     put_words::<FlowStats, u64>(
@@ -444,14 +444,15 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
             None
         };
         if let Some(kind) = kind {
+            let now = if syn && !ack { syn_clock() } else { now() };
             send(Event {
                 isn: opening_isn(syn, ack, seq),
-                ..event(&key, kind, origin, hook, flags, st.syn_count, now())
+                ..event(&key, kind, origin, hook, flags, st.syn_count, now)
             });
         }
         return Ok(());
     }
-    let now = now();
+    let now = if syn && !ack { syn_clock() } else { now() };
 
     let (state, kind) = if rst {
         (flow_state::RESET, EventKind::Reset)
@@ -565,11 +566,24 @@ fn admit(client: &[u8; 16], now: u64) -> bool {
     }
 }
 
-/// CLOCK_MONOTONIC ns, taken only on paths that store or send it (~20 ns a call).
+/// CLOCK_MONOTONIC ns, taken only on paths that store or send it (~30 ns a call on this VM).
 #[inline(always)]
 fn now() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// The clock of a client's SYN (`Opened`, `SynRetransmit`, and the flow state they write):
+/// CLOCK_MONOTONIC_COARSE, the time of the last timer tick, at most one tick (1/CONFIG_HZ: 4 ms at
+/// HZ=250) before [`now`]; ~3 ns a call instead of ~30, a fifth of a SYN's budget (see BENCHMARKS.md).
+/// What reads a SYN's time needs no finer grain: attempt windows are seconds, the record's
+/// `first_seen` is stamped from it, and being early it never moves a SYN after the drop, reset or
+/// answer that follows it (those, like every other event, keep [`now`]: a reset or rejection starts
+/// the 10 ms evidence settle, which one tick would shorten).
+#[inline(always)]
+fn syn_clock() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

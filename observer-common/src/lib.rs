@@ -434,7 +434,10 @@ impl Bucket {
     #[inline(always)]
     pub fn take(&mut self, now: u64, cfg: RateConfig) -> bool {
         let cap = u64::from(cfg.burst) * 1000;
-        let elapsed = now.wrapping_sub(self.last_ns);
+        // Callers stamp with two clocks (a SYN's coarse clock, a drop's precise one; the coarse one up
+        // to a tick behind): time only moves forward here, so an earlier `now` refills nothing and
+        // never rewinds `last_ns` (which would refill a tick's worth at the next precise call).
+        let elapsed = now.saturating_sub(self.last_ns);
         // per_second events per 10^9 ns = per_second thousandths of an event per 10^6 ns.
         let refill = if elapsed >= 1_000_000_000 {
             cap
@@ -442,7 +445,7 @@ impl Bucket {
             elapsed * u64::from(cfg.per_second) / 1_000_000
         };
         let tokens = self.milli_tokens.saturating_add(refill).min(cap);
-        self.last_ns = now;
+        self.last_ns = self.last_ns.max(now);
         if tokens >= 1000 {
             self.milli_tokens = tokens - 1000;
             true
@@ -666,6 +669,19 @@ mod tests {
         assert!(!b.take(t + 500_000, RATE));
         assert!(b.take(t + 1_000_000, RATE));
         assert!(!b.take(t + 1_000_000, RATE));
+    }
+
+    #[test]
+    fn a_bucket_fed_an_earlier_clock_neither_refills_nor_rewinds() {
+        let mut b = Bucket::default();
+        let t = 10_000_000_000;
+        assert!(b.take(t, RATE) && b.take(t, RATE));
+        // A coarse timestamp 4 ms behind: no wrap-around refill, and `last_ns` stays.
+        assert!(!b.take(t - 4_000_000, RATE));
+        assert_eq!(b.last_ns, t);
+        // Half a ms after `t` is still not a token's worth (one per ms).
+        assert!(!b.take(t + 500_000, RATE));
+        assert!(b.take(t + 1_000_000, RATE));
     }
 
     #[test]

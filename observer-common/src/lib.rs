@@ -8,7 +8,7 @@
 //!                           token bucket: BUCKETS)
 //!  tp_btf/tcp_retransmit_skb ┘ (an established socket's RTO count rising: RTO_SEEN keeps the last one sent)
 //!  user space writes:  IGNORED_REASONS (array u8 per drop reason), globals (CONFIG_*: the watched-port
-//!                      bitmap, kernel struct offsets, all-ports mode, new-flow rate)
+//!                      bitmap, kernel struct offsets, all-ports mode, new-flow rate, flow-table seed)
 //! ```
 //!
 //! Every type is `#[repr(C)]` with explicit padding, fixed-width integers only, and a compile-time size
@@ -267,8 +267,9 @@ impl FlowKey {
 
     /// The flow table's hash of this key: a multilinear hash (each word, mixed with the seed, times its
     /// own odd 64-bit constant, summed, then one multiply-xorshift round; the caller takes the top
-    /// bits), i.e. eleven independent multiplications the CPU runs in parallel, not a serial chain. `seed` is chosen per load
-    /// (`CONFIG_FLOW_SEED`), so which flows collide is not predictable from outside.
+    /// bits), i.e. eleven independent multiplications the CPU runs in parallel, not a serial chain.
+    /// `seed` is chosen per load (`CONFIG_FLOW_SEED`), so which flows collide is not predictable from
+    /// outside.
     #[inline(always)]
     pub fn hash(&self, seed: u64) -> u64 {
         const C: [u64; 11] = [

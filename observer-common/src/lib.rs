@@ -1,14 +1,14 @@
 //! The kernel/user ABI of observer, defined once for both sides.
 //!
 //! ```text
-//!  TC ingress/egress ──┐                          ┌─▶ FLOWS (LRU hash FlowKey → FlowStats), read on demand
+//!  TC ingress/egress ──┐                          ┌─▶ FLOWS (hashed array of FlowSet), read on demand
 //!  (observer-ebpf)     ├─ state changes only ───▶ EVENTS (ring buffer of Event)
 //!  tp_btf/kfree_skb ───┤   (new flows through     └─▶ LOST (per-CPU u64 counters: failed reservations,
 //!                           a per-source, per-CPU       events suppressed by the new-flow token bucket)
 //!                           token bucket: BUCKETS)
 //!  tp_btf/tcp_retransmit_skb ┘ (an established socket's RTO count rising: RTO_SEEN keeps the last one sent)
 //!  user space writes:  IGNORED_REASONS (array u8 per drop reason), globals (CONFIG_*: the watched-port
-//!                      bitmap, kernel struct offsets, all-ports mode, new-flow rate)
+//!                      bitmap, kernel struct offsets, all-ports mode, new-flow rate, flow-table seed)
 //! ```
 //!
 //! Every type is `#[repr(C)]` with explicit padding, fixed-width integers only, and a compile-time size
@@ -67,9 +67,12 @@ pub mod global {
     pub const NEW_FLOW_RATE: &str = "CONFIG_NEW_FLOW_RATE";
     /// [`crate::SockOffsets`]: socket struct offsets read from BTF (the retransmission program).
     pub const SOCK_OFFSETS: &str = "CONFIG_SOCK_OFFSETS";
+    /// `u64`: the seed of the flow table's hash ([`crate::FlowKey::hash`]), random per load.
+    pub const FLOW_SEED: &str = "CONFIG_FLOW_SEED";
 }
 
-/// Capacity of the flow table (entries; LRU-evicted beyond).
+/// Capacity of the flow table (flows; see [`FLOW_SLOTS`]: a new flow takes a slot of its set, evicting
+/// the set's oldest if none is free).
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of the drop de-duplication table.
 pub const DROPS_SEEN_MAX_ENTRIES: u32 = 16_384;
@@ -217,7 +220,7 @@ impl Hook {
 }
 
 /// A TCP connection as seen on one interface, oriented client → server (the server owns the watched port,
-/// or received the first SYN). Key of `FLOWS`.
+/// or received the first SYN). The key of a [`FlowSlot`] of `FLOWS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -230,6 +233,148 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<FlowKey>() == 44);
+
+impl FlowKey {
+    /// The key as its eleven 32-bit words (native order): what the flow-table hash and key comparison
+    /// read. `FlowKey` is `repr(C)`, 44 bytes, 4-aligned, with no implicit padding.
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; 11] {
+        // SAFETY: size 44 = 11 × 4, alignment 4 (the `u32` field), every byte initialized (explicit
+        // `_pad`), and any bit pattern is a valid `u32`.
+        unsafe { &*(self as *const Self).cast::<[u32; 11]>() }
+    }
+
+    /// A key from its eleven words (the inverse of [`FlowKey::words`]). The eBPF programs build keys
+    /// this way: a struct literal's 3-byte `_pad` becomes a `memset` call, a byte loop on BPF.
+    #[inline(always)]
+    pub fn from_words(words: [u32; 11]) -> Self {
+        // SAFETY: FlowKey is repr(C), 44 bytes, without implicit padding, every bit pattern valid.
+        unsafe { core::mem::transmute::<[u32; 11], FlowKey>(words) }
+    }
+
+    /// Whether two keys are equal, word by word (no byte loop, no `memcmp`: the eBPF target has none).
+    #[inline(always)]
+    pub fn same(&self, other: &Self) -> bool {
+        let (a, b) = (self.words(), other.words());
+        let mut diff = 0;
+        let mut i = 0;
+        while i < 11 {
+            diff |= a[i] ^ b[i];
+            i += 1;
+        }
+        diff == 0
+    }
+
+    /// The flow table's hash of this key: a multilinear hash (each word, mixed with the seed, times its
+    /// own odd 64-bit constant, summed, then one multiply-xorshift round; the caller takes the top
+    /// bits), i.e. eleven independent multiplications the CPU runs in parallel, not a serial chain.
+    /// `seed` is chosen per load (`CONFIG_FLOW_SEED`), so which flows collide is not predictable from
+    /// outside.
+    #[inline(always)]
+    pub fn hash(&self, seed: u64) -> u64 {
+        const C: [u64; 11] = [
+            0x9e37_79b9_7f4a_7c15,
+            0xc2b2_ae3d_27d4_eb4f,
+            0x1656_67b1_9e37_79f9,
+            0x85eb_ca77_c2b2_ae63,
+            0x27d4_eb2f_1656_67c5,
+            0xff51_afd7_ed55_8ccd,
+            0xc4ce_b9fe_1a85_ec53,
+            0x94d0_49bb_1331_11eb,
+            0xbf58_476d_1ce4_e5b9,
+            0xd6e8_feb8_6659_fd93,
+            0xa076_1d64_78bd_642f,
+        ];
+        let w = self.words();
+        let mut h = seed;
+        let mut i = 0;
+        while i < 11 {
+            h = h.wrapping_add(u64::from(w[i] ^ (seed as u32)).wrapping_mul(C[i]));
+            i += 1;
+        }
+        // A finalizer: without it, keys differing only in the high bytes of one word (the last two
+        // bytes of IPv4 addresses) reach only part of the sets: a product's top bits then depend on few
+        // of the constant's.
+        h ^= h >> 32;
+        h.wrapping_mul(0xd6e8_feb8_6659_fd93)
+    }
+
+    /// The key's slot in a direct-mapped table of [`FLOW_SLOTS`] slots (`< FLOW_SLOTS`).
+    #[inline(always)]
+    pub fn slot(&self, seed: u64) -> u32 {
+        (self.hash(seed) >> (64 - FLOW_SLOTS_BITS)) as u32
+    }
+
+    /// The key's set in `FLOWS` (`< FLOW_SETS`): the top bits of [`FlowKey::hash`].
+    #[inline(always)]
+    pub fn set(&self, seed: u64) -> u32 {
+        (self.hash(seed) >> (64 - FLOW_SETS_BITS)) as u32
+    }
+}
+
+/// log2 of [`FLOW_SLOTS`].
+pub const FLOW_SLOTS_BITS: u32 = 16;
+/// Flows the flow table holds: [`FLOW_SETS`] sets of [`FLOW_WAYS`] slots (a power of two).
+pub const FLOW_SLOTS: u32 = 1 << FLOW_SLOTS_BITS;
+/// Slots per set of the flow table: a key can live in any slot of its set (1 would be direct-mapped).
+/// Four ways cost a SYN with its event the same as one or two within the benchmark's spread (a miss
+/// compares four keys, one cache line each) and make evicting a live attempt far rarer (see
+/// `flow_slot` in observer-ebpf).
+pub const FLOW_WAYS: usize = 4;
+/// log2 of [`FLOW_SETS`].
+pub const FLOW_SETS_BITS: u32 = FLOW_SLOTS_BITS - FLOW_WAYS.trailing_zeros();
+/// Sets of the flow table (entries of the `FLOWS` array).
+pub const FLOW_SETS: u32 = 1 << FLOW_SETS_BITS;
+
+/// One slot of the flow table: the flow that owns it and its state. A slot whose `key.family` is 0 is
+/// empty. 64 bytes: one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub key: FlowKey,
+    pub _pad: u32,
+    pub stats: FlowStats,
+}
+const _: () = assert!(size_of::<FlowSlot>() == 64);
+
+/// One entry of `FLOWS` (an array map of [`FLOW_SETS`] of them): the [`FLOW_WAYS`] slots a key hashing
+/// to it may take.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSet {
+    pub ways: [FlowSlot; FLOW_WAYS],
+}
+const _: () = assert!(size_of::<FlowSet>() == 64 * FLOW_WAYS);
+const _: () = assert!(
+    FLOW_WAYS.is_power_of_two()
+        && FLOW_SETS as usize * FLOW_WAYS == FLOW_SLOTS as usize
+        && FLOW_SLOTS == FLOWS_MAX_ENTRIES
+);
+
+/// Writes `v` to `dst` as `W`-sized words with volatile stores. For the eBPF programs: LLVM turns a
+/// struct copy, or a run of zero fields, into a call to `memmove` / `memset`, which the BPF target
+/// implements as a byte loop (the SYN path had five: a 44-byte key copy alone ~220 instructions, an
+/// 80-byte event cleared ~400). Volatile stores are neither merged nor turned into calls.
+///
+/// # Safety
+/// `dst` valid for writes of a `T` and aligned for `W`; `T` without implicit padding.
+#[inline(always)]
+pub unsafe fn put_words<T, W: Copy>(dst: *mut T, v: &T) {
+    const {
+        assert!(
+            size_of::<T>().is_multiple_of(size_of::<W>())
+                && core::mem::align_of::<T>() >= core::mem::align_of::<W>()
+        );
+    }
+    let src = (v as *const T).cast::<W>();
+    let dst = dst.cast::<W>();
+    let mut i = 0;
+    while i < size_of::<T>() / size_of::<W>() {
+        // SAFETY: in bounds of both (the assertion above); aligned (the caller, and T's alignment).
+        unsafe { core::ptr::write_volatile(dst.add(i), *src.add(i)) };
+        i += 1;
+    }
+}
 
 /// Key of `DROPS_SEEN`: one drop report per flow and reason per repeat window.
 #[repr(C)]
@@ -251,13 +396,15 @@ pub mod flow_state {
     pub const CLOSED: u8 = 5;
 }
 
-/// The handshake state of one flow on one interface. Value of `FLOWS`. Written only by packets carrying
-/// SYN, FIN or RST (and ICMP errors about the flow): a plain data or ACK packet leaves the map alone, so
-/// an established connection costs no map write (nothing in user space reads per-packet counters).
+/// The handshake state of one flow on one interface, in its [`FlowSlot`] of `FLOWS`. Written only by
+/// packets carrying SYN, FIN or RST (and ICMP errors about the flow): a plain data or ACK packet leaves
+/// the map alone, so an established connection costs no map write (nothing in user space reads
+/// per-packet counters).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowStats {
-    /// When the flow's first SYN/FIN/RST was seen (CLOCK_MONOTONIC ns).
+    /// When the flow's first SYN/FIN/RST was seen (CLOCK_MONOTONIC ns; the coarse clock for a SYN,
+    /// as [`Event::ts_ns`]).
     pub first_seen_ns: u64,
     /// Initial sequence number of the SYN that opened the flow (detects retransmissions vs new attempts).
     pub isn: u32,
@@ -288,7 +435,10 @@ impl Bucket {
     #[inline(always)]
     pub fn take(&mut self, now: u64, cfg: RateConfig) -> bool {
         let cap = u64::from(cfg.burst) * 1000;
-        let elapsed = now.wrapping_sub(self.last_ns);
+        // Callers stamp with two clocks (a SYN's coarse clock, a drop's precise one; the coarse one up
+        // to a tick behind): time only moves forward here, so an earlier `now` refills nothing and
+        // never rewinds `last_ns` (which would refill a tick's worth at the next precise call).
+        let elapsed = now.saturating_sub(self.last_ns);
         // per_second events per 10^9 ns = per_second thousandths of an event per 10^6 ns.
         let refill = if elapsed >= 1_000_000_000 {
             cap
@@ -296,7 +446,7 @@ impl Bucket {
             elapsed * u64::from(cfg.per_second) / 1_000_000
         };
         let tokens = self.milli_tokens.saturating_add(refill).min(cap);
-        self.last_ns = now;
+        self.last_ns = self.last_ns.max(now);
         if tokens >= 1000 {
             self.milli_tokens = tokens - 1000;
             true
@@ -333,7 +483,9 @@ const _: () = assert!(size_of::<RateConfig>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event was produced.
+    /// CLOCK_MONOTONIC ns when the event was produced (`bpf_ktime_get_ns()`), except for a client's
+    /// SYN ([`EventKind::Opened`], [`EventKind::SynRetransmit`]): `bpf_ktime_get_coarse_ns()`, the last
+    /// timer tick's time, at most one tick (1/CONFIG_HZ) earlier.
     pub ts_ns: u64,
     pub key: FlowKey,
     /// [`EventKind`] as `u8`.
@@ -357,7 +509,11 @@ pub struct Event {
     /// Network namespace inode of the interface, for drops (kfree_skb sees every namespace: an ifindex
     /// means nothing without it); 0 for TC events, which are in the observer's namespace.
     pub netns: u32,
-    pub _pad: u32,
+    /// For [`EventKind::Opened`] and [`EventKind::SynRetransmit`]: the SYN's sequence number, i.e. the
+    /// attempt's initial sequence number (a retransmitted SYN carries the same one, a new attempt on
+    /// the same 4-tuple another); 0 for other kinds. The flow table can evict an attempt while its SYN
+    /// is still being retransmitted: the next SYN then comes up as `Opened` again, with this ISN.
+    pub isn: u32,
 }
 const _: () = assert!(size_of::<Event>() == 80);
 
@@ -461,6 +617,10 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowStats {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for FlowSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowSet {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SkbOffsets {}
@@ -480,6 +640,9 @@ mod user {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
     use super::*;
 
     const RATE: RateConfig = RateConfig {
@@ -510,6 +673,19 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_fed_an_earlier_clock_neither_refills_nor_rewinds() {
+        let mut b = Bucket::default();
+        let t = 10_000_000_000;
+        assert!(b.take(t, RATE) && b.take(t, RATE));
+        // A coarse timestamp 4 ms behind: no wrap-around refill, and `last_ns` stays.
+        assert!(!b.take(t - 4_000_000, RATE));
+        assert_eq!(b.last_ns, t);
+        // Half a ms after `t` is still not a token's worth (one per ms).
+        assert!(!b.take(t + 500_000, RATE));
+        assert!(b.take(t + 1_000_000, RATE));
+    }
+
+    #[test]
     fn sources_spread_over_the_slots() {
         let mut seen = [false; BUCKET_SLOTS as usize];
         for i in 0..=255u8 {
@@ -520,6 +696,78 @@ mod tests {
             seen[s as usize] = true;
         }
         assert!(seen.iter().filter(|s| **s).count() > 200);
+    }
+
+    fn key(client: [u8; 4], port: u16) -> FlowKey {
+        let mut k = FlowKey {
+            client_addr: [0; 16],
+            server_addr: [0; 16],
+            client_port: port,
+            server_port: 50051,
+            ifindex: 7,
+            family: FAMILY_V4,
+            _pad: [0; 3],
+        };
+        k.client_addr[..4].copy_from_slice(&client);
+        k.server_addr[..4].copy_from_slice(&[198, 18, 0, 1]);
+        k
+    }
+
+    #[test]
+    fn keys_compare_word_by_word() {
+        let a = key([198, 18, 1, 2], 40000);
+        assert!(a.same(&a.clone()));
+        assert_eq!(a.words()[8], u32::from_ne_bytes([0x40, 0x9c, 0x83, 0xc3]));
+        let mut b = a;
+        b.family = FAMILY_V6;
+        assert!(!a.same(&b), "the last word (family) counts");
+        let mut b = a;
+        b.server_addr[15] = 1;
+        assert!(!a.same(&b), "IPv6 bytes count");
+        assert!(!a.same(&key([198, 18, 1, 2], 40001)));
+    }
+
+    #[test]
+    fn flows_spread_evenly_over_the_sets_and_depend_on_the_seed() {
+        // 65,536 flows of one client address (every source port), of 65,536 addresses (the last two
+        // bytes: the high half of the word), and of both: random keys fill the 16,384 sets
+        // Poisson(4), ≈ 1.8 % of them empty and none above ~16. Without the finalizer, the second
+        // case left 56 % of the sets empty.
+        for (seed, keys) in [
+            (
+                1u64,
+                (0..=u16::MAX)
+                    .map(|p| key([198, 18, 1, 2], p))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                0xdead_beef_0123_4567,
+                (0..=u16::MAX)
+                    .map(|i| key([198, 18, (i >> 8) as u8, i as u8], 40000))
+                    .collect(),
+            ),
+            (
+                5,
+                (0..=u16::MAX)
+                    .map(|i| key([10, (i >> 8) as u8, i as u8, 1], i))
+                    .collect(),
+            ),
+        ] {
+            let mut per_set = vec![0u32; FLOW_SETS as usize];
+            for k in &keys {
+                let s = k.set(seed);
+                assert!(s < FLOW_SETS);
+                per_set[s as usize] += 1;
+            }
+            let max = per_set.iter().copied().max().unwrap_or(0);
+            let empty = per_set.iter().filter(|n| **n == 0).count() as f64 / FLOW_SETS as f64;
+            assert!(max <= 20, "fullest set {max}");
+            assert!((0.01..=0.03).contains(&empty), "empty sets {empty}");
+        }
+        let k = key([198, 18, 1, 2], 40000);
+        let moved = (0..64u64).filter(|s| k.set(*s) != k.set(0)).count();
+        assert!(moved > 56, "the seed moves keys: {moved} of 64");
+        assert!(k.slot(3) < FLOW_SLOTS);
     }
 
     #[test]

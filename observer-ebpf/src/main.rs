@@ -30,21 +30,19 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::{
-        __sk_buff, BPF_F_NO_COMMON_LRU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, TC_ACT_UNSPEC,
-    },
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, TC_ACT_UNSPEC},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, classifier, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TcContext, TracePointContext},
 };
 use observer_common::{
     BUCKET_SLOTS, Bucket, DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, DROPS_SEEN_MAX_ENTRIES,
-    DropKey, EVENTS_BYTES, EVENTS_WAKEUP_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6,
-    FLOWS_MAX_ENTRIES, FlowKey, FlowStats, Hook, LOST_EVENTS, LOST_SLOTS, MAX_DROP_REASONS,
-    MAX_IPV6_EXT_HEADERS, OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES, RTO_SEEN_MAX_ENTRIES,
-    RateConfig, RtoKey, RtoSeen, SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW, SkbOffsets, SockOffsets,
-    flow_state, tcp_flags,
+    DropKey, EVENTS_BYTES, EVENTS_WAKEUP_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6, FLOW_SETS,
+    FLOW_WAYS, FlowKey, FlowSet, FlowSlot, FlowStats, Hook, LOST_EVENTS, LOST_SLOTS,
+    MAX_DROP_REASONS, MAX_IPV6_EXT_HEADERS, OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES,
+    RTO_SEEN_MAX_ENTRIES, RateConfig, RtoKey, RtoSeen, SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW,
+    SkbOffsets, SockOffsets, flow_state, put_words, tcp_flags,
 };
 
 #[unsafe(no_mangle)]
@@ -66,6 +64,9 @@ static CONFIG_SKB_OFFSETS: Global<SkbOffsets> = Global::new(SkbOffsets {
 });
 #[unsafe(no_mangle)]
 static CONFIG_DROP_REPEAT_NS: Global<u64> = Global::new(10_000_000_000);
+/// The seed of the flow table's hash, random per load (set by user space).
+#[unsafe(no_mangle)]
+static CONFIG_FLOW_SEED: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static CONFIG_NEW_FLOW_RATE: Global<RateConfig> = Global::new(RateConfig {
     per_second: DEFAULT_NEW_FLOW_RATE,
@@ -75,10 +76,13 @@ static CONFIG_NEW_FLOW_RATE: Global<RateConfig> = Global::new(RateConfig {
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
-/// Per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): inserting a new flow takes no lock shared by every CPU, which
-/// is what a SYN storm does on every packet. Lookups still see every CPU's entries.
-static FLOWS: LruHashMap<FlowKey, FlowStats> =
-    LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, BPF_F_NO_COMMON_LRU);
+/// The flow table: a set-associative cache of flows, a hashed array of [`FlowSet`]s ([`FlowKey::set`]
+/// with [`CONFIG_FLOW_SEED`]), each of [`FLOW_WAYS`] slots (4 MiB in all, as the LRU hash it replaced).
+/// Not a hash map: an array lookup is inlined by the verifier (no helper call, no bucket lock, no LRU
+/// list), which is what brings a SYN with its event under 5× an empty program (the LRU hash's lookup
+/// and insert alone cost more than that budget; see BENCHMARKS.md). See [`flow_slot`] for what it
+/// changes: a new flow evicts the oldest flow of its set, not the least recently used of the table.
+static FLOWS: Array<FlowSet> = Array::with_max_entries(FLOW_SETS, 0);
 #[map]
 static IGNORED_REASONS: Array<u8> = Array::with_max_entries(MAX_DROP_REASONS, 0);
 #[map]
@@ -183,11 +187,31 @@ fn watched(port: u16) -> bool {
     byte & (1 << (port & 7)) != 0
 }
 
-/// The addresses of an IP packet (IPv4 in the first four bytes).
+/// The addresses of an IP packet (IPv4 in the first four bytes), as the 32-bit words of
+/// [`FlowKey::words`] (each word's bytes in network order): built and copied word by word, never as
+/// byte arrays (see [`put_words`]).
 struct Ip {
     family: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: [u32; 4],
+    dst: [u32; 4],
+}
+
+impl Ip {
+    /// From 16-byte addresses (the rare paths: ICMP quotes, drops, sockets).
+    #[inline(always)]
+    fn new(family: u8, src: &[u8; 16], dst: &[u8; 16]) -> Self {
+        Ip {
+            family,
+            src: addr_words(src),
+            dst: addr_words(dst),
+        }
+    }
+}
+
+#[inline(always)]
+fn addr_words(a: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
 }
 
 /// The network header without its addresses: enough for the watched-port check. Addresses are copied
@@ -271,22 +295,19 @@ fn parse_l3(ctx: &TcContext, off: usize, ethertype: u16) -> Result<L3, ()> {
 
 #[inline(always)]
 fn addresses(ctx: &TcContext, l3: &L3) -> Result<Ip, ()> {
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
     if l3.family == FAMILY_V4 {
         let s: [u8; 4] = read_array(ctx, l3.off + 12)?;
         let d: [u8; 4] = read_array(ctx, l3.off + 16)?;
-        src[..4].copy_from_slice(&s);
-        dst[..4].copy_from_slice(&d);
+        Ok(Ip {
+            family: FAMILY_V4,
+            src: [u32::from_ne_bytes(s), 0, 0, 0],
+            dst: [u32::from_ne_bytes(d), 0, 0, 0],
+        })
     } else {
-        src = read_array(ctx, l3.off + 8)?;
-        dst = read_array(ctx, l3.off + 24)?;
+        let s: [u8; 16] = read_array(ctx, l3.off + 8)?;
+        let d: [u8; 16] = read_array(ctx, l3.off + 24)?;
+        Ok(Ip::new(l3.family, &s, &d))
     }
-    Ok(Ip {
-        family: l3.family,
-        src,
-        dst,
-    })
 }
 
 #[inline(always)]
@@ -351,11 +372,11 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
     } else {
         // All ports: an existing entry decides; otherwise the lower port is taken as the server's.
         let fwd = flow_key(ip, sport, dport, true, ifindex(ctx));
-        if FLOWS.get_ptr(&fwd).is_some() {
+        if flow_slot(&fwd).is_some_and(|(_, hit)| hit) {
             true
         } else {
             let rev = flow_key(ip, sport, dport, false, ifindex(ctx));
-            if FLOWS.get_ptr(&rev).is_some() {
+            if flow_slot(&rev).is_some_and(|(_, hit)| hit) {
                 false
             } else {
                 dport <= sport
@@ -372,9 +393,16 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
     let rst = flags & tcp_flags::RST != 0;
     let fin = flags & tcp_flags::FIN != 0;
 
-    if let Some(st) = FLOWS.get_ptr_mut(&key) {
-        // SAFETY: the pointer is a live map value for the duration of the program.
-        let st = unsafe { &mut *st };
+    let Some((slot, hit)) = flow_slot(&key) else {
+        return Ok(());
+    };
+    // SAFETY: a slot of a live array-map value, valid for the duration of the program. Another CPU may
+    // write the same slot at the same time (two flows of one set, or one flow's packets on two CPUs):
+    // a torn slot can cost or duplicate an event, never a packet's fate (the program returns
+    // TC_ACT_UNSPEC whatever it reads).
+    let slot = unsafe { &mut *slot };
+    if hit {
+        let st = &mut slot.stats;
         st.flags_seen |= flags;
         let kind = if rst {
             (st.state != flow_state::RESET).then(|| {
@@ -390,8 +418,14 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
                     .then_some(EventKind::SynRetransmit)
             } else if st.isn != seq || is_final(st.state) {
                 // A new attempt on the same 4-tuple (the port was reused): as new as a new flow.
-                let now = now();
-                *st = new_flow(flow_state::SYN_SENT, seq, flags, now);
+                let now = syn_clock();
+                // SAFETY: the slot's stats (8-aligned), no implicit padding.
+                unsafe {
+                    put_words::<FlowStats, u64>(
+                        st,
+                        &new_flow(flow_state::SYN_SENT, seq, flags, now),
+                    )
+                };
                 admit(&key.client_addr, now).then_some(EventKind::Opened)
             } else {
                 None
@@ -410,11 +444,15 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
             None
         };
         if let Some(kind) = kind {
-            send(event(&key, kind, origin, hook, flags, st.syn_count, now()));
+            let now = if syn && !ack { syn_clock() } else { now() };
+            send(Event {
+                isn: opening_isn(syn, ack, seq),
+                ..event(&key, kind, origin, hook, flags, st.syn_count, now)
+            });
         }
         return Ok(());
     }
-    let now = now();
+    let now = if syn && !ack { syn_clock() } else { now() };
 
     let (state, kind) = if rst {
         (flow_state::RESET, EventKind::Reset)
@@ -428,15 +466,84 @@ fn on_tcp(ctx: &TcContext, hook: Hook, l3: &L3) -> Result<(), ()> {
     } else {
         (flow_state::CLOSED, EventKind::Closed)
     };
-    // A flood of new flows is counted, not sent up one by one, and takes no flow-table entry (it would
-    // evict real flows from the LRU).
+    // A flood of new flows is counted, not sent up one by one, and takes no flow-table slot (it would
+    // evict real flows).
     if !admit(&key.client_addr, now) {
         return Ok(());
     }
     let st = new_flow(state, seq, flags, now);
-    let _ = FLOWS.insert(&key, &st, 0);
-    send(event(&key, kind, origin, hook, flags, st.syn_count, now));
+    // SAFETY: a slot of the array map (8-aligned, 64 bytes); the types have no implicit padding.
+    unsafe {
+        put_words::<FlowKey, u32>(&raw mut slot.key, &key);
+        put_words::<FlowStats, u64>(&raw mut slot.stats, &st);
+    }
+    send(Event {
+        isn: opening_isn(syn, ack, seq),
+        ..event(&key, kind, origin, hook, flags, st.syn_count, now)
+    });
     Ok(())
+}
+
+/// [`Event::isn`] of a TC event: the sequence number of a client's SYN (the attempt's ISN), else 0.
+#[inline(always)]
+fn opening_isn(syn: bool, ack: bool, seq: u32) -> u32 {
+    if syn && !ack { seq } else { 0 }
+}
+
+/// The flow table's slot for `key`: the slot holding it (`true`), or the slot a new flow of this key
+/// would take (`false`): of its set, an empty slot, else one whose flow is over (reset, rejected,
+/// closed), else the one whose attempt started first. A pointer into `FLOWS`, valid for the program's
+/// run; none only if the set index were out of range (never).
+///
+/// What this changes against the LRU hash it replaced (65,536 entries, the least recently used evicted
+/// only once all were taken): a flow can be evicted while the table is far from full, by new flows of
+/// its set. A flow is the newest of its set when it takes its slot; each later new flow of the set
+/// takes a free slot or evicts the set's oldest, so with all set-mates live it goes at the
+/// [`FLOW_WAYS`]-th (4th) later new flow of its set. After `n` new flows on the node (each interface
+/// a connection crosses is one), its set got Poisson(n / 16,384) of them: evicted with probability
+/// 6 × 10⁻⁷ after 1,000 new flows, 0.35 % after 10,000, 11 % after 30,000 (direct-mapped, one way:
+/// 1.5 %, 14 %, 37 %). A SYN storm is admitted at the token bucket's rate (1,000/s per source bucket
+/// and CPU), so a real attempt's slot outlives its SYN retransmissions (1, 3, 7 s) with probability
+/// ≈ 99 % against a 2,000/s storm. What the daemon sees of an eviction:
+/// - a retransmitted SYN of an evicted attempt comes up as `Opened` again, with `syn_count` 1 and the
+///   attempt's ISN ([`Event::isn`]: the same attempt, which the channel tracker can tell from a new
+///   one on the same 4-tuple);
+/// - a SYN-ACK, FIN or RST of an evicted flow comes up as for a flow never seen (`Established`,
+///   `Closed`, `Reset`), as before when the LRU evicted;
+/// - long-lived connections go first (their attempt started first): what is left of them is a FIN or
+///   an RST, which comes up either way.
+///
+/// New flows held back by the token bucket take no slot, so a flood evicts at most the bucket's rate.
+#[inline(always)]
+fn flow_slot(key: &FlowKey) -> Option<(*mut FlowSlot, bool)> {
+    let set = FLOWS.get_ptr_mut(key.set(CONFIG_FLOW_SEED.load()))?;
+    // SAFETY: an array-map value, valid for the program's run; see `on_tcp` for concurrent writers.
+    let set = unsafe { &mut *set };
+    let mut i = 0;
+    while i < FLOW_WAYS {
+        if set.ways[i].key.same(key) {
+            return Some((&raw mut set.ways[i], true));
+        }
+        i += 1;
+    }
+    // No slot holds the key: the victim is the first free slot, else the oldest attempt.
+    let mut victim = 0;
+    let mut oldest = u64::MAX;
+    let mut i = 0;
+    while i < FLOW_WAYS {
+        let s = &set.ways[i];
+        let age = if s.key.family == 0 || is_final(s.stats.state) {
+            0
+        } else {
+            s.stats.first_seen_ns.max(1)
+        };
+        if age < oldest {
+            oldest = age;
+            victim = i;
+        }
+        i += 1;
+    }
+    Some((&raw mut set.ways[victim % FLOW_WAYS], false))
 }
 
 /// The new-flow token bucket of `client` on this CPU: whether one more event may go up. Refused events
@@ -459,11 +566,24 @@ fn admit(client: &[u8; 16], now: u64) -> bool {
     }
 }
 
-/// CLOCK_MONOTONIC ns, taken only on paths that store or send it (~20 ns a call).
+/// CLOCK_MONOTONIC ns, taken only on paths that store or send it (~30 ns a call on this VM).
 #[inline(always)]
 fn now() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// The clock of a client's SYN (`Opened`, `SynRetransmit`, and the flow state they write):
+/// CLOCK_MONOTONIC_COARSE, the time of the last timer tick, at most one tick (1/CONFIG_HZ: 4 ms at
+/// HZ=250) before [`now`]; ~3 ns a call instead of ~30, a fifth of a SYN's budget (see BENCHMARKS.md).
+/// What reads a SYN's time needs no finer grain: attempt windows are seconds, the record's
+/// `first_seen` is stamped from it, and being early it never moves a SYN after the drop, reset or
+/// answer that follows it (those, like every other event, keep [`now`]: a reset or rejection starts
+/// the 10 ms evidence settle, which one tick would shorten).
+#[inline(always)]
+fn syn_clock() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]
@@ -484,27 +604,28 @@ fn new_flow(state: u8, seq: u32, flags: u8, now: u64) -> FlowStats {
 
 #[inline(always)]
 fn flow_key(ip: &Ip, sport: u16, dport: u16, to_server: bool, ifindex: u32) -> FlowKey {
-    if to_server {
-        FlowKey {
-            client_addr: ip.src,
-            server_addr: ip.dst,
-            client_port: sport,
-            server_port: dport,
-            ifindex,
-            family: ip.family,
-            _pad: [0; 3],
-        }
+    let (client, server, cport, sport) = if to_server {
+        (&ip.src, &ip.dst, sport, dport)
     } else {
-        FlowKey {
-            client_addr: ip.dst,
-            server_addr: ip.src,
-            client_port: dport,
-            server_port: sport,
-            ifindex,
-            family: ip.family,
-            _pad: [0; 3],
-        }
-    }
+        (&ip.dst, &ip.src, dport, sport)
+    };
+    // Word by word, in `FlowKey`'s field order (addresses, client then server port, ifindex, family
+    // then padding): a struct literal's 3-byte `_pad` is a `memset` call.
+    let (c, s) = (cport.to_ne_bytes(), sport.to_ne_bytes());
+    let words: [u32; 11] = [
+        client[0],
+        client[1],
+        client[2],
+        client[3],
+        server[0],
+        server[1],
+        server[2],
+        server[3],
+        u32::from_ne_bytes([c[0], c[1], s[0], s[1]]),
+        ifindex,
+        u32::from_ne_bytes([ip.family, 0, 0, 0]),
+    ];
+    FlowKey::from_words(words)
 }
 
 /// ICMP / ICMPv6 destination unreachable quoting a TCP header: the flow was rejected by the network
@@ -537,11 +658,7 @@ fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> 
         dst.copy_from_slice(&hdr[24..40]);
         quoted + IPV6_HLEN
     };
-    let inner = Ip {
-        family: l3.family,
-        src,
-        dst,
-    };
+    let inner = Ip::new(l3.family, &src, &dst);
     // ICMP quotes at least 8 bytes of the TCP header: the ports and the sequence number.
     let tcp: [u8; 4] = ctx.load(tcp_off).map_err(|_| ())?;
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
@@ -552,10 +669,10 @@ fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> 
     let key = flow_key(&inner, sport, dport, true, ifindex(ctx));
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let syn_count = match FLOWS.get_ptr_mut(&key) {
-        Some(st) => {
-            // SAFETY: live map value.
-            let st = unsafe { &mut *st };
+    let syn_count = match flow_slot(&key) {
+        Some((slot, true)) => {
+            // SAFETY: a live array-map slot (see `on_tcp`).
+            let st = unsafe { &mut (*slot).stats };
             if st.state == flow_state::REJECTED {
                 return Ok(());
             }
@@ -563,8 +680,8 @@ fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> 
             st.syn_count
         }
         // A rejection of a flow we never saw: as new as a new flow, so it passes the bucket.
-        None if admit(&key.client_addr, now) => 0,
-        None => return Ok(()),
+        _ if admit(&key.client_addr, now) => 0,
+        _ => return Ok(()),
     };
     send(Event {
         icmp_type,
@@ -587,7 +704,9 @@ fn on_icmp(ctx: &TcContext, hook: Hook, l3: &L3, unreach: u8) -> Result<(), ()> 
 #[inline(always)]
 fn send(ev: Event) {
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
-        entry.write(ev);
+        // SAFETY: a reserved record of size_of::<Event>() bytes, 8-aligned; Event has no implicit
+        // padding.
+        unsafe { put_words::<Event, u64>(entry.as_mut_ptr(), &ev) };
         entry.submit(wakeup());
     } else {
         count(LOST_EVENTS);
@@ -646,7 +765,7 @@ fn event(
         reason: 0,
         location: 0,
         netns: 0,
-        _pad: 0,
+        isn: 0,
     }
 }
 
@@ -783,7 +902,7 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
         };
         (kread(dev, off.ifindex).unwrap_or(0), netns)
     };
-    let ip = Ip { family, src, dst };
+    let ip = Ip::new(family, &src, &dst);
     let key = flow_key(&ip, sport, dport, to_server, ifindex);
 
     // One report per (flow, reason) per repeat window: retransmissions of a dropped SYN are counted by
@@ -1018,11 +1137,7 @@ fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
     } else {
         return Ok(());
     };
-    let ip = Ip {
-        family,
-        src: local,
-        dst: remote,
-    };
+    let ip = Ip::new(family, &local, &remote);
     // Oriented client → server like every flow key; no interface (a socket's event).
     let key = flow_key(&ip, lport, rport, this_is_client, 0);
 

@@ -117,7 +117,7 @@ fn record(kind: EventKind, i: usize, ts_ns: u64) -> Vec<u8> {
         reason: 77,
         location: 0,
         netns: 0,
-        _pad: 0,
+        isn: 0,
     };
     // SAFETY: Event is plain old data.
     unsafe { std::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), size_of::<Event>()) }

@@ -413,6 +413,10 @@ fn per_packet() {
         "floor_ringbuf_no_wakeup",
         "floor_flow",
         "floor_admit",
+        "floor_direct",
+        "floor_direct_event",
+        "floor_direct_event_coarse",
+        "floor_assoc_event",
     ] {
         let p: &mut aya::programs::SchedClassifier = fixtures
             .program_mut(name)
@@ -453,6 +457,32 @@ fn per_packet() {
             "token bucket: per-CPU slot, clock, refill",
             batch + 4,
         ),
+        // The candidate flow state: a direct-mapped array of FlowSlots (no helper call per lookup).
+        (
+            "floor_direct",
+            "direct-mapped table: slot, compare, count or overwrite",
+            batch + 5,
+        ),
+        (
+            "floor_direct",
+            "direct-mapped table: the same flows again",
+            batch + 5,
+        ),
+        (
+            "floor_direct_event",
+            "direct-mapped + bucket + clock + event (no parse)",
+            batch + 6,
+        ),
+        (
+            "floor_direct_event_coarse",
+            "the same with bpf_ktime_get_coarse_ns",
+            batch + 7,
+        ),
+        (
+            "floor_assoc_event",
+            "the same, two-way set-associative table, precise clock",
+            batch + 8,
+        ),
     ] {
         let mut drained = 0usize;
         let (b, o) = per_call(
@@ -467,7 +497,7 @@ fn per_packet() {
             },
         );
         println!(
-            "    {what:<48} empty {b:6.1} ns  floor {o:6.1} ns  = empty + {:5.1} ns ({:4.2}×){}",
+            "    {what:<54} empty {b:6.1} ns  floor {o:6.1} ns  = empty + {:5.1} ns ({:4.2}×){}",
             o - b,
             o / b,
             if drained > 0 {

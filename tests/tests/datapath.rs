@@ -1,7 +1,11 @@
 //! The kernel datapath on the real kernel: real packets between network namespaces, nftables enforcing,
 //! the observer attached in the node namespace. Root only: run through `./x test`.
 
-use std::{io::Read as _, net::SocketAddr, time::Duration};
+use std::{
+    io::Read as _,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use observer::bpf::{
     AttachMode, DatapathConfig, KernelEvent, Kind,
@@ -680,6 +684,18 @@ fn repeated_syns_and_new_flow_floods_are_counted_not_sent_up() {
         suppressed >= 1750,
         "the rest counted as suppressed: {suppressed}"
     );
+    // A flow the bucket refused takes no slot of the flow table: the source's slots are exactly its
+    // flows that went up.
+    let opened_from_source = events
+        .iter()
+        .filter(|e| e.kind == Kind::Opened && e.client.ip() == IpAddr::from([198, 18, 7, 3]))
+        .count();
+    let slots_of_source = dp
+        .flows()
+        .iter()
+        .filter(|(k, _)| k.client_addr[..4] == [198, 18, 7, 3])
+        .count();
+    assert_eq!(slots_of_source, opened_from_source);
     // Another source has its own bucket.
     dp.test_run(tc, &ipv4_syn([198, 18, 9, 9], 20000, 1), 1)
         .expect("test run");
@@ -691,4 +707,96 @@ fn repeated_syns_and_new_flow_floods_are_counted_not_sent_up() {
             .any(|e| e.kind == Kind::Opened && e.client.port() == 20000),
         "{events:?}"
     );
+}
+
+/// The flow table is set-associative (`observer_common::FLOW_WAYS` slots per set): a full set's oldest
+/// flow is evicted by a new one; its next SYN then comes up as `Opened` again, with the attempt's ISN
+/// in its slot. A new ISN on a known 4-tuple is a new attempt. BPF_PROG_TEST_RUN on the real program.
+#[test]
+#[ignore = "needs root: run through ./x test"]
+fn a_full_sets_oldest_flow_is_evicted_and_its_next_syn_opens_again() {
+    observer_tests::require_root();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let mut dp = observer::bpf::Datapath::load(&DatapathConfig {
+        interfaces: vec![],
+        ports: vec![PORT],
+        // No token bucket: every new flow takes a slot.
+        new_flow_rate: 0,
+        ..DatapathConfig::default()
+    })
+    .expect("loading the datapath");
+    let mut reader = dp.events().expect("ring buffer");
+    let tc = observer_common::program::TC_INGRESS;
+    // A flow: its client's address and port.
+    type Client = ([u8; 4], u16);
+    let first: Client = ([198, 18, 8, 1], 30000);
+    let mut events = Vec::new();
+    let mut run = |dp: &observer::bpf::Datapath, (src, sport): Client, seq: u32| {
+        dp.test_run(tc, &ipv4_syn(src, sport, seq), 1)
+            .expect("test run");
+        events.clear();
+        reader.read_available(&mut events);
+        events
+            .iter()
+            .filter(|e| e.client == SocketAddr::from((src, sport)) && e.kind != Kind::Dropped)
+            .map(|e| (e.kind, e.syn_count))
+            .collect::<Vec<_>>()
+    };
+    let slot_of = |dp: &observer::bpf::Datapath, (src, sport): Client| {
+        dp.flows()
+            .into_iter()
+            .find(|(k, _)| k.client_addr[..4] == src && k.client_port == sport)
+    };
+
+    assert_eq!(run(&dp, first, 1000), vec![(Kind::Opened, 1)]);
+    assert_eq!(run(&dp, first, 1000), vec![(Kind::SynRetransmit, 2)]);
+    let (key, stats) = slot_of(&dp, first).expect("the first flow's slot");
+    assert_eq!((stats.isn, stats.syn_count), (1000, 2));
+
+    // Other clients whose keys take the same set (the seed is this load's): about one in 16,384.
+    let seed = dp.flow_seed();
+    let set = key.set(seed);
+    let mates: Vec<Client> = (2..=255u8)
+        .flat_map(|host| (1024..=u16::MAX).map(move |port| ([198, 18, 8, host], port)))
+        .filter(|(src, port)| {
+            let mut k = observer_common::FlowKey {
+                client_port: *port,
+                ..key
+            };
+            k.client_addr[..4].copy_from_slice(src);
+            k.set(seed) == set
+        })
+        .take(observer_common::FLOW_WAYS)
+        .collect();
+    assert_eq!(
+        mates.len(),
+        observer_common::FLOW_WAYS,
+        "clients sharing the set"
+    );
+    // The set has room for FLOW_WAYS - 1 more: the first flow stays until the last of them.
+    for (i, mate) in mates.iter().enumerate() {
+        assert_eq!(run(&dp, *mate, 2000 + i as u32), vec![(Kind::Opened, 1)]);
+        let evicted = i + 1 == observer_common::FLOW_WAYS;
+        assert_eq!(
+            slot_of(&dp, first).is_none(),
+            evicted,
+            "after {} mates",
+            i + 1
+        );
+    }
+    assert!(mates.iter().all(|m| slot_of(&dp, *m).is_some()));
+
+    // The evicted flow's next SYN: a new slot, counted from 1 again, the attempt's ISN kept (the
+    // event carries it as `isn`); it evicted the oldest mate.
+    assert_eq!(run(&dp, first, 1000), vec![(Kind::Opened, 1)]);
+    let (_, stats) = slot_of(&dp, first).expect("back in the table");
+    assert_eq!((stats.isn, stats.syn_count), (1000, 1));
+    assert!(slot_of(&dp, mates[0]).is_none(), "the oldest mate went");
+    // A new ISN on the same 4-tuple is a new attempt.
+    assert_eq!(run(&dp, first, 7777), vec![(Kind::Opened, 1)]);
+    assert_eq!(slot_of(&dp, first).map(|(_, s)| s.isn), Some(7777));
 }

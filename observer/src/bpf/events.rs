@@ -413,7 +413,7 @@ mod tests {
             reason: 77,
             location: 0,
             netns: 0,
-            _pad: 0,
+            isn: 0,
         }
     }
 

@@ -27,7 +27,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, LinkOrder, ProgramError, SchedClassifier, TcAttach, TcAttachType,
         TracePoint,
@@ -35,8 +35,8 @@ use aya::{
     },
 };
 use observer_common::{
-    DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, FlowKey, FlowStats, LOST_EVENTS, OFFSET_UNKNOWN,
-    RateConfig, SUPPRESSED_EVENTS, SkbOffsets, SockOffsets, global, map, program,
+    DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, FlowKey, FlowSet, FlowStats, LOST_EVENTS,
+    OFFSET_UNKNOWN, RateConfig, SUPPRESSED_EVENTS, SkbOffsets, SockOffsets, global, map, program,
 };
 
 use super::{
@@ -221,6 +221,8 @@ pub struct Datapath {
     program_ids: [[u32; 2]; 2],
     /// Filters of an earlier (crashed) run of ours removed so far.
     leftovers_removed: u64,
+    /// The flow table's hash seed of this load (`CONFIG_FLOW_SEED`).
+    flow_seed: u64,
 }
 
 impl Datapath {
@@ -275,6 +277,11 @@ impl Datapath {
             per_second: config.new_flow_rate,
             burst: config.new_flow_burst.max(1),
         };
+        // Which flows share a set of the flow table depends on this, chosen afresh per load.
+        let flow_seed = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::process::id(),
+        );
 
         let mut ebpf = EbpfLoader::new()
             .override_global(global::ALL_PORTS, &all_ports, true)
@@ -283,6 +290,7 @@ impl Datapath {
             .override_global(global::DROP_REPEAT_NS, &repeat_ns, true)
             .override_global(global::NEW_FLOW_RATE, &rate, true)
             .override_global(global::SOCK_OFFSETS, &sock_offsets, true)
+            .override_global(global::FLOW_SEED, &flow_seed, true)
             .load(OBJECT)
             .map_err(LoadError::Load)?;
 
@@ -359,6 +367,7 @@ impl Datapath {
             netns: current_netns(),
             program_ids,
             leftovers_removed: 0,
+            flow_seed,
         })
     }
 
@@ -786,15 +795,29 @@ impl Datapath {
             .map_or(0, |v| v.iter().sum())
     }
 
-    /// A snapshot of the flow table.
+    /// A snapshot of the flow table: every slot holding a flow (its key set). One read per set
+    /// (`observer_common::FLOW_SETS` syscalls, tens of milliseconds): for tests and diagnostics, not a
+    /// per-event path. Slots are read while the kernel writes them: a slot written at that moment may
+    /// read torn.
     pub fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
         let Some(m) = self.ebpf.map(map::FLOWS) else {
             return Vec::new();
         };
-        let Ok(h) = BpfHashMap::<_, FlowKey, FlowStats>::try_from(m) else {
+        let Ok(a) = Array::<_, FlowSet>::try_from(m) else {
             return Vec::new();
         };
-        h.iter().filter_map(Result::ok).collect()
+        a.iter()
+            .filter_map(Result::ok)
+            .flat_map(|set| set.ways)
+            .filter(|slot| slot.key.family != 0)
+            .map(|slot| (slot.key, slot.stats))
+            .collect()
+    }
+
+    /// The seed of this load's flow-table hash: which set of `FLOWS` a key takes is
+    /// `key.set(flow_seed)` (`observer_common::FlowKey::set`). For tests of the table's eviction.
+    pub fn flow_seed(&self) -> u64 {
+        self.flow_seed
     }
 
     /// Runs a loaded TC program on `packet` `repeat` times in the kernel (BPF_PROG_TEST_RUN) and returns

@@ -169,6 +169,7 @@ fn event(kind: Kind, i: usize, at_ns: u64, base: SystemTime) -> KernelEvent {
         icmp: None,
         drop: None,
         netns: 0,
+        isn: 0,
     }
 }
 

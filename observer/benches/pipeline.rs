@@ -117,7 +117,12 @@ fn record(kind: EventKind, i: usize, ts_ns: u64) -> Vec<u8> {
         reason: 77,
         location: 0,
         netns: 0,
-        isn: 0,
+        // The SYN's sequence number (the attempt's ISN), as the kernel sends it with `Opened`.
+        isn: if kind == EventKind::Opened {
+            (i as u32).wrapping_mul(2_654_435_761) | 1
+        } else {
+            0
+        },
     };
     // SAFETY: Event is plain old data.
     unsafe { std::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), size_of::<Event>()) }

@@ -926,6 +926,7 @@ mod tests {
             icmp: None,
             drop: None,
             netns: 0,
+            isn: 0,
         }
     }
 

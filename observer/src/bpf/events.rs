@@ -52,6 +52,11 @@ pub struct KernelEvent {
     /// Network namespace inode of a drop's interface or of a retransmitting socket (0 when unknown or for
     /// TC events).
     pub netns: u32,
+    /// For [`Kind::Opened`] and [`Kind::SynRetransmit`]: the SYN's sequence number, the attempt's initial
+    /// sequence number (a retransmitted SYN carries the same one, a new attempt on the same 4-tuple
+    /// another); 0 otherwise. The kernel's flow table may evict an attempt while its SYN is still being
+    /// retransmitted: its next SYN then comes up as `Opened` again, with this ISN.
+    pub isn: u32,
 }
 
 /// What happened to the flow.
@@ -246,6 +251,7 @@ impl Decoder {
             icmp: (kind == EventKind::Rejected).then_some((raw.icmp_type, raw.icmp_code)),
             drop,
             netns: raw.netns,
+            isn: raw.isn,
         })
     }
 }

@@ -10,7 +10,10 @@
 //!
 //! One channel is one connection attempt: client ip:port → server ip:port, from its first SYN. The same
 //! packet is seen on several interfaces (the client's veth, then the server's): events of one attempt merge
-//! into one channel, which remembers where its SYN was seen. A channel is **blocked** when a kernel drop
+//! into one channel, which remembers where its SYN was seen. A SYN seen again on an interface that saw it
+//! is a new attempt reusing the 4-tuple only when its initial sequence number differs: the kernel's flow
+//! table may evict an attempt whose SYN is still being retransmitted, and its next SYN then comes up as
+//! `Opened` again — the same attempt, its SYNs counted on. A channel is **blocked** when a kernel drop
 //! hits its SYN, when the network rejects it (ICMP unreachable), when the server side resets it before any
 //! SYN-ACK, or when nothing answered its SYN (one or more) for `blocked_window`. Evidence that arrives
 //! within `settle` of the first (a drop right after the reset it caused) is merged before the channel is
@@ -213,6 +216,11 @@ struct Channel {
     blocked: Box<Blocked>,
     /// The post-NAT key merged into this (pre-NAT) channel.
     translated: Option<Key>,
+    /// The attempt's initial sequence number, from its SYN (0 until a SYN with one is seen).
+    isn: u32,
+    /// SYNs counted before the kernel's count restarted: a SYN of this attempt that comes up as
+    /// `Opened` again (its flow-table entry was evicted) restarts the kernel's `syn_count` at 1.
+    syn_base: u32,
 }
 
 /// Drops the join entries pointing at `ch` (under `key`): its VIP leg and its post-NAT alias.
@@ -366,6 +374,8 @@ impl Tracker {
                 service: self.services.is_vip(key.server).then_some(key.server),
             }),
             translated: None,
+            isn: if ev.kind == Kind::Opened { ev.isn } else { 0 },
+            syn_base: 0,
         };
         let vip_leg = ch.blocked.service.is_some();
         // One probe of the table: a new attempt replaces an old one of the same 4-tuple in place.
@@ -411,15 +421,34 @@ impl Tracker {
         });
         match ev.kind {
             Kind::Opened => {
-                let new_attempt = match self.channels.get(&key) {
-                    None => true,
-                    // The same SYN on another interface belongs to this attempt; seen again on an
-                    // interface that already saw it, it is a new attempt reusing the 4-tuple.
-                    Some(ch) => ch
-                        .blocked
+                let seen_here = |ch: &Channel| {
+                    ch.blocked
                         .seen_on
                         .iter()
-                        .any(|(i, h)| Some(i) == ev.interface.as_ref() && *h == ev.hook),
+                        .any(|(i, h)| Some(i) == ev.interface.as_ref() && *h == ev.hook)
+                };
+                let new_attempt = match self.channels.get(&key) {
+                    None => true,
+                    // The attempt's own SYN again (same ISN) on an interface that saw it: the kernel's
+                    // flow table evicted the attempt and its retransmission opened it anew. Still this
+                    // attempt: one record, its SYNs counted on.
+                    Some(ch) if ev.isn != 0 && ch.isn == ev.isn => {
+                        if seen_here(ch) {
+                            let ch = self.channels.get_mut(&key).expect("checked above");
+                            ch.last_ns = ev.monotonic_ns;
+                            ch.syn_base = ch.blocked.attempts;
+                            ch.blocked.attempts = ch
+                                .blocked
+                                .attempts
+                                .saturating_add(u32::from(ev.syn_count.max(1)));
+                            return;
+                        }
+                        false
+                    }
+                    // The same SYN on another interface belongs to this attempt; seen again on an
+                    // interface that already saw it, it is a new attempt reusing the 4-tuple (another
+                    // ISN, or none known).
+                    Some(ch) => seen_here(ch),
                 };
                 let ch = if new_attempt {
                     // A previous attempt still settling is reported before the new one replaces it.
@@ -433,6 +462,10 @@ impl Tracker {
                     self.channels.get_mut(&key).expect("checked above")
                 };
                 ch.last_ns = ev.monotonic_ns;
+                if ch.isn == 0 {
+                    // Opened by evidence (a drop seen before its SYN): the SYN names the attempt.
+                    ch.isn = ev.isn;
+                }
                 if let Some(i) = &ev.interface {
                     ch.blocked.seen_on.push((i.clone(), ev.hook));
                 }
@@ -440,7 +473,10 @@ impl Tracker {
             Kind::SynRetransmit => {
                 if let Some(ch) = self.channels.get_mut(&key) {
                     ch.last_ns = ev.monotonic_ns;
-                    ch.blocked.attempts = ch.blocked.attempts.max(u32::from(ev.syn_count));
+                    ch.blocked.attempts = ch
+                        .blocked
+                        .attempts
+                        .max(ch.syn_base.saturating_add(u32::from(ev.syn_count)));
                 }
             }
             Kind::Established => {

@@ -30,6 +30,7 @@ fn ev(kind: Kind, at_ms: u64, iface: &str, hook: HookPoint) -> KernelEvent {
         icmp: None,
         drop: None,
         netns: 0,
+        isn: 0x5eed,
     }
 }
 
@@ -264,8 +265,11 @@ fn the_same_syn_on_two_interfaces_is_one_attempt_and_a_reused_tuple_is_another()
             syn(0, "lxca", HookPoint::Ingress),
             syn(0, "lxcb", HookPoint::Egress),
             reset_from_server(0),
-            // A new connect() from the same source port later.
-            syn(5_000, "lxca", HookPoint::Ingress),
+            // A new connect() from the same source port later: a new ISN.
+            KernelEvent {
+                isn: 0x7e57,
+                ..syn(5_000, "lxca", HookPoint::Ingress)
+            },
             drop_(5_000, "NETFILTER_DROP"),
         ],
         6_000,
@@ -274,6 +278,43 @@ fn the_same_syn_on_two_interfaces_is_one_attempt_and_a_reused_tuple_is_another()
     assert_eq!(b.len(), 2, "{out:?}");
     assert_eq!(b[0].seen_on.len(), 2);
     assert_eq!(b[1].seen_on.len(), 1);
+}
+
+#[test]
+fn an_attempt_the_kernel_evicted_and_its_retransmission_opened_again_is_one_record_of_every_syn() {
+    // The kernel's flow table evicted the attempt after its second SYN; the third comes up as `Opened`
+    // again (its count restarted at 1) with the attempt's ISN, then the network drops it.
+    let mut t = Tracker::new(Config::default());
+    let out = run(
+        &mut t,
+        &[
+            syn(0, "lxca", HookPoint::Ingress),
+            retransmit(1_000, 2),
+            syn(2_000, "lxca", HookPoint::Ingress),
+            drop_(2_000, "NETFILTER_DROP"),
+        ],
+        10_000,
+    );
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1, "{out:?}");
+    assert_eq!(b[0].attempts, 3, "every SYN of the attempt is counted");
+    assert_eq!(b[0].seen_on.len(), 1);
+    assert!(b[0].drop.is_some());
+
+    // Evicted after its record was written: its next SYN is no second attempt (the kernel reports a
+    // flow's drops once per 10 s, so a second channel would end as a silent `unknown`).
+    let mut t = Tracker::new(Config::default());
+    let out = run(
+        &mut t,
+        &[
+            syn(0, "lxca", HookPoint::Ingress),
+            drop_(0, "NETFILTER_DROP"),
+            syn(3_000, "lxca", HookPoint::Ingress),
+            retransmit(4_000, 2),
+        ],
+        10_000,
+    );
+    assert_eq!(blocked(&out).len(), 1, "{out:?}");
 }
 
 #[test]

@@ -640,10 +640,20 @@ enum Variant {
     Full,
     /// The row measured before: TC programs switched, the drop program attached in both runs of a pair.
     Legacy,
+    /// The empty TC program (`test_pass`, returns TC_ACT_UNSPEC) on the hooks ours take (ingress and
+    /// egress of both veths): what a TC program costs a packet before it does anything.
+    Empty,
 }
 
 impl Variant {
-    const ALL: [Self; 5] = [Self::Tc, Self::Drop, Self::Daemon, Self::Full, Self::Legacy];
+    const ALL: [Self; 6] = [
+        Self::Tc,
+        Self::Drop,
+        Self::Daemon,
+        Self::Full,
+        Self::Legacy,
+        Self::Empty,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -652,6 +662,7 @@ impl Variant {
             Self::Daemon => "daemon",
             Self::Full => "full",
             Self::Legacy => "legacy",
+            Self::Empty => "empty",
         }
     }
 
@@ -668,6 +679,9 @@ impl Variant {
             Self::Legacy => {
                 "TC programs switched, drop program attached in both runs (the row before)"
             }
+            Self::Empty => {
+                "the empty TC program on the same hooks (ingress and egress of both veths): the hooks' own cost"
+            }
         }
     }
 
@@ -680,7 +694,7 @@ impl Variant {
                         .iter()
                         .find(|v| v.name() == n.trim())
                         .unwrap_or_else(|| {
-                            panic!("OBSERVER_THROUGHPUT: unknown variant {n:?} (tc, drop, daemon, full, legacy)")
+                            panic!("OBSERVER_THROUGHPUT: unknown variant {n:?} (tc, drop, daemon, full, legacy, empty)")
                         })
                 })
                 .collect(),
@@ -698,6 +712,8 @@ enum Cmd {
     Unload,
     /// Attach (true) or detach the TC programs on the two measured veths.
     Tc(bool),
+    /// Attach (true) or detach the empty program on the same hooks.
+    Empty(bool),
 }
 
 /// Context switches (voluntary and not) of every thread of a process so far: how often it woke.
@@ -779,6 +795,7 @@ fn throughput() {
             })
             .collect();
         let mut dp: Option<Datapath> = None;
+        let mut empty: Option<(aya::Ebpf, Vec<aya::programs::tc::SchedClassifierLinkId>)> = None;
         while let Ok(cmd) = rx.recv() {
             match cmd {
                 Cmd::Load { drop } => {
@@ -808,6 +825,42 @@ fn throughput() {
                             d.attach(*i, n).expect("attach");
                         } else {
                             d.detach(*i);
+                        }
+                    }
+                }
+                Cmd::Empty(true) => {
+                    let mut bpf =
+                        aya::Ebpf::load(observer_tests::FIXTURES_OBJECT).expect("loading fixtures");
+                    let p: &mut aya::programs::SchedClassifier = bpf
+                        .program_mut("test_pass")
+                        .expect("test_pass")
+                        .try_into()
+                        .expect("a TC program");
+                    p.load().expect("load test_pass");
+                    let mut links = Vec::new();
+                    for (i, _) in &ifs {
+                        for attach_type in [
+                            aya::programs::TcAttachType::Ingress,
+                            aya::programs::TcAttachType::Egress,
+                        ] {
+                            let tcx = aya::programs::TcAttach::Tcx {
+                                attach_type,
+                                order: aya::programs::LinkOrder::first(),
+                            };
+                            links.push(p.attach(*i, tcx).expect("attach test_pass"));
+                        }
+                    }
+                    empty = Some((bpf, links));
+                }
+                Cmd::Empty(false) => {
+                    if let Some((mut bpf, links)) = empty.take() {
+                        let p: &mut aya::programs::SchedClassifier = bpf
+                            .program_mut("test_pass")
+                            .expect("test_pass")
+                            .try_into()
+                            .expect("a TC program");
+                        for l in links {
+                            let _ = p.detach(l);
                         }
                     }
                 }
@@ -868,6 +921,7 @@ fn throughput() {
         let daemon_pid = std::cell::Cell::new(None::<u32>);
         let mut set = |with: bool| match variant {
             Variant::Tc | Variant::Legacy => command(Cmd::Tc(with)),
+            Variant::Empty => command(Cmd::Empty(with)),
             Variant::Drop => command(if with {
                 Cmd::Load { drop: true }
             } else {

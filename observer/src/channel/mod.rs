@@ -188,7 +188,7 @@ pub enum Outcome {
         /// Kernel monotonic time of the SYN-ACK.
         time_ns: u64,
     },
-    Blocked(Box<Blocked>),
+    Blocked(Arc<Blocked>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -212,8 +212,9 @@ struct Channel {
     id: u64,
     state: State,
     last_ns: u64,
-    /// Boxed: keeps map entries small (the map moves them when it grows).
-    blocked: Box<Blocked>,
+    /// Shared with the outcome that reports it (no copy; written through `Arc::make_mut`, which copies
+    /// only while an outcome still holds it); behind a pointer to keep map entries small.
+    blocked: Arc<Blocked>,
     /// The post-NAT key merged into this (pre-NAT) channel.
     translated: Option<Key>,
     /// The attempt's initial sequence number, from its SYN (0 until a SYN with one is seen).
@@ -307,7 +308,7 @@ impl Tracker {
             return key;
         }
         ch.translated = Some(key);
-        ch.blocked.server = key.server;
+        Arc::make_mut(&mut ch.blocked).server = key.server;
         self.aliases.insert(key, pre);
         pre
     }
@@ -359,7 +360,7 @@ impl Tracker {
             id,
             state: State::Pending,
             last_ns: ev.monotonic_ns,
-            blocked: Box::new(Blocked {
+            blocked: Arc::new(Blocked {
                 client: key.client,
                 server: key.server,
                 first_seen: ev.time,
@@ -437,7 +438,7 @@ impl Tracker {
                             let ch = self.channels.get_mut(&key).expect("checked above");
                             ch.last_ns = ev.monotonic_ns;
                             ch.syn_base = ch.blocked.attempts;
-                            ch.blocked.attempts = ch
+                            Arc::make_mut(&mut ch.blocked).attempts = ch
                                 .blocked
                                 .attempts
                                 .saturating_add(u32::from(ev.syn_count.max(1)));
@@ -455,7 +456,7 @@ impl Tracker {
                     if let Some(old) = self.channels.get(&key)
                         && matches!(old.state, State::Settling)
                     {
-                        out.push(Outcome::Blocked(old.blocked.clone()));
+                        out.push(Outcome::Blocked(Arc::clone(&old.blocked)));
                     }
                     self.open(key, ev)
                 } else {
@@ -467,13 +468,15 @@ impl Tracker {
                     ch.isn = ev.isn;
                 }
                 if let Some(i) = &ev.interface {
-                    ch.blocked.seen_on.push((i.clone(), ev.hook));
+                    Arc::make_mut(&mut ch.blocked)
+                        .seen_on
+                        .push((i.clone(), ev.hook));
                 }
             }
             Kind::SynRetransmit => {
                 if let Some(ch) = self.channels.get_mut(&key) {
                     ch.last_ns = ev.monotonic_ns;
-                    ch.blocked.attempts = ch
+                    Arc::make_mut(&mut ch.blocked).attempts = ch
                         .blocked
                         .attempts
                         .max(ch.syn_base.saturating_add(u32::from(ev.syn_count)));
@@ -505,7 +508,9 @@ impl Tracker {
                     && matches!(ch.state, State::Pending)
                 {
                     ch.last_ns = ev.monotonic_ns;
-                    ch.blocked.reset_by.get_or_insert(Side::Client);
+                    Arc::make_mut(&mut ch.blocked)
+                        .reset_by
+                        .get_or_insert(Side::Client);
                 }
             }
             Kind::Rejected => {
@@ -556,13 +561,14 @@ impl Tracker {
         ch.last_ns = ev.monotonic_ns;
         match ch.state {
             State::Pending => {
-                add(&mut ch.blocked);
-                ch.blocked.blocked_at = ev.time;
-                ch.blocked.blocked_at_ns = ev.monotonic_ns;
+                let b = Arc::make_mut(&mut ch.blocked);
+                add(b);
+                b.blocked_at = ev.time;
+                b.blocked_at_ns = ev.monotonic_ns;
                 ch.state = State::Settling;
                 self.settling.push_back((key, ch.id, ev.monotonic_ns));
             }
-            State::Settling => add(&mut ch.blocked),
+            State::Settling => add(Arc::make_mut(&mut ch.blocked)),
             State::Done => {}
         }
     }
@@ -584,7 +590,7 @@ impl Tracker {
                 && matches!(ch.state, State::Settling)
             {
                 ch.state = State::Done;
-                out.push(Outcome::Blocked(ch.blocked.clone()));
+                out.push(Outcome::Blocked(Arc::clone(&ch.blocked)));
             }
         }
 
@@ -601,10 +607,11 @@ impl Tracker {
                 // One SYN is enough: a gRPC deadline shorter than the first retransmission (1 s) gives up
                 // after a single SYN, and nothing answered it within the window.
                 ch.state = State::Done;
-                ch.blocked.timed_out = true;
-                ch.blocked.blocked_at = now;
-                ch.blocked.blocked_at_ns = now_ns;
-                out.push(Outcome::Blocked(ch.blocked.clone()));
+                let b = Arc::make_mut(&mut ch.blocked);
+                b.timed_out = true;
+                b.blocked_at = now;
+                b.blocked_at_ns = now_ns;
+                out.push(Outcome::Blocked(Arc::clone(&ch.blocked)));
             }
         }
 

@@ -1143,6 +1143,7 @@ mod tests {
         bpf::events::HookPoint,
         channel::DropEvidence,
         cluster::{InventoryConfig, ObjectKind},
+        export::record::tests::same_json,
     };
 
     const CLUSTER: &str = r#"
@@ -1794,18 +1795,6 @@ mod tests {
         assert_eq!(r, attribute(b, inv, "n1"));
         same_json(&r);
         r
-    }
-
-    /// The record's JSON (its memo's parts included) is serde_json's, byte for byte.
-    #[track_caller]
-    fn same_json(r: &Record) {
-        let mut fast = Vec::new();
-        r.write_json(&mut fast);
-        let serde = serde_json::to_vec(r).expect("json");
-        assert_eq!(
-            String::from_utf8_lossy(&fast),
-            String::from_utf8_lossy(&serde)
-        );
     }
 
     #[test]

@@ -128,7 +128,8 @@ impl BlockedCounts {
             cause,
             direction,
         );
-        if !self.map.contains_key(&key) && self.map.len() >= BLOCKED_COUNTS_MAX {
+        // Full: start over, unless the key is there (one probe on the hot path, the entry's own).
+        if self.map.len() >= BLOCKED_COUNTS_MAX && !self.map.contains_key(&key) {
             self.map.clear();
         }
         self.map.entry(key).or_insert_with(|| {

@@ -224,6 +224,18 @@ struct Channel {
     syn_base: u32,
 }
 
+impl Channel {
+    /// A SYN of this attempt at `at_ns`, the kernel's `syn_count`th since the attempt took its
+    /// flow-table slot (counted on from `syn_base`, the SYNs before the kernel's count restarted).
+    fn count_syns(&mut self, at_ns: u64, syn_count: u16) {
+        self.last_ns = at_ns;
+        let attempts = self.syn_base.saturating_add(u32::from(syn_count));
+        if attempts > self.blocked.attempts {
+            Arc::make_mut(&mut self.blocked).attempts = attempts;
+        }
+    }
+}
+
 /// Drops the join entries pointing at `ch` (under `key`): its VIP leg and its post-NAT alias.
 fn unlink(
     vip_legs: &mut HashMap<SocketAddr, Key, foldhash::fast::RandomState>,
@@ -436,12 +448,9 @@ impl Tracker {
                     Some(ch) if ev.isn != 0 && ch.isn == ev.isn => {
                         if seen_here(ch) {
                             let ch = self.channels.get_mut(&key).expect("checked above");
-                            ch.last_ns = ev.monotonic_ns;
+                            // The kernel counts this attempt's SYNs afresh from here.
                             ch.syn_base = ch.blocked.attempts;
-                            Arc::make_mut(&mut ch.blocked).attempts = ch
-                                .blocked
-                                .attempts
-                                .saturating_add(u32::from(ev.syn_count.max(1)));
+                            ch.count_syns(ev.monotonic_ns, ev.syn_count.max(1));
                             return;
                         }
                         false
@@ -475,11 +484,7 @@ impl Tracker {
             }
             Kind::SynRetransmit => {
                 if let Some(ch) = self.channels.get_mut(&key) {
-                    ch.last_ns = ev.monotonic_ns;
-                    Arc::make_mut(&mut ch.blocked).attempts = ch
-                        .blocked
-                        .attempts
-                        .max(ch.syn_base.saturating_add(u32::from(ev.syn_count)));
+                    ch.count_syns(ev.monotonic_ns, ev.syn_count);
                 }
             }
             Kind::Established => {

@@ -1067,7 +1067,7 @@ impl Record {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
 
@@ -1207,9 +1207,10 @@ mod tests {
         assert_eq!(serde_json::from_str::<Record>(&text).expect("parse"), r);
     }
 
-    /// The hand-written JSON is byte for byte what serde_json writes from the derived `Serialize`.
+    /// The hand-written JSON (a memo's parts included) is byte for byte what serde_json writes from the
+    /// derived `Serialize`.
     #[track_caller]
-    fn same_json(r: &Record) {
+    pub(crate) fn same_json(r: &Record) {
         let mut fast = Vec::new();
         r.write_json(&mut fast);
         let serde = serde_json::to_vec(r).expect("json");

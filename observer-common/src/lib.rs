@@ -36,6 +36,12 @@ pub mod program {
     /// tracepoint fallback (`tcp/tcp_retransmit_skb`, needs tracefs).
     pub const TCP_RETRANSMIT_BTF: &str = "tcp_retransmit_btf";
     pub const TCP_RETRANSMIT_TRACEPOINT: &str = "tcp_retransmit_tracepoint";
+    /// What the node answers itself, for `--hooks entry` (no egress hook sees those answers): ICMP
+    /// destination unreachable the node sends, resets a client socket takes in SYN_SENT, and local
+    /// sockets' completed handshakes.
+    pub const ICMP_SEND_BTF: &str = "icmp_send_btf";
+    pub const SOCK_RESET_BTF: &str = "sock_reset_btf";
+    pub const SOCK_STATE_BTF: &str = "sock_state_btf";
 }
 
 /// Map names.
@@ -204,8 +210,11 @@ pub enum Hook {
     Ingress = 1,
     /// Packet leaving the host through the interface (towards the pod).
     Egress = 2,
-    /// A socket's own event (`tcp_retransmit_skb`): no interface.
+    /// A socket's own event (`tcp_retransmit_skb`, `inet_sock_set_state`): no interface.
     Socket = 3,
+    /// The node's own stack answered a packet (`icmp_send`): the interface is the one
+    /// the answered packet came in through.
+    Node = 4,
 }
 
 impl Hook {
@@ -214,6 +223,7 @@ impl Hook {
             1 => Self::Ingress,
             2 => Self::Egress,
             3 => Self::Socket,
+            4 => Self::Node,
             _ => Self::Drop,
         }
     }
@@ -582,8 +592,11 @@ pub struct SockOffsets {
     pub tp_daddr: u32,
     pub tp_saddr_v6: u32,
     pub tp_daddr_v6: u32,
+    /// `sock.sk_protocol` (u16); [`OFFSET_UNKNOWN`] when unknown (the handshake program then trusts the
+    /// tracepoint, which only TCP and SCTP sockets fire).
+    pub protocol: u32,
 }
-const _: () = assert!(size_of::<SockOffsets>() == 84);
+const _: () = assert!(size_of::<SockOffsets>() == 88);
 
 /// Capacity of `RTO_SEEN` (sockets in a retransmission-timeout stall at once; LRU beyond).
 pub const RTO_SEEN_MAX_ENTRIES: u32 = 16_384;

@@ -810,14 +810,21 @@ fn kread<T>(base: *const u8, offset: u32) -> Result<T, ()> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.map_err(|_| ())
 }
 
-fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
+/// A watched-port TCP segment as an `sk_buff` in the kernel holds it: the drop program's view, and the
+/// node-answer programs' (the segment the node answered).
+struct SkbFlow {
+    key: FlowKey,
+    to_server: bool,
+    flags: u8,
+    netns: u32,
+}
+
+/// Parses an `sk_buff`'s IP and TCP headers (through the offsets user space read from BTF): `None` when
+/// it is not a watched-port TCP segment (or a later fragment).
+#[inline(always)]
+fn skb_flow(skb: *const u8) -> Result<Option<SkbFlow>, ()> {
     if skb.is_null() {
         return Err(());
-    }
-    if let Some(ignored) = IGNORED_REASONS.get(reason)
-        && *ignored != 0
-    {
-        return Ok(());
     }
     let off = CONFIG_SKB_OFFSETS.load();
     let head: *const u8 = kread(skb, off.head)?;
@@ -834,7 +841,7 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
         ETH_P_IP => {
             let hdr: [u8; 20] = kread(ip_hdr, 0)?;
             if hdr[0] >> 4 != 4 || hdr[9] != IPPROTO_TCP || (hdr[6] & 0x1f != 0 || hdr[7] != 0) {
-                return Ok(());
+                return Ok(None);
             }
             src[..4].copy_from_slice(&hdr[12..16]);
             dst[..4].copy_from_slice(&hdr[16..20]);
@@ -854,7 +861,7 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
                 let len = match proto {
                     NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => (usize::from(h[1]) + 1) * 8,
                     NEXTHDR_FRAGMENT if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 => {
-                        return Ok(());
+                        return Ok(None);
                     }
                     NEXTHDR_FRAGMENT => 8,
                     NEXTHDR_AUTH => (usize::from(h[1]) + 2) * 4,
@@ -864,11 +871,11 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
                 l4 += len;
             }
             if proto != IPPROTO_TCP {
-                return Ok(());
+                return Ok(None);
             }
             (FAMILY_V6, ip_hdr.wrapping_add(l4))
         }
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
     let tcp: [u8; 14] = kread(tcp_hdr, 0)?;
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
@@ -885,7 +892,7 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
     } else if watched(sport) {
         false
     } else {
-        return Ok(());
+        return Ok(None);
     };
 
     let dev: *const u8 = kread(skb, off.dev)?;
@@ -903,7 +910,32 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
         (kread(dev, off.ifindex).unwrap_or(0), netns)
     };
     let ip = Ip::new(family, &src, &dst);
-    let key = flow_key(&ip, sport, dport, to_server, ifindex);
+    Ok(Some(SkbFlow {
+        key: flow_key(&ip, sport, dport, to_server, ifindex),
+        to_server,
+        flags,
+        netns,
+    }))
+}
+
+fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
+    if skb.is_null() {
+        return Err(());
+    }
+    if let Some(ignored) = IGNORED_REASONS.get(reason)
+        && *ignored != 0
+    {
+        return Ok(());
+    }
+    let Some(SkbFlow {
+        key,
+        to_server,
+        flags,
+        netns,
+    }) = skb_flow(skb)?
+    else {
+        return Ok(());
+    };
 
     // One report per (flow, reason) per repeat window: retransmissions of a dropped SYN are counted by
     // the TC programs, not reported again here.
@@ -986,6 +1018,7 @@ static CONFIG_SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
     tp_daddr: 0,
     tp_saddr_v6: 0,
     tp_daddr_v6: 0,
+    protocol: OFFSET_UNKNOWN,
 });
 
 #[map]
@@ -1185,6 +1218,176 @@ fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
             u16::from(rtos),
             now,
         )
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// What the node answers itself (`--hooks entry`). With TC programs on the interfaces' ingress only, each
+// packet is seen once, where it enters the node: from a pod (its host-side veth) or from the network (the
+// uplink or tunnel device). A packet the node's own stack sends towards a pod enters through no
+// interface, so these programs report the few such packets that are evidence — as state changes, never
+// per packet:
+// - `icmp_send_btf` (`tp_btf/icmp_send`, IPv4): the node answers a client's SYN with an ICMP destination
+//   unreachable (`reject with icmp…` in iptables or nftables, a Service without endpoints, no route) →
+//   `Rejected`, what `on_icmp` reports when it sees that message on its way to the client. It works on
+//   the answered SYN's flow-table slot, the one its TC program filled on the way in (same client, server
+//   and interface): reported once per attempt, as the TC programs report it.
+// - `sock_reset_btf` (`tp_btf/tcp_receive_reset`): a client socket of this machine, still in SYN_SENT,
+//   took a reset — from the server, or forged by netfilter on the way (`reject with tcp reset`, whose
+//   reset enters the client's pod through no ingress hook) → `Reset` from the server's side, as the TC
+//   programs report a reset on its way to the client (with the SYN's drop here, the record says the
+//   network forged it).
+// - `sock_state_btf` (`tp_btf/inet_sock_set_state`): a socket of this machine completed a handshake
+//   (SYN_SENT or SYN_RECV → ESTABLISHED) → `Established`: the answer of a server in the node's own
+//   network namespace (a hostNetwork pod) to a pod, whose SYN-ACK enters through no interface.
+// No tracepoint carries the node's ICMPv6 errors (`icmp6_send` needs fentry, which not every kernel
+// permits): an IPv6 rejection by the node is seen as its SYN's drop (`NETFILTER_DROP`), which is what
+// decides the record's cause.
+
+const TCP_SYN_SENT: u8 = 2;
+const TCP_SYN_RECV: u8 = 3;
+
+#[btf_tracepoint(function = "icmp_send")]
+pub fn icmp_send_btf(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let icmp_type: u64 = ctx.arg(1);
+    let icmp_code: u64 = ctx.arg(2);
+    if icmp_type as u8 == ICMP_DEST_UNREACH {
+        let _ = on_node_rejection(skb, (icmp_type as u8, icmp_code as u8));
+    }
+    0
+}
+
+/// The node answered `skb` (the SYN) with a rejection.
+#[inline(always)]
+fn on_node_rejection(skb: *const u8, icmp: (u8, u8)) -> Result<(), ()> {
+    let Some(f) = skb_flow(skb)? else {
+        return Ok(());
+    };
+    // Answers to a client's SYN only: an attempt's evidence.
+    if !f.to_server || f.flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
+        return Ok(());
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let syn_count = match flow_slot(&f.key) {
+        Some((slot, true)) => {
+            // SAFETY: a live array-map slot (see `on_tcp`).
+            let st = unsafe { &mut (*slot).stats };
+            if st.state == flow_state::REJECTED {
+                return Ok(());
+            }
+            st.state = flow_state::REJECTED;
+            st.syn_count
+        }
+        // An answer to a SYN no TC program of ours saw: as new as a new flow, so it passes the bucket.
+        _ if admit(&f.key.client_addr, now) => 0,
+        _ => return Ok(()),
+    };
+    send(Event {
+        icmp_type: icmp.0,
+        icmp_code: icmp.1,
+        netns: f.netns,
+        ..event(
+            &f.key,
+            EventKind::Rejected,
+            Origin::Network,
+            Hook::Node,
+            0,
+            syn_count,
+            now,
+        )
+    });
+    Ok(())
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn sock_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    if new as u8 == TCP_ESTABLISHED && matches!(old as u8, TCP_SYN_SENT | TCP_SYN_RECV) {
+        let _ = on_socket(sk, EventKind::Established);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn sock_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let _ = on_socket(sk, EventKind::Reset);
+    0
+}
+
+/// A socket of this machine (any network namespace) completed its handshake (`Established`), or took a
+/// reset while still in SYN_SENT (`Reset`: an attempt answered with a reset).
+#[inline(always)]
+fn on_socket(sk: *const u8, kind: EventKind) -> Result<(), ()> {
+    let off = CONFIG_SOCK_OFFSETS.load();
+    if off.protocol != OFFSET_UNKNOWN && kread::<u16>(sk, off.protocol)? != u16::from(IPPROTO_TCP) {
+        return Ok(());
+    }
+    let s = read_sock(sk)?;
+    if kind == EventKind::Reset && s.state != TCP_SYN_SENT {
+        // A reset of an established channel is the TC programs' (it enters through an interface).
+        return Ok(());
+    }
+    let (lport, rport) = (s.local_port, s.remote_port);
+    let this_is_client = if CONFIG_ALL_PORTS.load() != 0 {
+        if kind == EventKind::Reset {
+            true
+        } else {
+            rport <= lport
+        }
+    } else if watched(rport) {
+        true
+    } else if watched(lport) {
+        false
+    } else {
+        return Ok(());
+    };
+    if kind == EventKind::Reset && !this_is_client {
+        return Ok(());
+    }
+    let mut local = [0u8; 16];
+    let mut remote = [0u8; 16];
+    let family = if s.family == AF_INET || (s.family == AF_INET6 && v4_mapped(&s.v6_remote)) {
+        local[..4].copy_from_slice(&s.v4_local);
+        remote[..4].copy_from_slice(&s.v4_remote);
+        FAMILY_V4
+    } else if s.family == AF_INET6 {
+        local = s.v6_local;
+        remote = s.v6_remote;
+        FAMILY_V6
+    } else {
+        return Ok(());
+    };
+    let ip = Ip::new(family, &local, &remote);
+    let key = flow_key(&ip, lport, rport, this_is_client, 0);
+    let now = now();
+    // Bounded like new flows: a storm of completed handshakes is counted, not sent up one by one.
+    if !admit(&key.client_addr, now) {
+        return Ok(());
+    }
+    let netns: u32 = if off.net == OFFSET_UNKNOWN || off.net_inum == OFFSET_UNKNOWN {
+        0
+    } else {
+        match kread::<*const u8>(sk, off.net) {
+            Ok(net) if !net.is_null() => kread(net, off.net_inum).unwrap_or(0),
+            _ => 0,
+        }
+    };
+    // A reset came from the server's side (or was forged as if it did); a handshake is told by the
+    // socket that saw it complete.
+    let (origin, flags) = match kind {
+        EventKind::Reset => (Origin::Server, tcp_flags::RST | tcp_flags::ACK),
+        _ if this_is_client => (Origin::Client, tcp_flags::SYN | tcp_flags::ACK),
+        _ => (Origin::Server, tcp_flags::SYN | tcp_flags::ACK),
+    };
+    send(Event {
+        netns,
+        ..event(&key, kind, origin, Hook::Socket, flags, 0, now)
     });
     Ok(())
 }

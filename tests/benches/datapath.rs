@@ -624,7 +624,7 @@ fn iperf(client: &Netns, server: &str, port: u16, secs: u32, extra: &[&str]) -> 
 }
 
 /// What one throughput variant switches on and off between the runs of a pair (issue 13: which part of
-/// the observer costs throughput). `OBSERVER_THROUGHPUT=tc,drop,daemon,full,legacy` selects (default:
+/// the observer costs throughput). `OBSERVER_THROUGHPUT=tc,drop,daemon,full,legacy,empty,full-entry,empty-entry` selects (default:
 /// all, in that order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
@@ -643,16 +643,22 @@ enum Variant {
     /// The empty TC program (`test_pass`, returns TC_ACT_UNSPEC) on the hooks ours take (ingress and
     /// egress of both veths): what a TC program costs a packet before it does anything.
     Empty,
+    /// `observer run --hooks entry` attached to every lab veth: everything, ours on ingress only.
+    FullEntry,
+    /// The empty TC program on the ingress hooks only (what `--hooks entry` takes).
+    EmptyEntry,
 }
 
 impl Variant {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 8] = [
         Self::Tc,
         Self::Drop,
         Self::Daemon,
         Self::Full,
         Self::Legacy,
         Self::Empty,
+        Self::FullEntry,
+        Self::EmptyEntry,
     ];
 
     fn name(self) -> &'static str {
@@ -663,6 +669,8 @@ impl Variant {
             Self::Full => "full",
             Self::Legacy => "legacy",
             Self::Empty => "empty",
+            Self::FullEntry => "full-entry",
+            Self::EmptyEntry => "empty-entry",
         }
     }
 
@@ -682,6 +690,12 @@ impl Variant {
             Self::Empty => {
                 "the empty TC program on the same hooks (ingress and egress of both veths): the hooks' own cost"
             }
+            Self::FullEntry => {
+                "observer run --hooks entry attached to every lab veth (everything; ours on ingress only)"
+            }
+            Self::EmptyEntry => {
+                "the empty TC program on the ingress hooks of both veths (what --hooks entry takes)"
+            }
         }
     }
 
@@ -694,7 +708,7 @@ impl Variant {
                         .iter()
                         .find(|v| v.name() == n.trim())
                         .unwrap_or_else(|| {
-                            panic!("OBSERVER_THROUGHPUT: unknown variant {n:?} (tc, drop, daemon, full, legacy, empty)")
+                            panic!("OBSERVER_THROUGHPUT: unknown variant {n:?} (tc, drop, daemon, full, legacy, empty, full-entry, empty-entry)")
                         })
                 })
                 .collect(),
@@ -712,8 +726,8 @@ enum Cmd {
     Unload,
     /// Attach (true) or detach the TC programs on the two measured veths.
     Tc(bool),
-    /// Attach (true) or detach the empty program on the same hooks.
-    Empty(bool),
+    /// Attach (true) or detach the empty program on the same hooks (ingress only: true).
+    Empty(bool, bool),
 }
 
 /// Context switches (voluntary and not) of every thread of a process so far: how often it woke.
@@ -828,7 +842,7 @@ fn throughput() {
                         }
                     }
                 }
-                Cmd::Empty(true) => {
+                Cmd::Empty(true, ingress_only) => {
                     let mut bpf =
                         aya::Ebpf::load(observer_tests::FIXTURES_OBJECT).expect("loading fixtures");
                     let p: &mut aya::programs::SchedClassifier = bpf
@@ -838,11 +852,16 @@ fn throughput() {
                         .expect("a TC program");
                     p.load().expect("load test_pass");
                     let mut links = Vec::new();
-                    for (i, _) in &ifs {
-                        for attach_type in [
+                    let hooks: &[aya::programs::TcAttachType] = if ingress_only {
+                        &[aya::programs::TcAttachType::Ingress]
+                    } else {
+                        &[
                             aya::programs::TcAttachType::Ingress,
                             aya::programs::TcAttachType::Egress,
-                        ] {
+                        ]
+                    };
+                    for (i, _) in &ifs {
+                        for &attach_type in hooks {
                             let tcx = aya::programs::TcAttach::Tcx {
                                 attach_type,
                                 order: aya::programs::LinkOrder::first(),
@@ -852,7 +871,7 @@ fn throughput() {
                     }
                     empty = Some((bpf, links));
                 }
-                Cmd::Empty(false) => {
+                Cmd::Empty(false, _) => {
                     if let Some((mut bpf, links)) = empty.take() {
                         let p: &mut aya::programs::SchedClassifier = bpf
                             .program_mut("test_pass")
@@ -904,7 +923,11 @@ fn throughput() {
         load_average()
     );
     for variant in variants {
-        if matches!(variant, Variant::Daemon | Variant::Full) && daemon_bin.is_none() {
+        if matches!(
+            variant,
+            Variant::Daemon | Variant::Full | Variant::FullEntry
+        ) && daemon_bin.is_none()
+        {
             println!(
                 "  [{}] skipped: set OBSERVER_BIN to the observer binary",
                 variant.name()
@@ -921,13 +944,14 @@ fn throughput() {
         let daemon_pid = std::cell::Cell::new(None::<u32>);
         let mut set = |with: bool| match variant {
             Variant::Tc | Variant::Legacy => command(Cmd::Tc(with)),
-            Variant::Empty => command(Cmd::Empty(with)),
+            Variant::Empty => command(Cmd::Empty(with, false)),
+            Variant::EmptyEntry => command(Cmd::Empty(with, true)),
             Variant::Drop => command(if with {
                 Cmd::Load { drop: true }
             } else {
                 Cmd::Unload
             }),
-            Variant::Daemon | Variant::Full => {
+            Variant::Daemon | Variant::Full | Variant::FullEntry => {
                 // Stopped (and its programs detached) before the next run; started and ready before a
                 // run with it.
                 if let Some(d) = daemon.take() {
@@ -936,14 +960,19 @@ fn throughput() {
                 }
                 if with {
                     let options = Options {
-                        interfaces: if variant == Variant::Full {
-                            "lxc*".to_owned()
-                        } else {
+                        interfaces: if variant == Variant::Daemon {
                             "lxcz".to_owned()
+                        } else {
+                            "lxc*".to_owned()
                         },
                         ..Options::default()
                     };
-                    let d = Daemon::start_on(&lab.node, &manifests.dir, &options, &[]);
+                    let extra: &[&str] = if variant == Variant::FullEntry {
+                        &["--hooks", "entry"]
+                    } else {
+                        &[]
+                    };
+                    let d = Daemon::start_on(&lab.node, &manifests.dir, &options, extra);
                     daemon_pid.set(Some(d.pid()));
                     daemon = Some(d);
                 }

@@ -499,6 +499,7 @@ fn mac_of(dev: &str) -> [u8; 6] {
 pub struct CniProgram {
     ebpf: Option<aya::Ebpf>,
     node: String,
+    hook: aya::programs::TcAttachType,
 }
 
 impl CniProgram {
@@ -565,6 +566,15 @@ impl CniProgram {
         Self {
             ebpf: Some(ebpf),
             node: node.name.clone(),
+            hook,
+        }
+    }
+
+    /// The hook it is on: `ingress` or `egress`.
+    pub fn hook_name(&self) -> &'static str {
+        match self.hook {
+            aya::programs::TcAttachType::Ingress => "ingress",
+            _ => "egress",
         }
     }
 

@@ -7,7 +7,7 @@ use std::{io::Read as _, net::SocketAddr, time::Duration};
 
 use aya::programs::TcAttachType;
 use observer::bpf::{
-    AttachMode, DatapathConfig, KernelEvent, Kind,
+    AttachMode, DatapathConfig, Hooks, KernelEvent, Kind,
     events::Side,
     links::LinkChange,
     tc::{self, Filter},
@@ -35,6 +35,11 @@ fn config(mode: AttachMode) -> DatapathConfig {
         attach_mode: mode,
         ..DatapathConfig::default()
     }
+}
+
+/// Which hooks carry ours: `both`, or `entry` (ingress only).
+fn on_hook(hooks: Hooks, hook: &str) -> bool {
+    hooks == Hooks::Both || hook == "ingress"
 }
 
 /// The CNI stand-in on the lab's two host-side veths.
@@ -83,7 +88,15 @@ fn of_flow(e: &KernelEvent, server: SocketAddr, kind: Kind) -> bool {
 }
 
 fn coexist(mode: AttachMode, fixture: Fixture, when: When) {
+    coexist_with(mode, Hooks::Both, fixture, when);
+}
+
+fn coexist_with(mode: AttachMode, hooks: Hooks, fixture: Fixture, when: When) {
     let netlink = mode == AttachMode::Netlink;
+    let config = |mode| DatapathConfig {
+        hooks,
+        ..config(mode)
+    };
     let mut lab = Lab::new();
     lab.add_pod("a", "lxca");
     lab.add_pod("b", "lxcb");
@@ -100,8 +113,12 @@ fn coexist(mode: AttachMode, fixture: Fixture, when: When) {
         }
     };
     // After: the CNI's programs went ahead of ours on every hook they were attached to; the recheck
-    // moves ours back in front of each (reported once it is done).
+    // moves ours back in front of each (reported once it is done) — each hook ours is on.
     if when == When::After {
+        let cni: Vec<_> = cni
+            .iter()
+            .filter(|c| on_hook(hooks, c.hook_name()))
+            .collect();
         let moved = wait_for(Duration::from_secs(10), || {
             let n = obs
                 .link_changes()
@@ -117,12 +134,18 @@ fn coexist(mode: AttachMode, fixture: Fixture, when: When) {
             obs.link_changes()
         );
     }
-    // Ours runs first on every hook it is attached to.
+    // Ours runs first on every hook it is attached to, and is on no other.
     let first_everywhere = || {
         ["lxca", "lxcb"].iter().all(|dev| {
             hook_programs(&lab.node, dev, netlink)
                 .iter()
-                .all(|(_, progs)| progs.first().is_some_and(|p| p.starts_with("tc_")))
+                .all(|(hook, progs)| {
+                    if on_hook(hooks, hook) {
+                        progs.first().is_some_and(|p| p.starts_with("tc_"))
+                    } else {
+                        !progs.iter().any(|p| p.starts_with("tc_"))
+                    }
+                })
         })
     };
     let ok = wait_for(Duration::from_secs(10), || first_everywhere().then_some(()));
@@ -228,6 +251,28 @@ coexist_tests! {
     netlink_redirect_peer_after: AttachMode::Netlink, Fixture::RedirectPeer, When::After;
     netlink_drop_before: AttachMode::Netlink, Fixture::Drop, When::Before;
     netlink_drop_after: AttachMode::Netlink, Fixture::Drop, When::After;
+}
+
+// `--hooks entry`: ours on ingress only, the CNI's programs on both hooks or redirecting. Each packet is
+// seen where it enters the node, so a redirect past the server's veth (bpf_redirect_peer) hides nothing.
+macro_rules! coexist_entry_tests {
+    ($($name:ident: $mode:expr, $fixture:expr, $when:expr;)*) => {$(
+        #[test]
+        #[ignore = "needs root and network namespaces: run through ./x test"]
+        fn $name() {
+            coexist_with($mode, Hooks::Entry, $fixture, $when);
+        }
+    )*};
+}
+
+coexist_entry_tests! {
+    entry_tcx_pass_after: AttachMode::Tcx, Fixture::Pass, When::After;
+    entry_tcx_redirect_after: AttachMode::Tcx, Fixture::Redirect, When::After;
+    entry_tcx_redirect_peer_before: AttachMode::Tcx, Fixture::RedirectPeer, When::Before;
+    entry_tcx_drop_after: AttachMode::Tcx, Fixture::Drop, When::After;
+    entry_netlink_pass_after: AttachMode::Netlink, Fixture::Pass, When::After;
+    entry_netlink_redirect_peer_after: AttachMode::Netlink, Fixture::RedirectPeer, When::After;
+    entry_netlink_drop_before: AttachMode::Netlink, Fixture::Drop, When::Before;
 }
 
 fn filters_of(node: &Netns, dev: &'static str) -> Vec<Filter> {

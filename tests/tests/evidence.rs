@@ -85,6 +85,19 @@ impl Shop {
         )
     }
 
+    /// `observer run --hooks entry`: TC programs on ingress only, the node's own answers from tracing
+    /// programs.
+    fn start_entry(&self, policies: &str) -> Daemon {
+        self.manifests.write("cluster.yaml", &self.cluster());
+        self.manifests.write("policies.yaml", policies);
+        Daemon::start_on(
+            &self.lab.node,
+            &self.manifests.dir,
+            &Options::default(),
+            &["--hooks", "entry"],
+        )
+    }
+
     fn to(&self) -> SocketAddr {
         SocketAddr::new(self.lab.pod(1).addr(Family::V4), PORT)
     }
@@ -536,5 +549,94 @@ fn a_cross_node_ingress_deny_is_recorded_on_both_nodes_and_counted_once() {
         on_a.metric(series) + on_b.metric(series),
         blocked_on(&on_a),
         "one count per attempt, on the client's node"
+    );
+}
+
+// ---- `--hooks entry`: ingress only, what the node answers itself from tracing programs ----
+//
+// With no egress hook, a packet the node's own stack sends towards a pod (a rejection, netfilter's
+// reset, a hostNetwork server's SYN-ACK) passes no TC program of ours: each test fails without the
+// tracing program that reports it (`icmp_send`, `nf_send_reset`, `inet_sock_set_state`).
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn entry_hooks_an_allowed_call_is_established_and_a_dropped_one_blocked_by_policy() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start_entry(&allow_all_ingress("4"));
+    shop.call(Duration::from_secs(2)).expect("allowed call");
+    let established = r#"observer_flows_total{state="established"}"#;
+    assert!(
+        wait_for(WAIT, || (daemon.metric(established) >= 1.0).then_some(())).is_some(),
+        "{}",
+        daemon.metrics()
+    );
+    assert!(!daemon.records().iter().any(|r| r["kind"] == "blocked"));
+    let attached = daemon.metrics();
+    assert!(
+        attached.contains("observer_attached_interfaces 2"),
+        "{attached}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn entry_hooks_a_rejection_the_node_sends_is_seen_with_its_icmp_code() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start_entry(&deny_ingress("5"));
+    shop.lab.forward_rule(&format!(
+        "tcp dport {PORT} reject with icmpx admin-prohibited"
+    ));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "policy", "{r}");
+    assert_eq!(r["evidence"]["icmp"]["type"], 3, "{r}");
+    assert_eq!(r["evidence"]["icmp"]["code"], 13, "{r}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn entry_hooks_a_reset_netfilter_forges_is_seen_as_the_networks() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start_entry(&deny_ingress("5"));
+    shop.lab
+        .forward_rule(&format!("tcp dport {PORT} reject with tcp reset"));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "policy", "{r}");
+    assert_eq!(r["evidence"]["reset"]["side"], "network", "{r}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn entry_hooks_a_host_network_server_answering_a_pod_is_established_not_blocked() {
+    // A server in the node's own namespace (a hostNetwork pod) on the pod's gateway address: its
+    // SYN-ACK goes out through the pod's veth and enters through no interface.
+    let shop = Shop::new();
+    let gateway = match shop.lab.pod(0).addr(Family::V4) {
+        std::net::IpAddr::V4(a) => {
+            let [a, b, c, _] = a.octets();
+            std::net::Ipv4Addr::new(a, b, c, 1)
+        }
+        std::net::IpAddr::V6(_) => unreachable!("a v4 address"),
+    };
+    let to = SocketAddr::new(gateway.into(), PORT);
+    let _host_server = grpc::Server::start(&shop.lab.node, to);
+    let daemon = shop.start_entry("");
+    grpc::call(&shop.lab.pod(0).ns, to, Duration::from_secs(2)).expect("call to the node");
+    let established = r#"observer_flows_total{state="established"}"#;
+    assert!(
+        wait_for(WAIT, || (daemon.metric(established) >= 1.0).then_some(())).is_some(),
+        "{}",
+        daemon.metrics()
+    );
+    // Past the blocked window (2 s): still no blocked record.
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert!(
+        !daemon.records().iter().any(|r| r["kind"] == "blocked"),
+        "{:?}",
+        daemon.records()
     );
 }

@@ -113,8 +113,11 @@ pub enum HookPoint {
     Egress,
     /// Freed by the kernel (`kfree_skb`).
     Drop,
-    /// A socket's own event (`tcp_retransmit_skb`): no interface.
+    /// A socket's own event (`tcp_retransmit_skb`, `inet_sock_set_state`): no interface.
     Socket,
+    /// The node's own stack answered a packet (`icmp_send`): the interface is the one
+    /// the answered packet came in through.
+    Node,
 }
 
 /// Which side sent the packet behind the event.
@@ -203,8 +206,8 @@ impl Decoder {
         let raw = parse(bytes)?;
         let kind = EventKind::from_u8(raw.kind).ok_or(DecodeError::Kind { kind: raw.kind })?;
         let (client, server) = endpoints(&raw.key)?;
-        let socket = kind == EventKind::RetransmitTimeout;
-        if socket && raw.syn_count == 0 {
+        let socket = Hook::from_u8(raw.hook) == Hook::Socket;
+        if kind == EventKind::RetransmitTimeout && raw.syn_count == 0 {
             return Err(DecodeError::NoRtos);
         }
         let drop = (kind == EventKind::Dropped).then(|| DropInfo {
@@ -239,6 +242,7 @@ impl Decoder {
                 Hook::Egress => HookPoint::Egress,
                 Hook::Drop => HookPoint::Drop,
                 Hook::Socket => HookPoint::Socket,
+                Hook::Node => HookPoint::Node,
             },
             origin: match Origin::from_u8(raw.origin) {
                 Origin::Unknown => Side::Unknown,

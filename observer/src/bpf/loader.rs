@@ -132,6 +132,33 @@ pub enum AttachMode {
     Netlink,
 }
 
+/// Which TC hooks of an attached interface carry our program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hooks {
+    /// Ingress and egress: a packet between two interfaces of the node is seen on both (where it came
+    /// in and where it went out), and what the node's own stack sends towards a pod on its way out.
+    #[default]
+    Both,
+    /// Ingress only: each packet once, where it enters the node (from a pod through its host-side
+    /// veth, from the network through the uplink or tunnel) — half the hook runs per packet. What the
+    /// node's stack answers itself, which enters through no interface, comes from tracing programs
+    /// instead: ICMP destination unreachable the node sends (`icmp_send`), resets a client socket of the
+    /// node takes before its handshake (`tcp_receive_reset`: netfilter's `reject with tcp reset`), and
+    /// local sockets' completed handshakes (`inet_sock_set_state`: a hostNetwork server answering a
+    /// pod). A hostNetwork *client*'s SYN to a pod of this node passes no ingress hook: such attempts
+    /// are not seen here.
+    Entry,
+}
+
+impl Hooks {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Both => "both",
+            Self::Entry => "entry",
+        }
+    }
+}
+
 /// What to load and where to attach.
 #[derive(Clone, Debug)]
 pub struct DatapathConfig {
@@ -142,6 +169,8 @@ pub struct DatapathConfig {
     /// Watch every TCP port.
     pub all_ports: bool,
     pub attach_mode: AttachMode,
+    /// Which TC hooks (and, for [`Hooks::Entry`], the node-answer tracing programs).
+    pub hooks: Hooks,
     /// A drop of the same flow for the same reason is reported again after this long.
     pub drop_repeat: Duration,
     /// New-flow events per second per source bucket and CPU (0: no limit), and the burst.
@@ -156,6 +185,7 @@ impl Default for DatapathConfig {
             ports: DEFAULT_PORTS.to_vec(),
             all_ports: false,
             attach_mode: AttachMode::Auto,
+            hooks: Hooks::default(),
             drop_repeat: Duration::from_secs(10),
             new_flow_rate: DEFAULT_NEW_FLOW_RATE,
             new_flow_burst: DEFAULT_NEW_FLOW_BURST,
@@ -185,7 +215,8 @@ struct HookLink {
 #[derive(Debug)]
 struct Attached {
     name: Arc<str>,
-    hooks: [HookLink; 2],
+    /// Ingress, and egress unless [`Hooks::Entry`].
+    hooks: [Option<HookLink>; 2],
     netlink: bool,
     /// We added the clsact qdisc (netlink mode): removed on detach if nothing else uses it.
     created_qdisc: bool,
@@ -209,6 +240,9 @@ pub struct Datapath {
     ebpf: Ebpf,
     patterns: Vec<glob::Pattern>,
     mode: AttachMode,
+    hooks: Hooks,
+    /// [`Hooks::Entry`]'s tracing programs: each one's name, and whether it is attached (or why not).
+    node_programs: Vec<(&'static str, Result<(), String>)>,
     attached: BTreeMap<u32, Attached>,
     names: Arc<RwLock<HashMap<u32, Arc<str>>>>,
     reasons: Arc<DropReasons>,
@@ -354,11 +388,23 @@ impl Datapath {
                 "no retransmission-timeout program attached: live channels stalled by drops this node does not see will not be reported"
             );
         }
+        let node_programs = match config.hooks {
+            Hooks::Both => Vec::new(),
+            Hooks::Entry => attach_node_programs(&mut ebpf, &sock_offsets),
+        };
+        for (name, r) in &node_programs {
+            if let Err(error) = r {
+                tracing::warn!(program = name, %error,
+                    "hooks entry: a node-answer program is not attached (see `--hooks`): what it reports is not seen");
+            }
+        }
 
         Ok(Self {
             ebpf,
             patterns,
             mode: config.attach_mode,
+            hooks: config.hooks,
+            node_programs,
             attached: BTreeMap::new(),
             names: Arc::default(),
             reasons,
@@ -369,6 +415,17 @@ impl Datapath {
             leftovers_removed: 0,
             flow_seed,
         })
+    }
+
+    /// Which TC hooks carry our program.
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
+    }
+
+    /// [`Hooks::Entry`]'s tracing programs (none with [`Hooks::Both`]): each one's name, and whether it
+    /// is attached or why not (optional: startup goes on without them).
+    pub fn node_programs(&self) -> &[(&'static str, Result<(), String>)] {
+        &self.node_programs
     }
 
     /// Filters of an earlier run of ours (left by a crash) removed so far.
@@ -398,6 +455,12 @@ impl Datapath {
             Some(self.drop_program),
             self.retransmit_program.as_ref().ok().copied(),
         ];
+        let node = self
+            .node_programs
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(n, _)| Some(*n));
+        let names: Vec<_> = names.into_iter().chain(node).collect();
         for name in names.into_iter().flatten() {
             let Some(p) = self.ebpf.program_mut(name) else {
                 continue;
@@ -471,13 +534,16 @@ impl Datapath {
                 return Err(e);
             }
         };
-        let egress = match self.attach_hook(ifindex, name, 1, 0, netlink) {
-            Ok(l) => l,
-            Err(e) => {
-                self.detach_link(0, 0, ingress);
-                self.remove_qdisc_if_unused(ifindex, name, created_qdisc);
-                return Err(e);
-            }
+        let egress = match self.hooks {
+            Hooks::Entry => None,
+            Hooks::Both => match self.attach_hook(ifindex, name, 1, 0, netlink) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    self.detach_link(0, 0, ingress);
+                    self.remove_qdisc_if_unused(ifindex, name, created_qdisc);
+                    return Err(e);
+                }
+            },
         };
         let name: Arc<str> = Arc::from(name);
         if let Ok(mut names) = self.names.write() {
@@ -488,16 +554,16 @@ impl Datapath {
             Attached {
                 name,
                 hooks: [
-                    HookLink {
+                    Some(HookLink {
                         copy: 0,
                         link: ingress,
                         stuck: false,
-                    },
-                    HookLink {
+                    }),
+                    egress.map(|link| HookLink {
                         copy: 0,
-                        link: egress,
+                        link,
                         stuck: false,
-                    },
+                    }),
                 ],
                 netlink,
                 created_qdisc,
@@ -674,12 +740,8 @@ impl Datapath {
 
     fn recheck_hook(&mut self, ifindex: u32, hook: usize) -> Option<Moved> {
         let a = self.attached.get(&ifindex)?;
-        let (netlink, copy, stuck, name) = (
-            a.netlink,
-            a.hooks[hook].copy,
-            a.hooks[hook].stuck,
-            a.name.clone(),
-        );
+        let h = a.hooks[hook].as_ref()?;
+        let (netlink, copy, stuck, name) = (a.netlink, h.copy, h.stuck, a.name.clone());
         let ours = self.program_ids[hook][copy];
         // The interface may be going away: no answer, nothing to do.
         let order = self.hook_order(ifindex, hook, netlink)?;
@@ -710,16 +772,16 @@ impl Datapath {
             Err(e) => {
                 tracing::warn!(interface = %name, hook = ?HOOKS[hook], error = %e,
                     "moving ours back in front failed: not first on this hook");
-                if let Some(a) = self.attached.get_mut(&ifindex) {
-                    a.hooks[hook].stuck = true;
+                if let Some(h) = self.hook_link(ifindex, hook) {
+                    h.stuck = true;
                 }
                 return None;
             }
         };
         // Only now that the new one runs: drop the old link.
-        let old = self.attached.get_mut(&ifindex).map(|a| {
+        let old = self.hook_link(ifindex, hook).map(|h| {
             std::mem::replace(
-                &mut a.hooks[hook],
+                h,
                 HookLink {
                     copy: other,
                     link,
@@ -740,8 +802,8 @@ impl Datapath {
             // said once, not retried every second.
             tracing::warn!(interface = %name, hook = ?HOOKS[hook], ahead = %ahead_of,
                 "another program stays ahead of ours on this hook");
-            if let Some(a) = self.attached.get_mut(&ifindex) {
-                a.hooks[hook].stuck = true;
+            if let Some(h) = self.hook_link(ifindex, hook) {
+                h.stuck = true;
             }
         }
         Some(Moved {
@@ -756,14 +818,21 @@ impl Datapath {
         })
     }
 
+    /// Our link on a hook of an attached interface.
+    fn hook_link(&mut self, ifindex: u32, hook: usize) -> Option<&mut HookLink> {
+        self.attached.get_mut(&ifindex)?.hooks[hook].as_mut()
+    }
+
     /// Forgets (and detaches, if it still exists) an interface.
     pub fn detach(&mut self, ifindex: u32) -> bool {
         let Some(a) = self.attached.remove(&ifindex) else {
             return false;
         };
-        let [ingress, egress] = a.hooks;
-        self.detach_link(0, ingress.copy, ingress.link);
-        self.detach_link(1, egress.copy, egress.link);
+        for (hook, h) in a.hooks.into_iter().enumerate() {
+            if let Some(h) = h {
+                self.detach_link(hook, h.copy, h.link);
+            }
+        }
         self.remove_qdisc_if_unused(ifindex, &a.name, a.created_qdisc);
         true
     }
@@ -979,6 +1048,9 @@ fn sock_offsets(btf: &Btf) -> (SockOffsets, bool) {
         snd_una: btf
             .member_offset("tcp_sock", "snd_una")
             .unwrap_or(OFFSET_UNKNOWN),
+        protocol: btf
+            .member_offset("sock", "sk_protocol")
+            .unwrap_or(OFFSET_UNKNOWN),
         ..SockOffsets::default()
     };
     let format = read_tracepoint_format(
@@ -1060,6 +1132,51 @@ fn attach_retransmit_program(
             "tp_btf/tcp_retransmit_skb failed ({btf_err}); tracepoint tcp/tcp_retransmit_skb failed ({classic})"
         )),
     }
+}
+
+/// Attaches [`Hooks::Entry`]'s tracing programs, each on its own (one missing — a kernel without the
+/// `icmp_send` tracepoint — leaves the others): what the node's own stack answers, which no ingress
+/// hook sees.
+fn attach_node_programs(
+    ebpf: &mut Ebpf,
+    offsets: &SockOffsets,
+) -> Vec<(&'static str, Result<(), String>)> {
+    let kbtf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
+    let programs: [(&'static str, &'static str); 3] = [
+        (program::ICMP_SEND_BTF, "icmp_send"),
+        (program::SOCK_RESET_BTF, "tcp_receive_reset"),
+        (program::SOCK_STATE_BTF, "inet_sock_set_state"),
+    ];
+    programs
+        .into_iter()
+        .map(|(name, function)| {
+            let attached = (|| -> Result<(), String> {
+                let kbtf = kbtf.as_ref().map_err(Clone::clone)?;
+                if name != program::ICMP_SEND_BTF {
+                    let needed = [
+                        ("sock_common.skc_state", offsets.state),
+                        ("sock_common.skc_family", offsets.family),
+                        ("sock_common.skc_num", offsets.num),
+                        ("sock_common.skc_dport", offsets.dport),
+                        ("sock_common.skc_daddr", offsets.daddr),
+                        ("sock_common.skc_rcv_saddr", offsets.rcv_saddr),
+                    ];
+                    if let Some((member, _)) = needed.iter().find(|(_, o)| *o == OFFSET_UNKNOWN) {
+                        return Err(format!("this kernel's BTF has no {member}"));
+                    }
+                }
+                let p: &mut BtfTracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or("missing from the object")?
+                    .try_into()
+                    .map_err(|e: ProgramError| e.to_string())?;
+                p.load(function, kbtf).map_err(|e| e.to_string())?;
+                p.attach().map_err(|e| e.to_string())?;
+                Ok(())
+            })();
+            (name, attached)
+        })
+        .collect()
 }
 
 /// Adds a clsact qdisc; whether we created it (false when one was there).

@@ -19,4 +19,4 @@ pub mod reasons;
 pub mod tc;
 
 pub use events::{KernelEvent, Kind};
-pub use loader::{AttachMode, Datapath, DatapathConfig, LoadError};
+pub use loader::{AttachMode, Datapath, DatapathConfig, Hooks, LoadError};

@@ -432,6 +432,17 @@ impl Tracker {
             client: ev.client,
             server: ev.server,
         });
+        // The node's own answers (`--hooks entry`) and drops come from tracing programs that see every
+        // network namespace of the machine: without one of our interfaces they are evidence for
+        // attempts seen here, never the start of one.
+        if matches!(
+            ev.hook,
+            HookPoint::Node | HookPoint::Drop | HookPoint::Socket
+        ) && ev.interface.is_none()
+            && !self.channels.contains_key(&key)
+        {
+            return;
+        }
         match ev.kind {
             Kind::Opened => {
                 let seen_here = |ch: &Channel| {
@@ -531,11 +542,6 @@ impl Tracker {
                         call_site: d.call_site.clone(),
                         interface: ev.interface.clone(),
                     };
-                    // kfree_skb sees every namespace of the machine: a drop only opens an attempt when it
-                    // happened on one of our interfaces; elsewhere it is evidence for attempts we saw.
-                    if ev.interface.is_none() && !self.channels.contains_key(&key) {
-                        return;
-                    }
                     // A SYN queued behind neighbour resolution is transient: let the window decide.
                     let transient = d.reason_name.starts_with("NEIGH_");
                     self.evidence(key, ev, |b| {

@@ -367,6 +367,81 @@ fn a_drop_elsewhere_on_the_machine_opens_nothing() {
     assert!(t.is_empty());
 }
 
+// ---- `--hooks entry`: what the node answers itself, from tracing programs ----
+
+/// A rejection the node's own stack sent (`icmp_send`), on the interface the SYN came in through.
+fn node_rejection(at_ms: u64, iface: Option<&str>) -> KernelEvent {
+    KernelEvent {
+        icmp: Some((3, 13)),
+        origin: Side::Network,
+        interface: iface.map(Arc::from),
+        ..ev(Kind::Rejected, at_ms, "lxca", HookPoint::Node)
+    }
+}
+
+#[test]
+fn with_entry_hooks_a_rejection_the_node_sent_blocks_the_attempt_seen_on_its_way_in() {
+    let mut t = Tracker::new(Config::default());
+    let out = run(
+        &mut t,
+        &[
+            syn(0, "lxca", HookPoint::Ingress),
+            node_rejection(1, Some("lxca")),
+        ],
+        1_000,
+    );
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].rejected, Some((3, 13)));
+    assert_eq!(
+        b[0].blocked_at_ns, MS,
+        "blocked by the rejection, not the window"
+    );
+}
+
+#[test]
+fn a_node_answer_or_handshake_elsewhere_on_the_machine_opens_nothing() {
+    // The node-answer and socket programs see every namespace: without one of our interfaces, an
+    // answer to an attempt never seen here is not ours to report.
+    let mut t = Tracker::new(Config::default());
+    let reset = KernelEvent {
+        origin: Side::Server,
+        tcp_flags: 0x14,
+        interface: None,
+        netns: 4026532000,
+        ..ev(Kind::Reset, 0, "lxca", HookPoint::Node)
+    };
+    let handshake = KernelEvent {
+        interface: None,
+        ..ev(Kind::Established, 0, "lxca", HookPoint::Socket)
+    };
+    let out = run(&mut t, &[node_rejection(0, None), reset, handshake], 10_000);
+    assert!(out.is_empty(), "{out:?}");
+    assert!(t.is_empty());
+}
+
+#[test]
+fn a_local_sockets_handshake_establishes_an_attempt_whose_syn_ack_no_hook_saw() {
+    // A hostNetwork server answers a pod: its SYN-ACK enters through no interface, the socket's
+    // handshake (`inet_sock_set_state`) says the attempt was answered.
+    let mut t = Tracker::new(Config::default());
+    let handshake = KernelEvent {
+        interface: None,
+        origin: Side::Server,
+        ..ev(Kind::Established, 2, "lxca", HookPoint::Socket)
+    };
+    let out = run(
+        &mut t,
+        &[syn(0, "lxca", HookPoint::Ingress), handshake],
+        10_000,
+    );
+    assert!(blocked(&out).is_empty(), "{out:?}");
+    assert!(matches!(
+        out.as_slice(),
+        [Outcome::Established { interface: Some(i), .. }] if &**i == "lxca"
+    ));
+}
+
 // ---- channels through a Service (DNAT) ----
 
 fn vip() -> SocketAddr {

@@ -21,7 +21,7 @@ use clap::Args;
 
 use crate::{
     bpf::{
-        AttachMode, Datapath, DatapathConfig, KernelEvent, cni,
+        AttachMode, Datapath, DatapathConfig, Hooks, KernelEvent, cni,
         links::{self, AbortOnDrop, LinkChange},
         loader::{DEFAULT_INTERFACES, DEFAULT_PORTS},
     },
@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// How TC programs are attached.
     #[arg(long, env = "OBSERVER_ATTACH_MODE", value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
+    /// Which TC hooks of each interface carry the observer: `both` (ingress and egress) or `entry`
+    /// (ingress only: each packet once, where it enters the node — half the hook runs per packet; what
+    /// the node answers itself comes from tracing programs. See docs/CNI.md, "Hooks").
+    #[arg(long, env = "OBSERVER_HOOKS", value_enum, default_value_t = Hooks::Both)]
+    pub hooks: Hooks,
     /// This node's name (from the downward API in a DaemonSet).
     #[arg(long, env = "OBSERVER_NODE_NAME", default_value = "")]
     pub node_name: String,
@@ -175,6 +180,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ports: args.ports.clone(),
         all_ports: args.all_ports,
         attach_mode: args.attach_mode,
+        hooks: args.hooks,
         drop_repeat: args.drop_repeat,
         new_flow_rate: args.new_flow_rate,
         new_flow_burst: args.new_flow_rate.max(1),
@@ -186,6 +192,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         drop_program = datapath.drop_program(),
         retransmit_program = datapath.retransmit_program().unwrap_or("none (see the warning above)"),
         drop_reasons = datapath.reasons().len(),
+        hooks = datapath.hooks().as_str(),
+        node_programs = ?datapath.node_programs().iter().filter(|(_, r)| r.is_ok()).map(|(n, _)| *n).collect::<Vec<_>>(),
         ports = ?if args.all_ports { None } else { Some(&args.ports) },
         interfaces = ?interfaces,
         "programs loaded"

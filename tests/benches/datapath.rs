@@ -909,6 +909,22 @@ fn throughput() {
         }
     };
     let (pairs, secs) = throughput_pairs_and_secs();
+    // `OBSERVER_THROUGHPUT_ROWS=on,off,small` selects rows (default: all three).
+    const ROW_KEYS: [&str; 3] = ["on", "off", "small"];
+    let selected_rows: Vec<String> = match std::env::var("OBSERVER_THROUGHPUT_ROWS") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|k| {
+                let k = k.trim().to_owned();
+                assert!(
+                    ROW_KEYS.contains(&k.as_str()),
+                    "OBSERVER_THROUGHPUT_ROWS: unknown row {k:?} (on, off, small)"
+                );
+                k
+            })
+            .collect(),
+        _ => ROW_KEYS.iter().map(|k| (*k).to_owned()).collect(),
+    };
     let rows: [(&str, bool, &[&str]); 3] = [
         ("TCP, offloads on", true, &[]),
         ("TCP, offloads off", false, &[]),
@@ -978,7 +994,12 @@ fn throughput() {
                 }
             }
         };
-        for (name, on, extra) in rows {
+        for (name, on, extra) in rows
+            .iter()
+            .copied()
+            .zip(ROW_KEYS)
+            .filter_map(|(row, key)| selected_rows.iter().any(|k| k == key).then_some(row))
+        {
             offloads(on);
             // Pairs of runs next to each other in time (the order alternating), so that each pair
             // shares the machine's load; the figure is the median of the pairs' ratios.

@@ -606,21 +606,30 @@ fn iperf(client: &Netns, server: &str, port: u16, secs: u32, extra: &[&str]) -> 
         args.extend_from_slice(&["-A", "0,1"]);
     }
     args.extend_from_slice(extra);
-    let out = Command::new("ip")
-        .args(&args)
-        .output()
-        .expect("iperf3 client");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // `"sum_received": { … "bits_per_second": N` — the receiver's view.
-    let at = text
-        .find("\"sum_received\"")
-        .expect("iperf3 JSON has sum_received");
-    let rest = &text[at..];
-    rest.split("\"bits_per_second\":")
-        .nth(1)
-        .and_then(|s| s.split([',', '\n', '}']).next())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .expect("bits_per_second")
+    // A run the server refused (still busy with the last one's teardown: "the server is busy running a
+    // test") has no result: tried again after a pause, a few times.
+    let mut last = String::new();
+    for _ in 0..3 {
+        let out = Command::new("ip")
+            .args(&args)
+            .output()
+            .expect("iperf3 client");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `"sum_received": { … "bits_per_second": N` — the receiver's view.
+        let bps = text.find("\"sum_received\"").and_then(|at| {
+            text[at..]
+                .split("\"bits_per_second\":")
+                .nth(1)
+                .and_then(|s| s.split([',', '\n', '}']).next())
+                .and_then(|s| s.trim().parse::<f64>().ok())
+        });
+        if let Some(bps) = bps {
+            return bps;
+        }
+        last = text.into_owned();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("iperf3 gave no sum_received three times; last output: {last}")
 }
 
 /// What one throughput variant switches on and off between the runs of a pair (issue 13: which part of

@@ -513,27 +513,40 @@ impl Cache {
         if self.entries.is_empty() {
             return;
         }
-        // First the entries (a probe each), then what they point to: two rounds of independent loads.
-        let entries: Vec<&CacheEntry> = batch
-            .into_iter()
-            .filter_map(|b| {
+        // First the entries (a probe each), then what they point to: two rounds of independent loads,
+        // 32 records at a time (on the stack: a list on the heap would cost more than it saves).
+        const ROUND: usize = 32;
+        let mut batch = batch.into_iter();
+        let mut sum = 0usize;
+        loop {
+            let mut entries: [Option<&CacheEntry>; ROUND] = [None; ROUND];
+            let mut n = 0;
+            for b in batch.by_ref() {
                 let key = CacheKey {
                     client: b.client.ip(),
                     server: b.server,
                     service: b.service,
                 };
-                self.entries.get(&key).map(|(_, e)| &**e)
-            })
-            .collect();
-        let mut sum = 0usize;
-        for e in &entries {
-            let f = &e.fragments;
-            for end in [f.src(), f.dst()] {
-                sum = sum.wrapping_add(end.pod.as_ref().map_or(0, Arc::strong_count));
+                if let Some((_, e)) = self.entries.get(&key) {
+                    entries[n] = Some(&**e);
+                    n += 1;
+                    if n == ROUND {
+                        break;
+                    }
+                }
             }
-            sum = sum.wrapping_add(Arc::strong_count(f.policies()));
-            // One byte of each cache line of the JSON.
-            sum = sum.wrapping_add(f.json().iter().step_by(64).map(|&b| usize::from(b)).sum());
+            if n == 0 {
+                break;
+            }
+            for e in entries.iter().flatten() {
+                let f = &e.fragments;
+                for end in [f.src(), f.dst()] {
+                    sum = sum.wrapping_add(end.pod.as_ref().map_or(0, Arc::strong_count));
+                }
+                sum = sum.wrapping_add(Arc::strong_count(f.policies()));
+                // One byte of each cache line of the JSON.
+                sum = sum.wrapping_add(f.json().iter().step_by(64).map(|&b| usize::from(b)).sum());
+            }
         }
         std::hint::black_box(sum);
     }
@@ -567,10 +580,11 @@ impl record::Parts for CacheEntry {
 }
 
 /// The times an entry serves: from the channel it was resolved for, up to when an end's lookup answer
-/// runs out by time alone. When the answers of [`Inventory::endpoint_at`] for both ends, given at `from`, stay the same for
-/// later times with no change to the inventory (every tenure began and ended at or before `from`, as
-/// [`Inventory::is_current_at`] ensures): a pod holding an address still holds it; a pod whose tenure
-/// ended at `to` is still found up to `to + lookup_after`, the last time it is; no holder stays no holder.
+/// runs out by time alone. When the answers of [`Inventory::endpoint_at`] for both ends, given at
+/// `from`, stay the same for later times with no change to the inventory (every tenure began and ended
+/// at or before `from`, as [`Inventory::is_current_at`] ensures): a pod holding an address still holds
+/// it; a pod whose tenure ended at `to` is still found up to `to + lookup_after`, the last time it is;
+/// no holder stays no holder.
 #[derive(Clone, Copy, Debug)]
 struct Validity {
     from: SystemTime,

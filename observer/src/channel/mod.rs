@@ -573,7 +573,9 @@ impl Tracker {
                     self.channels.get_mut(&key).expect("checked above")
                 };
                 ch.last_ns = ev.monotonic_ns;
-                if ch.isn == 0 {
+                // A new attempt took the SYN's ISN when it opened: its entry is not read back here (a
+                // storm's new entry is still on its way into the CPU's cache).
+                if !new_attempt && ch.isn == 0 {
                     // Opened by evidence (a drop seen before its SYN): the SYN names the attempt.
                     ch.isn = ev.isn;
                 }

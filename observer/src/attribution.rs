@@ -447,7 +447,7 @@ pub struct Cache {
     lists: std::collections::HashMap<Box<[u8]>, Arc<[PolicyRef]>, foldhash::fast::RandomState>,
 }
 
-/// Names kept at most; beyond, the set starts over.
+/// Shared names (and, apart, shared lists) kept at most; beyond, the set starts over.
 const NAMES_MAX: usize = 65_536;
 
 impl Cache {

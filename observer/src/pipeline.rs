@@ -91,9 +91,9 @@ pub struct Pipeline {
     blocked_counts: BlockedCounts,
 }
 
-/// What counting a blocked record with policies does, kept per attribution: the records of one pair of
-/// ends share their policies list (one `Arc`, from [`attribution::Cache`]), so a storm's labels are
-/// looked up and hashed once per pair instead of once per record. The same children and hits as
+/// What counting a blocked record with policies does, kept per attribution: the records of the pairs
+/// denied by the same policies share one list (one `Arc`, from [`attribution::Cache`]), so a storm's
+/// labels are looked up and hashed once per list instead of once per record. The same children and hits as
 /// [`Metrics::blocked`], [`usage::Hit::from_record`] and [`Metrics::policy_channels`] give (a child
 /// counter, once handed out, is the one for its labels for good).
 #[derive(Default)]

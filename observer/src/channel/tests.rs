@@ -536,7 +536,9 @@ fn join_entries_are_forgotten_with_their_channel() {
         120_000,
     );
     assert!(t.is_empty());
-    assert!(t.vip_legs.is_empty() && t.aliases.is_empty());
+    assert!(
+        t.joins.vip_legs.is_empty() && t.joins.aliases.is_empty() && t.joins.translated.is_empty()
+    );
     // A later attempt from the same client port to the backend directly is its own channel.
     let out = run(
         &mut t,

@@ -428,11 +428,27 @@ pub fn attribute(blocked: &Blocked, inventory: &Inventory, node: &str) -> Record
 pub struct Cache {
     /// The inventory's generation and Services generation the entries were resolved at.
     generations: Option<(u64, u64)>,
-    /// Boxed: the table holds keys and pointers only, so that a probe touches little memory.
-    entries: std::collections::HashMap<CacheKey, Box<CacheEntry>, foldhash::fast::RandomState>,
+    /// The key, the times the entry serves, and the entry: a probe reads the times where it finds the
+    /// key; the entry (one allocation) is what a hit's record reads, and its records share it.
+    entries: std::collections::HashMap<
+        CacheKey,
+        (Validity, Arc<CacheEntry>),
+        foldhash::fast::RandomState,
+    >,
     /// The node's name as the records share it (one `Arc` for every record, not a `String` each).
     node: Option<Arc<str>>,
+    /// The names the entries' ends hold (namespaces, nodes, workloads), one shared string per name:
+    /// a record's ends then share a few strings every record touches instead of each pod's own
+    /// copies, scattered over the heap. Equal content, so the records are the same values.
+    names: std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>,
+    /// The entries' policies lists by content (their JSON, which writes every field), one shared list
+    /// per content: the pairs denied by the same policies share one list, which the pipeline's count
+    /// memo is keyed by and every record of them touches.
+    lists: std::collections::HashMap<Box<[u8]>, Arc<[PolicyRef]>, foldhash::fast::RandomState>,
 }
+
+/// Shared names (and, apart, shared lists) kept at most; beyond, the set starts over.
+const NAMES_MAX: usize = 65_536;
 
 impl Cache {
     /// `node` as a shared string: the one kept when it is the same name as last time.
@@ -441,6 +457,98 @@ impl Cache {
             Some(n) if &**n == node => Arc::clone(n),
             _ => Arc::clone(self.node.insert(Arc::from(node))),
         }
+    }
+
+    /// `name` as the entries share it.
+    fn name(&mut self, name: &Arc<str>) -> Arc<str> {
+        if let Some(n) = &self.node
+            && **n == **name
+        {
+            return Arc::clone(n);
+        }
+        if let Some(n) = self.names.get(name) {
+            return Arc::clone(n);
+        }
+        if self.names.len() >= NAMES_MAX {
+            self.names.clear();
+        }
+        self.names.insert(Arc::clone(name));
+        Arc::clone(name)
+    }
+
+    /// `policies` as the entries share it (see `lists`).
+    fn share_policies(&mut self, policies: Arc<[PolicyRef]>) -> Arc<[PolicyRef]> {
+        let mut json = Vec::new();
+        record::write_policies_json(&mut json, &policies);
+        if let Some(shared) = self.lists.get(json.as_slice())
+            && **shared == *policies
+        {
+            return Arc::clone(shared);
+        }
+        if self.lists.len() >= NAMES_MAX {
+            self.lists.clear();
+        }
+        self.lists.insert(json.into(), Arc::clone(&policies));
+        policies
+    }
+
+    /// `e` with its shared names (see `names`).
+    fn share_names(&mut self, e: &mut Endpoint) {
+        for name in [&mut e.namespace, &mut e.node, &mut e.workload]
+            .into_iter()
+            .flatten()
+        {
+            *name = self.name(name);
+        }
+    }
+}
+
+impl Cache {
+    /// Reads, for a batch of channels about to be attributed, the memory their records will read from
+    /// their cached entries — the entry, the pods' names, the policies, the JSON — and nothing else: no
+    /// answer changes. A storm across thousands of pairs finds each pair's entry out of the CPU's
+    /// caches; read in a tight loop first, the misses of many records overlap instead of each record
+    /// waiting for its own, one after another.
+    pub fn warm<'a>(&self, batch: impl IntoIterator<Item = &'a Blocked>) {
+        if self.entries.is_empty() {
+            return;
+        }
+        // First the entries (a probe each), then what they point to: two rounds of independent loads,
+        // 32 records at a time (on the stack: a list on the heap would cost more than it saves).
+        const ROUND: usize = 32;
+        let mut batch = batch.into_iter();
+        let mut sum = 0usize;
+        loop {
+            let mut entries: [Option<&CacheEntry>; ROUND] = [None; ROUND];
+            let mut n = 0;
+            for b in batch.by_ref() {
+                let key = CacheKey {
+                    client: b.client.ip(),
+                    server: b.server,
+                    service: b.service,
+                };
+                if let Some((_, e)) = self.entries.get(&key) {
+                    entries[n] = Some(&**e);
+                    n += 1;
+                    if n == ROUND {
+                        break;
+                    }
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            for e in entries.iter().flatten() {
+                let f = &e.fragments;
+                for end in [f.src(), f.dst()] {
+                    sum = sum.wrapping_add(end.pod.as_ref().map_or(0, Arc::strong_count));
+                }
+                sum = sum.wrapping_add(Arc::strong_count(f.policies()));
+                // One byte of each cache line of the JSON.
+                sum = sum.wrapping_add(f.json().iter().step_by(64).map(|&b| usize::from(b)).sum());
+            }
+        }
+        std::hint::black_box(sum);
     }
 }
 
@@ -455,19 +563,28 @@ struct CacheKey {
     service: Option<SocketAddr>,
 }
 
+/// The inventory's side of the records of one pair, as they read it: the ends and the policies with
+/// their JSON (the records' [`Rendered`] memo is the entry itself), the Service(s) and the verdict.
 #[derive(Debug)]
 struct CacheEntry {
-    /// The times the entry serves: from the channel it was resolved for, up to when an end's lookup
-    /// answer runs out by time alone (see [`Validity`]).
-    valid: Validity,
-    resolved: Resolved,
-    rendered: Rendered,
+    fragments: Fragments,
+    services: Vec<ServiceRef>,
+    service_note: Option<String>,
+    judged: Judged,
 }
 
-/// When the answers of [`Inventory::endpoint_at`] for both ends, given at `from`, stay the same for
-/// later times with no change to the inventory (every tenure began and ended at or before `from`, as
-/// [`Inventory::is_current_at`] ensures): a pod holding an address still holds it; a pod whose tenure
-/// ended at `to` is still found up to `to + lookup_after`, the last time it is; no holder stays no holder.
+impl record::Parts for CacheEntry {
+    fn fragments(&self) -> &Fragments {
+        &self.fragments
+    }
+}
+
+/// The times an entry serves: from the channel it was resolved for, up to when an end's lookup answer
+/// runs out by time alone. When the answers of [`Inventory::endpoint_at`] for both ends, given at
+/// `from`, stay the same for later times with no change to the inventory (every tenure began and ended
+/// at or before `from`, as [`Inventory::is_current_at`] ensures): a pod holding an address still holds
+/// it; a pod whose tenure ended at `to` is still found up to `to + lookup_after`, the last time it is;
+/// no holder stays no holder.
 #[derive(Clone, Copy, Debug)]
 struct Validity {
     from: SystemTime,
@@ -492,7 +609,7 @@ impl Validity {
     }
 }
 
-/// The inventory's side of a blocked channel's record (see [`Cache`]).
+/// The inventory's side of a blocked channel's record (see [`Cache`]), owned.
 #[derive(Debug)]
 struct Resolved {
     src: Endpoint,
@@ -582,50 +699,79 @@ pub fn attribute_with(
         service: blocked.service,
     };
     let usable = cache.usable(inventory, at);
-    let fresh = usable && cache.entries.get(&key).is_some_and(|e| e.valid.covers(at));
-    let built;
-    let (resolved, rendered): (&Resolved, Rendered) = if fresh {
-        let entry = &cache.entries[&key];
-        (&entry.resolved, entry.rendered.clone())
+    // One probe for a hit; a miss (or an entry past its times) resolves afresh and replaces it.
+    let hit = if usable {
+        cache
+            .entries
+            .get(&key)
+            .filter(|(valid, _)| valid.covers(at))
+            .map(|(_, e)| e)
     } else {
-        let ends = [
-            inventory.endpoint_at(blocked.client.ip(), at),
-            inventory.endpoint_at(blocked.server.ip(), at),
-        ];
-        let (resolved, cacheable) = resolve(blocked, inventory, &ends, at);
-        if usable && cacheable {
-            if cache.entries.len() >= CACHE_ENTRIES_MAX {
-                cache.entries.clear();
+        None
+    };
+    let built;
+    let entry: &Arc<CacheEntry> = match hit {
+        Some(entry) => entry,
+        None => {
+            let ends = [
+                inventory.endpoint_at(blocked.client.ip(), at),
+                inventory.endpoint_at(blocked.server.ip(), at),
+            ];
+            let (mut resolved, cacheable) = resolve(blocked, inventory, &ends, at);
+            let valid = Validity::of(&ends, at, inventory);
+            let cached = usable && cacheable;
+            if cached {
+                cache.share_names(&mut resolved.src);
+                cache.share_names(&mut resolved.dst);
             }
+            if cached {
+                resolved.policies = cache.share_policies(resolved.policies);
+            }
+            let Resolved {
+                src,
+                dst,
+                services,
+                service_note,
+                judged,
+                policies,
+            } = resolved;
             // Rendered with the entry: its records then copy their ends' and policies' JSON.
-            let rendered = Rendered(Some(Arc::new(Fragments::new(
-                &resolved.src,
-                &resolved.dst,
-                &resolved.policies,
-            ))));
-            let entry = Box::new(CacheEntry {
-                valid: Validity::of(&ends, at, inventory),
-                resolved,
-                rendered: rendered.clone(),
+            let entry = Arc::new(CacheEntry {
+                fragments: Fragments::new(src, dst, policies),
+                services,
+                service_note,
+                judged,
             });
-            let entry = cache.entries.entry(key).insert_entry(entry).into_mut();
-            (&entry.resolved, rendered)
-        } else {
-            built = resolved;
-            (&built, Rendered::default())
+            if cached {
+                if cache.entries.len() >= CACHE_ENTRIES_MAX {
+                    cache.entries.clear();
+                }
+                &cache
+                    .entries
+                    .entry(key)
+                    .insert_entry((valid, entry))
+                    .into_mut()
+                    .1
+            } else {
+                built = entry;
+                &built
+            }
         }
     };
-    let mut src = resolved.src.clone();
+    let fragments = &entry.fragments;
+    // The record's ends and policies are the very values rendered: the writer copies their JSON.
+    let rendered = Rendered(Some(Arc::clone(entry) as Arc<dyn record::Parts>));
+    let mut src = fragments.src().clone();
     src.port = blocked.client.port();
-    let dst = resolved.dst.clone();
-    let judged = &resolved.judged;
+    let dst = fragments.dst().clone();
+    let judged = &entry.judged;
 
     let dst_node = (dst.kind == "pod").then_some(dst.node.as_deref()).flatten();
     let evidence = evidence(blocked, dst_node, node);
     let decision = decide(&evidence, &judged.simulated);
 
     let mut notes = decision.notes;
-    notes.extend(resolved.service_note.iter().cloned());
+    notes.extend(entry.service_note.iter().cloned());
     notes.extend(judged.notes.iter().cloned());
     for (side, e) in [("source", &src), ("destination", &dst)] {
         if let Some(n) = &e.node
@@ -646,7 +792,7 @@ pub fn attribute_with(
         protocol: "TCP".into(),
         src,
         dst,
-        service: resolved.services.clone(),
+        service: entry.services.clone(),
         cause: Some(decision.cause),
         direction: decision.direction,
         kernel_reason: blocked.drop.as_ref().map(|d| d.reason.clone()),
@@ -654,7 +800,7 @@ pub fn attribute_with(
         attempts: blocked.attempts,
         evidence: Some(evidence),
         policies: if decision.blame_policies {
-            Arc::clone(&resolved.policies)
+            Arc::clone(fragments.policies())
         } else {
             Arc::default()
         },
@@ -1867,6 +2013,43 @@ mod tests {
         other.server.set_port(8080);
         cached(&mut cache, &other, &inv);
         assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn the_cache_shares_policies_lists_and_names_only_between_equal_contents() {
+        let mut inv = inventory(&[DENY_INGRESS]);
+        let mut cache = Cache::default();
+        let a = cached(&mut cache, &blocked_at(2_000, 40_000), &inv);
+        // Another server port is another entry; where its policies are the same values, they are one
+        // shared list (the pipeline's count memo is keyed by it), and never where they differ.
+        let mut other = blocked_at(2_001, 40_001);
+        other.server.set_port(9090);
+        let b = cached(&mut cache, &other, &inv);
+        assert_eq!(cache.len(), 2);
+        assert!(!a.policies.is_empty());
+        assert_eq!(*a.policies, *b.policies);
+        assert!(Arc::ptr_eq(&a.policies, &b.policies), "equal lists are one");
+        // Names: the entries' ends share one string per name, of the same content.
+        for (x, y) in [(&a.dst, &b.dst), (&a.src, &b.src)] {
+            assert_eq!(x.namespace, y.namespace);
+            assert!(Arc::ptr_eq(
+                x.namespace.as_ref().expect("a pod"),
+                y.namespace.as_ref().expect("a pod")
+            ));
+        }
+        assert!(Arc::ptr_eq(&a.node, a.src.node.as_ref().expect("a node")));
+        // A new revision of the policy is another list; the earlier records keep theirs.
+        inv.apply_policy(
+            &policy(DENY_INGRESS.replace("'81233'", "'81250'").as_str()),
+            at(2_002),
+        )
+        .expect("valid edit");
+        let c = cached(&mut cache, &blocked_at(2_003, 40_002), &inv);
+        assert_eq!(c.policies.len(), a.policies.len());
+        assert!(c.policies.iter().any(|p| &*p.resource_version == "81250"));
+        assert_ne!(*a.policies, *c.policies);
+        assert!(!Arc::ptr_eq(&a.policies, &c.policies));
+        assert!(a.policies.iter().any(|p| &*p.resource_version == "81233"));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use smallvec::SmallVec;
+
 use crate::{
     attribution::{self, Simulated},
     bpf::{KernelEvent, Kind, events::Side},
@@ -89,9 +91,9 @@ pub struct Pipeline {
     blocked_counts: BlockedCounts,
 }
 
-/// What counting a blocked record with policies does, kept per attribution: the records of one pair of
-/// ends share their policies list (one `Arc`, from [`attribution::Cache`]), so a storm's labels are
-/// looked up and hashed once per pair instead of once per record. The same children and hits as
+/// What counting a blocked record with policies does, kept per attribution: the records of the pairs
+/// denied by the same policies share one list (one `Arc`, from [`attribution::Cache`]), so a storm's
+/// labels are looked up and hashed once per list instead of once per record. The same children and hits as
 /// [`Metrics::blocked`], [`usage::Hit::from_record`] and [`Metrics::policy_channels`] give (a child
 /// counter, once handed out, is the one for its labels for good).
 #[derive(Default)]
@@ -105,11 +107,13 @@ struct BlockedCounts {
     >,
 }
 
+/// Inline up to two policies (a storm's pair is usually denied by one or two): a record's counting
+/// reads the memo's entry and the counters, no list behind another pointer.
 struct PolicyCounts {
     _policies: Arc<[PolicyRef]>,
-    blocked: Vec<prometheus::IntCounter>,
-    hits: Vec<usage::Hit>,
-    channels: Vec<prometheus::IntCounter>,
+    blocked: SmallVec<[prometheus::IntCounter; 2]>,
+    hits: SmallVec<[usage::Hit; 2]>,
+    channels: SmallVec<[prometheus::IntCounter; 2]>,
 }
 
 /// Entries kept at most; beyond, the memo starts over.
@@ -133,15 +137,17 @@ impl BlockedCounts {
             self.map.clear();
         }
         self.map.entry(key).or_insert_with(|| {
-            let hits: Vec<_> = usage::Hit::from_record(policies).collect();
+            let hits: SmallVec<_> = usage::Hit::from_record(policies).collect();
             PolicyCounts {
                 _policies: Arc::clone(policies),
-                blocked: metrics.blocked_counters(
-                    cause.map_or("unknown", |c| c.as_str()),
-                    direction.map_or("", |d| d.as_str()),
-                    policies.iter().map(|p| (&*p.kind, &*p.namespace, &*p.name)),
-                ),
-                channels: metrics.policy_channels_counters(false, &hits),
+                blocked: metrics
+                    .blocked_counters(
+                        cause.map_or("unknown", |c| c.as_str()),
+                        direction.map_or("", |d| d.as_str()),
+                        policies.iter().map(|p| (&*p.kind, &*p.namespace, &*p.name)),
+                    )
+                    .into(),
+                channels: metrics.policy_channels_counters(false, &hits).into(),
                 hits,
             }
         })
@@ -231,6 +237,8 @@ impl Pipeline {
     /// Takes in a batch of kernel events; records of channels that resolved go to `records`.
     pub fn on_events(&mut self, events: &[KernelEvent], records: &mut Vec<Record>) {
         self.refresh_services();
+        let opened = events.iter().filter(|e| e.kind == Kind::Opened).count();
+        self.tracker.warm(opened);
         let mut cut = Vec::new();
         for ev in events {
             if ev.kind == Kind::Dropped
@@ -575,6 +583,14 @@ impl Pipeline {
         self.counted_evicted = evicted;
         if self.outcomes.is_empty() {
             return;
+        }
+        // A batch's records read their pairs' cached entries: those reads overlap when done together.
+        if self.outcomes.len() > 1 {
+            self.attribution_cache
+                .warm(self.outcomes.iter().filter_map(|o| match o {
+                    Outcome::Blocked(b) => Some(&**b),
+                    Outcome::Established { .. } => None,
+                }));
         }
         let inventory = self.inventory.read();
         for outcome in self.outcomes.drain(..) {

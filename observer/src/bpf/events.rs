@@ -151,7 +151,8 @@ pub struct Decoder {
     reasons: Arc<DropReasons>,
     symbols: std::sync::OnceLock<Symbols>,
     /// Named call sites: drops come from a handful of places, named once each.
-    call_sites: std::sync::Mutex<std::collections::HashMap<u64, Arc<str>>>,
+    call_sites:
+        std::sync::Mutex<std::collections::HashMap<u64, Arc<str>, foldhash::fast::RandomState>>,
     /// realtime − monotonic, sampled at start.
     clock_offset_ns: i128,
     interfaces: Arc<std::sync::RwLock<std::collections::HashMap<u32, Arc<str>>>>,

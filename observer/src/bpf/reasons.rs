@@ -15,7 +15,8 @@ pub const NOT_DROPS: &[&str] = &["NOT_DROPPED_YET", "CONSUMED", "QUEUE_PURGE"];
 /// Drop reason number → UPPER_SNAKE name (without the `SKB_DROP_REASON_` prefix).
 #[derive(Clone, Debug, Default)]
 pub struct DropReasons {
-    names: HashMap<u32, Arc<str>>,
+    /// foldhash: looked up for every drop event.
+    names: HashMap<u32, Arc<str>, foldhash::fast::RandomState>,
 }
 
 impl DropReasons {

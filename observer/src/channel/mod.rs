@@ -45,7 +45,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -191,10 +191,89 @@ pub enum Outcome {
     Blocked(Arc<Blocked>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A channel's 4-tuple, flat: both addresses as 16 bytes (IPv4 in the first four), both ports, and which
+/// end is IPv6. 40 bytes instead of two `SocketAddr`s' 64, so that a table entry (key and [`Channel`])
+/// fits in 80 bytes, and hashed as five words. `SocketAddrV6`'s flow info and scope id are not kept: the
+/// kernel's flow key has neither (the decoder's addresses carry zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Key {
-    client: SocketAddr,
-    server: SocketAddr,
+    client: [u64; 2],
+    server: [u64; 2],
+    client_port: u16,
+    server_port: u16,
+    /// Bit 0: the client is IPv6; bit 1: the server is.
+    v6: u8,
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.client[0]);
+        state.write_u64(self.client[1]);
+        state.write_u64(self.server[0]);
+        state.write_u64(self.server[1]);
+        state.write_u64(
+            u64::from(self.client_port)
+                | u64::from(self.server_port) << 16
+                | u64::from(self.v6) << 32,
+        );
+    }
+}
+
+const _: () = assert!(size_of::<Key>() == 40);
+const _: () = assert!(size_of::<(Key, Channel)>() == 80);
+
+/// An address as two words and whether it is IPv6.
+fn flat(ip: IpAddr) -> ([u64; 2], bool) {
+    let (bytes, v6) = match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (b, false)
+        }
+        IpAddr::V6(a) => (a.octets(), true),
+    };
+    let (lo, hi) = bytes.split_at(8);
+    (
+        [
+            u64::from_ne_bytes(lo.try_into().unwrap_or_default()),
+            u64::from_ne_bytes(hi.try_into().unwrap_or_default()),
+        ],
+        v6,
+    )
+}
+
+/// The address [`flat`] made.
+fn unflat(words: [u64; 2], v6: bool) -> IpAddr {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&words[0].to_ne_bytes());
+    bytes[8..].copy_from_slice(&words[1].to_ne_bytes());
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    }
+}
+
+impl Key {
+    fn new(client: SocketAddr, server: SocketAddr) -> Self {
+        let (c, c6) = flat(client.ip());
+        let (s, s6) = flat(server.ip());
+        Self {
+            client: c,
+            server: s,
+            client_port: client.port(),
+            server_port: server.port(),
+            v6: u8::from(c6) | u8::from(s6) << 1,
+        }
+    }
+
+    fn client(&self) -> SocketAddr {
+        SocketAddr::new(unflat(self.client, self.v6 & 1 != 0), self.client_port)
+    }
+
+    fn server(&self) -> SocketAddr {
+        SocketAddr::new(unflat(self.server, self.v6 & 2 != 0), self.server_port)
+    }
 }
 
 #[derive(Debug)]
@@ -215,8 +294,6 @@ struct Channel {
     /// Shared with the outcome that reports it (no copy; written through `Arc::make_mut`, which copies
     /// only while an outcome still holds it); behind a pointer to keep map entries small.
     blocked: Arc<Blocked>,
-    /// The post-NAT key merged into this (pre-NAT) channel.
-    translated: Option<Key>,
     /// The attempt's initial sequence number, from its SYN (0 until a SYN with one is seen).
     isn: u32,
     /// SYNs counted before the kernel's count restarted: a SYN of this attempt that comes up as
@@ -236,18 +313,33 @@ impl Channel {
     }
 }
 
-/// Drops the join entries pointing at `ch` (under `key`): its VIP leg and its post-NAT alias.
-fn unlink(
-    vip_legs: &mut HashMap<SocketAddr, Key, foldhash::fast::RandomState>,
-    aliases: &mut HashMap<Key, Key, foldhash::fast::RandomState>,
-    key: &Key,
-    ch: &Channel,
-) {
-    if vip_legs.get(&key.client) == Some(key) {
-        vip_legs.remove(&key.client);
-    }
-    if let Some(post) = ch.translated {
-        aliases.remove(&post);
+/// The join state of channels through a Service (see the module's documentation): empty, and never
+/// hashed into, unless Services are in play.
+#[derive(Default)]
+struct Joins {
+    /// Client ip:port → its channel to a Service VIP (the pre-NAT leg), for joining the post-NAT leg.
+    vip_legs: HashMap<SocketAddr, Key, foldhash::fast::RandomState>,
+    /// Post-NAT key → the pre-NAT channel it was merged into.
+    aliases: HashMap<Key, Key, foldhash::fast::RandomState>,
+    /// Pre-NAT channel → the post-NAT key merged into it (kept out of [`Channel`]: most channels have
+    /// none, and a smaller entry makes a smaller table).
+    translated: HashMap<Key, Key, foldhash::fast::RandomState>,
+}
+
+impl Joins {
+    /// Drops the join entries pointing at the channel under `key`: its VIP leg and its post-NAT alias.
+    fn unlink(&mut self, key: &Key) {
+        if !self.vip_legs.is_empty() {
+            let client = key.client();
+            if self.vip_legs.get(&client) == Some(key) {
+                self.vip_legs.remove(&client);
+            }
+        }
+        if !self.translated.is_empty()
+            && let Some(post) = self.translated.remove(key)
+        {
+            self.aliases.remove(&post);
+        }
     }
 }
 
@@ -268,10 +360,7 @@ pub struct Tracker {
     next_id: u64,
     evicted: u64,
     services: Arc<ServiceMap>,
-    /// Client ip:port → its channel to a Service VIP (the pre-NAT leg), for joining the post-NAT leg.
-    vip_legs: HashMap<SocketAddr, Key, foldhash::fast::RandomState>,
-    /// Post-NAT key → the pre-NAT channel it was merged into.
-    aliases: HashMap<Key, Key, foldhash::fast::RandomState>,
+    joins: Joins,
 }
 
 impl Tracker {
@@ -285,8 +374,7 @@ impl Tracker {
             next_id: 0,
             evicted: 0,
             services: Arc::default(),
-            vip_legs: HashMap::default(),
-            aliases: HashMap::default(),
+            joins: Joins::default(),
         }
     }
 
@@ -298,16 +386,18 @@ impl Tracker {
     /// The key an event belongs to: its own channel, the pre-NAT channel it was merged into, or — for a
     /// post-NAT leg seen for the first time — the client's open channel to a VIP fronting that backend.
     fn resolve(&mut self, key: Key) -> Key {
-        // Without Services in play both maps are empty, and an empty map answers without hashing: the
-        // join costs nothing on the hot path then.
-        if let Some(pre) = self.aliases.get(&key) {
+        // Without Services in play both maps are empty: the join costs nothing on the hot path then.
+        if self.joins.vip_legs.is_empty() && self.joins.aliases.is_empty() {
+            return key;
+        }
+        if let Some(pre) = self.joins.aliases.get(&key) {
             return *pre;
         }
-        let Some(pre) = self.vip_legs.get(&key.client).copied() else {
+        let Some(pre) = self.joins.vip_legs.get(&key.client()).copied() else {
             return key;
         };
         if pre == key
-            || !self.services.fronts(pre.server, key.server)
+            || !self.services.fronts(pre.server(), key.server())
             || self.channels.contains_key(&key)
         {
             return key;
@@ -315,25 +405,21 @@ impl Tracker {
         let Some(ch) = self.channels.get_mut(&pre) else {
             return key;
         };
-        if ch.translated.is_some() {
+        if self.joins.translated.contains_key(&pre) {
             // Already translated to another backend: a different attempt.
             return key;
         }
-        ch.translated = Some(key);
-        Arc::make_mut(&mut ch.blocked).server = key.server;
-        self.aliases.insert(key, pre);
+        self.joins.translated.insert(pre, key);
+        Arc::make_mut(&mut ch.blocked).server = key.server();
+        self.joins.aliases.insert(key, pre);
         pre
     }
 
     /// Removes a channel and the join entries pointing at it.
     fn remove(&mut self, key: &Key) -> Option<Channel> {
         let ch = self.channels.remove(key)?;
-        self.unlink(key, &ch);
+        self.joins.unlink(key);
         Some(ch)
-    }
-
-    fn unlink(&mut self, key: &Key, ch: &Channel) {
-        unlink(&mut self.vip_legs, &mut self.aliases, key, ch);
     }
 
     /// Connection attempts seen so far.
@@ -361,6 +447,20 @@ impl Tracker {
         !self.settling.is_empty()
     }
 
+    /// Reads the table entries that opening `n` channels would evict (the oldest, when the table is
+    /// full), and nothing else: called before a batch, so that their cache misses overlap instead of
+    /// each opening waiting for its own.
+    pub fn warm(&self, n: usize) {
+        if self.channels.len() + n <= self.config.max_channels {
+            return;
+        }
+        let mut sum = 0u64;
+        for (key, _, _) in self.order.iter().take(n) {
+            sum = sum.wrapping_add(self.channels.get(key).map_or(0, |c| c.id));
+        }
+        std::hint::black_box(sum);
+    }
+
     fn open(&mut self, key: Key, ev: &KernelEvent) -> &mut Channel {
         if self.channels.len() >= self.config.max_channels {
             self.evict_one();
@@ -373,8 +473,8 @@ impl Tracker {
             state: State::Pending,
             last_ns: ev.monotonic_ns,
             blocked: Arc::new(Blocked {
-                client: key.client,
-                server: key.server,
+                client: key.client(),
+                server: key.server(),
                 first_seen: ev.time,
                 blocked_at: ev.time,
                 blocked_at_ns: ev.monotonic_ns,
@@ -384,9 +484,13 @@ impl Tracker {
                 reset_by: None,
                 rejected: None,
                 timed_out: false,
-                service: self.services.is_vip(key.server).then_some(key.server),
+                service: if self.services.is_empty() {
+                    None
+                } else {
+                    let server = key.server();
+                    self.services.is_vip(server).then_some(server)
+                },
             }),
-            translated: None,
             isn: if ev.kind == Kind::Opened { ev.isn } else { 0 },
             syn_base: 0,
         };
@@ -399,11 +503,11 @@ impl Tracker {
             }
             std::collections::hash_map::Entry::Vacant(v) => (v.insert(ch), None),
         };
-        if let Some(old) = old {
-            unlink(&mut self.vip_legs, &mut self.aliases, &key, &old);
+        if old.is_some() {
+            self.joins.unlink(&key);
         }
         if vip_leg {
-            self.vip_legs.insert(key.client, key);
+            self.joins.vip_legs.insert(key.client(), key);
         }
         slot
     }
@@ -428,10 +532,7 @@ impl Tracker {
         if ev.kind == Kind::RetransmitTimeout {
             return;
         }
-        let key = self.resolve(Key {
-            client: ev.client,
-            server: ev.server,
-        });
+        let key = self.resolve(Key::new(ev.client, ev.server));
         // The node's own answers (`--hooks entry`) and drops come from tracing programs that see every
         // network namespace of the machine: without one of our interfaces they are evidence for
         // attempts seen here, never the start of one.
@@ -483,7 +584,9 @@ impl Tracker {
                     self.channels.get_mut(&key).expect("checked above")
                 };
                 ch.last_ns = ev.monotonic_ns;
-                if ch.isn == 0 {
+                // A new attempt took the SYN's ISN when it opened: its entry is not read back here (a
+                // storm's new entry is still on its way into the CPU's cache).
+                if !new_attempt && ch.isn == 0 {
                     // Opened by evidence (a drop seen before its SYN): the SYN names the attempt.
                     ch.isn = ev.isn;
                 }
@@ -505,7 +608,7 @@ impl Tracker {
                     ch.state = State::Done;
                     ch.last_ns = ev.monotonic_ns;
                     out.push(Outcome::Established {
-                        client: key.client,
+                        client: key.client(),
                         server: ch.blocked.server,
                         attempts: ch.blocked.attempts,
                         time: ev.time,

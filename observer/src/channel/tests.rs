@@ -611,7 +611,9 @@ fn join_entries_are_forgotten_with_their_channel() {
         120_000,
     );
     assert!(t.is_empty());
-    assert!(t.vip_legs.is_empty() && t.aliases.is_empty());
+    assert!(
+        t.joins.vip_legs.is_empty() && t.joins.aliases.is_empty() && t.joins.translated.is_empty()
+    );
     // A later attempt from the same client port to the backend directly is its own channel.
     let out = run(
         &mut t,
@@ -654,4 +656,42 @@ fn retransmission_timeouts_are_no_attempt_of_the_trackers() {
         matches!(out[0], Outcome::Established { attempts: 1, .. }),
         "{out:?}"
     );
+}
+
+#[test]
+fn the_flat_key_keeps_addresses_ports_and_families_apart() {
+    let addr = |s: &str| -> SocketAddr { s.parse().expect("addr") };
+    let cases = [
+        (addr("198.18.0.2:40312"), addr("198.18.1.2:50051")),
+        (addr("[fd00::2]:40312"), addr("[fd00::1:2]:50051")),
+        // An IPv4-mapped IPv6 address is not its IPv4 address: another channel.
+        (addr("[::ffff:198.18.0.2]:40312"), addr("198.18.1.2:50051")),
+        (addr("198.18.0.2:40312"), addr("[::ffff:198.18.1.2]:50051")),
+        // Ends or ports swapped.
+        (addr("198.18.1.2:50051"), addr("198.18.0.2:40312")),
+        (addr("198.18.0.2:50051"), addr("198.18.1.2:40312")),
+        (addr("0.0.0.0:0"), addr("[::]:0")),
+        (
+            addr("255.255.255.255:65535"),
+            addr("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"),
+        ),
+    ];
+    let keys: Vec<Key> = cases
+        .iter()
+        .map(|&(c, s)| {
+            let k = Key::new(c, s);
+            assert_eq!((k.client(), k.server()), (c, s), "round trip");
+            k
+        })
+        .collect();
+    let hasher = foldhash::fast::RandomState::default();
+    for (i, a) in keys.iter().enumerate() {
+        for (j, b) in keys.iter().enumerate() {
+            assert_eq!(a == b, i == j, "{:?} {:?}", cases[i], cases[j]);
+            if i == j {
+                use std::hash::BuildHasher;
+                assert_eq!(hasher.hash_one(a), hasher.hash_one(b));
+            }
+        }
+    }
 }

@@ -70,9 +70,21 @@ pub struct Record {
 /// the record's value (equal whatever it holds, never serialised). The writer uses a part only while the
 /// record's field is still the very value it was rendered from (the same `Arc`s, compared by pointer):
 /// a record changed after attribution is written from its fields, so the memo can never make the JSON
-/// differ from serde_json's.
+/// differ from serde_json's. The fragments may live inside a larger value (attribution's cache entry
+/// holds them with the rest of what its records read: one allocation per pair of ends), hence [`Parts`].
 #[derive(Clone, Debug, Default)]
-pub struct Rendered(pub Option<Arc<Fragments>>);
+pub struct Rendered(pub Option<Arc<dyn Parts>>);
+
+/// A value that holds [`Fragments`] (see [`Rendered`]).
+pub trait Parts: std::fmt::Debug + Send + Sync {
+    fn fragments(&self) -> &Fragments;
+}
+
+impl Parts for Fragments {
+    fn fragments(&self) -> &Fragments {
+        self
+    }
+}
 
 impl PartialEq for Rendered {
     fn eq(&self, _: &Self) -> bool {
@@ -80,42 +92,85 @@ impl PartialEq for Rendered {
     }
 }
 
-/// See [`Rendered`].
+/// See [`Rendered`]. Also the values the parts were rendered from, which attribution's cache keeps here
+/// rather than a second time (one allocation per pair of ends for the ends, the policies and their JSON).
 #[derive(Debug)]
 pub struct Fragments {
-    /// The source as rendered (its port is per record, written between `src_head` and `src_tail`).
+    /// The source as rendered (its port is per record, written between the head and the tail).
     src: Endpoint,
-    /// `{"ip":"…","port":`
-    src_head: Box<[u8]>,
-    /// `,"kind":"pod",…}`
-    src_tail: Box<[u8]>,
     dst: Endpoint,
-    dst_json: Box<[u8]>,
     policies: Arc<[PolicyRef]>,
-    policies_json: Box<[u8]>,
+    /// One buffer, read front to back as a record is written: the source's head
+    /// (`{"ip":"…","port":`), its tail (`,"kind":"pod",…}`), the destination, the policies.
+    json: Box<[u8]>,
+    /// Where the source's tail, the destination and the policies start in `json`.
+    src_tail_at: usize,
+    dst_at: usize,
+    policies_at: usize,
 }
 
 impl Fragments {
-    /// Renders the parts of records from `src` (any port), `dst` and `policies`.
-    pub fn new(src: &Endpoint, dst: &Endpoint, policies: &Arc<[PolicyRef]>) -> Self {
-        let mut head = Vec::new();
-        json::endpoint_head(&mut head, src);
-        let mut tail = Vec::new();
-        json::endpoint_tail(&mut tail, src);
-        let mut dst_json = Vec::new();
-        json::endpoint(&mut dst_json, dst);
-        let mut policies_json = Vec::new();
-        json::list(&mut policies_json, policies, json::policy);
+    /// Renders the parts of records from `src` (any port), `dst` and `policies`, and keeps them.
+    pub fn new(src: Endpoint, dst: Endpoint, policies: Arc<[PolicyRef]>) -> Self {
+        let mut json = Vec::with_capacity(512);
+        json::endpoint_head(&mut json, &src);
+        let src_tail_at = json.len();
+        json::endpoint_tail(&mut json, &src);
+        let dst_at = json.len();
+        json::endpoint(&mut json, &dst);
+        let policies_at = json.len();
+        json::list(&mut json, &policies, json::policy);
         Self {
-            src: src.clone(),
-            src_head: head.into(),
-            src_tail: tail.into(),
-            dst: dst.clone(),
-            dst_json: dst_json.into(),
-            policies: Arc::clone(policies),
-            policies_json: policies_json.into(),
+            src,
+            dst,
+            policies,
+            json: json.into(),
+            src_tail_at,
+            dst_at,
+            policies_at,
         }
     }
+
+    /// The source the parts were rendered from (its port is the first channel's).
+    pub fn src(&self) -> &Endpoint {
+        &self.src
+    }
+
+    /// The destination the parts were rendered from.
+    pub fn dst(&self) -> &Endpoint {
+        &self.dst
+    }
+
+    /// The policies the parts were rendered from.
+    pub fn policies(&self) -> &Arc<[PolicyRef]> {
+        &self.policies
+    }
+
+    /// All the JSON, in one buffer.
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    fn src_head(&self) -> &[u8] {
+        &self.json[..self.src_tail_at]
+    }
+
+    fn src_tail(&self) -> &[u8] {
+        &self.json[self.src_tail_at..self.dst_at]
+    }
+
+    fn dst_json(&self) -> &[u8] {
+        &self.json[self.dst_at..self.policies_at]
+    }
+
+    fn policies_json(&self) -> &[u8] {
+        &self.json[self.policies_at..]
+    }
+}
+
+/// Appends `policies` as the record's JSON writes them (a list).
+pub fn write_policies_json(out: &mut Vec<u8>, policies: &[PolicyRef]) {
+    json::list(out, policies, json::policy);
 }
 
 /// `a` and `b` are the same end by identity: the same address and kind, and the same shared strings (by
@@ -958,7 +1013,7 @@ mod json {
             detail: _,
             rendered: _,
         } = r;
-        let memo = r.rendered.0.as_deref();
+        let memo = r.rendered.0.as_deref().map(super::Parts::fragments);
         let Detail {
             channel: _,
             policy_change: _,
@@ -984,9 +1039,9 @@ mod json {
             key(out, &mut first, "src");
             match memo {
                 Some(m) if super::same_end(&r.src, &m.src) => {
-                    out.extend_from_slice(&m.src_head);
+                    out.extend_from_slice(m.src_head());
                     uint(out, r.src.port.into());
-                    out.extend_from_slice(&m.src_tail);
+                    out.extend_from_slice(m.src_tail());
                 }
                 _ => endpoint(out, &r.src),
             }
@@ -995,7 +1050,7 @@ mod json {
             key(out, &mut first, "dst");
             match memo {
                 Some(m) if super::same_end(&r.dst, &m.dst) && r.dst.port == m.dst.port => {
-                    out.extend_from_slice(&m.dst_json);
+                    out.extend_from_slice(m.dst_json());
                 }
                 _ => endpoint(out, &r.dst),
             }
@@ -1032,7 +1087,7 @@ mod json {
         key(out, &mut first, "policies");
         match memo {
             Some(m) if Arc::ptr_eq(&r.policies, &m.policies) => {
-                out.extend_from_slice(&m.policies_json)
+                out.extend_from_slice(m.policies_json())
             }
             _ => list(out, &r.policies, policy),
         }

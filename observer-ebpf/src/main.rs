@@ -1124,21 +1124,68 @@ fn v4_mapped(a: &[u8; 16]) -> bool {
     a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff
 }
 
+/// Whether a socket with these ports is the client end: the server owns the watched port (remote port
+/// watched → this end is the client); with every port watched, the lower port is the server's. `None`
+/// when no watched port is involved.
+#[inline(always)]
+fn sock_is_client(lport: u16, rport: u16) -> Option<bool> {
+    if CONFIG_ALL_PORTS.load() != 0 {
+        Some(rport <= lport)
+    } else if watched(rport) {
+        Some(true)
+    } else if watched(lport) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The socket's flow key, oriented client → server like every flow key, with no interface (a socket's
+/// event); an IPv4-mapped address is IPv4. `None` for another family.
+#[inline(always)]
+fn sock_key(s: &Sock, this_is_client: bool) -> Option<FlowKey> {
+    let mut local = [0u8; 16];
+    let mut remote = [0u8; 16];
+    let family = if s.family == AF_INET || (s.family == AF_INET6 && v4_mapped(&s.v6_remote)) {
+        local[..4].copy_from_slice(&s.v4_local);
+        remote[..4].copy_from_slice(&s.v4_remote);
+        FAMILY_V4
+    } else if s.family == AF_INET6 {
+        local = s.v6_local;
+        remote = s.v6_remote;
+        FAMILY_V6
+    } else {
+        return None;
+    };
+    let ip = Ip::new(family, &local, &remote);
+    Some(flow_key(
+        &ip,
+        s.local_port,
+        s.remote_port,
+        this_is_client,
+        0,
+    ))
+}
+
+/// The inode of the socket's network namespace, 0 when unknown.
+#[inline(always)]
+fn sock_netns(sk: *const u8, off: &SockOffsets) -> u32 {
+    if off.net == OFFSET_UNKNOWN || off.net_inum == OFFSET_UNKNOWN {
+        return 0;
+    }
+    match kread::<*const u8>(sk, off.net) {
+        Ok(net) if !net.is_null() => kread(net, off.net_inum).unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
     // Established channels only: SYN retransmissions are the TC programs' (SynRetransmit), and a closing
     // socket is no longer a live channel.
     if s.state != TCP_ESTABLISHED {
         return Ok(());
     }
-    let (lport, rport) = (s.local_port, s.remote_port);
-    // The server owns the watched port: remote port watched → this end is the client.
-    let this_is_client = if CONFIG_ALL_PORTS.load() != 0 {
-        rport <= lport
-    } else if watched(rport) {
-        true
-    } else if watched(lport) {
-        false
-    } else {
+    let Some(this_is_client) = sock_is_client(s.local_port, s.remote_port) else {
         return Ok(());
     };
     let off = CONFIG_SOCK_OFFSETS.load();
@@ -1157,22 +1204,10 @@ fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
         kread(sk, off.snd_una).unwrap_or(0)
     };
 
-    let mut local = [0u8; 16];
-    let mut remote = [0u8; 16];
-    let family = if s.family == AF_INET || (s.family == AF_INET6 && v4_mapped(&s.v6_remote)) {
-        local[..4].copy_from_slice(&s.v4_local);
-        remote[..4].copy_from_slice(&s.v4_remote);
-        FAMILY_V4
-    } else if s.family == AF_INET6 {
-        local = s.v6_local;
-        remote = s.v6_remote;
-        FAMILY_V6
-    } else {
+    // Oriented client → server like every flow key; no interface (a socket's event).
+    let Some(key) = sock_key(s, this_is_client) else {
         return Ok(());
     };
-    let ip = Ip::new(family, &local, &remote);
-    // Oriented client → server like every flow key; no interface (a socket's event).
-    let key = flow_key(&ip, lport, rport, this_is_client, 0);
 
     let seen_key = RtoKey {
         sock: sk as u64,
@@ -1193,14 +1228,7 @@ fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
         }
     }
 
-    let netns: u32 = if off.net == OFFSET_UNKNOWN || off.net_inum == OFFSET_UNKNOWN {
-        0
-    } else {
-        match kread::<*const u8>(sk, off.net) {
-            Ok(net) if !net.is_null() => kread(net, off.net_inum).unwrap_or(0),
-            _ => 0,
-        }
-    };
+    let netns = sock_netns(sk, &off);
     let now = now();
     let origin = if this_is_client {
         Origin::Client
@@ -1333,51 +1361,27 @@ fn on_socket(sk: *const u8, kind: EventKind) -> Result<(), ()> {
         // A reset of an established channel is the TC programs' (it enters through an interface).
         return Ok(());
     }
-    let (lport, rport) = (s.local_port, s.remote_port);
-    let this_is_client = if CONFIG_ALL_PORTS.load() != 0 {
-        if kind == EventKind::Reset {
-            true
-        } else {
-            rport <= lport
-        }
-    } else if watched(rport) {
+    // With every port watched, a socket taking a reset in SYN_SENT is the client whatever its ports.
+    let this_is_client = if kind == EventKind::Reset && CONFIG_ALL_PORTS.load() != 0 {
         true
-    } else if watched(lport) {
-        false
     } else {
-        return Ok(());
+        let Some(client) = sock_is_client(s.local_port, s.remote_port) else {
+            return Ok(());
+        };
+        client
     };
     if kind == EventKind::Reset && !this_is_client {
         return Ok(());
     }
-    let mut local = [0u8; 16];
-    let mut remote = [0u8; 16];
-    let family = if s.family == AF_INET || (s.family == AF_INET6 && v4_mapped(&s.v6_remote)) {
-        local[..4].copy_from_slice(&s.v4_local);
-        remote[..4].copy_from_slice(&s.v4_remote);
-        FAMILY_V4
-    } else if s.family == AF_INET6 {
-        local = s.v6_local;
-        remote = s.v6_remote;
-        FAMILY_V6
-    } else {
+    let Some(key) = sock_key(&s, this_is_client) else {
         return Ok(());
     };
-    let ip = Ip::new(family, &local, &remote);
-    let key = flow_key(&ip, lport, rport, this_is_client, 0);
     let now = now();
     // Bounded like new flows: a storm of completed handshakes is counted, not sent up one by one.
     if !admit(&key.client_addr, now) {
         return Ok(());
     }
-    let netns: u32 = if off.net == OFFSET_UNKNOWN || off.net_inum == OFFSET_UNKNOWN {
-        0
-    } else {
-        match kread::<*const u8>(sk, off.net) {
-            Ok(net) if !net.is_null() => kread(net, off.net_inum).unwrap_or(0),
-            _ => 0,
-        }
-    };
+    let netns = sock_netns(sk, &off);
     // A reset came from the server's side (or was forged as if it did); a handshake is told by the
     // socket that saw it complete.
     let (origin, flags) = match kind {

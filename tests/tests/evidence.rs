@@ -72,6 +72,10 @@ impl Shop {
     }
 
     fn start_with(&self, policies: &str, blocked_window: &str) -> Daemon {
+        self.start_args(policies, blocked_window, &[])
+    }
+
+    fn start_args(&self, policies: &str, blocked_window: &str, extra: &[&str]) -> Daemon {
         self.manifests.write("cluster.yaml", &self.cluster());
         self.manifests.write("policies.yaml", policies);
         Daemon::start_on(
@@ -81,21 +85,14 @@ impl Shop {
                 blocked_window: blocked_window.to_owned(),
                 ..Options::default()
             },
-            &[],
+            extra,
         )
     }
 
     /// `observer run --hooks entry`: TC programs on ingress only, the node's own answers from tracing
     /// programs.
     fn start_entry(&self, policies: &str) -> Daemon {
-        self.manifests.write("cluster.yaml", &self.cluster());
-        self.manifests.write("policies.yaml", policies);
-        Daemon::start_on(
-            &self.lab.node,
-            &self.manifests.dir,
-            &Options::default(),
-            &["--hooks", "entry"],
-        )
+        self.start_args(policies, "2s", &["--hooks", "entry"])
     }
 
     fn to(&self) -> SocketAddr {

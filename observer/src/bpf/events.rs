@@ -207,7 +207,8 @@ impl Decoder {
         let raw = parse(bytes)?;
         let kind = EventKind::from_u8(raw.kind).ok_or(DecodeError::Kind { kind: raw.kind })?;
         let (client, server) = endpoints(&raw.key)?;
-        let socket = Hook::from_u8(raw.hook) == Hook::Socket;
+        let hook = Hook::from_u8(raw.hook);
+        let socket = hook == Hook::Socket;
         if kind == EventKind::RetransmitTimeout && raw.syn_count == 0 {
             return Err(DecodeError::NoRtos);
         }
@@ -238,7 +239,7 @@ impl Decoder {
             server,
             ifindex: raw.key.ifindex,
             interface,
-            hook: match Hook::from_u8(raw.hook) {
+            hook: match hook {
                 Hook::Ingress => HookPoint::Ingress,
                 Hook::Egress => HookPoint::Egress,
                 Hook::Drop => HookPoint::Drop,

@@ -1078,15 +1078,10 @@ fn sock_offsets(btf: &Btf) -> (SockOffsets, bool) {
     (o, have_format)
 }
 
-/// Attaches the retransmission-timeout program: `tp_btf/tcp_retransmit_skb`, else the classic
-/// tracepoint. Optional: the error says why neither could be attached.
-fn attach_retransmit_program(
-    ebpf: &mut Ebpf,
-    offsets: &SockOffsets,
-    have_tracepoint: bool,
-) -> Result<&'static str, String> {
+/// The `sock_common` members every socket program reads (`read_sock`): an error naming the first this
+/// kernel's BTF lacks.
+fn sock_members_known(offsets: &SockOffsets) -> Result<(), String> {
     let needed = [
-        ("inet_connection_sock.icsk_retransmits", offsets.retransmits),
         ("sock_common.skc_state", offsets.state),
         ("sock_common.skc_family", offsets.family),
         ("sock_common.skc_num", offsets.num),
@@ -1094,9 +1089,23 @@ fn attach_retransmit_program(
         ("sock_common.skc_daddr", offsets.daddr),
         ("sock_common.skc_rcv_saddr", offsets.rcv_saddr),
     ];
-    if let Some((name, _)) = needed.iter().find(|(_, o)| *o == OFFSET_UNKNOWN) {
-        return Err(format!("this kernel's BTF has no {name}"));
+    match needed.iter().find(|(_, o)| *o == OFFSET_UNKNOWN) {
+        Some((name, _)) => Err(format!("this kernel's BTF has no {name}")),
+        None => Ok(()),
     }
+}
+
+/// Attaches the retransmission-timeout program: `tp_btf/tcp_retransmit_skb`, else the classic
+/// tracepoint. Optional: the error says why neither could be attached.
+fn attach_retransmit_program(
+    ebpf: &mut Ebpf,
+    offsets: &SockOffsets,
+    have_tracepoint: bool,
+) -> Result<&'static str, String> {
+    if offsets.retransmits == OFFSET_UNKNOWN {
+        return Err("this kernel's BTF has no inet_connection_sock.icsk_retransmits".into());
+    }
+    sock_members_known(offsets)?;
     let btf_err = match (|| -> Result<(), String> {
         let kbtf = aya::Btf::from_sys_fs().map_err(|e| e.to_string())?;
         let p: &mut BtfTracePoint = ebpf
@@ -1153,17 +1162,7 @@ fn attach_node_programs(
             let attached = (|| -> Result<(), String> {
                 let kbtf = kbtf.as_ref().map_err(Clone::clone)?;
                 if name != program::ICMP_SEND_BTF {
-                    let needed = [
-                        ("sock_common.skc_state", offsets.state),
-                        ("sock_common.skc_family", offsets.family),
-                        ("sock_common.skc_num", offsets.num),
-                        ("sock_common.skc_dport", offsets.dport),
-                        ("sock_common.skc_daddr", offsets.daddr),
-                        ("sock_common.skc_rcv_saddr", offsets.rcv_saddr),
-                    ];
-                    if let Some((member, _)) = needed.iter().find(|(_, o)| *o == OFFSET_UNKNOWN) {
-                        return Err(format!("this kernel's BTF has no {member}"));
-                    }
+                    sock_members_known(offsets)?;
                 }
                 let p: &mut BtfTracePoint = ebpf
                     .program_mut(name)

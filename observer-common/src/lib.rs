@@ -42,6 +42,9 @@ pub mod program {
     pub const ICMP_SEND_BTF: &str = "icmp_send_btf";
     pub const SOCK_RESET_BTF: &str = "sock_reset_btf";
     pub const SOCK_STATE_BTF: &str = "sock_state_btf";
+    /// A hostNetwork client's `connect()` (`sock_ops`, `BPF_SOCK_OPS_TCP_CONNECT_CB`, on a cgroup): its
+    /// SYN leaves the node's stack through an egress hook only, so `--hooks entry` learns of it here.
+    pub const HOST_CONNECT: &str = "host_connect";
 }
 
 /// Map names.
@@ -75,7 +78,23 @@ pub mod global {
     pub const SOCK_OFFSETS: &str = "CONFIG_SOCK_OFFSETS";
     /// `u64`: the seed of the flow table's hash ([`crate::FlowKey::hash`]), random per load.
     pub const FLOW_SEED: &str = "CONFIG_FLOW_SEED";
+    /// [`crate::NodeNetns`]: the node's own network namespace, whose client sockets (hostNetwork
+    /// clients) `--hooks entry` reports from the socket (their SYNs cross no ingress hook); zero: none.
+    pub const NODE_NETNS: &str = "CONFIG_NODE_NETNS";
 }
+
+/// The node's network namespace as the programs tell it (`CONFIG_NODE_NETNS`): its cookie
+/// (`bpf_get_netns_cookie` in the `sock_ops` program, `SO_NETNS_COOKIE` in user space) and its inode (the
+/// tracing programs read `sk->__sk_common.skc_net->ns.inum`). Both zero: no hostNetwork client is
+/// reported from its socket (`--hooks both`, whose egress hooks see those SYNs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeNetns {
+    pub cookie: u64,
+    pub inum: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<NodeNetns>() == 16);
 
 /// Capacity of the flow table (flows; see [`FLOW_SLOTS`]: a new flow takes a slot of its set, evicting
 /// the set's oldest if none is free).
@@ -643,6 +662,8 @@ mod user {
     unsafe impl aya::Pod for Bucket {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RateConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NodeNetns {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockOffsets {}
     // SAFETY: as above.

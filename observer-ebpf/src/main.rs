@@ -32,15 +32,15 @@ use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{btf_tracepoint, classifier, map, tracepoint},
+    macros::{btf_tracepoint, classifier, map, sock_ops, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TcContext, TracePointContext},
+    programs::{BtfTracePointContext, SockOpsContext, TcContext, TracePointContext},
 };
 use observer_common::{
     BUCKET_SLOTS, Bucket, DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, DROPS_SEEN_MAX_ENTRIES,
     DropKey, EVENTS_BYTES, EVENTS_WAKEUP_BYTES, Event, EventKind, FAMILY_V4, FAMILY_V6, FLOW_SETS,
     FLOW_WAYS, FlowKey, FlowSet, FlowSlot, FlowStats, Hook, LOST_EVENTS, LOST_SLOTS,
-    MAX_DROP_REASONS, MAX_IPV6_EXT_HEADERS, OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES,
+    MAX_DROP_REASONS, MAX_IPV6_EXT_HEADERS, NodeNetns, OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES,
     RTO_SEEN_MAX_ENTRIES, RateConfig, RtoKey, RtoSeen, SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW,
     SkbOffsets, SockOffsets, flow_state, put_words, tcp_flags,
 };
@@ -1180,8 +1180,12 @@ fn sock_netns(sk: *const u8, off: &SockOffsets) -> u32 {
 }
 
 fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
-    // Established channels only: SYN retransmissions are the TC programs' (SynRetransmit), and a closing
-    // socket is no longer a live channel.
+    // Established channels, and the SYNs of the node's own clients under `--hooks entry` (no TC program
+    // of ours sees those leave): other SYN retransmissions are the TC programs' (SynRetransmit), and a
+    // closing socket is no longer a live channel.
+    if s.state == TCP_SYN_SENT {
+        return on_host_syn_retransmit(sk, s);
+    }
     if s.state != TCP_ESTABLISHED {
         return Ok(());
     }
@@ -1245,6 +1249,122 @@ fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
             0,
             u16::from(rtos),
             now,
+        )
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The node's own clients under `--hooks entry`. A client socket in the node's network namespace (a
+// hostNetwork pod, the kubelet) sends its SYN from the node's stack: it leaves through an egress hook
+// (the pod's veth, the uplink) and enters through none, so no TC program of ours sees it. Two programs
+// report such an attempt instead, as state changes of its socket, never per packet:
+// - `host_connect` (`sock_ops` on a cgroup, `BPF_SOCK_OPS_TCP_CONNECT_CB`): the socket is about to send
+//   its first SYN (its ports and addresses are chosen by then) → `Opened`, hook `Socket`;
+// - the retransmission programs (above): the socket, still in SYN_SENT, retransmits its SYN →
+//   `SynRetransmit` with the SYNs sent so far.
+// Only sockets of the node's namespace (`CONFIG_NODE_NETNS`): a pod's SYN enters through its veth.
+// Both are zero with `--hooks both`, whose egress hooks see those SYNs.
+
+#[unsafe(no_mangle)]
+static CONFIG_NODE_NETNS: Global<NodeNetns> = Global::new(NodeNetns {
+    cookie: 0,
+    inum: 0,
+    _pad: 0,
+});
+
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+
+#[sock_ops]
+pub fn host_connect(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        let _ = on_host_connect(&ctx);
+    }
+    // What a sock_ops program returns is not looked at for this callback; 1 is "handled".
+    1
+}
+
+#[inline(always)]
+fn on_host_connect(ctx: &SockOpsContext) -> Result<(), ()> {
+    let node = CONFIG_NODE_NETNS.load();
+    if node.cookie == 0 {
+        return Ok(());
+    }
+    // SAFETY: the helper takes the program's context.
+    if unsafe { aya_ebpf::helpers::bpf_get_netns_cookie(ctx.as_ptr()) } != node.cookie {
+        return Ok(());
+    }
+    let family = ctx.family() as u16;
+    let mut s = Sock {
+        state: TCP_SYN_SENT,
+        family,
+        local_port: ctx.local_port() as u16,
+        // Network order in the upper half of the field on little-endian machines, the lower on big:
+        // `ntohl` gives the port either way.
+        remote_port: u32::from_be(ctx.remote_port()) as u16,
+        v4_local: ctx.local_ip4().to_ne_bytes(),
+        v4_remote: ctx.remote_ip4().to_ne_bytes(),
+        v6_local: [0; 16],
+        v6_remote: [0; 16],
+    };
+    if family == AF_INET6 {
+        let (l, r) = (ctx.local_ip6(), ctx.remote_ip6());
+        for i in 0..4 {
+            s.v6_local[i * 4..i * 4 + 4].copy_from_slice(&l[i].to_ne_bytes());
+            s.v6_remote[i * 4..i * 4 + 4].copy_from_slice(&r[i].to_ne_bytes());
+        }
+    }
+    if sock_is_client(s.local_port, s.remote_port) != Some(true) {
+        return Ok(());
+    }
+    let Some(key) = sock_key(&s, true) else {
+        return Ok(());
+    };
+    let now = now();
+    if !admit(&key.client_addr, now) {
+        return Ok(());
+    }
+    send(Event {
+        netns: node.inum,
+        ..event(
+            &key,
+            EventKind::Opened,
+            Origin::Client,
+            Hook::Socket,
+            tcp_flags::SYN,
+            1,
+            now,
+        )
+    });
+    Ok(())
+}
+
+/// A node client's SYN retransmitted (its socket in SYN_SENT): the SYNs sent so far.
+#[inline(always)]
+fn on_host_syn_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
+    let node = CONFIG_NODE_NETNS.load();
+    if node.inum == 0 || sock_is_client(s.local_port, s.remote_port) != Some(true) {
+        return Ok(());
+    }
+    let off = CONFIG_SOCK_OFFSETS.load();
+    if off.retransmits == OFFSET_UNKNOWN || sock_netns(sk, &off) != node.inum {
+        return Ok(());
+    }
+    // Counted before the retransmission is sent: 1 for the first, so the SYNs so far are one more.
+    let rtos: u8 = kread(sk, off.retransmits)?;
+    let Some(key) = sock_key(s, true) else {
+        return Ok(());
+    };
+    send(Event {
+        netns: node.inum,
+        ..event(
+            &key,
+            EventKind::SynRetransmit,
+            Origin::Client,
+            Hook::Socket,
+            tcp_flags::SYN,
+            u16::from(rtos) + 1,
+            now(),
         )
     });
     Ok(())

@@ -1133,7 +1133,10 @@ fn delivered(lab: &Lab) -> (u64, u64) {
 /// softirq work and ACK clocking land), far more than what is measured; inside one connection it does not
 /// move that way. Each switch is followed by one second that is not counted (a daemon's start: loading
 /// and attaching its programs).
-#[expect(clippy::too_many_arguments, reason = "the row, the switch and the daemon it switches")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the row, the switch and the daemon it switches"
+)]
 fn toggle_row(
     lab: &Lab,
     server_ip: &str,

@@ -57,6 +57,21 @@ pub fn require_root() {
     );
 }
 
+/// The machine's cgroup v2 root as a daemon started with `ip netns exec` can open it (`--cgroup`):
+/// `ip netns exec` mounts a fresh `/sys` over the one holding the cgroup mounts, so the directory is
+/// reached through this process's own root (`/proc/PID/root/…`), whose mounts are the machine's.
+pub fn cgroup2_dir() -> String {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("/proc/self/mounts");
+    let dir = mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
+        })
+        .expect("a cgroup2 mount on this machine");
+    format!("/proc/{}/root{dir}", std::process::id())
+}
+
 /// Removes namespaces left by earlier runs of these tests whose process is gone (or a zombie), the lab's
 /// way ([`observer::lab::netns::clean_leftovers`]); returns their names.
 pub fn clean_leftovers() -> Vec<String> {

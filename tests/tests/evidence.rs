@@ -92,7 +92,8 @@ impl Shop {
     /// `observer run --hooks entry`: TC programs on ingress only, the node's own answers from tracing
     /// programs.
     fn start_entry(&self, policies: &str) -> Daemon {
-        self.start_args(policies, "2s", &["--hooks", "entry"])
+        let cgroup = observer_tests::cgroup2_dir();
+        self.start_args(policies, "2s", &["--hooks", "entry", "--cgroup", &cgroup])
     }
 
     fn to(&self) -> SocketAddr {
@@ -604,6 +605,49 @@ fn entry_hooks_a_reset_netfilter_forges_is_seen_as_the_networks() {
     let r = record(&daemon, "blocked", shop.to());
     assert_eq!(r["cause"], "policy", "{r}");
     assert_eq!(r["evidence"]["reset"]["side"], "network", "{r}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn entry_hooks_a_host_network_client_is_seen_from_its_socket() {
+    // A client in the node's own namespace (a hostNetwork pod, the kubelet): its SYN leaves through the
+    // server pod's veth (an egress hook) and enters through none; `host_connect` and the retransmission
+    // program report it from the socket.
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start_entry(&allow_all_ingress("4"));
+    grpc::call(&shop.lab.node, shop.to(), Duration::from_secs(2)).expect("call from the node");
+    let established = r#"observer_flows_total{state="established"}"#;
+    assert!(
+        wait_for(WAIT, || (daemon.metric(established) >= 1.0).then_some(())).is_some(),
+        "{}\n{:?}",
+        daemon.metrics(),
+        daemon.stderr()
+    );
+    // Then the server's SYN-ACKs never leave its namespace: nothing answers, the client retransmits,
+    // and the window makes it blocked with its SYNs counted.
+    shop.swallow_syn_acks();
+    assert!(grpc::call(&shop.lab.node, shop.to(), Duration::from_millis(2_500)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    let gateway = match shop.lab.pod(1).addr(Family::V4) {
+        std::net::IpAddr::V4(a) => {
+            let [a, b, c, _] = a.octets();
+            std::net::Ipv4Addr::new(a, b, c, 1)
+        }
+        std::net::IpAddr::V6(_) => unreachable!("a v4 address"),
+    };
+    assert_eq!(r["src"]["ip"], gateway.to_string(), "{r}");
+    assert!(r["attempts"].as_u64().is_some_and(|n| n >= 2), "{r}");
+    assert_eq!(
+        daemon
+            .records()
+            .iter()
+            .filter(|r| kind_to(r, "blocked", shop.to()))
+            .count(),
+        1,
+        "{:?}",
+        daemon.records()
+    );
 }
 
 #[test]

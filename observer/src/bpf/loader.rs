@@ -29,14 +29,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, LinkOrder, ProgramError, SchedClassifier, TcAttach, TcAttachType,
-        TracePoint,
+        BtfTracePoint, CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SockOps,
+        TcAttach, TcAttachType, TracePoint,
         tc::{NlOptions, SchedClassifierLinkId, TcError, TcHandle},
     },
 };
 use observer_common::{
     DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, FlowKey, FlowSet, FlowStats, LOST_EVENTS,
-    OFFSET_UNKNOWN, RateConfig, SUPPRESSED_EVENTS, SkbOffsets, SockOffsets, global, map, program,
+    NodeNetns, OFFSET_UNKNOWN, RateConfig, SUPPRESSED_EVENTS, SkbOffsets, SockOffsets, global, map,
+    program,
 };
 
 use super::{
@@ -176,6 +177,11 @@ pub struct DatapathConfig {
     /// New-flow events per second per source bucket and CPU (0: no limit), and the burst.
     pub new_flow_rate: u32,
     pub new_flow_burst: u32,
+    /// The cgroup (v2) directory whose processes' `connect()`s [`Hooks::Entry`] watches for the node's
+    /// own clients (hostNetwork pods): the host's cgroup2 root, as mounted in the daemon's container.
+    /// `None`: the first cgroup2 mount of `/proc/self/mounts` (`/sys/fs/cgroup`, or
+    /// `/sys/fs/cgroup/unified` on a hybrid hierarchy).
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 impl Default for DatapathConfig {
@@ -189,6 +195,7 @@ impl Default for DatapathConfig {
             drop_repeat: Duration::from_secs(10),
             new_flow_rate: DEFAULT_NEW_FLOW_RATE,
             new_flow_burst: DEFAULT_NEW_FLOW_BURST,
+            cgroup: None,
         }
     }
 }
@@ -317,7 +324,17 @@ impl Datapath {
             std::process::id(),
         );
 
+        // The node's own namespace, whose client sockets `--hooks entry` reports from the socket.
+        let node_netns = match config.hooks {
+            Hooks::Both => NodeNetns::default(),
+            Hooks::Entry => NodeNetns {
+                cookie: current_netns_cookie().unwrap_or(0),
+                inum: current_netns(),
+                _pad: 0,
+            },
+        };
         let mut ebpf = EbpfLoader::new()
+            .override_global(global::NODE_NETNS, &node_netns, true)
             .override_global(global::ALL_PORTS, &all_ports, true)
             .override_global(global::WATCHED_PORTS, &watched_ports, true)
             .override_global(global::SKB_OFFSETS, &offsets, true)
@@ -390,7 +407,14 @@ impl Datapath {
         }
         let node_programs = match config.hooks {
             Hooks::Both => Vec::new(),
-            Hooks::Entry => attach_node_programs(&mut ebpf, &sock_offsets),
+            Hooks::Entry => {
+                let mut programs = attach_node_programs(&mut ebpf, &sock_offsets);
+                programs.push((
+                    program::HOST_CONNECT,
+                    attach_host_connect(&mut ebpf, config.cgroup.as_deref(), node_netns.cookie),
+                ));
+                programs
+            }
         };
         for (name, r) in &node_programs {
             if let Err(error) = r {
@@ -1178,6 +1202,82 @@ fn attach_node_programs(
         .collect()
 }
 
+/// Attaches `host_connect` (the node's own clients' `connect()`s) to the cgroup at `path`, alongside any
+/// other program there. The link is the program's: dropped with the datapath.
+fn attach_host_connect(
+    ebpf: &mut Ebpf,
+    path: Option<&std::path::Path>,
+    cookie: u64,
+) -> Result<(), String> {
+    if cookie == 0 {
+        return Err(
+            "this kernel does not tell a socket's network namespace (SO_NETNS_COOKIE)".into(),
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let found;
+    let path = match path {
+        Some(p) => p,
+        None => {
+            found = cgroup2_mount(&mounts).ok_or(
+                "no cgroup2 mount in /proc/self/mounts (give its directory with --cgroup)",
+            )?;
+            std::path::Path::new(&found)
+        }
+    };
+    let cgroup = std::fs::File::open(path)
+        .map_err(|e| format!("opening the cgroup {}: {e}", path.display()))?;
+    let p: &mut SockOps = ebpf
+        .program_mut(program::HOST_CONNECT)
+        .ok_or("missing from the object")?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    p.load().map_err(|e| e.to_string())?;
+    // A BPF link (Linux ≥ 5.7) takes no attach flags and never replaces another program; `Single` is
+    // what passes none (`AllowMultiple` is refused with EINVAL there).
+    p.attach(&cgroup, CgroupAttachMode::Single)
+        .map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            format!("attaching to the cgroup {}: {e}{cause}", path.display())
+        })?;
+    Ok(())
+}
+
+/// The mount point of the first cgroup2 file system in `/proc/self/mounts`'s text (the root of the
+/// unified hierarchy: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid one).
+fn cgroup2_mount(mounts: &str) -> Option<String> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_source, dir, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        // Spaces in a mount point are written as `\040`.
+        (kind == "cgroup2").then(|| dir.replace("\\040", " "))
+    })
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux ≥ 5.14), `None` when
+/// the kernel cannot tell it.
+pub fn current_netns_cookie() -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
+        .ok()?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket and an out-buffer of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0 && cookie != 0).then_some(cookie)
+}
+
 /// Adds a clsact qdisc; whether we created it (false when one was there).
 fn add_clsact(ifindex: u32, name: &str) -> Result<bool, LoadError> {
     match aya::programs::tc::qdisc_add_clsact(ifindex) {
@@ -1208,6 +1308,23 @@ pub fn current_netns() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_found_on_unified_and_hybrid_hierarchies() {
+        let unified = "sysfs /sys sysfs rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n";
+        assert_eq!(cgroup2_mount(unified).as_deref(), Some("/sys/fs/cgroup"));
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount(hybrid).as_deref(),
+            Some("/sys/fs/cgroup/unified")
+        );
+        let host = "cgroup2 /host/cgroup\\040v2 cgroup2 ro 0 0\n";
+        assert_eq!(cgroup2_mount(host).as_deref(), Some("/host/cgroup v2"));
+        assert_eq!(
+            cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
+            None
+        );
+    }
 
     /// `events/tcp/tcp_retransmit_skb/format` on Linux 6.18 (abridged).
     const FORMAT: &str = "name: tcp_retransmit_skb

@@ -535,11 +535,14 @@ impl Tracker {
         let key = self.resolve(Key::new(ev.client, ev.server));
         // The node's own answers (`--hooks entry`) and drops come from tracing programs that see every
         // network namespace of the machine: without one of our interfaces they are evidence for
-        // attempts seen here, never the start of one.
+        // attempts seen here, never the start of one. The one exception is a SYN of the node's own
+        // clients (`--hooks entry`: `Opened` from the socket, in the node's namespace only), which no
+        // interface of ours sees.
         if matches!(
             ev.hook,
             HookPoint::Node | HookPoint::Drop | HookPoint::Socket
         ) && ev.interface.is_none()
+            && !(ev.kind == Kind::Opened && ev.hook == HookPoint::Socket)
             && !self.channels.contains_key(&key)
         {
             return;

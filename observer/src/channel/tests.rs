@@ -442,6 +442,47 @@ fn a_local_sockets_handshake_establishes_an_attempt_whose_syn_ack_no_hook_saw() 
     ));
 }
 
+#[test]
+fn a_node_clients_connect_opens_an_attempt_its_retransmissions_count_and_the_window_blocks() {
+    // `--hooks entry`: a client in the node's namespace (a hostNetwork pod) sends its SYN through no
+    // ingress hook; its socket's `connect()` opens the attempt and its SYN retransmissions count.
+    let mut t = Tracker::new(Config::default());
+    let connect = KernelEvent {
+        interface: None,
+        ..ev(Kind::Opened, 0, "lxca", HookPoint::Socket)
+    };
+    let retransmit = KernelEvent {
+        interface: None,
+        syn_count: 2,
+        ..ev(Kind::SynRetransmit, 1_000, "lxca", HookPoint::Socket)
+    };
+    let out = run(&mut t, &[connect, retransmit], 10_000);
+    let b = blocked(&out);
+    assert_eq!(b.len(), 1, "{out:?}");
+    assert!(b[0].timed_out);
+    assert_eq!(b[0].attempts, 2);
+    assert!(b[0].seen_on.is_empty(), "seen by no interface: {:?}", b[0].seen_on);
+}
+
+#[test]
+fn a_node_clients_connect_then_its_handshake_is_established() {
+    let mut t = Tracker::new(Config::default());
+    let connect = KernelEvent {
+        interface: None,
+        ..ev(Kind::Opened, 0, "lxca", HookPoint::Socket)
+    };
+    let handshake = KernelEvent {
+        interface: None,
+        ..ev(Kind::Established, 1, "lxca", HookPoint::Socket)
+    };
+    let out = run(&mut t, &[connect, handshake], 10_000);
+    assert!(blocked(&out).is_empty(), "{out:?}");
+    assert!(matches!(
+        out.as_slice(),
+        [Outcome::Established { interface: None, .. }]
+    ));
+}
+
 // ---- channels through a Service (DNAT) ----
 
 fn vip() -> SocketAddr {

@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// the node answers itself comes from tracing programs. See docs/CNI.md, "Hooks").
     #[arg(long, env = "OBSERVER_HOOKS", value_enum, default_value_t = Hooks::Both)]
     pub hooks: Hooks,
+    /// With `--hooks entry`: the cgroup v2 directory whose processes' `connect()`s are watched for the
+    /// node's own clients (hostNetwork pods; their SYNs cross no ingress hook) — the host's cgroup2 root,
+    /// as mounted in the container. Default: the first cgroup2 mount (docs/CNI.md, "Hooks").
+    #[arg(long, env = "OBSERVER_CGROUP")]
+    pub cgroup: Option<std::path::PathBuf>,
     /// This node's name (from the downward API in a DaemonSet).
     #[arg(long, env = "OBSERVER_NODE_NAME", default_value = "")]
     pub node_name: String,
@@ -181,6 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         all_ports: args.all_ports,
         attach_mode: args.attach_mode,
         hooks: args.hooks,
+        cgroup: args.cgroup.clone(),
         drop_repeat: args.drop_repeat,
         new_flow_rate: args.new_flow_rate,
         new_flow_burst: args.new_flow_rate.max(1),

@@ -464,3 +464,184 @@ fn a_backend_on_a_second_node_is_still_named_with_its_service() {
     assert!(daemon.stop(), "clean exit");
     drop(pod);
 }
+
+// ---- `--hooks entry` and silence: the Service's translation read from the node's conntrack ----
+
+/// A tun device in `ns` that this test holds open and never reads, with `dst` routed into it: packets
+/// sent there queue in its ring and go no further — a loss that no kfree_skb reports, as a network
+/// between nodes loses a SYN. The device goes with the file (on drop, also on panic).
+struct Blackhole {
+    /// Held open: the device lives while the file does.
+    _tun: std::fs::File,
+}
+
+impl Blackhole {
+    fn route(ns: &Netns, dev: &str, dst: IpAddr) -> Self {
+        let name = dev.to_owned();
+        let file = ns.run(move || {
+            use std::os::fd::AsRawFd as _;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .expect("/dev/net/tun");
+            // struct ifreq: the name, then the flags.
+            let mut ifr = [0u8; 40];
+            ifr[..name.len()].copy_from_slice(name.as_bytes());
+            let flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+            ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+            // SAFETY: TUNSETIFF reads and writes one `struct ifreq` (40 bytes) at the pointer.
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
+            assert_eq!(
+                rc,
+                0,
+                "TUNSETIFF {name}: {}",
+                std::io::Error::last_os_error()
+            );
+            file
+        });
+        ns.ip(&["link", "set", dev, "up"]);
+        let prefix = if dst.is_ipv4() { 32 } else { 128 };
+        ns.ip(&["route", "replace", &format!("{dst}/{prefix}"), "dev", dev]);
+        Self { _tun: file }
+    }
+}
+
+/// checkout-0 on the lab's node; the Service payments (the shop's VIP, port 443) fronting payments-far
+/// on node-2 (a second node namespace) at `backend`:50051; payments isolated for ingress.
+fn far_cluster(shop: &Shop, vip: IpAddr, backend: IpAddr) -> String {
+    [
+        namespace_yaml("shop", &[("team", "shop")]),
+        namespace_yaml("payments", &[("team", "payments")]),
+        pod_yaml(shop.lab.pod(0), "shop", "checkout-0", &[("app", "checkout")], &[]),
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: payments-far, namespace: payments, uid: uid-far, labels: {{app: payments}}}}\nspec: {{nodeName: node-2, containers: [{{name: main, image: lab, ports: [{{name: grpc, containerPort: {PORT}}}]}}]}}\nstatus: {{phase: Running, podIP: {backend}, podIPs: [{{ip: {backend}}}]}}\n"
+        ),
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: payments, namespace: payments}}\nspec: {{clusterIP: {vip}, selector: {{app: payments}}, ports: [{{name: grpc, port: {SERVICE_PORT}, targetPort: grpc}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: payments-far, namespace: payments, labels: {{kubernetes.io/service-name: payments}}}}\naddressType: IPv4\nports: [{{name: grpc, port: {PORT}}}]\nendpoints: [{{addresses: [{backend}], nodeName: node-2, targetRef: {{kind: Pod, name: payments-far}}}}]\n"
+        ),
+        policy("payments", "default-deny", "{podSelector: {}, policyTypes: [Ingress]}"),
+    ]
+    .concat()
+}
+
+/// `observer_conntrack_lookups_total{result}` as the daemon exports it (0 when absent).
+fn conntrack_lookups(daemon: &Daemon, result: &str) -> u64 {
+    let (status, body) = daemon.get("/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    let series = format!("observer_conntrack_lookups_total{{result=\"{result}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().expect("a counter value"))
+}
+
+/// Exactly one blocked record from `src`, after the window passed twice.
+fn the_one_record(daemon: &Daemon, src: IpAddr) -> Value {
+    daemon
+        .wait_record(WAIT, |r| {
+            r["kind"] == "blocked" && r["src"]["ip"] == src.to_string()
+        })
+        .unwrap_or_else(|| panic!("no record: {:?}\n{:?}", daemon.records(), daemon.stderr()));
+    let records = one_record_per_attempt(daemon, src);
+    assert_eq!(records.len(), 1, "one attempt, one record: {records:#?}");
+    records.into_iter().next().expect("one record")
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn entry_hooks_a_silent_backend_on_another_node_is_named_from_conntrack() {
+    // node 1 (observer, --hooks entry, the DNAT) ─ nl-node2 ─ node 2 ─ tun (swallows the SYN); payments-far
+    // is on node 2 but its SYN never arrives. Entry hooks see the SYN only before DNAT, nothing answers
+    // and nothing is dropped: the backend can only come from node 1's conntrack entry.
+    let mut shop = Shop::new();
+    let node2 = shop.lab.add_node("node2");
+    let backend = shop.lab.add_pod_on(node2, "far", "lxcf").v4;
+    let _hole = Blackhole::route(shop.lab.node_ns(node2), "hole0", backend.into());
+    let vip = shop.vip(Family::V4);
+    shop.lab.nft(&services::ruleset(&[LabService {
+        namespace: "payments".into(),
+        name: "payments".into(),
+        ips: vec![vip],
+        headless: false,
+        ports: vec![LabServicePort {
+            port: SERVICE_PORT,
+            target: "grpc".into(),
+            backends: vec![LabBackend {
+                pod: None,
+                name: "payments/payments-far".into(),
+                addr: SocketAddr::new(backend.into(), PORT),
+            }],
+        }],
+    }]));
+    shop.manifests
+        .write("cluster.yaml", &far_cluster(&shop, vip, backend.into()));
+    let daemon = Daemon::start(
+        &shop.lab,
+        &shop.manifests.dir,
+        &["--ports", "50051,443", "--hooks", "entry"],
+    );
+    assert!(shop.call_vip(vip).is_err(), "the SYN is lost");
+    let src = shop.lab.pod(0).v4;
+    let r = the_one_record(&daemon, src.into());
+    assert_eq!(r["dst"]["ip"], backend.to_string(), "{r:#}");
+    assert_eq!(r["dst"]["port"], PORT, "{r:#}");
+    assert_eq!(r["dst"]["pod"], "payments-far", "{r:#}");
+    assert_eq!(r["dst"]["node"], "node-2", "{r:#}");
+    assert_eq!(r["service"]["name"], "payments", "{r:#}");
+    assert_eq!(r["service"]["ip"], vip.to_string(), "{r:#}");
+    assert_eq!(r["service"]["port"], SERVICE_PORT, "{r:#}");
+    assert_eq!(r["cause"], "policy", "{r:#}");
+    assert_eq!(r["direction"], "ingress", "{r:#}");
+    assert_eq!(policy_names(&r), ["payments/default-deny"], "{r:#}");
+    // Silence from this node's point of view: no drop, reset or ICMP; the translation seen in conntrack.
+    let e = &r["evidence"];
+    assert!(
+        e.get("drop").is_none() && e.get("reset").is_none() && e.get("icmp").is_none(),
+        "{r:#}"
+    );
+    assert!(r["kernel_reason"].is_null(), "{r:#}");
+    assert_eq!(e["dnat"]["ip"], backend.to_string(), "{r:#}");
+    assert_eq!(e["dnat"]["port"], PORT, "{r:#}");
+    assert_eq!(e["dnat"]["seen_in"], "conntrack", "{r:#}");
+    assert_eq!(e["other_node"], "node-2", "{r:#}");
+    assert_eq!(conntrack_lookups(&daemon, "translated"), 1);
+    assert!(daemon.stop(), "clean exit");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn entry_hooks_a_silent_vip_that_conntrack_did_not_translate_keeps_the_vip() {
+    // The VIP is a Service of the inventory, but the node has no DNAT rule for it (a NAT chain exists, so
+    // conntrack tracks the attempt): its entry's reply comes from the VIP itself, and the VIP is routed
+    // into a tun that swallows it. The record keeps the VIP; the lookup was made and found no translation.
+    let mut shop = Shop::new();
+    let node2 = shop.lab.add_node("node2");
+    let backend = shop.lab.add_pod_on(node2, "far", "lxcf").v4;
+    let vip = shop.vip(Family::V4);
+    let _hole = Blackhole::route(&shop.lab.node, "hole0", vip);
+    shop.lab.nft(
+        "table ip kube-proxy {\n chain dnat { type nat hook prerouting priority dstnat; policy accept; }\n}\n",
+    );
+    shop.manifests
+        .write("cluster.yaml", &far_cluster(&shop, vip, backend.into()));
+    let daemon = Daemon::start(
+        &shop.lab,
+        &shop.manifests.dir,
+        &["--ports", "50051,443", "--hooks", "entry"],
+    );
+    assert!(shop.call_vip(vip).is_err(), "the SYN is lost");
+    let src = shop.lab.pod(0).v4;
+    let r = the_one_record(&daemon, src.into());
+    assert_eq!(r["dst"]["ip"], vip.to_string(), "{r:#}");
+    assert_eq!(r["dst"]["port"], SERVICE_PORT, "{r:#}");
+    assert_eq!(r["dst"]["kind"], "service", "{r:#}");
+    assert!(r["evidence"].get("dnat").is_none(), "{r:#}");
+    assert!(r["kernel_reason"].is_null(), "{r:#}");
+    assert_eq!(
+        conntrack_lookups(&daemon, "untranslated"),
+        1,
+        "the lookup was made"
+    );
+    assert_eq!(conntrack_lookups(&daemon, "translated"), 0);
+    assert!(daemon.stop(), "clean exit");
+}

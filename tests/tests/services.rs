@@ -611,17 +611,38 @@ fn entry_hooks_a_silent_backend_on_another_node_is_named_from_conntrack() {
 #[test]
 #[ignore = "needs root and network namespaces: run through ./x test"]
 fn entry_hooks_a_silent_vip_that_conntrack_did_not_translate_keeps_the_vip() {
-    // The VIP is a Service of the inventory, but the node has no DNAT rule for it (a NAT chain exists, so
-    // conntrack tracks the attempt): its entry's reply comes from the VIP itself, and the VIP is routed
+    // The VIP is a Service of the inventory, but the node has no DNAT rule for it (only another Service's,
+    // so conntrack tracks the attempt): its entry's reply comes from the VIP itself, and the VIP is routed
     // into a tun that swallows it. The record keeps the VIP; the lookup was made and found no translation.
     let mut shop = Shop::new();
     let node2 = shop.lab.add_node("node2");
     let backend = shop.lab.add_pod_on(node2, "far", "lxcf").v4;
     let vip = shop.vip(Family::V4);
     let _hole = Blackhole::route(&shop.lab.node, "hole0", vip);
-    shop.lab.nft(
-        "table ip kube-proxy {\n chain dnat { type nat hook prerouting priority dstnat; policy accept; }\n}\n",
-    );
+    // kube-proxy's DNAT for another Service only (a NAT rule is what makes the namespace's conntrack
+    // track connections at all).
+    let other = match vip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            IpAddr::V4([o[0], o[1], o[2], 202].into())
+        }
+        IpAddr::V6(_) => unreachable!("an IPv4 VIP"),
+    };
+    shop.lab.nft(&services::ruleset(&[LabService {
+        namespace: "payments".into(),
+        name: "other".into(),
+        ips: vec![other],
+        headless: false,
+        ports: vec![LabServicePort {
+            port: SERVICE_PORT,
+            target: "grpc".into(),
+            backends: vec![LabBackend {
+                pod: None,
+                name: "payments/payments-far".into(),
+                addr: SocketAddr::new(backend.into(), PORT),
+            }],
+        }],
+    }]));
     shop.manifests
         .write("cluster.yaml", &far_cluster(&shop, vip, backend.into()));
     let daemon = Daemon::start(
@@ -637,10 +658,16 @@ fn entry_hooks_a_silent_vip_that_conntrack_did_not_translate_keeps_the_vip() {
     assert_eq!(r["dst"]["kind"], "service", "{r:#}");
     assert!(r["evidence"].get("dnat").is_none(), "{r:#}");
     assert!(r["kernel_reason"].is_null(), "{r:#}");
+    let metrics = daemon.get("/metrics").map(|(_, b)| b).unwrap_or_default();
     assert_eq!(
         conntrack_lookups(&daemon, "untranslated"),
         1,
-        "the lookup was made"
+        "the lookup was made and found no translation: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("observer_conntrack"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(conntrack_lookups(&daemon, "translated"), 0);
     assert!(daemon.stop(), "clean exit");

@@ -110,6 +110,15 @@ impl Error {
             _ => "error",
         }
     }
+
+    /// Whether the socket itself failed (sending, or no answer within [`RECV_TIMEOUT`]): the next
+    /// request is unlikely to do better right away.
+    pub fn is_socket(&self) -> bool {
+        matches!(
+            self,
+            Error::Open { .. } | Error::Timeout { .. } | Error::Send { .. } | Error::Recv { .. }
+        )
+    }
 }
 
 /// A conntrack entry's two tuples as ip:port pairs (TCP).

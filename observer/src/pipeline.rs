@@ -801,6 +801,11 @@ fn translate(
         }
         Err(e) => {
             count(e.label());
+            if e.is_socket() {
+                // A socket that did not answer would make each lookup wait the receive timeout: the rest
+                // of this tick keeps its VIPs (counted `over_budget`).
+                nat.budget = 0;
+            }
             let at = blocked.blocked_at;
             if nat
                 .logged_at
@@ -1305,6 +1310,27 @@ mod tests {
             }
             assert_eq!(lookups(&m, result), 2, "{result}");
         }
+    }
+
+    #[test]
+    fn a_socket_that_does_not_answer_ends_the_ticks_lookups() {
+        let m = Metrics::new().expect("metrics");
+        let (mut p, calls) = with_conntrack(&m, |client, server| {
+            Err(conntrack::Error::Recv {
+                client,
+                server,
+                source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+            })
+        });
+        let records = silent_vip_attempts(&mut p, 40000..40003);
+        assert_eq!(records.len(), 3, "{records:?}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(lookups(&m, "error"), 1);
+        assert_eq!(lookups(&m, "over_budget"), 2);
+        // The next tick tries again.
+        let more = silent_vip_attempts(&mut p, 41000..41001);
+        assert_eq!(more.len(), 1);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub enum Error {
         source: io::Error,
     },
     #[error("setting the conntrack socket's receive timeout: {source}")]
-    Timeout {
+    SetTimeout {
         #[source]
         source: io::Error,
     },
@@ -116,7 +116,7 @@ impl Error {
     pub fn is_socket(&self) -> bool {
         matches!(
             self,
-            Error::Open { .. } | Error::Timeout { .. } | Error::Send { .. } | Error::Recv { .. }
+            Error::Open { .. } | Error::SetTimeout { .. } | Error::Send { .. } | Error::Recv { .. }
         )
     }
 }
@@ -178,7 +178,7 @@ impl Conntrack {
             )
         };
         if rc != 0 {
-            return Err(Error::Timeout {
+            return Err(Error::SetTimeout {
                 source: io::Error::last_os_error(),
             });
         }

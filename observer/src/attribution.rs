@@ -289,6 +289,7 @@ pub fn evidence(blocked: &Blocked, dst_node: Option<&str>, node: &str) -> Eviden
         established: false,
         other_node: None,
         retransmits: None,
+        dnat: None,
     };
     let answered_here =
         local_drop || e.icmp.is_some() || reset.is_some_and(|r| r.side != ResetSide::Client);

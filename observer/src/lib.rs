@@ -25,6 +25,7 @@ pub mod bpf;
 pub mod channel;
 pub mod cli;
 pub mod cluster;
+pub mod conntrack;
 pub mod export;
 #[cfg(feature = "lab")]
 pub mod lab;

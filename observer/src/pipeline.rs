@@ -1,6 +1,9 @@
 //! The daemon's synchronous core, one direction: kernel events → channel tracker → attribution → records
 //! and metrics. No I/O: `observer run` feeds it batches from the ring buffer and hands the records to the
-//! exports; the pipeline benchmark feeds it synthetic storms.
+//! exports; the pipeline benchmark feeds it synthetic storms. The one question it asks the kernel goes
+//! through an injected [`NatLookup`] (`observer run` gives it the node's conntrack table, tests a fake):
+//! which backend a blocked Service attempt went to when no translated packet of it was seen
+//! (see [`Pipeline::with_nat_lookup`]).
 //!
 //! Counting across nodes: every node's observer writes a record for what it saw, but a channel is counted
 //! in `observer_blocked_channels_total` (and reported `unenforced`) only on the client's node when the client
@@ -24,12 +27,13 @@ use crate::{
         live::{self, LiveChannel, LiveTable, SharedLive, Stale, Verdict},
     },
     cluster::{FeedChange, FeedOp, Inventory, PolicyFeed, SharedInventory},
+    conntrack::NatLookup,
     export::{
         Record,
         metrics::{Flow, KernelDrops, Metrics},
         record::{
-            Cause, ChannelSide, Detail, Directions, DropSeen, Evidence, Lost, PolicyChange,
-            PolicyOp, PolicyRef, RecordKind, ResetSeen, ResetSide,
+            Cause, ChannelSide, Detail, Directions, DnatSeen, DropSeen, Evidence, Lost,
+            PolicyChange, PolicyOp, PolicyRef, RecordKind, ResetSeen, ResetSide,
         },
     },
     usage::{self, SharedUsage, Usage},
@@ -44,6 +48,13 @@ pub const UNENFORCED_INTERVAL: Duration = Duration::from_secs(60);
 /// Consecutive retransmission timeouts of one end after which a live channel is `interrupted`
 /// (`--cut-after-rtos`): ~1.4 s of silence at Linux's minimum RTO of 200 ms, doubling each time.
 pub const DEFAULT_CUT_AFTER_RTOS: u16 = 3;
+
+/// Conntrack lookups per [`Pipeline::tick`] at most (a blocking netlink round trip each, microseconds):
+/// a storm of silent Service attempts keeps its VIPs beyond this and is counted
+/// (`observer_conntrack_lookups_total{result="over_budget"}`).
+pub const NAT_LOOKUPS_PER_TICK: u32 = 32;
+/// A failing conntrack socket is logged at most once in this interval.
+const NAT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Pairs remembered for the rate limit; beyond, the oldest are forgotten.
 const UNENFORCED_PAIRS_MAX: usize = 4096;
@@ -89,6 +100,19 @@ pub struct Pipeline {
     kernel_drops: KernelDrops,
     /// The metric children and usage hits of blocked records, per shared policies list.
     blocked_counts: BlockedCounts,
+    /// The tracker's VIP → backends snapshot (a conntrack translation is accepted only to a backend).
+    services: Arc<ServiceMap>,
+    /// Where a silent VIP attempt's translation is read (the node's conntrack), if anywhere.
+    nat: Option<Nat>,
+}
+
+/// The conntrack lookup and its bounds.
+struct Nat {
+    lookup: Box<dyn NatLookup>,
+    /// Lookups left in this tick.
+    budget: u32,
+    /// When a failure was last logged.
+    logged_at: Option<SystemTime>,
 }
 
 /// What counting a blocked record with policies does, kept per attribution: the records of the pairs
@@ -185,7 +209,23 @@ impl Pipeline {
             attribution_cache: attribution::Cache::default(),
             kernel_drops,
             blocked_counts: BlockedCounts::default(),
+            services: Arc::default(),
+            nat: None,
         }
+    }
+
+    /// Reads the backend of a blocked channel whose server is still a Service VIP from `lookup` (the
+    /// node's conntrack): at most [`NAT_LOOKUPS_PER_TICK`] per tick, accepted only when the Service has
+    /// that backend. The record then names the backend as if its translated SYN had been seen, with
+    /// `evidence.dnat` saying where the translation was read.
+    #[must_use]
+    pub fn with_nat_lookup(mut self, lookup: Box<dyn NatLookup>) -> Self {
+        self.nat = Some(Nat {
+            lookup,
+            budget: NAT_LOOKUPS_PER_TICK,
+            logged_at: None,
+        });
+        self
     }
 
     /// A live channel whose end reaches `n` consecutive retransmission timeouts is `interrupted`
@@ -229,9 +269,10 @@ impl Pipeline {
             return;
         }
         self.services_seen = Some(generation);
-        let map = service_map(&inventory);
+        let map = Arc::new(service_map(&inventory));
         drop(inventory);
-        self.tracker.set_services(Arc::new(map));
+        self.services = Arc::clone(&map);
+        self.tracker.set_services(map);
     }
 
     /// Takes in a batch of kernel events; records of channels that resolved go to `records`.
@@ -374,6 +415,9 @@ impl Pipeline {
     /// cluster change can affect, and forgets idle ones. Call every few ms with CLOCK_MONOTONIC (ns) and
     /// the wall clock.
     pub fn tick(&mut self, now_ns: u64, now: SystemTime, records: &mut Vec<Record>) {
+        if let Some(nat) = &mut self.nat {
+            nat.budget = NAT_LOOKUPS_PER_TICK;
+        }
         self.tracker.tick(now_ns, now, &mut self.outcomes);
         self.resolve(records);
         self.reevaluate(now, records);
@@ -661,6 +705,8 @@ impl Pipeline {
                     }
                 }
                 Outcome::Blocked(blocked) => {
+                    let (blocked, dnat) =
+                        translate(self.nat.as_mut(), &self.services, &self.metrics, blocked);
                     self.metrics.flow(Flow::Blocked).inc();
                     if inventory.is_ready() {
                         self.metrics.policy_evaluations.inc();
@@ -697,11 +743,93 @@ impl Pipeline {
                             "counted in observer_blocked_channels_total on the client's node {n}"
                         ));
                     }
+                    if let Some(dnat) = dnat {
+                        record.notes.push(format!(
+                            "no translated packet seen on this node: the Service's translation to {} was read from the node's conntrack table",
+                            SocketAddr::new(dnat.ip, dnat.port)
+                        ));
+                        if let Some(e) = &mut record.evidence {
+                            e.dnat = Some(dnat);
+                        }
+                    }
                     records.push(record);
                 }
             }
         }
     }
+}
+
+/// A blocked channel whose server is still a VIP of `services`: its backend from the node's conntrack,
+/// when the lookup is configured and within budget, the entry translated, and the Service has that
+/// backend — else the channel as it was. Never an error: a failing socket is counted and logged (rate
+/// limited).
+fn translate(
+    nat: Option<&mut Nat>,
+    services: &ServiceMap,
+    metrics: &Metrics,
+    blocked: Arc<channel::Blocked>,
+) -> (Arc<channel::Blocked>, Option<DnatSeen>) {
+    let Some(nat) = nat else {
+        return (blocked, None);
+    };
+    let vip = blocked.server;
+    // The tracker keeps `service` the VIP dialed on both legs; `server` is the VIP until translated.
+    if !services.is_vip(vip) {
+        return (blocked, None);
+    }
+    let count = |result: &str| metrics.conntrack_lookups.with_label_values(&[result]).inc();
+    if nat.budget == 0 {
+        count("over_budget");
+        return (blocked, None);
+    }
+    nat.budget -= 1;
+    let backend = match nat.lookup.lookup(blocked.client, vip) {
+        Ok(Some(entry)) => match entry.translated_destination() {
+            Some(b) if services.fronts(vip, b) => b,
+            Some(_) => {
+                count("not_a_backend");
+                return (blocked, None);
+            }
+            None => {
+                count("untranslated");
+                return (blocked, None);
+            }
+        },
+        Ok(None) => {
+            count("missing");
+            return (blocked, None);
+        }
+        Err(e) => {
+            count(e.label());
+            if e.is_socket() {
+                // A socket that did not answer would make each lookup wait the receive timeout: the rest
+                // of this tick keeps its VIPs (counted `over_budget`).
+                nat.budget = 0;
+            }
+            let at = blocked.blocked_at;
+            if nat
+                .logged_at
+                .is_none_or(|t| at.duration_since(t).unwrap_or_default() >= NAT_ERROR_LOG_INTERVAL)
+            {
+                nat.logged_at = Some(at);
+                tracing::warn!(
+                    error = %e,
+                    "conntrack lookup failed: blocked Service attempts keep their VIP as dst (logged at most every 10 minutes; observer_conntrack_lookups_total counts them)"
+                );
+            }
+            return (blocked, None);
+        }
+    };
+    count("translated");
+    let mut translated = Arc::unwrap_or_clone(blocked);
+    translated.server = backend;
+    translated.service = Some(vip);
+    let seen = DnatSeen {
+        ip: backend.ip(),
+        port: backend.port(),
+        seen_in: "conntrack".into(),
+    };
+    (Arc::new(translated), Some(seen))
 }
 
 /// A channel left the live table: it no longer counts as stale.
@@ -874,6 +1002,7 @@ mod tests {
     use crate::{
         bpf::events::{DropInfo, HookPoint},
         cluster::{Inventory, InventoryConfig},
+        conntrack,
         export::record::{Cause, Directions, PolicyRef},
     };
 
@@ -999,6 +1128,265 @@ mod tests {
                 "default-deny",
             ])
             .get()
+    }
+
+    // ---- a silent Service attempt's backend, read from conntrack ----
+
+    const VIP: &str = "198.18.200.10:443";
+    const BACKEND: &str = "198.18.1.2:50051";
+
+    /// [`inventory`] with the Service payments/payments: [`VIP`] → payments' pod at [`BACKEND`].
+    fn inventory_with_service() -> SharedInventory {
+        let shared = inventory();
+        let mut inv = shared.write();
+        let svc: k8s_openapi::api::core::v1::Service = serde_saphyr::from_str(
+            "{apiVersion: v1, kind: Service, metadata: {name: payments, namespace: payments}, spec: {clusterIP: 198.18.200.10, selector: {app: payments}, ports: [{name: grpc, port: 443, targetPort: 50051}]}}",
+        )
+        .expect("service");
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_saphyr::from_str(
+            "{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: payments-x, namespace: payments, labels: {kubernetes.io/service-name: payments}}, addressType: IPv4, ports: [{name: grpc, port: 50051, protocol: TCP}], endpoints: [{addresses: [198.18.1.2], conditions: {ready: true}, nodeName: node-b, targetRef: {kind: Pod, namespace: payments, name: payments}}]}",
+        )
+        .expect("slice");
+        inv.apply_service(&svc).expect("valid service");
+        inv.apply_endpoint_slice(&slice).expect("valid slice");
+        drop(inv);
+        shared
+    }
+
+    /// A lookup answering with `answer(client, server)`, counting its calls.
+    struct FakeConntrack<F> {
+        answer: F,
+        calls: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl<F> NatLookup for FakeConntrack<F>
+    where
+        F: FnMut(SocketAddr, SocketAddr) -> Result<Option<conntrack::Entry>, conntrack::Error>
+            + Send,
+    {
+        fn lookup(
+            &mut self,
+            client: SocketAddr,
+            server: SocketAddr,
+        ) -> Result<Option<conntrack::Entry>, conntrack::Error> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (self.answer)(client, server)
+        }
+    }
+
+    /// A node-a pipeline whose conntrack answers `answer`; the number of lookups made.
+    fn with_conntrack(
+        metrics: &Metrics,
+        answer: impl FnMut(SocketAddr, SocketAddr) -> Result<Option<conntrack::Entry>, conntrack::Error>
+        + Send
+        + 'static,
+    ) -> (Pipeline, Arc<std::sync::atomic::AtomicU32>) {
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let p = Pipeline::new(
+            channel::Config::default(),
+            metrics.clone(),
+            inventory_with_service(),
+            "node-a".into(),
+        )
+        .with_nat_lookup(Box::new(FakeConntrack {
+            answer,
+            calls: Arc::clone(&calls),
+        }));
+        (p, calls)
+    }
+
+    /// A conntrack entry of `client → VIP` whose reply comes from `reply_src`.
+    fn entry(client: SocketAddr, reply_src: &str) -> Option<conntrack::Entry> {
+        Some(conntrack::Entry {
+            original: (client, VIP.parse().expect("vip")),
+            reply: (reply_src.parse().expect("addr"), client),
+        })
+    }
+
+    /// SYNs to the VIP from client ports `ports`, seen before DNAT, unanswered past the window.
+    fn silent_vip_attempts(p: &mut Pipeline, ports: std::ops::Range<u16>) -> Vec<Record> {
+        let mut records = Vec::new();
+        let syns: Vec<_> = ports
+            .map(|port| KernelEvent {
+                server: VIP.parse().expect("vip"),
+                ..event(Kind::Opened, 0, port, "lxc-checkout")
+            })
+            .collect();
+        p.on_events(&syns, &mut records);
+        p.tick(3_100 * MS, SystemTime::UNIX_EPOCH, &mut records);
+        records
+    }
+
+    fn lookups(m: &Metrics, result: &str) -> u64 {
+        m.conntrack_lookups.with_label_values(&[result]).get()
+    }
+
+    #[test]
+    fn a_silent_vip_attempt_names_the_backend_conntrack_translated_it_to() {
+        let m = Metrics::new().expect("metrics");
+        let (mut p, calls) = with_conntrack(&m, |c, _| Ok(entry(c, BACKEND)));
+        let records = silent_vip_attempts(&mut p, 40000..40001);
+        assert_eq!(records.len(), 1, "{records:?}");
+        let r = &records[0];
+        assert_eq!(
+            SocketAddr::new(r.dst.ip, r.dst.port),
+            BACKEND.parse().expect("addr")
+        );
+        assert_eq!(r.dst.pod.as_deref(), Some("payments"));
+        assert_eq!(r.cause, Some(Cause::Policy));
+        assert_eq!(r.direction, Some(Directions::Ingress));
+        assert_eq!(&*r.policies[0].name, "default-deny");
+        let e = r.evidence.as_ref().expect("evidence");
+        assert!(e.drop.is_none() && e.reset.is_none() && e.icmp.is_none());
+        let dnat = e.dnat.as_ref().expect("the translation, as seen");
+        assert_eq!(
+            SocketAddr::new(dnat.ip, dnat.port),
+            BACKEND.parse().expect("addr")
+        );
+        assert_eq!(dnat.seen_in, "conntrack");
+        assert!(
+            r.notes.iter().any(|n| n.contains("conntrack")),
+            "{:?}",
+            r.notes
+        );
+        let json = serde_json::to_value(r).expect("json");
+        assert_eq!(json["service"]["ip"], "198.18.200.10", "{json:#}");
+        assert_eq!(json["service"]["port"], 443, "{json:#}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(lookups(&m, "translated"), 1);
+        // Counted as a denial of the backend's policy, once.
+        assert_eq!(blocked_total(&m), 1);
+    }
+
+    #[test]
+    fn a_vip_conntrack_did_not_translate_or_to_an_address_not_its_backend_keeps_the_vip() {
+        for (reply, result) in [
+            (VIP, "untranslated"),
+            ("198.18.1.99:50051", "not_a_backend"),
+        ] {
+            let m = Metrics::new().expect("metrics");
+            let (mut p, _) = with_conntrack(&m, move |c, _| Ok(entry(c, reply)));
+            let records = silent_vip_attempts(&mut p, 40000..40001);
+            assert_eq!(records.len(), 1, "{records:?}");
+            let r = &records[0];
+            assert_eq!(
+                SocketAddr::new(r.dst.ip, r.dst.port),
+                VIP.parse().expect("vip"),
+                "{result}"
+            );
+            assert_eq!(&*r.dst.kind, "service");
+            assert!(r.evidence.as_ref().expect("evidence").dnat.is_none());
+            assert_eq!(lookups(&m, result), 1, "{result}");
+            assert_eq!(lookups(&m, "translated"), 0);
+        }
+    }
+
+    #[test]
+    fn a_missing_entry_or_a_failing_socket_keeps_the_vip_and_is_counted_never_an_error_record() {
+        type Answer = fn() -> Result<Option<conntrack::Entry>, conntrack::Error>;
+        let cases: [(Answer, &str); 3] = [
+            (|| Ok(None), "missing"),
+            (
+                || Err(conntrack::Error::Kernel { errno: libc::EPERM }),
+                "unavailable",
+            ),
+            (
+                || Err(conntrack::Error::Malformed { what: "garbage" }),
+                "error",
+            ),
+        ];
+        for (answer, result) in cases {
+            let m = Metrics::new().expect("metrics");
+            let (mut p, _) = with_conntrack(&m, move |_, _| answer());
+            let records = silent_vip_attempts(&mut p, 40000..40002);
+            assert_eq!(records.len(), 2, "{records:?}");
+            for r in &records {
+                assert_eq!(r.kind, RecordKind::Blocked);
+                assert_eq!(
+                    SocketAddr::new(r.dst.ip, r.dst.port),
+                    VIP.parse().expect("vip")
+                );
+            }
+            assert_eq!(lookups(&m, result), 2, "{result}");
+        }
+    }
+
+    #[test]
+    fn a_socket_that_does_not_answer_ends_the_ticks_lookups() {
+        let m = Metrics::new().expect("metrics");
+        let (mut p, calls) = with_conntrack(&m, |client, server| {
+            Err(conntrack::Error::Recv {
+                client,
+                server,
+                source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+            })
+        });
+        let records = silent_vip_attempts(&mut p, 40000..40003);
+        assert_eq!(records.len(), 3, "{records:?}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(lookups(&m, "error"), 1);
+        assert_eq!(lookups(&m, "over_budget"), 2);
+        // The next tick tries again.
+        let more = silent_vip_attempts(&mut p, 41000..41001);
+        assert_eq!(more.len(), 1);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_storm_of_silent_vip_attempts_is_looked_up_within_the_budget_and_the_rest_counted() {
+        let m = Metrics::new().expect("metrics");
+        let (mut p, calls) = with_conntrack(&m, |c, _| Ok(entry(c, BACKEND)));
+        let n = u16::try_from(NAT_LOOKUPS_PER_TICK).expect("small") * 3;
+        let records = silent_vip_attempts(&mut p, 40000..40000 + n);
+        assert_eq!(records.len(), usize::from(n));
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::Relaxed),
+            NAT_LOOKUPS_PER_TICK
+        );
+        assert_eq!(lookups(&m, "translated"), u64::from(NAT_LOOKUPS_PER_TICK));
+        assert_eq!(
+            lookups(&m, "over_budget"),
+            u64::from(n) - u64::from(NAT_LOOKUPS_PER_TICK)
+        );
+        let named = records.iter().filter(|r| r.dst.port == 50051).count();
+        assert_eq!(named, NAT_LOOKUPS_PER_TICK as usize);
+    }
+
+    #[test]
+    fn a_channel_whose_translated_leg_was_seen_or_to_no_vip_is_not_looked_up() {
+        let m = Metrics::new().expect("metrics");
+        let (mut p, calls) = with_conntrack(&m, |_, _| panic!("no lookup expected"));
+        let mut records = Vec::new();
+        // The pre-NAT SYN, then its translated leg's drop: joined by the tracker.
+        let drop = KernelEvent {
+            server: BACKEND.parse().expect("addr"),
+            ..nft_drop(1, "lxc-checkout", 0x02)
+        };
+        p.on_events(
+            &[
+                KernelEvent {
+                    server: VIP.parse().expect("vip"),
+                    ..event(Kind::Opened, 0, 40000, "lxc-checkout")
+                },
+                drop,
+            ],
+            &mut records,
+        );
+        // A direct attempt to the pod, silent.
+        p.on_events(
+            &[event(Kind::Opened, 0, 40001, "lxc-checkout")],
+            &mut records,
+        );
+        p.tick(3_100 * MS, SystemTime::UNIX_EPOCH, &mut records);
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert!(records.iter().all(|r| r.dst.port == 50051));
+        assert!(
+            records
+                .iter()
+                .all(|r| r.evidence.as_ref().is_some_and(|e| e.dnat.is_none()))
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]

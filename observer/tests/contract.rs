@@ -320,7 +320,7 @@ fn the_document_parser_finds_what_it_must() {
 #[test]
 fn every_evidence_field_is_documented_and_the_reverse() {
     use observer::export::record::{
-        ChannelSide, DropSeen, Evidence, IcmpSeen, ResetSeen, ResetSide, RetransmitsSeen,
+        ChannelSide, DnatSeen, DropSeen, Evidence, IcmpSeen, ResetSeen, ResetSide, RetransmitsSeen,
     };
     // Every field set, so that none is skipped when serialised.
     let full = Evidence {
@@ -343,6 +343,11 @@ fn every_evidence_field_is_documented_and_the_reverse() {
             rtos: 3,
             since: std::time::SystemTime::UNIX_EPOCH,
             side: ChannelSide::Server,
+        }),
+        dnat: Some(DnatSeen {
+            ip: "198.18.1.2".parse().expect("ip"),
+            port: 50051,
+            seen_in: "conntrack".into(),
         }),
     };
     let json = serde_json::to_value(&full).expect("evidence serialises");

@@ -41,7 +41,11 @@
 //! always seen first on the client's node (the client veth's hook runs before the node's PREROUTING); the
 //! post-NAT leg alone (the backend's node, or socket-level load balancing that translates at `connect()`)
 //! stays a channel to the backend, and attribution names the Services fronting it. A VIP never translated
-//! stays a channel to the VIP (kube-proxy rejects Services without endpoints).
+//! stays a channel to the VIP (kube-proxy rejects Services without endpoints). When no post-NAT packet
+//! shows at all (a silent backend, or `--hooks entry`, where the translated SYN only leaves the node), the
+//! pipeline asks the node's conntrack which backend the DNAT chose when the blocked channel is reported
+//! ([`crate::conntrack`], [`crate::pipeline::Pipeline::with_nat_lookup`]): the one userspace conntrack
+//! lookup, outside this pure tracker.
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -305,7 +305,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )));
     }
 
-    let mut pipeline = Pipeline::new(
+    let pipeline = Pipeline::new(
         channel::Config {
             blocked_window: args.blocked_window,
             ..channel::Config::default()
@@ -317,6 +317,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .with_live(live, args.log_established)
     .with_cut_after_rtos(args.cut_after_rtos)
     .with_usage(usage.clone());
+    // The backends of silent Service attempts, from this namespace's conntrack (kube-proxy's DNAT).
+    let pipeline = match crate::conntrack::Conntrack::open() {
+        Ok(ct) => pipeline.with_nat_lookup(Box::new(ct)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no conntrack lookups: blocked Service attempts nothing answered keep their VIP as dst");
+            pipeline
+        }
+    };
+    let mut pipeline = pipeline;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     // The pipeline's tick: fine while evidence settles, coarse otherwise (`Pipeline::next_tick`).

@@ -499,6 +499,9 @@ impl fmt::Display for Text<'_> {
             if let Some(n) = &e.other_node {
                 write!(f, " evidence_on={n}")?;
             }
+            if let Some(d) = &e.dnat {
+                write!(f, " dnat={}", d.seen_in)?;
+            }
         }
         write!(f, " attempts={}", r.attempts)?;
         if !r.notes.is_empty() {
@@ -840,6 +843,22 @@ mod tests {
             ..Evidence::default()
         });
         assert!(Text(&r).to_string().contains("icmp=3/13 evidence_on=n2"));
+        r.evidence = Some(Evidence {
+            other_node: Some("n2".into()),
+            dnat: Some(crate::export::record::DnatSeen {
+                ip: "198.18.1.2".parse().expect("ip"),
+                port: 50051,
+                seen_in: "conntrack".into(),
+            }),
+            ..Evidence::default()
+        });
+        assert!(
+            Text(&r)
+                .to_string()
+                .contains(" evidence_on=n2 dnat=conntrack attempts=4"),
+            "{}",
+            Text(&r)
+        );
         r.kind = RecordKind::Unenforced;
         r.cause = None;
         r.direction = Some(Directions::Ingress);

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub kube_events_suppressed: IntCounterVec,
     /// `{reason}` — Kubernetes Event API calls that failed.
     pub kube_event_errors: IntCounterVec,
+    /// `{result}` — conntrack lookups of blocked Service attempts whose VIP was never seen translated.
+    pub conntrack_lookups: IntCounterVec,
     /// `namespace/name` of the policies with their own labels.
     admitted: Arc<Mutex<Admitted>>,
     /// The `flows` child of each [`Flow`], fetched on first use (`with_label_values` hashes its labels
@@ -313,6 +315,11 @@ impl Metrics {
             "Kubernetes Event API calls that failed (never fatal), by Event reason.",
             &["reason"]
         );
+        let conntrack_lookups = counter_vec!(
+            "observer_conntrack_lookups_total",
+            "Lookups in the node's conntrack table of blocked Service attempts whose VIP was never seen translated, by result (translated, untranslated, missing, not_a_backend, unavailable, error, over_budget).",
+            &["result"]
+        );
         let names = families.iter().map(|(n, _)| n.clone()).collect();
         Ok(Self {
             registry,
@@ -338,6 +345,7 @@ impl Metrics {
             policies_never_hit,
             kube_events,
             kube_events_suppressed,
+            conntrack_lookups,
             kube_event_errors,
             admitted: Arc::default(),
             flow_children: Arc::default(),

@@ -432,6 +432,10 @@ pub struct Evidence {
     /// Consecutive retransmission timeouts of an established channel's socket (`interrupted` records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retransmits: Option<RetransmitsSeen>,
+    /// The Service VIP's translation, read from the node's conntrack table (no translated packet was
+    /// seen here): the backend kube-proxy's DNAT chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dnat: Option<DnatSeen>,
 }
 
 impl Evidence {
@@ -455,6 +459,16 @@ pub struct DropSeen {
     /// The interface, when the drop happened in this node's network namespace; null for a drop seen in
     /// another network namespace of the machine.
     pub interface: Option<Arc<str>>,
+}
+
+/// A DNAT the kernel recorded for the channel: the backend the dialed VIP was translated to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnatSeen {
+    /// The backend's address (the conntrack entry's reply source).
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Where it was read: `conntrack`.
+    pub seen_in: Cow<'static, str>,
 }
 
 /// Retransmission timeouts of an established channel: its packets went unacknowledged.
@@ -669,7 +683,7 @@ mod json {
     use std::{io::Write as _, net::IpAddr, sync::Arc, time::SystemTime};
 
     use super::{
-        Detail, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record, ResetSeen,
+        Detail, DnatSeen, DropSeen, Endpoint, Evidence, IcmpSeen, PolicyRef, Record, ResetSeen,
         RetransmitsSeen, ServiceRef,
     };
 
@@ -892,6 +906,7 @@ mod json {
             established: _,
             other_node: _,
             retransmits: _,
+            dnat: _,
         } = e;
         out.extend_from_slice(b"{\"syn_retransmits\":");
         uint(out, e.syn_retransmits.into());
@@ -935,6 +950,20 @@ mod json {
             time(out, *since);
             out.extend_from_slice(b",\"side\":");
             str(out, side.as_str());
+            out.push(b'}');
+        }
+        if let Some(DnatSeen {
+            ip: a,
+            port,
+            seen_in,
+        }) = &e.dnat
+        {
+            out.extend_from_slice(b",\"dnat\":{\"ip\":");
+            ip(out, a);
+            out.extend_from_slice(b",\"port\":");
+            uint(out, (*port).into());
+            out.extend_from_slice(b",\"seen_in\":");
+            str(out, seen_in);
             out.push(b'}');
         }
         out.push(b'}');
@@ -1373,6 +1402,11 @@ pub(crate) mod tests {
                 rtos: 3,
                 since: humantime::parse_rfc3339("2026-11-26T14:02:01.5Z").expect("time"),
                 side: ChannelSide::Server,
+            }),
+            dnat: Some(DnatSeen {
+                ip: "2001:2::2".parse().expect("ip"),
+                port: 8443,
+                seen_in: "conntrack".into(),
             }),
         });
         let mut policies = r.policies.to_vec();

@@ -6,7 +6,7 @@
 
 use std::{process::Command, time::Duration};
 
-use observer::bpf::{AttachMode, Datapath, DatapathConfig};
+use observer::bpf::{AttachMode, Datapath, DatapathConfig, Hooks};
 use observer_tests::{Lab, Netns, enter, require_root};
 
 const REPEAT: u32 = 200_000;
@@ -645,14 +645,14 @@ enum Variant {
     /// `observer run` attached to an idle pod's veth only: its drop program, ring-buffer reader, timers,
     /// link follower and HTTP listeners run; no TC program on the measured path.
     Daemon,
-    /// `observer run` attached to every lab veth: everything (the product as deployed).
+    /// `observer run --hooks both` attached to every lab veth: everything, ours on ingress and egress.
     Full,
     /// The row measured before: TC programs switched, the drop program attached in both runs of a pair.
     Legacy,
     /// The empty TC program (`test_pass`, returns TC_ACT_UNSPEC) on the hooks ours take (ingress and
     /// egress of both veths): what a TC program costs a packet before it does anything.
     Empty,
-    /// `observer run --hooks entry` attached to every lab veth: everything, ours on ingress only.
+    /// `observer run --hooks entry` (the default) attached to every lab veth: the product as deployed.
     FullEntry,
     /// The empty TC program on the ingress hooks only (what `--hooks entry` takes).
     EmptyEntry,
@@ -692,7 +692,9 @@ impl Variant {
             Self::Daemon => {
                 "observer run attached to an idle veth only (drop program, reader, timers; no TC program on the path)"
             }
-            Self::Full => "observer run attached to every lab veth (everything)",
+            Self::Full => {
+                "observer run --hooks both attached to every lab veth (everything, ours on both hooks)"
+            }
             Self::Legacy => {
                 "TC programs switched, drop program attached in both runs (the row before)"
             }
@@ -827,6 +829,8 @@ fn throughput() {
                         ports: vec![WATCHED],
                         all_ports: false,
                         attach_mode: AttachMode::Auto,
+                        // The `tc` and `legacy` variants: ours on both veths' both hooks.
+                        hooks: Hooks::Both,
                         drop_repeat: Duration::from_secs(10),
                         ..DatapathConfig::default()
                     })
@@ -1007,10 +1011,11 @@ fn throughput() {
                         },
                         ..Options::default()
                     };
+                    // Each variant names its hooks (the default is `entry`).
                     let extra: &[&str] = if variant == Variant::FullEntry {
                         &["--hooks", "entry"]
                     } else {
-                        &[]
+                        &["--hooks", "both"]
                     };
                     let d = Daemon::start_on(&lab.node, &manifests.dir, &options, extra);
                     daemon_pid.set(Some(d.pid()));

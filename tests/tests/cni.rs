@@ -33,6 +33,7 @@ fn config(mode: AttachMode) -> DatapathConfig {
         interfaces: vec!["lxc*".into()],
         ports: vec![PORT],
         attach_mode: mode,
+        hooks: Hooks::Both,
         ..DatapathConfig::default()
     }
 }
@@ -395,6 +396,9 @@ fn netlink_filters_left_by_a_crash_are_removed_at_the_next_start() {
                 "50051",
                 "--attach-mode",
                 "netlink",
+                // Filters on both hooks of each veth (the default is ingress only).
+                "--hooks",
+                "both",
                 "--listen",
                 "127.0.0.1:9990",
             ])
@@ -493,6 +497,9 @@ fn daemon_detects_the_cni_from_interface_names_and_attaches() {
             &dir,
             "--ports",
             "50051",
+            // Ours first on both hooks of each veth (the default is ingress only).
+            "--hooks",
+            "both",
             "--listen",
             "127.0.0.1:9990",
         ])

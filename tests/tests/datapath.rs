@@ -8,7 +8,7 @@ use std::{
 };
 
 use observer::bpf::{
-    AttachMode, DatapathConfig, KernelEvent, Kind,
+    AttachMode, DatapathConfig, Hooks, KernelEvent, Kind,
     events::{HookPoint, Side},
 };
 use observer_tests::{
@@ -24,6 +24,8 @@ fn config(interfaces: &[&str], attach_mode: AttachMode) -> DatapathConfig {
         ports: vec![PORT],
         all_ports: false,
         attach_mode,
+        // These tests are about what each of the four hooks sees.
+        hooks: Hooks::Both,
         drop_repeat: Duration::from_secs(10),
         ..DatapathConfig::default()
     }
@@ -382,6 +384,9 @@ fn daemon_shutdown_leaves_nothing_behind() {
                 "50051",
                 "--attach-mode",
                 mode,
+                // Ours on both hooks of each veth: all four are checked gone after shutdown.
+                "--hooks",
+                "both",
                 "--listen",
                 "127.0.0.1:9990",
                 "--print-events",

@@ -89,6 +89,11 @@ impl Shop {
         )
     }
 
+    /// `observer run --hooks both`: TC programs on ingress and egress (the default is `entry`).
+    fn start_both(&self, policies: &str) -> Daemon {
+        self.start_args(policies, "2s", &["--hooks", "both"])
+    }
+
     /// `observer run --hooks entry`: TC programs on ingress only, the node's own answers from tracing
     /// programs.
     fn start_entry(&self, policies: &str) -> Daemon {
@@ -548,6 +553,32 @@ fn a_cross_node_ingress_deny_is_recorded_on_both_nodes_and_counted_once() {
         blocked_on(&on_a),
         "one count per attempt, on the client's node"
     );
+}
+
+// ---- `--hooks both`: ingress and egress hooks ----
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn both_hooks_an_allowed_call_is_established_and_a_dropped_one_blocked_by_policy() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start_both(&allow_all_ingress("4"));
+    shop.call(Duration::from_secs(2)).expect("allowed call");
+    let established = r#"observer_flows_total{state="established"}"#;
+    assert!(
+        wait_for(WAIT, || (daemon.metric(established) >= 1.0).then_some(())).is_some(),
+        "{}",
+        daemon.metrics()
+    );
+    assert!(!daemon.records().iter().any(|r| r["kind"] == "blocked"));
+    drop(daemon);
+    let daemon = shop.start_both(&deny_ingress("5"));
+    shop.lab.forward_rule(&format!("tcp dport {PORT} drop"));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "policy", "{r}");
+    assert_eq!(r["evidence"]["drop"]["reason"], "NETFILTER_DROP", "{r}");
+    assert_eq!(r["evidence"]["drop"]["interface"], "lxca", "{r}");
 }
 
 // ---- `--hooks entry`: ingress only, what the node answers itself from tracing programs ----

@@ -138,16 +138,17 @@ pub enum AttachMode {
 pub enum Hooks {
     /// Ingress and egress: a packet between two interfaces of the node is seen on both (where it came
     /// in and where it went out), and what the node's own stack sends towards a pod on its way out.
-    #[default]
+    /// Twice the hook runs per packet of `Entry`.
     Both,
-    /// Ingress only: each packet once, where it enters the node (from a pod through its host-side
-    /// veth, from the network through the uplink or tunnel) — half the hook runs per packet. What the
-    /// node's stack answers itself, which enters through no interface, comes from tracing programs
-    /// instead: ICMP destination unreachable the node sends (`icmp_send`), resets a client socket of the
-    /// node takes before its handshake (`tcp_receive_reset`: netfilter's `reject with tcp reset`), and
-    /// local sockets' completed handshakes (`inet_sock_set_state`: a hostNetwork server answering a
-    /// pod). A hostNetwork *client*'s SYN to a pod of this node passes no ingress hook: such attempts
-    /// are not seen here.
+    /// Ingress only (the default): each packet once, where it enters the node (from a pod through its
+    /// host-side veth, from the network through the uplink or tunnel) — half the hook runs per packet.
+    /// What the node's stack sends itself, which enters through no interface, comes from programs that
+    /// report state changes instead: ICMP destination unreachable the node sends (`icmp_send`), resets a
+    /// client socket of the node takes before its handshake (`tcp_receive_reset`: netfilter's `reject
+    /// with tcp reset`), local sockets' completed handshakes (`inet_sock_set_state`: a hostNetwork
+    /// server answering a pod), and the `connect()` and SYN retransmissions of the node's own clients
+    /// (`sock_ops` on the cgroup v2 root, the retransmission program). docs/CNI.md, "Hooks".
+    #[default]
     Entry,
 }
 
@@ -1235,13 +1236,12 @@ fn attach_host_connect(
     p.load().map_err(|e| e.to_string())?;
     // A BPF link (Linux ≥ 5.7) takes no attach flags and never replaces another program; `Single` is
     // what passes none (`AllowMultiple` is refused with EINVAL there).
-    p.attach(&cgroup, CgroupAttachMode::Single)
-        .map_err(|e| {
-            let cause = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            format!("attaching to the cgroup {}: {e}{cause}", path.display())
-        })?;
+    p.attach(&cgroup, CgroupAttachMode::Single).map_err(|e| {
+        let cause = std::error::Error::source(&e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        format!("attaching to the cgroup {}: {e}{cause}", path.display())
+    })?;
     Ok(())
 }
 

@@ -461,7 +461,11 @@ fn a_node_clients_connect_opens_an_attempt_its_retransmissions_count_and_the_win
     assert_eq!(b.len(), 1, "{out:?}");
     assert!(b[0].timed_out);
     assert_eq!(b[0].attempts, 2);
-    assert!(b[0].seen_on.is_empty(), "seen by no interface: {:?}", b[0].seen_on);
+    assert!(
+        b[0].seen_on.is_empty(),
+        "seen by no interface: {:?}",
+        b[0].seen_on
+    );
 }
 
 #[test]
@@ -479,7 +483,10 @@ fn a_node_clients_connect_then_its_handshake_is_established() {
     assert!(blocked(&out).is_empty(), "{out:?}");
     assert!(matches!(
         out.as_slice(),
-        [Outcome::Established { interface: None, .. }]
+        [Outcome::Established {
+            interface: None,
+            ..
+        }]
     ));
 }
 

@@ -59,10 +59,10 @@ pub struct RunArgs {
     /// How TC programs are attached.
     #[arg(long, env = "OBSERVER_ATTACH_MODE", value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
-    /// Which TC hooks of each interface carry the observer: `both` (ingress and egress) or `entry`
-    /// (ingress only: each packet once, where it enters the node — half the hook runs per packet; what
-    /// the node answers itself comes from tracing programs. See docs/CNI.md, "Hooks").
-    #[arg(long, env = "OBSERVER_HOOKS", value_enum, default_value_t = Hooks::Both)]
+    /// Which TC hooks of each interface carry the observer: `entry` (ingress only: each packet once,
+    /// where it enters the node — half the hook runs per packet; what the node sends itself comes from
+    /// programs reporting state changes) or `both` (ingress and egress). See docs/CNI.md, "Hooks".
+    #[arg(long, env = "OBSERVER_HOOKS", value_enum, default_value_t = Hooks::Entry)]
     pub hooks: Hooks,
     /// With `--hooks entry`: the cgroup v2 directory whose processes' `connect()`s are watched for the
     /// node's own clients (hostNetwork pods; their SYNs cross no ingress hook) — the host's cgroup2 root,

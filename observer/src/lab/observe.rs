@@ -43,10 +43,10 @@ pub enum ObserveError {
     },
     /// The daemon is ready, but the kernel does not list its programs on every pod interface.
     #[error(
-        "observer run's programs are not on {missing:?} (ingress and egress, TCX or netlink) within {within:?}"
+        "observer run's programs are not on {missing:?} (the ingress hook, TCX or netlink) within {within:?}"
     )]
     NotAttached {
-        /// Interfaces without both programs.
+        /// Interfaces without our program on their ingress hook.
         missing: Vec<String>,
         /// How long the lab waited.
         within: Duration,
@@ -113,7 +113,9 @@ impl Observer {
             .arg(&file)
             .args(["--interfaces", "olab*", "--ports", &ports.join(",")])
             .args(["--node-name", NODE, "--listen", API, "--log-format", "json"])
-            .args(["--blocked-window", "1s"]);
+            .args(["--blocked-window", "1s"])
+            // The default, said out loud: the check below looks for ours on the ingress hooks.
+            .args(["--hooks", "entry"]);
         let process = Process::spawn(node, command, Duration::from_secs(20)).map_err(|e| {
             ObserveError::Daemon {
                 message: e.to_string(),
@@ -123,9 +125,10 @@ impl Observer {
         Ok(observer)
     }
 
-    /// Waits until the kernel lists one of the observer's TC programs on the ingress and the egress hook
-    /// of every interface in `interfaces` (TCX links, or netlink `cls_bpf` filters), in the daemon's
-    /// namespace: evidence from the kernel, not the daemon's word, that its probes will be seen.
+    /// Waits until the kernel lists one of the observer's TC programs on the ingress hook of every
+    /// interface in `interfaces` (TCX links, or netlink `cls_bpf` filters; `--hooks entry`: each packet
+    /// is seen where it enters the node), in the daemon's namespace: evidence from the kernel, not the
+    /// daemon's word, that its probes will be seen.
     ///
     /// # Errors
     /// Some interface still lacks them after `within`.
@@ -146,9 +149,7 @@ impl Observer {
             let missing = run_in(&netns, move || {
                 wanted
                     .into_iter()
-                    .filter(|i| {
-                        !ours_on(i, TcAttachType::Ingress) || !ours_on(i, TcAttachType::Egress)
-                    })
+                    .filter(|i| !ours_on(i, TcAttachType::Ingress))
                     .collect::<Vec<_>>()
             })
             .unwrap_or_else(|_| interfaces.to_vec());

@@ -66,7 +66,7 @@ impl Daemon {
 
     /// Starts the image `image` (`./x image`) with podman in the lab's node namespace, as the DaemonSet
     /// runs it: uid 0, every capability dropped but BPF, NET_ADMIN and PERFMON, no privilege escalation, a
-    /// read-only root filesystem with no tmpfs added, `/sys/kernel/btf` mounted read-only, the host's
+    /// read-only root filesystem with no tmpfs added, `/sys/kernel/btf` and `/sys/fs/cgroup` mounted read-only, the host's
     /// network (here: the node namespace), the `RuntimeDefault` seccomp profile (see
     /// [`runtime_default_seccomp`]) — and the manifests in `cluster` mounted read-only for `--cluster`.
     pub fn start_image(lab: &Lab, cluster: &Path, image: &str, extra: &[&str]) -> Self {
@@ -95,6 +95,9 @@ impl Daemon {
             .args(["--security-opt", "no-new-privileges"])
             .args(["--read-only", "--read-only-tmpfs=false"])
             .args(["-v", "/sys/kernel/btf:/sys/kernel/btf:ro"])
+            // The host's cgroup hierarchy over the container's own (`--hooks entry`'s sock_ops program
+            // goes on the host's cgroup v2 root; on a hybrid host, its `unified` submount).
+            .args(["-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"])
             .arg("-v")
             .arg(format!(
                 "{}:/etc/observer/cluster:ro",

@@ -557,12 +557,8 @@ fn a_cross_node_ingress_deny_is_recorded_on_both_nodes_and_counted_once() {
 
 // ---- `--hooks both`: ingress and egress hooks ----
 
-#[test]
-#[ignore = "needs root and network namespaces: run through ./x test"]
-fn both_hooks_an_allowed_call_is_established_and_a_dropped_one_blocked_by_policy() {
-    let shop = Shop::new();
-    let _server = shop.server();
-    let daemon = shop.start_both(&allow_all_ingress("4"));
+/// The shop's call, allowed: counted established, and no blocked record.
+fn an_allowed_call_is_established(shop: &Shop, daemon: &Daemon) {
     shop.call(Duration::from_secs(2)).expect("allowed call");
     let established = r#"observer_flows_total{state="established"}"#;
     assert!(
@@ -571,6 +567,15 @@ fn both_hooks_an_allowed_call_is_established_and_a_dropped_one_blocked_by_policy
         daemon.metrics()
     );
     assert!(!daemon.records().iter().any(|r| r["kind"] == "blocked"));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn both_hooks_an_allowed_call_is_established_and_a_dropped_one_blocked_by_policy() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start_both(&allow_all_ingress("4"));
+    an_allowed_call_is_established(&shop, &daemon);
     drop(daemon);
     let daemon = shop.start_both(&deny_ingress("5"));
     shop.lab.forward_rule(&format!("tcp dport {PORT} drop"));
@@ -593,14 +598,7 @@ fn entry_hooks_an_allowed_call_is_established_and_a_dropped_one_blocked_by_polic
     let shop = Shop::new();
     let _server = shop.server();
     let daemon = shop.start_entry(&allow_all_ingress("4"));
-    shop.call(Duration::from_secs(2)).expect("allowed call");
-    let established = r#"observer_flows_total{state="established"}"#;
-    assert!(
-        wait_for(WAIT, || (daemon.metric(established) >= 1.0).then_some(())).is_some(),
-        "{}",
-        daemon.metrics()
-    );
-    assert!(!daemon.records().iter().any(|r| r["kind"] == "blocked"));
+    an_allowed_call_is_established(&shop, &daemon);
     let attached = daemon.metrics();
     assert!(
         attached.contains("observer_attached_interfaces 2"),

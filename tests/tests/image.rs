@@ -24,6 +24,7 @@ const DAEMONSET_SETTINGS: &[&str] = &[
     "add: [BPF, NET_ADMIN, PERFMON]",
     "hostNetwork: true",
     "mountPath: /sys/kernel/btf",
+    "mountPath: /sys/fs/cgroup",
     "type: RuntimeDefault",
 ];
 
@@ -41,8 +42,8 @@ fn the_podman_flags_are_the_daemonsets_security_context() {
     }
     assert_eq!(
         daemonset.matches("mountPath:").count(),
-        1,
-        "the DaemonSet mounts more than /sys/kernel/btf: mount it in Daemon::start_image too"
+        2,
+        "the DaemonSet mounts more than /sys/kernel/btf and /sys/fs/cgroup: mount it in Daemon::start_image too"
     );
 }
 
@@ -103,5 +104,12 @@ fn the_image_attaches_and_writes_a_record() {
         (daemon.metric("observer_attached_interfaces") >= 2.0).then_some(())
     });
     assert!(attached.is_some(), "{}", daemon.metrics());
+    // `--hooks entry` (the default): its programs for what the node sends itself attach in the
+    // container too — the sock_ops one on the host's cgroup v2 root, mounted as the DaemonSet does.
+    let stderr = daemon.stderr();
+    assert!(
+        !stderr.iter().any(|l| l.contains("program is not attached")),
+        "{stderr:#?}"
+    );
     assert!(daemon.stop(), "the container exits cleanly on SIGTERM");
 }

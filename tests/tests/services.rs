@@ -414,21 +414,7 @@ fn a_backend_on_a_second_node_is_still_named_with_its_service() {
     assert!(child.wait().expect("nft").success());
 
     let vip = shop.vip(Family::V4);
-    let svc = LabService {
-        namespace: "payments".into(),
-        name: "payments".into(),
-        ips: vec![vip],
-        headless: false,
-        ports: vec![LabServicePort {
-            port: SERVICE_PORT,
-            target: "grpc".into(),
-            backends: vec![LabBackend {
-                pod: None,
-                name: "payments/payments-far".into(),
-                addr: SocketAddr::new(backend.into(), PORT),
-            }],
-        }],
-    };
+    let svc = far_service("payments", vip, backend.into());
     shop.lab.nft(&services::ruleset(&[svc]));
     let cluster = far_cluster(&shop, vip, backend.into());
     shop.manifests.write("cluster.yaml", &cluster);
@@ -495,6 +481,26 @@ impl Blackhole {
     }
 }
 
+/// The Service `payments/{name}` at `vip`:SERVICE_PORT with one backend, `payments-far` at
+/// `backend`:PORT (a pod of another node: no pod on this one).
+fn far_service(name: &str, vip: IpAddr, backend: IpAddr) -> LabService {
+    LabService {
+        namespace: "payments".into(),
+        name: name.into(),
+        ips: vec![vip],
+        headless: false,
+        ports: vec![LabServicePort {
+            port: SERVICE_PORT,
+            target: "grpc".into(),
+            backends: vec![LabBackend {
+                pod: None,
+                name: "payments/payments-far".into(),
+                addr: SocketAddr::new(backend, PORT),
+            }],
+        }],
+    }
+}
+
 /// checkout-0 on the lab's node; the Service payments (the shop's VIP, port 443) fronting payments-far
 /// on node-2 (a second node namespace) at `backend`:50051; payments isolated for ingress.
 fn far_cluster(shop: &Shop, vip: IpAddr, backend: IpAddr) -> String {
@@ -547,21 +553,8 @@ fn silent_backend_on_another_node(family: Family, hooks: &str) {
     let backend = shop.lab.add_pod_on(node2, "far", "lxcf").addr(family);
     let _hole = Blackhole::route(shop.lab.node_ns(node2), "hole0", backend);
     let vip = shop.vip(family);
-    shop.lab.nft(&services::ruleset(&[LabService {
-        namespace: "payments".into(),
-        name: "payments".into(),
-        ips: vec![vip],
-        headless: false,
-        ports: vec![LabServicePort {
-            port: SERVICE_PORT,
-            target: "grpc".into(),
-            backends: vec![LabBackend {
-                pod: None,
-                name: "payments/payments-far".into(),
-                addr: SocketAddr::new(backend, PORT),
-            }],
-        }],
-    }]));
+    shop.lab
+        .nft(&services::ruleset(&[far_service("payments", vip, backend)]));
     shop.manifests
         .write("cluster.yaml", &far_cluster(&shop, vip, backend));
     let daemon = Daemon::start(
@@ -636,21 +629,11 @@ fn entry_hooks_a_silent_vip_that_conntrack_did_not_translate_keeps_the_vip() {
         }
         IpAddr::V6(_) => unreachable!("an IPv4 VIP"),
     };
-    shop.lab.nft(&services::ruleset(&[LabService {
-        namespace: "payments".into(),
-        name: "other".into(),
-        ips: vec![other],
-        headless: false,
-        ports: vec![LabServicePort {
-            port: SERVICE_PORT,
-            target: "grpc".into(),
-            backends: vec![LabBackend {
-                pod: None,
-                name: "payments/payments-far".into(),
-                addr: SocketAddr::new(backend.into(), PORT),
-            }],
-        }],
-    }]));
+    shop.lab.nft(&services::ruleset(&[far_service(
+        "other",
+        other,
+        backend.into(),
+    )]));
     shop.manifests
         .write("cluster.yaml", &far_cluster(&shop, vip, backend.into()));
     let daemon = Daemon::start(

@@ -1209,6 +1209,7 @@ fn alert_rules_parse_and_use_only_registered_metrics() {
         "ObserverDown",
         "ObserverInventoryNotSynced",
         "ObserverNoInterfacesAttached",
+        "ObserverKernelProgramNotAttached",
     ] {
         assert!(alerts.contains(required), "no alert {required}");
     }

@@ -604,6 +604,55 @@ fn entry_hooks_an_allowed_call_is_established_and_a_dropped_one_blocked_by_polic
         attached.contains("observer_attached_interfaces 2"),
         "{attached}"
     );
+    for program in [
+        "kfree_skb_btf",
+        "tcp_retransmit_btf",
+        "icmp_send_btf",
+        "sock_reset_btf",
+        "sock_state_btf",
+        "host_connect",
+    ] {
+        assert!(
+            attached.contains(&kernel_program(program, 1)),
+            "{program}: {attached}"
+        );
+    }
+}
+
+/// The `observer_kernel_programs` sample of `program` with `value`.
+fn kernel_program(program: &str, value: u8) -> String {
+    format!("observer_kernel_programs{{program=\"{program}\"}} {value}\n")
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn entry_hooks_a_program_that_cannot_attach_is_exported_as_not_attached_and_the_rest_goes_on() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    // No cgroup v2 hierarchy there: the sock_ops program for the node's own clients cannot attach.
+    let daemon = shop.start_args(
+        &allow_all_ingress("4"),
+        "2s",
+        &["--hooks", "entry", "--cgroup", "/nonexistent/cgroup"],
+    );
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains(&kernel_program("host_connect", 0)),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&kernel_program("icmp_send_btf", 1)),
+        "{metrics}"
+    );
+    assert!(
+        daemon
+            .stderr()
+            .iter()
+            .any(|l| l.contains("host_connect") && l.contains("/nonexistent/cgroup")),
+        "{:#?}",
+        daemon.stderr()
+    );
+    an_allowed_call_is_established(&shop, &daemon);
 }
 
 #[test]

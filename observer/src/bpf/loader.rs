@@ -453,6 +453,20 @@ impl Datapath {
         &self.node_programs
     }
 
+    /// Every kernel program of ours besides the TC ones, and whether it is attached: the drop
+    /// program, the retransmission program (by its BTF name when none could be attached), and
+    /// [`Self::node_programs`].
+    pub fn programs(&self) -> Vec<(&'static str, bool)> {
+        let retransmit = match &self.retransmit_program {
+            Ok(name) => (*name, true),
+            Err(_) => (program::TCP_RETRANSMIT_BTF, false),
+        };
+        [(self.drop_program, true), retransmit]
+            .into_iter()
+            .chain(self.node_programs.iter().map(|(n, r)| (*n, r.is_ok())))
+            .collect()
+    }
+
     /// Filters of an earlier run of ours (left by a crash) removed so far.
     pub fn leftovers_removed(&self) -> u64 {
         self.leftovers_removed

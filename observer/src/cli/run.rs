@@ -204,6 +204,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         interfaces = ?interfaces,
         "programs loaded"
     );
+    for (program, attached) in datapath.programs() {
+        metrics
+            .kernel_programs
+            .with_label_values(&[program])
+            .set(i64::from(attached));
+    }
     let datapath = Arc::new(Mutex::new(datapath));
     // Boxed so that it can be dropped (releasing its handle on the datapath) before shutdown.
     let mut follower = Box::pin(links::follow(datapath.clone(), |change| match change {

@@ -47,6 +47,8 @@ pub struct Metrics {
     /// Channels forgotten before they resolved (SYN storms beyond the tracker's capacity).
     pub channels_evicted: IntCounter,
     pub attached_interfaces: IntGauge,
+    /// `{program}` — the kernel programs besides the TC ones: 1 attached, 0 not.
+    pub kernel_programs: IntGaugeVec,
     pub policy_evaluations: IntCounter,
     /// `{kind}` — Pod, Namespace, Node, NetworkPolicy.
     pub inventory_objects: IntGaugeVec,
@@ -243,6 +245,21 @@ impl Metrics {
             reg(Box::new(m.clone()), "observer_inventory_objects")?;
             m
         };
+        let kernel_programs = {
+            let m = IntGaugeVec::new(
+                Opts::new(
+                    "observer_kernel_programs",
+                    "The daemon's kernel programs besides the TC ones, by program: 1 attached, 0 not (what it reports is not seen; the log says why).",
+                ),
+                &["program"],
+            )
+            .map_err(|source| MetricsError::Register {
+                name: "observer_kernel_programs",
+                source,
+            })?;
+            reg(Box::new(m.clone()), "observer_kernel_programs")?;
+            m
+        };
         let cluster_synced = gauge!(
             "observer_cluster_synced",
             "1 when the inventory has the initial list of every kind, else 0."
@@ -334,6 +351,7 @@ impl Metrics {
             events_malformed,
             channels_evicted,
             attached_interfaces,
+            kernel_programs,
             policy_evaluations,
             inventory_objects,
             cluster_synced,

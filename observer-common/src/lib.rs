@@ -7,7 +7,7 @@
 //!                           a per-source, per-CPU       events suppressed by the new-flow token bucket)
 //!                           token bucket: BUCKETS)
 //!  tp_btf/tcp_retransmit_skb ┘ (an established socket's RTO count rising: RTO_SEEN keeps the last one sent)
-//!  user space writes:  IGNORED_REASONS (array u8 per drop reason), globals (CONFIG_*: the watched-port
+//!  user space writes:  IGNORED_REASONS (a reason_class per drop reason), globals (CONFIG_*: the watched-port
 //!                      bitmap, kernel struct offsets, all-ports mode, new-flow rate, flow-table seed)
 //! ```
 //!
@@ -110,6 +110,19 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const EVENTS_WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 8;
 /// Entries of `IGNORED_REASONS` (drop reasons above this are never ignored).
 pub const MAX_DROP_REASONS: u32 = 1024;
+
+/// Values of `IGNORED_REASONS`: what the drop program does with a drop of each reason.
+pub mod reason_class {
+    /// Reported (every reason user space did not classify).
+    pub const REPORT: u8 = 0;
+    /// Not a drop (`NOT_DROPPED_YET`, `CONSUMED`, `QUEUE_PURGE`): never reported.
+    pub const NOT_A_DROP: u8 = 1;
+    /// The stack's own discards under load (a full backlog or receive buffer, TCP's duplicate and
+    /// out-of-window segments): reported for a flow's state-changing packets (SYN, FIN, RST) only. A
+    /// data packet's is routine — tens of thousands a second on a loaded node — and no channel's fate;
+    /// skipping it before the rest of the parse and the repeat table keeps the program cheap then.
+    pub const STATE_PACKETS_ONLY: u8 = 2;
+}
 /// Bytes of the watched-port bitmap (one bit per TCP port).
 pub const PORT_BITMAP_BYTES: usize = 8192;
 

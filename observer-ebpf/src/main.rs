@@ -42,7 +42,7 @@ use observer_common::{
     FLOW_WAYS, FlowKey, FlowSet, FlowSlot, FlowStats, Hook, LOST_EVENTS, LOST_SLOTS,
     MAX_DROP_REASONS, MAX_IPV6_EXT_HEADERS, NodeNetns, OFFSET_UNKNOWN, Origin, PORT_BITMAP_BYTES,
     RTO_SEEN_MAX_ENTRIES, RateConfig, RtoKey, RtoSeen, SUPPRESSED_EVENTS, SYN_REPORT_ALL_BELOW,
-    SkbOffsets, SockOffsets, flow_state, put_words, tcp_flags,
+    SkbOffsets, SockOffsets, flow_state, put_words, reason_class, tcp_flags,
 };
 
 #[unsafe(no_mangle)]
@@ -822,7 +822,7 @@ struct SkbFlow {
 /// Parses an `sk_buff`'s IP and TCP headers (through the offsets user space read from BTF): `None` when
 /// it is not a watched-port TCP segment (or a later fragment).
 #[inline(always)]
-fn skb_flow(skb: *const u8) -> Result<Option<SkbFlow>, ()> {
+fn skb_flow(skb: *const u8, state_packets_only: bool) -> Result<Option<SkbFlow>, ()> {
     if skb.is_null() {
         return Err(());
     }
@@ -881,6 +881,9 @@ fn skb_flow(skb: *const u8) -> Result<Option<SkbFlow>, ()> {
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
     let flags = tcp[13];
+    if state_packets_only && flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
+        return Ok(None);
+    }
     let to_server = if CONFIG_ALL_PORTS.load() != 0 {
         if flags & tcp_flags::SYN != 0 {
             flags & tcp_flags::ACK == 0
@@ -922,9 +925,11 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
     if skb.is_null() {
         return Err(());
     }
-    if let Some(ignored) = IGNORED_REASONS.get(reason)
-        && *ignored != 0
-    {
+    let class = IGNORED_REASONS
+        .get(reason)
+        .copied()
+        .unwrap_or(reason_class::REPORT);
+    if class == reason_class::NOT_A_DROP {
         return Ok(());
     }
     let Some(SkbFlow {
@@ -932,7 +937,7 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
         to_server,
         flags,
         netns,
-    }) = skb_flow(skb)?
+    }) = skb_flow(skb, class == reason_class::STATE_PACKETS_ONLY)?
     else {
         return Ok(());
     };
@@ -1410,7 +1415,7 @@ pub fn icmp_send_btf(ctx: BtfTracePointContext) -> i32 {
 /// The node answered `skb` (the SYN) with a rejection.
 #[inline(always)]
 fn on_node_rejection(skb: *const u8, icmp: (u8, u8)) -> Result<(), ()> {
-    let Some(f) = skb_flow(skb)? else {
+    let Some(f) = skb_flow(skb, false)? else {
         return Ok(());
     };
     // Answers to a client's SYN only: an attempt's evidence.

@@ -361,9 +361,13 @@ impl Pipeline {
                 let Some(d) = ev.drop.as_ref().filter(|_| ev.tcp_flags & 0x12 != 0x02) else {
                     return;
                 };
-                // The TCP stack's own bookkeeping (old data, out-of-window segments) and packets queued
+                // The TCP stack's own bookkeeping (old data, out-of-window segments), its discards under
+                // load (a full backlog or receive buffer: the packet is sent again) and packets queued
                 // behind neighbour resolution are not a cut.
-                if d.reason_name.starts_with("TCP_") || d.reason_name.starts_with("NEIGH_") {
+                if d.reason_name.starts_with("TCP_")
+                    || d.reason_name.starts_with("NEIGH_")
+                    || crate::bpf::reasons::STACK_DISCARDS.contains(&&*d.reason_name)
+                {
                     live.touch(id, ev.monotonic_ns);
                     return;
                 }
@@ -2015,6 +2019,20 @@ mod tests {
             ..event(Kind::Dropped, 100, 40000, "lxc-checkout")
         };
         p.on_events(&[old_data], &mut records);
+        assert!(records.is_empty(), "{records:?}");
+        // A full backlog on the way (the kernel reports it for a FIN or RST): sent again, not a cut.
+        let backlog = KernelEvent {
+            drop: Some(DropInfo {
+                reason: 71,
+                reason_name: Arc::from("CPU_BACKLOG"),
+                location: 0,
+                call_site: Arc::from("enqueue_to_backlog+0x153"),
+            }),
+            hook: HookPoint::Drop,
+            tcp_flags: 0x11,
+            ..event(Kind::Dropped, 150, 40000, "lxc-checkout")
+        };
+        p.on_events(&[backlog], &mut records);
         assert!(records.is_empty(), "{records:?}");
         let rst = server_reset(200, 40000, "lxc-checkout");
         p.on_events(&[rst.clone(), rst], &mut records);

@@ -37,7 +37,7 @@ use aya::{
 use observer_common::{
     DEFAULT_NEW_FLOW_BURST, DEFAULT_NEW_FLOW_RATE, FlowKey, FlowSet, FlowStats, LOST_EVENTS,
     NodeNetns, OFFSET_UNKNOWN, RateConfig, SUPPRESSED_EVENTS, SkbOffsets, SockOffsets, global, map,
-    program,
+    program, reason_class,
 };
 
 use super::{
@@ -357,10 +357,20 @@ impl Datapath {
                 name: map::IGNORED_REASONS,
                 source,
             })?;
-            for reason in reasons.not_drops() {
+            let classes = reasons
+                .not_drops()
+                .into_iter()
+                .map(|r| (r, reason_class::NOT_A_DROP))
+                .chain(
+                    reasons
+                        .stack_discards()
+                        .into_iter()
+                        .map(|r| (r, reason_class::STATE_PACKETS_ONLY)),
+                );
+            for (reason, class) in classes {
                 if reason < observer_common::MAX_DROP_REASONS {
                     ignored
-                        .set(reason, &1, 0)
+                        .set(reason, &class, 0)
                         .map_err(|source| LoadError::Map {
                             name: map::IGNORED_REASONS,
                             source,

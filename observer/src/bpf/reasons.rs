@@ -12,6 +12,37 @@ use super::btf::{Btf, BtfError};
 /// when a socket closes (what `observer` must not mistake for a policy drop).
 pub const NOT_DROPS: &[&str] = &["NOT_DROPPED_YET", "CONSUMED", "QUEUE_PURGE"];
 
+/// The stack's own discards under load — a full backlog, receive buffer or ring, TCP's duplicate,
+/// out-of-order and out-of-window segments — reported only for a flow's state-changing packets (SYN,
+/// FIN, RST): a SYN lost to a full backlog is evidence about its attempt; a data packet's is routine
+/// (tens of thousands a second on a loaded node) and no channel's fate
+/// (`observer_common::reason_class::STATE_PACKETS_ONLY`).
+pub const STACK_DISCARDS: &[&str] = &[
+    "CPU_BACKLOG",
+    "SOCKET_RCVBUFF",
+    "SOCKET_BACKLOG",
+    "PROTO_MEM",
+    "FULL_RING",
+    "NOMEM",
+    "TCP_ZEROWINDOW",
+    "TCP_OLD_DATA",
+    "TCP_OVERWINDOW",
+    "TCP_OFOMERGE",
+    "TCP_OFO_DROP",
+    "TCP_OFO_QUEUE_PRUNE",
+    "TCP_RFC7323_PAWS",
+    "TCP_RFC7323_PAWS_ACK",
+    "TCP_RFC7323_TW_PAWS",
+    "TCP_RFC7323_TSECR",
+    "TCP_OLD_SEQUENCE",
+    "TCP_INVALID_SEQUENCE",
+    "TCP_INVALID_END_SEQUENCE",
+    "TCP_INVALID_ACK_SEQUENCE",
+    "TCP_OLD_ACK",
+    "TCP_TOO_OLD_ACK",
+    "TCP_ACK_UNSENT_DATA",
+];
+
 /// Drop reason number → UPPER_SNAKE name (without the `SKB_DROP_REASON_` prefix).
 #[derive(Clone, Debug, Default)]
 pub struct DropReasons {
@@ -52,9 +83,18 @@ impl DropReasons {
 
     /// The numbers of [`NOT_DROPS`] on this kernel.
     pub fn not_drops(&self) -> Vec<u32> {
+        self.numbers_of(NOT_DROPS)
+    }
+
+    /// The numbers of [`STACK_DISCARDS`] on this kernel.
+    pub fn stack_discards(&self) -> Vec<u32> {
+        self.numbers_of(STACK_DISCARDS)
+    }
+
+    fn numbers_of(&self, names: &[&str]) -> Vec<u32> {
         self.names
             .iter()
-            .filter(|(_, n)| NOT_DROPS.contains(&&***n))
+            .filter(|(_, n)| names.contains(&&***n))
             .map(|(v, _)| *v)
             .collect()
     }
@@ -133,6 +173,39 @@ mod tests {
         let mut v = r.not_drops();
         v.sort_unstable();
         assert_eq!(v, vec![0, 1, 93]);
+    }
+
+    #[test]
+    fn stack_discards_are_found_by_name_and_policy_drops_are_not_among_them() {
+        let r = DropReasons::from_pairs([
+            (2, "NOT_SPECIFIED"),
+            (12, "NETFILTER_DROP"),
+            (34, "TCP_OLD_DATA"),
+            (77, "CPU_BACKLOG"),
+            (80, "TC_INGRESS"),
+        ]);
+        let mut v = r.stack_discards();
+        v.sort_unstable();
+        assert_eq!(v, vec![34, 77]);
+        for policy in [
+            "NETFILTER_DROP",
+            "TC_INGRESS",
+            "TC_EGRESS",
+            "NOT_SPECIFIED",
+            "NO_SOCKET",
+        ] {
+            assert!(!STACK_DISCARDS.contains(&policy), "{policy}");
+        }
+        assert!(STACK_DISCARDS.iter().all(|n| !NOT_DROPS.contains(n)));
+    }
+
+    #[test]
+    fn this_kernel_has_the_stack_discards_by_these_names() {
+        let btf = Btf::vmlinux().expect("BTF");
+        let r = DropReasons::from_btf(&btf).expect("skb_drop_reason");
+        // A name dropped or renamed by a kernel would silently fall back to "reported": say so here.
+        let found = r.stack_discards().len();
+        assert_eq!(found, STACK_DISCARDS.len(), "{found} of {STACK_DISCARDS:?}");
     }
 
     #[test]

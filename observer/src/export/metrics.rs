@@ -155,6 +155,18 @@ impl Metrics {
                 m
             }};
         }
+        macro_rules! gauge_vec {
+            ($name:literal, $help:literal, $labels:expr) => {{
+                let m = IntGaugeVec::new(Opts::new($name, $help), $labels).map_err(|source| {
+                    MetricsError::Register {
+                        name: $name,
+                        source,
+                    }
+                })?;
+                reg(Box::new(m.clone()), $name)?;
+                m
+            }};
+        }
         macro_rules! counter {
             ($name:literal, $help:literal) => {{
                 let m = IntCounter::new($name, $help).map_err(|source| MetricsError::Register {
@@ -230,36 +242,16 @@ impl Metrics {
             "observer_policy_evaluations_total",
             "NetworkPolicy verdicts computed for attribution."
         );
-        let inventory_objects = {
-            let m = IntGaugeVec::new(
-                Opts::new(
-                    "observer_inventory_objects",
-                    "Objects in the cluster inventory, by kind.",
-                ),
-                &["kind"],
-            )
-            .map_err(|source| MetricsError::Register {
-                name: "observer_inventory_objects",
-                source,
-            })?;
-            reg(Box::new(m.clone()), "observer_inventory_objects")?;
-            m
-        };
-        let kernel_programs = {
-            let m = IntGaugeVec::new(
-                Opts::new(
-                    "observer_kernel_programs",
-                    "The daemon's kernel programs besides the TC ones, by program: 1 attached, 0 not (what it reports is not seen; the log says why).",
-                ),
-                &["program"],
-            )
-            .map_err(|source| MetricsError::Register {
-                name: "observer_kernel_programs",
-                source,
-            })?;
-            reg(Box::new(m.clone()), "observer_kernel_programs")?;
-            m
-        };
+        let inventory_objects = gauge_vec!(
+            "observer_inventory_objects",
+            "Objects in the cluster inventory, by kind.",
+            &["kind"]
+        );
+        let kernel_programs = gauge_vec!(
+            "observer_kernel_programs",
+            "The daemon's kernel programs besides the TC ones, by program: 1 attached, 0 not (what it reports is not seen; the log says why).",
+            &["program"]
+        );
         let cluster_synced = gauge!(
             "observer_cluster_synced",
             "1 when the inventory has the initial list of every kind, else 0."
@@ -269,26 +261,16 @@ impl Metrics {
             "Forensics records written, by kind.",
             &["kind"]
         );
-        let stale_channels = {
-            let m = IntGaugeVec::new(
-                Opts::new(
-                    "observer_stale_channels",
-                    "Live channels the policies allowed when they were established and deny now, by denied direction and denying policy (top policies; the rest as policy_name=\"other\").",
-                ),
-                &[
-                    "direction",
-                    "policy_kind",
-                    "policy_namespace",
-                    "policy_name",
-                ],
-            )
-            .map_err(|source| MetricsError::Register {
-                name: "observer_stale_channels",
-                source,
-            })?;
-            reg(Box::new(m.clone()), "observer_stale_channels")?;
-            m
-        };
+        let stale_channels = gauge_vec!(
+            "observer_stale_channels",
+            "Live channels the policies allowed when they were established and deny now, by denied direction and denying policy (top policies; the rest as policy_name=\"other\").",
+            &[
+                "direction",
+                "policy_kind",
+                "policy_namespace",
+                "policy_name",
+            ]
+        );
         let live_channels = gauge!(
             "observer_live_channels",
             "Established channels on watched ports in the live table."
@@ -302,21 +284,11 @@ impl Metrics {
             "Channels each policy decided (usage), by verdict (allowed, denied) and policy (top policies; the rest as policy_name=\"other\").",
             &["verdict", "policy_kind", "policy_namespace", "policy_name"]
         );
-        let policies_never_hit = {
-            let m = IntGaugeVec::new(
-                Opts::new(
-                    "observer_policies_never_hit",
-                    "Policies (object=\"policy\") and rules of hit policies (object=\"rule\") in the inventory that no channel seen on this node hit since the daemon started.",
-                ),
-                &["object"],
-            )
-            .map_err(|source| MetricsError::Register {
-                name: "observer_policies_never_hit",
-                source,
-            })?;
-            reg(Box::new(m.clone()), "observer_policies_never_hit")?;
-            m
-        };
+        let policies_never_hit = gauge_vec!(
+            "observer_policies_never_hit",
+            "Policies (object=\"policy\") and rules of hit policies (object=\"rule\") in the inventory that no channel seen on this node hit since the daemon started.",
+            &["object"]
+        );
         let kube_events = counter_vec!(
             "observer_kube_events_total",
             "Kubernetes Events written (observer run --events), by Event reason and action (create, patch).",

@@ -7,7 +7,7 @@
 //!                           a per-source, per-CPU       events suppressed by the new-flow token bucket)
 //!                           token bucket: BUCKETS)
 //!  tp_btf/tcp_retransmit_skb ┘ (an established socket's RTO count rising: RTO_SEEN keeps the last one sent)
-//!  user space writes:  IGNORED_REASONS (a reason_class per drop reason), globals (CONFIG_*: the watched-port
+//!  user space writes:  REASON_CLASSES (a reason_class per drop reason), globals (CONFIG_*: the watched-port
 //!                      bitmap, kernel struct offsets, all-ports mode, new-flow rate, flow-table seed)
 //! ```
 //!
@@ -51,7 +51,7 @@ pub mod program {
 pub mod map {
     pub const EVENTS: &str = "EVENTS";
     pub const FLOWS: &str = "FLOWS";
-    pub const IGNORED_REASONS: &str = "IGNORED_REASONS";
+    pub const REASON_CLASSES: &str = "REASON_CLASSES";
     pub const DROPS_SEEN: &str = "DROPS_SEEN";
     pub const LOST: &str = "LOST";
     pub const BUCKETS: &str = "BUCKETS";
@@ -108,10 +108,10 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 /// (`observer::bpf::events::COALESCE`). The event whose record makes the waiting data cross a multiple
 /// of this many bytes also wakes it (`BPF_RB_FORCE_WAKEUP`), so a burst is read before the ring fills.
 pub const EVENTS_WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 8;
-/// Entries of `IGNORED_REASONS` (drop reasons above this are never ignored).
+/// Entries of `REASON_CLASSES` (drop reasons above this are always reported).
 pub const MAX_DROP_REASONS: u32 = 1024;
 
-/// Values of `IGNORED_REASONS`: what the drop program does with a drop of each reason.
+/// Values of `REASON_CLASSES`: what the drop program does with a drop of each reason.
 pub mod reason_class {
     /// Reported (every reason user space did not classify).
     pub const REPORT: u8 = 0;

@@ -84,7 +84,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 /// changes: a new flow evicts the oldest flow of its set, not the least recently used of the table.
 static FLOWS: Array<FlowSet> = Array::with_max_entries(FLOW_SETS, 0);
 #[map]
-static IGNORED_REASONS: Array<u8> = Array::with_max_entries(MAX_DROP_REASONS, 0);
+static REASON_CLASSES: Array<u8> = Array::with_max_entries(MAX_DROP_REASONS, 0);
 #[map]
 static DROPS_SEEN: LruHashMap<DropKey, u64> =
     LruHashMap::with_max_entries(DROPS_SEEN_MAX_ENTRIES, 0);
@@ -925,7 +925,7 @@ fn on_drop(skb: *const u8, location: u64, reason: u32) -> Result<(), ()> {
     if skb.is_null() {
         return Err(());
     }
-    let class = IGNORED_REASONS
+    let class = REASON_CLASSES
         .get(reason)
         .copied()
         .unwrap_or(reason_class::REPORT);

@@ -251,30 +251,41 @@ pub fn encode_get(client: SocketAddr, server: SocketAddr, seq: u32) -> Result<Ve
     msg.push(NFNETLINK_V0);
     msg.extend_from_slice(&0u16.to_be_bytes()); // res_id
 
-    let orig = nest_start(&mut msg, CTA_TUPLE_ORIG);
-    let ip = nest_start(&mut msg, CTA_TUPLE_IP);
-    match (client.ip(), server.ip()) {
-        (IpAddr::V4(c), IpAddr::V4(s)) => {
-            attr(&mut msg, CTA_IP_V4_SRC, &c.octets());
-            attr(&mut msg, CTA_IP_V4_DST, &s.octets());
-        }
-        (IpAddr::V6(c), IpAddr::V6(s)) => {
-            attr(&mut msg, CTA_IP_V6_SRC, &c.octets());
-            attr(&mut msg, CTA_IP_V6_DST, &s.octets());
-        }
-        _ => return Err(Error::MixedFamilies { client, server }),
-    }
-    nest_end(&mut msg, ip);
-    let proto = nest_start(&mut msg, CTA_TUPLE_PROTO);
-    attr(&mut msg, CTA_PROTO_NUM, &[libc::IPPROTO_TCP as u8]);
-    attr(&mut msg, CTA_PROTO_SRC_PORT, &client.port().to_be_bytes());
-    attr(&mut msg, CTA_PROTO_DST_PORT, &server.port().to_be_bytes());
-    nest_end(&mut msg, proto);
-    nest_end(&mut msg, orig);
+    put_tuple(&mut msg, CTA_TUPLE_ORIG, client, server)?;
 
     let len = u32::try_from(msg.len()).unwrap_or(u32::MAX);
     msg[..4].copy_from_slice(&len.to_ne_bytes());
     Ok(msg)
+}
+
+/// A TCP tuple `src → dst` as the nested attribute `kind` (`CTA_TUPLE_ORIG` or `CTA_TUPLE_REPLY`).
+fn put_tuple(msg: &mut Vec<u8>, kind: u16, src: SocketAddr, dst: SocketAddr) -> Result<(), Error> {
+    let tuple = nest_start(msg, kind);
+    let ip = nest_start(msg, CTA_TUPLE_IP);
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            attr(msg, CTA_IP_V4_SRC, &s.octets());
+            attr(msg, CTA_IP_V4_DST, &d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            attr(msg, CTA_IP_V6_SRC, &s.octets());
+            attr(msg, CTA_IP_V6_DST, &d.octets());
+        }
+        _ => {
+            return Err(Error::MixedFamilies {
+                client: src,
+                server: dst,
+            });
+        }
+    }
+    nest_end(msg, ip);
+    let proto = nest_start(msg, CTA_TUPLE_PROTO);
+    attr(msg, CTA_PROTO_NUM, &[libc::IPPROTO_TCP as u8]);
+    attr(msg, CTA_PROTO_SRC_PORT, &src.port().to_be_bytes());
+    attr(msg, CTA_PROTO_DST_PORT, &dst.port().to_be_bytes());
+    nest_end(msg, proto);
+    nest_end(msg, tuple);
+    Ok(())
 }
 
 fn attr(msg: &mut Vec<u8>, kind: u16, payload: &[u8]) {
@@ -462,26 +473,7 @@ mod tests {
         msg.extend_from_slice(&7u32.to_ne_bytes());
         msg.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
         for (kind, (s, d)) in [(CTA_TUPLE_ORIG, original), (CTA_TUPLE_REPLY, reply)] {
-            let t = nest_start(&mut msg, kind);
-            let ip = nest_start(&mut msg, CTA_TUPLE_IP);
-            match (s.ip(), d.ip()) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => {
-                    attr(&mut msg, CTA_IP_V4_SRC, &s.octets());
-                    attr(&mut msg, CTA_IP_V4_DST, &d.octets());
-                }
-                (IpAddr::V6(s), IpAddr::V6(d)) => {
-                    attr(&mut msg, CTA_IP_V6_SRC, &s.octets());
-                    attr(&mut msg, CTA_IP_V6_DST, &d.octets());
-                }
-                _ => unreachable!("one family"),
-            }
-            nest_end(&mut msg, ip);
-            let p = nest_start(&mut msg, CTA_TUPLE_PROTO);
-            attr(&mut msg, CTA_PROTO_NUM, &[6]);
-            attr(&mut msg, CTA_PROTO_SRC_PORT, &s.port().to_be_bytes());
-            attr(&mut msg, CTA_PROTO_DST_PORT, &d.port().to_be_bytes());
-            nest_end(&mut msg, p);
-            nest_end(&mut msg, t);
+            put_tuple(&mut msg, kind, s, d).expect("one family");
         }
         attr(&mut msg, 3, &0x188u32.to_be_bytes()); // CTA_STATUS
         let len = msg.len() as u32;

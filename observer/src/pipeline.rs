@@ -100,8 +100,6 @@ pub struct Pipeline {
     kernel_drops: KernelDrops,
     /// The metric children and usage hits of blocked records, per shared policies list.
     blocked_counts: BlockedCounts,
-    /// The tracker's VIP → backends snapshot (a conntrack translation is accepted only to a backend).
-    services: Arc<ServiceMap>,
     /// Where a silent VIP attempt's translation is read (the node's conntrack), if anywhere.
     nat: Option<Nat>,
 }
@@ -209,7 +207,6 @@ impl Pipeline {
             attribution_cache: attribution::Cache::default(),
             kernel_drops,
             blocked_counts: BlockedCounts::default(),
-            services: Arc::default(),
             nat: None,
         }
     }
@@ -269,10 +266,9 @@ impl Pipeline {
             return;
         }
         self.services_seen = Some(generation);
-        let map = Arc::new(service_map(&inventory));
+        let map = service_map(&inventory);
         drop(inventory);
-        self.services = Arc::clone(&map);
-        self.tracker.set_services(map);
+        self.tracker.set_services(Arc::new(map));
     }
 
     /// Takes in a batch of kernel events; records of channels that resolved go to `records`.
@@ -366,7 +362,7 @@ impl Pipeline {
                 // behind neighbour resolution are not a cut.
                 if d.reason_name.starts_with("TCP_")
                     || d.reason_name.starts_with("NEIGH_")
-                    || crate::bpf::reasons::STACK_DISCARDS.contains(&&*d.reason_name)
+                    || crate::bpf::reasons::is_stack_discard(&d.reason_name)
                 {
                     live.touch(id, ev.monotonic_ns);
                     return;
@@ -709,8 +705,12 @@ impl Pipeline {
                     }
                 }
                 Outcome::Blocked(blocked) => {
-                    let (blocked, dnat) =
-                        translate(self.nat.as_mut(), &self.services, &self.metrics, blocked);
+                    let (blocked, dnat) = translate(
+                        self.nat.as_mut(),
+                        self.tracker.services(),
+                        &self.metrics,
+                        blocked,
+                    );
                     self.metrics.flow(Flow::Blocked).inc();
                     if inventory.is_ready() {
                         self.metrics.policy_evaluations.inc();

@@ -347,14 +347,14 @@ impl Datapath {
             .map_err(LoadError::Load)?;
 
         {
-            let mut ignored: Array<_, u8> = Array::try_from(
-                ebpf.map_mut(map::IGNORED_REASONS)
+            let mut classes_map: Array<_, u8> = Array::try_from(
+                ebpf.map_mut(map::REASON_CLASSES)
                     .ok_or(LoadError::MapNotFound {
-                        name: map::IGNORED_REASONS,
+                        name: map::REASON_CLASSES,
                     })?,
             )
             .map_err(|source| LoadError::Map {
-                name: map::IGNORED_REASONS,
+                name: map::REASON_CLASSES,
                 source,
             })?;
             let classes = reasons
@@ -369,10 +369,10 @@ impl Datapath {
                 );
             for (reason, class) in classes {
                 if reason < observer_common::MAX_DROP_REASONS {
-                    ignored
+                    classes_map
                         .set(reason, &class, 0)
                         .map_err(|source| LoadError::Map {
-                            name: map::IGNORED_REASONS,
+                            name: map::REASON_CLASSES,
                             source,
                         })?;
                 }
@@ -1239,11 +1239,11 @@ fn attach_host_connect(
             "this kernel does not tell a socket's network namespace (SO_NETNS_COOKIE)".into(),
         );
     }
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let found;
     let path = match path {
         Some(p) => p,
         None => {
+            let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
             found = cgroup2_mount(&mounts).ok_or(
                 "no cgroup2 mount in /proc/self/mounts (give its directory with --cgroup)",
             )?;

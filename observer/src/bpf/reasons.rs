@@ -43,6 +43,11 @@ pub const STACK_DISCARDS: &[&str] = &[
     "TCP_ACK_UNSENT_DATA",
 ];
 
+/// Whether `name` is one of [`STACK_DISCARDS`].
+pub fn is_stack_discard(name: &str) -> bool {
+    STACK_DISCARDS.contains(&name)
+}
+
 /// Drop reason number → UPPER_SNAKE name (without the `SKB_DROP_REASON_` prefix).
 #[derive(Clone, Debug, Default)]
 pub struct DropReasons {
@@ -194,7 +199,7 @@ mod tests {
             "NOT_SPECIFIED",
             "NO_SOCKET",
         ] {
-            assert!(!STACK_DISCARDS.contains(&policy), "{policy}");
+            assert!(!is_stack_discard(policy), "{policy}");
         }
         assert!(STACK_DISCARDS.iter().all(|n| !NOT_DROPS.contains(n)));
     }

@@ -383,6 +383,11 @@ impl Tracker {
     }
 
     /// Replaces the Service VIP → backends snapshot used to join pre- and post-NAT legs.
+    /// The Services snapshot in use.
+    pub fn services(&self) -> &ServiceMap {
+        &self.services
+    }
+
     pub fn set_services(&mut self, services: Arc<ServiceMap>) {
         self.services = services;
     }

@@ -81,6 +81,10 @@ pub mod global {
     /// [`crate::NodeNetns`]: the node's own network namespace, whose client sockets (hostNetwork
     /// clients) `--hooks entry` reports from the socket (their SYNs cross no ingress hook); zero: none.
     pub const NODE_NETNS: &str = "CONFIG_NODE_NETNS";
+    /// `u8`: 1 = `--hooks sockets`: no TC program of ours is on a pod's veth, so the attempts and state
+    /// changes of every local socket (any network namespace: pods' and the node's) are reported from
+    /// the socket — its `connect()`, SYN retransmissions, completed handshake, FIN and resets.
+    pub const POD_SOCKETS: &str = "CONFIG_POD_SOCKETS";
 }
 
 /// The node's network namespace as the programs tell it (`CONFIG_NODE_NETNS`): its cookie

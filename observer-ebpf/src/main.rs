@@ -1270,6 +1270,21 @@ fn on_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
 //   `SynRetransmit` with the SYNs sent so far.
 // Only sockets of the node's namespace (`CONFIG_NODE_NETNS`): a pod's SYN enters through its veth.
 // Both are zero with `--hooks both`, whose egress hooks see those SYNs.
+//
+// `--hooks sockets` (`CONFIG_POD_SOCKETS`): no TC program of ours is on a pod's veth, so no packet of a
+// pod on this node runs one. Every local socket (any network namespace) is then reported this way, and
+// the socket programs below also report what the veth's ingress hook told: a reset taken in any state,
+// and the FIN that ends an established channel.
+
+/// `--hooks sockets`: every local socket's attempt and state changes come from the socket.
+#[unsafe(no_mangle)]
+static CONFIG_POD_SOCKETS: Global<u8> = Global::new(0);
+
+#[inline(always)]
+fn pod_sockets() -> bool {
+    // SAFETY: a volatile read: the global is set at load time, never a compile-time constant.
+    unsafe { core::ptr::read_volatile((&raw const CONFIG_POD_SOCKETS).cast::<u8>()) != 0 }
+}
 
 #[unsafe(no_mangle)]
 static CONFIG_NODE_NETNS: Global<NodeNetns> = Global::new(NodeNetns {
@@ -1292,11 +1307,10 @@ pub fn host_connect(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn on_host_connect(ctx: &SockOpsContext) -> Result<(), ()> {
     let node = CONFIG_NODE_NETNS.load();
-    if node.cookie == 0 {
-        return Ok(());
-    }
     // SAFETY: the helper takes the program's context.
-    if unsafe { aya_ebpf::helpers::bpf_get_netns_cookie(ctx.as_ptr()) } != node.cookie {
+    let in_node = node.cookie != 0
+        && unsafe { aya_ebpf::helpers::bpf_get_netns_cookie(ctx.as_ptr()) } == node.cookie;
+    if !in_node && !pod_sockets() {
         return Ok(());
     }
     let family = ctx.family() as u16;
@@ -1330,7 +1344,8 @@ fn on_host_connect(ctx: &SockOpsContext) -> Result<(), ()> {
         return Ok(());
     }
     send(Event {
-        netns: node.inum,
+        // A pod's namespace is not told here (the event's addresses name the pod).
+        netns: if in_node { node.inum } else { 0 },
         ..event(
             &key,
             EventKind::Opened,
@@ -1348,11 +1363,16 @@ fn on_host_connect(ctx: &SockOpsContext) -> Result<(), ()> {
 #[inline(always)]
 fn on_host_syn_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
     let node = CONFIG_NODE_NETNS.load();
-    if node.inum == 0 || sock_is_client(s.local_port, s.remote_port) != Some(true) {
+    let all = pod_sockets();
+    if (node.inum == 0 && !all) || sock_is_client(s.local_port, s.remote_port) != Some(true) {
         return Ok(());
     }
     let off = CONFIG_SOCK_OFFSETS.load();
-    if off.retransmits == OFFSET_UNKNOWN || sock_netns(sk, &off) != node.inum {
+    if off.retransmits == OFFSET_UNKNOWN {
+        return Ok(());
+    }
+    let netns = sock_netns(sk, &off);
+    if netns != node.inum && !all {
         return Ok(());
     }
     // Counted before the retransmission is sent: 1 for the first, so the SYNs so far are one more.
@@ -1361,7 +1381,7 @@ fn on_host_syn_retransmit(sk: *const u8, s: &Sock) -> Result<(), ()> {
         return Ok(());
     };
     send(Event {
-        netns: node.inum,
+        netns,
         ..event(
             &key,
             EventKind::SynRetransmit,
@@ -1460,8 +1480,16 @@ pub fn sock_state_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let old: u64 = ctx.arg(1);
     let new: u64 = ctx.arg(2);
-    if new as u8 == TCP_ESTABLISHED && matches!(old as u8, TCP_SYN_SENT | TCP_SYN_RECV) {
-        let _ = on_socket(sk, EventKind::Established);
+    let (old, new) = (old as u8, new as u8);
+    if new == TCP_ESTABLISHED && matches!(old, TCP_SYN_SENT | TCP_SYN_RECV) {
+        let _ = on_socket(sk, EventKind::Established, false);
+    } else if old == TCP_ESTABLISHED
+        && matches!(new, TCP_FIN_WAIT1 | TCP_CLOSE_WAIT)
+        && pod_sockets()
+    {
+        // The first FIN of an established channel: sent by this socket (→ FIN_WAIT1) or by its peer
+        // (→ CLOSE_WAIT). With both ends on this node both tell it; the first ends the channel.
+        let _ = on_socket(sk, EventKind::Closed, new == TCP_CLOSE_WAIT);
     }
     0
 }
@@ -1469,25 +1497,31 @@ pub fn sock_state_btf(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn sock_reset_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    let _ = on_socket(sk, EventKind::Reset);
+    let _ = on_socket(sk, EventKind::Reset, true);
     0
 }
 
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_CLOSE_WAIT: u8 = 8;
+
 /// A socket of this machine (any network namespace) completed its handshake (`Established`), or took a
-/// reset while still in SYN_SENT (`Reset`: an attempt answered with a reset).
+/// reset while still in SYN_SENT (`Reset`: an attempt answered with a reset). With `--hooks sockets`
+/// also a reset taken in any other state and the first FIN of an established channel (`Closed`).
+/// `from_peer`: the packet behind the event came from the other end (a reset, the peer's FIN).
 #[inline(always)]
-fn on_socket(sk: *const u8, kind: EventKind) -> Result<(), ()> {
+fn on_socket(sk: *const u8, kind: EventKind, from_peer: bool) -> Result<(), ()> {
     let off = CONFIG_SOCK_OFFSETS.load();
     if off.protocol != OFFSET_UNKNOWN && kread::<u16>(sk, off.protocol)? != u16::from(IPPROTO_TCP) {
         return Ok(());
     }
     let s = read_sock(sk)?;
-    if kind == EventKind::Reset && s.state != TCP_SYN_SENT {
+    let attempt = s.state == TCP_SYN_SENT;
+    if kind == EventKind::Reset && !attempt && !pod_sockets() {
         // A reset of an established channel is the TC programs' (it enters through an interface).
         return Ok(());
     }
     // With every port watched, a socket taking a reset in SYN_SENT is the client whatever its ports.
-    let this_is_client = if kind == EventKind::Reset && CONFIG_ALL_PORTS.load() != 0 {
+    let this_is_client = if kind == EventKind::Reset && attempt && CONFIG_ALL_PORTS.load() != 0 {
         true
     } else {
         let Some(client) = sock_is_client(s.local_port, s.remote_port) else {
@@ -1495,24 +1529,33 @@ fn on_socket(sk: *const u8, kind: EventKind) -> Result<(), ()> {
         };
         client
     };
-    if kind == EventKind::Reset && !this_is_client {
+    if kind == EventKind::Reset && attempt && !this_is_client {
         return Ok(());
     }
     let Some(key) = sock_key(&s, this_is_client) else {
         return Ok(());
     };
     let now = now();
-    // Bounded like new flows: a storm of completed handshakes is counted, not sent up one by one.
-    if !admit(&key.client_addr, now) {
+    // Bounded like new flows: a storm of completed handshakes (or refused attempts) is counted, not sent
+    // up one by one. The end of an established channel is not held back: each took a handshake the
+    // stack completed, which is what bounds them.
+    let ends_a_channel = kind == EventKind::Closed || (kind == EventKind::Reset && !attempt);
+    if !ends_a_channel && !admit(&key.client_addr, now) {
         return Ok(());
     }
     let netns = sock_netns(sk, &off);
-    // A reset came from the server's side (or was forged as if it did); a handshake is told by the
-    // socket that saw it complete.
-    let (origin, flags) = match kind {
-        EventKind::Reset => (Origin::Server, tcp_flags::RST | tcp_flags::ACK),
-        _ if this_is_client => (Origin::Client, tcp_flags::SYN | tcp_flags::ACK),
-        _ => (Origin::Server, tcp_flags::SYN | tcp_flags::ACK),
+    // A reset or FIN from the peer is from the other side (a reset may have been forged on the way, as
+    // if it came from there); a handshake is told by the socket that saw it complete.
+    let from_client = this_is_client != from_peer;
+    let flags = match kind {
+        EventKind::Reset => tcp_flags::RST | tcp_flags::ACK,
+        EventKind::Closed => tcp_flags::FIN | tcp_flags::ACK,
+        _ => tcp_flags::SYN | tcp_flags::ACK,
+    };
+    let origin = if from_client {
+        Origin::Client
+    } else {
+        Origin::Server
     };
     send(Event {
         netns,

@@ -101,6 +101,16 @@ impl Shop {
         self.start_args(policies, "2s", &["--hooks", "entry", "--cgroup", &cgroup])
     }
 
+    /// `observer run --hooks sockets`: no TC program on the pods' veths, pods' sockets report.
+    fn start_sockets(&self, policies: &str) -> Daemon {
+        let cgroup = observer_tests::cgroup2_dir();
+        self.start_args(
+            policies,
+            "2s",
+            &["--hooks", "sockets", "--cgroup", &cgroup],
+        )
+    }
+
     fn to(&self) -> SocketAddr {
         SocketAddr::new(self.lab.pod(1).addr(Family::V4), PORT)
     }
@@ -758,4 +768,195 @@ fn entry_hooks_a_host_network_server_answering_a_pod_is_established_not_blocked(
         "{:?}",
         daemon.records()
     );
+}
+
+// ---- `--hooks sockets`: no program on pods' veths; pods' sockets tell their attempts ----
+//
+// No packet between the two pods runs a TC program of ours: each test fails without the socket program
+// that reports its part (`host_connect` for the attempt, `sock_state_btf` for the handshake and the FIN,
+// `sock_reset_btf` for resets, `icmp_send_btf` for the node's rejection, the drop program for drops).
+
+/// Whether a TC program of ours is on either hook of `interface` in the lab's node namespace (TCX or a
+/// netlink filter).
+fn tc_program_on(shop: &Shop, interface: &'static str) -> bool {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let tcx = shop.lab.node.run(move || {
+        let index = nix::net::if_::if_nametoindex(interface).expect("the interface");
+        [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .filter_map(|hook| SchedClassifier::query_tcx(index, hook).ok())
+            .flat_map(|(_, progs)| progs)
+            .filter_map(|p| p.name_as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    });
+    let filters = ["ingress", "egress"]
+        .map(|hook| {
+            shop.lab
+                .node
+                .exec(&["tc", "filter", "show", "dev", interface, hook])
+        })
+        .concat();
+    tcx.iter()
+        .any(|n| observer_common::program::TC_ALL.contains(&n.as_str()))
+        || observer_common::program::TC_ALL
+            .iter()
+            .any(|n| filters.contains(n))
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn sockets_hooks_leave_pods_veths_bare_and_see_an_allowed_call_established_and_closed() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start_sockets(&allow_all_ingress("4"));
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains("observer_attached_interfaces 0"),
+        "{metrics}"
+    );
+    for program in [
+        "kfree_skb_btf",
+        "icmp_send_btf",
+        "sock_reset_btf",
+        "sock_state_btf",
+        "host_connect",
+    ] {
+        assert!(
+            metrics.contains(&kernel_program(program, 1)),
+            "{program}: {metrics}"
+        );
+    }
+    assert!(!tc_program_on(&shop, "lxca") && !tc_program_on(&shop, "lxcb"));
+    an_allowed_call_is_established(&shop, &daemon);
+    // The call closed its connection: the FIN ends the live channel (its idle limit is a day).
+    assert!(
+        wait_for(WAIT, || (daemon.metric("observer_live_channels") == 0.0).then_some(())).is_some(),
+        "{}",
+        daemon.metrics()
+    );
+    assert!(
+        !daemon.records().iter().any(|r| r["kind"] == "interrupted"),
+        "{:?}",
+        daemon.records()
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn sockets_hooks_a_dropped_call_is_blocked_by_policy_with_the_drop() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start_sockets(&deny_ingress("5"));
+    shop.lab.forward_rule(&format!("tcp dport {PORT} drop"));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "policy", "{r}");
+    assert_eq!(policy_names(&r), ["payments/default-deny"]);
+    assert_eq!(r["evidence"]["drop"]["reason"], "NETFILTER_DROP", "{r}");
+    // Named after the pod's veth, which carries no program of ours.
+    assert_eq!(r["evidence"]["drop"]["interface"], "lxca", "{r}");
+    assert!(!notes(&r).contains("outside this node"), "{r}");
+    assert_eq!(
+        daemon
+            .records()
+            .iter()
+            .filter(|r| kind_to(r, "blocked", shop.to()))
+            .count(),
+        1,
+        "{:?}",
+        daemon.records()
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn sockets_hooks_a_destination_without_a_listener_resets_the_attempt() {
+    let shop = Shop::new();
+    let daemon = shop.start_sockets(&deny_ingress("5"));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "no_listener", "{r}");
+    assert_eq!(r["evidence"]["reset"]["side"], "destination", "{r}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn sockets_hooks_a_rejection_the_node_sends_is_seen_with_its_icmp_code() {
+    let shop = Shop::new();
+    let _server = shop.server();
+    let daemon = shop.start_sockets(&deny_ingress("5"));
+    shop.lab.forward_rule(&format!(
+        "tcp dport {PORT} reject with icmpx admin-prohibited"
+    ));
+    assert!(shop.call(Duration::from_secs(2)).is_err());
+    let r = record(&daemon, "blocked", shop.to());
+    assert_eq!(r["cause"], "policy", "{r}");
+    assert_eq!(r["evidence"]["icmp"]["type"], 3, "{r}");
+    assert_eq!(r["evidence"]["icmp"]["code"], 13, "{r}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn sockets_hooks_a_live_channel_the_destination_resets_is_interrupted_with_its_reset() {
+    use std::io::{Read as _, Write as _};
+    let shop = Shop::new();
+    let daemon = shop.start_sockets(&allow_all_ingress("4"));
+    // A server that takes one connection, reads its greeting and, when told, aborts it: SO_LINGER 0
+    // makes the close a reset. No drop anywhere.
+    let (abort_tx, abort_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let to = shop.to();
+    let server = shop.lab.pod(1).ns.spawn(move || {
+        let listener = std::net::TcpListener::bind(to).expect("bind");
+        let _ = ready_tx.send(());
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut greeting = [0u8; 5];
+        conn.read_exact(&mut greeting).expect("greeting");
+        let _ = abort_rx.recv_timeout(Duration::from_secs(20));
+        nix::sys::socket::setsockopt(
+            &conn,
+            nix::sys::socket::sockopt::Linger,
+            &libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        )
+        .expect("SO_LINGER");
+        drop(conn);
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    let client = shop.lab.pod(0).ns.spawn(move || {
+        let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        c.write_all(b"hello").map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 1];
+        match c.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+            other => Err(format!("expected a reset, got {other:?}")),
+        }
+    });
+    assert!(
+        wait_for(WAIT, || (daemon.metric("observer_live_channels") == 1.0).then_some(())).is_some(),
+        "{}",
+        daemon.metrics()
+    );
+    abort_tx.send(()).expect("server waiting");
+    server.join().expect("server thread");
+    client.join().expect("client thread").expect("the client saw the reset");
+    let cut = daemon
+        .wait_record(WAIT, |r| r["kind"] == "interrupted")
+        .unwrap_or_else(|| {
+            panic!(
+                "no interrupted record; records: {:?}\nstderr: {:?}",
+                daemon.records(),
+                daemon.stderr()
+            )
+        });
+    assert_eq!(cut["evidence"]["reset"]["side"], "destination", "{cut}");
+    assert!(cut["evidence"]["drop"].is_null(), "{cut}");
+    assert_eq!(daemon.metric("observer_live_channels"), 0.0);
 }

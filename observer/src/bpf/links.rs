@@ -13,7 +13,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{LinkAttribute, LinkMessage},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
 };
 use rtnetlink::MulticastGroup;
 
@@ -65,6 +65,16 @@ fn name_of(msg: &LinkMessage) -> Option<String> {
     })
 }
 
+/// Whether the link is a veth (its kind, `IFLA_INFO_KIND`).
+fn is_veth(msg: &LinkMessage) -> bool {
+    msg.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+        _ => false,
+    })
+}
+
 fn on_new(datapath: &Mutex<Datapath>, msg: &LinkMessage) -> Option<LinkChange> {
     let ifindex = msg.header.index;
     let name = name_of(msg)?;
@@ -72,7 +82,7 @@ fn on_new(datapath: &Mutex<Datapath>, msg: &LinkMessage) -> Option<LinkChange> {
     if dp.attached().iter().any(|(i, _)| *i == ifindex) || !dp.matches(&name) {
         return None;
     }
-    Some(match dp.attach(ifindex, &name) {
+    Some(match dp.attach(ifindex, &name, is_veth(msg)) {
         Ok(true) => LinkChange::Attached { ifindex, name },
         Ok(false) => return None,
         Err(e) => LinkChange::Failed {
@@ -90,8 +100,10 @@ fn on_del(datapath: &Mutex<Datapath>, msg: &LinkMessage) -> Option<LinkChange> {
         .attached()
         .into_iter()
         .find(|(i, _)| *i == ifindex)
-        .map(|(_, n)| n.to_string())?;
+        .map(|(_, n)| n.to_string());
+    // Also forgets the name of an interface left to the socket programs (`--hooks sockets`).
     dp.detach(ifindex);
+    let name = name?;
     Some(LinkChange::Detached { ifindex, name })
 }
 

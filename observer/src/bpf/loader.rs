@@ -150,6 +150,15 @@ pub enum Hooks {
     /// (`sock_ops` on the cgroup v2 root, the retransmission program). docs/CNI.md, "Hooks".
     #[default]
     Entry,
+    /// No TC program on a pod's veth: no packet between a pod of this node and anything else runs a
+    /// program of ours. Pods' sockets, like the node's own, report their attempts and state changes
+    /// (`sock_ops` `connect()`, SYN retransmissions, completed handshakes, FINs, resets), drops keep
+    /// their kernel reason (`kfree_skb`), and the node's answers come from `icmp_send`. Other matched
+    /// interfaces (the uplink, tunnel devices: what comes from the network) keep `Entry`'s ingress
+    /// program. What it does not see: SYNs no local socket sent (raw-socket generators), and remote
+    /// clients' attempts this node's stack answers with nothing but a reset (seen on the client's node).
+    /// docs/CNI.md, "Hooks".
+    Sockets,
 }
 
 impl Hooks {
@@ -157,7 +166,13 @@ impl Hooks {
         match self {
             Self::Both => "both",
             Self::Entry => "entry",
+            Self::Sockets => "sockets",
         }
+    }
+
+    /// Whether the socket-level programs run (everything but `Both`).
+    pub fn socket_programs(self) -> bool {
+        self != Self::Both
     }
 }
 
@@ -328,14 +343,16 @@ impl Datapath {
         // The node's own namespace, whose client sockets `--hooks entry` reports from the socket.
         let node_netns = match config.hooks {
             Hooks::Both => NodeNetns::default(),
-            Hooks::Entry => NodeNetns {
+            Hooks::Entry | Hooks::Sockets => NodeNetns {
                 cookie: current_netns_cookie().unwrap_or(0),
                 inum: current_netns(),
                 _pad: 0,
             },
         };
+        let pod_sockets = u8::from(config.hooks == Hooks::Sockets);
         let mut ebpf = EbpfLoader::new()
             .override_global(global::NODE_NETNS, &node_netns, true)
+            .override_global(global::POD_SOCKETS, &pod_sockets, true)
             .override_global(global::ALL_PORTS, &all_ports, true)
             .override_global(global::WATCHED_PORTS, &watched_ports, true)
             .override_global(global::SKB_OFFSETS, &offsets, true)
@@ -418,7 +435,7 @@ impl Datapath {
         }
         let node_programs = match config.hooks {
             Hooks::Both => Vec::new(),
-            Hooks::Entry => {
+            Hooks::Entry | Hooks::Sockets => {
                 let mut programs = attach_node_programs(&mut ebpf, &sock_offsets);
                 programs.push((
                     program::HOST_CONNECT,
@@ -429,8 +446,8 @@ impl Datapath {
         };
         for (name, r) in &node_programs {
             if let Err(error) = r {
-                tracing::warn!(program = name, %error,
-                    "hooks entry: a node-answer program is not attached (see `--hooks`): what it reports is not seen");
+                tracing::warn!(program = name, %error, hooks = config.hooks.as_str(),
+                    "a socket or node-answer program is not attached (see `--hooks`): what it reports is not seen");
             }
         }
 
@@ -552,11 +569,40 @@ impl Datapath {
         self.patterns.iter().any(|p| p.matches(name))
     }
 
+    /// Whether the socket programs carry pods' attempts ([`Hooks::Sockets`], with every one of them
+    /// attached): what stands for TC programs on pods' veths.
+    pub fn sockets_ready(&self) -> bool {
+        self.hooks == Hooks::Sockets
+            && self
+                .node_programs
+                .iter()
+                .filter(|(n, _)| {
+                    [program::HOST_CONNECT, program::SOCK_STATE_BTF, program::SOCK_RESET_BTF]
+                        .contains(n)
+                })
+                .all(|(_, r)| r.is_ok())
+    }
+
+    /// Whether an interface whose name matches is left without a TC program of ours: with
+    /// [`Hooks::Sockets`], a pod's veth (a veth that carries no default route of the node: a node whose
+    /// uplink is a veth, as in kind, keeps it).
+    pub fn left_to_sockets(&self, ifindex: u32, veth: bool) -> bool {
+        self.hooks == Hooks::Sockets && veth && !default_route_interfaces().contains(&ifindex)
+    }
+
     /// Attaches ingress and egress programs to the interface if its name matches and it is not attached
-    /// yet, ahead of every other program (see the module docs). Returns whether it is attached now. The
-    /// interface is resolved in the calling thread's network namespace.
-    pub fn attach(&mut self, ifindex: u32, name: &str) -> Result<bool, LoadError> {
+    /// yet, ahead of every other program (see the module docs). Returns whether it is attached now: not
+    /// for a pod's veth under [`Hooks::Sockets`] ([`Self::left_to_sockets`]; `veth`: the link's kind).
+    /// The interface is resolved in the calling thread's network namespace.
+    pub fn attach(&mut self, ifindex: u32, name: &str, veth: bool) -> Result<bool, LoadError> {
         if !self.matches(name) {
+            return Ok(false);
+        }
+        if self.left_to_sockets(ifindex, veth) {
+            // Still named: a drop on it (a policy's, on the pod's veth) says where it happened.
+            if let Ok(mut names) = self.names.write() {
+                names.insert(ifindex, Arc::from(name));
+            }
             return Ok(false);
         }
         if self.attached.contains_key(&ifindex) {
@@ -584,7 +630,7 @@ impl Datapath {
             }
         };
         let egress = match self.hooks {
-            Hooks::Entry => None,
+            Hooks::Entry | Hooks::Sockets => None,
             Hooks::Both => match self.attach_hook(ifindex, name, 1, 0, netlink) {
                 Ok(l) => Some(l),
                 Err(e) => {
@@ -874,6 +920,9 @@ impl Datapath {
 
     /// Forgets (and detaches, if it still exists) an interface.
     pub fn detach(&mut self, ifindex: u32) -> bool {
+        if let Ok(mut names) = self.names.write() {
+            names.remove(&ifindex);
+        }
         let Some(a) = self.attached.remove(&ifindex) else {
             return false;
         };
@@ -1267,6 +1316,46 @@ fn attach_host_connect(
         format!("attaching to the cgroup {}: {e}{cause}", path.display())
     })?;
     Ok(())
+}
+
+/// Interfaces (ifindexes) that carry a default route of the calling thread's network namespace
+/// (`/proc/thread-self/net/route`, `ipv6_route`): the node's uplinks. Empty when neither can be read.
+fn default_route_interfaces() -> Vec<u32> {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/thread-self/net/{f}"));
+    let mut names = Vec::new();
+    if let Ok(text) = read("route") {
+        names.extend(default_routes_v4(&text));
+    }
+    if let Ok(text) = read("ipv6_route") {
+        names.extend(default_routes_v6(&text));
+    }
+    names
+        .into_iter()
+        .filter_map(|n| nix::net::if_::if_nametoindex(n.as_str()).ok())
+        .collect()
+}
+
+/// Interface names of `/proc/net/route`'s default routes (destination and mask 0).
+fn default_routes_v4(text: &str) -> Vec<String> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_owned())
+        })
+        .collect()
+}
+
+/// Interface names of `/proc/net/ipv6_route`'s default routes (`::/0`), the loopback's unreachable
+/// placeholder aside.
+fn default_routes_v6(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 10 && f[0].bytes().all(|b| b == b'0') && f[1] == "00" && f[9] != "lo")
+                .then(|| f[9].to_owned())
+        })
+        .collect()
 }
 
 /// The mount point of the first cgroup2 file system in `/proc/self/mounts`'s text (the root of the

@@ -61,10 +61,12 @@ pub struct RunArgs {
     pub attach_mode: AttachMode,
     /// Which TC hooks of each interface carry the observer: `entry` (ingress only: each packet once,
     /// where it enters the node — half the hook runs per packet; what the node sends itself comes from
-    /// programs reporting state changes) or `both` (ingress and egress). See docs/CNI.md, "Hooks".
+    /// programs reporting state changes), `both` (ingress and egress), or `sockets` (no program on pods'
+    /// veths at all: pods' sockets report their attempts and state changes, drops keep their reason; the
+    /// uplink and tunnels keep `entry`). See docs/CNI.md, "Hooks".
     #[arg(long, env = "OBSERVER_HOOKS", value_enum, default_value_t = Hooks::Entry)]
     pub hooks: Hooks,
-    /// With `--hooks entry`: the cgroup v2 directory whose processes' `connect()`s are watched for the
+    /// With `--hooks entry` or `sockets`: the cgroup v2 directory whose processes' `connect()`s are watched for the
     /// node's own clients (hostNetwork pods; their SYNs cross no ingress hook) — the host's cgroup2 root,
     /// as mounted in the container. Default: the first cgroup2 mount (docs/CNI.md, "Hooks").
     #[arg(long, env = "OBSERVER_CGROUP")]
@@ -366,9 +368,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 next_tick = tokio::time::Instant::now() + pipeline.next_tick();
             }
             _ = housekeeping.tick() => {
-                let (lost, suppressed, attached) = match datapath.lock() {
-                    Ok(d) => (d.lost_events(), d.suppressed_events(), d.attached().len()),
-                    Err(_) => (lost_seen, suppressed_seen, 0),
+                let (lost, suppressed, attached, sockets_ready) = match datapath.lock() {
+                    Ok(d) => (d.lost_events(), d.suppressed_events(), d.attached().len(), d.sockets_ready()),
+                    Err(_) => (lost_seen, suppressed_seen, 0, false),
                 };
                 metrics.events_lost.inc_by(lost.saturating_sub(lost_seen));
                 lost_seen = lost.max(lost_seen);
@@ -379,7 +381,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 metrics.events_malformed.inc_by(events.malformed().saturating_sub(malformed_seen));
                 malformed_seen = events.malformed().max(malformed_seen);
                 metrics.attached_interfaces.set(i64::try_from(attached).unwrap_or(i64::MAX));
-                readiness.set_attached(attached > 0);
+                // `--hooks sockets` on a node whose interfaces are all pods' veths attaches no TC
+                // program: its socket programs are what observes.
+                readiness.set_attached(attached > 0 || sockets_ready);
                 let (ready, counts) = {
                     let inv = inventory.read();
                     (inv.is_ready(), inv.counts())

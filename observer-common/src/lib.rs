@@ -44,6 +44,8 @@ pub mod program {
     pub const SOCK_STATE_BTF: &str = "sock_state_btf";
     /// A hostNetwork client's `connect()` (`sock_ops`, `BPF_SOCK_OPS_TCP_CONNECT_CB`, on a cgroup): its
     /// SYN leaves the node's stack through an egress hook only, so `--hooks entry` learns of it here.
+    /// With `--hooks sockets`, every local socket's `connect()` (pods' too: their veths carry no
+    /// program).
     pub const HOST_CONNECT: &str = "host_connect";
 }
 

@@ -21,6 +21,11 @@
 //! Events are submitted without waking user space while the ring buffer holds little ([`wakeup`]): the
 //! reader polls it every few milliseconds, and is woken only once a burst fills an eighth of the ring.
 //!
+//! - The socket programs (`host_connect` on the cgroup v2 root, `sock_state_btf`, `sock_reset_btf`) and
+//!   `icmp_send_btf`: what no ingress hook sees under `--hooks entry` (the node's own clients and
+//!   answers); under `--hooks sockets` (`CONFIG_POD_SOCKETS`), where pods' veths carry no TC program,
+//!   every local socket's attempt, handshake, FIN and reset.
+//!
 //! The programs never change a packet's fate: every TC path returns `TC_ACT_UNSPEC` (`TCX_NEXT`), so
 //! programs and qdisc filters behind ours run as if we were not there.
 #![no_std]

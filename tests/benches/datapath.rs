@@ -656,10 +656,13 @@ enum Variant {
     FullEntry,
     /// The empty TC program on the ingress hooks only (what `--hooks entry` takes).
     EmptyEntry,
+    /// `observer run --hooks sockets`: no TC program on the pods' veths; the socket programs (on the
+    /// host's cgroup v2 root and socket tracepoints), the drop program and the daemon run.
+    FullSockets,
 }
 
 impl Variant {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Tc,
         Self::Drop,
         Self::Daemon,
@@ -668,6 +671,7 @@ impl Variant {
         Self::Empty,
         Self::FullEntry,
         Self::EmptyEntry,
+        Self::FullSockets,
     ];
 
     fn name(self) -> &'static str {
@@ -680,6 +684,7 @@ impl Variant {
             Self::Empty => "empty",
             Self::FullEntry => "full-entry",
             Self::EmptyEntry => "empty-entry",
+            Self::FullSockets => "full-sockets",
         }
     }
 
@@ -706,6 +711,9 @@ impl Variant {
             }
             Self::EmptyEntry => {
                 "the empty TC program on the ingress hooks of both veths (what --hooks entry takes)"
+            }
+            Self::FullSockets => {
+                "observer run --hooks sockets (no TC program on the veths; socket programs, drop program, daemon)"
             }
         }
     }
@@ -849,7 +857,7 @@ fn throughput() {
                     let d = dp.as_mut().expect("loaded before attaching");
                     for (i, n) in &ifs {
                         if attach {
-                            d.attach(*i, n).expect("attach");
+                            d.attach(*i, n, true).expect("attach");
                         } else {
                             d.detach(*i);
                         }
@@ -969,7 +977,7 @@ fn throughput() {
     for variant in variants {
         if matches!(
             variant,
-            Variant::Daemon | Variant::Full | Variant::FullEntry
+            Variant::Daemon | Variant::Full | Variant::FullEntry | Variant::FullSockets
         ) && daemon_bin.is_none()
         {
             println!(
@@ -995,7 +1003,7 @@ fn throughput() {
             } else {
                 Cmd::Unload
             }),
-            Variant::Daemon | Variant::Full | Variant::FullEntry => {
+            Variant::Daemon | Variant::Full | Variant::FullEntry | Variant::FullSockets => {
                 // Stopped (and its programs detached) before the next run; started and ready before a
                 // run with it.
                 if let Some(d) = daemon.take() {
@@ -1012,10 +1020,11 @@ fn throughput() {
                         ..Options::default()
                     };
                     // Each variant names its hooks (the default is `entry`).
-                    let extra: &[&str] = if variant == Variant::FullEntry {
-                        &["--hooks", "entry"]
-                    } else {
-                        &["--hooks", "both"]
+                    let cgroup = observer_tests::cgroup2_dir();
+                    let extra: &[&str] = match variant {
+                        Variant::FullEntry => &["--hooks", "entry"],
+                        Variant::FullSockets => &["--hooks", "sockets", "--cgroup", &cgroup],
+                        _ => &["--hooks", "both"],
                     };
                     let d = Daemon::start_on(&lab.node, &manifests.dir, &options, extra);
                     daemon_pid.set(Some(d.pid()));

@@ -1423,6 +1423,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_default_routes_name_the_uplinks_not_the_pods_veths() {
+        // /proc/net/route of a node: a default route via ens3, host routes to two pods' veths.
+        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            ens3\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+            ens3\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n\
+            lxc12ab\t0203020A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+            lxc34cd\t0303020A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n";
+        assert_eq!(default_routes_v4(v4), ["ens3"]);
+        // /proc/net/ipv6_route: a default route via eth0, the loopback's unreachable default, a pod.
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n\
+            00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n\
+            fd000000000000000000000000000002 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001  lxc12ab\n";
+        assert_eq!(default_routes_v6(v6), ["eth0"]);
+        assert!(default_routes_v4("").is_empty() && default_routes_v6("").is_empty());
+    }
+
+    #[test]
     fn the_cgroup2_mount_is_found_on_unified_and_hybrid_hierarchies() {
         let unified = "sysfs /sys sysfs rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n";
         assert_eq!(cgroup2_mount(unified).as_deref(), Some("/sys/fs/cgroup"));

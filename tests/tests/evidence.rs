@@ -104,11 +104,7 @@ impl Shop {
     /// `observer run --hooks sockets`: no TC program on the pods' veths, pods' sockets report.
     fn start_sockets(&self, policies: &str) -> Daemon {
         let cgroup = observer_tests::cgroup2_dir();
-        self.start_args(
-            policies,
-            "2s",
-            &["--hooks", "sockets", "--cgroup", &cgroup],
-        )
+        self.start_args(policies, "2s", &["--hooks", "sockets", "--cgroup", &cgroup])
     }
 
     fn to(&self) -> SocketAddr {
@@ -830,7 +826,9 @@ fn sockets_hooks_leave_pods_veths_bare_and_see_an_allowed_call_established_and_c
     an_allowed_call_is_established(&shop, &daemon);
     // The call closed its connection: the FIN ends the live channel (its idle limit is a day).
     assert!(
-        wait_for(WAIT, || (daemon.metric("observer_live_channels") == 0.0).then_some(())).is_some(),
+        wait_for(WAIT, || (daemon.metric("observer_live_channels") == 0.0)
+            .then_some(()))
+        .is_some(),
         "{}",
         daemon.metrics()
     );
@@ -940,13 +938,18 @@ fn sockets_hooks_a_live_channel_the_destination_resets_is_interrupted_with_its_r
         }
     });
     assert!(
-        wait_for(WAIT, || (daemon.metric("observer_live_channels") == 1.0).then_some(())).is_some(),
+        wait_for(WAIT, || (daemon.metric("observer_live_channels") == 1.0)
+            .then_some(()))
+        .is_some(),
         "{}",
         daemon.metrics()
     );
     abort_tx.send(()).expect("server waiting");
     server.join().expect("server thread");
-    client.join().expect("client thread").expect("the client saw the reset");
+    client
+        .join()
+        .expect("client thread")
+        .expect("the client saw the reset");
     let cut = daemon
         .wait_record(WAIT, |r| r["kind"] == "interrupted")
         .unwrap_or_else(|| {

@@ -577,8 +577,12 @@ impl Datapath {
                 .node_programs
                 .iter()
                 .filter(|(n, _)| {
-                    [program::HOST_CONNECT, program::SOCK_STATE_BTF, program::SOCK_RESET_BTF]
-                        .contains(n)
+                    [
+                        program::HOST_CONNECT,
+                        program::SOCK_STATE_BTF,
+                        program::SOCK_RESET_BTF,
+                    ]
+                    .contains(n)
                 })
                 .all(|(_, r)| r.is_ok())
     }

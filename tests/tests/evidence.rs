@@ -823,6 +823,16 @@ fn sockets_hooks_leave_pods_veths_bare_and_see_an_allowed_call_established_and_c
         );
     }
     assert!(!tc_program_on(&shop, "lxca") && !tc_program_on(&shop, "lxcb"));
+    for veth in ["lxca", "lxcb"] {
+        assert!(
+            daemon
+                .stderr()
+                .iter()
+                .any(|l| l.contains("no TC program") && l.contains(veth)),
+            "{veth}: {:#?}",
+            daemon.stderr()
+        );
+    }
     an_allowed_call_is_established(&shop, &daemon);
     // The call closed its connection: the FIN ends the live channel (its idle limit is a day).
     assert!(

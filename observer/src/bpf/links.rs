@@ -38,6 +38,12 @@ pub enum LinkChange {
         ifindex: u32,
         name: String,
     },
+    /// A pod's veth matched but given no TC program: its pod's sockets report instead (`--hooks
+    /// sockets`).
+    LeftToSockets {
+        ifindex: u32,
+        name: String,
+    },
     Detached {
         ifindex: u32,
         name: String,
@@ -79,11 +85,13 @@ fn on_new(datapath: &Mutex<Datapath>, msg: &LinkMessage) -> Option<LinkChange> {
     let ifindex = msg.header.index;
     let name = name_of(msg)?;
     let mut dp = datapath.lock().ok()?;
-    if dp.attached().iter().any(|(i, _)| *i == ifindex) || !dp.matches(&name) {
+    if dp.attached().iter().any(|(i, _)| *i == ifindex) || dp.is_left(ifindex) || !dp.matches(&name)
+    {
         return None;
     }
     Some(match dp.attach(ifindex, &name, is_veth(msg)) {
         Ok(true) => LinkChange::Attached { ifindex, name },
+        Ok(false) if dp.is_left(ifindex) => LinkChange::LeftToSockets { ifindex, name },
         Ok(false) => return None,
         Err(e) => LinkChange::Failed {
             ifindex,

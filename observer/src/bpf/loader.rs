@@ -267,6 +267,8 @@ pub struct Datapath {
     /// [`Hooks::Entry`]'s tracing programs: each one's name, and whether it is attached (or why not).
     node_programs: Vec<(&'static str, Result<(), String>)>,
     attached: BTreeMap<u32, Attached>,
+    /// Pods' veths matched but left without a TC program ([`Hooks::Sockets`]).
+    left: std::collections::BTreeSet<u32>,
     names: Arc<RwLock<HashMap<u32, Arc<str>>>>,
     reasons: Arc<DropReasons>,
     drop_program: &'static str,
@@ -458,6 +460,7 @@ impl Datapath {
             hooks: config.hooks,
             node_programs,
             attached: BTreeMap::new(),
+            left: std::collections::BTreeSet::new(),
             names: Arc::default(),
             reasons,
             drop_program,
@@ -607,6 +610,7 @@ impl Datapath {
             if let Ok(mut names) = self.names.write() {
                 names.insert(ifindex, Arc::from(name));
             }
+            self.left.insert(ifindex);
             return Ok(false);
         }
         if self.attached.contains_key(&ifindex) {
@@ -927,6 +931,7 @@ impl Datapath {
         if let Ok(mut names) = self.names.write() {
             names.remove(&ifindex);
         }
+        self.left.remove(&ifindex);
         let Some(a) = self.attached.remove(&ifindex) else {
             return false;
         };
@@ -937,6 +942,11 @@ impl Datapath {
         }
         self.remove_qdisc_if_unused(ifindex, &a.name, a.created_qdisc);
         true
+    }
+
+    /// Whether the interface is a pod's veth left to the socket programs ([`Self::left_to_sockets`]).
+    pub fn is_left(&self, ifindex: u32) -> bool {
+        self.left.contains(&ifindex)
     }
 
     /// Attached interfaces (ifindex, name).

@@ -218,6 +218,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         LinkChange::Attached { ifindex, name } => {
             tracing::info!(interface = %name, ifindex, "attached")
         }
+        LinkChange::LeftToSockets { ifindex, name } => {
+            tracing::info!(interface = %name, ifindex, "a pod's veth: no TC program, its pod's sockets report (--hooks sockets)")
+        }
         LinkChange::Detached { ifindex, name } => {
             tracing::info!(interface = %name, ifindex, "interface gone, detached")
         }

@@ -42,6 +42,9 @@ pub mod program {
     pub const ICMP_SEND_BTF: &str = "icmp_send_btf";
     pub const SOCK_RESET_BTF: &str = "sock_reset_btf";
     pub const SOCK_STATE_BTF: &str = "sock_state_btf";
+    /// `--hooks sockets` only: a socket of the machine aborting its channel with a reset
+    /// (`tp_btf/tcp_send_reset`), which leaves through no hook of ours there.
+    pub const SOCK_SEND_RESET_BTF: &str = "sock_send_reset_btf";
     /// A hostNetwork client's `connect()` (`sock_ops`, `BPF_SOCK_OPS_TCP_CONNECT_CB`, on a cgroup): its
     /// SYN leaves the node's stack through an egress hook only, so `--hooks entry` learns of it here.
     /// With `--hooks sockets`, every local socket's `connect()` (pods' too: their veths carry no
@@ -633,8 +636,11 @@ pub struct SockOffsets {
     /// `sock.sk_protocol` (u16); [`OFFSET_UNKNOWN`] when unknown (the handshake program then trusts the
     /// tracepoint, which only TCP and SCTP sockets fire).
     pub protocol: u32,
+    /// `inet_sock.inet_sport` (__be16): the local port as sent, kept once `skc_num` is cleared (a closed
+    /// socket whose port went back to the table); [`OFFSET_UNKNOWN`] when unknown.
+    pub sport: u32,
 }
-const _: () = assert!(size_of::<SockOffsets>() == 88);
+const _: () = assert!(size_of::<SockOffsets>() == 92);
 
 /// Capacity of `RTO_SEEN` (sockets in a retransmission-timeout stall at once; LRU beyond).
 pub const RTO_SEEN_MAX_ENTRIES: u32 = 16_384;

@@ -24,7 +24,8 @@
 //! - The socket programs (`host_connect` on the cgroup v2 root, `sock_state_btf`, `sock_reset_btf`) and
 //!   `icmp_send_btf`: what no ingress hook sees under `--hooks entry` (the node's own clients and
 //!   answers); under `--hooks sockets` (`CONFIG_POD_SOCKETS`), where pods' veths carry no TC program,
-//!   every local socket's attempt, handshake, FIN and reset.
+//!   every local socket's attempt, handshake, FIN and reset (`sock_send_reset_btf`: the resets of its
+//!   aborts, which leave through no hook there).
 //!
 //! The programs never change a packet's fate: every TC path returns `TC_ACT_UNSPEC` (`TCX_NEXT`), so
 //! programs and qdisc filters behind ours run as if we were not there.
@@ -1029,6 +1030,7 @@ static CONFIG_SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
     tp_saddr_v6: 0,
     tp_daddr_v6: 0,
     protocol: OFFSET_UNKNOWN,
+    sport: OFFSET_UNKNOWN,
 });
 
 #[map]
@@ -1116,10 +1118,15 @@ fn read_sock(sk: *const u8) -> Result<Sock, ()> {
     } else {
         ([0u8; 16], [0u8; 16])
     };
+    let mut local_port: u16 = kread(sk, off.num)?;
+    if local_port == 0 && off.sport != OFFSET_UNKNOWN {
+        // A closed socket whose port went back to the table: the port it sent from.
+        local_port = u16::from_be(kread(sk, off.sport)?);
+    }
     Ok(Sock {
         state: kread(sk, off.state)?,
         family,
-        local_port: kread(sk, off.num)?,
+        local_port,
         remote_port: u16::from_be(kread(sk, off.dport)?),
         v4_local: kread(sk, off.rcv_saddr)?,
         v4_remote: kread(sk, off.daddr)?,
@@ -1508,6 +1515,20 @@ pub fn sock_reset_btf(ctx: BtfTracePointContext) -> i32 {
 
 const TCP_FIN_WAIT1: u8 = 4;
 const TCP_CLOSE_WAIT: u8 = 8;
+
+/// `--hooks sockets` only: a socket of this machine aborts its channel with a reset (a close with unread
+/// data, `SO_LINGER` 0; the call comes with no packet) → `Reset` from this socket's side. Under
+/// `sockets` that reset leaves through a pod's veth (no program of ours) and the uplink's egress
+/// (neither): without this, a live channel whose other end is on another node would stay live here.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn sock_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    if skb.is_null() && !sk.is_null() && pod_sockets() {
+        let _ = on_socket(sk, EventKind::Reset, false);
+    }
+    0
+}
 
 /// A socket of this machine (any network namespace) completed its handshake (`Established`), or took a
 /// reset while still in SYN_SENT (`Reset`: an attempt answered with a reset). With `--hooks sockets`

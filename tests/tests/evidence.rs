@@ -815,6 +815,7 @@ fn sockets_hooks_leave_pods_veths_bare_and_see_an_allowed_call_established_and_c
         "icmp_send_btf",
         "sock_reset_btf",
         "sock_state_btf",
+        "sock_send_reset_btf",
         "host_connect",
     ] {
         assert!(
@@ -906,47 +907,10 @@ fn sockets_hooks_a_rejection_the_node_sends_is_seen_with_its_icmp_code() {
 #[test]
 #[ignore = "needs root and network namespaces: run through ./x test"]
 fn sockets_hooks_a_live_channel_the_destination_resets_is_interrupted_with_its_reset() {
-    use std::io::{Read as _, Write as _};
     let shop = Shop::new();
     let daemon = shop.start_sockets(&allow_all_ingress("4"));
-    // A server that takes one connection, reads its greeting and, when told, aborts it: SO_LINGER 0
-    // makes the close a reset. No drop anywhere.
-    let (abort_tx, abort_rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let to = shop.to();
-    let server = shop.lab.pod(1).ns.spawn(move || {
-        let listener = std::net::TcpListener::bind(to).expect("bind");
-        let _ = ready_tx.send(());
-        let (mut conn, _) = listener.accept().expect("accept");
-        let mut greeting = [0u8; 5];
-        conn.read_exact(&mut greeting).expect("greeting");
-        let _ = abort_rx.recv_timeout(Duration::from_secs(20));
-        nix::sys::socket::setsockopt(
-            &conn,
-            nix::sys::socket::sockopt::Linger,
-            &libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            },
-        )
-        .expect("SO_LINGER");
-        drop(conn);
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("server ready");
-    let client = shop.lab.pod(0).ns.spawn(move || {
-        let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
-            .map_err(|e| e.to_string())?;
-        c.write_all(b"hello").map_err(|e| e.to_string())?;
-        c.set_read_timeout(Some(Duration::from_secs(20)))
-            .map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 1];
-        match c.read(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
-            other => Err(format!("expected a reset, got {other:?}")),
-        }
-    });
+    let (server, abort_tx) = aborting_server(&shop.lab.pod(1).ns, shop.to());
+    let client = client_until_reset(&shop.lab.pod(0).ns, shop.to());
     assert!(
         wait_for(WAIT, || (daemon.metric("observer_live_channels") == 1.0)
             .then_some(()))
@@ -972,4 +936,157 @@ fn sockets_hooks_a_live_channel_the_destination_resets_is_interrupted_with_its_r
     assert_eq!(cut["evidence"]["reset"]["side"], "destination", "{cut}");
     assert!(cut["evidence"]["drop"].is_null(), "{cut}");
     assert_eq!(daemon.metric("observer_live_channels"), 0.0);
+}
+
+/// A server on `to` in `ns` that takes one connection, reads its 5-byte greeting and, when told (the
+/// sender), aborts it: `SO_LINGER` 0 makes the close a reset. No drop anywhere.
+fn aborting_server(
+    ns: &observer_tests::Netns,
+    to: SocketAddr,
+) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>) {
+    use std::io::Read as _;
+    let (abort_tx, abort_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let server = ns.spawn(move || {
+        let listener = std::net::TcpListener::bind(to).expect("bind");
+        let _ = ready_tx.send(());
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut greeting = [0u8; 5];
+        conn.read_exact(&mut greeting).expect("greeting");
+        let _ = abort_rx.recv_timeout(Duration::from_secs(20));
+        nix::sys::socket::setsockopt(
+            &conn,
+            nix::sys::socket::sockopt::Linger,
+            &libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        )
+        .expect("SO_LINGER");
+        drop(conn);
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    (server, abort_tx)
+}
+
+/// A client in `ns` that connects to `to`, greets, and reads until the connection is reset (`Ok`).
+fn client_until_reset(
+    ns: &observer_tests::Netns,
+    to: SocketAddr,
+) -> std::thread::JoinHandle<Result<(), String>> {
+    use std::io::{Read as _, Write as _};
+    ns.spawn(move || {
+        let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        c.write_all(b"hello").map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 1];
+        match c.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+            other => Err(format!("expected a reset, got {other:?}")),
+        }
+    })
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn sockets_hooks_a_server_here_aborting_a_remote_clients_channel_is_interrupted_here() {
+    // checkout on node a, payments on node b; the observer on node b only. Node b's uplink (its link to
+    // node a, carrying its default route as a real node's uplink does) keeps its ingress program; the
+    // pod's veth has none. The server aborts the live channel: its reset leaves through the pod's veth
+    // and the uplink's egress, no hook of ours, towards a client on another node. On a real cluster that
+    // client's socket is another kernel's; here (one kernel) node a routes the client's packets into a
+    // device that frees them with no drop reason (`ifb`), so the client's socket never takes the reset
+    // and no drop is seen either. `tcp_send_reset` (the server's socket aborting) is the only thing that
+    // ends the channel here.
+    const NODE_B: &str = "lab-node-b";
+    let mut lab = Lab::new();
+    let b = lab.add_node("b");
+    lab.add_pod_on(0, "checkout", "lxca");
+    lab.add_pod_on(b, "payments", "lxcb");
+    lab.node_ns(b)
+        .exec(&["ip", "route", "add", "default", "dev", "nl-main"]);
+    let to = SocketAddr::new(lab.pod(1).addr(Family::V4), PORT);
+    let cluster = [
+        Shop::namespaces(),
+        pod_yaml(
+            lab.pod(0),
+            "shop",
+            "checkout-0",
+            &[("app", "checkout")],
+            &[],
+        ),
+        pod_yaml_on(
+            NODE_B,
+            lab.pod(1),
+            "payments",
+            "payments-0",
+            &[("app", "payments")],
+            &[("grpc", PORT)],
+        ),
+    ]
+    .concat();
+    let dir_b = ManifestDir::named(&lab, "manifests-b");
+    dir_b.write("cluster.yaml", &cluster);
+    let cgroup = observer_tests::cgroup2_dir();
+    let on_b = Daemon::start_on(
+        lab.node_ns(b),
+        &dir_b.dir,
+        &Options {
+            node_name: NODE_B.to_owned(),
+            interfaces: "lxc*,nl-*".to_owned(),
+            ..Options::default()
+        },
+        &["--hooks", "sockets", "--cgroup", &cgroup],
+    );
+    // The uplink attached, the pod's veth left to the sockets.
+    assert!(
+        wait_for(WAIT, || (on_b.metric("observer_attached_interfaces")
+            == 1.0)
+            .then_some(()))
+        .is_some(),
+        "{}\n{:#?}",
+        on_b.metrics(),
+        on_b.stderr()
+    );
+    assert!(
+        on_b.stderr()
+            .iter()
+            .any(|l| l.contains("no TC program") && l.contains("lxcb")),
+        "{:#?}",
+        on_b.stderr()
+    );
+    let (server, abort_tx) = aborting_server(&lab.pod(1).ns, to);
+    // Never sees the reset (it vanishes on node a): left to time out on its own.
+    let _client = client_until_reset(&lab.pod(0).ns, to);
+    assert!(
+        wait_for(WAIT, || (on_b.metric("observer_live_channels") == 1.0)
+            .then_some(()))
+        .is_some(),
+        "{}",
+        on_b.metrics()
+    );
+    let node_a = lab.node_ns(0);
+    node_a.ip(&["link", "add", "obsbh0", "type", "ifb"]);
+    node_a.ip(&["link", "set", "obsbh0", "up"]);
+    let client = format!("{}/32", lab.pod(0).addr(Family::V4));
+    node_a.ip(&["route", "replace", &client, "dev", "obsbh0"]);
+    abort_tx.send(()).expect("server waiting");
+    server.join().expect("server thread");
+    let cut = on_b
+        .wait_record(WAIT, |r| r["kind"] == "interrupted")
+        .unwrap_or_else(|| {
+            panic!(
+                "no interrupted record; records: {:?}\nstderr: {:?}",
+                on_b.records(),
+                on_b.stderr()
+            )
+        });
+    assert_eq!(cut["node"], NODE_B, "{cut}");
+    assert_eq!(cut["evidence"]["reset"]["side"], "destination", "{cut}");
+    assert!(cut["evidence"]["drop"].is_null(), "{cut}");
+    assert_eq!(on_b.metric("observer_live_channels"), 0.0);
 }

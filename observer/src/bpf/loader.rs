@@ -438,7 +438,8 @@ impl Datapath {
         let node_programs = match config.hooks {
             Hooks::Both => Vec::new(),
             Hooks::Entry | Hooks::Sockets => {
-                let mut programs = attach_node_programs(&mut ebpf, &sock_offsets);
+                let mut programs =
+                    attach_node_programs(&mut ebpf, &sock_offsets, config.hooks == Hooks::Sockets);
                 programs.push((
                     program::HOST_CONNECT,
                     attach_host_connect(&mut ebpf, config.cgroup.as_deref(), node_netns.cookie),
@@ -1163,6 +1164,9 @@ fn sock_offsets(btf: &Btf) -> (SockOffsets, bool) {
         protocol: btf
             .member_offset("sock", "sk_protocol")
             .unwrap_or(OFFSET_UNKNOWN),
+        sport: btf
+            .member_offset("inet_sock", "inet_sport")
+            .unwrap_or(OFFSET_UNKNOWN),
         ..SockOffsets::default()
     };
     let format = read_tracepoint_format(
@@ -1257,19 +1261,22 @@ fn attach_retransmit_program(
 
 /// Attaches [`Hooks::Entry`]'s tracing programs, each on its own (one missing — a kernel without the
 /// `icmp_send` tracepoint — leaves the others): what the node's own stack answers, which no ingress
-/// hook sees.
+/// hook sees; with `sockets` ([`Hooks::Sockets`]) also the aborts of the machine's sockets.
 fn attach_node_programs(
     ebpf: &mut Ebpf,
     offsets: &SockOffsets,
+    sockets: bool,
 ) -> Vec<(&'static str, Result<(), String>)> {
     let kbtf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
-    let programs: [(&'static str, &'static str); 3] = [
+    let programs: [(&'static str, &'static str); 4] = [
         (program::ICMP_SEND_BTF, "icmp_send"),
         (program::SOCK_RESET_BTF, "tcp_receive_reset"),
         (program::SOCK_STATE_BTF, "inet_sock_set_state"),
+        (program::SOCK_SEND_RESET_BTF, "tcp_send_reset"),
     ];
     programs
         .into_iter()
+        .filter(|(name, _)| sockets || *name != program::SOCK_SEND_RESET_BTF)
         .map(|(name, function)| {
             let attached = (|| -> Result<(), String> {
                 let kbtf = kbtf.as_ref().map_err(Clone::clone)?;

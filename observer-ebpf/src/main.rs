@@ -1294,8 +1294,7 @@ static CONFIG_POD_SOCKETS: Global<u8> = Global::new(0);
 
 #[inline(always)]
 fn pod_sockets() -> bool {
-    // SAFETY: a volatile read: the global is set at load time, never a compile-time constant.
-    unsafe { core::ptr::read_volatile((&raw const CONFIG_POD_SOCKETS).cast::<u8>()) != 0 }
+    CONFIG_POD_SOCKETS.load() != 0
 }
 
 #[unsafe(no_mangle)]

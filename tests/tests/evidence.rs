@@ -455,16 +455,23 @@ fn an_ip_taken_over_by_a_new_pod_is_attributed_to_the_pod_that_held_it() {
 
 // ---- two nodes ----
 
-#[test]
-#[ignore = "needs root and network namespaces: run through ./x test"]
-fn a_cross_node_ingress_deny_is_recorded_on_both_nodes_and_counted_once() {
-    const NODE_B: &str = "lab-node-b";
+/// The second node's name in the two-node lab.
+const NODE_B: &str = "lab-node-b";
+
+/// checkout (shop, lxca) on the first node, payments (payments, lxcb) on node `b`; returns the lab, `b`
+/// and payments' gRPC address.
+fn two_nodes() -> (Lab, usize, SocketAddr) {
     let mut lab = Lab::new();
     let b = lab.add_node("b");
     lab.add_pod_on(0, "checkout", "lxca");
     lab.add_pod_on(b, "payments", "lxcb");
     let to = SocketAddr::new(lab.pod(1).addr(Family::V4), PORT);
-    let cluster = [
+    (lab, b, to)
+}
+
+/// The manifests of [`two_nodes`]: namespaces, checkout on the first node, payments on [`NODE_B`].
+fn two_node_cluster(lab: &Lab) -> String {
+    [
         Shop::namespaces(),
         pod_yaml(
             lab.pod(0),
@@ -481,9 +488,15 @@ fn a_cross_node_ingress_deny_is_recorded_on_both_nodes_and_counted_once() {
             &[("app", "payments")],
             &[("grpc", PORT)],
         ),
-        deny_ingress("5"),
     ]
-    .concat();
+    .concat()
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run through ./x test"]
+fn a_cross_node_ingress_deny_is_recorded_on_both_nodes_and_counted_once() {
+    let (lab, b, to) = two_nodes();
+    let cluster = [two_node_cluster(&lab), deny_ingress("5")].concat();
     let (dir_a, dir_b) = (
         ManifestDir::named(&lab, "manifests-a"),
         ManifestDir::named(&lab, "manifests-b"),
@@ -664,9 +677,15 @@ fn entry_hooks_a_program_that_cannot_attach_is_exported_as_not_attached_and_the_
 #[test]
 #[ignore = "needs root and network namespaces: run through ./x test"]
 fn entry_hooks_a_rejection_the_node_sends_is_seen_with_its_icmp_code() {
+    a_rejection_the_node_sends_is_seen_with_its_icmp_code(Shop::start_entry);
+}
+
+/// The node rejects the shop's call (`reject with icmpx admin-prohibited`) under a deny: blocked by
+/// policy, with the ICMP type and code, from the daemon `start` runs.
+fn a_rejection_the_node_sends_is_seen_with_its_icmp_code(start: fn(&Shop, &str) -> Daemon) {
     let shop = Shop::new();
     let _server = shop.server();
-    let daemon = shop.start_entry(&deny_ingress("5"));
+    let daemon = start(&shop, &deny_ingress("5"));
     shop.lab.forward_rule(&format!(
         "tcp dport {PORT} reject with icmpx admin-prohibited"
     ));
@@ -891,17 +910,7 @@ fn sockets_hooks_a_destination_without_a_listener_resets_the_attempt() {
 #[test]
 #[ignore = "needs root and network namespaces: run through ./x test"]
 fn sockets_hooks_a_rejection_the_node_sends_is_seen_with_its_icmp_code() {
-    let shop = Shop::new();
-    let _server = shop.server();
-    let daemon = shop.start_sockets(&deny_ingress("5"));
-    shop.lab.forward_rule(&format!(
-        "tcp dport {PORT} reject with icmpx admin-prohibited"
-    ));
-    assert!(shop.call(Duration::from_secs(2)).is_err());
-    let r = record(&daemon, "blocked", shop.to());
-    assert_eq!(r["cause"], "policy", "{r}");
-    assert_eq!(r["evidence"]["icmp"]["type"], 3, "{r}");
-    assert_eq!(r["evidence"]["icmp"]["code"], 13, "{r}");
+    a_rejection_the_node_sends_is_seen_with_its_icmp_code(Shop::start_sockets);
 }
 
 #[test]
@@ -1002,35 +1011,11 @@ fn sockets_hooks_a_server_here_aborting_a_remote_clients_channel_is_interrupted_
     // device that frees them with no drop reason (`ifb`), so the client's socket never takes the reset
     // and no drop is seen either. `tcp_send_reset` (the server's socket aborting) is the only thing that
     // ends the channel here.
-    const NODE_B: &str = "lab-node-b";
-    let mut lab = Lab::new();
-    let b = lab.add_node("b");
-    lab.add_pod_on(0, "checkout", "lxca");
-    lab.add_pod_on(b, "payments", "lxcb");
+    let (lab, b, to) = two_nodes();
     lab.node_ns(b)
         .exec(&["ip", "route", "add", "default", "dev", "nl-main"]);
-    let to = SocketAddr::new(lab.pod(1).addr(Family::V4), PORT);
-    let cluster = [
-        Shop::namespaces(),
-        pod_yaml(
-            lab.pod(0),
-            "shop",
-            "checkout-0",
-            &[("app", "checkout")],
-            &[],
-        ),
-        pod_yaml_on(
-            NODE_B,
-            lab.pod(1),
-            "payments",
-            "payments-0",
-            &[("app", "payments")],
-            &[("grpc", PORT)],
-        ),
-    ]
-    .concat();
     let dir_b = ManifestDir::named(&lab, "manifests-b");
-    dir_b.write("cluster.yaml", &cluster);
+    dir_b.write("cluster.yaml", &two_node_cluster(&lab));
     let cgroup = observer_tests::cgroup2_dir();
     let on_b = Daemon::start_on(
         lab.node_ns(b),

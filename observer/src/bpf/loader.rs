@@ -169,11 +169,6 @@ impl Hooks {
             Self::Sockets => "sockets",
         }
     }
-
-    /// Whether the socket-level programs run (everything but `Both`).
-    pub fn socket_programs(self) -> bool {
-        self != Self::Both
-    }
 }
 
 /// What to load and where to attach.
@@ -594,7 +589,7 @@ impl Datapath {
     /// Whether an interface whose name matches is left without a TC program of ours: with
     /// [`Hooks::Sockets`], a pod's veth (a veth that carries no default route of the node: a node whose
     /// uplink is a veth, as in kind, keeps it).
-    pub fn left_to_sockets(&self, ifindex: u32, veth: bool) -> bool {
+    fn left_to_sockets(&self, ifindex: u32, veth: bool) -> bool {
         self.hooks == Hooks::Sockets && veth && !default_route_interfaces().contains(&ifindex)
     }
 
